@@ -1,0 +1,1 @@
+"""Model adapters shared by editing and evaluation: architecture specs, loading, prompts."""

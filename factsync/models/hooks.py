@@ -1,0 +1,140 @@
+"""Hooks on a model, only through context managers that always remove them.
+
+Decoder layers return a tensor in transformers 5.x and a tuple in older releases; every
+helper here reads and writes the hidden state through ``hidden_of``/``with_hidden`` so
+both work.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import torch
+from torch import nn
+
+from factsync.models.loading import LoadedModel
+from factsync.models.specs import get_module
+
+
+def hidden_of(output: Any) -> torch.Tensor:
+    """The hidden-state tensor of a layer's output (tensor or tuple)."""
+    return output if isinstance(output, torch.Tensor) else output[0]
+
+
+def with_hidden(output: Any, hidden: torch.Tensor) -> Any:
+    """``output`` with its hidden state replaced, keeping its type."""
+    if isinstance(output, torch.Tensor):
+        return hidden
+    return (hidden, *output[1:])
+
+
+@contextmanager
+def forward_hooks(
+    model: nn.Module, hooks: dict[str, Callable[..., Any]], *, pre: bool = False
+) -> Iterator[None]:
+    """Register forward (or forward-pre) hooks by module path; remove them on exit."""
+    handles = []
+    try:
+        for path, hook in hooks.items():
+            module = get_module(model, path)
+            register = module.register_forward_pre_hook if pre else module.register_forward_hook
+            handles.append(register(hook))
+        yield
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
+@contextmanager
+def capture_keys(loaded: LoadedModel, layers: list[int]) -> Iterator[dict[int, torch.Tensor]]:
+    """Record the input of each layer's MLP output projection: the editing keys.
+
+    Yields a dict filled on every forward pass with layer -> (batch, tokens, key size).
+    """
+    captured: dict[int, torch.Tensor] = {}
+
+    def recorder(layer: int) -> Callable[..., None]:
+        def hook(_module: nn.Module, args: tuple[Any, ...]) -> None:
+            captured[layer] = args[0]
+
+        return hook
+
+    paths = {loaded.spec.mlp_out_path(layer): recorder(layer) for layer in layers}
+    with forward_hooks(loaded.model, paths, pre=True):
+        yield captured
+
+
+@contextmanager
+def capture_hidden(loaded: LoadedModel, layers: list[int]) -> Iterator[dict[int, torch.Tensor]]:
+    """Record each layer's output hidden state: layer -> (batch, tokens, hidden)."""
+    captured: dict[int, torch.Tensor] = {}
+
+    def recorder(layer: int) -> Callable[..., None]:
+        def hook(_module: nn.Module, _args: tuple[Any, ...], output: Any) -> None:
+            captured[layer] = hidden_of(output)
+
+        return hook
+
+    paths = {loaded.spec.layer_path(layer): recorder(layer) for layer in layers}
+    with forward_hooks(loaded.model, paths):
+        yield captured
+
+
+@contextmanager
+def add_at_positions(
+    loaded: LoadedModel,
+    layer: int,
+    delta_for_rows: Callable[[], tuple[torch.Tensor, torch.Tensor, torch.Tensor]],
+) -> Iterator[None]:
+    """Add vectors to a layer's output hidden state at chosen (row, position) pairs.
+
+    ``delta_for_rows`` is called on every forward pass and returns (rows, positions,
+    vectors) with vectors of shape (len(rows), hidden); the addition is differentiable.
+    """
+
+    def hook(_module: nn.Module, _args: tuple[Any, ...], output: Any) -> Any:
+        hidden = hidden_of(output)
+        rows, positions, vectors = delta_for_rows()
+        added = torch.zeros_like(hidden)
+        added = added.index_put((rows, positions), vectors.to(hidden.dtype), accumulate=True)
+        return with_hidden(output, hidden + added)
+
+    with forward_hooks(loaded.model, {loaded.spec.layer_path(layer): hook}):
+        yield
+
+
+class _Replay(nn.Module):
+    """Stands in for a decoder layer: passes hidden states through, or replays a cache."""
+
+    def __init__(self, replay: torch.Tensor | None, template: Any) -> None:
+        super().__init__()
+        self.replay = replay
+        self.template = template
+
+    def forward(self, hidden_states: torch.Tensor, *args: Any, **kwargs: Any) -> Any:
+        hidden = hidden_states if self.replay is None else self.replay
+        return with_hidden(self.template, hidden)
+
+
+@contextmanager
+def replay_below(loaded: LoadedModel, layer: int, output_template: Any) -> Iterator[_Replay]:
+    """Skip decoder layers ``0..layer``; layer ``layer`` replays a cached output.
+
+    The layers below an edit point are frozen while a target vector is optimised, so
+    their output is computed once and replayed instead of recomputed every step. Yields
+    the stand-in for ``layer``: set its ``replay`` to the (batch, tokens, hidden) tensor
+    to feed layer ``layer + 1`` before each forward pass. ``output_template`` is one real
+    output of the layer, so the stand-in returns the same type. Hooks on
+    ``spec.layer_path(layer)`` registered inside this context see the replayed output.
+    """
+    layers = get_module(loaded.model, loaded.spec.layers_path)
+    originals = [layers[index] for index in range(layer + 1)]
+    try:
+        for index in range(layer + 1):
+            layers[index] = _Replay(torch.empty(0) if index == layer else None, output_template)
+        yield layers[layer]
+    finally:
+        for index, original in enumerate(originals):
+            layers[index] = original
