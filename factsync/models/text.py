@@ -44,6 +44,7 @@ class PromptBatch:
     Attributes:
         input_ids: (batch, tokens) ids, prompts followed by their targets.
         attention_mask: (batch, tokens) 1 on real tokens.
+        subject_first: (batch,) index of each row's first subject token.
         subject_last: (batch,) index of each row's last subject token.
         prompt_last: (batch,) index of each row's last prompt token (predicts the first
             target token).
@@ -52,6 +53,7 @@ class PromptBatch:
 
     input_ids: torch.Tensor
     attention_mask: torch.Tensor
+    subject_first: torch.Tensor
     subject_last: torch.Tensor
     prompt_last: torch.Tensor
     target_lengths: torch.Tensor
@@ -63,6 +65,11 @@ class PromptBatch:
     def select(self, rows: torch.Tensor) -> PromptBatch:
         """The sub-batch of ``rows`` (a 1-D index tensor)."""
         return PromptBatch(*(t.index_select(0, rows) for t in vars(self).values()))
+
+    def subject_tokens(self, row: int) -> tuple[int, ...]:
+        """The token ids of ``row``'s subject."""
+        first, last = int(self.subject_first[row]), int(self.subject_last[row])
+        return tuple(self.input_ids[row, first : last + 1].tolist())
 
     def target_positions(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """(rows, logit positions, target token positions) of every target token.
@@ -97,6 +104,7 @@ def encode(loaded: LoadedModel, rows: list[PromptSpec]) -> PromptBatch:
         raise ValueError("cannot encode an empty list of prompts")
     tokenizer = loaded.tokenizer
     sequences: list[list[int]] = []
+    subject_first: list[int] = []
     subject_last: list[int] = []
     prompt_last: list[int] = []
     for row in rows:
@@ -106,8 +114,11 @@ def encode(loaded: LoadedModel, rows: list[PromptSpec]) -> PromptBatch:
         encoded = tokenizer(text, add_special_tokens=True, return_offsets_mapping=True)
         ids: list[int] = list(loaded.prefix_ids) + list(encoded["input_ids"])
         offset = len(loaded.prefix_ids)
-        subject_end = len(row.context) + row.template.index("{}") + len(row.subject)
-        subject_last.append(offset + _token_at(encoded["offset_mapping"], subject_end - 1, text))
+        subject_start = len(row.context) + row.template.index("{}")
+        subject_end = subject_start + len(row.subject)
+        offsets = encoded["offset_mapping"]
+        subject_first.append(offset + _token_at(offsets, subject_start, text))
+        subject_last.append(offset + _token_at(offsets, subject_end - 1, text))
         prompt_last.append(len(ids) - 1)
         sequences.append(ids + list(row.target_ids))
     width = max(len(s) for s in sequences)
@@ -120,6 +131,7 @@ def encode(loaded: LoadedModel, rows: list[PromptSpec]) -> PromptBatch:
     return PromptBatch(
         input_ids=input_ids,
         attention_mask=attention_mask,
+        subject_first=torch.tensor(subject_first),
         subject_last=torch.tensor(subject_last),
         prompt_last=torch.tensor(prompt_last),
         target_lengths=torch.tensor([len(r.target_ids) for r in rows]),

@@ -1,0 +1,1 @@
+"""The edit engine: keys, target vectors, closed-form spreads, IME and NME, deltas."""

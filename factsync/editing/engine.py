@@ -1,0 +1,264 @@
+"""The engine: iterative (IME) and neighbour-assisted (NME) editing over MEMIT/AlphaEdit.
+
+One pass is OPTIMIZATION (targets z) then SPREAD (closed-form update). IME runs passes
+on the already-edited model, recomputing keys and z each time, until every fact has
+converged or ``max_iterations`` is reached. A fact converges when its target
+probability after the spread comes within ``converge_tolerance`` of what the
+optimisation reached, or stops improving by ``min_gain``. Converged facts leave the
+optimisation (their z is costly) but stay in the spread pinned to their current hidden
+state, so later passes do not undo them.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import asdict, dataclass, field
+
+import torch
+
+from factsync import __version__
+from factsync.editing.delta import ModelDelta, restored_weights
+from factsync.editing.keys import subject_outputs
+from factsync.editing.requests import EditRequest
+from factsync.editing.spread import LayerContext, SpreadSettings, nullspace_projector, spread
+from factsync.editing.targets import TargetSettings, optimise_targets
+from factsync.models.loading import LoadedModel
+from factsync.models.scoring import score_targets
+from factsync.models.text import PromptSpec, object_ids
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class EngineSettings:
+    """Everything that decides what an edit does.
+
+    Attributes:
+        layers: decoder layers to edit; ``None`` takes the family's default window.
+        max_iterations: IME passes at most (1 is plain single-pass editing).
+        neighbours: use each request's neighbours in the optimisation (NME).
+        converge_tolerance: a fact has converged once its probability after the spread
+            is within this of the optimisation's probability.
+        min_gain: ... or once a pass raises it by less than this.
+        target: OPTIMIZATION-stage settings.
+        spread: SPREAD-stage settings.
+    """
+
+    layers: tuple[int, ...] | None = None
+    max_iterations: int = 1
+    neighbours: bool = False
+    converge_tolerance: float = 0.02
+    min_gain: float = 0.01
+    target: TargetSettings = field(default_factory=TargetSettings)
+    spread: SpreadSettings = field(default_factory=SpreadSettings)
+
+    def __post_init__(self) -> None:
+        if self.max_iterations < 1:
+            raise ValueError(f"max_iterations must be at least 1, got {self.max_iterations}")
+        if self.layers is not None and (
+            not self.layers or list(self.layers) != sorted(set(self.layers))
+        ):
+            raise ValueError(f"layers must be distinct and increasing, got {self.layers}")
+
+
+@dataclass(frozen=True)
+class IterationRecord:
+    """One fact in one IME pass.
+
+    Attributes:
+        iteration: pass number, from 1.
+        optimisation_probability: target probability the z optimisation reached.
+        spread_probability: target probability after the pass's weight update.
+        steps: z gradient steps taken.
+        converged: whether the fact left the optimisation after this pass.
+    """
+
+    iteration: int
+    optimisation_probability: float
+    spread_probability: float
+    steps: int
+    converged: bool
+
+
+@dataclass
+class EditResult:
+    """What an edit produced.
+
+    Attributes:
+        delta: the combined update of all passes.
+        records: per request, one record per pass it was optimised in.
+        iterations: passes run.
+        keys: per layer, the final keys (key, facts) of the edited facts.
+        seconds: wall time of the edit.
+    """
+
+    delta: ModelDelta
+    records: list[list[IterationRecord]]
+    iterations: int
+    keys: dict[int, torch.Tensor]
+    seconds: float
+
+    @property
+    def final_probabilities(self) -> list[float]:
+        """Per request, the target probability after its last pass."""
+        return [r[-1].spread_probability for r in self.records]
+
+
+@dataclass
+class LayerStatistics:
+    """Corpus statistics of one layer's keys, as the engine needs them.
+
+    Attributes:
+        second_moment: (key, key) mean of k k^T over the corpus.
+        median_mahalanobis: median over corpus keys of ``k^T C^-1 k``.
+    """
+
+    second_moment: torch.Tensor
+    median_mahalanobis: float
+
+
+class EditEngine:
+    """Edits one model; holds what persists between jobs.
+
+    Owns the sampled context prefixes, AlphaEdit's projectors and the running sum
+    ``K_p K_p^T`` of keys of facts applied earlier. ``edit`` leaves the model as it found
+    it and returns a delta; callers apply it.
+    """
+
+    def __init__(
+        self,
+        loaded: LoadedModel,
+        settings: EngineSettings,
+        statistics: dict[int, LayerStatistics],
+        contexts: list[str],
+    ) -> None:
+        self.loaded = loaded
+        self.settings = settings
+        self.layers = list(settings.layers or loaded.spec.default_layers(loaded.num_layers))
+        missing = [layer for layer in self.layers if layer not in statistics]
+        if missing:
+            raise ValueError(f"no key statistics for edit layers {missing}")
+        if not contexts or contexts[0] != "":
+            raise ValueError("contexts must start with the bare context ''")
+        self.contexts = contexts
+        self.layer_contexts = {
+            layer: self._layer_context(statistics[layer]) for layer in self.layers
+        }
+
+    def _layer_context(self, stats: LayerStatistics) -> LayerContext:
+        spread_settings = self.settings.spread
+        fraction = spread_settings.update_fraction
+        lam = (
+            spread_settings.mom2_update_weight
+            or stats.median_mahalanobis * (1 - fraction) / fraction
+        )
+        context = LayerContext(second_moment=stats.second_moment, lam=lam)
+        if spread_settings.algorithm == "alphaedit":
+            context.projector = nullspace_projector(
+                stats.second_moment, spread_settings.nullspace_threshold
+            )
+            size = stats.second_moment.shape[0]
+            context.preserved = torch.zeros(size, size, dtype=torch.float64)
+        return context
+
+    def lambdas(self) -> dict[int, float]:
+        """MEMIT's lambda per edit layer, as derived or configured."""
+        return {layer: c.lam for layer, c in self.layer_contexts.items()}
+
+    def remember(self, result: EditResult) -> None:
+        """Record an applied edit's keys, so AlphaEdit preserves them from now on."""
+        for layer, keys in result.keys.items():
+            context = self.layer_contexts[layer]
+            if context.preserved is not None:
+                k = keys.double().to(context.preserved.device)
+                context.preserved += k @ k.T
+
+    def edit(self, requests: list[EditRequest]) -> EditResult:
+        """Run IME (and NME when enabled) for ``requests``; the model is left unchanged."""
+        if not requests:
+            raise ValueError("no edit requests")
+        started = time.monotonic()
+        loaded, settings = self.loaded, self.settings
+        prompts = [(r.template, r.subject) for r in requests]
+        last = self.layers[-1]
+        paths = [loaded.spec.mlp_out_path(layer) for layer in self.layers]
+        records: list[list[IterationRecord]] = [[] for _ in requests]
+        total = ModelDelta(layers={}, layout=loaded.spec.weight_layout, metadata=self._metadata())
+        active = list(range(len(requests)))
+        keys: dict[int, torch.Tensor] = {}
+        iteration = 0
+        with restored_weights(loaded, paths):
+            for iteration in range(1, settings.max_iterations + 1):
+                optimised = optimise_targets(
+                    loaded,
+                    [requests[i] for i in active],
+                    last,
+                    self.contexts,
+                    settings.target,
+                    use_neighbours=settings.neighbours,
+                )
+                targets = subject_outputs(loaded, prompts, last)  # pins converged facts
+                targets[active] = optimised.z.to(targets)
+                step, keys = spread(
+                    loaded,
+                    prompts,
+                    targets,
+                    self.layers,
+                    self.contexts,
+                    self.layer_contexts,
+                    settings.spread,
+                )
+                step.apply(loaded)
+                total = total.compose(step)
+                after = self._probabilities([requests[i] for i in active])
+                still = []
+                for slot, fact in enumerate(active):
+                    previous = records[fact][-1].spread_probability if records[fact] else None
+                    reached = optimised.probability[slot]
+                    done = after[slot] >= reached - settings.converge_tolerance or (
+                        previous is not None and after[slot] - previous < settings.min_gain
+                    )
+                    records[fact].append(
+                        IterationRecord(
+                            iteration, reached, after[slot], optimised.steps[slot], done
+                        )
+                    )
+                    if not done:
+                        still.append(fact)
+                log.info(
+                    "IME pass %d: %d of %d facts optimised, %d still unconverged, "
+                    "mean target probability %.3f",
+                    iteration,
+                    len(active),
+                    len(requests),
+                    len(still),
+                    sum(r[-1].spread_probability for r in records) / len(records),
+                )
+                active = still
+                if not active:
+                    break
+        return EditResult(
+            delta=total,
+            records=records,
+            iterations=iteration,
+            keys=keys,
+            seconds=time.monotonic() - started,
+        )
+
+    def _probabilities(self, requests: list[EditRequest]) -> list[float]:
+        rows = [
+            PromptSpec(r.template, r.subject, object_ids(self.loaded, r.new_object))
+            for r in requests
+        ]
+        return [score.probability for score in score_targets(self.loaded, rows)]
+
+    def _metadata(self) -> dict[str, str]:
+        return {
+            "factsync_version": __version__,
+            "model": self.loaded.name,
+            "model_fingerprint": self.loaded.fingerprint,
+            "layers": ",".join(map(str, self.layers)),
+            "lambdas": ",".join(f"{v:.1f}" for v in self.lambdas().values()),
+            "settings": repr(asdict(self.settings)),
+        }

@@ -1,0 +1,53 @@
+"""What the engine is asked to do: edit requests and their neighbours."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Neighbour:
+    """A fact that must not move when an edit is made (NME).
+
+    Attributes:
+        subject: the neighbour's subject, e.g. ``"Skype"``.
+        template: prompt with ``{}`` for the subject, e.g. ``"{} is owned by"``.
+        object: what the model must keep predicting after the prompt.
+    """
+
+    subject: str
+    template: str
+    object: str
+
+
+@dataclass(frozen=True)
+class EditRequest:
+    """One fact to write into the model.
+
+    Attributes:
+        subject: the subject as it appears in prompts, e.g. ``"LinkedIn"``.
+        template: prompt with ``{}`` for the subject, e.g. ``"{}, by"``.
+        new_object: the object the model must predict after the edit.
+        old_object: what it predicted before, when known (used for scoring only).
+        neighbours: facts that must keep their objects; they join the target-vector
+            optimisation when neighbour assistance (NME) is on.
+    """
+
+    subject: str
+    template: str
+    new_object: str
+    old_object: str | None = None
+    neighbours: tuple[Neighbour, ...] = ()
+
+    def __post_init__(self) -> None:
+        if "{}" not in self.template:
+            raise ValueError(f"template {self.template!r} has no '{{}}' for the subject")
+        if not self.subject.strip():
+            raise ValueError("subject is empty")
+        if not self.new_object.strip():
+            raise ValueError(f"new object for {self.subject!r} is empty")
+
+    @property
+    def prompt(self) -> str:
+        """The edit prompt with the subject filled in."""
+        return self.template.format(self.subject)

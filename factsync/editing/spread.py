@@ -1,0 +1,153 @@
+"""The SPREAD stage: closed-form weight updates that carry target vectors into weights.
+
+For each edit layer in turn (lowest first), the residual between the targets z and the
+current hidden state at the last edit layer is split evenly over the layers left, and the
+layer's MLP output projection gets the update that maps the subjects' keys K to that
+share R:
+
+- MEMIT: ``dW = R K^T (lambda C + K K^T)^-1``, C the second moment of keys over a corpus.
+- AlphaEdit: ``dW = R K^T P (P (K_p K_p^T + K K^T) + l2 I)^-1``, P the projector onto the
+  null space of C, K_p the keys of facts applied earlier, so the update leaves corpus keys
+  and earlier edits (nearly) untouched.
+
+Both updates have rank at most the number of facts and come back as factors.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+
+from factsync.editing.delta import LayerDelta, ModelDelta, restored_weights
+from factsync.editing.keys import subject_keys, subject_outputs
+from factsync.models.loading import LoadedModel
+
+Algorithm = Literal["memit", "alphaedit"]
+
+
+@dataclass(frozen=True)
+class SpreadSettings:
+    """Settings of the closed-form update.
+
+    Attributes:
+        algorithm: ``"memit"`` or ``"alphaedit"``.
+        update_fraction: MEMIT's lambda is derived per layer so that a typical key
+            gets this share of its requested change: with ``q = k^T C^-1 k`` (median
+            over corpus keys), a single key moves by ``q / (q + lambda)``, so
+            ``lambda = q (1 - f) / f``. Ignored when ``mom2_update_weight`` is set.
+        mom2_update_weight: a fixed MEMIT lambda for every layer instead of the derived one.
+        nullspace_threshold: AlphaEdit keeps directions whose eigenvalue of C is below
+            this fraction of the largest eigenvalue.
+        l2: AlphaEdit's ridge term, relative to the mean squared norm of the edit keys.
+    """
+
+    algorithm: Algorithm = "memit"
+    update_fraction: float = 0.5
+    mom2_update_weight: float | None = None
+    nullspace_threshold: float = 1e-3
+    l2: float = 0.1
+
+    def __post_init__(self) -> None:
+        if self.algorithm not in ("memit", "alphaedit"):
+            raise ValueError(f"algorithm must be 'memit' or 'alphaedit', got {self.algorithm!r}")
+        if not 0 < self.update_fraction < 1:
+            raise ValueError(f"update_fraction must be in (0, 1), got {self.update_fraction}")
+        if self.mom2_update_weight is not None and self.mom2_update_weight <= 0:
+            raise ValueError(f"mom2_update_weight must be positive, got {self.mom2_update_weight}")
+
+
+def memit_update(
+    keys: torch.Tensor, residual: torch.Tensor, second_moment: torch.Tensor, lam: float
+) -> LayerDelta:
+    """``dW = R K^T (lambda C + K K^T)^-1`` as factors.
+
+    keys (key, n), residual (value, n), second_moment (key, key). Solved in float64.
+    """
+    k = keys.double()
+    system = lam * second_moment.double().to(k.device) + k @ k.T  # (key, key)
+    adjusted = torch.linalg.solve(system, k)  # (key, n); symmetric system, so dW = R adj^T
+    return LayerDelta(up=residual.float(), down=adjusted.float())
+
+
+def nullspace_projector(second_moment: torch.Tensor, threshold: float) -> torch.Tensor:
+    """Projector onto eigen-directions of C below ``threshold`` times its largest one."""
+    values, vectors = torch.linalg.eigh(second_moment.double())
+    kept = vectors[:, values < threshold * values.max()]  # (key, null dims)
+    return (kept @ kept.T).float()
+
+
+def alphaedit_update(
+    keys: torch.Tensor,
+    residual: torch.Tensor,
+    projector: torch.Tensor,
+    preserved: torch.Tensor,
+    l2: float,
+) -> LayerDelta:
+    """``dW = R K^T P (P (K_p K_p^T + K K^T) + l2 I)^-1`` as factors.
+
+    preserved is ``K_p K_p^T`` (key, key) of facts applied earlier; l2 is absolute here.
+    """
+    k = keys.double()
+    p = projector.double().to(k.device)
+    system = p @ (preserved.double().to(k.device) + k @ k.T)
+    system += l2 * torch.eye(system.shape[0], dtype=system.dtype, device=system.device)
+    # dW = R (K^T P A^-1) = R (A^-T P K)^T.
+    adjusted = torch.linalg.solve(system.T, p @ k)  # (key, n)
+    return LayerDelta(up=residual.float(), down=adjusted.float())
+
+
+@dataclass
+class LayerContext:
+    """What the spread needs per layer, beyond the facts.
+
+    Attributes:
+        second_moment: C, (key, key) mean of k k^T over the corpus.
+        lam: MEMIT's lambda for this layer.
+        projector: AlphaEdit's null-space projector (key, key), when used.
+        preserved: AlphaEdit's ``K_p K_p^T`` (key, key) of earlier edits, when used.
+    """
+
+    second_moment: torch.Tensor
+    lam: float
+    projector: torch.Tensor | None = None
+    preserved: torch.Tensor | None = None
+
+
+def spread(
+    loaded: LoadedModel,
+    prompts: list[tuple[str, str]],
+    targets: torch.Tensor,
+    layers: list[int],
+    contexts: list[str],
+    layer_contexts: dict[int, LayerContext],
+    settings: SpreadSettings,
+) -> tuple[ModelDelta, dict[int, torch.Tensor]]:
+    """Spread targets z (facts, hidden) at ``layers[-1]`` over ``layers``.
+
+    ``prompts`` holds each fact's (template, subject). Returns the delta and the keys
+    (key, groups) used at each layer. Leaves the model's weights as it found them.
+    """
+    paths = [loaded.spec.mlp_out_path(layer) for layer in layers]
+    delta = ModelDelta(layers={}, layout=loaded.spec.weight_layout)
+    used_keys: dict[int, torch.Tensor] = {}
+    with restored_weights(loaded, paths):
+        for position, (layer, path) in enumerate(zip(layers, paths, strict=True)):
+            keys, owners = subject_keys(loaded, prompts, layer, contexts)  # (key, groups)
+            current = subject_outputs(loaded, prompts, layers[-1])  # (facts, hidden)
+            share = (targets.to(current) - current) / (len(layers) - position)  # (facts, hidden)
+            share = share[owners].T  # (hidden, groups): every key of a fact gets its share
+            context = layer_contexts[layer]
+            if settings.algorithm == "memit":
+                update = memit_update(keys, share, context.second_moment, context.lam)
+            else:
+                if context.projector is None or context.preserved is None:
+                    raise ValueError(f"AlphaEdit needs a projector and preserved keys at {layer}")
+                l2 = settings.l2 * float((keys**2).sum(dim=0).mean())
+                update = alphaedit_update(keys, share, context.projector, context.preserved, l2)
+            step = ModelDelta(layers={path: update}, layout=delta.layout)
+            step.apply(loaded)  # later layers see this one; restored_weights undoes it
+            delta = delta.compose(step)
+            used_keys[layer] = keys
+    return delta, used_keys
