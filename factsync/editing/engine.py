@@ -142,6 +142,7 @@ class EditEngine:
         if not contexts or contexts[0] != "":
             raise ValueError("contexts must start with the bare context ''")
         self.contexts = contexts
+        self.statistics = statistics
         self.layer_contexts = {
             layer: self._layer_context(statistics[layer]) for layer in self.layers
         }

@@ -1,0 +1,1 @@
+"""Benchmarks behind ``factsync bench``: methods side by side in one run."""

@@ -1,0 +1,1 @@
+"""Sub-commands of the ``factsync`` command line, one module each."""

@@ -1,0 +1,136 @@
+"""``factsync bench``: side-by-side benchmarks that print comparison tables."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from dataclasses import asdict
+from pathlib import Path
+
+from factsync.cli import add_engine_options, add_model_options, engine_settings, load
+from factsync.cli import statistics_settings, write_json
+from factsync.evaluation.counterfact import SHARED_COUNTERFACT, default_data_dir
+
+FLUENCY_FILE = Path("fluency") / "me-ppl-50.json"
+
+
+def register(commands: argparse._SubParsersAction) -> None:
+    """Add the ``bench`` command group."""
+    parser = commands.add_parser("bench", help="benchmarks that print comparison tables")
+    sub = parser.add_subparsers(title="benchmarks", metavar="BENCHMARK")
+
+    counterfact = sub.add_parser(
+        "counterfact",
+        help="editing methods side by side on COUNTERFACT records",
+        description="Edit the same COUNTERFACT records with memit, memit+ime, "
+        "memit+ime+nme and alphaedit+ime+nme (sequential batches on one model) and print "
+        "efficacy, paraphrase and neighbourhood (success and accuracy), perplexity ratio, "
+        "mean IME passes and seconds, with the unedited model as a reference row.",
+    )
+    _add_data_options(counterfact)
+    counterfact.add_argument("--n", type=int, default=100, help="records to edit (100)")
+    counterfact.add_argument("--batch", type=int, default=10, help="facts per edit job (10)")
+    counterfact.add_argument("--neighbours", type=int, default=1,
+                             help="NME neighbours per fact (1)")
+    counterfact.add_argument("--methods", help="comma-separated subset of the methods")
+    counterfact.add_argument("--json", type=Path, help="also write the numbers to this file")
+    add_model_options(counterfact)
+    add_engine_options(counterfact)
+    counterfact.set_defaults(handler=run_counterfact_bench)
+
+    zopt = sub.add_parser(
+        "zopt",
+        help="time batched z optimisation against one fact at a time",
+        description="Optimise the target vectors of the same facts batched (padded batch, "
+        "per-fact early stopping, frozen layers replayed) and one at a time, and print "
+        "both times and the ratio.",
+    )
+    _add_data_options(zopt)
+    zopt.add_argument("--n", type=int, default=10, help="facts to optimise (10)")
+    add_model_options(zopt)
+    add_engine_options(zopt)
+    zopt.set_defaults(handler=run_zopt_bench)
+
+
+def _add_data_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--data", type=Path,
+        help="COUNTERFACT json (default: ../shared/data/counterfact/counterfact-dev-1000.json "
+        "when it exists)",
+    )
+    parser.add_argument("--seed", type=int, default=0, help="random seed (0)")
+
+
+def _counterfact_path(args: argparse.Namespace) -> Path:
+    if args.data:
+        return args.data
+    shared = default_data_dir()
+    if shared is None:
+        raise ValueError(
+            f"no COUNTERFACT data: pass --data FILE, or place ../shared/data/{SHARED_COUNTERFACT}"
+            " beside the checkout"
+        )
+    return shared / SHARED_COUNTERFACT
+
+
+def _fluency_texts(args: argparse.Namespace, data: Path) -> list[str]:
+    candidate = data.parent.parent / FLUENCY_FILE
+    if candidate.is_file():
+        return [row["Text"] for row in json.loads(candidate.read_text())]
+    raise ValueError(f"no fluency texts at {candidate}: perplexity needs them")
+
+
+def run_counterfact_bench(args: argparse.Namespace) -> int:
+    """Handler of ``factsync bench counterfact``."""
+    import torch
+
+    from factsync.bench.counterfact import format_table, run_counterfact, standard_methods, to_json
+    from factsync.editing.build import build_engine
+    from factsync.evaluation.counterfact import load_counterfact
+
+    torch.manual_seed(args.seed)
+    data = _counterfact_path(args)
+    cases = load_counterfact(data, limit=args.n)
+    texts = _fluency_texts(args, data)
+    loaded = load(args)
+    base = engine_settings(args, neighbours=False)
+    methods = standard_methods(base, args.max_iterations)
+    if args.methods:
+        unknown = set(args.methods.split(",")) - set(methods)
+        if unknown:
+            raise ValueError(f"unknown methods {sorted(unknown)}; choose from {sorted(methods)}")
+        methods = {k: v for k, v in methods.items() if k in args.methods.split(",")}
+    engine = build_engine(loaded, base, statistics_settings(args))
+    rows = run_counterfact(
+        loaded, cases, methods,
+        statistics={layer: c for layer, c in engine.statistics.items()},
+        contexts=engine.contexts, fluency_texts=texts, batch_size=args.batch,
+        neighbours_per_fact=args.neighbours,
+    )
+    print(f"COUNTERFACT, {len(cases)} records, batches of {args.batch}, model {loaded.name}, "
+          f"layers {','.join(map(str, engine.layers))}, lambdas "
+          f"{', '.join(f'{v:.0f}' for v in engine.lambdas().values())}")
+    print(format_table(rows))
+    if args.json:
+        write_json(args.json, to_json(rows, len(cases)))
+    return 0
+
+
+def run_zopt_bench(args: argparse.Namespace) -> int:
+    """Handler of ``factsync bench zopt``."""
+    import torch
+
+    from factsync.bench.zopt import format_timing, time_zopt
+    from factsync.editing.contexts import sample_contexts
+    from factsync.evaluation.counterfact import load_counterfact
+
+    torch.manual_seed(args.seed)
+    cases = load_counterfact(_counterfact_path(args), limit=args.n)
+    loaded = load(args)
+    settings = engine_settings(args, neighbours=False)
+    layers = list(settings.layers or loaded.spec.default_layers(loaded.num_layers))
+    timing = time_zopt(loaded, [c.request for c in cases], layers[-1], sample_contexts(loaded),
+                       settings.target)
+    print(format_timing(timing))
+    print(json.dumps(asdict(timing) | {"speedup": timing.speedup}))
+    return 0

@@ -1,0 +1,1 @@
+"""KPIs of an edited model: efficacy, paraphrase, neighbourhood, fluency."""
