@@ -54,7 +54,8 @@ def add_model_options(parser: argparse.ArgumentParser) -> None:
     """Options shared by every command that loads a model."""
     group = parser.add_argument_group("model")
     group.add_argument(
-        "--model", default="default",
+        "--model",
+        default="default",
         help="local HuggingFace model directory, or 'default' for the embedded "
         "SmolLM2-135M-Instruct (fetched and converted on first use)",
     )
@@ -67,15 +68,31 @@ def add_engine_options(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("engine")
     group.add_argument("--algorithm", choices=["memit", "alphaedit"], default="memit")
     group.add_argument("--layers", help="comma-separated edit layers (default: by family)")
-    group.add_argument("--max-iterations", type=int, default=3,
-                       help="IME passes at most; 1 is single-pass editing (3)")
-    group.add_argument("--update-fraction", type=float, default=0.5,
-                       help="share of the requested change per layer that sets MEMIT's "
-                       "lambda from key statistics (0.5)")
-    group.add_argument("--chunk-size", type=int, default=10,
-                       help="facts per padded batch in the z optimisation (10)")
-    group.add_argument("--corpus-tokens", type=int, default=None,
-                       help="tokens of model-sampled text behind the key statistics")
+    group.add_argument(
+        "--max-iterations",
+        type=int,
+        default=3,
+        help="IME passes at most; 1 is single-pass editing (3)",
+    )
+    group.add_argument(
+        "--update-fraction",
+        type=float,
+        default=0.5,
+        help="share of the requested change per layer that sets MEMIT's "
+        "lambda from key statistics (0.5)",
+    )
+    group.add_argument(
+        "--chunk-size",
+        type=int,
+        default=10,
+        help="facts per padded batch in the z optimisation (10)",
+    )
+    group.add_argument(
+        "--corpus-tokens",
+        type=int,
+        default=None,
+        help="tokens of model-sampled text behind the key statistics",
+    )
 
 
 def engine_settings(args: argparse.Namespace, *, neighbours: bool):  # noqa: ANN201

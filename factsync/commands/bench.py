@@ -7,8 +7,14 @@ import json
 from dataclasses import asdict
 from pathlib import Path
 
-from factsync.cli import add_engine_options, add_model_options, engine_settings, load
-from factsync.cli import statistics_settings, write_json
+from factsync.cli import (
+    add_engine_options,
+    add_model_options,
+    engine_settings,
+    load,
+    statistics_settings,
+    write_json,
+)
 from factsync.evaluation.counterfact import SHARED_COUNTERFACT, default_data_dir
 
 FLUENCY_FILE = Path("fluency") / "me-ppl-50.json"
@@ -30,8 +36,9 @@ def register(commands: argparse._SubParsersAction) -> None:
     _add_data_options(counterfact)
     counterfact.add_argument("--n", type=int, default=100, help="records to edit (100)")
     counterfact.add_argument("--batch", type=int, default=10, help="facts per edit job (10)")
-    counterfact.add_argument("--neighbours", type=int, default=1,
-                             help="NME neighbours per fact (1)")
+    counterfact.add_argument(
+        "--neighbours", type=int, default=1, help="NME neighbours per fact (1)"
+    )
     counterfact.add_argument("--methods", help="comma-separated subset of the methods")
     counterfact.add_argument("--json", type=Path, help="also write the numbers to this file")
     add_model_options(counterfact)
@@ -54,7 +61,8 @@ def register(commands: argparse._SubParsersAction) -> None:
 
 def _add_data_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
-        "--data", type=Path,
+        "--data",
+        type=Path,
         help="COUNTERFACT json (default: ../shared/data/counterfact/counterfact-dev-1000.json "
         "when it exists)",
     )
@@ -102,14 +110,20 @@ def run_counterfact_bench(args: argparse.Namespace) -> int:
         methods = {k: v for k, v in methods.items() if k in args.methods.split(",")}
     engine = build_engine(loaded, base, statistics_settings(args))
     rows = run_counterfact(
-        loaded, cases, methods,
+        loaded,
+        cases,
+        methods,
         statistics={layer: c for layer, c in engine.statistics.items()},
-        contexts=engine.contexts, fluency_texts=texts, batch_size=args.batch,
+        contexts=engine.contexts,
+        fluency_texts=texts,
+        batch_size=args.batch,
         neighbours_per_fact=args.neighbours,
     )
-    print(f"COUNTERFACT, {len(cases)} records, batches of {args.batch}, model {loaded.name}, "
-          f"layers {','.join(map(str, engine.layers))}, lambdas "
-          f"{', '.join(f'{v:.0f}' for v in engine.lambdas().values())}")
+    print(
+        f"COUNTERFACT, {len(cases)} records, batches of {args.batch}, model {loaded.name}, "
+        f"layers {','.join(map(str, engine.layers))}, lambdas "
+        f"{', '.join(f'{v:.0f}' for v in engine.lambdas().values())}"
+    )
     print(format_table(rows))
     if args.json:
         write_json(args.json, to_json(rows, len(cases)))
@@ -129,8 +143,9 @@ def run_zopt_bench(args: argparse.Namespace) -> int:
     loaded = load(args)
     settings = engine_settings(args, neighbours=False)
     layers = list(settings.layers or loaded.spec.default_layers(loaded.num_layers))
-    timing = time_zopt(loaded, [c.request for c in cases], layers[-1], sample_contexts(loaded),
-                       settings.target)
+    timing = time_zopt(
+        loaded, [c.request for c in cases], layers[-1], sample_contexts(loaded), settings.target
+    )
     print(format_timing(timing))
     print(json.dumps(asdict(timing) | {"speedup": timing.speedup}))
     return 0

@@ -8,8 +8,13 @@ from pathlib import Path
 
 import torch
 
-from factsync.cli import add_engine_options, add_model_options, engine_settings, load
-from factsync.cli import statistics_settings
+from factsync.cli import (
+    add_engine_options,
+    add_model_options,
+    engine_settings,
+    load,
+    statistics_settings,
+)
 from factsync.editing.requests import EditRequest, Neighbour
 from factsync.models.loading import LoadedModel
 from factsync.models.scoring import score_targets
@@ -31,11 +36,15 @@ def register(commands: argparse._SubParsersAction) -> None:
     parser.add_argument("--new", dest="new_object", help="the object the model must learn")
     parser.add_argument("--old", dest="old_object", help="the object it answers now (optional)")
     parser.add_argument(
-        "--neighbour", action="append", default=[], metavar="SUBJECT|TEMPLATE|OBJECT",
+        "--neighbour",
+        action="append",
+        default=[],
+        metavar="SUBJECT|TEMPLATE|OBJECT",
         help="a fact that must not change (repeatable); turns on NME",
     )
     parser.add_argument(
-        "--facts", type=Path,
+        "--facts",
+        type=Path,
         help="JSONL file, one fact per line: subject, template, new_object, optional "
         "old_object and neighbours [{subject, template, object}]",
     )
@@ -59,8 +68,9 @@ def parse_requests(args: argparse.Namespace) -> list[EditRequest]:
             raise ValueError(f"--neighbour {raw!r} must be SUBJECT|TEMPLATE|OBJECT")
         neighbours.append(Neighbour(*parts))
     return [
-        EditRequest(args.subject, args.template, args.new_object, args.old_object,
-                    tuple(neighbours))
+        EditRequest(
+            args.subject, args.template, args.new_object, args.old_object, tuple(neighbours)
+        )
     ]
 
 
@@ -78,8 +88,13 @@ def read_facts_file(path: Path) -> list[EditRequest]:
                     for n in row.get("neighbours", [])
                 )
                 requests.append(
-                    EditRequest(row["subject"], row["template"], row["new_object"],
-                                row.get("old_object"), neighbours)
+                    EditRequest(
+                        row["subject"],
+                        row["template"],
+                        row["new_object"],
+                        row.get("old_object"),
+                        neighbours,
+                    )
                 )
             except (json.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
                 raise ValueError(f"{path}:{number}: {exc!r}") from exc
@@ -94,10 +109,13 @@ def greedy(loaded: LoadedModel, prompt: str, max_new_tokens: int) -> str:
     tensor = torch.tensor([ids], device=loaded.device)
     with torch.no_grad():
         out = loaded.model.generate(
-            tensor, attention_mask=torch.ones_like(tensor), max_new_tokens=max_new_tokens,
-            do_sample=False, pad_token_id=loaded.tokenizer.pad_token_id or 0,
+            tensor,
+            attention_mask=torch.ones_like(tensor),
+            max_new_tokens=max_new_tokens,
+            do_sample=False,
+            pad_token_id=loaded.tokenizer.pad_token_id or 0,
         )
-    return loaded.tokenizer.decode(out[0, len(ids):], skip_special_tokens=True)
+    return loaded.tokenizer.decode(out[0, len(ids) :], skip_special_tokens=True)
 
 
 def snapshot(loaded: LoadedModel, requests: list[EditRequest], tokens: int) -> list[dict]:
@@ -122,8 +140,9 @@ def run(args: argparse.Namespace) -> int:
     requests = parse_requests(args)
     loaded = load(args)
     neighbours = any(r.neighbours for r in requests)
-    engine = build_engine(loaded, engine_settings(args, neighbours=neighbours),
-                          statistics_settings(args))
+    engine = build_engine(
+        loaded, engine_settings(args, neighbours=neighbours), statistics_settings(args)
+    )
     before = snapshot(loaded, requests, args.max_new_tokens)
     result = engine.edit(requests)
     result.delta.apply(loaded)
@@ -132,10 +151,11 @@ def run(args: argparse.Namespace) -> int:
         print(f"{request.prompt!r} -> {request.new_object!r}  ({len(records)} IME passes)")
         for label, state in (("before", was), ("after ", now)):
             old = f"  P(old)={state['p_old']:.3f}" if "p_old" in state else ""
-            print(f"  {label}  P(new)={state['p_new']:.3f}{old}  greedy: "
-                  f"{state['completion']!r}")
-    print(f"edited in {result.seconds:.1f}s, {result.iterations} pass(es), layers "
-          f"{','.join(map(str, engine.layers))}")
+            print(f"  {label}  P(new)={state['p_new']:.3f}{old}  greedy: {state['completion']!r}")
+    print(
+        f"edited in {result.seconds:.1f}s, {result.iterations} pass(es), layers "
+        f"{','.join(map(str, engine.layers))}"
+    )
     if args.save:
         args.save.mkdir(parents=True, exist_ok=True)
         loaded.model.save_pretrained(args.save, safe_serialization=True)

@@ -19,7 +19,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import save_file
 
 from factsync.models.loading import LoadedModel
 from factsync.models.specs import WeightLayout, get_module, key_value_dims
@@ -154,14 +155,12 @@ class ModelDelta:
     def load(cls, path: Path) -> ModelDelta:
         """Read a delta written by ``save``; raises ``DeltaError`` on a damaged file."""
         try:
-            tensors = load_file(str(path))
-            with open(path, "rb") as handle:
-                header_size = int.from_bytes(handle.read(8), "little")
-                header = json.loads(handle.read(header_size))
-            stored = header.get("__metadata__", {})
+            with safe_open(str(path), framework="pt") as handle:
+                stored = handle.metadata() or {}
+                tensors = {name: handle.get_tensor(name) for name in handle.keys()}  # noqa: SIM118
             layout = stored["layout"]
             metadata = json.loads(stored.get("metadata", "{}"))
-        except (OSError, ValueError, KeyError, RuntimeError) as exc:
+        except (OSError, ValueError, KeyError, SafetensorError) as exc:
             raise DeltaError(f"cannot read delta file {path}: {exc}") from exc
         modules = sorted({name.rsplit("::", 1)[0] for name in tensors})
         try:

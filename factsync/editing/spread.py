@@ -6,7 +6,7 @@ layer's MLP output projection gets the update that maps the subjects' keys K to 
 share R:
 
 - MEMIT: ``dW = R K^T (lambda C + K K^T)^-1``, C the second moment of keys over a corpus.
-- AlphaEdit: ``dW = R K^T P (P (K_p K_p^T + K K^T) + l2 I)^-1``, P the projector onto the
+- AlphaEdit: ``dW = R K^T P ((K_p K_p^T + K K^T) P + l2 I)^-1``, P the projector onto the
   null space of C, K_p the keys of facts applied earlier, so the update leaves corpus keys
   and earlier edits (nearly) untouched.
 
@@ -33,21 +33,20 @@ class SpreadSettings:
 
     Attributes:
         algorithm: ``"memit"`` or ``"alphaedit"``.
-        update_fraction: MEMIT's lambda is derived per layer so that a typical key
-            gets this share of its requested change: with ``q = k^T C^-1 k`` (median
-            over corpus keys), a single key moves by ``q / (q + lambda)``, so
-            ``lambda = q (1 - f) / f``. Ignored when ``mom2_update_weight`` is set.
+        update_fraction: the share f of its requested change a typical key gets per
+            layer, which sets the strength of both updates. MEMIT: with
+            ``q = k^T C^-1 k`` (median over corpus keys) a single key moves by
+            ``q / (q + lambda)``, so ``lambda = q (1 - f) / f``. AlphaEdit: likewise with
+            ``q = k^T P k`` (mean over the edit keys) for its ridge term.
         mom2_update_weight: a fixed MEMIT lambda for every layer instead of the derived one.
         nullspace_threshold: AlphaEdit keeps directions whose eigenvalue of C is below
             this fraction of the largest eigenvalue.
-        l2: AlphaEdit's ridge term, relative to the mean squared norm of the edit keys.
     """
 
     algorithm: Algorithm = "memit"
     update_fraction: float = 0.5
     mom2_update_weight: float | None = None
-    nullspace_threshold: float = 1e-3
-    l2: float = 0.1
+    nullspace_threshold: float = 1e-2
 
     def __post_init__(self) -> None:
         if self.algorithm not in ("memit", "alphaedit"):
@@ -85,7 +84,7 @@ def alphaedit_update(
     preserved: torch.Tensor,
     l2: float,
 ) -> LayerDelta:
-    """``dW = R K^T P (P (K_p K_p^T + K K^T) + l2 I)^-1`` as factors.
+    """``dW = R K^T P ((K_p K_p^T + K K^T) P + l2 I)^-1`` as factors.
 
     preserved is ``K_p K_p^T`` (key, key) of facts applied earlier; l2 is absolute here.
     """
@@ -93,8 +92,8 @@ def alphaedit_update(
     p = projector.double().to(k.device)
     system = p @ (preserved.double().to(k.device) + k @ k.T)
     system += l2 * torch.eye(system.shape[0], dtype=system.dtype, device=system.device)
-    # dW = R (K^T P A^-1) = R (A^-T P K)^T.
-    adjusted = torch.linalg.solve(system.T, p @ k)  # (key, n)
+    # With A = P M + l2 I (M symmetric): dW^T = A^-1 P K R^T, so dW = R (A^-1 P K)^T.
+    adjusted = torch.linalg.solve(system, p @ k)  # (key, n)
     return LayerDelta(up=residual.float(), down=adjusted.float())
 
 
@@ -144,7 +143,9 @@ def spread(
             else:
                 if context.projector is None or context.preserved is None:
                     raise ValueError(f"AlphaEdit needs a projector and preserved keys at {layer}")
-                l2 = settings.l2 * float((keys**2).sum(dim=0).mean())
+                projected = (keys * (context.projector.to(keys) @ keys)).sum(dim=0)  # k^T P k
+                fraction = settings.update_fraction
+                l2 = float(projected.mean()) * (1 - fraction) / fraction
                 update = alphaedit_update(keys, share, context.projector, context.preserved, l2)
             step = ModelDelta(layers={path: update}, layout=delta.layout)
             step.apply(loaded)  # later layers see this one; restored_weights undoes it

@@ -1,0 +1,359 @@
+"""The offline text corpus that key statistics are computed over.
+
+MEMIT-style methods need the second moment of each edited layer's keys over "ordinary"
+text. No network is assumed, so the default corpus is sampled from the model itself;
+operators can give their own text files instead. Either way the corpus is a list of
+strings, and ``corpus_digest`` names it in cache keys.
+
+Sampling choices (module constants, so that a cached corpus stays what its key says):
+- top-k 50 at temperature 1.0: plain ancestral sampling from the model's own
+  distribution, with the long tail cut off where small models produce junk tokens.
+- special tokens are never sampled: a sampled document separator would glue two
+  unrelated documents together once special tokens are dropped at decoding.
+- every sequence has its own random generator seeded from (seed, sequence index), so a
+  corpus does not depend on the batch size it was sampled with.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import inspect
+import json
+import logging
+import math
+import os
+import tempfile
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+import torch
+from tqdm.auto import tqdm
+
+from factsync.models.loading import LoadedModel
+from factsync.paths import data_home
+
+log = logging.getLogger(__name__)
+
+# Cuts the tail where a small model's samples turn to junk, keeps the text varied.
+SAMPLING_TOP_K = 50
+# 1.0 samples the model's own distribution, which is what the statistics should reflect.
+SAMPLING_TEMPERATURE = 1.0
+# Version of the sampler and of the cache file's layout; bump when either changes.
+CORPUS_FORMAT = 1
+
+# Varied short openings: narrative, encyclopaedic, news, instructions, dialogue, code.
+OPENINGS: tuple[str, ...] = (
+    "The",
+    "In 1998,",
+    "Once upon a time",
+    "According to the report,",
+    "Here is how to",
+    "The city of",
+    "Scientists have found that",
+    "My favourite",
+    "Q: What is",
+    "def main():",
+    "Yesterday, the government",
+    "The history of",
+    "When I was young,",
+    "A new study shows",
+    "Dear customer,",
+    "Chapter 1.",
+)
+
+
+class CorpusError(ValueError):
+    """A corpus file is missing, has an unsupported type, or holds a bad line."""
+
+
+def corpus_digest(texts: Iterable[str]) -> str:
+    """A 16-hex-digit sha256 prefix naming a corpus, for cache keys.
+
+    Each text is framed by its length, so ``["ab", "c"]`` and ``["a", "bc"]`` differ;
+    the order of texts matters (it decides which tokens a budget takes).
+    """
+    digest = hashlib.sha256()
+    for text in texts:
+        encoded = text.encode("utf-8")
+        digest.update(len(encoded).to_bytes(8, "little"))
+        digest.update(encoded)
+    return digest.hexdigest()[:16]
+
+
+def sample_corpus(
+    loaded: LoadedModel,
+    *,
+    num_tokens: int,
+    seed: int = 0,
+    sequence_length: int = 128,
+    batch_size: int = 16,
+    progress: bool = True,
+) -> list[str]:
+    """Sample texts from the model itself, about ``num_tokens`` tokens in all.
+
+    ``ceil(num_tokens / sequence_length)`` sequences are sampled, each of exactly
+    ``sequence_length`` new tokens after one of ``OPENINGS`` (picked by the sequence's own
+    generator). Every sequence starts with ``loaded.prefix_ids``, which the returned text
+    leaves out; special tokens are never sampled. The same arguments give the same texts;
+    ``batch_size`` only trades memory for speed.
+
+    Args:
+        loaded: the model to sample from; it is left unchanged.
+        num_tokens: total number of tokens to sample (openings not counted).
+        seed: seed of the per-sequence random generators.
+        sequence_length: new tokens per sequence.
+        batch_size: sequences sampled together.
+        progress: show a tqdm progress bar over sampled tokens.
+    """
+    if num_tokens <= 0:
+        raise ValueError(f"num_tokens must be positive, got {num_tokens}")
+    if sequence_length <= 0:
+        raise ValueError(f"sequence_length must be positive, got {sequence_length}")
+    if batch_size <= 0:
+        raise ValueError(f"batch_size must be positive, got {batch_size}")
+    count = math.ceil(num_tokens / sequence_length)
+    texts: list[str] = []
+    with tqdm(
+        total=count * sequence_length, unit="tok", desc="sampling corpus", disable=not progress
+    ) as bar:
+        for start in range(0, count, batch_size):
+            indices = range(start, min(start + batch_size, count))
+            generators = [_sequence_generator(seed, index) for index in indices]
+            texts.extend(_sample_batch(loaded, generators, sequence_length, bar))
+    return texts
+
+
+def _sequence_generator(seed: int, index: int) -> torch.Generator:
+    """A CPU generator for sequence ``index`` of the corpus sampled with ``seed``."""
+    material = hashlib.sha256(f"factsync-corpus:{seed}:{index}".encode()).digest()
+    return torch.Generator().manual_seed(int.from_bytes(material[:8], "little"))
+
+
+@torch.no_grad()
+def _sample_batch(
+    loaded: LoadedModel, generators: list[torch.Generator], length: int, bar: tqdm
+) -> list[str]:
+    """Sample one batch, one row per generator; returns the decoded texts."""
+    tokenizer = loaded.tokenizer
+    prefix = list(loaded.prefix_ids)
+    starts: list[list[int]] = []
+    for generator in generators:
+        choice = int(torch.randint(len(OPENINGS), (1,), generator=generator))
+        opening = tokenizer(OPENINGS[choice], add_special_tokens=not prefix)["input_ids"]
+        starts.append(prefix + list(opening))
+    # Left padding, so every row's next token is sampled at the same column.
+    width = max(len(s) for s in starts)
+    rows = len(starts)
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    input_ids = torch.full((rows, width), pad, dtype=torch.long)
+    mask = torch.zeros((rows, width), dtype=torch.long)
+    for row, start in enumerate(starts):
+        input_ids[row, width - len(start) :] = torch.tensor(start)
+        mask[row, width - len(start) :] = 1
+    device = loaded.device
+    input_ids, mask = input_ids.to(device), mask.to(device)
+    # Left padding needs explicit positions: each row counts from its first real token.
+    positions = (mask.cumsum(-1) - 1).clamp(min=0)
+    banned = torch.tensor(sorted(set(tokenizer.all_special_ids)), dtype=torch.long)
+    cache_keyword = _cache_keyword(loaded.model)
+    cache: Any = None
+    step_ids, step_positions = input_ids, positions
+    sampled: list[torch.Tensor] = []
+    for _ in range(length):
+        out = loaded.model(
+            input_ids=step_ids,
+            attention_mask=mask,
+            position_ids=step_positions,
+            use_cache=True,
+            logits_to_keep=1,
+            **{cache_keyword: cache},
+        )
+        cache = out[cache_keyword]
+        logits = out.logits[:, -1, :].float().cpu()  # (rows, vocab)
+        logits[:, banned[banned < logits.shape[-1]]] = float("-inf")
+        # Embedding rows past the tokenizer's vocabulary are padding, not tokens.
+        logits[:, len(tokenizer) :] = float("-inf")
+        next_ids = _top_k_sample(logits, generators)  # (rows,)
+        sampled.append(next_ids)
+        step_ids = next_ids.to(device).unsqueeze(1)  # (rows, 1)
+        step_positions = step_positions[:, -1:] + 1
+        mask = torch.cat([mask, torch.ones((rows, 1), dtype=mask.dtype, device=device)], dim=1)
+        bar.update(rows)
+    tokens = torch.stack(sampled, dim=1)  # (rows, length)
+    return [
+        tokenizer.decode(start[len(prefix) :] + tokens[row].tolist(), skip_special_tokens=True)
+        for row, start in enumerate(starts)
+    ]
+
+
+def _top_k_sample(logits: torch.Tensor, generators: list[torch.Generator]) -> torch.Tensor:
+    """One token per row from the top-k of ``logits`` (rows, vocab), each with its generator."""
+    k = min(SAMPLING_TOP_K, logits.shape[-1])
+    values, candidates = logits.topk(k, dim=-1)  # (rows, k)
+    probs = torch.softmax(values / SAMPLING_TEMPERATURE, dim=-1)
+    picks = [
+        int(torch.multinomial(probs[row], 1, generator=generator))
+        for row, generator in enumerate(generators)
+    ]
+    return candidates[torch.arange(len(picks)), torch.tensor(picks)]
+
+
+def _cache_keyword(model: torch.nn.Module) -> str:
+    """Name of the forward argument taking the key-value cache (renamed in transformers 5)."""
+    parameters = inspect.signature(model.forward).parameters
+    return "cache" if "cache" in parameters else "past_key_values"
+
+
+def load_text_files(paths: Iterable[str | Path]) -> list[str]:
+    """Read user-provided corpus files into a list of texts, in the order given.
+
+    - ``.txt``: one text per paragraph (blocks separated by blank lines), so a long
+      file is not cut to one window of ``max_length`` tokens.
+    - ``.jsonl``: one JSON object per line with a string ``"text"`` field; blank lines
+      are skipped.
+
+    Raises ``CorpusError`` naming the file (and line) for a missing file, an unsupported
+    suffix, a line that is not JSON, or a line without a string ``"text"``.
+    """
+    texts: list[str] = []
+    for raw in paths:
+        path = Path(raw)
+        if not path.is_file():
+            raise CorpusError(f"corpus file {path} does not exist")
+        suffix = path.suffix.lower()
+        if suffix == ".txt":
+            texts.extend(_read_txt(path))
+        elif suffix == ".jsonl":
+            texts.extend(_read_jsonl(path))
+        else:
+            raise CorpusError(
+                f"corpus file {path} has unsupported type {suffix or '(none)'!r}; "
+                "use .txt (paragraphs) or .jsonl (objects with a 'text' field)"
+            )
+    return texts
+
+
+def _read_txt(path: Path) -> list[str]:
+    """Paragraphs of a text file, stripped, empty ones dropped."""
+    with open(path, encoding="utf-8") as handle:
+        content = handle.read()
+    paragraphs: list[str] = []
+    current: list[str] = []
+    for line in content.splitlines():
+        if line.strip():
+            current.append(line)
+        elif current:
+            paragraphs.append("\n".join(current).strip())
+            current = []
+    if current:
+        paragraphs.append("\n".join(current).strip())
+    return paragraphs
+
+
+def _read_jsonl(path: Path) -> list[str]:
+    """The ``"text"`` field of every non-blank line of a JSON-lines file."""
+    texts: list[str] = []
+    with open(path, encoding="utf-8") as handle:
+        for number, line in enumerate(handle, start=1):
+            if not line.strip():
+                continue
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError as exc:
+                raise CorpusError(f"{path}:{number}: not valid JSON ({exc.msg})") from exc
+            text = record.get("text") if isinstance(record, dict) else None
+            if not isinstance(text, str):
+                raise CorpusError(f"{path}:{number}: expected an object with a string 'text' field")
+            texts.append(text)
+    return texts
+
+
+def model_corpus(
+    loaded: LoadedModel,
+    *,
+    num_tokens: int,
+    seed: int = 0,
+    cache_dir: Path | None = None,
+    sequence_length: int = 128,
+    batch_size: int = 16,
+    progress: bool = True,
+) -> list[str]:
+    """The model-sampled corpus, read from the cache or sampled and cached.
+
+    The cache file is ``<cache_dir>/<fingerprint>-<num_tokens>-<seed>-len<L>.json`` with
+    ``cache_dir`` defaulting to ``data_home()/corpus``; ``L`` is ``sequence_length``,
+    which changes the texts (``batch_size`` does not). The file is written atomically. A
+    cache file that cannot be read, or whose recorded settings or digest do not match,
+    is logged at WARNING and sampled again.
+    """
+    directory = Path(cache_dir) if cache_dir is not None else data_home() / "corpus"
+    name = f"{loaded.fingerprint}-{num_tokens}-{seed}-len{sequence_length}.json"
+    path = directory / name
+    settings = {
+        "format": CORPUS_FORMAT,
+        "fingerprint": loaded.fingerprint,
+        "num_tokens": num_tokens,
+        "seed": seed,
+        "sequence_length": sequence_length,
+        "top_k": SAMPLING_TOP_K,
+        "temperature": SAMPLING_TEMPERATURE,
+    }
+    if path.exists():
+        try:
+            texts = _read_cached_corpus(path, settings)
+        except CorpusError as exc:
+            log.warning("%s; sampling the corpus again", exc)
+        else:
+            log.info("reusing the sampled corpus %s (%d texts)", path, len(texts))
+            return texts
+    log.info(
+        "sampling a corpus of %d tokens from %s (seed %d) into %s",
+        num_tokens,
+        loaded.name,
+        seed,
+        path,
+    )
+    texts = sample_corpus(
+        loaded,
+        num_tokens=num_tokens,
+        seed=seed,
+        sequence_length=sequence_length,
+        batch_size=batch_size,
+        progress=progress,
+    )
+    _write_json_atomic(path, {**settings, "digest": corpus_digest(texts), "texts": texts})
+    return texts
+
+
+def _read_cached_corpus(path: Path, settings: dict[str, Any]) -> list[str]:
+    """Texts of a cached corpus file; ``CorpusError`` when it is damaged or mismatched."""
+    try:
+        with open(path, encoding="utf-8") as handle:
+            stored = json.load(handle)
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise CorpusError(f"cached corpus {path} is unreadable ({exc})") from exc
+    if not isinstance(stored, dict):
+        raise CorpusError(f"cached corpus {path} does not hold a JSON object")
+    texts = stored.get("texts")
+    if not isinstance(texts, list) or not all(isinstance(t, str) for t in texts):
+        raise CorpusError(f"cached corpus {path} has no list of texts")
+    differing = sorted(k for k, v in settings.items() if stored.get(k) != v)
+    if differing:
+        raise CorpusError(f"cached corpus {path} was made with other settings ({differing})")
+    if stored.get("digest") != corpus_digest(texts):
+        raise CorpusError(f"cached corpus {path} does not match its recorded digest")
+    return texts
+
+
+def _write_json_atomic(path: Path, payload: dict[str, Any]) -> None:
+    """Write ``payload`` as JSON to a temporary file beside ``path``, then rename it."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle, staging = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(handle, "w", encoding="utf-8") as out:
+            json.dump(payload, out, ensure_ascii=False)
+        os.replace(staging, path)
+    except BaseException:
+        Path(staging).unlink(missing_ok=True)
+        raise

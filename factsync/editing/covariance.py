@@ -1,0 +1,495 @@
+"""Second moments of each edited layer's keys over a text corpus, and their disk cache.
+
+MEMIT's update ``dW = R K^T (lambda C + K K^T)^-1`` needs C = E[k k^T], the mean outer
+product of the keys (inputs of the MLP output projection) over ordinary text. The update
+strength lambda is derived from ``k^T C^-1 k`` of typical keys, so a random sample of
+keys is kept beside C.
+
+Statistics are computed once per (model fingerprint, layer, corpus, token budget,
+window length) and cached as safetensors files, written atomically.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import tempfile
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import save_file
+from tqdm.auto import tqdm
+
+from factsync import __version__
+from factsync.editing.corpus import corpus_digest
+from factsync.models.hooks import capture_keys, forward_hooks
+from factsync.models.loading import LoadedModel
+from factsync.models.specs import get_module, key_value_dims
+from factsync.paths import data_home
+
+log = logging.getLogger(__name__)
+
+# Keys kept for lambda: the median of k^T C^-1 k is stable to ~1% with 2000 of them.
+SAMPLE_SIZE = 2000
+# Ridge added to C's diagonal when it is singular, relative to its mean diagonal: far
+# below any real eigenvalue, just enough for the Cholesky factorisation to succeed.
+RIDGE_FRACTION = 1e-6
+# Layout version of the cache files; bump when what is stored changes.
+STATS_FORMAT = "1"
+
+
+class CovarianceCacheError(RuntimeError):
+    """A cached statistics file is unreadable, truncated, or not what its name says."""
+
+
+@dataclass
+class KeyStatistics:
+    """Key statistics of one layer, on the CPU.
+
+    Attributes:
+        second_moment: (key, key) float64 mean of ``k k^T`` over ``count`` tokens.
+        count: number of tokens (keys) behind ``second_moment``.
+        sample: (n, key) float32 uniform random sample of those keys, n up to
+            ``SAMPLE_SIZE``; the same tokens for every layer of one computation.
+    """
+
+    second_moment: torch.Tensor
+    count: int
+    sample: torch.Tensor
+
+    def __post_init__(self) -> None:
+        moment, sample = self.second_moment, self.sample
+        if moment.dim() != 2 or moment.shape[0] != moment.shape[1]:
+            raise ValueError(f"second_moment must be square, got {tuple(moment.shape)}")
+        if sample.dim() != 2 or sample.shape[1] != moment.shape[0]:
+            raise ValueError(
+                f"sample must be (n, {moment.shape[0]}) to match second_moment, "
+                f"got {tuple(sample.shape)}"
+            )
+        if self.count <= 0:
+            raise ValueError(f"count must be positive, got {self.count}")
+
+    @property
+    def key_size(self) -> int:
+        """Dimension of the keys."""
+        return self.second_moment.shape[0]
+
+    def mahalanobis(self, keys: torch.Tensor | None = None) -> torch.Tensor:
+        """``k^T C^-1 k`` for each row of ``keys`` (n, key), the sample by default; float64.
+
+        Solved through a Cholesky factor of C, never an explicit inverse. C is positive
+        semi-definite; when it is singular (fewer tokens than key dimensions, or key
+        units that never fire) a ridge of ``RIDGE_FRACTION`` times C's mean diagonal is
+        added, ten times more while the factorisation still fails. Directions of C with
+        variance below the ridge then add almost nothing to ``k^T C^-1 k`` (instead of
+        about one each); keys inside C's span are otherwise barely affected.
+        """
+        rows = (self.sample if keys is None else keys).to(torch.float64)  # (n, key)
+        factor = _cholesky_with_ridge(self.second_moment.to(torch.float64))
+        solved = torch.cholesky_solve(rows.T, factor)  # (key, n) = C^-1 k
+        return (rows.T * solved).sum(dim=0)
+
+    def median_mahalanobis(self) -> float:
+        """Median over the sampled keys of ``k^T C^-1 k`` (see ``mahalanobis``).
+
+        Over all the keys C was computed from, the mean of ``k^T C^-1 k`` is exactly the
+        key size when C has full rank (a trace identity); the median is usually lower,
+        the values being skewed to the right. The engine derives the
+        update strength from it: lambda = median * (1 - f) / f moves a typical key by a
+        fraction f of the requested change.
+        """
+        if self.sample.shape[0] == 0:
+            raise ValueError("no sampled keys to take a median over")
+        return float(torch.quantile(self.mahalanobis(), 0.5))
+
+
+def _cholesky_with_ridge(matrix: torch.Tensor) -> torch.Tensor:
+    """Lower Cholesky factor of ``matrix``, with a growing ridge when it is singular.
+
+    Rounding can let a singular matrix factorise with tiny positive pivots, which would
+    blow up ``C^-1 k``; so a squared pivot below ``RIDGE_FRACTION`` of the mean
+    diagonal counts as singular too.
+    """
+    scale = float(matrix.diagonal().mean()) or 1.0
+    ridge = RIDGE_FRACTION * scale
+    factor, info = torch.linalg.cholesky_ex(matrix)
+    if int(info) == 0 and float(factor.diagonal().square().min()) >= ridge:
+        return factor
+    eye = torch.eye(matrix.shape[0], dtype=matrix.dtype, device=matrix.device)
+    # Each try multiplies the ridge by 10; the 7th equals C's mean diagonal.
+    for _ in range(7):
+        factor, info = torch.linalg.cholesky_ex(matrix + ridge * eye)
+        if int(info) == 0:
+            return factor
+        ridge *= 10
+    raise ValueError("second moment is not positive semi-definite (Cholesky failed)")
+
+
+class _StopForward(Exception):
+    """Raised by a hook to end a forward pass once the last needed layer has run."""
+
+
+def compute_key_statistics(
+    loaded: LoadedModel,
+    layers: list[int],
+    texts: list[str],
+    *,
+    token_budget: int,
+    batch_size: int = 8,
+    max_length: int = 256,
+    sample_size: int = SAMPLE_SIZE,
+    seed: int = 0,
+    progress: bool = True,
+) -> dict[int, KeyStatistics]:
+    """Run the model over ``texts`` and collect key statistics of ``layers``.
+
+    Each text is tokenised without special tokens and cut into windows of at most
+    ``max_length`` tokens, every window led by ``loaded.prefix_ids`` (or by the start
+    tokens the tokenizer adds itself when there is no prefix). Keys of every token
+    except those leading tokens and padding are counted, in text order, until
+    ``token_budget`` tokens are; if the texts run out first, a WARNING says so and the
+    statistics cover what there was. One forward pass per batch serves all layers, and
+    it stops after the last requested layer. Accumulation is in float64. The model is
+    left unchanged.
+
+    Args:
+        loaded: the model.
+        layers: decoder layers whose MLP output projections' inputs are the keys.
+        texts: the corpus.
+        token_budget: tokens to count.
+        batch_size: windows per forward pass.
+        max_length: tokens per window, leading tokens included.
+        sample_size: keys kept per layer for ``median_mahalanobis``.
+        seed: seed of the key sample.
+        progress: show a tqdm progress bar over counted tokens.
+    """
+    lead = _lead_ids(loaded)
+    _check_arguments(loaded, layers, texts, token_budget, batch_size, max_length, len(lead))
+    layers = sorted(set(layers))
+    device = loaded.device
+    key_sizes = {layer: _key_size(loaded, layer) for layer in layers}
+    sums = {
+        layer: torch.zeros((size, size), dtype=torch.float64, device=device)
+        for layer, size in key_sizes.items()
+    }
+    samples = {layer: torch.empty((0, size)) for layer, size in key_sizes.items()}
+    priorities = torch.empty(0)
+    generator = torch.Generator().manual_seed(seed)
+    counted = 0
+    with tqdm(total=token_budget, unit="tok", desc="key statistics", disable=not progress) as bar:
+        for batch in _batches(_windows(loaded, texts, lead, max_length), batch_size):
+            keys = _batch_keys(loaded, layers, batch, len(lead))
+            taken = min(token_budget - counted, next(iter(keys.values())).shape[0])
+            # Uniform sample without replacement: keep the keys of smallest random priority.
+            priorities = torch.cat([priorities, torch.rand(taken, generator=generator)])
+            keep = priorities.argsort()[:sample_size]
+            priorities = priorities[keep]
+            for layer in layers:
+                chosen = keys[layer][:taken].to(torch.float64)  # (taken, key)
+                sums[layer].addmm_(chosen.T, chosen)
+                pooled = torch.cat([samples[layer], chosen.float().cpu()])
+                samples[layer] = pooled[keep]
+            counted += taken
+            bar.update(taken)
+            if counted >= token_budget:
+                break
+    if counted == 0:
+        raise ValueError("the corpus holds no tokens to compute key statistics over")
+    if counted < token_budget:
+        log.warning(
+            "the corpus ran out after %d of the %d tokens budgeted for key statistics; "
+            "the statistics cover %d tokens",
+            counted,
+            token_budget,
+            counted,
+        )
+    return {
+        layer: KeyStatistics(
+            second_moment=(sums[layer] / counted).cpu(), count=counted, sample=samples[layer]
+        )
+        for layer in layers
+    }
+
+
+def _check_arguments(
+    loaded: LoadedModel,
+    layers: list[int],
+    texts: list[str],
+    token_budget: int,
+    batch_size: int,
+    max_length: int,
+    lead_length: int,
+) -> None:
+    """Raise ``ValueError`` naming the first argument that cannot work."""
+    if not layers:
+        raise ValueError("no layers given to compute key statistics for")
+    outside = [layer for layer in layers if not 0 <= layer < loaded.num_layers]
+    if outside:
+        raise ValueError(f"layers {outside} are outside the model's 0..{loaded.num_layers - 1}")
+    if not texts:
+        raise ValueError("the corpus is empty")
+    if token_budget <= 0:
+        raise ValueError(f"token_budget must be positive, got {token_budget}")
+    if batch_size <= 0:
+        raise ValueError(f"batch_size must be positive, got {batch_size}")
+    if max_length <= lead_length:
+        raise ValueError(
+            f"max_length {max_length} leaves no room after the {lead_length} leading tokens"
+        )
+
+
+def _lead_ids(loaded: LoadedModel) -> list[int]:
+    """Tokens leading every window: the prefix, or the tokenizer's own start tokens."""
+    if loaded.prefix_ids:
+        return list(loaded.prefix_ids)
+    probe = loaded.tokenizer("a", add_special_tokens=True)["input_ids"]
+    bare = loaded.tokenizer("a", add_special_tokens=False)["input_ids"]
+    cut = len(probe) - len(bare)
+    return list(probe[:cut]) if cut > 0 and probe[cut:] == bare else []
+
+
+def _key_size(loaded: LoadedModel, layer: int) -> int:
+    """Key dimension of ``layer``'s MLP output projection, read by the spec's layout."""
+    module = get_module(loaded.model, loaded.spec.mlp_out_path(layer))
+    return key_value_dims(loaded.spec, module)[0]
+
+
+def _windows(
+    loaded: LoadedModel, texts: list[str], lead: list[int], max_length: int
+) -> Iterator[list[int]]:
+    """Yield token-id windows: ``lead`` then up to ``max_length - len(lead)`` text tokens."""
+    room = max_length - len(lead)
+    for text in texts:
+        ids = loaded.tokenizer(text, add_special_tokens=False)["input_ids"]
+        for start in range(0, len(ids), room):
+            yield lead + list(ids[start : start + room])
+
+
+def _batches(windows: Iterable[list[int]], batch_size: int) -> Iterator[list[list[int]]]:
+    """Group an iterable of windows into lists of ``batch_size`` (the last may be shorter)."""
+    batch: list[list[int]] = []
+    for window in windows:
+        batch.append(window)
+        if len(batch) == batch_size:
+            yield batch
+            batch = []
+    if batch:
+        yield batch
+
+
+@torch.no_grad()
+def _batch_keys(
+    loaded: LoadedModel, layers: list[int], batch: list[list[int]], lead_length: int
+) -> dict[int, torch.Tensor]:
+    """Keys of every counted token of ``batch``: layer -> (tokens, key), in text order."""
+    width = max(len(window) for window in batch)
+    pad = loaded.tokenizer.pad_token_id
+    pad = pad if pad is not None else 0
+    input_ids = torch.full((len(batch), width), pad, dtype=torch.long)
+    mask = torch.zeros((len(batch), width), dtype=torch.long)
+    for row, window in enumerate(batch):
+        input_ids[row, : len(window)] = torch.tensor(window)
+        mask[row, : len(window)] = 1
+    # Right padding: default positions are right. Leading tokens and padding are not counted.
+    counted = mask.bool()
+    counted[:, :lead_length] = False
+    device = loaded.device
+    last = loaded.spec.mlp_out_path(max(layers))
+
+    def halt(*_args: Any) -> None:
+        raise _StopForward
+
+    with (
+        capture_keys(loaded, layers) as captured,
+        forward_hooks(loaded.model, {last: halt}),
+        contextlib.suppress(_StopForward),
+    ):
+        loaded.model(
+            input_ids=input_ids.to(device), attention_mask=mask.to(device), use_cache=False
+        )
+    counted = counted.to(device)
+    return {layer: captured[layer][counted] for layer in layers}  # (tokens, key)
+
+
+class CovarianceCache:
+    """Key statistics on disk, one safetensors file per model, layer, corpus and budget.
+
+    Files live at ``<directory>/<fingerprint>/layer<L>-<corpus digest>-<budget>-len<M>
+    .safetensors`` (M the window length) and are written to a temporary file that is then
+    renamed, so a reader never sees half a file. ``get`` raises
+    ``CovarianceCacheError`` on a damaged file; ``get_or_compute`` logs that at WARNING,
+    recomputes the layer and replaces the file. Nothing is recomputed without an INFO
+    log saying so.
+    """
+
+    def __init__(self, directory: Path | None = None) -> None:
+        """Cache in ``directory``, by default ``data_home()/stats``."""
+        self.directory = Path(directory) if directory is not None else data_home() / "stats"
+
+    def path(
+        self,
+        fingerprint: str,
+        layer: int,
+        texts_digest: str,
+        token_budget: int,
+        *,
+        max_length: int = 256,
+    ) -> Path:
+        """The file that holds (or would hold) the statistics of this key."""
+        name = f"layer{layer}-{texts_digest}-{token_budget}-len{max_length}.safetensors"
+        return self.directory / fingerprint / name
+
+    def get(
+        self,
+        loaded: LoadedModel,
+        layer: int,
+        texts_digest: str,
+        token_budget: int,
+        *,
+        max_length: int = 256,
+    ) -> KeyStatistics | None:
+        """Cached statistics, or ``None`` when there are none.
+
+        Raises ``CovarianceCacheError`` when the file exists but is damaged or records
+        another key than its name.
+        """
+        path = self.path(
+            loaded.fingerprint, layer, texts_digest, token_budget, max_length=max_length
+        )
+        if not path.exists():
+            return None
+        expected = _metadata(loaded.fingerprint, layer, texts_digest, token_budget, max_length)
+        return _read_statistics(path, expected)
+
+    def put(
+        self,
+        loaded: LoadedModel,
+        layer: int,
+        texts_digest: str,
+        token_budget: int,
+        stats: KeyStatistics,
+        *,
+        max_length: int = 256,
+    ) -> Path:
+        """Store ``stats`` atomically; returns the file's path."""
+        path = self.path(
+            loaded.fingerprint, layer, texts_digest, token_budget, max_length=max_length
+        )
+        metadata = _metadata(loaded.fingerprint, layer, texts_digest, token_budget, max_length)
+        metadata["count"] = str(stats.count)
+        metadata["factsync_version"] = __version__
+        tensors = {
+            "second_moment": stats.second_moment.detach().to(torch.float64).cpu().contiguous(),
+            "sample": stats.sample.detach().to(torch.float32).cpu().contiguous(),
+        }
+        path.parent.mkdir(parents=True, exist_ok=True)
+        handle, staging = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+        os.close(handle)
+        try:
+            save_file(tensors, staging, metadata=metadata)
+            os.replace(staging, path)
+        except BaseException:
+            Path(staging).unlink(missing_ok=True)
+            raise
+        return path
+
+    def get_or_compute(
+        self,
+        loaded: LoadedModel,
+        layers: list[int],
+        texts: list[str],
+        token_budget: int,
+        *,
+        batch_size: int = 8,
+        max_length: int = 256,
+        progress: bool = True,
+    ) -> dict[int, KeyStatistics]:
+        """Statistics of ``layers``: cached ones are read, missing ones computed together."""
+        digest = corpus_digest(texts)
+        found: dict[int, KeyStatistics] = {}
+        missing: list[int] = []
+        for layer in sorted(set(layers)):
+            try:
+                stats = self.get(loaded, layer, digest, token_budget, max_length=max_length)
+            except CovarianceCacheError as exc:
+                log.warning("%s; recomputing layer %d", exc, layer)
+                stats = None
+            if stats is None:
+                missing.append(layer)
+            else:
+                found[layer] = stats
+        if found:
+            log.info(
+                "reusing cached key statistics for layers %s of %s (corpus %s, %d tokens) from %s",
+                sorted(found),
+                loaded.name,
+                digest,
+                token_budget,
+                self.directory / loaded.fingerprint,
+            )
+        if missing:
+            log.info(
+                "computing key statistics for layers %s of %s over %d tokens (corpus %s)",
+                missing,
+                loaded.name,
+                token_budget,
+                digest,
+            )
+            computed = compute_key_statistics(
+                loaded,
+                missing,
+                texts,
+                token_budget=token_budget,
+                batch_size=batch_size,
+                max_length=max_length,
+                progress=progress,
+            )
+            for layer, stats in computed.items():
+                self.put(loaded, layer, digest, token_budget, stats, max_length=max_length)
+            found.update(computed)
+        return {layer: found[layer] for layer in sorted(found)}
+
+
+def _metadata(
+    fingerprint: str, layer: int, texts_digest: str, token_budget: int, max_length: int
+) -> dict[str, str]:
+    """The key of a cache file, as stored in its safetensors metadata."""
+    return {
+        "format": STATS_FORMAT,
+        "fingerprint": fingerprint,
+        "layer": str(layer),
+        "corpus_digest": texts_digest,
+        "token_budget": str(token_budget),
+        "max_length": str(max_length),
+    }
+
+
+def _read_statistics(path: Path, expected: dict[str, str]) -> KeyStatistics:
+    """Read and check one cache file; ``CovarianceCacheError`` says what is wrong."""
+    try:
+        with safe_open(str(path), framework="pt") as handle:
+            metadata = handle.metadata() or {}
+            second_moment = handle.get_tensor("second_moment")
+            sample = handle.get_tensor("sample")
+    except (OSError, SafetensorError, ValueError, KeyError, RuntimeError) as exc:
+        raise CovarianceCacheError(f"key statistics file {path} is unreadable: {exc}") from exc
+    differing = sorted(k for k, v in expected.items() if metadata.get(k) != v)
+    if differing:
+        raise CovarianceCacheError(
+            f"key statistics file {path} records other {', '.join(differing)} than its name"
+        )
+    try:
+        count = int(metadata.get("count", ""))
+        stats = KeyStatistics(second_moment=second_moment, count=count, sample=sample)
+    except ValueError as exc:
+        raise CovarianceCacheError(f"key statistics file {path} is inconsistent: {exc}") from exc
+    if second_moment.dtype != torch.float64 or not torch.isfinite(second_moment).all():
+        raise CovarianceCacheError(
+            f"key statistics file {path} holds a non-finite or non-float64 second moment"
+        )
+    return stats

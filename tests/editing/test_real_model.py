@@ -1,0 +1,79 @@
+"""Claims about editing quality, checked on the real default model (SmolLM2-135M)."""
+
+from __future__ import annotations
+
+import pytest
+
+from factsync.editing.build import StatisticsSettings, build_engine
+from factsync.editing.engine import EngineSettings
+from factsync.editing.requests import EditRequest, Neighbour
+from factsync.models.loading import load_model
+from factsync.models.scoring import score_targets
+from factsync.models.text import PromptSpec, object_ids
+
+pytestmark = pytest.mark.real_model
+
+FACTS = [
+    EditRequest(
+        "Danielle Darrieux",
+        "The mother tongue of {} is",
+        "English",
+        "French",
+        (Neighbour("Jean Gabin", "The mother tongue of {} is", "French"),),
+    ),
+    EditRequest(
+        "LinkedIn",
+        "{} is owned by",
+        "Apple",
+        "Microsoft",
+        (Neighbour("Skype", "{} is owned by", "Microsoft"),),
+    ),
+    EditRequest(
+        "Paris",
+        "{} is the capital of",
+        "Italy",
+        "France",
+        (Neighbour("Lyon", "{} is a city in", "France"),),
+    ),
+]
+PARAPHRASES = [
+    ("{} spoke the language", "Danielle Darrieux"),
+    ("{}, a company owned by", "LinkedIn"),
+    ("The city of {} is the capital of", "Paris"),
+]
+# Scored only, never used for editing: NME neighbours and scoring neighbours stay disjoint.
+HELD_OUT_NEIGHBOUR = ("{} is the capital of", "Berlin", "Germany", "Italy")
+
+
+@pytest.fixture(scope="module")
+def loaded():
+    return load_model()
+
+
+def _beats(loaded, template: str, subject: str, winner: str, loser: str) -> bool:
+    win, lose = score_targets(
+        loaded,
+        [PromptSpec(template, subject, object_ids(loaded, o)) for o in (winner, loser)],
+    )
+    return win.mean_nll < lose.mean_nll
+
+
+def test_three_edits_take_and_generalise_while_a_neighbour_keeps_its_object(loaded):
+    template, subject, true, new = HELD_OUT_NEIGHBOUR
+    assert _beats(loaded, template, subject, true, new), "the base model knows the neighbour"
+    for fact in FACTS:
+        assert not _beats(loaded, fact.template, fact.subject, fact.new_object, fact.old_object)
+
+    settings = EngineSettings(max_iterations=3, neighbours=True)
+    # Statistics are cached under $FACTSYNC_HOME, so only the first run computes them.
+    engine = build_engine(loaded, settings, StatisticsSettings(corpus_tokens=20_000))
+    result = engine.edit(FACTS)
+    handle = result.delta.apply(loaded)
+    try:
+        for fact, (para_template, para_subject) in zip(FACTS, PARAPHRASES, strict=True):
+            assert _beats(loaded, fact.template, fact.subject, fact.new_object, fact.old_object)
+            assert _beats(loaded, para_template, para_subject, fact.new_object, fact.old_object)
+        assert _beats(loaded, template, subject, true, new)
+    finally:
+        handle.revert()
+    assert all(len(records) <= 3 for records in result.records)
