@@ -14,7 +14,8 @@ from dataclasses import asdict, dataclass, replace
 
 from tqdm import tqdm
 
-from factsync.editing.engine import EditEngine, EngineSettings, LayerStatistics
+from factsync.editing.covariance import KeyStatistics
+from factsync.editing.engine import EditEngine, EngineSettings
 from factsync.evaluation.counterfact import CounterfactCase, with_neighbours
 from factsync.evaluation.fluency import perplexity
 from factsync.evaluation.probes import Probe, neighbourhood_reference, score_probes
@@ -113,7 +114,7 @@ def run_counterfact(
     cases: list[CounterfactCase],
     methods: dict[str, EngineSettings],
     *,
-    statistics: dict[int, LayerStatistics],
+    statistics: dict[int, KeyStatistics],
     contexts: list[str],
     fluency_texts: list[str],
     batch_size: int,

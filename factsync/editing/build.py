@@ -8,14 +8,14 @@ from pathlib import Path
 
 from factsync.editing.contexts import sample_contexts
 from factsync.editing.corpus import load_text_files, model_corpus
-from factsync.editing.covariance import CovarianceCache
-from factsync.editing.engine import EditEngine, EngineSettings, LayerStatistics
+from factsync.editing.covariance import CovarianceCache, KeyStatistics
+from factsync.editing.engine import EditEngine, EngineSettings
 from factsync.models.loading import LoadedModel
 from factsync.paths import data_home
 
 log = logging.getLogger(__name__)
 
-DEFAULT_CORPUS_TOKENS = 100_000
+DEFAULT_CORPUS_TOKENS = 20_000
 """Tokens of model-sampled text behind the key statistics; see README "Covariance"."""
 
 
@@ -44,7 +44,7 @@ def layer_statistics(
     settings: StatisticsSettings,
     *,
     home: Path | None = None,
-) -> dict[int, LayerStatistics]:
+) -> dict[int, KeyStatistics]:
     """Key statistics of ``layers``, from the disk cache or computed and cached."""
     home = home or data_home()
     if settings.text_files:
@@ -57,13 +57,7 @@ def layer_statistics(
             cache_dir=home / "corpus",
         )
     cache = CovarianceCache(home / "stats")
-    stats = cache.get_or_compute(loaded, layers, texts, token_budget=settings.corpus_tokens)
-    return {
-        layer: LayerStatistics(
-            second_moment=s.second_moment, median_mahalanobis=s.median_mahalanobis()
-        )
-        for layer, s in stats.items()
-    }
+    return cache.get_or_compute(loaded, layers, texts, token_budget=settings.corpus_tokens)
 
 
 def build_engine(

@@ -353,6 +353,8 @@ def _write_json_atomic(path: Path, payload: dict[str, Any]) -> None:
     try:
         with os.fdopen(handle, "w", encoding="utf-8") as out:
             json.dump(payload, out, ensure_ascii=False)
+        # mkstemp creates the file private (0600); a cache is readable like any file.
+        os.chmod(staging, 0o644)
         os.replace(staging, path)
     except BaseException:
         Path(staging).unlink(missing_ok=True)

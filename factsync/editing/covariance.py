@@ -392,6 +392,8 @@ class CovarianceCache:
         os.close(handle)
         try:
             save_file(tensors, staging, metadata=metadata)
+            # mkstemp creates the file private (0600); a cache is readable like any file.
+            os.chmod(staging, 0o644)
             os.replace(staging, path)
         except BaseException:
             Path(staging).unlink(missing_ok=True)

@@ -18,6 +18,7 @@ from dataclasses import asdict, dataclass, field
 import torch
 
 from factsync import __version__
+from factsync.editing.covariance import KeyStatistics
 from factsync.editing.delta import ModelDelta, restored_weights
 from factsync.editing.keys import subject_outputs
 from factsync.editing.requests import EditRequest
@@ -105,19 +106,6 @@ class EditResult:
         return [r[-1].spread_probability for r in self.records]
 
 
-@dataclass
-class LayerStatistics:
-    """Corpus statistics of one layer's keys, as the engine needs them.
-
-    Attributes:
-        second_moment: (key, key) mean of k k^T over the corpus.
-        median_mahalanobis: median over corpus keys of ``k^T C^-1 k``.
-    """
-
-    second_moment: torch.Tensor
-    median_mahalanobis: float
-
-
 class EditEngine:
     """Edits one model; holds what persists between jobs.
 
@@ -130,7 +118,7 @@ class EditEngine:
         self,
         loaded: LoadedModel,
         settings: EngineSettings,
-        statistics: dict[int, LayerStatistics],
+        statistics: dict[int, KeyStatistics],
         contexts: list[str],
     ) -> None:
         self.loaded = loaded
@@ -147,14 +135,14 @@ class EditEngine:
             layer: self._layer_context(statistics[layer]) for layer in self.layers
         }
 
-    def _layer_context(self, stats: LayerStatistics) -> LayerContext:
+    def _layer_context(self, stats: KeyStatistics) -> LayerContext:
         spread_settings = self.settings.spread
         fraction = spread_settings.update_fraction
         lam = (
             spread_settings.mom2_update_weight
-            or stats.median_mahalanobis * (1 - fraction) / fraction
+            or stats.median_mahalanobis() * (1 - fraction) / fraction
         )
-        context = LayerContext(second_moment=stats.second_moment, lam=lam)
+        context = LayerContext(second_moment=stats.second_moment.float(), lam=lam)
         if spread_settings.algorithm == "alphaedit":
             context.projector = nullspace_projector(
                 stats.second_moment, spread_settings.nullspace_threshold

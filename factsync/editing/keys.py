@@ -25,10 +25,12 @@ def subject_keys(
     """Keys of ``layer``'s MLP output projection at each subject's last token.
 
     ``prompts`` holds (template, subject) pairs. Keys are averaged over the context
-    prefixes, as MEMIT does, but separately for each way the subject tokenises: a subject
-    at the start of a text ("LinkedIn" -> Link|ed|In) and after a prefix (" LinkedIn",
-    one token) give nearly orthogonal keys, and an update fitted to their average moves
-    neither. Returns keys (key_size, groups) in float32 and the fact index of each group.
+    prefixes, as MEMIT does, but the bare prompt (the subject at the start of the text,
+    as users ask) keeps a key of its own, and prefixed prompts are averaged separately
+    for each way the subject tokenises. A subject at the start of a text
+    ("LinkedIn" -> Link|ed|In) and after a prefix (" LinkedIn", one token) can give
+    nearly orthogonal keys, and an update fitted to their average moves neither.
+    Returns keys (key_size, groups) in float32 and the fact index of each group.
     """
     rows = [PromptSpec(t, s, context=c) for t, s in prompts for c in contexts]
     keys, tokens = [], []
@@ -37,11 +39,12 @@ def subject_keys(
         keys.append(_at_subject(loaded, batch, layer, capture_keys))
         tokens.extend(batch.subject_tokens(row) for row in range(len(batch.input_ids)))
     flat = torch.cat(keys)  # (facts * contexts, key)
-    groups: dict[tuple[int, tuple[int, ...]], list[int]] = {}
+    groups: dict[tuple[int, bool, tuple[int, ...]], list[int]] = {}
     for row, subject_tokens in enumerate(tokens):
-        groups.setdefault((row // len(contexts), subject_tokens), []).append(row)
+        fact, context = divmod(row, len(contexts))
+        groups.setdefault((fact, contexts[context] == "", subject_tokens), []).append(row)
     averaged = torch.stack([flat[members].mean(dim=0) for members in groups.values()])
-    owners = torch.tensor([fact for fact, _ in groups], device=flat.device)
+    owners = torch.tensor([fact for fact, _, _ in groups], device=flat.device)
     return averaged.T.contiguous(), owners
 
 

@@ -37,9 +37,9 @@ FACTS = [
     ),
 ]
 PARAPHRASES = [
-    ("{} spoke the language", "Danielle Darrieux"),
-    ("{}, a company owned by", "LinkedIn"),
-    ("The city of {} is the capital of", "Paris"),
+    ("The native language of {} is", "Danielle Darrieux"),
+    ("{} is a subsidiary of", "LinkedIn"),
+    ("{} is the capital city of", "Paris"),
 ]
 # Scored only, never used for editing: NME neighbours and scoring neighbours stay disjoint.
 HELD_OUT_NEIGHBOUR = ("{} is the capital of", "Berlin", "Germany", "Italy")

@@ -1,0 +1,165 @@
+"""Shared fixtures: tiny randomly initialised models of every supported family.
+
+Tests of mechanics (hooks, statistics, deltas, caches) run on these instead of a real
+checkpoint, and need no download: the tokenizer is a byte-level BPE trained in a few
+milliseconds on ``TOKENIZER_TEXT``. Like the default model's tokenizer it adds no start
+token itself and knows ``<|endoftext|>``, so ``loaded.prefix_ids`` is that token's id,
+and it encodes any string (bytes never become unknown tokens).
+
+Fixtures:
+- ``tiny_loaded``: a factory ``tiny_loaded(family="llama", *, seed=0, num_layers=4)``
+  returning a fresh ``LoadedModel`` (eval mode, CPU, float32). The same arguments give
+  identical weights and fingerprint; a different ``seed`` gives other weights.
+- ``tiny_family``: parametrised over ``TINY_FAMILIES``; use it with ``tiny_loaded`` to
+  run a test once per family.
+- ``tiny_tokenizer``: a fresh tokenizer of the kind the models use.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import pytest
+import torch
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+from transformers import (
+    AutoModelForCausalLM,
+    GPT2Config,
+    GPTJConfig,
+    GPTNeoXConfig,
+    LlamaConfig,
+    PretrainedConfig,
+    PreTrainedTokenizerFast,
+)
+
+from factsync.models.loading import LoadedModel, model_fingerprint, prompt_prefix_ids
+from factsync.models.specs import check_layout, spec_for
+
+TINY_FAMILIES = ("llama", "gpt2", "gptj", "gpt_neox")
+
+TOKENIZER_TEXT = (
+    "The capital of France is Paris. The capital of Italy is Rome.",
+    "Danielle Darrieux was a French actress. Her mother tongue is French.",
+    "Toko Yasuda plays the guitar. Apple A5 was created by Apple.",
+    "LinkedIn is owned by Microsoft. Skype is owned by Microsoft too.",
+    "Once upon a time, in 1998, scientists found a new city in the north.",
+    "Here is how to write a letter: Dear customer, thank you for your order.",
+)
+# 256 byte symbols, two special tokens and a few hundred merges: small but realistic.
+TOKENIZER_VOCAB_SIZE = 400
+PREFIX_TOKEN = "<|endoftext|>"
+PAD_TOKEN = "<pad>"
+
+
+def build_tiny_tokenizer() -> PreTrainedTokenizerFast:
+    """A byte-level BPE tokenizer trained offline on ``TOKENIZER_TEXT``."""
+    backend = Tokenizer(models.BPE())
+    backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    backend.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=TOKENIZER_VOCAB_SIZE,
+        special_tokens=[PREFIX_TOKEN, PAD_TOKEN],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    backend.train_from_iterator(TOKENIZER_TEXT, trainer)
+    return PreTrainedTokenizerFast(
+        tokenizer_object=backend, eos_token=PREFIX_TOKEN, pad_token=PAD_TOKEN
+    )
+
+
+def tiny_config(
+    family: str, tokenizer: PreTrainedTokenizerFast, num_layers: int
+) -> PretrainedConfig:
+    """A config of ``family`` with hidden size 32 and MLP keys of 64 (gpt2, gptj: 128)."""
+    vocab_size = len(tokenizer)
+    common = {
+        "bos_token_id": tokenizer.eos_token_id,
+        "eos_token_id": tokenizer.eos_token_id,
+        "pad_token_id": tokenizer.pad_token_id,
+        # Wider than the usual 0.02, so that logits can move far enough for an edit
+        # to change what a tiny model predicts.
+        "initializer_range": 0.3,
+    }
+    if family == "llama":
+        return LlamaConfig(
+            **common,
+            vocab_size=vocab_size,
+            hidden_size=32,
+            intermediate_size=64,
+            num_hidden_layers=num_layers,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+            max_position_embeddings=512,
+        )
+    if family == "gpt2":
+        return GPT2Config(
+            **common,
+            vocab_size=vocab_size,
+            n_embd=32,
+            n_layer=num_layers,
+            n_head=4,
+            n_positions=512,
+        )
+    if family == "gptj":
+        return GPTJConfig(
+            **common,
+            vocab_size=vocab_size,
+            n_embd=32,
+            n_layer=num_layers,
+            n_head=4,
+            rotary_dim=4,
+            n_positions=512,
+        )
+    if family == "gpt_neox":
+        return GPTNeoXConfig(
+            **common,
+            vocab_size=vocab_size,
+            hidden_size=32,
+            intermediate_size=64,
+            num_hidden_layers=num_layers,
+            num_attention_heads=4,
+            max_position_embeddings=512,
+        )
+    raise ValueError(f"no tiny config for family {family!r}; known: {TINY_FAMILIES}")
+
+
+def build_tiny_loaded(family: str = "llama", *, seed: int = 0, num_layers: int = 4) -> LoadedModel:
+    """A ``LoadedModel`` of a tiny random ``family`` model with a fresh tiny tokenizer."""
+    tokenizer = build_tiny_tokenizer()
+    config = tiny_config(family, tokenizer, num_layers)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = AutoModelForCausalLM.from_config(config)
+    model.eval()
+    spec = spec_for(model.config.model_type)
+    check_layout(spec, model, model.config.hidden_size)
+    return LoadedModel(
+        model=model,
+        tokenizer=tokenizer,
+        spec=spec,
+        name=f"tiny-{family}-{seed}",
+        prefix_ids=prompt_prefix_ids(tokenizer, spec),
+        fingerprint=model_fingerprint(model),
+    )
+
+
+@pytest.fixture
+def tiny_tokenizer() -> PreTrainedTokenizerFast:
+    """A fresh tiny tokenizer (the kind ``tiny_loaded`` models use)."""
+    return build_tiny_tokenizer()
+
+
+@pytest.fixture
+def tiny_loaded() -> Callable[..., LoadedModel]:
+    """Factory of tiny models: ``tiny_loaded(family="llama", *, seed=0, num_layers=4)``.
+
+    Every call builds a fresh model, so a test may change weights freely.
+    """
+    return build_tiny_loaded
+
+
+@pytest.fixture(params=TINY_FAMILIES)
+def tiny_family(request: pytest.FixtureRequest) -> str:
+    """Each supported family in turn (llama, gpt2, gptj, gpt_neox)."""
+    return request.param

@@ -1,0 +1,193 @@
+"""The statistics corpus: model-sampled text, user files, its digest and its cache."""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+
+import pytest
+
+from factsync.editing.corpus import (
+    OPENINGS,
+    CorpusError,
+    corpus_digest,
+    load_text_files,
+    model_corpus,
+    sample_corpus,
+)
+from factsync.models.loading import model_fingerprint
+
+LOGGER = "factsync.editing.corpus"
+
+
+def sample(loaded, **kwargs) -> list[str]:
+    """A small corpus with test defaults: 60 tokens in sequences of 12, no bar."""
+    options = {"num_tokens": 60, "sequence_length": 12, "batch_size": 2, "progress": False}
+    return sample_corpus(loaded, **{**options, **kwargs})
+
+
+# --- corpus_digest ------------------------------------------------------------------
+
+
+def test_digest_is_a_stable_hex_prefix_sensitive_to_order_and_boundaries():
+    digest = corpus_digest(["a", "b"])
+    assert len(digest) == 16 and int(digest, 16) >= 0
+    assert corpus_digest(["a", "b"]) == digest
+    assert corpus_digest(("a", "b")) == digest
+    assert corpus_digest(["b", "a"]) != digest
+    assert corpus_digest(["ab", "c"]) != corpus_digest(["a", "bc"])
+    assert corpus_digest([""]) != corpus_digest([])
+
+
+# --- sample_corpus ------------------------------------------------------------------
+
+
+def test_sampling_is_deterministic_per_seed_and_starts_at_an_opening(tiny_loaded, tiny_family):
+    loaded = tiny_loaded(tiny_family)
+    texts = sample(loaded, seed=5)
+    assert len(texts) == math.ceil(60 / 12)
+    assert sample(loaded, seed=5) == texts
+    assert sample(loaded, seed=6) != texts
+    # Decoded without the prefix token: every text begins with its opening.
+    for text in texts:
+        assert any(text.startswith(opening) for opening in OPENINGS), text
+        assert "<|endoftext|>" not in text and "<pad>" not in text
+
+
+def test_sampling_does_not_depend_on_the_batch_size(tiny_loaded, tiny_family):
+    # Rows of a batch have openings of different lengths, so this also checks that
+    # left padding with explicit positions samples as an unpadded row would.
+    loaded = tiny_loaded(tiny_family)
+    assert sample(loaded, batch_size=1) == sample(loaded, batch_size=5)
+
+
+def test_sampling_counts_tokens_per_sequence(tiny_loaded):
+    loaded = tiny_loaded("llama")
+    assert len(sample(loaded, num_tokens=61, sequence_length=12)) == 6
+    assert len(sample(loaded, num_tokens=1, sequence_length=12)) == 1
+
+
+def test_sampling_leaves_the_model_unchanged_and_hook_free(tiny_loaded):
+    loaded = tiny_loaded("gpt_neox")
+    before = model_fingerprint(loaded.model)
+    sample(loaded)
+    assert model_fingerprint(loaded.model) == before
+    assert not any(m._forward_hooks or m._forward_pre_hooks for m in loaded.model.modules())
+
+
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        ({"num_tokens": 0}, "num_tokens must be positive, got 0"),
+        ({"sequence_length": -1}, "sequence_length must be positive, got -1"),
+        ({"batch_size": 0}, "batch_size must be positive, got 0"),
+    ],
+)
+def test_bad_sampling_arguments_are_named(tiny_loaded, kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        sample(tiny_loaded("llama"), **kwargs)
+
+
+# --- model_corpus (the cache) -------------------------------------------------------
+
+
+def cached(loaded, cache_dir, **kwargs) -> list[str]:
+    options = {"num_tokens": 36, "seed": 1, "sequence_length": 12, "progress": False}
+    return model_corpus(loaded, cache_dir=cache_dir, **{**options, **kwargs})
+
+
+def test_model_corpus_is_sampled_once_then_read_from_disk(tiny_loaded, tmp_path, caplog):
+    loaded = tiny_loaded("llama")
+    caplog.set_level(logging.INFO, logger=LOGGER)
+    first = cached(loaded, tmp_path)
+    assert any("sampling a corpus of 36 tokens" in r.getMessage() for r in caplog.records)
+    path = tmp_path / f"{loaded.fingerprint}-36-1-len12.json"
+    assert sorted(tmp_path.iterdir()) == [path]  # no temporary file left behind
+    stored = json.loads(path.read_text())
+    assert stored["texts"] == first and stored["digest"] == corpus_digest(first)
+    caplog.clear()
+    assert cached(loaded, tmp_path) == first
+    assert not any("sampling" in r.getMessage() for r in caplog.records)
+    assert any("reusing the sampled corpus" in r.getMessage() for r in caplog.records)
+    assert first == sample_corpus(loaded, num_tokens=36, seed=1, sequence_length=12, progress=False)
+
+
+def test_model_corpus_keys_on_fingerprint_tokens_seed_and_length(tiny_loaded, tmp_path):
+    loaded = tiny_loaded("llama")
+    other = tiny_loaded("llama", seed=1)
+    cached(loaded, tmp_path)
+    cached(other, tmp_path)
+    cached(loaded, tmp_path, seed=2)
+    cached(loaded, tmp_path, num_tokens=24)
+    cached(loaded, tmp_path, sequence_length=6)
+    assert len(list(tmp_path.glob("*.json"))) == 5
+
+
+@pytest.mark.parametrize(
+    "damage, reason",
+    [
+        (lambda text: text[: len(text) // 2], "unreadable"),
+        (lambda text: "[]", "does not hold a JSON object"),
+        (lambda text: text.replace('"top_k": 50', '"top_k": 40'), "other settings"),
+        (lambda text: text.replace('"texts": ["', '"texts": ["x'), "recorded digest"),
+    ],
+)
+def test_damaged_corpus_cache_is_resampled_with_a_warning(
+    tiny_loaded, tmp_path, caplog, damage, reason
+):
+    loaded = tiny_loaded("llama")
+    first = cached(loaded, tmp_path)
+    path = tmp_path / f"{loaded.fingerprint}-36-1-len12.json"
+    path.write_text(damage(path.read_text()))
+    caplog.set_level(logging.INFO, logger=LOGGER)
+    assert cached(loaded, tmp_path) == first
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert any(reason in w and "sampling the corpus again" in w for w in warnings), warnings
+    assert json.loads(path.read_text())["texts"] == first
+
+
+def test_model_corpus_defaults_to_the_data_home(tiny_loaded, tmp_path, monkeypatch):
+    monkeypatch.setenv("FACTSYNC_HOME", str(tmp_path))
+    loaded = tiny_loaded("llama")
+    model_corpus(loaded, num_tokens=12, sequence_length=12, progress=False)
+    assert (tmp_path / "corpus" / f"{loaded.fingerprint}-12-0-len12.json").is_file()
+
+
+# --- load_text_files ----------------------------------------------------------------
+
+
+def test_text_files_give_paragraphs_and_jsonl_records_in_order(tmp_path):
+    notes = tmp_path / "notes.txt"
+    notes.write_text("First line\nstill first.\n\n\n  Second.  \n\nThird\n")
+    records = tmp_path / "records.jsonl"
+    records.write_text('{"text": "one", "id": 1}\n\n{"text": "two"}\n')
+    assert load_text_files([notes, str(records)]) == [
+        "First line\nstill first.",
+        "Second.",
+        "Third",
+        "one",
+        "two",
+    ]
+
+
+@pytest.mark.parametrize(
+    "name, content, match",
+    [
+        ("bad.jsonl", '{"text": "ok"}\n{"text": \n', r"bad\.jsonl:2: not valid JSON"),
+        ("bad.jsonl", '{"text": "ok"}\n\n{"body": "x"}\n', r"bad\.jsonl:3: expected an object"),
+        ("bad.jsonl", '["text"]\n', r"bad\.jsonl:1: expected an object with a string 'text'"),
+        ("bad.jsonl", '{"text": 5}\n', r"bad\.jsonl:1: expected an object"),
+        ("bad.csv", "text\nhello\n", r"bad\.csv has unsupported type '\.csv'"),
+    ],
+)
+def test_bad_text_files_are_named_with_their_line(tmp_path, name, content, match):
+    path = tmp_path / name
+    path.write_text(content)
+    with pytest.raises(CorpusError, match=match):
+        load_text_files([path])
+
+
+def test_missing_text_file_is_named(tmp_path):
+    with pytest.raises(CorpusError, match=r"corpus file .*nowhere\.txt does not exist"):
+        load_text_files([tmp_path / "nowhere.txt"])

@@ -1,0 +1,178 @@
+"""The engine on tiny random models: batching, IME bookkeeping, model left unchanged."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import pytest
+import torch
+
+from factsync.editing.covariance import compute_key_statistics
+from factsync.editing.delta import applied
+from factsync.editing.engine import EditEngine, EngineSettings
+from factsync.editing.keys import subject_outputs
+from factsync.editing.requests import EditRequest, Neighbour
+from factsync.editing.spread import spread
+from factsync.editing.targets import TargetSettings, optimise_targets
+
+TEXTS = [
+    "The capital of France is Paris and the capital of Italy is Rome.",
+    "Danielle Darrieux was a French actress whose mother tongue is French.",
+    "LinkedIn is owned by Microsoft, and so is Skype.",
+    "Once upon a time, in 1998, scientists found a new city in the north.",
+] * 6
+CONTEXTS = ["", "Once upon a time. ", "Dear customer, thank you. "]
+REQUESTS = [
+    EditRequest(
+        "Danielle Darrieux",
+        "The mother tongue of {} is",
+        "Italy",
+        "French",
+        (Neighbour("Skype", "The mother tongue of {} is", "French"),),
+    ),
+    EditRequest("LinkedIn", "{} is owned by", "Apple", "Microsoft"),
+    EditRequest("Paris", "The capital of {} is", "Rome", "France"),
+]
+# Random tiny models have small hidden norms, so the usual clamp would pin the delta.
+FAST = TargetSettings(
+    steps=20, learning_rate=1.0, stop_nll=0.3, chunk_size=2, clamp_norm_factor=1e3, weight_decay=0.0
+)
+
+
+def _engine(loaded, **changes) -> EditEngine:
+    settings = replace(EngineSettings(target=FAST), **changes)
+    layers = list(settings.layers or loaded.spec.default_layers(loaded.num_layers))
+    stats = compute_key_statistics(loaded, layers, TEXTS, token_budget=400, progress=False)
+    return EditEngine(loaded, settings, stats, CONTEXTS)
+
+
+def _state(loaded) -> dict[str, torch.Tensor]:
+    return {k: v.clone() for k, v in loaded.model.state_dict().items()}
+
+
+def test_batched_targets_equal_one_at_a_time(tiny_loaded, tiny_family):
+    loaded = tiny_loaded(tiny_family)
+    layer = loaded.spec.default_layers(loaded.num_layers)[-1]
+    batched = optimise_targets(loaded, REQUESTS, layer, CONTEXTS, FAST, use_neighbours=True)
+    single = optimise_targets(
+        loaded,
+        REQUESTS,
+        layer,
+        CONTEXTS,
+        replace(FAST, chunk_size=1, replay_frozen=False),
+        use_neighbours=True,
+    )
+    assert batched.steps == single.steps
+    assert torch.allclose(batched.z, single.z, atol=1e-4)
+    assert batched.probability == pytest.approx(single.probability, abs=1e-5)
+
+
+def test_early_stopping_is_per_fact(tiny_loaded):
+    loaded = tiny_loaded()
+    layer = loaded.spec.default_layers(loaded.num_layers)[-1]
+    loose = replace(FAST, stop_nll=50.0)  # every fact is done before its first step
+    result = optimise_targets(loaded, REQUESTS, layer, CONTEXTS, loose, use_neighbours=False)
+    assert result.steps == [0, 0, 0]
+    assert torch.equal(result.z, result.initial)
+    strict = replace(FAST, stop_nll=1e-9)
+    result = optimise_targets(loaded, REQUESTS, layer, CONTEXTS, strict, use_neighbours=False)
+    assert result.steps == [FAST.steps] * 3
+
+
+def test_clamp_bounds_the_target_shift(tiny_loaded):
+    loaded = tiny_loaded()
+    layer = loaded.spec.default_layers(loaded.num_layers)[-1]
+    tight = replace(FAST, clamp_norm_factor=0.05, stop_nll=1e-9)
+    result = optimise_targets(loaded, REQUESTS, layer, CONTEXTS, tight, use_neighbours=False)
+    shift = (result.z - result.initial).norm(dim=1)
+    assert torch.all(shift <= 0.05 * result.initial.norm(dim=1) + 1e-5)
+
+
+def _with_spread(engine: EditEngine, **changes) -> EditEngine:
+    settings = replace(engine.settings, spread=replace(engine.settings.spread, **changes))
+    return EditEngine(engine.loaded, settings, engine.statistics, CONTEXTS)
+
+
+@pytest.mark.parametrize("algorithm", ["memit", "alphaedit"])
+def test_spread_carries_the_targets_into_the_weights(tiny_loaded, tiny_family, algorithm):
+    loaded = tiny_loaded(tiny_family)
+    engine = _with_spread(_engine(loaded), algorithm=algorithm, update_fraction=0.9)
+    prompts = [(r.template, r.subject) for r in REQUESTS]
+    last = engine.layers[-1]
+    current = subject_outputs(loaded, prompts, last)
+    generator = torch.Generator().manual_seed(0)
+    targets = current + 0.5 * current.norm(dim=1, keepdim=True) * torch.nn.functional.normalize(
+        torch.randn(current.shape, generator=generator), dim=1
+    )
+    delta, _ = spread(
+        loaded,
+        prompts,
+        targets,
+        engine.layers,
+        CONTEXTS,
+        engine.layer_contexts,
+        engine.settings.spread,
+    )
+    with applied(loaded, delta):
+        moved = subject_outputs(loaded, prompts, last)
+    remaining = (targets - moved).norm(dim=1) / (targets - current).norm(dim=1)
+    assert torch.all(remaining < 0.5), remaining
+
+
+@pytest.mark.parametrize("algorithm", ["memit", "alphaedit"])
+def test_edit_leaves_the_model_as_found_and_records_every_pass(tiny_loaded, tiny_family, algorithm):
+    loaded = tiny_loaded(tiny_family)
+    engine = _with_spread(_engine(loaded, max_iterations=3, neighbours=True), algorithm=algorithm)
+    before = _state(loaded)
+    result = engine.edit(REQUESTS)
+    for name, tensor in loaded.model.state_dict().items():
+        assert torch.equal(tensor, before[name]), f"edit changed {name}"
+    assert result.delta.is_finite()
+    assert set(result.delta.layers) == {loaded.spec.mlp_out_path(x) for x in engine.layers}
+    assert result.delta.metadata["model_fingerprint"] == loaded.fingerprint
+    for records in result.records:
+        assert 1 <= len(records) <= 3
+        assert [r.iteration for r in records] == list(range(1, len(records) + 1))
+        assert records[-1].converged or len(records) == 3
+        assert not any(r.converged for r in records[:-1])
+    # One pass adds at most one key per fact and subject tokenisation per layer.
+    max_rank = result.iterations * len(REQUESTS) * len(CONTEXTS)
+    assert all(u.rank <= max_rank for u in result.delta.layers.values())
+
+
+def test_single_pass_runs_once_and_records_both_stages(tiny_loaded):
+    loaded = tiny_loaded()
+    result = _engine(loaded, max_iterations=1).edit(REQUESTS)
+    assert result.iterations == 1
+    for records in result.records:
+        (record,) = records
+        assert 0 <= record.spread_probability <= 1
+        assert 0 <= record.optimisation_probability <= 1
+
+
+def test_converged_facts_leave_the_optimisation(tiny_loaded):
+    loaded = tiny_loaded()
+    # A tolerance of 1 marks every fact converged after its first pass.
+    result = _engine(loaded, max_iterations=4, converge_tolerance=1.0).edit(REQUESTS)
+    assert result.iterations == 1
+    assert all(len(r) == 1 and r[0].converged for r in result.records)
+
+
+def test_alphaedit_remembers_applied_keys(tiny_loaded):
+    loaded = tiny_loaded()
+    engine = _with_spread(_engine(loaded), algorithm="alphaedit")
+    result = engine.edit(REQUESTS[:1])
+    layer = engine.layers[0]
+    assert torch.count_nonzero(engine.layer_contexts[layer].preserved) == 0
+    engine.remember(result)
+    keys = result.keys[layer].double()
+    assert torch.allclose(engine.layer_contexts[layer].preserved, keys @ keys.T)
+
+
+def test_settings_are_validated():
+    with pytest.raises(ValueError, match="max_iterations must be at least 1"):
+        EngineSettings(max_iterations=0)
+    with pytest.raises(ValueError, match="layers must be distinct and increasing"):
+        EngineSettings(layers=(3, 2))
+    with pytest.raises(ValueError, match="steps must be at least 1"):
+        TargetSettings(steps=0)
