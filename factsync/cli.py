@@ -79,7 +79,7 @@ def add_engine_options(parser: argparse.ArgumentParser) -> None:
         type=float,
         default=0.5,
         help="share of the requested change per layer that sets MEMIT's "
-        "lambda from key statistics (0.5)",
+        "lambda from key statistics (0.3)",
     )
     group.add_argument(
         "--chunk-size",

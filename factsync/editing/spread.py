@@ -44,7 +44,7 @@ class SpreadSettings:
     """
 
     algorithm: Algorithm = "memit"
-    update_fraction: float = 0.5
+    update_fraction: float = 0.3
     mom2_update_weight: float | None = None
     nullspace_threshold: float = 1e-2
 
