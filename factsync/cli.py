@@ -10,6 +10,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from factsync import __version__
+from factsync.editing.spread import SpreadSettings
 from factsync.logs import configure_logging
 
 log = logging.getLogger("factsync")
@@ -77,9 +78,9 @@ def add_engine_options(parser: argparse.ArgumentParser) -> None:
     group.add_argument(
         "--update-fraction",
         type=float,
-        default=0.5,
-        help="share of the requested change per layer that sets MEMIT's "
-        "lambda from key statistics (0.3)",
+        default=SpreadSettings.update_fraction,
+        help="share of its requested change a typical key gets per layer; sets the "
+        f"update strength of MEMIT and AlphaEdit ({SpreadSettings.update_fraction})",
     )
     group.add_argument(
         "--chunk-size",
@@ -98,7 +99,6 @@ def add_engine_options(parser: argparse.ArgumentParser) -> None:
 def engine_settings(args: argparse.Namespace, *, neighbours: bool):  # noqa: ANN201
     """``EngineSettings`` from parsed engine options."""
     from factsync.editing.engine import EngineSettings
-    from factsync.editing.spread import SpreadSettings
     from factsync.editing.targets import TargetSettings
 
     layers = tuple(int(x) for x in args.layers.split(",")) if args.layers else None
