@@ -18,7 +18,12 @@ from factsync.editing.covariance import KeyStatistics
 from factsync.editing.engine import EditEngine, EngineSettings
 from factsync.evaluation.counterfact import CounterfactCase, with_neighbours
 from factsync.evaluation.fluency import perplexity
-from factsync.evaluation.probes import Probe, neighbourhood_reference, score_probes
+from factsync.evaluation.probes import (
+    Probe,
+    ProbeScores,
+    neighbourhood_reference,
+    score_probes,
+)
 from factsync.models.loading import LoadedModel
 from factsync.models.scoring import score_targets
 from factsync.models.text import PromptSpec, object_ids
@@ -53,17 +58,17 @@ def standard_methods(base: EngineSettings, max_iterations: int) -> dict[str, Eng
 
 @dataclass(frozen=True)
 class MethodRow:
-    """One row of the table; every rate is in [0, 1]."""
+    """One row of the table: the probe KPIs plus fluency, passes and time."""
 
-    efficacy_success: float
-    efficacy_accuracy: float
-    paraphrase_success: float | None
-    paraphrase_accuracy: float | None
-    neighborhood_success: float | None
-    neighborhood_accuracy: float | None
+    scores: ProbeScores
     perplexity_ratio: float
     iterations_mean: float
     seconds: float
+
+    def flat(self) -> dict[str, float | None]:
+        """Every column by name, as the JSON report spells them."""
+        extra = {k: v for k, v in asdict(self).items() if k != "scores"}
+        return asdict(self.scores) | extra
 
 
 @dataclass(frozen=True)
@@ -155,14 +160,14 @@ def run_counterfact(
         finally:
             for handle in reversed(handles):
                 handle.revert()
-        log.info("%s: %s", name, asdict(rows[name]))
+        log.info("%s: %s", name, rows[name].flat())
     return rows
 
 
 def _row(loaded, split, reference, base_perplexity, texts, iterations, seconds) -> MethodRow:  # noqa: ANN001
     scores = score_probes(loaded, split.probes, reference)
     return MethodRow(
-        **asdict(scores),
+        scores=scores,
         perplexity_ratio=perplexity(loaded, texts) / base_perplexity,
         iterations_mean=iterations,
         seconds=seconds,
@@ -185,7 +190,8 @@ def format_table(rows: dict[str, MethodRow]) -> str:
     ]
     lines = [" | ".join(headers), " | ".join("-" * len(h) for h in headers)]
     for name, row in rows.items():
-        values = [getattr(row, column) for column in COLUMNS]
+        flat = row.flat()
+        values = [flat[column] for column in COLUMNS]
         lines.append(" | ".join([name, *(_cell(v) for v in values)]))
     return "\n".join(lines)
 
@@ -196,4 +202,4 @@ def _cell(value: float | None) -> str:
 
 def to_json(rows: dict[str, MethodRow], n: int) -> dict:
     """The numbers as ``{"n": N, "methods": {name: {column: value}}}``."""
-    return {"n": n, "methods": {name: asdict(row) for name, row in rows.items()}}
+    return {"n": n, "methods": {name: row.flat() for name, row in rows.items()}}

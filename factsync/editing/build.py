@@ -8,8 +8,9 @@ from pathlib import Path
 
 from factsync.editing.contexts import sample_contexts
 from factsync.editing.corpus import load_text_files, model_corpus
-from factsync.editing.covariance import CovarianceCache, KeyStatistics
+from factsync.editing.covariance import KeyStatistics
 from factsync.editing.engine import EditEngine, EngineSettings
+from factsync.editing.stats_cache import CovarianceCache
 from factsync.models.loading import LoadedModel
 from factsync.paths import data_home
 

@@ -1,36 +1,28 @@
-"""Second moments of each edited layer's keys over a text corpus, and their disk cache.
+"""Second moments of each edited layer's keys over a text corpus.
 
 MEMIT's update ``dW = R K^T (lambda C + K K^T)^-1`` needs C = E[k k^T], the mean outer
 product of the keys (inputs of the MLP output projection) over ordinary text. The update
 strength lambda is derived from ``k^T C^-1 k`` of typical keys, so a random sample of
 keys is kept beside C.
 
-Statistics are computed once per (model fingerprint, layer, corpus, token budget,
-window length) and cached as safetensors files, written atomically.
+``stats_cache`` keeps them on disk, so they are computed once per model, layer, corpus
+and budget.
 """
 
 from __future__ import annotations
 
 import contextlib
 import logging
-import os
-import tempfile
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors import SafetensorError, safe_open
-from safetensors.torch import save_file
 from tqdm.auto import tqdm
 
-from factsync import __version__
-from factsync.editing.corpus import corpus_digest
 from factsync.models.hooks import capture_keys, forward_hooks
 from factsync.models.loading import LoadedModel
 from factsync.models.specs import get_module, key_value_dims
-from factsync.paths import data_home
 
 log = logging.getLogger(__name__)
 
@@ -39,12 +31,6 @@ SAMPLE_SIZE = 2000
 # Ridge added to C's diagonal when it is singular, relative to its mean diagonal: far
 # below any real eigenvalue, just enough for the Cholesky factorisation to succeed.
 RIDGE_FRACTION = 1e-6
-# Layout version of the cache files; bump when what is stored changes.
-STATS_FORMAT = "1"
-
-
-class CovarianceCacheError(RuntimeError):
-    """A cached statistics file is unreadable, truncated, or not what its name says."""
 
 
 @dataclass
@@ -314,184 +300,3 @@ def _batch_keys(
         )
     counted = counted.to(device)
     return {layer: captured[layer][counted] for layer in layers}  # (tokens, key)
-
-
-class CovarianceCache:
-    """Key statistics on disk, one safetensors file per model, layer, corpus and budget.
-
-    Files live at ``<directory>/<fingerprint>/layer<L>-<corpus digest>-<budget>-len<M>
-    .safetensors`` (M the window length) and are written to a temporary file that is then
-    renamed, so a reader never sees half a file. ``get`` raises
-    ``CovarianceCacheError`` on a damaged file; ``get_or_compute`` logs that at WARNING,
-    recomputes the layer and replaces the file. Nothing is recomputed without an INFO
-    log saying so.
-    """
-
-    def __init__(self, directory: Path | None = None) -> None:
-        """Cache in ``directory``, by default ``data_home()/stats``."""
-        self.directory = Path(directory) if directory is not None else data_home() / "stats"
-
-    def path(
-        self,
-        fingerprint: str,
-        layer: int,
-        texts_digest: str,
-        token_budget: int,
-        *,
-        max_length: int = 256,
-    ) -> Path:
-        """The file that holds (or would hold) the statistics of this key."""
-        name = f"layer{layer}-{texts_digest}-{token_budget}-len{max_length}.safetensors"
-        return self.directory / fingerprint / name
-
-    def get(
-        self,
-        loaded: LoadedModel,
-        layer: int,
-        texts_digest: str,
-        token_budget: int,
-        *,
-        max_length: int = 256,
-    ) -> KeyStatistics | None:
-        """Cached statistics, or ``None`` when there are none.
-
-        Raises ``CovarianceCacheError`` when the file exists but is damaged or records
-        another key than its name.
-        """
-        path = self.path(
-            loaded.fingerprint, layer, texts_digest, token_budget, max_length=max_length
-        )
-        if not path.exists():
-            return None
-        expected = _metadata(loaded.fingerprint, layer, texts_digest, token_budget, max_length)
-        return _read_statistics(path, expected)
-
-    def put(
-        self,
-        loaded: LoadedModel,
-        layer: int,
-        texts_digest: str,
-        token_budget: int,
-        stats: KeyStatistics,
-        *,
-        max_length: int = 256,
-    ) -> Path:
-        """Store ``stats`` atomically; returns the file's path."""
-        path = self.path(
-            loaded.fingerprint, layer, texts_digest, token_budget, max_length=max_length
-        )
-        metadata = _metadata(loaded.fingerprint, layer, texts_digest, token_budget, max_length)
-        metadata["count"] = str(stats.count)
-        metadata["factsync_version"] = __version__
-        tensors = {
-            "second_moment": stats.second_moment.detach().to(torch.float64).cpu().contiguous(),
-            "sample": stats.sample.detach().to(torch.float32).cpu().contiguous(),
-        }
-        path.parent.mkdir(parents=True, exist_ok=True)
-        handle, staging = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-        os.close(handle)
-        try:
-            save_file(tensors, staging, metadata=metadata)
-            # mkstemp creates the file private (0600); a cache is readable like any file.
-            os.chmod(staging, 0o644)
-            os.replace(staging, path)
-        except BaseException:
-            Path(staging).unlink(missing_ok=True)
-            raise
-        return path
-
-    def get_or_compute(
-        self,
-        loaded: LoadedModel,
-        layers: list[int],
-        texts: list[str],
-        token_budget: int,
-        *,
-        batch_size: int = 8,
-        max_length: int = 256,
-        progress: bool = True,
-    ) -> dict[int, KeyStatistics]:
-        """Statistics of ``layers``: cached ones are read, missing ones computed together."""
-        digest = corpus_digest(texts)
-        found: dict[int, KeyStatistics] = {}
-        missing: list[int] = []
-        for layer in sorted(set(layers)):
-            try:
-                stats = self.get(loaded, layer, digest, token_budget, max_length=max_length)
-            except CovarianceCacheError as exc:
-                log.warning("%s; recomputing layer %d", exc, layer)
-                stats = None
-            if stats is None:
-                missing.append(layer)
-            else:
-                found[layer] = stats
-        if found:
-            log.info(
-                "reusing cached key statistics for layers %s of %s (corpus %s, %d tokens) from %s",
-                sorted(found),
-                loaded.name,
-                digest,
-                token_budget,
-                self.directory / loaded.fingerprint,
-            )
-        if missing:
-            log.info(
-                "computing key statistics for layers %s of %s over %d tokens (corpus %s)",
-                missing,
-                loaded.name,
-                token_budget,
-                digest,
-            )
-            computed = compute_key_statistics(
-                loaded,
-                missing,
-                texts,
-                token_budget=token_budget,
-                batch_size=batch_size,
-                max_length=max_length,
-                progress=progress,
-            )
-            for layer, stats in computed.items():
-                self.put(loaded, layer, digest, token_budget, stats, max_length=max_length)
-            found.update(computed)
-        return {layer: found[layer] for layer in sorted(found)}
-
-
-def _metadata(
-    fingerprint: str, layer: int, texts_digest: str, token_budget: int, max_length: int
-) -> dict[str, str]:
-    """The key of a cache file, as stored in its safetensors metadata."""
-    return {
-        "format": STATS_FORMAT,
-        "fingerprint": fingerprint,
-        "layer": str(layer),
-        "corpus_digest": texts_digest,
-        "token_budget": str(token_budget),
-        "max_length": str(max_length),
-    }
-
-
-def _read_statistics(path: Path, expected: dict[str, str]) -> KeyStatistics:
-    """Read and check one cache file; ``CovarianceCacheError`` says what is wrong."""
-    try:
-        with safe_open(str(path), framework="pt") as handle:
-            metadata = handle.metadata() or {}
-            second_moment = handle.get_tensor("second_moment")
-            sample = handle.get_tensor("sample")
-    except (OSError, SafetensorError, ValueError, KeyError, RuntimeError) as exc:
-        raise CovarianceCacheError(f"key statistics file {path} is unreadable: {exc}") from exc
-    differing = sorted(k for k, v in expected.items() if metadata.get(k) != v)
-    if differing:
-        raise CovarianceCacheError(
-            f"key statistics file {path} records other {', '.join(differing)} than its name"
-        )
-    try:
-        count = int(metadata.get("count", ""))
-        stats = KeyStatistics(second_moment=second_moment, count=count, sample=sample)
-    except ValueError as exc:
-        raise CovarianceCacheError(f"key statistics file {path} is inconsistent: {exc}") from exc
-    if second_moment.dtype != torch.float64 or not torch.isfinite(second_moment).all():
-        raise CovarianceCacheError(
-            f"key statistics file {path} holds a non-finite or non-float64 second moment"
-        )
-    return stats

@@ -11,12 +11,8 @@ import torch
 from tokenizers.processors import TemplateProcessing
 
 from factsync.editing.corpus import corpus_digest
-from factsync.editing.covariance import (
-    CovarianceCache,
-    CovarianceCacheError,
-    KeyStatistics,
-    compute_key_statistics,
-)
+from factsync.editing.covariance import KeyStatistics, compute_key_statistics
+from factsync.editing.stats_cache import CovarianceCache, CovarianceCacheError
 from factsync.models.hooks import capture_keys
 from factsync.models.loading import LoadedModel, model_fingerprint, prompt_prefix_ids
 
@@ -206,7 +202,7 @@ def test_cache_round_trip_is_exact_and_a_second_call_does_not_recompute(
     tiny_loaded, tmp_path, caplog
 ):
     loaded = tiny_loaded("llama")
-    caplog.set_level(logging.INFO, logger="factsync.editing.covariance")
+    caplog.set_level(logging.INFO, logger="factsync.editing.stats_cache")
     first = CovarianceCache(tmp_path).get_or_compute(loaded, LAYERS, TEXTS, 300, progress=False)
     assert any("computing key statistics for layers [1, 2]" in m for m in messages(caplog))
     caplog.clear()
@@ -227,7 +223,7 @@ def test_cache_computes_only_the_missing_layers(tiny_loaded, tmp_path, caplog):
     loaded = tiny_loaded("llama")
     cache = CovarianceCache(tmp_path)
     cache.get_or_compute(loaded, [1], TEXTS, 200, progress=False)
-    caplog.set_level(logging.INFO, logger="factsync.editing.covariance")
+    caplog.set_level(logging.INFO, logger="factsync.editing.stats_cache")
     both = cache.get_or_compute(loaded, [1, 2], TEXTS, 200, progress=False)
     assert sorted(both) == [1, 2]
     assert any("computing key statistics for layers [2]" in m for m in messages(caplog))
@@ -268,7 +264,7 @@ def test_truncated_cache_file_raises_on_get_and_is_recomputed_with_a_warning(
     path.write_bytes(data[: len(data) // 2])
     with pytest.raises(CovarianceCacheError, match=r"layer1-.*\.safetensors is unreadable"):
         cache.get(loaded, 1, digest, 200)
-    caplog.set_level(logging.INFO, logger="factsync.editing.covariance")
+    caplog.set_level(logging.INFO, logger="factsync.editing.stats_cache")
     repaired = cache.get_or_compute(loaded, [1], TEXTS, 200, progress=False)[1]
     assert any(
         "unreadable" in m and "recomputing layer 1" in m for m in messages(caplog, logging.WARNING)
