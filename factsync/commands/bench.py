@@ -81,7 +81,7 @@ def _counterfact_path(args: argparse.Namespace) -> Path:
     return shared / SHARED_COUNTERFACT
 
 
-def _fluency_texts(args: argparse.Namespace, data: Path) -> list[str]:
+def _fluency_texts(data: Path) -> list[str]:
     candidate = data.parent.parent / FLUENCY_FILE
     if candidate.is_file():
         return [row["Text"] for row in json.loads(candidate.read_text())]
@@ -99,7 +99,7 @@ def run_counterfact_bench(args: argparse.Namespace) -> int:
     torch.manual_seed(args.seed)
     data = _counterfact_path(args)
     cases = load_counterfact(data, limit=args.n)
-    texts = _fluency_texts(args, data)
+    texts = _fluency_texts(data)
     loaded = load(args)
     base = engine_settings(args, neighbours=False)
     methods = standard_methods(base, args.max_iterations)
@@ -113,7 +113,7 @@ def run_counterfact_bench(args: argparse.Namespace) -> int:
         loaded,
         cases,
         methods,
-        statistics={layer: c for layer, c in engine.statistics.items()},
+        statistics=engine.statistics,
         contexts=engine.contexts,
         fluency_texts=texts,
         batch_size=args.batch,
@@ -142,7 +142,7 @@ def run_zopt_bench(args: argparse.Namespace) -> int:
     cases = load_counterfact(_counterfact_path(args), limit=args.n)
     loaded = load(args)
     settings = engine_settings(args, neighbours=False)
-    layers = list(settings.layers or loaded.spec.default_layers(loaded.num_layers))
+    layers = settings.edit_layers(loaded)
     timing = time_zopt(
         loaded, [c.request for c in cases], layers[-1], sample_contexts(loaded), settings.target
     )

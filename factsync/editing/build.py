@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -13,8 +12,6 @@ from factsync.editing.engine import EditEngine, EngineSettings
 from factsync.editing.stats_cache import CovarianceCache
 from factsync.models.loading import LoadedModel
 from factsync.paths import data_home
-
-log = logging.getLogger(__name__)
 
 DEFAULT_CORPUS_TOKENS = 20_000
 """Tokens of model-sampled text behind the key statistics; see README "Covariance"."""
@@ -69,6 +66,7 @@ def build_engine(
     home: Path | None = None,
 ) -> EditEngine:
     """An engine for ``loaded`` with cached statistics and freshly sampled contexts."""
-    layers = list(settings.layers or loaded.spec.default_layers(loaded.num_layers))
-    stats = layer_statistics(loaded, layers, statistics_settings or StatisticsSettings(), home=home)
+    stats = layer_statistics(
+        loaded, settings.edit_layers(loaded), statistics_settings or StatisticsSettings(), home=home
+    )
     return EditEngine(loaded, settings, stats, sample_contexts(loaded))

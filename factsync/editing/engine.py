@@ -62,6 +62,10 @@ class EngineSettings:
         ):
             raise ValueError(f"layers must be distinct and increasing, got {self.layers}")
 
+    def edit_layers(self, loaded: LoadedModel) -> list[int]:
+        """The configured layers, or the family's default window for ``loaded``."""
+        return list(self.layers or loaded.spec.default_layers(loaded.num_layers))
+
 
 @dataclass(frozen=True)
 class IterationRecord:
@@ -123,7 +127,7 @@ class EditEngine:
     ) -> None:
         self.loaded = loaded
         self.settings = settings
-        self.layers = list(settings.layers or loaded.spec.default_layers(loaded.num_layers))
+        self.layers = settings.edit_layers(loaded)
         missing = [layer for layer in self.layers if layer not in statistics]
         if missing:
             raise ValueError(f"no key statistics for edit layers {missing}")

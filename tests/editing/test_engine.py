@@ -41,7 +41,7 @@ FAST = TargetSettings(
 
 def _engine(loaded, **changes) -> EditEngine:
     settings = replace(EngineSettings(target=FAST), **changes)
-    layers = list(settings.layers or loaded.spec.default_layers(loaded.num_layers))
+    layers = settings.edit_layers(loaded)
     stats = compute_key_statistics(loaded, layers, TEXTS, token_budget=400, progress=False)
     return EditEngine(loaded, settings, stats, CONTEXTS)
 
