@@ -16,6 +16,7 @@ COMMANDS = [
     ["bench"],
     ["bench", "counterfact"],
     ["bench", "zopt"],
+    ["bench", "budget"],
     ["model"],
     ["model", "info"],
 ]

@@ -57,6 +57,61 @@ def register(commands: argparse._SubParsersAction) -> None:
     add_model_options(zopt)
     add_engine_options(zopt)
     zopt.set_defaults(handler=run_zopt_bench)
+    _register_budget(sub)
+
+
+def _register_budget(sub: argparse._SubParsersAction) -> None:
+    budget = sub.add_parser(
+        "budget",
+        help="edit quality against the token budget of the key statistics",
+        description="Compute key statistics over the first N tokens of the model-sampled "
+        "corpus for each budget, report their distance to the largest budget's and the "
+        "derived lambda, and make the same single-pass MEMIT edits with each.",
+    )
+    _add_data_options(budget)
+    budget.add_argument("--n", type=int, default=10, help="records to edit (10)")
+    budget.add_argument("--batch", type=int, default=10, help="facts per edit job (10)")
+    budget.add_argument(
+        "--budgets",
+        default="2500,5000,10000,20000",
+        help="comma-separated token budgets; the largest is the reference and the corpus "
+        "size (2500,5000,10000,20000)",
+    )
+    add_model_options(budget)
+    add_engine_options(budget)
+    budget.set_defaults(handler=run_budget_bench)
+
+
+def run_budget_bench(args: argparse.Namespace) -> int:
+    """Handler of ``factsync bench budget``."""
+    import torch
+
+    from factsync.bench.budget import format_budget_table, run_budget_study
+    from factsync.editing.contexts import sample_contexts
+    from factsync.editing.corpus import model_corpus
+    from factsync.evaluation.counterfact import load_counterfact
+    from factsync.paths import data_home
+
+    torch.manual_seed(args.seed)
+    budgets = [int(x) for x in args.budgets.split(",")]
+    data = _counterfact_path(args)
+    cases = load_counterfact(data, limit=args.n)
+    fluency = _fluency_texts(data)
+    loaded = load(args)
+    texts = model_corpus(loaded, num_tokens=max(budgets), cache_dir=data_home() / "corpus")
+    rows = run_budget_study(
+        loaded,
+        cases,
+        budgets,
+        texts=texts,
+        settings=engine_settings(args, neighbours=False),
+        contexts=sample_contexts(loaded),
+        fluency_texts=fluency,
+        batch_size=args.batch,
+    )
+    print(f"single-pass MEMIT on {len(cases)} COUNTERFACT records, model {loaded.name}")
+    print(format_budget_table(rows))
+    return 0
 
 
 def _add_data_options(parser: argparse.ArgumentParser) -> None:

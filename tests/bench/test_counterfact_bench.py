@@ -1,4 +1,4 @@
-"""The COUNTERFACT benchmark's mechanics on a tiny model with a hand-written record."""
+"""The benchmarks' mechanics on a tiny model with a hand-written COUNTERFACT record."""
 
 from __future__ import annotations
 
@@ -6,6 +6,7 @@ import json
 
 import torch
 
+from factsync.bench.budget import format_budget_table, run_budget_study
 from factsync.bench.counterfact import (
     COLUMNS,
     format_table,
@@ -80,3 +81,22 @@ def test_every_method_gets_a_row_and_the_model_is_restored(tiny_loaded, tmp_path
     assert report["n"] == 2 and set(report["methods"]["memit"]) == set(COLUMNS)
     table = format_table(rows).splitlines()
     assert len(table) == 2 + len(rows) and table[2].startswith("unedited | ")
+
+
+def test_budget_study_reports_every_budget_against_the_largest(tiny_loaded, tmp_path):
+    loaded = tiny_loaded()
+    texts = ["The capital of France is Paris. Skype is in Lyon, near Microsoft."] * 20
+    rows = run_budget_study(
+        loaded,
+        _cases(tmp_path)[:1],
+        [150, 400],
+        texts=texts,
+        settings=EngineSettings(target=TargetSettings(steps=2)),
+        contexts=[""],
+        fluency_texts=texts[:1],
+        batch_size=1,
+    )
+    assert [r.budget for r in rows] == [150, 400]
+    assert rows[-1].moment_error == 0.0 < rows[0].moment_error
+    assert all(r.lambda_mean > 0 for r in rows)
+    assert len(format_budget_table(rows).splitlines()) == 4
