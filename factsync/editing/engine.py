@@ -86,6 +86,14 @@ class IterationRecord:
     converged: bool
 
 
+@dataclass(frozen=True)
+class PassTiming:
+    """Wall time of one IME pass, by stage (seconds)."""
+
+    optimisation_seconds: float
+    spread_seconds: float
+
+
 @dataclass
 class EditResult:
     """What an edit produced.
@@ -94,8 +102,9 @@ class EditResult:
         delta: the combined update of all passes.
         records: per request, one record per pass it was optimised in.
         iterations: passes run.
-        keys: per layer, the final keys (key, facts) of the edited facts.
+        keys: per layer, the final keys (key, groups) of the edited facts.
         seconds: wall time of the edit.
+        timings: per pass, time spent in each stage.
     """
 
     delta: ModelDelta
@@ -103,6 +112,7 @@ class EditResult:
     iterations: int
     keys: dict[int, torch.Tensor]
     seconds: float
+    timings: list[PassTiming]
 
     @property
     def final_probabilities(self) -> list[float]:
@@ -180,9 +190,11 @@ class EditEngine:
         total = ModelDelta(layers={}, layout=loaded.spec.weight_layout, metadata=self._metadata())
         active = list(range(len(requests)))
         keys: dict[int, torch.Tensor] = {}
+        timings: list[PassTiming] = []
         iteration = 0
         with restored_weights(loaded, paths):
             for iteration in range(1, settings.max_iterations + 1):
+                pass_started = time.monotonic()
                 optimised = optimise_targets(
                     loaded,
                     [requests[i] for i in active],
@@ -191,6 +203,7 @@ class EditEngine:
                     settings.target,
                     use_neighbours=settings.neighbours,
                 )
+                spread_started = time.monotonic()
                 targets = subject_outputs(loaded, prompts, last)  # pins converged facts
                 targets[active] = optimised.z.to(targets)
                 step, keys = spread(
@@ -204,6 +217,9 @@ class EditEngine:
                 )
                 step.apply(loaded)
                 total = total.compose(step)
+                timings.append(
+                    PassTiming(spread_started - pass_started, time.monotonic() - spread_started)
+                )
                 after = self._probabilities([requests[i] for i in active])
                 still = []
                 for slot, fact in enumerate(active):
@@ -220,11 +236,13 @@ class EditEngine:
                     if not done:
                         still.append(fact)
                 log.info(
-                    "IME pass %d: %d of %d facts optimised, %d still unconverged, "
-                    "mean target probability %.3f",
+                    "IME pass %d: %d of %d facts optimised in %.1fs, spread in %.1fs, %d still "
+                    "unconverged, mean target probability %.3f",
                     iteration,
                     len(active),
                     len(requests),
+                    timings[-1].optimisation_seconds,
+                    timings[-1].spread_seconds,
                     len(still),
                     sum(r[-1].spread_probability for r in records) / len(records),
                 )
@@ -237,6 +255,7 @@ class EditEngine:
             iterations=iteration,
             keys=keys,
             seconds=time.monotonic() - started,
+            timings=timings,
         )
 
     def _probabilities(self, requests: list[EditRequest]) -> list[float]:

@@ -176,3 +176,10 @@ def test_settings_are_validated():
         EngineSettings(layers=(3, 2))
     with pytest.raises(ValueError, match="steps must be at least 1"):
         TargetSettings(steps=0)
+
+
+def test_every_pass_is_timed_by_stage(tiny_loaded):
+    result = _engine(tiny_loaded(), max_iterations=2).edit(REQUESTS)
+    assert len(result.timings) == result.iterations
+    for timing in result.timings:
+        assert timing.optimisation_seconds > 0 and timing.spread_seconds > 0
