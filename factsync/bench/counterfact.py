@@ -139,6 +139,7 @@ def run_counterfact(
     for name, settings in methods.items():
         engine = EditEngine(loaded, settings, statistics, contexts)
         handles, passes, seconds = [], [], 0.0
+        by_pass: list[float] = []  # optimisation seconds of pass i, summed over batches
         batches = range(0, len(requests), batch_size)
         for start in tqdm(batches, desc=name, unit="batch"):
             started = time.monotonic()
@@ -147,6 +148,10 @@ def run_counterfact(
             engine.remember(result)
             seconds += time.monotonic() - started
             passes += [len(r) for r in result.records]
+            for index, timing in enumerate(result.timings):
+                if index == len(by_pass):
+                    by_pass.append(0.0)
+                by_pass[index] += timing.optimisation_seconds
         try:
             rows[name] = _row(
                 loaded,
@@ -161,6 +166,11 @@ def run_counterfact(
             for handle in reversed(handles):
                 handle.revert()
         log.info("%s: %s", name, rows[name].flat())
+        log.info(
+            "%s: z optimisation seconds by IME pass: %s",
+            name,
+            ", ".join(f"{x:.0f}" for x in by_pass),
+        )
     return rows
 
 
