@@ -37,3 +37,5 @@ def configure_logging(level: str = "INFO", *, json_lines: bool = False) -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
+    # The scheduler logs every periodic run at INFO; only its problems matter here.
+    logging.getLogger("apscheduler").setLevel(logging.WARNING)

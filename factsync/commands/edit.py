@@ -6,8 +6,6 @@ import argparse
 import json
 from pathlib import Path
 
-import torch
-
 from factsync.cli import (
     add_engine_options,
     add_model_options,
@@ -16,6 +14,7 @@ from factsync.cli import (
     statistics_settings,
 )
 from factsync.editing.requests import EditRequest, Neighbour
+from factsync.models.generation import greedy
 from factsync.models.loading import LoadedModel
 from factsync.models.scoring import score_targets
 from factsync.models.text import PromptSpec, object_ids
@@ -101,21 +100,6 @@ def read_facts_file(path: Path) -> list[EditRequest]:
     if not requests:
         raise ValueError(f"{path} holds no facts")
     return requests
-
-
-def greedy(loaded: LoadedModel, prompt: str, max_new_tokens: int) -> str:
-    """Greedy completion of ``prompt`` after the model's prompt prefix."""
-    ids = loaded.prefix_ids + loaded.tokenizer(prompt)["input_ids"]
-    tensor = torch.tensor([ids], device=loaded.device)
-    with torch.no_grad():
-        out = loaded.model.generate(
-            tensor,
-            attention_mask=torch.ones_like(tensor),
-            max_new_tokens=max_new_tokens,
-            do_sample=False,
-            pad_token_id=loaded.tokenizer.pad_token_id or 0,
-        )
-    return loaded.tokenizer.decode(out[0, len(ids) :], skip_special_tokens=True)
 
 
 def snapshot(loaded: LoadedModel, requests: list[EditRequest], tokens: int) -> list[dict]:

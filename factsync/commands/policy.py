@@ -1,0 +1,58 @@
+"""``factsync policy check``: validate a policy file and explain it."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from factsync.policies.schema import Policy, load_policy
+
+
+def register(commands: argparse._SubParsersAction) -> None:
+    """Add the ``policy`` command group."""
+    parser = commands.add_parser("policy", help="validate and explain policy files")
+    sub = parser.add_subparsers(title="policy commands", metavar="COMMAND")
+    check = sub.add_parser(
+        "check",
+        help="validate a policy file and explain what it does",
+        description="Load a policy file, report the first wrong key with its value, or "
+        "explain in words how it batches, edits and gates promotion. Exit status 1 when "
+        "the file is invalid.",
+    )
+    check.add_argument("file", type=Path, help="policy YAML file")
+    check.set_defaults(handler=run_check)
+
+
+def run_check(args: argparse.Namespace) -> int:
+    """Handler of ``factsync policy check``."""
+    policy = load_policy(args.file)
+    print(f"{args.file}: valid (policy '{policy.name}', digest {policy.digest})")
+    print("\n".join(explain(policy)))
+    return 0
+
+
+def explain(policy: Policy) -> list[str]:
+    """The policy in plain sentences."""
+    batch, editing, evaluation = policy.batch, policy.editing, policy.evaluation
+    lines = [
+        f"- Jobs hold at most {batch.max_facts} fact(s); a change waits "
+        f"{batch.coalesce_seconds:g}s for later changes to the same fact.",
+        f"- Edits use {editing.algorithm.upper()} with up to {editing.max_iterations} IME "
+        f"pass(es)" + (f" and NME with up to {editing.max_neighbours} neighbour(s) per fact"
+                       if editing.neighbours else ", without NME")
+        + f", update fraction {editing.update_fraction:g}.",
+        f"- Each candidate is scored on {evaluation.held_out_neighbours} held-out "
+        "neighbour(s) per fact and on "
+        + (f"a sample of {evaluation.retention_sample}" if evaluation.retention_sample
+           else "all") + " earlier applied facts.",
+        "- Promotion requires:",
+    ]
+    lines += [f"    {gate.describe()}" for gate in policy.gates]
+    for relation, override in sorted(policy.relations.items()):
+        lines.append(f"- For {relation} facts instead:")
+        lines += [f"    {gate.describe()}" for gate in override.gates]
+    lines.append(
+        "- On failure: reject the job." if policy.on_failure == "reject" else
+        "- On failure: drop the facts whose edit did not take and retry the rest once."
+    )
+    return lines

@@ -1,0 +1,1 @@
+"""The long-running process: configuration, ingest, reconciler, worker, metrics and API."""

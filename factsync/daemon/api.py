@@ -1,0 +1,297 @@
+"""The HTTP API: health, status, facts, jobs, versions, quarantine, pushes and generation.
+
+Every response is JSON. Mutating endpoints (``POST /facts``, ``POST /facts/retry``)
+require ``Authorization: Bearer <token>`` once a token is configured; tokens are
+compared in constant time and never logged. Bodies larger than the configured limit
+are refused with 413.
+"""
+
+from __future__ import annotations
+
+import hmac
+import json
+import logging
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from http import HTTPStatus
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+from urllib.parse import parse_qs, urlsplit
+
+from factsync.daemon.ingest import Ingest
+from factsync.daemon.model_state import ModelState
+from factsync.store.store import StateStore
+
+log = logging.getLogger(__name__)
+
+MAX_GENERATED_TOKENS = 256
+
+
+class ApiError(Exception):
+    """An error answered to the client with ``status`` and ``message``."""
+
+    def __init__(self, status: HTTPStatus, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+
+
+@dataclass
+class ApiContext:
+    """What the API reads and acts on."""
+
+    store: StateStore
+    ingest: Ingest
+    models: Callable[[], ModelState | None]
+    status: Callable[[], dict[str, Any]]
+    wake: Callable[[], None]
+    token: str | None
+    max_body_bytes: int
+
+
+class ApiServer:
+    """A threaded HTTP server on ``host:port`` (port 0 picks a free one)."""
+
+    def __init__(self, context: ApiContext, *, host: str, port: int) -> None:
+        handler = type("Handler", (_Handler,), {"context": context})
+        self._server = ThreadingHTTPServer((host, port), handler)
+        self._server.daemon_threads = True
+        self._thread: threading.Thread | None = None
+
+    @property
+    def address(self) -> tuple[str, int]:
+        """The bound (host, port)."""
+        host, port = self._server.server_address[:2]
+        return str(host), int(port)
+
+    def start(self) -> None:
+        """Serve in a background thread."""
+        self._thread = threading.Thread(target=self._server.serve_forever, name="api",
+                                        daemon=True)
+        self._thread.start()
+        log.info("API listening on http://%s:%d", *self.address)
+
+    def stop(self) -> None:
+        """Stop serving and close the socket."""
+        self._server.shutdown()
+        self._server.server_close()
+
+
+class _Handler(BaseHTTPRequestHandler):
+    context: ApiContext
+    server_version = "factsync"
+    protocol_version = "HTTP/1.1"
+
+    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002
+        log.debug("%s %s", self.address_string(), format % args)
+
+    def do_GET(self) -> None:
+        self._dispatch("GET")
+
+    def do_POST(self) -> None:
+        self._dispatch("POST")
+
+    def _dispatch(self, method: str) -> None:
+        url = urlsplit(self.path)
+        query = {k: v[-1] for k, v in parse_qs(url.query).items()}
+        parts = [p for p in url.path.split("/") if p]
+        try:
+            route = _ROUTES.get((method, parts[0] if parts else "", len(parts)))
+            if route is None:
+                if any(key[1:] == ((parts[0] if parts else ""), len(parts)) for key in _ROUTES):
+                    raise ApiError(HTTPStatus.METHOD_NOT_ALLOWED, f"{method} not allowed here")
+                raise ApiError(HTTPStatus.NOT_FOUND, f"no such endpoint {url.path}")
+            handler, mutating = route
+            if mutating:
+                self._authorise()
+            body = self._body() if method == "POST" else None
+            status, payload = handler(self.context, parts, query, body)
+        except ApiError as exc:
+            status, payload = exc.status, {"error": exc.message}
+        except Exception:
+            log.exception("API %s %s failed", method, url.path)
+            status, payload = HTTPStatus.INTERNAL_SERVER_ERROR, {"error": "internal error"}
+        self._send(status, payload)
+
+    def _authorise(self) -> None:
+        token = self.context.token
+        if token is None:
+            return
+        given = self.headers.get("Authorization", "")
+        if not hmac.compare_digest(given.encode(), f"Bearer {token}".encode()):
+            raise ApiError(HTTPStatus.UNAUTHORIZED, "missing or wrong bearer token")
+
+    def _body(self) -> Any:
+        length = self.headers.get("Content-Length")
+        if length is None:
+            raise ApiError(HTTPStatus.LENGTH_REQUIRED, "Content-Length is required")
+        try:
+            size = int(length)
+        except ValueError as exc:
+            raise ApiError(HTTPStatus.BAD_REQUEST, "Content-Length is not a number") from exc
+        if size > self.context.max_body_bytes:
+            self.close_connection = True
+            raise ApiError(HTTPStatus.REQUEST_ENTITY_TOO_LARGE,
+                           f"body of {size} bytes is over the {self.context.max_body_bytes} limit")
+        raw = self.rfile.read(size)
+        try:
+            return json.loads(raw or b"null")
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            raise ApiError(HTTPStatus.BAD_REQUEST, f"body is not valid JSON: {exc}") from exc
+
+    def _send(self, status: HTTPStatus, payload: Any) -> None:
+        data = json.dumps(payload, default=str).encode()
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+
+Result = tuple[HTTPStatus, Any]
+
+
+def _health(ctx: ApiContext, parts: list[str], query: dict, body: Any) -> Result:
+    return HTTPStatus.OK, {"status": "ok"}
+
+
+def _ready(ctx: ApiContext, parts: list[str], query: dict, body: Any) -> Result:
+    status = ctx.status()
+    code = HTTPStatus.OK if status["ready"] else HTTPStatus.SERVICE_UNAVAILABLE
+    return code, {"ready": status["ready"], "reason": status.get("starting", "")}
+
+
+def _status(ctx: ApiContext, parts: list[str], query: dict, body: Any) -> Result:
+    return HTTPStatus.OK, ctx.status()
+
+
+def _facts(ctx: ApiContext, parts: list[str], query: dict, body: Any) -> Result:
+    subject, relation, state = query.get("subject"), query.get("relation"), query.get("state")
+    applied = {(a.subject, a.relation): a for a in ctx.store.applied_facts(
+        subject=subject, relation=relation)}
+    latest = {}
+    for change in ctx.store.changes(subject=subject, relation=relation, limit=1_000_000):
+        latest[(change.subject, change.relation)] = change
+    rows = []
+    for fact in ctx.store.desired_facts(subject=subject, relation=relation):
+        key = (fact.subject, fact.relation)
+        change = latest.get(key)
+        done = applied.get(key)
+        row = {
+            **fact.as_dict(),
+            "state": change.state if change else "unknown",
+            "reason": change.reason if change else "",
+            "applied_object": done.object if done else None,
+            "applied_by": done.version_id if done else None,
+        }
+        if state is None or row["state"] == state:
+            rows.append(row)
+    return HTTPStatus.OK, rows
+
+
+def _jobs(ctx: ApiContext, parts: list[str], query: dict, body: Any) -> Result:
+    limit = _int(query.get("limit", "100"), "limit")
+    return HTTPStatus.OK, [j.as_dict() for j in ctx.store.jobs(state=query.get("state"),
+                                                               limit=limit)]
+
+
+def _job(ctx: ApiContext, parts: list[str], query: dict, body: Any) -> Result:
+    job_id = _int(parts[1], "job id")
+    try:
+        job = ctx.store.job(job_id=job_id)
+    except KeyError as exc:
+        raise ApiError(HTTPStatus.NOT_FOUND, f"no job {job_id}") from exc
+    return HTTPStatus.OK, {
+        **job.as_dict(),
+        "events": [e.as_dict() for e in ctx.store.job_events(job_id=job_id)],
+        "changes": [c.as_dict() for c in ctx.store.changes(job_id=job_id)],
+    }
+
+
+def _versions(ctx: ApiContext, parts: list[str], query: dict, body: Any) -> Result:
+    live = ctx.store.live_version().id
+    return HTTPStatus.OK, [{**v.as_dict(), "live": v.id == live} for v in ctx.store.versions()]
+
+
+def _version(ctx: ApiContext, parts: list[str], query: dict, body: Any) -> Result:
+    try:
+        version = ctx.store.version(version_id=parts[1])
+    except KeyError as exc:
+        raise ApiError(HTTPStatus.NOT_FOUND, f"no version {parts[1]}") from exc
+    return HTTPStatus.OK, {**version.as_dict(),
+                           "live": version.id == ctx.store.live_version().id}
+
+
+def _quarantine(ctx: ApiContext, parts: list[str], query: dict, body: Any) -> Result:
+    limit = _int(query.get("limit", "100"), "limit")
+    return HTTPStatus.OK, [q.as_dict() for q in ctx.store.quarantined(limit=limit)]
+
+
+def _push(ctx: ApiContext, parts: list[str], query: dict, body: Any) -> Result:
+    rows = body.get("facts") if isinstance(body, dict) else body
+    if not isinstance(rows, list):
+        raise ApiError(HTTPStatus.BAD_REQUEST,
+                       "expected a JSON list of fact rows, or {\"facts\": [...]}")
+    batch = f"push-{time.time_ns()}"
+    result = ctx.ingest.push(rows, source="api", batch=batch)
+    return HTTPStatus.ACCEPTED, {"batch": batch, **result.__dict__}
+
+
+def _retry(ctx: ApiContext, parts: list[str], query: dict, body: Any) -> Result:
+    if parts[1] != "retry":
+        raise ApiError(HTTPStatus.NOT_FOUND, f"no such endpoint /facts/{parts[1]}")
+    if not isinstance(body, dict) or not all(
+        isinstance(body.get(k), str) for k in ("subject", "relation")
+    ):
+        raise ApiError(HTTPStatus.BAD_REQUEST, "expected {\"subject\": str, \"relation\": str}")
+    change = ctx.store.retry(subject=body["subject"], relation=body["relation"])
+    if change is None:
+        raise ApiError(HTTPStatus.NOT_FOUND, "no desired fact with that subject and relation")
+    ctx.wake()
+    return HTTPStatus.ACCEPTED, change.as_dict()
+
+
+def _generate(ctx: ApiContext, parts: list[str], query: dict, body: Any) -> Result:
+    if not isinstance(body, dict) or not isinstance(body.get("prompt"), str):
+        raise ApiError(HTTPStatus.BAD_REQUEST,
+                       "expected {\"prompt\": str, \"max_new_tokens\": int}")
+    tokens = body.get("max_new_tokens", 16)
+    if isinstance(tokens, bool) or not isinstance(tokens, int) or not (
+        1 <= tokens <= MAX_GENERATED_TOKENS
+    ):
+        raise ApiError(HTTPStatus.BAD_REQUEST,
+                       f"max_new_tokens must be an integer in 1..{MAX_GENERATED_TOKENS}")
+    if not body["prompt"].strip():
+        raise ApiError(HTTPStatus.BAD_REQUEST, "prompt is empty")
+    models = ctx.models()
+    if models is None:
+        raise ApiError(HTTPStatus.SERVICE_UNAVAILABLE, "the model is still loading")
+    return HTTPStatus.OK, {"text": models.generate(body["prompt"], tokens)}
+
+
+def _int(value: str, name: str) -> int:
+    try:
+        return int(value)
+    except ValueError as exc:
+        raise ApiError(HTTPStatus.BAD_REQUEST, f"{name} must be an integer, got {value!r}") from exc
+
+
+Handler = Callable[[ApiContext, list[str], dict, Any], Result]
+
+_ROUTES: dict[tuple[str, str, int], tuple[Handler, bool]] = {
+    ("GET", "healthz", 1): (_health, False),
+    ("GET", "readyz", 1): (_ready, False),
+    ("GET", "status", 1): (_status, False),
+    ("GET", "facts", 1): (_facts, False),
+    ("GET", "jobs", 1): (_jobs, False),
+    ("GET", "jobs", 2): (_job, False),
+    ("GET", "versions", 1): (_versions, False),
+    ("GET", "versions", 2): (_version, False),
+    ("GET", "quarantine", 1): (_quarantine, False),
+    ("POST", "facts", 1): (_push, True),
+    ("POST", "facts", 2): (_retry, True),
+    ("POST", "generate", 1): (_generate, False),
+}
+"""(method, first path segment, number of segments) -> (handler, needs the token)."""

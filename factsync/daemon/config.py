@@ -1,0 +1,214 @@
+"""The daemon's YAML configuration, validated at start-up.
+
+Every section is a dataclass with typed, documented fields; ``load_config`` rejects
+unknown keys, wrong types and missing files with a message naming the key. Relative
+paths are resolved against the data directory.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+from factsync.paths import data_home
+from factsync.typed_yaml import SchemaError, build, load_yaml_file
+
+TOKEN_ENV = "FACTSYNC_API_TOKEN"
+"""Environment variable that overrides ``api.token``."""
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """Which model the daemon edits.
+
+    Attributes:
+        path: a local HuggingFace model directory, or ``default`` for SmolLM2-135M-Instruct.
+        device: ``auto``, ``cpu``, ``cuda`` or ``cuda:N``.
+        dtype: ``float32``, ``bfloat16`` or ``float16``.
+        corpus_tokens: tokens of text behind the key statistics.
+    """
+
+    path: str = "default"
+    device: str = "auto"
+    dtype: str = "float32"
+    corpus_tokens: int = 20_000
+
+    def __post_init__(self) -> None:
+        if self.dtype not in ("float32", "bfloat16", "float16"):
+            raise ValueError(f"dtype must be float32, bfloat16 or float16, got {self.dtype!r}")
+        if self.path != "default" and not Path(self.path).expanduser().is_dir():
+            raise ValueError(f"path {self.path!r} is not a model directory")
+
+
+@dataclass(frozen=True)
+class FileConnectorConfig:
+    """A watched directory of fact files.
+
+    Attributes:
+        type: ``file``.
+        name: source name stamped on its facts (default ``file:<directory name>``).
+        path: the directory; relative paths are under the data directory.
+        polling: poll for changes instead of using inotify (network file systems).
+        debounce_seconds: quiet time after a file's last change before it is read.
+    """
+
+    type: str = "file"
+    name: str | None = None
+    path: Path = Path("facts")
+    polling: bool = False
+    debounce_seconds: float = 0.5
+
+    def __post_init__(self) -> None:
+        if self.type != "file":
+            raise ValueError(f"type {self.type!r} is not a known connector (file)")
+        if self.debounce_seconds < 0:
+            raise ValueError(f"debounce_seconds must not be negative, got {self.debounce_seconds}")
+
+    @property
+    def source_name(self) -> str:
+        """The name stamped on this connector's facts."""
+        return self.name or f"file:{self.path.name}"
+
+
+@dataclass(frozen=True)
+class RelationConfig:
+    """A relation added to (or replacing one of) the built-in catalog."""
+
+    template: str
+    paraphrases: tuple[str, ...] = ()
+    question: str = ""
+    alias: str | None = None
+
+
+@dataclass(frozen=True)
+class ListenConfig:
+    """An address to serve on."""
+
+    host: str = "127.0.0.1"
+    port: int = 9108
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.port <= 65535:
+            raise ValueError(f"port must be in 0..65535, got {self.port}")
+
+
+@dataclass(frozen=True)
+class ApiConfig:
+    """The HTTP API.
+
+    Attributes:
+        host: address to bind (loopback by default).
+        port: TCP port (0 picks a free one).
+        token: bearer token required on mutating endpoints; ``FACTSYNC_API_TOKEN``
+            overrides it.
+        max_body_bytes: larger request bodies are refused.
+    """
+
+    host: str = "127.0.0.1"
+    port: int = 8080
+    token: str | None = None
+    max_body_bytes: int = 1_000_000
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.port <= 65535:
+            raise ValueError(f"port must be in 0..65535, got {self.port}")
+        if self.max_body_bytes < 1:
+            raise ValueError(f"max_body_bytes must be positive, got {self.max_body_bytes}")
+
+
+@dataclass(frozen=True)
+class ScheduleConfig:
+    """How often periodic work runs (seconds).
+
+    Attributes:
+        full_scan_seconds: re-read every connector's whole source.
+        worker_poll_seconds: the worker looks for work at least this often.
+    """
+
+    full_scan_seconds: float = 60.0
+    worker_poll_seconds: float = 2.0
+
+    def __post_init__(self) -> None:
+        for name in ("full_scan_seconds", "worker_poll_seconds"):
+            if getattr(self, name) <= 0:
+                raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
+
+
+@dataclass(frozen=True)
+class LogConfig:
+    """Logging: level and one-JSON-object-per-line output."""
+
+    level: str = "INFO"
+    json: bool = False
+
+
+@dataclass(frozen=True)
+class DaemonConfig:
+    """The whole configuration file.
+
+    Attributes:
+        data_dir: state, versions and the default facts directory (default
+            ``$FACTSYNC_HOME`` or ``~/.cache/factsync``).
+        cache_dir: converted models, sampled corpus and key statistics (default: the
+            same as ``data_dir``'s default, so several data directories share them).
+        model: the model to edit.
+        policy: the policy file (relative to the config file); the shipped default
+            policy when absent.
+        connectors: fact sources.
+        relations: relations added to the built-in catalog, by id.
+        metrics: where Prometheus metrics are served.
+        api: the HTTP API.
+        schedules: periodic work.
+        log: logging.
+    """
+
+    data_dir: Path | None = None
+    cache_dir: Path | None = None
+    model: ModelConfig = field(default_factory=ModelConfig)
+    policy: Path | None = None
+    connectors: tuple[FileConnectorConfig, ...] = (FileConnectorConfig(),)
+    relations: dict[str, RelationConfig] = field(default_factory=dict)
+    metrics: ListenConfig = field(default_factory=ListenConfig)
+    api: ApiConfig = field(default_factory=ApiConfig)
+    schedules: ScheduleConfig = field(default_factory=ScheduleConfig)
+    log: LogConfig = field(default_factory=LogConfig)
+
+    def __post_init__(self) -> None:
+        names = [c.source_name for c in self.connectors]
+        if len(set(names)) != len(names):
+            raise ValueError(f"connectors: source names must differ, got {names}")
+
+    @property
+    def state_dir(self) -> Path:
+        """The data directory, resolved."""
+        return (self.data_dir or data_home()).expanduser().absolute()
+
+    @property
+    def caches(self) -> Path:
+        """The cache directory, resolved."""
+        return (self.cache_dir or data_home()).expanduser().absolute()
+
+    def under_data_dir(self, path: Path) -> Path:
+        """``path``, resolved against the data directory when relative."""
+        return path if path.is_absolute() else self.state_dir / path
+
+
+def load_config(path: Path | None) -> DaemonConfig:
+    """The configuration in ``path`` (the embedded default when ``None``), validated.
+
+    Raises:
+        SchemaError: naming the key and the problem.
+    """
+    config = DaemonConfig() if path is None else build(DaemonConfig, load_yaml_file(path), "config")
+    if config.policy is not None:
+        policy = config.policy
+        if not policy.is_absolute() and path is not None:
+            policy = path.parent / policy
+        if not policy.is_file():
+            raise SchemaError(f"config.policy: no such file {policy}")
+        config = replace(config, policy=policy)
+    token = os.environ.get(TOKEN_ENV)
+    if token:
+        config = replace(config, api=replace(config.api, token=token))
+    return config

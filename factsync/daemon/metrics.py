@@ -1,0 +1,74 @@
+"""The daemon's Prometheus metrics, on a registry passed in (a fresh one per test)."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
+
+from factsync.policies.schema import METRICS
+
+STAGE_BUCKETS = (0.5, 1, 2, 5, 10, 30, 60, 120, 300, 600, 1200, 3600)
+"""Seconds; edit stages on CPU run from seconds to tens of minutes."""
+
+
+class Metrics:
+    """Every metric factsync exports (prefix ``factsync_``, base units)."""
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.registry = registry
+        self.facts_ingested = Counter(
+            "factsync_facts_ingested_total", "Valid fact rows received, by source.",
+            ["source"], registry=registry)
+        self.fact_changes = Counter(
+            "factsync_fact_changes_total", "Rows that changed a desired fact, by source.",
+            ["source"], registry=registry)
+        self.facts_quarantined = Counter(
+            "factsync_facts_quarantined_total", "Rows quarantined for the first time, by source.",
+            ["source"], registry=registry)
+        self.quarantine_size = Gauge(
+            "factsync_quarantine_entries", "Entries in quarantine.", registry=registry)
+        self.pending_changes = Gauge(
+            "factsync_pending_changes", "Fact changes not yet applied or closed.",
+            registry=registry)
+        self.jobs = Counter(
+            "factsync_jobs_total", "Jobs finished, by outcome.", ["outcome"], registry=registry)
+        self.stage_seconds = Histogram(
+            "factsync_stage_duration_seconds", "Time spent in each job stage.", ["stage"],
+            buckets=STAGE_BUCKETS, registry=registry)
+        self.ime_iterations = Histogram(
+            "factsync_ime_iterations", "IME passes an edit job ran.",
+            buckets=(1, 2, 3, 4, 5, 8), registry=registry)
+        self.candidate_kpi = Gauge(
+            "factsync_candidate_kpi", "KPI values of the last candidate.", ["metric"],
+            registry=registry)
+        self.live_kpi = Gauge(
+            "factsync_live_kpi", "KPI values of the live version at its promotion.", ["metric"],
+            registry=registry)
+        self.gate_failures = Counter(
+            "factsync_gate_failures_total", "Blocking gate failures, by metric.", ["metric"],
+            registry=registry)
+        self.promotions = Counter(
+            "factsync_promotions_total", "Versions promoted.", registry=registry)
+        self.live_version = Info(
+            "factsync_live_version", "The live version.", registry=registry)
+        self.live_version_seq = Gauge(
+            "factsync_live_version_sequence", "Sequence number of the live version.",
+            registry=registry)
+        self.last_sync = Gauge(
+            "factsync_last_successful_sync_timestamp_seconds",
+            "When the live version last matched every fact ready to apply.", registry=registry)
+        self.model_load_seconds = Gauge(
+            "factsync_model_load_seconds", "Time to load the base model and rebuild the live "
+            "version at start-up.", registry=registry)
+        self.up = Gauge("factsync_up", "1 while the daemon runs.", registry=registry)
+        for metric in METRICS:  # so every KPI series exists from the first scrape
+            self.candidate_kpi.labels(metric)
+            self.live_kpi.labels(metric)
+            self.gate_failures.labels(metric)
+        for outcome in ("promoted", "rejected", "failed"):
+            self.jobs.labels(outcome)
+
+    def record_kpis(self, gauge: Gauge, kpis: dict) -> None:
+        """Set ``gauge`` from a KPI mapping; unmeasured KPIs become NaN."""
+        for metric in METRICS:
+            value = kpis.get(metric)
+            gauge.labels(metric).set(float("nan") if value is None else value)

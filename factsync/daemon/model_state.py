@@ -1,0 +1,72 @@
+"""``ModelState``: the base model's weights, the worker's model and the served model.
+
+The worker edits and scores candidates on its own copy while the API keeps answering
+from the live version on a second copy, which changes only when a version is promoted.
+Both are rebuilt exactly from the base weights plus the live version's chain of deltas.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import threading
+from contextlib import nullcontext
+
+import torch
+
+from factsync.editing.delta import ModelDelta
+from factsync.models.generation import greedy
+from factsync.models.loading import LoadedModel
+
+
+class ModelState:
+    """Owns the two in-memory models.
+
+    Args:
+        base: the freshly loaded base model; it becomes the worker's copy.
+    """
+
+    def __init__(self, base: LoadedModel) -> None:
+        self.work = base
+        self.serving = copy.copy(base)
+        self.serving.model = copy.deepcopy(base.model)
+        self._serving_lock = threading.Lock()
+        self._paths = [base.spec.mlp_out_path(i) for i in range(base.num_layers)]
+        self._base = {
+            path: base.model.get_submodule(path).weight.detach().clone() for path in self._paths
+        }
+
+    def rebuild(self, chain: list[ModelDelta]) -> None:
+        """Set both models to the base weights plus ``chain`` applied in order."""
+        _rebuild(self.work, self._base, chain)
+        with self._serving_lock:
+            _rebuild(self.serving, self._base, chain)
+
+    def promote(self, delta: ModelDelta) -> None:
+        """Apply a promoted version's delta to the served model (the worker has it)."""
+        with self._serving_lock:
+            delta.apply(self.serving)
+
+    def generate(self, prompt: str, max_new_tokens: int) -> str:
+        """Greedy completion from the live version."""
+        with self._serving_lock:
+            return greedy(self.serving, prompt, max_new_tokens)
+
+    def digest(self, *, serving: bool = False) -> str:
+        """SHA-256 of every editable weight of one copy (the served one if ``serving``)."""
+        loaded = self.serving if serving else self.work
+        digest = hashlib.sha256()
+        with self._serving_lock if serving else nullcontext():
+            for path in self._paths:
+                weight = loaded.model.get_submodule(path).weight.detach()
+                digest.update(weight.cpu().contiguous().view(torch.uint8).numpy().tobytes())
+        return digest.hexdigest()
+
+
+def _rebuild(loaded: LoadedModel, base: dict[str, torch.Tensor], chain: list[ModelDelta]) -> None:
+    with torch.no_grad():
+        for path, weight in base.items():
+            loaded.model.get_submodule(path).weight.copy_(weight)
+    for delta in chain:
+        delta.apply(loaded)
+

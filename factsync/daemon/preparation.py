@@ -1,0 +1,164 @@
+"""Preparing a job's facts for the engine: old objects, NME neighbours, scoring probes.
+
+For each fact the old object is what the live model answers now. Neighbours come from
+the store: facts with the same relation whose object is this fact's old object, and
+other facts about the same subject. Only those the live model gets right are kept; they
+are split into disjoint sets, one joins the edit (NME) and the other is held out to
+score neighbourhood preservation.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from factsync.editing.requests import EditRequest, Neighbour
+from factsync.evaluation.kpis import EditCheck, Prompted
+from factsync.facts.catalog import Relation, RelationCatalog
+from factsync.models.generation import greedy, short_answer
+from factsync.models.loading import LoadedModel
+from factsync.models.scoring import score_targets
+from factsync.models.text import PromptSpec, object_ids
+from factsync.policies.schema import Policy
+from factsync.store.records import FactChange
+from factsync.store.store import StateStore
+
+ANSWER_TOKENS = 8
+"""Greedy tokens read to find the live model's current answer."""
+
+CANDIDATES_PER_SLOT = 3
+"""Neighbour candidates checked per neighbour wanted, to bound the cost of checking."""
+
+
+@dataclass(frozen=True)
+class PreparedFact:
+    """One change ready for the engine and the evaluator."""
+
+    change: FactChange
+    relation: Relation
+    request: EditRequest
+    check: EditCheck
+
+
+def states(loaded: LoadedModel, pairs: Sequence[Prompted]) -> list[bool]:
+    """Whether the model's greedy answer to each prompt is its object (teacher forced)."""
+    if not pairs:
+        return []
+    rows = [PromptSpec("{}", prompt, object_ids(loaded, obj)) for prompt, obj in pairs]
+    return [score.exact for score in score_targets(loaded, rows)]
+
+
+def prepare_job(
+    loaded: LoadedModel,
+    store: StateStore,
+    catalog: RelationCatalog,
+    policy: Policy,
+    changes: Sequence[FactChange],
+) -> list[PreparedFact]:
+    """Edit requests and scoring probes for ``changes``, from the live model and store."""
+    in_job = {(c.subject, c.relation) for c in changes}
+    known = _known_facts(store, in_job)
+    prepared = []
+    for change in changes:
+        relation = catalog.resolve(change.relation)
+        if relation is None:
+            raise ValueError(f"relation {change.relation} is not in the catalog")
+        prompt = relation.template.format(change.subject)
+        old = short_answer(greedy(loaded, prompt, ANSWER_TOKENS)) or None
+        editing, held_out = _neighbours(loaded, catalog, policy, change, old, known)
+        request = EditRequest(
+            subject=change.subject,
+            template=relation.template,
+            new_object=change.object,
+            old_object=old,
+            neighbours=tuple(Neighbour(s, t, o) for s, t, o in editing),
+        )
+        check = EditCheck(
+            change_id=change.id,
+            relation=relation.id,
+            prompt=prompt,
+            new_object=change.object,
+            old_object=old,
+            paraphrases=tuple(p.format(change.subject) for p in relation.paraphrases),
+            held_out=tuple((t.format(s), o) for s, t, o in held_out),
+        )
+        prepared.append(PreparedFact(change, relation, request, check))
+    return prepared
+
+
+def retention_probes(
+    store: StateStore,
+    catalog: RelationCatalog,
+    *,
+    exclude: set[tuple[str, str]],
+    sample: int,
+    seed: int,
+) -> list[Prompted]:
+    """Facts applied by earlier versions, as (prompt, object); ``sample`` 0 takes all."""
+    probes = []
+    for fact in store.applied_facts():
+        relation = catalog.resolve(fact.relation)
+        if relation is not None and (fact.subject, fact.relation) not in exclude:
+            probes.append((relation.template.format(fact.subject), fact.object))
+    if sample and len(probes) > sample:
+        probes = random.Random(seed).sample(probes, sample)
+    return probes
+
+
+Known = list[tuple[str, str, str]]
+"""(subject, relation id, object) of facts the store holds."""
+
+
+def _known_facts(store: StateStore, exclude: set[tuple[str, str]]) -> Known:
+    facts: dict[tuple[str, str], str] = {}
+    for fact in store.applied_facts():
+        facts[(fact.subject, fact.relation)] = fact.object
+    for fact in store.desired_facts():
+        if not fact.deleted:
+            facts.setdefault((fact.subject, fact.relation), fact.object)
+    return sorted((s, r, o) for (s, r), o in facts.items() if (s, r) not in exclude)
+
+
+def _neighbours(
+    loaded: LoadedModel,
+    catalog: RelationCatalog,
+    policy: Policy,
+    change: FactChange,
+    old: str | None,
+    known: Known,
+) -> tuple[list[tuple[str, str, str]], list[tuple[str, str, str]]]:
+    """(editing, held-out) neighbours as (subject, template, object)."""
+    editing_wanted = policy.editing.max_neighbours if policy.editing.neighbours else 0
+    held_wanted = policy.evaluation.held_out_neighbours
+    limit = CANDIDATES_PER_SLOT * (editing_wanted + held_wanted)
+    same_object = [
+        f for f in known
+        if f[1] == change.relation and old and f[2].casefold() == old.casefold()
+        and f[0] != change.subject
+    ]
+    same_subject = [f for f in known if f[0] == change.subject and f[1] != change.relation]
+    candidates = _interleave(same_object, same_subject)[:limit]
+    with_templates = []
+    for subject, relation_id, obj in candidates:
+        relation = catalog.resolve(relation_id)
+        if relation is not None:
+            with_templates.append((subject, relation.template, obj))
+    right = states(loaded, [(t.format(s), o) for s, t, o in with_templates])
+    correct = [c for c, ok in zip(with_templates, right, strict=True) if ok]
+    editing, held_out = [], []
+    for index, candidate in enumerate(correct):  # alternate, so both sets get both kinds
+        wants_edit = len(editing) < editing_wanted
+        wants_held = len(held_out) < held_wanted
+        if wants_edit and (index % 2 == 0 or not wants_held):
+            editing.append(candidate)
+        elif wants_held:
+            held_out.append(candidate)
+    return editing, held_out
+
+
+def _interleave(first: list, second: list) -> list:
+    merged = []
+    for index in range(max(len(first), len(second))):
+        merged += [items[index] for items in (first, second) if index < len(items)]
+    return merged

@@ -1,0 +1,107 @@
+"""``Reconciler``: turns pending fact changes into jobs.
+
+For each fact (subject, relation) only the latest pending change counts: older ones are
+marked superseded, so a burst of updates makes one edit. A change waits
+``coalesce_seconds`` after it arrived for later ones to replace it. Deletions are
+recorded without an edit, changes the applied state already holds are closed, and
+changes the live model already states are counted as applied without an edit. The rest
+are batched into jobs of at most ``max_facts``.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Sequence
+
+from factsync.facts.catalog import RelationCatalog
+from factsync.policies.schema import Policy
+from factsync.store.records import (
+    CHANGE_ALREADY_TRUE,
+    CHANGE_FAILED,
+    CHANGE_PENDING,
+    CHANGE_RECORDED,
+    FactChange,
+    Job,
+)
+from factsync.store.store import StateStore
+
+log = logging.getLogger(__name__)
+
+LiveCheck = Callable[[Sequence[FactChange]], list[bool]]
+"""Whether the live model already states each change's object."""
+
+
+class Reconciler:
+    """Diffs desired against applied state and queues the difference as jobs."""
+
+    def __init__(
+        self,
+        *,
+        store: StateStore,
+        catalog: RelationCatalog,
+        policy: Policy,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self._store = store
+        self._catalog = catalog
+        self._policy = policy
+        self._clock = clock
+
+    def plan(self, live_states: LiveCheck) -> list[Job]:
+        """Queue jobs for the pending changes that are ready; the jobs made."""
+        ready = self._ready_changes()
+        if not ready:
+            return []
+        stated = live_states(ready)
+        to_edit = []
+        for change, already in zip(ready, stated, strict=True):
+            if already:
+                live = self._store.live_version().id
+                self._store.record_already_true(change_id=change.id, version_id=live)
+                log.info("fact change %d: the live model already states %s %s %s; no edit",
+                         change.id, change.subject, change.relation, change.object)
+            else:
+                to_edit.append(change)
+        size = self._policy.batch.max_facts
+        jobs = []
+        for start in range(0, len(to_edit), size):
+            batch = [c.id for c in to_edit[start : start + size]]
+            job = self._store.create_job(change_ids=batch, policy_digest=self._policy.digest)
+            log.info("job %d queued with %d fact change(s)", job.id, len(batch))
+            jobs.append(job)
+        return jobs
+
+    def _ready_changes(self) -> list[FactChange]:
+        """The latest pending change of each fact, once it has waited out the window."""
+        latest: dict[tuple[str, str], list[FactChange]] = {}
+        for change in self._store.changes(state=CHANGE_PENDING, limit=1_000_000):
+            latest.setdefault((change.subject, change.relation), []).append(change)
+        applied = {(a.subject, a.relation): a for a in self._store.applied_facts()}
+        now = self._clock()
+        ready = []
+        for key, changes in latest.items():
+            change = changes[-1]
+            if len(changes) > 1:
+                self._store.supersede(change_ids=[c.id for c in changes[:-1]], by=change.id)
+            if now - change.received_at < self._policy.batch.coalesce_seconds:
+                continue
+            done = applied.get(key)
+            if change.deleted:
+                self._store.close_changes(
+                    change_ids=[change.id], state=CHANGE_RECORDED,
+                    reason="deletion recorded; the model keeps its current answer",
+                )
+            elif done is not None and done.object == change.object:
+                self._store.close_changes(
+                    change_ids=[change.id], state=CHANGE_ALREADY_TRUE,
+                    reason=f"version {done.version_id} already applied it",
+                )
+            elif self._catalog.resolve(change.relation) is None:
+                self._store.close_changes(
+                    change_ids=[change.id], state=CHANGE_FAILED,
+                    reason=f"relation {change.relation} is no longer in the catalog",
+                )
+            else:
+                ready.append(change)
+        return ready

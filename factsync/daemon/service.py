@@ -1,0 +1,257 @@
+"""``Daemon``: wires the store, connectors, worker, metrics and API into one process.
+
+Start-up order: take the data directory's lock, open the store and requeue jobs a crash
+left half-way, serve metrics and the API (``/readyz`` says 503 while loading), read and
+watch the connectors, then, in the worker thread, load the base model, rebuild the live
+version from its deltas, build the engine and start working.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import logging
+import os
+import signal
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+from apscheduler.schedulers.background import BackgroundScheduler
+from prometheus_client import CollectorRegistry, start_http_server
+
+from factsync.connectors.files import FileConnector
+from factsync.daemon.api import ApiContext, ApiServer
+from factsync.daemon.config import DaemonConfig
+from factsync.daemon.ingest import Ingest
+from factsync.daemon.metrics import Metrics
+from factsync.daemon.model_state import ModelState
+from factsync.daemon.worker import Worker
+from factsync.editing.build import StatisticsSettings, build_engine
+from factsync.editing.delta import ModelDelta
+from factsync.editing.engine import EngineSettings
+from factsync.editing.spread import SpreadSettings
+from factsync.evaluation.fluency import perplexity
+from factsync.evaluation.heldout_text import FLUENCY_TEXTS
+from factsync.facts.catalog import RelationCatalog
+from factsync.models.loading import load_model
+from factsync.policies.schema import Policy, load_policy
+from factsync.registry.versions import VersionFiles
+from factsync.store.store import StateStore
+
+log = logging.getLogger(__name__)
+
+STATE_FILE = "state.sqlite"
+LOCK_FILE = "factsync.lock"
+STOP_GRACE_SECONDS = 30.0
+"""How long a stop waits for the running job stage; after that the job resumes on restart."""
+
+
+class AlreadyRunning(RuntimeError):
+    """Another factsync process holds the data directory."""
+
+
+class Daemon:
+    """One factsync process on one data directory."""
+
+    def __init__(self, config: DaemonConfig, *, registry: CollectorRegistry | None = None) -> None:
+        self.config = config
+        self.registry = registry or CollectorRegistry()
+        self.metrics = Metrics(self.registry)
+        self.policy = load_policy(config.policy) if config.policy else Policy()
+        self.catalog = RelationCatalog.built_in(
+            {k: {**v.__dict__, "alias": v.alias or k} for k, v in config.relations.items()}
+        )
+        self.models: ModelState | None = None
+        self.worker: Worker | None = None
+        self.failed: str | None = None
+        self._starting = "not started"
+        self._lock_handle = None
+        self._closers: list[Any] = []
+        self._worker_thread: threading.Thread | None = None
+        self.connectors: list[FileConnector] = []
+
+    # lifecycle
+
+    def start(self) -> None:
+        """Start everything; the model loads in the background."""
+        state_dir = self.config.state_dir
+        state_dir.mkdir(parents=True, exist_ok=True)
+        self._lock_handle = _lock(state_dir / LOCK_FILE)
+        self.store = StateStore(state_dir / STATE_FILE)
+        self.versions = VersionFiles(state_dir / "versions")
+        self.versions.prune({v.id for v in self.store.versions()})
+        requeued = self.store.requeue_interrupted()
+        if requeued:
+            log.warning("requeued job(s) %s left unfinished by the last run", requeued)
+        self.ingest = Ingest(store=self.store, catalog=self.catalog, metrics=self.metrics,
+                             on_change=self._wake)
+        self.metrics.up.set(1)
+        self.metrics.quarantine_size.set(self.store.quarantine_count())
+        self._record_live()
+        server, _ = start_http_server(self.config.metrics.port, self.config.metrics.host,
+                                      registry=self.registry)
+        self._closers.append(server.shutdown)
+        log.info("metrics on http://%s:%d/metrics", self.config.metrics.host,
+                 self.config.metrics.port)
+        self.api = ApiServer(
+            ApiContext(store=self.store, ingest=self.ingest, models=lambda: self.models,
+                       status=self.status, wake=self._wake, token=self.config.api.token,
+                       max_body_bytes=self.config.api.max_body_bytes),
+            host=self.config.api.host, port=self.config.api.port,
+        )
+        self.api.start()
+        self._closers.append(self.api.stop)
+        for spec in self.config.connectors:
+            connector = FileConnector(
+                name=spec.source_name, directory=self.config.under_data_dir(spec.path),
+                sink=self.ingest, debounce_seconds=spec.debounce_seconds, polling=spec.polling,
+            )
+            report = connector.scan()
+            log.info("%s: read %d row(s), %d quarantined", connector.name, report.rows,
+                     report.rejected)
+            connector.start()
+            self.connectors.append(connector)
+        scheduler = BackgroundScheduler(daemon=True)
+        scheduler.add_job(self._full_scan, "interval",
+                          seconds=self.config.schedules.full_scan_seconds,
+                          id="full-scan", max_instances=1, coalesce=True)
+        scheduler.start()
+        self._closers.append(lambda: scheduler.shutdown(wait=False))
+        self._worker_thread = threading.Thread(target=self._work, name="worker", daemon=True)
+        self._worker_thread.start()
+
+    def stop(self) -> None:
+        """Stop cleanly: no new job starts; the running stage gets a grace period."""
+        log.info("stopping")
+        if self.worker is not None:
+            self.worker.stopping.set()
+            self.worker.wake()
+        for connector in self.connectors:
+            connector.stop()
+        if self._worker_thread is not None:
+            self._worker_thread.join(timeout=STOP_GRACE_SECONDS)
+            if self._worker_thread.is_alive():
+                log.warning("job %s still running after %.0fs; it resumes after restart",
+                            self.worker.busy_job if self.worker else None, STOP_GRACE_SECONDS)
+        for close in reversed(self._closers):
+            close()
+        self.metrics.up.set(0)
+        if not (self._worker_thread and self._worker_thread.is_alive()):
+            self.store.close()
+        if self._lock_handle is not None:
+            self._lock_handle.close()
+        log.info("stopped")
+
+    def run_until_signalled(self) -> None:
+        """Start, then run until SIGTERM or SIGINT, then stop."""
+        stop = threading.Event()
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(signum, lambda *_: stop.set())
+        self.start()
+        while not stop.wait(timeout=1.0):
+            if self.failed:
+                break
+        self.stop()
+        if self.failed:
+            raise RuntimeError(self.failed)
+
+    # status
+
+    def status(self) -> dict[str, Any]:
+        """What ``GET /status`` and ``factsync status`` show."""
+        live = self.store.live_version()
+        return {
+            "ready": self.models is not None and self.worker is not None and not self.failed,
+            "starting": self.failed or self._starting,
+            "live_version": {"id": live.id, "seq": live.seq},
+            "pending_changes": self.store.count_changes(states=("pending", "queued")),
+            "jobs": self.store.count_jobs(),
+            "running_job": self.worker.busy_job if self.worker else None,
+            "quarantined": self.store.quarantine_count(),
+            "policy": {"name": self.policy.name, "digest": self.policy.digest},
+            "connectors": [
+                {"name": c.name, "last_scan_at": c.last_scan_at, "last_error": c.last_error}
+                for c in self.connectors
+            ],
+            "pid": os.getpid(),
+        }
+
+    # internals
+
+    def _wake(self) -> None:
+        if self.worker is not None:
+            self.worker.wake()
+
+    def _full_scan(self) -> None:
+        for connector in self.connectors:
+            try:
+                connector.scan()
+            except Exception:
+                log.exception("full scan of %s failed", connector.name)
+
+    def _record_live(self) -> None:
+        live = self.store.live_version()
+        self.metrics.live_version.info({"id": live.id, "parent": live.parent_id or ""})
+        self.metrics.live_version_seq.set(live.seq)
+        if live.report:
+            self.metrics.record_kpis(self.metrics.live_kpi, live.report.get("candidate", {}))
+
+    def _work(self) -> None:
+        try:
+            started = time.monotonic()
+            self._starting = "loading the model"
+            base = load_model(self.config.model.path, device=self.config.model.device,
+                              dtype=self.config.model.dtype, home=self.config.caches)
+            models = ModelState(base)
+            base_perplexity = perplexity(base, list(FLUENCY_TEXTS))
+            lineage = self.store.lineage(version_id=self.store.live_version().id)
+            self._starting = f"rebuilding the live version from {len(lineage)} delta(s)"
+            models.rebuild([ModelDelta.load(self.versions.delta_path(v.id)) for v in lineage])
+            self.metrics.model_load_seconds.set(time.monotonic() - started)
+            self._starting = "building the edit engine (key statistics, context prefixes)"
+            engine = build_engine(
+                models.work, _engine_settings(self.policy),
+                StatisticsSettings(corpus_tokens=self.config.model.corpus_tokens),
+                home=self.config.caches,
+            )
+            self.worker = Worker(
+                store=self.store, catalog=self.catalog, policy=self.policy, models=models,
+                engine=engine, versions=self.versions, metrics=self.metrics,
+                fluency_texts=FLUENCY_TEXTS, base_perplexity=base_perplexity,
+            )
+            self.models = models
+            self._starting = ""
+            log.info("ready: live version %s, policy %s (%s)", self.store.live_version().id,
+                     self.policy.name, self.policy.digest)
+        except Exception as exc:
+            log.exception("start-up failed")
+            self.failed = f"start-up failed: {type(exc).__name__}: {exc}"
+            return
+        self.worker.run(poll_seconds=self.config.schedules.worker_poll_seconds)
+
+
+def _engine_settings(policy: Policy) -> EngineSettings:
+    editing = policy.editing
+    return EngineSettings(
+        max_iterations=editing.max_iterations,
+        neighbours=editing.neighbours,
+        spread=SpreadSettings(algorithm=editing.algorithm,
+                              update_fraction=editing.update_fraction),
+    )
+
+
+def _lock(path: Path):  # noqa: ANN202
+    handle = open(path, "a+")  # noqa: SIM115 - held open for the life of the process
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError as exc:
+        handle.close()
+        raise AlreadyRunning(
+            f"another factsync process is using {path.parent} (lock {path} is held)"
+        ) from exc
+    handle.seek(0)
+    handle.truncate()
+    handle.write(f"{os.getpid()}\n")
+    handle.flush()
+    return handle

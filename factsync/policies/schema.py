@@ -1,0 +1,218 @@
+"""The policy file: batch limits, editing settings, evaluation sizes and promotion gates.
+
+A gate is a condition on one KPI that a candidate must meet to be promoted, either
+absolute (``min``/``max``) or relative to the live version measured in the same job
+(``max_drop``/``max_rise``). A gate marked ``dry_run`` is measured and reported but never
+blocks. Gates under ``relations.<id>`` replace the gate on the same metric for the facts
+of that relation.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from factsync.typed_yaml import build, load_yaml_file
+
+FACT_METRICS = ("edit_success", "paraphrase_success", "neighbourhood_preservation")
+"""KPIs measured per fact; they can be judged per relation."""
+
+MODEL_METRICS = ("retention", "perplexity_ratio")
+"""KPIs of the whole model."""
+
+METRICS = FACT_METRICS + MODEL_METRICS
+
+ON_FAILURE = ("reject", "retry_passing")
+
+
+@dataclass(frozen=True)
+class Gate:
+    """One promotion condition.
+
+    Attributes:
+        metric: one of ``METRICS``.
+        min: the candidate's value must be at least this.
+        max: ... at most this.
+        max_drop: ... at most this much below the live version's.
+        max_rise: ... at most this much above the live version's.
+        dry_run: report the result but never block promotion.
+    """
+
+    metric: str
+    min: float | None = None
+    max: float | None = None
+    max_drop: float | None = None
+    max_rise: float | None = None
+    dry_run: bool = False
+
+    def __post_init__(self) -> None:
+        if self.metric not in METRICS:
+            raise ValueError(f"metric {self.metric!r} is not one of {', '.join(METRICS)}")
+        bounds = [self.min, self.max, self.max_drop, self.max_rise]
+        if all(b is None for b in bounds):
+            raise ValueError(f"gate on {self.metric} needs min, max, max_drop or max_rise")
+        for name in ("max_drop", "max_rise"):
+            if (getattr(self, name) or 0) < 0:
+                raise ValueError(f"{name} must not be negative, got {getattr(self, name)}")
+
+    def describe(self) -> str:
+        """The condition in words, e.g. ``retention >= 0.95``."""
+        parts = []
+        if self.min is not None:
+            parts.append(f"{self.metric} >= {self.min:g}")
+        if self.max is not None:
+            parts.append(f"{self.metric} <= {self.max:g}")
+        if self.max_drop is not None:
+            parts.append(f"{self.metric} at most {self.max_drop:g} below live")
+        if self.max_rise is not None:
+            parts.append(f"{self.metric} at most {self.max_rise:g} above live")
+        return " and ".join(parts) + (" (dry run)" if self.dry_run else "")
+
+
+@dataclass(frozen=True)
+class BatchPolicy:
+    """How fact changes become jobs.
+
+    Attributes:
+        max_facts: facts per job at most.
+        coalesce_seconds: a change waits this long (seconds) so that later changes to
+            the same fact replace it instead of making a second edit.
+    """
+
+    max_facts: int = 10
+    coalesce_seconds: float = 2.0
+
+    def __post_init__(self) -> None:
+        if self.max_facts < 1:
+            raise ValueError(f"max_facts must be at least 1, got {self.max_facts}")
+        if self.coalesce_seconds < 0:
+            raise ValueError(f"coalesce_seconds must not be negative, got {self.coalesce_seconds}")
+
+
+@dataclass(frozen=True)
+class EditingPolicy:
+    """How the engine edits.
+
+    Attributes:
+        algorithm: ``memit`` or ``alphaedit``.
+        max_iterations: IME passes at most (1 turns IME off).
+        neighbours: use NME neighbours from the fact store.
+        max_neighbours: NME neighbours per fact at most.
+        update_fraction: share of each requested change one layer's update carries.
+    """
+
+    algorithm: str = "memit"
+    max_iterations: int = 3
+    neighbours: bool = True
+    max_neighbours: int = 2
+    update_fraction: float = 0.3
+
+    def __post_init__(self) -> None:
+        if self.algorithm not in ("memit", "alphaedit"):
+            raise ValueError(f"algorithm must be memit or alphaedit, got {self.algorithm!r}")
+        if self.max_iterations < 1:
+            raise ValueError(f"max_iterations must be at least 1, got {self.max_iterations}")
+        if self.max_neighbours < 0:
+            raise ValueError(f"max_neighbours must not be negative, got {self.max_neighbours}")
+        if not 0 < self.update_fraction < 1:
+            raise ValueError(f"update_fraction must be in (0, 1), got {self.update_fraction}")
+
+
+@dataclass(frozen=True)
+class EvaluationPolicy:
+    """How much each candidate is measured on.
+
+    Attributes:
+        retention_sample: earlier applied facts re-checked per job; 0 checks them all.
+        held_out_neighbours: neighbour facts per edited fact kept out of editing and
+            used to score neighbourhood preservation.
+    """
+
+    retention_sample: int = 200
+    held_out_neighbours: int = 4
+
+    def __post_init__(self) -> None:
+        if self.retention_sample < 0:
+            raise ValueError(f"retention_sample must not be negative, got {self.retention_sample}")
+        if self.held_out_neighbours < 0:
+            raise ValueError(
+                f"held_out_neighbours must not be negative, got {self.held_out_neighbours}"
+            )
+
+
+@dataclass(frozen=True)
+class RelationPolicy:
+    """Overrides for the facts of one relation: gates replacing those on the same metric."""
+
+    gates: tuple[Gate, ...] = ()
+
+    def __post_init__(self) -> None:
+        for gate in self.gates:
+            if gate.metric not in FACT_METRICS:
+                raise ValueError(
+                    f"relation gates judge per-fact metrics ({', '.join(FACT_METRICS)}); "
+                    f"{gate.metric} is model-wide"
+                )
+
+
+def _default_gates() -> tuple[Gate, ...]:
+    return (
+        Gate("edit_success", min=1.0),
+        Gate("paraphrase_success", min=0.5),
+        Gate("neighbourhood_preservation", min=0.75),
+        Gate("retention", min=0.9),
+        Gate("retention", max_drop=0.05),
+        Gate("perplexity_ratio", max=1.05),
+    )
+
+
+@dataclass(frozen=True)
+class Policy:
+    """A whole policy file."""
+
+    name: str = "default"
+    batch: BatchPolicy = field(default_factory=BatchPolicy)
+    editing: EditingPolicy = field(default_factory=EditingPolicy)
+    evaluation: EvaluationPolicy = field(default_factory=EvaluationPolicy)
+    gates: tuple[Gate, ...] = field(default_factory=_default_gates)
+    relations: dict[str, RelationPolicy] = field(default_factory=dict)
+    on_failure: str = "retry_passing"
+
+    def __post_init__(self) -> None:
+        if self.on_failure not in ON_FAILURE:
+            raise ValueError(f"on_failure must be one of {', '.join(ON_FAILURE)}, "
+                             f"got {self.on_failure!r}")
+
+    @property
+    def digest(self) -> str:
+        """A short content hash that stamps the jobs and versions this policy judged."""
+        canonical = json.dumps(asdict(self), sort_keys=True, default=str)
+        return hashlib.sha256(canonical.encode()).hexdigest()[:16]
+
+    def gates_for(self, relation: str) -> tuple[Gate, ...]:
+        """The per-fact gates that apply to ``relation``'s facts."""
+        override = self.relations.get(relation)
+        replaced = {g.metric for g in override.gates} if override else set()
+        own = tuple(override.gates) if override else ()
+        base = tuple(g for g in self.gates if g.metric in FACT_METRICS and g.metric not in replaced)
+        return base + own
+
+    def model_gates(self) -> tuple[Gate, ...]:
+        """The gates on model-wide metrics."""
+        return tuple(g for g in self.gates if g.metric in MODEL_METRICS)
+
+
+def load_policy(path: Path) -> Policy:
+    """Read and validate a policy file.
+
+    Raises:
+        SchemaError: naming the key and the value when the file is wrong.
+    """
+    return build(Policy, load_yaml_file(path), f"{path.name}")
+
+
+def shipped_policy_dir() -> Path:
+    """The ``policies/`` directory of the source tree that holds the shipped policies."""
+    return Path(__file__).resolve().parents[2] / "policies"

@@ -1,0 +1,1 @@
+"""Model versions on disk: immutable, content-addressed directories of deltas and reports."""

@@ -1,0 +1,1 @@
+"""The daemon's durable state: a SQLite file with versioned schema migrations."""

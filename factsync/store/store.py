@@ -1,0 +1,520 @@
+"""``StateStore``: every durable fact, job and version of the daemon, in one SQLite file.
+
+Each method is one transaction, committed before it returns, so the caller can act on
+what it wrote: after a crash the store says exactly how far things got.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import threading
+import time
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from factsync.facts.records import FactRecord
+from factsync.store.records import (
+    CHANGE_ALREADY_TRUE,
+    CHANGE_APPLIED,
+    CHANGE_PENDING,
+    CHANGE_QUEUED,
+    CHANGE_SUPERSEDED,
+    JOB_ACTIVE,
+    JOB_PROMOTED,
+    JOB_QUEUED,
+    AppliedFact,
+    DesiredFact,
+    FactChange,
+    Job,
+    JobEvent,
+    QuarantineEntry,
+    Version,
+    decode_json_fields,
+)
+from factsync.store.schema import MIGRATIONS
+
+Clock = Callable[[], float]
+
+
+class StoreError(RuntimeError):
+    """The state file cannot be used (newer schema, integrity failure)."""
+
+
+class StateStore:
+    """The daemon's state in SQLite (WAL, full sync). Safe to share between threads."""
+
+    def __init__(self, path: Path, *, clock: Clock = time.time) -> None:
+        self.path = path
+        self._clock = clock
+        self._lock = threading.RLock()
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
+        self._db.row_factory = sqlite3.Row
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA synchronous=FULL")
+        self._db.execute("PRAGMA foreign_keys=ON")
+        self._migrate()
+
+    def close(self) -> None:
+        """Close the database file."""
+        with self._lock:
+            self._db.close()
+
+    @contextmanager
+    def _transaction(self) -> Iterator[sqlite3.Connection]:
+        with self._lock:
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                yield self._db
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+            self._db.execute("COMMIT")
+
+    def _query(self, sql: str, params: Sequence[Any] = ()) -> list[dict[str, Any]]:
+        with self._lock:
+            return [dict(row) for row in self._db.execute(sql, params).fetchall()]
+
+    def _migrate(self) -> None:
+        with self._lock:
+            current = self._db.execute("PRAGMA user_version").fetchone()[0]
+            if current > len(MIGRATIONS):
+                raise StoreError(
+                    f"{self.path} has schema version {current}, newer than this factsync "
+                    f"({len(MIGRATIONS)}); upgrade factsync"
+                )
+            for number in range(current, len(MIGRATIONS)):
+                # executescript commits on its own, so the script and its version bump
+                # run inside one explicit transaction.
+                self._db.executescript(
+                    f"BEGIN; {MIGRATIONS[number]}; PRAGMA user_version = {number + 1}; COMMIT;"
+                )
+
+    @property
+    def schema_version(self) -> int:
+        """How many migrations have run."""
+        return self._query("PRAGMA user_version")[0]["user_version"]
+
+    def integrity_problems(self) -> list[str]:
+        """What SQLite's integrity and foreign-key checks report; empty when sound."""
+        problems = [r["integrity_check"] for r in self._query("PRAGMA integrity_check")]
+        problems = [p for p in problems if p != "ok"]
+        problems += [str(r) for r in self._query("PRAGMA foreign_key_check")]
+        return problems
+
+    # facts in
+
+    def record_desired(self, *, record: FactRecord, relation: str) -> FactChange | None:
+        """Store the feed's latest word on a fact; a new change when it differs.
+
+        ``relation`` is the catalog id ``record.relation`` resolved to. Re-reading a row
+        the store already holds records nothing.
+        """
+        now = self._clock()
+        with self._transaction() as db:
+            row = db.execute(
+                "SELECT object, deleted FROM desired_facts WHERE subject = ? AND relation = ?",
+                (record.subject, relation),
+            ).fetchone()
+            if row is not None and (row["object"], bool(row["deleted"])) == (
+                record.object,
+                record.deleted,
+            ):
+                return None
+            db.execute(
+                "INSERT OR REPLACE INTO desired_facts VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (
+                    record.subject,
+                    relation,
+                    record.object,
+                    int(record.deleted),
+                    record.source,
+                    record.location,
+                    record.record_id,
+                    record.updated_at,
+                    now,
+                ),
+            )
+            cursor = db.execute(
+                "INSERT INTO fact_changes (subject, relation, object, deleted, source, "
+                "received_at, state, changed_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                (
+                    record.subject,
+                    relation,
+                    record.object,
+                    int(record.deleted),
+                    record.source,
+                    now,
+                    CHANGE_PENDING,
+                    now,
+                ),
+            )
+            change_id = cursor.lastrowid
+        return self.change(change_id=change_id)
+
+    def quarantine(self, *, source: str, location: str, reason: str, raw: str) -> bool:
+        """Keep input that cannot be used; ``True`` the first time it is seen."""
+        now = self._clock()
+        with self._transaction() as db:
+            cursor = db.execute(
+                "INSERT OR IGNORE INTO quarantine (source, location, reason, raw, first_seen, "
+                "last_seen) VALUES (?, ?, ?, ?, ?, ?)",
+                (source, location, reason, raw, now, now),
+            )
+            if cursor.rowcount == 0:
+                db.execute(
+                    "UPDATE quarantine SET last_seen = ? WHERE source = ? AND location = ? "
+                    "AND reason = ? AND raw = ?",
+                    (now, source, location, reason, raw),
+                )
+                return False
+        return True
+
+    def quarantined(self, *, limit: int = 100) -> list[QuarantineEntry]:
+        """The most recent quarantine entries first."""
+        rows = self._query("SELECT * FROM quarantine ORDER BY id DESC LIMIT ?", (limit,))
+        return [QuarantineEntry(**row) for row in rows]
+
+    def quarantine_count(self) -> int:
+        """Entries in quarantine."""
+        return self._query("SELECT COUNT(*) AS n FROM quarantine")[0]["n"]
+
+    def desired_facts(
+        self, *, subject: str | None = None, relation: str | None = None
+    ) -> list[DesiredFact]:
+        """Desired facts, optionally of one subject and/or relation."""
+        where, params = _filters(subject=subject, relation=relation)
+        rows = self._query(f"SELECT * FROM desired_facts {where} ORDER BY subject", params)
+        return [DesiredFact(**{**row, "deleted": bool(row["deleted"])}) for row in rows]
+
+    # changes
+
+    def change(self, *, change_id: int) -> FactChange:
+        """One fact change by id."""
+        rows = self._query("SELECT * FROM fact_changes WHERE id = ?", (change_id,))
+        if not rows:
+            raise KeyError(f"no fact change {change_id}")
+        return _change(rows[0])
+
+    def changes(
+        self,
+        *,
+        state: str | None = None,
+        subject: str | None = None,
+        relation: str | None = None,
+        job_id: int | None = None,
+        limit: int = 1000,
+    ) -> list[FactChange]:
+        """Fact changes, oldest first, filtered by any of the given fields."""
+        where, params = _filters(state=state, subject=subject, relation=relation, job_id=job_id)
+        rows = self._query(
+            f"SELECT * FROM fact_changes {where} ORDER BY id LIMIT ?", (*params, limit)
+        )
+        return [_change(row) for row in rows]
+
+    def count_changes(self, *, states: Sequence[str]) -> int:
+        """Changes in any of ``states``."""
+        marks = ",".join("?" * len(states))
+        sql = f"SELECT COUNT(*) AS n FROM fact_changes WHERE state IN ({marks})"
+        return self._query(sql, tuple(states))[0]["n"]
+
+    def supersede(self, *, change_ids: Sequence[int], by: int) -> None:
+        """Mark older pending changes of a fact replaced by change ``by``."""
+        self._set_changes(change_ids, state=CHANGE_SUPERSEDED, reason=f"replaced by change {by}")
+
+    def close_changes(self, *, change_ids: Sequence[int], state: str, reason: str) -> None:
+        """Move changes to a final ``state`` with ``reason``."""
+        self._set_changes(change_ids, state=state, reason=reason)
+
+    def record_already_true(self, *, change_id: int, version_id: str) -> None:
+        """The live model already states the change: count it applied, without an edit."""
+        change = self.change(change_id=change_id)
+        now = self._clock()
+        with self._transaction() as db:
+            _upsert_applied(db, change, version_id, now)
+            db.execute(
+                "UPDATE fact_changes SET state = ?, reason = ?, changed_at = ? WHERE id = ?",
+                (CHANGE_ALREADY_TRUE, f"the live version {version_id} already states it",
+                 now, change_id),
+            )
+
+    def retry(self, *, subject: str, relation: str) -> FactChange | None:
+        """Queue the desired state of a fact again (an operator's retry of a failure)."""
+        desired = self.desired_facts(subject=subject, relation=relation)
+        if not desired:
+            return None
+        fact = desired[0]
+        now = self._clock()
+        with self._transaction() as db:
+            cursor = db.execute(
+                "INSERT INTO fact_changes (subject, relation, object, deleted, source, "
+                "received_at, state, reason, changed_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (fact.subject, fact.relation, fact.object, int(fact.deleted), fact.source,
+                 now, CHANGE_PENDING, "retry asked by an operator", now),
+            )
+            change_id = cursor.lastrowid
+        return self.change(change_id=change_id)
+
+    def _set_changes(self, change_ids: Sequence[int], *, state: str, reason: str) -> None:
+        now = self._clock()
+        with self._transaction() as db:
+            db.executemany(
+                "UPDATE fact_changes SET state = ?, reason = ?, changed_at = ? WHERE id = ?",
+                [(state, reason, now, change_id) for change_id in change_ids],
+            )
+
+    # applied facts
+
+    def applied_facts(
+        self, *, subject: str | None = None, relation: str | None = None
+    ) -> list[AppliedFact]:
+        """Facts the live version states, optionally of one subject and/or relation."""
+        where, params = _filters(subject=subject, relation=relation)
+        rows = self._query(f"SELECT * FROM applied_facts {where} ORDER BY applied_at", params)
+        return [AppliedFact(**row) for row in rows]
+
+    # jobs
+
+    def create_job(self, *, change_ids: Sequence[int], policy_digest: str) -> Job:
+        """A queued job holding ``change_ids``."""
+        with self._transaction() as db:
+            job_id = _insert_job(db, change_ids, policy_digest, 1, self._clock())
+        return self.job(job_id=job_id)
+
+    def transition(
+        self, *, job_id: int, state: str, reason: str, report: dict | None = None
+    ) -> None:
+        """Move a job to ``state``, with a reason, and optionally its KPI report."""
+        now = self._clock()
+        with self._transaction() as db:
+            _transition(db, job_id, state, reason, now)
+            if report is not None:
+                db.execute("UPDATE jobs SET report = ? WHERE id = ?", (json.dumps(report), job_id))
+
+    def job(self, *, job_id: int) -> Job:
+        """One job by id."""
+        rows = self._query("SELECT * FROM jobs WHERE id = ?", (job_id,))
+        if not rows:
+            raise KeyError(f"no job {job_id}")
+        return Job(**decode_json_fields(rows[0], "report"))
+
+    def jobs(self, *, state: str | None = None, limit: int = 100) -> list[Job]:
+        """Jobs, newest first."""
+        where, params = _filters(state=state)
+        rows = self._query(f"SELECT * FROM jobs {where} ORDER BY id DESC LIMIT ?", (*params, limit))
+        return [Job(**decode_json_fields(row, "report")) for row in rows]
+
+    def job_events(self, *, job_id: int) -> list[JobEvent]:
+        """A job's transitions in order."""
+        rows = self._query("SELECT * FROM job_events WHERE job_id = ? ORDER BY id", (job_id,))
+        return [JobEvent(**row) for row in rows]
+
+    def next_job(self) -> Job | None:
+        """The oldest queued job."""
+        jobs = self._query("SELECT id FROM jobs WHERE state = ? ORDER BY id LIMIT 1", (JOB_QUEUED,))
+        return self.job(job_id=jobs[0]["id"]) if jobs else None
+
+    def requeue_interrupted(self) -> list[int]:
+        """Put jobs a crash or stop left half-way back in the queue; their ids."""
+        now = self._clock()
+        marks = ",".join("?" * len(JOB_ACTIVE))
+        with self._transaction() as db:
+            rows = db.execute(
+                f"SELECT id, state FROM jobs WHERE state IN ({marks}) AND state != ?",
+                (*JOB_ACTIVE, JOB_QUEUED),
+            ).fetchall()
+            for row in rows:
+                _transition(
+                    db, row["id"], JOB_QUEUED, f"interrupted while {row['state']}; rerun", now
+                )
+        return [row["id"] for row in rows]
+
+    def count_jobs(self) -> dict[str, int]:
+        """Jobs by state."""
+        rows = self._query("SELECT state, COUNT(*) AS n FROM jobs GROUP BY state")
+        return {row["state"]: row["n"] for row in rows}
+
+    def finish_job(
+        self,
+        *,
+        job_id: int,
+        state: str,
+        reason: str,
+        change_states: dict[int, tuple[str, str]],
+        report: dict | None = None,
+        retry: Sequence[int] = (),
+    ) -> Job | None:
+        """End a job that made no version: its outcome and each change's (state, reason).
+
+        ``retry`` names changes to queue again, in one new job of the next attempt; that
+        job is returned.
+        """
+        now = self._clock()
+        retry_job = None
+        with self._transaction() as db:
+            _transition(db, job_id, state, reason, now)
+            if report is not None:
+                db.execute("UPDATE jobs SET report = ? WHERE id = ?", (json.dumps(report), job_id))
+            db.executemany(
+                "UPDATE fact_changes SET state = ?, reason = ?, changed_at = ? WHERE id = ?",
+                [(s, r, now, change_id) for change_id, (s, r) in change_states.items()],
+            )
+            if retry:
+                job = db.execute("SELECT * FROM jobs WHERE id = ?", (job_id,)).fetchone()
+                retry_job = _insert_job(db, retry, job["policy_digest"], job["attempt"] + 1, now)
+        return self.job(job_id=retry_job) if retry_job is not None else None
+
+    # versions
+
+    def promote(
+        self,
+        *,
+        job_id: int,
+        version_id: str,
+        parent_id: str,
+        policy_digest: str,
+        report: dict,
+        applied: dict[int, str],
+        left_out: dict[int, tuple[str, str]],
+    ) -> Version:
+        """Record a new version and make it live, all in one transaction.
+
+        ``applied`` maps the change ids the version applied to their old objects;
+        ``left_out`` gives the (state, reason) of the job's changes it did not apply.
+        """
+        if not applied:
+            raise ValueError(f"job {job_id}: a version must apply at least one fact")
+        now = self._clock()
+        with self._transaction() as db:
+            live = db.execute("SELECT version_id FROM live_pointer").fetchone()["version_id"]
+            if live != parent_id:
+                raise StoreError(f"live version moved from {parent_id} to {live} during the job")
+            changes = [
+                _change(dict(row))
+                for row in db.execute(
+                    f"SELECT * FROM fact_changes WHERE id IN ({','.join('?' * len(applied))})",
+                    tuple(applied),
+                ).fetchall()
+            ]
+            facts = [
+                {"subject": c.subject, "relation": c.relation, "object": c.object,
+                 "old_object": applied[c.id], "change_id": c.id}
+                for c in changes
+            ]
+            seq = db.execute("SELECT MAX(seq) AS n FROM versions").fetchone()["n"] + 1
+            db.execute(
+                "INSERT INTO versions (id, seq, parent_id, job_id, created_at, policy_digest, "
+                "facts, report) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                (version_id, seq, parent_id, job_id, now, policy_digest, json.dumps(facts),
+                 json.dumps(report)),
+            )
+            _move_live(db, version_id, f"promoted job {job_id}", now)
+            for change in changes:
+                _upsert_applied(db, change, version_id, now)
+                db.execute(
+                    "UPDATE fact_changes SET state = ?, reason = ?, old_object = ?, "
+                    "changed_at = ? WHERE id = ?",
+                    (CHANGE_APPLIED, f"applied by version {version_id}", applied[change.id],
+                     now, change.id),
+                )
+            db.executemany(
+                "UPDATE fact_changes SET state = ?, reason = ?, changed_at = ? WHERE id = ?",
+                [(s, r, now, change_id) for change_id, (s, r) in left_out.items()],
+            )
+            _transition(db, job_id, JOB_PROMOTED, f"version {version_id} is live", now)
+            db.execute(
+                "UPDATE jobs SET version_id = ?, report = ? WHERE id = ?",
+                (version_id, json.dumps(report), job_id),
+            )
+        return self.version(version_id=version_id)
+
+    def version(self, *, version_id: str) -> Version:
+        """One version by id."""
+        rows = self._query("SELECT * FROM versions WHERE id = ?", (version_id,))
+        if not rows:
+            raise KeyError(f"no version {version_id}")
+        return Version(**decode_json_fields(rows[0], "facts", "report"))
+
+    def versions(self) -> list[Version]:
+        """All versions, newest first."""
+        rows = self._query("SELECT * FROM versions ORDER BY seq DESC")
+        return [Version(**decode_json_fields(row, "facts", "report")) for row in rows]
+
+    def live_version(self) -> Version:
+        """The version the live pointer names."""
+        live = self._query("SELECT version_id FROM live_pointer")[0]["version_id"]
+        return self.version(version_id=live)
+
+    def lineage(self, *, version_id: str) -> list[Version]:
+        """The versions from the base (excluded) down to ``version_id``, oldest first."""
+        chain = []
+        version = self.version(version_id=version_id)
+        while version.parent_id is not None:
+            chain.append(version)
+            version = self.version(version_id=version.parent_id)
+        return chain[::-1]
+
+    def live_history(self) -> list[dict[str, Any]]:
+        """Every move of the live pointer, oldest first."""
+        return self._query("SELECT version_id, at, reason FROM live_history ORDER BY id")
+
+
+def _filters(**fields: Any) -> tuple[str, tuple[Any, ...]]:
+    """A WHERE clause over the fields that are not ``None``."""
+    used = {name: value for name, value in fields.items() if value is not None}
+    if not used:
+        return "", ()
+    return "WHERE " + " AND ".join(f"{name} = ?" for name in used), tuple(used.values())
+
+
+def _change(row: dict[str, Any]) -> FactChange:
+    return FactChange(**{**row, "deleted": bool(row["deleted"])})
+
+
+def _insert_job(
+    db: sqlite3.Connection, change_ids: Sequence[int], policy_digest: str, attempt: int,
+    now: float,
+) -> int:
+    cursor = db.execute(
+        "INSERT INTO jobs (state, created_at, updated_at, policy_digest, attempt) "
+        "VALUES (?, ?, ?, ?, ?)",
+        (JOB_QUEUED, now, now, policy_digest, attempt),
+    )
+    job_id = cursor.lastrowid
+    db.execute(
+        "INSERT INTO job_events (job_id, state, reason, at) VALUES (?, ?, ?, ?)",
+        (job_id, JOB_QUEUED, f"{len(change_ids)} fact change(s), attempt {attempt}", now),
+    )
+    db.executemany(
+        "UPDATE fact_changes SET state = ?, reason = '', job_id = ?, changed_at = ? WHERE id = ?",
+        [(CHANGE_QUEUED, job_id, now, change_id) for change_id in change_ids],
+    )
+    return job_id
+
+
+def _transition(db: sqlite3.Connection, job_id: int, state: str, reason: str, now: float) -> None:
+    db.execute("UPDATE jobs SET state = ?, updated_at = ? WHERE id = ?", (state, now, job_id))
+    db.execute(
+        "INSERT INTO job_events (job_id, state, reason, at) VALUES (?, ?, ?, ?)",
+        (job_id, state, reason, now),
+    )
+
+
+def _move_live(db: sqlite3.Connection, version_id: str, reason: str, now: float) -> None:
+    db.execute("UPDATE live_pointer SET version_id = ?", (version_id,))
+    db.execute(
+        "INSERT INTO live_history (version_id, at, reason) VALUES (?, ?, ?)",
+        (version_id, now, reason),
+    )
+
+
+def _upsert_applied(
+    db: sqlite3.Connection, change: FactChange, version_id: str, now: float
+) -> None:
+    db.execute(
+        "INSERT OR REPLACE INTO applied_facts VALUES (?, ?, ?, ?, ?, ?)",
+        (change.subject, change.relation, change.object, version_id, change.id, now),
+    )

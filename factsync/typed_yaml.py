@@ -1,0 +1,100 @@
+"""Build typed dataclasses from parsed YAML, with errors that name the key.
+
+Configuration and policy files are user input: an unknown key, a value of the wrong
+type or a value out of range must stop loading with a message that says which key and
+what was received. Range checks live in each dataclass's ``__post_init__`` and raise
+``ValueError``; this module adds the key path to them.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from pathlib import Path
+from typing import Any, TypeVar
+
+import yaml
+
+T = TypeVar("T")
+
+
+class SchemaError(ValueError):
+    """A configuration or policy value is wrong; the message names its key."""
+
+
+def load_yaml_file(path: Path) -> Any:
+    """Parse a YAML file; errors name the file and the position."""
+    try:
+        with open(path, encoding="utf-8") as handle:
+            return yaml.safe_load(handle)
+    except FileNotFoundError as exc:
+        raise SchemaError(f"{path}: no such file") from exc
+    except yaml.YAMLError as exc:
+        raise SchemaError(f"{path}: not valid YAML: {exc}") from exc
+
+
+def build(cls: type[T], data: Any, key: str) -> T:
+    """An instance of dataclass ``cls`` from ``data``; ``key`` names it in errors."""
+    return _convert(cls, data, key)
+
+
+def _convert(kind: Any, value: Any, key: str) -> Any:
+    origin = typing.get_origin(kind)
+    args = typing.get_args(kind)
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        options = [a for a in args if a is not type(None)]
+        return _convert(options[0], value, key)
+    if dataclasses.is_dataclass(kind):
+        return _dataclass(kind, value, key)
+    if origin in (list, tuple):
+        if not isinstance(value, list):
+            raise SchemaError(f"{key}: expected a list, got {_show(value)}")
+        item = args[0]
+        items = [_convert(item, v, f"{key}[{i}]") for i, v in enumerate(value)]
+        return tuple(items) if origin is tuple else items
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise SchemaError(f"{key}: expected a mapping, got {_show(value)}")
+        return {str(k): _convert(args[1], v, f"{key}.{k}") for k, v in value.items()}
+    if kind is typing.Any:
+        return value
+    if kind is Path:
+        if not isinstance(value, str) or not value:
+            raise SchemaError(f"{key}: expected a path, got {_show(value)}")
+        return Path(value).expanduser()
+    if kind is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if kind in (str, int, float, bool):
+        if type(value) is not kind:
+            raise SchemaError(f"{key}: expected {kind.__name__}, got {_show(value)}")
+        return value
+    raise TypeError(f"{key}: unsupported field type {kind!r}")
+
+
+def _dataclass(cls: type, value: Any, key: str) -> Any:
+    if value is None:
+        value = {}
+    if not isinstance(value, dict):
+        raise SchemaError(f"{key}: expected a mapping, got {_show(value)}")
+    hints = typing.get_type_hints(cls)
+    fields = {f.name for f in dataclasses.fields(cls) if f.init}
+    unknown = sorted(str(k) for k in value if k not in fields)
+    if unknown:
+        raise SchemaError(
+            f"{key}: unknown key(s) {', '.join(unknown)}; known: {', '.join(sorted(fields))}"
+        )
+    kwargs = {name: _convert(hints[name], v, f"{key}.{name}") for name, v in value.items()}
+    try:
+        return cls(**kwargs)
+    except TypeError as exc:  # a required field is missing
+        raise SchemaError(f"{key}: {exc}") from exc
+    except ValueError as exc:
+        raise SchemaError(f"{key}: {exc}") from exc
+
+
+def _show(value: Any) -> str:
+    text = repr(value)
+    return f"{type(value).__name__} {text[:60]}"
