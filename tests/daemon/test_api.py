@@ -1,0 +1,107 @@
+"""The HTTP API over a real socket and a real store (no model loaded)."""
+
+from __future__ import annotations
+
+import json
+import urllib.error
+import urllib.request
+
+import pytest
+from prometheus_client import CollectorRegistry
+
+from factsync.daemon.api import ApiContext, ApiServer
+from factsync.daemon.ingest import Ingest
+from factsync.daemon.metrics import Metrics
+from factsync.facts.catalog import RelationCatalog
+from factsync.store.store import StateStore
+
+TOKEN = "s3cret"
+
+
+@pytest.fixture
+def api(tmp_path):
+    store = StateStore(tmp_path / "state.sqlite")
+    woken = []
+    ingest = Ingest(store=store, catalog=RelationCatalog.built_in(),
+                    metrics=Metrics(CollectorRegistry()), on_change=lambda: woken.append(1))
+    server = ApiServer(
+        ApiContext(store=store, ingest=ingest, models=lambda: None,
+                   status=lambda: {"ready": False, "starting": "loading the model"},
+                   wake=lambda: woken.append(1), token=TOKEN, max_body_bytes=2000),
+        host="127.0.0.1", port=0,
+    )
+    server.start()
+    yield server, store, woken
+    server.stop()
+    store.close()
+
+
+def call(server, method, path, body=None, *, token=None, raw=None):  # noqa: ANN001, ANN201
+    data = raw if raw is not None else (None if body is None else json.dumps(body).encode())
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    request = urllib.request.Request(f"http://127.0.0.1:{server.address[1]}{path}", data=data,
+                                     method=method, headers=headers)
+    try:
+        with urllib.request.urlopen(request, timeout=10) as response:
+            return response.status, json.loads(response.read())
+    except urllib.error.HTTPError as exc:
+        return exc.code, json.loads(exc.read())
+
+
+ROWS = [
+    {"subject": "France", "relation": "capital", "object": "Paris"},
+    {"subject": "Italy", "relation": "P36"},
+    {"subject": "Spain", "relation": "mascot", "object": "Bull"},
+]
+
+
+def test_health_is_ok_while_readiness_waits_for_the_model(api):
+    server, _, _ = api
+    assert call(server, "GET", "/healthz") == (200, {"status": "ok"})
+    assert call(server, "GET", "/readyz") == (503, {"ready": False,
+                                                    "reason": "loading the model"})
+    assert call(server, "POST", "/generate", {"prompt": "Hi", "max_new_tokens": 2})[0] == 503
+
+
+def test_pushing_facts_needs_the_token_and_reports_each_bad_row(api):
+    server, store, woken = api
+    assert call(server, "POST", "/facts", ROWS)[0] == 401
+    assert call(server, "POST", "/facts", ROWS, token="wrong")[0] == 401
+    status, result = call(server, "POST", "/facts", {"facts": ROWS}, token=TOKEN)
+    assert status == 202
+    assert (result["accepted"], result["changed"]) == (1, 1)
+    assert [q["index"] for q in result["quarantined"]] == [1, 2]
+    assert "missing field 'object'" in result["quarantined"][0]["reason"]
+    assert "unknown relation 'mascot'" in result["quarantined"][1]["reason"]
+    assert woken == [1]
+    facts = call(server, "GET", "/facts?subject=France")[1]
+    assert [(f["relation"], f["state"]) for f in facts] == [("P36", "pending")]
+    assert len(call(server, "GET", "/quarantine")[1]) == 2
+
+
+def test_versions_list_the_base_as_live(api):
+    server, _, _ = api
+    status, versions = call(server, "GET", "/versions")
+    assert status == 200 and [(v["id"], v["live"]) for v in versions] == [("base", True)]
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "body", "status", "error"),
+    [
+        ("GET", "/nothing", None, 404, "no such endpoint"),
+        ("POST", "/versions", b"{}", 405, "not allowed"),
+        ("GET", "/jobs/7", None, 404, "no job 7"),
+        ("GET", "/jobs/x", None, 400, "job id must be an integer"),
+        ("POST", "/facts", b"{bad", 400, "not valid JSON"),
+        ("POST", "/facts", b'{"rows": 1}', 400, "expected a JSON list"),
+        ("POST", "/facts", b"[" + b"1," * 1500 + b"1]", 413, "over the 2000 limit"),
+        ("POST", "/generate", b'{"prompt": "Hi", "max_new_tokens": 0}', 400, "max_new_tokens"),
+        ("POST", "/generate", b'{"text": "Hi"}', 400, "expected {\"prompt\""),
+        ("POST", "/facts/retry", b'{"subject": "X", "relation": "P36"}', 404,
+         "no desired fact"),
+    ],
+)
+def test_bad_requests_get_a_clear_error(api, method, path, body, status, error):
+    server, _, _ = api
+    code, payload = call(server, method, path, raw=body, token=TOKEN)
+    assert code == status and error in payload["error"]

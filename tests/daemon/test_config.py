@@ -1,0 +1,58 @@
+"""Daemon configuration: defaults, validation errors naming the key, overrides."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from factsync.daemon.config import TOKEN_ENV, load_config
+from factsync.typed_yaml import SchemaError
+
+
+def write(tmp_path, document) -> Path:  # noqa: ANN001
+    path = tmp_path / "config.yaml"
+    path.write_text(yaml.safe_dump(document))
+    return path
+
+
+def test_without_a_file_the_embedded_default_is_used(monkeypatch, tmp_path):
+    monkeypatch.setenv("FACTSYNC_HOME", str(tmp_path))
+    monkeypatch.delenv(TOKEN_ENV, raising=False)
+    config = load_config(None)
+    assert config.state_dir == tmp_path
+    assert (config.api.host, config.api.port) == ("127.0.0.1", 8080)
+    assert (config.metrics.host, config.metrics.port) == ("127.0.0.1", 9108)
+    assert config.model.path == "default" and config.policy is None
+    assert config.under_data_dir(config.connectors[0].path) == tmp_path / "facts"
+
+
+@pytest.mark.parametrize(
+    ("document", "message"),
+    [
+        ({"modle": {}}, r"config: unknown key\(s\) modle"),
+        ({"api": {"port": "80"}}, r"config.api.port: expected int, got str"),
+        ({"api": {"port": 70000}}, r"config.api: port must be in 0..65535"),
+        ({"model": {"dtype": "int8"}}, r"config.model: dtype must be"),
+        ({"model": {"path": "/no/such/model"}}, r"config.model: path '/no/such/model' is not"),
+        ({"connectors": [{"type": "kafka"}]}, r"config.connectors\[0\]: type 'kafka'"),
+        ({"connectors": [{}, {}]}, r"source names must differ"),
+        ({"schedules": {"full_scan_seconds": 0}}, r"full_scan_seconds must be positive"),
+        ({"relations": {"P1": {"paraphrases": []}}}, r"config.relations.P1: .*template"),
+        ({"policy": "missing.yaml"}, r"config.policy: no such file"),
+    ],
+)
+def test_a_wrong_value_stops_loading_with_its_key(tmp_path, document, message):
+    with pytest.raises(SchemaError, match=message):
+        load_config(write(tmp_path, document))
+
+
+def test_the_policy_path_is_relative_to_the_config_and_the_token_comes_from_the_environment(
+    tmp_path, monkeypatch
+):
+    (tmp_path / "strict.yaml").write_text("name: strict\n")
+    monkeypatch.setenv(TOKEN_ENV, "from-env")
+    config = load_config(write(tmp_path, {"policy": "strict.yaml", "api": {"token": "file"}}))
+    assert config.policy == tmp_path / "strict.yaml"
+    assert config.api.token == "from-env"

@@ -1,0 +1,100 @@
+"""Policy files: loading, errors that name the key, and judging KPI reports."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from factsync.policies.judge import judge
+from factsync.policies.schema import Gate, Policy, RelationPolicy, load_policy
+from factsync.typed_yaml import SchemaError
+
+SHIPPED = Path(__file__).resolve().parents[2] / "policies"
+
+
+def write(tmp_path, document) -> Path:  # noqa: ANN001
+    path = tmp_path / "policy.yaml"
+    path.write_text(yaml.safe_dump(document) if not isinstance(document, str) else document)
+    return path
+
+
+def test_the_shipped_default_file_is_the_built_in_default():
+    assert load_policy(SHIPPED / "default.yaml") == Policy()
+
+
+def test_every_shipped_policy_loads():
+    for path in SHIPPED.glob("*.yaml"):
+        assert load_policy(path).name == path.stem
+
+
+@pytest.mark.parametrize(
+    ("document", "message"),
+    [
+        ({"batch": {"max_fact": 3}}, r"policy.yaml.batch: unknown key\(s\) max_fact"),
+        ({"batch": {"max_facts": "ten"}}, r"policy.yaml.batch.max_facts: expected int, got str"),
+        ({"batch": {"max_facts": 0}}, r"policy.yaml.batch: max_facts must be at least 1, got 0"),
+        ({"editing": {"algorithm": "rome"}}, r"editing: algorithm must be memit or alphaedit"),
+        ({"gates": [{"metric": "speed", "min": 1}]}, r"gates\[0\]: metric 'speed' is not one"),
+        ({"gates": [{"metric": "retention"}]}, r"gates\[0\]: gate on retention needs min"),
+        ({"gates": {"metric": "retention"}}, r"gates: expected a list"),
+        ({"on_failure": "panic"}, r"on_failure must be one of reject, retry_passing"),
+        ({"relations": {"P36": {"gates": [{"metric": "retention", "min": 1}]}}},
+         r"relations.P36: relation gates judge per-fact metrics"),
+        ("gates: [", r"not valid YAML"),
+    ],
+)
+def test_a_wrong_value_is_reported_with_its_key(tmp_path, document, message):
+    with pytest.raises(SchemaError, match=message):
+        load_policy(write(tmp_path, document))
+
+
+def test_a_missing_policy_file_is_named(tmp_path):
+    with pytest.raises(SchemaError, match="no such file"):
+        load_policy(tmp_path / "absent.yaml")
+
+
+def report(candidate, live=None, by_relation=None):  # noqa: ANN001, ANN201
+    return {"candidate": candidate, "live": live or {}, "by_relation": by_relation or {}}
+
+
+def test_absolute_relative_and_dry_run_gates():
+    policy = Policy(gates=(
+        Gate("retention", min=0.9),
+        Gate("retention", max_drop=0.05),
+        Gate("perplexity_ratio", max=1.05, dry_run=True),
+    ))
+    results = judge(policy, report({"retention": 0.92, "perplexity_ratio": 1.2},
+                                   live={"retention": 1.0}))
+    assert [(r.gate, r.passed, r.blocking) for r in results] == [
+        ("retention >= 0.9", True, False),
+        ("retention at most 0.05 below live", False, True),
+        ("perplexity_ratio <= 1.05 (dry run)", False, False),
+    ]
+
+
+def test_a_gate_with_nothing_to_measure_passes():
+    results = judge(Policy(gates=(Gate("retention", min=0.9),)), report({"retention": None}))
+    assert results[0].passed and results[0].value is None
+
+
+def test_relation_gates_replace_the_same_metric_for_that_relations_facts():
+    policy = Policy(
+        gates=(Gate("paraphrase_success", min=0.9), Gate("edit_success", min=1.0)),
+        relations={"P106": RelationPolicy(gates=(Gate("paraphrase_success", min=0.4),))},
+    )
+    kpis = {"candidate": {"paraphrase_success": 0.5, "edit_success": 1.0}, "live": {}}
+    results = judge(policy, report({}, by_relation={"P106": kpis, "P36": kpis}))
+    by = {(r.relation, r.gate): r.passed for r in results}
+    assert by == {
+        ("P106", "edit_success >= 1"): True,
+        ("P106", "paraphrase_success >= 0.4"): True,
+        ("P36", "paraphrase_success >= 0.9"): False,
+        ("P36", "edit_success >= 1"): True,
+    }
+
+
+def test_the_digest_changes_with_the_content():
+    assert Policy().digest == Policy().digest
+    assert Policy().digest != Policy(on_failure="reject").digest

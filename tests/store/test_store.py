@@ -1,0 +1,133 @@
+"""The state store on a real SQLite file: changes, jobs, promotion, restart."""
+
+from __future__ import annotations
+
+import sqlite3
+
+import pytest
+
+from factsync.facts.records import FactRecord
+from factsync.store.records import JOB_EDITING, JOB_PREPARING, JOB_REJECTED
+from factsync.store.schema import MIGRATIONS
+from factsync.store.store import StateStore, StoreError
+
+
+class Clock:
+    """A settable clock, so tests control time-dependent behaviour."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@pytest.fixture
+def store(tmp_path):
+    store = StateStore(tmp_path / "state.sqlite", clock=Clock())
+    yield store
+    store.close()
+
+
+def record(subject="France", obj="Paris", **kw):  # noqa: ANN001, ANN201
+    return FactRecord(subject=subject, relation="capital", object=obj, source="test",
+                      location="f:1", **kw)
+
+
+def test_a_new_store_is_migrated_with_the_base_version_live(store):
+    assert store.schema_version == len(MIGRATIONS)
+    assert store.live_version().id == "base"
+    assert store.integrity_problems() == []
+
+
+def test_a_state_file_from_a_newer_factsync_is_refused(tmp_path):
+    path = tmp_path / "state.sqlite"
+    StateStore(path).close()
+    with sqlite3.connect(path) as db:
+        db.execute(f"PRAGMA user_version = {len(MIGRATIONS) + 1}")
+    with pytest.raises(StoreError, match="newer than this factsync"):
+        StateStore(path)
+
+
+def test_only_a_different_object_makes_a_change(store):
+    first = store.record_desired(record=record(), relation="P36")
+    assert first is not None and first.state == "pending"
+    assert store.record_desired(record=record(), relation="P36") is None
+    second = store.record_desired(record=record(obj="Lyon"), relation="P36")
+    assert second.id == first.id + 1
+    assert store.record_desired(record=record(obj="", deleted=True), relation="P36").deleted
+    assert store.desired_facts()[0].deleted
+
+
+def test_quarantine_counts_each_bad_row_once(store):
+    assert store.quarantine(source="s", location="a:1", reason="bad", raw="{}")
+    assert not store.quarantine(source="s", location="a:1", reason="bad", raw="{}")
+    assert store.quarantine(source="s", location="a:2", reason="bad", raw="{}")
+    assert store.quarantine_count() == 2
+
+
+def test_a_promotion_records_the_version_moves_live_and_applies_facts_at_once(store):
+    change = store.record_desired(record=record(obj="Lyon"), relation="P36")
+    job = store.create_job(change_ids=[change.id], policy_digest="p")
+    store.transition(job_id=job.id, state=JOB_PREPARING, reason="1 fact")
+    version = store.promote(job_id=job.id, version_id="v1", parent_id="base",
+                            policy_digest="p", report={"candidate": {}},
+                            applied={change.id: "Paris"}, left_out={})
+    assert store.live_version() == version
+    assert version.seq == 1 and version.parent_id == "base"
+    assert version.facts[0]["old_object"] == "Paris"
+    assert store.change(change_id=change.id).state == "applied"
+    assert [a.object for a in store.applied_facts()] == ["Lyon"]
+    assert store.job(job_id=job.id).state == "promoted"
+    assert [v.id for v in store.lineage(version_id="v1")] == ["v1"]
+    assert [h["version_id"] for h in store.live_history()] == ["base", "v1"]
+
+
+def test_a_promotion_whose_parent_is_no_longer_live_is_refused_and_changes_nothing(store):
+    change = store.record_desired(record=record(obj="Lyon"), relation="P36")
+    job = store.create_job(change_ids=[change.id], policy_digest="p")
+    store.promote(job_id=job.id, version_id="v1", parent_id="base", policy_digest="p",
+                  report={}, applied={change.id: "Paris"}, left_out={})
+    with pytest.raises(StoreError, match="live version moved"):
+        store.promote(job_id=job.id, version_id="v2", parent_id="base", policy_digest="p",
+                      report={}, applied={change.id: "Paris"}, left_out={})
+    assert [v.id for v in store.versions()] == ["v1", "base"]
+
+
+def test_jobs_left_half_way_are_requeued_with_the_reason(store):
+    change = store.record_desired(record=record(obj="Lyon"), relation="P36")
+    job = store.create_job(change_ids=[change.id], policy_digest="p")
+    store.transition(job_id=job.id, state=JOB_EDITING, reason="1 fact")
+    assert store.requeue_interrupted() == [job.id]
+    assert store.next_job().id == job.id
+    assert store.job_events(job_id=job.id)[-1].reason == "interrupted while editing; rerun"
+    assert store.requeue_interrupted() == []
+
+
+def test_a_rejection_can_retry_the_passing_changes_in_one_new_job(store):
+    a = store.record_desired(record=record(obj="Lyon"), relation="P36")
+    b = store.record_desired(record=record(subject="Italy", obj="Milan"), relation="P36")
+    job = store.create_job(change_ids=[a.id, b.id], policy_digest="p")
+    retry = store.finish_job(job_id=job.id, state=JOB_REJECTED, reason="gates failed",
+                             change_states={a.id: ("failed", "did not take")}, retry=[b.id])
+    assert retry.attempt == 2 and retry.state == "queued"
+    assert store.change(change_id=a.id).state == "failed"
+    assert store.change(change_id=b.id).job_id == retry.id
+    assert store.count_jobs() == {"rejected": 1, "queued": 1}
+
+
+def test_an_operator_retry_queues_the_desired_state_again(store):
+    change = store.record_desired(record=record(obj="Lyon"), relation="P36")
+    store.close_changes(change_ids=[change.id], state="failed", reason="did not take")
+    again = store.retry(subject="France", relation="P36")
+    assert again.state == "pending" and again.object == "Lyon" and again.id != change.id
+    assert store.retry(subject="Nowhere", relation="P36") is None
+
+
+def test_state_survives_reopening_the_file(tmp_path):
+    store = StateStore(tmp_path / "state.sqlite")
+    store.record_desired(record=record(obj="Lyon"), relation="P36")
+    store.close()
+    reopened = StateStore(tmp_path / "state.sqlite")
+    assert [c.object for c in reopened.changes()] == ["Lyon"]
+    reopened.close()
