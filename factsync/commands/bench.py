@@ -58,6 +58,32 @@ def register(commands: argparse._SubParsersAction) -> None:
     add_engine_options(zopt)
     zopt.set_defaults(handler=run_zopt_bench)
     _register_budget(sub)
+    _register_sync(sub)
+
+
+def _register_sync(sub: argparse._SubParsersAction) -> None:
+    sync = sub.add_parser(
+        "sync",
+        help="time from writing a facts file to its facts being live in a running daemon",
+        description="Start a real daemon (subprocess, fresh data directory, shared caches, "
+        "default policy), write one facts file per size with that many COUNTERFACT "
+        "rewrites, and print the seconds until every fact in it is live or failed.",
+    )
+    _add_data_options(sync)
+    sync.add_argument("--sizes", default="1,10",
+                      help="comma-separated facts per file, written in order (1,10)")
+    sync.set_defaults(handler=run_sync_bench)
+
+
+def run_sync_bench(args: argparse.Namespace) -> int:
+    """Handler of ``factsync bench sync``."""
+    from factsync.bench.sync import format_sync_table, load_rewrites, run_sync_latency
+
+    sizes = [int(x) for x in args.sizes.split(",")]
+    rewrites = load_rewrites(_counterfact_path(args))
+    startup, rows = run_sync_latency(rewrites, sizes)
+    print(format_sync_table(startup, rows))
+    return 0
 
 
 def _register_budget(sub: argparse._SubParsersAction) -> None:

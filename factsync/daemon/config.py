@@ -7,6 +7,7 @@ paths are resolved against the data directory.
 
 from __future__ import annotations
 
+import ipaddress
 import os
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -211,4 +212,18 @@ def load_config(path: Path | None) -> DaemonConfig:
     token = os.environ.get(TOKEN_ENV)
     if token:
         config = replace(config, api=replace(config.api, token=token))
+    if not config.api.token and not _is_loopback(config.api.host):
+        raise SchemaError(
+            f"config.api.host: binding {config.api.host!r} exposes the API beyond this "
+            f"machine; set api.token (or {TOKEN_ENV}) first"
+        )
     return config
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False

@@ -41,9 +41,11 @@ def test_without_a_file_the_embedded_default_is_used(monkeypatch, tmp_path):
         ({"schedules": {"full_scan_seconds": 0}}, r"full_scan_seconds must be positive"),
         ({"relations": {"P1": {"paraphrases": []}}}, r"config.relations.P1: .*template"),
         ({"policy": "missing.yaml"}, r"config.policy: no such file"),
+        ({"api": {"host": "0.0.0.0"}}, r"config.api.host: binding '0.0.0.0' exposes the API"),
     ],
 )
-def test_a_wrong_value_stops_loading_with_its_key(tmp_path, document, message):
+def test_a_wrong_value_stops_loading_with_its_key(tmp_path, monkeypatch, document, message):
+    monkeypatch.delenv(TOKEN_ENV, raising=False)
     with pytest.raises(SchemaError, match=message):
         load_config(write(tmp_path, document))
 

@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import pytest
 
+from factsync.evaluation.counterfact import SHARED_COUNTERFACT, default_data_dir
 from factsync.facts.catalog import Relation, RelationCatalog
 
-COUNTERFACT = Path(__file__).resolve().parents[3] / "shared/data/counterfact/counterfact-dev-1000.json"
+DATA = default_data_dir()
 
 
 def test_relations_resolve_by_id_and_alias_case_insensitively():
@@ -26,9 +26,9 @@ def test_every_built_in_prompt_has_one_slot_and_ends_where_the_object_starts():
             assert not prompt.endswith(" "), prompt
 
 
-@pytest.mark.skipif(not COUNTERFACT.is_file(), reason="../shared COUNTERFACT data not present")
+@pytest.mark.skipif(DATA is None, reason="../shared COUNTERFACT data not present")
 def test_the_catalog_covers_every_counterfact_relation():
-    records = json.loads(COUNTERFACT.read_text())
+    records = json.loads((DATA / SHARED_COUNTERFACT).read_text())
     used = {r["requested_rewrite"]["relation_id"] for r in records}
     catalog = RelationCatalog.built_in()
     assert {r for r in used if catalog.resolve(r) is None} == set()

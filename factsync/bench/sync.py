@@ -1,0 +1,115 @@
+"""``factsync bench sync``: time from writing a facts file to its facts being live.
+
+A real daemon runs in a subprocess on a fresh data directory (sharing the model and
+statistics caches). For each size, a file of that many COUNTERFACT rewrites is written
+into its watched directory and the clock runs until every change in it is closed
+(applied, failed or already true); the table gives that time, the jobs it took and how
+many facts were promoted.
+"""
+
+from __future__ import annotations
+
+import json
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from factsync.bench.live_daemon import DaemonProcess
+from factsync.facts.catalog import RelationCatalog
+
+Rewrite = tuple[str, str, str]
+"""(subject, relation id, new object)."""
+
+
+@dataclass(frozen=True)
+class SyncRow:
+    """One facts file's trip through the daemon."""
+
+    facts: int
+    seconds: float
+    jobs: int
+    promoted: int
+    failed: int
+    reasons: tuple[str, ...]
+
+
+def load_rewrites(path: Path) -> list[Rewrite]:
+    """The requested rewrites of a COUNTERFACT file whose relation the catalog knows."""
+    catalog = RelationCatalog.built_in()
+    rewrites = []
+    for record in json.loads(path.read_text()):
+        rewrite = record["requested_rewrite"]
+        if catalog.resolve(rewrite["relation_id"]) is not None:
+            rewrites.append(
+                (rewrite["subject"], rewrite["relation_id"], rewrite["target_new"]["str"])
+            )
+    return rewrites
+
+
+def run_sync_latency(
+    usable: list[Rewrite], sizes: list[int], *, timeout: float = 3600
+) -> tuple[float, list[SyncRow]]:
+    """Start-up seconds, and one row per size (files are written one after another)."""
+    if sum(sizes) > len(usable):
+        raise ValueError(f"need {sum(sizes)} COUNTERFACT records, have {len(usable)}")
+    with tempfile.TemporaryDirectory(prefix="factsync-sync-bench-") as scratch:
+        daemon = DaemonProcess(Path(scratch))
+        started = time.monotonic()
+        daemon.start(ready_timeout=timeout)
+        startup = time.monotonic() - started
+        rows, offset = [], 0
+        try:
+            for size in sizes:
+                batch = usable[offset : offset + size]
+                offset += size
+                rows.append(_one_file(daemon, batch, f"batch-{len(rows)}.jsonl", timeout))
+        finally:
+            daemon.stop()
+    return startup, rows
+
+
+def _one_file(
+    daemon: DaemonProcess, cases: list[Rewrite], name: str, timeout: float
+) -> SyncRow:
+    jobs_before = len(daemon.get("/jobs"))
+    lines = "".join(
+        json.dumps({"subject": s, "relation": r, "object": o}) + "\n" for s, r, o in cases
+    )
+    subjects = {s for s, _, _ in cases}
+    started = time.monotonic()
+    staging = daemon.facts_dir / f".{name}.tmp"
+    staging.write_text(lines)
+    staging.rename(daemon.facts_dir / name)
+
+    def closed() -> list[dict] | None:
+        facts = [f for f in daemon.get("/facts") if f["subject"] in subjects]
+        done = len(facts) == len(cases) and all(
+            f["state"] not in ("pending", "queued") for f in facts
+        )
+        return facts if done else None
+
+    facts = daemon.wait_for(closed, timeout, f"the {len(cases)} fact(s) of {name}")
+    seconds = time.monotonic() - started
+    return SyncRow(
+        facts=len(cases),
+        seconds=seconds,
+        jobs=len(daemon.get("/jobs")) - jobs_before,
+        promoted=sum(f["state"] == "applied" for f in facts),
+        failed=sum(f["state"] == "failed" for f in facts),
+        reasons=tuple(f"{f['subject']} {f['relation']} -> {f['object']}: {f['reason']}"
+                      for f in facts if f["state"] == "failed"),
+    )
+
+
+def format_sync_table(startup: float, rows: list[SyncRow]) -> str:
+    """The rows as a plain-text table."""
+    lines = [
+        f"daemon start-up to ready: {startup:.1f} s (default policy, coalesce window 2 s)",
+        "facts | seconds to live | jobs | promoted | failed",
+        "----- | --------------- | ---- | -------- | ------",
+    ]
+    lines += [f"{r.facts} | {r.seconds:.1f} | {r.jobs} | {r.promoted} | {r.failed}"
+              for r in rows]
+    lines += [f"failed: {reason}" for r in rows for reason in r.reasons]
+    return "\n".join(lines)

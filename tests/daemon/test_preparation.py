@@ -1,0 +1,70 @@
+"""Preparing a job on the real default model: old objects and neighbours from the store."""
+
+from __future__ import annotations
+
+import pytest
+
+from factsync.daemon.preparation import prepare_job, retention_probes
+from factsync.facts.catalog import RelationCatalog
+from factsync.facts.records import FactRecord
+from factsync.models.loading import load_model
+from factsync.policies.schema import EditingPolicy, EvaluationPolicy, Policy
+from factsync.store.store import StateStore
+
+pytestmark = pytest.mark.real_model
+
+KNOWN = [  # facts the store holds besides the one being edited
+    ("Jean Gabin", "P103", "French"),
+    ("Brigitte Bardot", "P103", "French"),
+    ("Alain Delon", "P103", "French"),
+    ("Catherine Deneuve", "P103", "French"),
+    ("Charles Aznavour", "P103", "Armenian"),  # another old object: never a neighbour
+    ("Danielle Darrieux", "P27", "France"),  # same subject, other relation
+]
+
+
+@pytest.fixture(scope="module")
+def loaded():
+    return load_model("default", device="cpu")
+
+
+def test_neighbours_come_from_the_store_are_right_now_and_editing_and_scoring_sets_are_disjoint(
+    loaded, tmp_path
+):
+    store = StateStore(tmp_path / "state.sqlite")
+    for subject, relation, obj in KNOWN:
+        store.record_desired(record=FactRecord(subject, relation, obj, "t", "x"),
+                             relation=relation)
+    change = store.record_desired(
+        record=FactRecord("Danielle Darrieux", "P103", "English", "t", "x"), relation="P103")
+    policy = Policy(editing=EditingPolicy(max_neighbours=2),
+                    evaluation=EvaluationPolicy(held_out_neighbours=2))
+    [prepared] = prepare_job(loaded, store, RelationCatalog.built_in(), policy, [change])
+
+    assert prepared.request.old_object == "French"
+    editing = {n.subject for n in prepared.request.neighbours}
+    held_out = {s for s, _, _ in KNOWN for prompt, _ in prepared.check.held_out if s in prompt}
+    assert len(editing) == 2 and len(held_out) == 2
+    assert not editing & held_out
+    assert "Charles Aznavour" not in editing | held_out
+    assert all(n.object in ("French", "France") for n in prepared.request.neighbours)
+    assert prepared.check.paraphrases and all("Danielle Darrieux" in p
+                                              for p in prepared.check.paraphrases)
+    store.close()
+
+
+def test_retention_probes_sample_applied_facts_deterministically(tmp_path):
+    store = StateStore(tmp_path / "state.sqlite")
+    for index in range(10):
+        change = store.record_desired(
+            record=FactRecord(f"Country {index}", "P36", f"City {index}", "t", "x"),
+            relation="P36")
+        store.record_already_true(change_id=change.id, version_id="base")
+    catalog = RelationCatalog.built_in()
+    sample = retention_probes(store, catalog, exclude={("Country 0", "P36")}, sample=4, seed=1)
+    assert len(sample) == 4
+    assert sample == retention_probes(store, catalog, exclude={("Country 0", "P36")}, sample=4,
+                                      seed=1)
+    everything = retention_probes(store, catalog, exclude=set(), sample=0, seed=1)
+    assert ("The capital of Country 3 is", "City 3") in everything and len(everything) == 10
+    store.close()
