@@ -1,6 +1,7 @@
 """The HTTP API: health, status, facts, jobs, versions, quarantine, pushes and generation.
 
-Every response is JSON. Mutating endpoints (``POST /facts``, ``POST /facts/retry``)
+Every response is JSON. Mutating endpoints (``POST /facts``, ``POST /facts/retry``,
+``POST /rollback``)
 require ``Authorization: Bearer <token>`` once a token is configured; tokens are
 compared in constant time and never logged. Bodies larger than the configured limit
 are refused with 413.
@@ -22,6 +23,7 @@ from urllib.parse import parse_qs, urlsplit
 
 from factsync.daemon.ingest import Ingest
 from factsync.daemon.model_state import ModelState
+from factsync.store.records import StoreError
 from factsync.store.store import StateStore
 
 log = logging.getLogger(__name__)
@@ -47,6 +49,7 @@ class ApiContext:
     models: Callable[[], ModelState | None]
     status: Callable[[], dict[str, Any]]
     wake: Callable[[], None]
+    rollback: Callable[[str | None], dict]
     token: str | None
     max_body_bytes: int
 
@@ -253,6 +256,27 @@ def _retry(ctx: ApiContext, parts: list[str], query: dict, body: Any) -> Result:
     return HTTPStatus.ACCEPTED, change.as_dict()
 
 
+def _weights(ctx: ApiContext, parts: list[str], query: dict, body: Any) -> Result:
+    models = ctx.models()
+    if models is None:
+        raise ApiError(HTTPStatus.SERVICE_UNAVAILABLE, "the model is still loading")
+    return HTTPStatus.OK, {"version": ctx.store.live_version().id,
+                           "sha256": models.digest(serving=True)}
+
+
+def _rollback(ctx: ApiContext, parts: list[str], query: dict, body: Any) -> Result:
+    target = body.get("to") if isinstance(body, dict) else None
+    if body is not None and not isinstance(body, dict) or not isinstance(target, (str, type(None))):
+        raise ApiError(HTTPStatus.BAD_REQUEST, "expected {} or {\"to\": \"<version id>\"}")
+    try:
+        result = ctx.rollback(target)
+    except (ValueError, KeyError, StoreError) as exc:
+        raise ApiError(HTTPStatus.CONFLICT, str(exc).strip("'\"")) from exc
+    except RuntimeError as exc:
+        raise ApiError(HTTPStatus.SERVICE_UNAVAILABLE, str(exc)) from exc
+    return (HTTPStatus.ACCEPTED if result["queued"] else HTTPStatus.OK), result
+
+
 def _generate(ctx: ApiContext, parts: list[str], query: dict, body: Any) -> Result:
     if not isinstance(body, dict) or not isinstance(body.get("prompt"), str):
         raise ApiError(HTTPStatus.BAD_REQUEST,
@@ -290,8 +314,10 @@ _ROUTES: dict[tuple[str, str, int], tuple[Handler, bool]] = {
     ("GET", "versions", 1): (_versions, False),
     ("GET", "versions", 2): (_version, False),
     ("GET", "quarantine", 1): (_quarantine, False),
+    ("GET", "weights", 1): (_weights, False),
     ("POST", "facts", 1): (_push, True),
     ("POST", "facts", 2): (_retry, True),
     ("POST", "generate", 1): (_generate, False),
+    ("POST", "rollback", 1): (_rollback, True),
 }
 """(method, first path segment, number of segments) -> (handler, needs the token)."""

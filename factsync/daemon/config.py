@@ -137,6 +137,31 @@ class ScheduleConfig:
 
 
 @dataclass(frozen=True)
+class AlertsConfig:
+    """Where operator alerts go.
+
+    Attributes:
+        webhook_url: a URL that receives each alert as JSON.
+        alertmanager_url: an Alertmanager base URL (``http://host:9093``).
+        stuck_job_seconds: a job running longer than this raises an alert.
+        timeout_seconds: per delivery attempt.
+    """
+
+    webhook_url: str | None = None
+    alertmanager_url: str | None = None
+    stuck_job_seconds: float = 3600.0
+    timeout_seconds: float = 5.0
+
+    def __post_init__(self) -> None:
+        for name in ("webhook_url", "alertmanager_url"):
+            url = getattr(self, name)
+            if url is not None and not url.startswith(("http://", "https://")):
+                raise ValueError(f"{name} must be an http(s) URL, got {url!r}")
+        if self.stuck_job_seconds <= 0:
+            raise ValueError(f"stuck_job_seconds must be positive, got {self.stuck_job_seconds}")
+
+
+@dataclass(frozen=True)
 class LogConfig:
     """Logging: level and one-JSON-object-per-line output."""
 
@@ -161,6 +186,7 @@ class DaemonConfig:
         metrics: where Prometheus metrics are served.
         api: the HTTP API.
         schedules: periodic work.
+        alerts: operator alerts.
         log: logging.
     """
 
@@ -173,6 +199,7 @@ class DaemonConfig:
     metrics: ListenConfig = field(default_factory=ListenConfig)
     api: ApiConfig = field(default_factory=ApiConfig)
     schedules: ScheduleConfig = field(default_factory=ScheduleConfig)
+    alerts: AlertsConfig = field(default_factory=AlertsConfig)
     log: LogConfig = field(default_factory=LogConfig)
 
     def __post_init__(self) -> None:

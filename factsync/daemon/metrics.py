@@ -59,6 +59,22 @@ class Metrics:
         self.model_load_seconds = Gauge(
             "factsync_model_load_seconds", "Time to load the base model and rebuild the live "
             "version at start-up.", registry=registry)
+        self.rollbacks = Counter(
+            "factsync_rollbacks_total", "Rollbacks of the live version, by trigger.",
+            ["trigger"], registry=registry)
+        self.monitor_checks = Counter(
+            "factsync_monitor_checks_total", "Monitor checks of the live version, by outcome.",
+            ["outcome"], registry=registry)
+        self.monitor_kpi = Gauge(
+            "factsync_monitor_kpi", "KPI values of the live version at the last monitor check.",
+            ["metric"], registry=registry)
+        self.alerts = Counter(
+            "factsync_alerts_total", "Alerts raised, by alert name.", ["alert"],
+            registry=registry)
+        self.alert_failures = Counter(
+            "factsync_alert_delivery_failures_total",
+            "Alert deliveries that failed after every retry, by notifier.", ["notifier"],
+            registry=registry)
         self.up = Gauge("factsync_up", "1 while the daemon runs.", registry=registry)
         for metric in METRICS:  # so every KPI series exists from the first scrape
             self.candidate_kpi.labels(metric)
@@ -66,6 +82,10 @@ class Metrics:
             self.gate_failures.labels(metric)
         for outcome in ("promoted", "rejected", "failed"):
             self.jobs.labels(outcome)
+        for trigger in ("monitor", "operator"):
+            self.rollbacks.labels(trigger)
+        for outcome in ("ok", "failing", "error"):
+            self.monitor_checks.labels(outcome)
 
     def record_kpis(self, gauge: Gauge, kpis: dict) -> None:
         """Set ``gauge`` from a KPI mapping; unmeasured KPIs become NaN."""

@@ -21,11 +21,19 @@ from apscheduler.schedulers.background import BackgroundScheduler
 from prometheus_client import CollectorRegistry, start_http_server
 
 from factsync.connectors.files import FileConnector
+from factsync.daemon.alerts import (
+    Alert,
+    Alerter,
+    AlertmanagerNotifier,
+    Notifier,
+    WebhookNotifier,
+)
 from factsync.daemon.api import ApiContext, ApiServer
 from factsync.daemon.config import DaemonConfig
 from factsync.daemon.ingest import Ingest
 from factsync.daemon.metrics import Metrics
 from factsync.daemon.model_state import ModelState
+from factsync.daemon.monitor import Monitor, choose_canaries
 from factsync.daemon.worker import Worker
 from factsync.editing.build import StatisticsSettings, build_engine
 from factsync.editing.delta import ModelDelta
@@ -64,6 +72,7 @@ class Daemon:
         )
         self.models: ModelState | None = None
         self.worker: Worker | None = None
+        self.monitor: Monitor | None = None
         self.failed: str | None = None
         self._starting = "not started"
         self._lock_handle = None
@@ -84,6 +93,8 @@ class Daemon:
         requeued = self.store.requeue_interrupted()
         if requeued:
             log.warning("requeued job(s) %s left unfinished by the last run", requeued)
+        self.alerter = Alerter(_notifiers(self.config), self.metrics)
+        self._closers.append(self.alerter.close)
         self.ingest = Ingest(store=self.store, catalog=self.catalog, metrics=self.metrics,
                              on_change=self._wake)
         self.metrics.up.set(1)
@@ -96,7 +107,8 @@ class Daemon:
                  self.config.metrics.port)
         self.api = ApiServer(
             ApiContext(store=self.store, ingest=self.ingest, models=lambda: self.models,
-                       status=self.status, wake=self._wake, token=self.config.api.token,
+                       status=self.status, wake=self._wake, rollback=self.request_rollback,
+                       token=self.config.api.token,
                        max_body_bytes=self.config.api.max_body_bytes),
             host=self.config.api.host, port=self.config.api.port,
         )
@@ -116,6 +128,11 @@ class Daemon:
         scheduler.add_job(self._full_scan, "interval",
                           seconds=self.config.schedules.full_scan_seconds,
                           id="full-scan", max_instances=1, coalesce=True)
+        scheduler.add_job(self._monitor_due, "interval",
+                          seconds=self.policy.monitor.interval_seconds, id="monitor",
+                          max_instances=1, coalesce=True)
+        scheduler.add_job(self._watch_stuck_job, "interval", seconds=60, id="stuck-job",
+                          max_instances=1, coalesce=True)
         scheduler.start()
         self._closers.append(lambda: scheduler.shutdown(wait=False))
         self._worker_thread = threading.Thread(target=self._work, name="worker", daemon=True)
@@ -177,7 +194,43 @@ class Daemon:
             "pid": os.getpid(),
         }
 
+    def request_rollback(self, to_version_id: str | None, *, wait_seconds: float = 60.0) -> dict:
+        """An operator's rollback, run on the worker thread; waits up to ``wait_seconds``."""
+        if self.worker is None or self.monitor is None:
+            raise RuntimeError("the daemon is still starting")
+        live = self.store.live_version()
+        target = to_version_id or live.parent_id
+        if target is None:
+            raise ValueError("the live version is the base model; there is nothing before it")
+        monitor = self.monitor
+        future = self.worker.submit(lambda: monitor.rollback(
+            to_version_id=target, trigger="operator",
+            reason=f"operator rollback from {live.id} to {target}"))
+        try:
+            rolled = future.result(timeout=wait_seconds)
+        except TimeoutError:
+            return {"queued": True, "to": target}
+        return {"queued": False, "to": target, "rolled_back": rolled}
+
     # internals
+
+    def _monitor_due(self) -> None:
+        if self.worker is not None:
+            self.worker.monitor_due.set()
+            self.worker.wake()
+
+    def _watch_stuck_job(self) -> None:
+        worker = self.worker
+        if worker is None:
+            return
+        since = worker.busy_since
+        limit = self.config.alerts.stuck_job_seconds
+        if since is not None and time.monotonic() - since > limit:
+            self.alerter.fire(Alert("FactsyncJobStuck", "warning",
+                                    f"job {worker.busy_job} has run for over {limit:.0f}s",
+                                    details={"job": worker.busy_job}))
+        else:
+            self.alerter.resolve("FactsyncJobStuck")
 
     def _wake(self) -> None:
         if self.worker is not None:
@@ -205,6 +258,7 @@ class Daemon:
                               dtype=self.config.model.dtype, home=self.config.caches)
             models = ModelState(base)
             base_perplexity = perplexity(base, list(FLUENCY_TEXTS))
+            canaries = choose_canaries(models, self.store, self.catalog)  # on base weights
             lineage = self.store.lineage(version_id=self.store.live_version().id)
             self._starting = f"rebuilding the live version from {len(lineage)} delta(s)"
             models.rebuild([ModelDelta.load(self.versions.delta_path(v.id)) for v in lineage])
@@ -215,10 +269,17 @@ class Daemon:
                 StatisticsSettings(corpus_tokens=self.config.model.corpus_tokens),
                 home=self.config.caches,
             )
+            self.monitor = Monitor(
+                store=self.store, catalog=self.catalog, policy=self.policy, models=models,
+                versions=self.versions, metrics=self.metrics, alerter=self.alerter,
+                canaries=canaries,
+                fluency_texts=FLUENCY_TEXTS, base_perplexity=base_perplexity,
+            )
             self.worker = Worker(
                 store=self.store, catalog=self.catalog, policy=self.policy, models=models,
                 engine=engine, versions=self.versions, metrics=self.metrics,
                 fluency_texts=FLUENCY_TEXTS, base_perplexity=base_perplexity,
+                alerter=self.alerter, monitor_check=self.monitor.check,
             )
             self.models = models
             self._starting = ""
@@ -229,6 +290,18 @@ class Daemon:
             self.failed = f"start-up failed: {type(exc).__name__}: {exc}"
             return
         self.worker.run(poll_seconds=self.config.schedules.worker_poll_seconds)
+
+
+def _notifiers(config: DaemonConfig) -> list[Notifier]:
+    alerts = config.alerts
+    notifiers: list[Notifier] = []
+    if alerts.webhook_url:
+        notifiers.append(WebhookNotifier(alerts.webhook_url, timeout=alerts.timeout_seconds))
+    if alerts.alertmanager_url:
+        notifiers.append(
+            AlertmanagerNotifier(alerts.alertmanager_url, timeout=alerts.timeout_seconds)
+        )
+    return notifiers
 
 
 def _engine_settings(policy: Policy) -> EngineSettings:

@@ -11,11 +11,15 @@ the facts applied, so a fact change is applied exactly once.
 from __future__ import annotations
 
 import logging
+import queue
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import Future
 from contextlib import contextmanager
+from typing import Any
 
+from factsync.daemon.alerts import Alert, Alerter
 from factsync.daemon.metrics import Metrics
 from factsync.daemon.model_state import ModelState
 from factsync.daemon.preparation import PreparedFact, prepare_job, retention_probes, states
@@ -61,6 +65,8 @@ class Worker:
         metrics: where outcomes are counted.
         fluency_texts: held-out text for the perplexity KPI.
         base_perplexity: the base model's perplexity on ``fluency_texts``.
+        alerter: where operator alerts go.
+        monitor_check: the monitor's check, run between jobs when it is due.
     """
 
     def __init__(
@@ -75,6 +81,8 @@ class Worker:
         metrics: Metrics,
         fluency_texts: Sequence[str],
         base_perplexity: float,
+        alerter: Alerter,
+        monitor_check: Callable[[], Any] | None = None,
     ) -> None:
         self._store = store
         self._catalog = catalog
@@ -85,10 +93,22 @@ class Worker:
         self._metrics = metrics
         self._texts = list(fluency_texts)
         self._base_perplexity = base_perplexity
+        self._alerter = alerter
+        self._monitor_check = monitor_check
         self._reconciler = Reconciler(store=store, catalog=catalog, policy=policy)
         self._wake = threading.Event()
+        self._requests: queue.Queue[tuple[Callable[[], Any], Future]] = queue.Queue()
+        self.monitor_due = threading.Event()
         self.stopping = threading.Event()
         self.busy_job: int | None = None
+        self.busy_since: float | None = None
+
+    def submit(self, action: Callable[[], Any]) -> Future:
+        """Run ``action`` on the worker thread between jobs (it owns the model)."""
+        future: Future = Future()
+        self._requests.put((action, future))
+        self.wake()
+        return future
 
     def wake(self) -> None:
         """Look for work now rather than at the next poll."""
@@ -98,6 +118,10 @@ class Worker:
         """Work until ``stopping`` is set."""
         while not self.stopping.is_set():
             try:
+                self._serve_requests()
+                if self.monitor_due.is_set() and self._monitor_check is not None:
+                    self.monitor_due.clear()
+                    self._monitor_check()
                 worked = self.tick()
             except JobInterrupted:
                 break
@@ -107,6 +131,18 @@ class Worker:
             if not worked:
                 self._wake.wait(timeout=poll_seconds)
                 self._wake.clear()
+
+    def _serve_requests(self) -> None:
+        while True:
+            try:
+                action, future = self._requests.get_nowait()
+            except queue.Empty:
+                return
+            if future.set_running_or_notify_cancel():
+                try:
+                    future.set_result(action())
+                except Exception as exc:
+                    future.set_exception(exc)
 
     def tick(self) -> bool:
         """Run one job if one is queued or can be planned; whether a job ran."""
@@ -132,7 +168,7 @@ class Worker:
             self._store.finish_job(job_id=job.id, state=JOB_FAILED,
                                    reason="no queued fact changes", change_states={})
             return
-        self.busy_job = job.id
+        self.busy_job, self.busy_since = job.id, time.monotonic()
         handle: AppliedDelta | None = None
         try:
             with self._stage(job, JOB_PREPARING, f"{len(changes)} fact(s)"):
@@ -182,7 +218,7 @@ class Worker:
             )
             self._metrics.jobs.labels("failed").inc()
         finally:
-            self.busy_job = None
+            self.busy_job = self.busy_since = None
 
     @contextmanager
     def _stage(self, job: Job, state: str, reason: str) -> Iterator[None]:
@@ -231,6 +267,9 @@ class Worker:
         self._metrics.record_kpis(self._metrics.live_kpi, report["candidate"])
         self._metrics.live_version.info({"id": version.id, "parent": live.id})
         self._metrics.live_version_seq.set(version.seq)
+        self._alerter.resolve("FactsyncJobRejected")
+        for p in prepared:
+            self._alerter.resolve("FactsyncFactFailing", f"{p.change.subject}|{p.change.relation}")
         log.info("job %d promoted: version %s (seq %d) is live with %d fact(s)", job.id,
                  version.id, version.seq, len(prepared), extra={"job_id": job.id})
 
@@ -264,6 +303,22 @@ class Worker:
             change_states=states_by_change, report=report, retry=retry,
         )
         self._metrics.jobs.labels("rejected").inc()
+        self._alerter.fire(Alert(
+            "FactsyncJobRejected", "warning", f"job {job.id} rejected: {summary}",
+            details={"job": job.id, "facts": [p.check.prompt + " -> " + p.change.object
+                                              for p in prepared],
+                     "gates": [g.as_dict() for g in blocking]},
+        ))
+        for p, (state, reason) in ((p, states_by_change[p.change.id]) for p in prepared
+                                   if p.change.id in states_by_change):
+            failures = self._store.changes(subject=p.change.subject, relation=p.change.relation,
+                                           state=state)
+            if len(failures) >= 2:
+                self._alerter.fire(Alert(
+                    "FactsyncFactFailing", "warning",
+                    f"{p.change.subject} {p.change.relation} -> {p.change.object} failed "
+                    f"{len(failures)} times; last: {reason}",
+                    key=f"{p.change.subject}|{p.change.relation}"))
         log.warning("job %d rejected: %s%s", job.id, summary,
                     f"; {len(retry)} passing fact(s) retried as job {retry_job.id}"
                     if retry_job else "", extra={"job_id": job.id})

@@ -26,6 +26,11 @@ METRICS = FACT_METRICS + MODEL_METRICS
 
 ON_FAILURE = ("reject", "retry_passing")
 
+MONITOR_METRICS = ("retention", "canary", "perplexity_ratio")
+"""KPIs the monitor measures on the live version."""
+
+ON_ROLLBACK = ("quarantine", "requeue")
+
 
 @dataclass(frozen=True)
 class Gate:
@@ -157,6 +162,80 @@ class RelationPolicy:
                 )
 
 
+@dataclass(frozen=True)
+class RollbackRule:
+    """When the monitor rolls the live version back.
+
+    Attributes:
+        metric: one of ``MONITOR_METRICS``.
+        min: the check fails when the value is below this.
+        max: ... or above this.
+        consecutive: failing checks in a row of one version before it is rolled back.
+    """
+
+    metric: str
+    min: float | None = None
+    max: float | None = None
+    consecutive: int = 2
+
+    def __post_init__(self) -> None:
+        if self.metric not in MONITOR_METRICS:
+            raise ValueError(f"metric {self.metric!r} is not one of {', '.join(MONITOR_METRICS)}")
+        if self.min is None and self.max is None:
+            raise ValueError(f"rollback rule on {self.metric} needs min or max")
+        if self.consecutive < 1:
+            raise ValueError(f"consecutive must be at least 1, got {self.consecutive}")
+
+    def broken_by(self, value: float | None) -> bool:
+        """Whether ``value`` fails this rule (an unmeasured value never does)."""
+        if value is None:
+            return False
+        return (self.min is not None and value < self.min) or (
+            self.max is not None and value > self.max
+        )
+
+    def describe(self) -> str:
+        """The rule in words."""
+        bounds = [f"{self.metric} < {self.min:g}" if self.min is not None else "",
+                  f"{self.metric} > {self.max:g}" if self.max is not None else ""]
+        return f"{' or '.join(b for b in bounds if b)} on {self.consecutive} check(s) in a row"
+
+
+def _default_rules() -> tuple[RollbackRule, ...]:
+    return (
+        RollbackRule("retention", min=0.8),
+        RollbackRule("canary", min=0.9),
+        RollbackRule("perplexity_ratio", max=1.2),
+    )
+
+
+@dataclass(frozen=True)
+class MonitorPolicy:
+    """The scheduled re-check of the live version.
+
+    Attributes:
+        interval_seconds: time between checks (seconds).
+        retention_sample: applied facts re-checked each time; 0 checks them all.
+        rules: rollback rules; any one broken ``consecutive`` times rolls back.
+        on_rollback: what happens to the facts of rolled-back versions: ``quarantine``
+            (an operator decides) or ``requeue`` (edited again).
+    """
+
+    interval_seconds: float = 300.0
+    retention_sample: int = 0
+    rules: tuple[RollbackRule, ...] = field(default_factory=_default_rules)
+    on_rollback: str = "quarantine"
+
+    def __post_init__(self) -> None:
+        if self.interval_seconds <= 0:
+            raise ValueError(f"interval_seconds must be positive, got {self.interval_seconds}")
+        if self.retention_sample < 0:
+            raise ValueError(f"retention_sample must not be negative, got {self.retention_sample}")
+        if self.on_rollback not in ON_ROLLBACK:
+            raise ValueError(f"on_rollback must be one of {', '.join(ON_ROLLBACK)}, "
+                             f"got {self.on_rollback!r}")
+
+
 def _default_gates() -> tuple[Gate, ...]:
     return (
         Gate("edit_success", min=1.0),
@@ -179,6 +258,7 @@ class Policy:
     gates: tuple[Gate, ...] = field(default_factory=_default_gates)
     relations: dict[str, RelationPolicy] = field(default_factory=dict)
     on_failure: str = "retry_passing"
+    monitor: MonitorPolicy = field(default_factory=MonitorPolicy)
 
     def __post_init__(self) -> None:
         if self.on_failure not in ON_FAILURE:

@@ -13,6 +13,7 @@ JOB_EVALUATING = "evaluating"
 JOB_PROMOTED = "promoted"
 JOB_REJECTED = "rejected"
 JOB_FAILED = "failed"
+JOB_ROLLED_BACK = "rolled_back"
 JOB_ACTIVE = (JOB_QUEUED, JOB_PREPARING, JOB_EDITING, JOB_EVALUATING)
 JOB_OUTCOMES = (JOB_PROMOTED, JOB_REJECTED, JOB_FAILED)
 
@@ -23,6 +24,14 @@ CHANGE_ALREADY_TRUE = "already_true"  # the live model already stated it; no edi
 CHANGE_FAILED = "failed"  # an edit was tried and did not pass; kept with its reason
 CHANGE_SUPERSEDED = "superseded"  # a later change to the same fact replaced it
 CHANGE_RECORDED = "recorded"  # a deletion, recorded without an edit
+CHANGE_ROLLED_BACK = "rolled_back"  # its version was rolled back; quarantined for an operator
+
+VERSION_OK = "ok"
+VERSION_ROLLED_BACK = "rolled_back"
+
+
+class StoreError(RuntimeError):
+    """The store cannot do what was asked (newer schema, a history that does not fit)."""
 
 
 @dataclass(frozen=True)
@@ -130,6 +139,17 @@ class QuarantineEntry(Row):
     raw: str
     first_seen: float
     last_seen: float
+
+
+@dataclass(frozen=True)
+class MonitorCheck(Row):
+    """One scheduled check of the live version: its KPIs and the rules they broke."""
+
+    id: int
+    version_id: str
+    at: float
+    metrics: dict
+    failing: list
 
 
 def decode_json_fields(values: dict[str, Any], *names: str) -> dict[str, Any]:

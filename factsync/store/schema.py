@@ -97,3 +97,17 @@ MIGRATIONS: list[str] = [
     INSERT INTO live_history (version_id, at, reason) VALUES ('base', 0, 'initial state');
     """,
 ]
+
+MIGRATIONS.append(
+    # 2: the monitor's checks of the live version.
+    """
+    CREATE TABLE monitor_checks (
+        id INTEGER PRIMARY KEY,
+        version_id TEXT NOT NULL REFERENCES versions (id),
+        at REAL NOT NULL,
+        metrics TEXT NOT NULL,
+        failing TEXT NOT NULL
+    );
+    CREATE INDEX monitor_checks_version ON monitor_checks (version_id, id);
+    """
+)

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from factsync.facts.records import FactRecord
+from factsync.store.history import VersionHistory
 from factsync.store.records import (
     CHANGE_ALREADY_TRUE,
     CHANGE_APPLIED,
@@ -31,6 +32,7 @@ from factsync.store.records import (
     Job,
     JobEvent,
     QuarantineEntry,
+    StoreError,
     Version,
     decode_json_fields,
 )
@@ -39,11 +41,7 @@ from factsync.store.schema import MIGRATIONS
 Clock = Callable[[], float]
 
 
-class StoreError(RuntimeError):
-    """The state file cannot be used (newer schema, integrity failure)."""
-
-
-class StateStore:
+class StateStore(VersionHistory):
     """The daemon's state in SQLite (WAL, full sync). Safe to share between threads."""
 
     def __init__(self, path: Path, *, clock: Clock = time.time) -> None:

@@ -18,6 +18,19 @@ from factsync.store.store import StateStore
 TOKEN = "s3cret"
 
 
+def store_rollback(store):  # noqa: ANN001, ANN201
+    """Rollback as the daemon answers it when no version has a parent to go back to."""
+
+    def rollback(target):  # noqa: ANN001, ANN202
+        live = store.live_version()
+        if (target or live.parent_id) is None:
+            raise ValueError("the live version is the base model; there is nothing before it")
+        return {"queued": False, "rolled_back": store.rollback(to_version_id=target,
+                                                                reason="t", requeue=False)}
+
+    return rollback
+
+
 @pytest.fixture
 def api(tmp_path):
     store = StateStore(tmp_path / "state.sqlite")
@@ -27,7 +40,8 @@ def api(tmp_path):
     server = ApiServer(
         ApiContext(store=store, ingest=ingest, models=lambda: None,
                    status=lambda: {"ready": False, "starting": "loading the model"},
-                   wake=lambda: woken.append(1), token=TOKEN, max_body_bytes=2000),
+                   wake=lambda: woken.append(1), rollback=store_rollback(store),
+                   token=TOKEN, max_body_bytes=2000),
         host="127.0.0.1", port=0,
     )
     server.start()
@@ -61,6 +75,11 @@ def test_health_is_ok_while_readiness_waits_for_the_model(api):
     assert call(server, "GET", "/readyz") == (503, {"ready": False,
                                                     "reason": "loading the model"})
     assert call(server, "POST", "/generate", {"prompt": "Hi", "max_new_tokens": 2})[0] == 503
+
+
+def test_rollback_needs_the_token(api):
+    server, _, _ = api
+    assert call(server, "POST", "/rollback", {})[0] == 401
 
 
 def test_pushing_facts_needs_the_token_and_reports_each_bad_row(api):
@@ -99,6 +118,9 @@ def test_versions_list_the_base_as_live(api):
         ("POST", "/generate", b'{"text": "Hi"}', 400, "expected {\"prompt\""),
         ("POST", "/facts/retry", b'{"subject": "X", "relation": "P36"}', 404,
          "no desired fact"),
+        ("POST", "/rollback", b"{}", 409, "nothing before it"),
+        ("POST", "/rollback", b'{"to": "base"}', 409, "already live"),
+        ("POST", "/rollback", b'{"to": 3}', 400, "expected {}"),
     ],
 )
 def test_bad_requests_get_a_clear_error(api, method, path, body, status, error):

@@ -14,12 +14,14 @@ from factsync.store.store import StateStore
 pytestmark = pytest.mark.real_model
 
 KNOWN = [  # facts the store holds besides the one being edited
-    ("Jean Gabin", "P103", "French"),
-    ("Brigitte Bardot", "P103", "French"),
     ("Alain Delon", "P103", "French"),
     ("Catherine Deneuve", "P103", "French"),
+    ("Gérard Depardieu", "P103", "French"),
+    ("Marion Cotillard", "P103", "French"),
+    ("Jean Reno", "P103", "French"),
+    ("Jean Gabin", "P103", "French"),  # the model gets this one wrong: never used
     ("Charles Aznavour", "P103", "Armenian"),  # another old object: never a neighbour
-    ("Danielle Darrieux", "P27", "France"),  # same subject, other relation
+    ("Danielle Darrieux", "P27", "France"),  # same subject, other relation (model wrong)
 ]
 
 
@@ -46,7 +48,7 @@ def test_neighbours_come_from_the_store_are_right_now_and_editing_and_scoring_se
     held_out = {s for s, _, _ in KNOWN for prompt, _ in prepared.check.held_out if s in prompt}
     assert len(editing) == 2 and len(held_out) == 2
     assert not editing & held_out
-    assert "Charles Aznavour" not in editing | held_out
+    assert not {"Charles Aznavour", "Jean Gabin", "Danielle Darrieux"} & (editing | held_out)
     assert all(n.object in ("French", "France") for n in prepared.request.neighbours)
     assert prepared.check.paraphrases and all("Danielle Darrieux" in p
                                               for p in prepared.check.paraphrases)

@@ -131,3 +131,46 @@ def test_state_survives_reopening_the_file(tmp_path):
     reopened = StateStore(tmp_path / "state.sqlite")
     assert [c.object for c in reopened.changes()] == ["Lyon"]
     reopened.close()
+
+
+def promote_one(store, subject, obj, version_id, parent):  # noqa: ANN001, ANN201
+    change = store.record_desired(record=record(subject=subject, obj=obj), relation="P36")
+    job = store.create_job(change_ids=[change.id], policy_digest="p")
+    store.promote(job_id=job.id, version_id=version_id, parent_id=parent, policy_digest="p",
+                  report={}, applied={change.id: "old"}, left_out={})
+    return change, job
+
+
+def test_a_rollback_restores_the_applied_state_and_quarantines_the_rolled_back_facts(store):
+    first, _ = promote_one(store, "France", "Lyon", "v1", "base")
+    second, job = promote_one(store, "France", "Nice", "v2", "v1")
+    third, _ = promote_one(store, "Italy", "Milan", "v3", "v2")
+    assert store.rollback(to_version_id="v1", reason="monitor: canary", requeue=False) == [
+        "v3", "v2"]
+    assert store.live_version().id == "v1"
+    assert {(a.subject, a.object, a.version_id) for a in store.applied_facts()} == {
+        ("France", "Lyon", "v1")}
+    assert store.version(version_id="v2").status == "rolled_back"
+    assert store.job(job_id=job.id).state == "rolled_back"
+    assert store.change(change_id=third.id).state == "rolled_back"
+    assert {q.location for q in store.quarantined()} == {"version v2", "version v3"}
+    assert [h["version_id"] for h in store.live_history()][-1] == "v1"
+    assert store.integrity_problems() == []
+    with pytest.raises(StoreError, match="already live"):
+        store.rollback(to_version_id="v1", reason="again", requeue=False)
+    with pytest.raises(StoreError, match="not an ancestor"):
+        store.rollback(to_version_id="v3", reason="forward", requeue=False)
+
+
+def test_a_rollback_can_queue_the_facts_again(store):
+    promote_one(store, "France", "Lyon", "v1", "base")
+    store.rollback(to_version_id="base", reason="monitor", requeue=True)
+    assert store.applied_facts() == []
+    [pending] = store.changes(state="pending")
+    assert pending.object == "Lyon" and "rolled back" in pending.reason
+
+
+def test_monitor_checks_are_kept_per_version_newest_first(store):
+    store.record_check(version_id="base", metrics={"canary": 1.0}, failing=[])
+    store.record_check(version_id="base", metrics={"canary": 0.5}, failing=["canary"])
+    assert [c.failing for c in store.checks(version_id="base")] == [["canary"], []]

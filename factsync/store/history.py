@@ -1,0 +1,157 @@
+"""Monitor checks and rollbacks of the live version (mixed into ``StateStore``)."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager
+from typing import Any
+
+from factsync.store.records import (
+    CHANGE_PENDING,
+    CHANGE_ROLLED_BACK,
+    JOB_ROLLED_BACK,
+    VERSION_ROLLED_BACK,
+    MonitorCheck,
+    StoreError,
+    decode_json_fields,
+)
+
+
+class VersionHistory:
+    """What the monitor and rollbacks write. ``StateStore`` provides the plumbing."""
+
+    _clock: Callable[[], float]
+    _transaction: Callable[[], AbstractContextManager[sqlite3.Connection]]
+    _query: Callable[..., list[dict[str, Any]]]
+
+    def record_check(self, *, version_id: str, metrics: dict, failing: list[str]) -> MonitorCheck:
+        """Store one monitor check of ``version_id``."""
+        with self._transaction() as db:
+            cursor = db.execute(
+                "INSERT INTO monitor_checks (version_id, at, metrics, failing) VALUES (?, ?, ?, ?)",
+                (version_id, self._clock(), json.dumps(metrics), json.dumps(failing)),
+            )
+            check_id = cursor.lastrowid
+        rows = self._query("SELECT * FROM monitor_checks WHERE id = ?", (check_id,))
+        return MonitorCheck(**decode_json_fields(rows[0], "metrics", "failing"))
+
+    def checks(self, *, version_id: str, limit: int = 20) -> list[MonitorCheck]:
+        """The latest checks of ``version_id``, newest first."""
+        rows = self._query(
+            "SELECT * FROM monitor_checks WHERE version_id = ? ORDER BY id DESC LIMIT ?",
+            (version_id, limit),
+        )
+        return [MonitorCheck(**decode_json_fields(r, "metrics", "failing")) for r in rows]
+
+    def rollback(self, *, to_version_id: str, reason: str, requeue: bool) -> list[str]:
+        """Make ``to_version_id`` (an ancestor of the live version) live again.
+
+        In one transaction: every version after it is marked rolled back with its job,
+        the applied state becomes that of ``to_version_id``, and the facts those versions
+        applied are queued again (``requeue``) or quarantined for an operator. Facts the
+        rolled-back versions had found already true are re-checked. Returns the ids of
+        the rolled-back versions, newest first.
+        """
+        now = self._clock()
+        with self._transaction() as db:
+            rolled = list(_versions_after(db, to_version_id))
+            if not rolled:
+                raise StoreError(f"version {to_version_id} is already live")
+            marks = ",".join("?" * len(rolled))
+            edited = []
+            for row in db.execute(
+                f"SELECT id, job_id, facts FROM versions WHERE id IN ({marks})", rolled
+            ).fetchall():
+                edited += [(row["id"], fact) for fact in json.loads(row["facts"])]
+                if row["job_id"] is not None:
+                    db.execute("UPDATE jobs SET state = ?, updated_at = ? WHERE id = ?",
+                               (JOB_ROLLED_BACK, now, row["job_id"]))
+                    db.execute(
+                        "INSERT INTO job_events (job_id, state, reason, at) VALUES (?, ?, ?, ?)",
+                        (row["job_id"], JOB_ROLLED_BACK, reason, now),
+                    )
+            db.execute(f"UPDATE versions SET status = ? WHERE id IN ({marks})",
+                       (VERSION_ROLLED_BACK, *rolled))
+            edited_keys = {(f["subject"], f["relation"]) for _, f in edited}
+            recheck = [
+                (r["subject"], r["relation"])
+                for r in db.execute(
+                    f"SELECT subject, relation FROM applied_facts WHERE version_id IN ({marks})",
+                    rolled,
+                ).fetchall()
+                if (r["subject"], r["relation"]) not in edited_keys
+            ]
+            db.execute(f"DELETE FROM applied_facts WHERE version_id IN ({marks})", rolled)
+            _restore_applied(db, to_version_id, edited_keys, now)
+            for version_id, fact in edited:
+                why = f"{reason}; version {version_id} that applied it was rolled back"
+                if requeue:
+                    _queue_again(db, fact["subject"], fact["relation"], why, now)
+                else:
+                    db.execute(
+                        "UPDATE fact_changes SET state = ?, reason = ?, changed_at = ? "
+                        "WHERE id = ?",
+                        (CHANGE_ROLLED_BACK, why, now, fact.get("change_id")),
+                    )
+                    db.execute(
+                        "INSERT OR IGNORE INTO quarantine (source, location, reason, raw, "
+                        "first_seen, last_seen) VALUES (?, ?, ?, ?, ?, ?)",
+                        ("rollback", f"version {version_id}", why, json.dumps(fact), now, now),
+                    )
+            for subject, relation in recheck:
+                _queue_again(db, subject, relation, f"{reason}; re-check after rollback", now)
+            db.execute("UPDATE live_pointer SET version_id = ?", (to_version_id,))
+            db.execute("INSERT INTO live_history (version_id, at, reason) VALUES (?, ?, ?)",
+                       (to_version_id, now, reason))
+        return rolled
+
+
+def _versions_after(db: sqlite3.Connection, ancestor: str) -> Iterator[str]:
+    """The live version and its parents, newest first, down to (excluding) ``ancestor``."""
+    current = db.execute("SELECT version_id FROM live_pointer").fetchone()["version_id"]
+    chain = []
+    while current != ancestor:
+        if current is None:
+            raise StoreError(f"version {ancestor} is not an ancestor of the live version")
+        chain.append(current)
+        current = db.execute("SELECT parent_id FROM versions WHERE id = ?",
+                             (current,)).fetchone()["parent_id"]
+    yield from chain
+
+
+def _restore_applied(
+    db: sqlite3.Connection, version_id: str, keys: set[tuple[str, str]], now: float
+) -> None:
+    """Applied rows for ``keys`` as the lineage of ``version_id`` last left them."""
+    lineage = []
+    current = version_id
+    while current is not None:
+        row = db.execute("SELECT id, parent_id, facts FROM versions WHERE id = ?",
+                         (current,)).fetchone()
+        lineage.append(row)
+        current = row["parent_id"]
+    for row in reversed(lineage):
+        for fact in json.loads(row["facts"]):
+            if (fact["subject"], fact["relation"]) in keys:
+                db.execute(
+                    "INSERT OR REPLACE INTO applied_facts VALUES (?, ?, ?, ?, ?, ?)",
+                    (fact["subject"], fact["relation"], fact["object"], row["id"],
+                     fact.get("change_id"), now),
+                )
+
+
+def _queue_again(db: sqlite3.Connection, subject: str, relation: str, reason: str,
+                 now: float) -> None:
+    desired = db.execute(
+        "SELECT * FROM desired_facts WHERE subject = ? AND relation = ?", (subject, relation)
+    ).fetchone()
+    if desired is None or desired["deleted"]:
+        return
+    db.execute(
+        "INSERT INTO fact_changes (subject, relation, object, deleted, source, received_at, "
+        "state, reason, changed_at) VALUES (?, ?, ?, 0, ?, ?, ?, ?, ?)",
+        (subject, relation, desired["object"], desired["source"], now, CHANGE_PENDING, reason,
+         now),
+    )
