@@ -182,6 +182,9 @@ class Daemon:
             "ready": self.models is not None and self.worker is not None and not self.failed,
             "starting": self.failed or self._starting,
             "live_version": {"id": live.id, "seq": live.seq},
+            "live_history": self.store.live_history()[-10:],
+            "alerts": [{"name": a.name, "key": a.key, "summary": a.summary}
+                       for a in self.alerter.active()],
             "pending_changes": self.store.count_changes(states=("pending", "queued")),
             "jobs": self.store.count_jobs(),
             "running_job": self.worker.busy_job if self.worker else None,

@@ -1,0 +1,93 @@
+"""Alerts delivered to a real Alertmanager and a real webhook receiver."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+import urllib.request
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import pytest
+from prometheus_client import CollectorRegistry
+
+from factsync.daemon.alerts import Alert, Alerter, AlertmanagerNotifier, WebhookNotifier
+from factsync.daemon.metrics import Metrics
+
+
+class Receiver:
+    """An HTTP server that keeps every JSON body POSTed to it."""
+
+    def __init__(self) -> None:
+        bodies = self.bodies = []
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                bodies.append(json.loads(self.rfile.read(int(self.headers["Content-Length"]))))
+                self.send_response(200)
+                self.end_headers()
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/hook"
+
+
+@pytest.fixture
+def receiver():
+    receiver = Receiver()
+    yield receiver
+    receiver.server.shutdown()
+
+
+def active_alerts(url: str) -> dict[str, dict]:
+    with urllib.request.urlopen(f"{url}/api/v2/alerts?active=true", timeout=5) as response:
+        return {a["labels"]["alertname"]: a for a in json.loads(response.read())}
+
+
+def wait_until(condition, timeout=15.0):  # noqa: ANN001, ANN201
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if value := condition():
+            return value
+        time.sleep(0.1)
+    raise AssertionError("condition not met in time")
+
+
+REJECTED = Alert("FactsyncJobRejected", "warning", "job 3 rejected: retention >= 0.9",
+                 details={"job": 3})
+ROLLBACK = Alert("FactsyncRollback", "critical", "rolled back from v2 to v1", key="v2")
+
+
+def test_alerts_reach_alertmanager_and_the_webhook_once_and_resolve(alertmanager, receiver):
+    metrics = Metrics(CollectorRegistry())
+    alerter = Alerter([AlertmanagerNotifier(alertmanager), WebhookNotifier(receiver.url)],
+                      metrics)
+    alerter.fire(REJECTED)
+    alerter.fire(REJECTED)  # deduplicated
+    alerter.fire(ROLLBACK)
+    alerts = wait_until(lambda: (a := active_alerts(alertmanager)) and len(a) == 2 and a)
+    assert alerts["FactsyncRollback"]["labels"] == {
+        "alertname": "FactsyncRollback", "severity": "critical", "service": "factsync",
+        "key": "v2"}
+    assert alerts["FactsyncJobRejected"]["annotations"]["summary"] == REJECTED.summary
+    alerter.resolve("FactsyncJobRejected")
+    alerter.close()
+    wait_until(lambda: "FactsyncJobRejected" not in active_alerts(alertmanager))
+    assert [(b["alert"], b["status"]) for b in receiver.bodies] == [
+        ("FactsyncJobRejected", "firing"), ("FactsyncRollback", "firing"),
+        ("FactsyncJobRejected", "resolved")]
+    assert metrics.registry.get_sample_value(
+        "factsync_alerts_total", {"alert": "FactsyncJobRejected"}) == 1
+
+
+def test_a_delivery_that_keeps_failing_is_retried_then_counted(tmp_path):
+    metrics = Metrics(CollectorRegistry())
+    alerter = Alerter([WebhookNotifier("http://127.0.0.1:9/unreachable", timeout=0.5)],
+                      metrics, retries=2, backoff_seconds=0.05)
+    alerter.fire(ROLLBACK)
+    alerter.close()
+    assert metrics.registry.get_sample_value(
+        "factsync_alert_delivery_failures_total", {"notifier": "webhook"}) == 1
