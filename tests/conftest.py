@@ -13,6 +13,8 @@ Fixtures:
 - ``tiny_family``: parametrised over ``TINY_FAMILIES``; use it with ``tiny_loaded`` to
   run a test once per family.
 - ``tiny_tokenizer``: a fresh tokenizer of the kind the models use.
+- ``random_delta``: a factory ``random_delta(loaded, layers, rank=2, scale=0.1, seed=0)``
+  returning a seeded random low-rank ``ModelDelta`` on the MLP output of ``layers``.
 """
 
 from __future__ import annotations
@@ -32,8 +34,9 @@ from transformers import (
     PreTrainedTokenizerFast,
 )
 
+from factsync.editing.delta import LayerDelta, ModelDelta
 from factsync.models.loading import LoadedModel, model_fingerprint, prompt_prefix_ids
-from factsync.models.specs import check_layout, spec_for
+from factsync.models.specs import check_layout, get_module, key_value_dims, spec_for
 
 TINY_FAMILIES = ("llama", "gpt2", "gptj", "gpt_neox")
 
@@ -163,3 +166,22 @@ def tiny_loaded() -> Callable[..., LoadedModel]:
 def tiny_family(request: pytest.FixtureRequest) -> str:
     """Each supported family in turn (llama, gpt2, gptj, gpt_neox)."""
     return request.param
+
+
+def _random_delta(loaded, layers, rank=2, scale=0.1, seed=0) -> ModelDelta:  # noqa: ANN001
+    generator = torch.Generator().manual_seed(seed)
+    updates = {}
+    for layer in layers:
+        path = loaded.spec.mlp_out_path(layer)
+        key_size, value_size = key_value_dims(loaded.spec, get_module(loaded.model, path))
+        updates[path] = LayerDelta(
+            up=torch.randn(value_size, rank, generator=generator) * scale,
+            down=torch.randn(key_size, rank, generator=generator) * scale,
+        )
+    return ModelDelta(layers=updates, layout=loaded.spec.weight_layout, metadata={"k": "v"})
+
+
+@pytest.fixture
+def random_delta() -> Callable[..., ModelDelta]:
+    """Factory of seeded random low-rank deltas (see the module docstring)."""
+    return _random_delta

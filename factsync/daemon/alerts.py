@@ -12,13 +12,13 @@ import json
 import logging
 import queue
 import threading
-import time
-import urllib.request
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from typing import Any, Protocol
 
 from factsync.daemon.metrics import Metrics
+from factsync.http_client import post_json
+from factsync.retry import with_retries
 
 log = logging.getLogger(__name__)
 
@@ -54,15 +54,6 @@ class Notifier(Protocol):
         """Deliver one alert or its resolution; raise on failure."""
 
 
-def _post_json(url: str, payload: Any, timeout: float) -> None:
-    request = urllib.request.Request(
-        url, data=json.dumps(payload, default=str).encode(), method="POST",
-        headers={"Content-Type": "application/json"},
-    )
-    with urllib.request.urlopen(request, timeout=timeout) as response:
-        response.read()
-
-
 class WebhookNotifier:
     """POSTs ``{"status", "alert", "severity", "summary", "key", "details", "at"}``."""
 
@@ -74,7 +65,7 @@ class WebhookNotifier:
 
     def send(self, alert: Alert, *, resolved: bool) -> None:
         """Deliver one message."""
-        _post_json(self.url, {
+        post_json(self.url, {
             "status": "resolved" if resolved else "firing",
             "alert": alert.name,
             "severity": alert.severity,
@@ -82,7 +73,7 @@ class WebhookNotifier:
             "key": alert.key,
             "details": alert.details,
             "at": datetime.now(timezone.utc).isoformat(),
-        }, self.timeout)
+        }, timeout=self.timeout)
 
 
 class AlertmanagerNotifier:
@@ -104,13 +95,13 @@ class AlertmanagerNotifier:
         labels = {"alertname": alert.name, "severity": alert.severity, "service": "factsync"}
         if alert.key:
             labels["key"] = alert.key
-        _post_json(self.url, [{
+        post_json(self.url, [{
             "labels": labels,
             "annotations": {"summary": alert.summary,
                             "details": json.dumps(alert.details, default=str)[:4000]},
             "startsAt": started.isoformat(),
             "endsAt": (now if resolved else now + ALERTMANAGER_HOLD).isoformat(),
-        }], self.timeout)
+        }], timeout=self.timeout)
 
 
 class Alerter:
@@ -166,14 +157,10 @@ class Alerter:
                 self._deliver(notifier, alert, resolved)
 
     def _deliver(self, notifier: Notifier, alert: Alert, resolved: bool) -> None:
-        for attempt in range(1, self._retries + 1):
-            try:
-                notifier.send(alert, resolved=resolved)
-                return
-            except Exception as exc:  # any failure of a remote end is retried the same way
-                if attempt == self._retries:
-                    self._metrics.alert_failures.labels(notifier.name).inc()
-                    log.error("could not deliver alert %s to %s after %d tries: %s",
-                              alert.name, notifier.name, attempt, exc)
-                    return
-                time.sleep(self._backoff * 2 ** (attempt - 1))
+        try:
+            with_retries(lambda: notifier.send(alert, resolved=resolved),
+                         attempts=self._retries, backoff_seconds=self._backoff)
+        except Exception as exc:  # any failure of a remote end is handled the same way
+            self._metrics.alert_failures.labels(notifier.name).inc()
+            log.error("could not deliver alert %s to %s after %d tries: %s", alert.name,
+                      notifier.name, self._retries, exc)

@@ -162,6 +162,37 @@ class AlertsConfig:
 
 
 @dataclass(frozen=True)
+class ExportConfig:
+    """Exports of the live version and the serving engines to keep on it.
+
+    Attributes:
+        adapter: write a PEFT LoRA adapter per live version (``exports/adapter/``).
+        merged: write a merged HuggingFace checkpoint per live version (``exports/merged/``).
+        max_rank: adapter rank above which the cumulative delta is SVD-truncated.
+        vllm_url: a vLLM server to load each new adapter into (runtime LoRA updating).
+        vllm_adapter_prefix: adapters are served as ``<prefix>-<version>``.
+        webhook_url: a URL told of every live-version change.
+    """
+
+    adapter: bool = True
+    merged: bool = False
+    max_rank: int = 64
+    vllm_url: str | None = None
+    vllm_adapter_prefix: str = "factsync"
+    webhook_url: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.max_rank < 1:
+            raise ValueError(f"max_rank must be at least 1, got {self.max_rank}")
+        for name in ("vllm_url", "webhook_url"):
+            url = getattr(self, name)
+            if url is not None and not url.startswith(("http://", "https://")):
+                raise ValueError(f"{name} must be an http(s) URL, got {url!r}")
+        if self.vllm_url and not self.adapter:
+            raise ValueError("vllm_url needs adapter: true (vLLM is given the adapter)")
+
+
+@dataclass(frozen=True)
 class LogConfig:
     """Logging: level and one-JSON-object-per-line output."""
 
@@ -187,6 +218,7 @@ class DaemonConfig:
         api: the HTTP API.
         schedules: periodic work.
         alerts: operator alerts.
+        export: exports of the live version and serving engines to notify.
         log: logging.
     """
 
@@ -200,6 +232,7 @@ class DaemonConfig:
     api: ApiConfig = field(default_factory=ApiConfig)
     schedules: ScheduleConfig = field(default_factory=ScheduleConfig)
     alerts: AlertsConfig = field(default_factory=AlertsConfig)
+    export: ExportConfig = field(default_factory=ExportConfig)
     log: LogConfig = field(default_factory=LogConfig)
 
     def __post_init__(self) -> None:

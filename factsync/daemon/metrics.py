@@ -75,6 +75,10 @@ class Metrics:
             "factsync_alert_delivery_failures_total",
             "Alert deliveries that failed after every retry, by notifier.", ["notifier"],
             registry=registry)
+        self.serving_failures = Counter(
+            "factsync_serving_notify_failures_total",
+            "Serving-engine notifications that failed after every retry, by notifier.",
+            ["notifier"], registry=registry)
         self.up = Gauge("factsync_up", "1 while the daemon runs.", registry=registry)
         for metric in METRICS:  # so every KPI series exists from the first scrape
             self.candidate_kpi.labels(metric)

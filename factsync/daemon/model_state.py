@@ -11,6 +11,7 @@ import copy
 import hashlib
 import threading
 from contextlib import nullcontext
+from pathlib import Path
 
 import torch
 
@@ -46,6 +47,12 @@ class ModelState:
         """Apply a promoted version's delta to the served model (the worker has it)."""
         with self._serving_lock:
             delta.apply(self.serving)
+
+    def save_serving(self, directory: Path) -> None:
+        """Write the served model and its tokenizer as a HuggingFace checkpoint."""
+        with self._serving_lock:
+            self.serving.model.save_pretrained(directory)
+            self.serving.tokenizer.save_pretrained(directory)
 
     def generate(self, prompt: str, max_new_tokens: int) -> str:
         """Greedy completion from the live version."""

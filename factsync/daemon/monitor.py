@@ -10,7 +10,8 @@ the base weights and the parent's deltas, so its weights equal that version's ex
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 from factsync.daemon.alerts import Alert, Alerter
 from factsync.daemon.metrics import Metrics
@@ -50,6 +51,7 @@ class Monitor:
         self, *, store: StateStore, catalog: RelationCatalog, policy: Policy,
         models: ModelState, versions: VersionFiles, metrics: Metrics, alerter: Alerter,
         canaries: list[Prompted], fluency_texts: Sequence[str], base_perplexity: float,
+        on_live_change: Callable[[str], Any] = lambda event: None,
     ) -> None:
         self._store = store
         self._catalog = catalog
@@ -62,6 +64,7 @@ class Monitor:
         self._texts = list(fluency_texts)
         self._base_perplexity = base_perplexity
         self._checks = 0
+        self._on_live_change = on_live_change
         self._quarantine_seen = store.quarantine_count()
 
     def check(self) -> MonitorCheck | None:
@@ -141,6 +144,7 @@ class Monitor:
                      "trigger": trigger, "cause": reason},
         ))
         log.warning("rolled back %s to %s (%s): %s", rolled, target.id, trigger, reason)
+        self._on_live_change("rolled_back")
         return rolled
 
     def _watch_quarantine(self) -> None:

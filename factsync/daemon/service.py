@@ -30,6 +30,7 @@ from factsync.daemon.alerts import (
 )
 from factsync.daemon.api import ApiContext, ApiServer
 from factsync.daemon.config import DaemonConfig
+from factsync.daemon.exporting import Exporter, ExportSettings
 from factsync.daemon.ingest import Ingest
 from factsync.daemon.metrics import Metrics
 from factsync.daemon.model_state import ModelState
@@ -42,8 +43,10 @@ from factsync.editing.spread import SpreadSettings
 from factsync.evaluation.fluency import perplexity
 from factsync.evaluation.heldout_text import FLUENCY_TEXTS
 from factsync.facts.catalog import RelationCatalog
-from factsync.models.loading import load_model
+from factsync.models.loading import default_model_dir, load_model
 from factsync.policies.schema import Policy, load_policy
+from factsync.registry.exports import ExportDir
+from factsync.registry.serving import ServingNotifier, VllmNotifier, WebhookServingNotifier
 from factsync.registry.versions import VersionFiles
 from factsync.store.store import StateStore
 
@@ -272,18 +275,31 @@ class Daemon:
                 StatisticsSettings(corpus_tokens=self.config.model.corpus_tokens),
                 home=self.config.caches,
             )
+            export = self.config.export
+            self.exporter = Exporter(
+                settings=ExportSettings(adapter=export.adapter, merged=export.merged,
+                                        max_rank=export.max_rank),
+                exports=ExportDir(self.config.state_dir / "exports"), versions=self.versions,
+                store=self.store, models=models, base_model=str(_model_dir(self.config)),
+                notifiers=_serving_notifiers(self.config), alerter=self.alerter,
+                metrics=self.metrics,
+            )
+            self._closers.append(self.exporter.close)
             self.monitor = Monitor(
                 store=self.store, catalog=self.catalog, policy=self.policy, models=models,
                 versions=self.versions, metrics=self.metrics, alerter=self.alerter,
                 canaries=canaries,
                 fluency_texts=FLUENCY_TEXTS, base_perplexity=base_perplexity,
+                on_live_change=self.exporter.export_live,
             )
             self.worker = Worker(
                 store=self.store, catalog=self.catalog, policy=self.policy, models=models,
                 engine=engine, versions=self.versions, metrics=self.metrics,
                 fluency_texts=FLUENCY_TEXTS, base_perplexity=base_perplexity,
                 alerter=self.alerter, monitor_check=self.monitor.check,
+                on_live_change=self.exporter.export_live,
             )
+            self.exporter.export_live("started")
             self.models = models
             self._starting = ""
             log.info("ready: live version %s, policy %s (%s)", self.store.live_version().id,
@@ -304,6 +320,22 @@ def _notifiers(config: DaemonConfig) -> list[Notifier]:
         notifiers.append(
             AlertmanagerNotifier(alerts.alertmanager_url, timeout=alerts.timeout_seconds)
         )
+    return notifiers
+
+
+def _model_dir(config: DaemonConfig) -> Path:
+    if config.model.path == "default":
+        return default_model_dir(config.caches)
+    return Path(config.model.path).expanduser().absolute()
+
+
+def _serving_notifiers(config: DaemonConfig) -> list[ServingNotifier]:
+    export = config.export
+    notifiers: list[ServingNotifier] = []
+    if export.vllm_url:
+        notifiers.append(VllmNotifier(export.vllm_url, prefix=export.vllm_adapter_prefix))
+    if export.webhook_url:
+        notifiers.append(WebhookServingNotifier(export.webhook_url))
     return notifiers
 
 

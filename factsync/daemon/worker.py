@@ -67,6 +67,7 @@ class Worker:
         base_perplexity: the base model's perplexity on ``fluency_texts``.
         alerter: where operator alerts go.
         monitor_check: the monitor's check, run between jobs when it is due.
+        on_live_change: called with the event after the live version changed.
     """
 
     def __init__(
@@ -83,6 +84,7 @@ class Worker:
         base_perplexity: float,
         alerter: Alerter,
         monitor_check: Callable[[], Any] | None = None,
+        on_live_change: Callable[[str], Any] = lambda event: None,
     ) -> None:
         self._store = store
         self._catalog = catalog
@@ -95,6 +97,7 @@ class Worker:
         self._base_perplexity = base_perplexity
         self._alerter = alerter
         self._monitor_check = monitor_check
+        self._on_live_change = on_live_change
         self._reconciler = Reconciler(store=store, catalog=catalog, policy=policy)
         self._wake = threading.Event()
         self._requests: queue.Queue[tuple[Callable[[], Any], Future]] = queue.Queue()
@@ -262,6 +265,7 @@ class Worker:
             applied={p.change.id: p.request.old_object or "" for p in prepared}, left_out={},
         )
         self._models.promote(result.delta)
+        self._on_live_change("promoted")
         self._metrics.promotions.inc()
         self._metrics.jobs.labels("promoted").inc()
         self._metrics.record_kpis(self._metrics.live_kpi, report["candidate"])

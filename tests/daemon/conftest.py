@@ -5,15 +5,21 @@
 - ``alertmanager``: the base URL of a real Alertmanager (Debian's
   ``prometheus-alertmanager``) on loopback. Skipped where it is not installed, except in
   CI (``CI`` set), where its absence fails the test.
+- ``http_receiver``: a real HTTP server that keeps every JSON body POSTed to it, as
+  ``(path, body)`` pairs in ``.requests`` (``.bodies`` has the bodies); ``.url`` is
+  ``http://127.0.0.1:<port>/hook``.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
+import threading
 import time
 import urllib.request
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
@@ -75,3 +81,38 @@ def alertmanager(tmp_path):
     yield url
     process.terminate()
     process.wait(timeout=30)
+
+
+class Receiver:
+    """An HTTP server that keeps every JSON body POSTed to it."""
+
+    def __init__(self) -> None:
+        requests = self.requests = []
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                length = int(self.headers["Content-Length"])
+                requests.append((self.path, json.loads(self.rfile.read(length))))
+                self.send_response(200)
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+        self.base = f"http://127.0.0.1:{self.server.server_address[1]}"
+        self.url = f"{self.base}/hook"
+
+    @property
+    def bodies(self) -> list:
+        return [body for _, body in self.requests]
+
+
+@pytest.fixture
+def http_receiver():
+    """A recording HTTP server (see the module docstring)."""
+    receiver = Receiver()
+    yield receiver
+    receiver.server.shutdown()

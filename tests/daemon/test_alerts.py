@@ -3,43 +3,13 @@
 from __future__ import annotations
 
 import json
-import threading
 import time
 import urllib.request
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
-import pytest
 from prometheus_client import CollectorRegistry
 
 from factsync.daemon.alerts import Alert, Alerter, AlertmanagerNotifier, WebhookNotifier
 from factsync.daemon.metrics import Metrics
-
-
-class Receiver:
-    """An HTTP server that keeps every JSON body POSTed to it."""
-
-    def __init__(self) -> None:
-        bodies = self.bodies = []
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_POST(self) -> None:
-                bodies.append(json.loads(self.rfile.read(int(self.headers["Content-Length"]))))
-                self.send_response(200)
-                self.end_headers()
-
-            def log_message(self, *args: object) -> None:
-                pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/hook"
-
-
-@pytest.fixture
-def receiver():
-    receiver = Receiver()
-    yield receiver
-    receiver.server.shutdown()
 
 
 def active_alerts(url: str) -> dict[str, dict]:
@@ -61,9 +31,9 @@ REJECTED = Alert("FactsyncJobRejected", "warning", "job 3 rejected: retention >=
 ROLLBACK = Alert("FactsyncRollback", "critical", "rolled back from v2 to v1", key="v2")
 
 
-def test_alerts_reach_alertmanager_and_the_webhook_once_and_resolve(alertmanager, receiver):
+def test_alerts_reach_alertmanager_and_the_webhook_once_and_resolve(alertmanager, http_receiver):
     metrics = Metrics(CollectorRegistry())
-    alerter = Alerter([AlertmanagerNotifier(alertmanager), WebhookNotifier(receiver.url)],
+    alerter = Alerter([AlertmanagerNotifier(alertmanager), WebhookNotifier(http_receiver.url)],
                       metrics)
     alerter.fire(REJECTED)
     alerter.fire(REJECTED)  # deduplicated
@@ -76,7 +46,7 @@ def test_alerts_reach_alertmanager_and_the_webhook_once_and_resolve(alertmanager
     alerter.resolve("FactsyncJobRejected")
     alerter.close()
     wait_until(lambda: "FactsyncJobRejected" not in active_alerts(alertmanager))
-    assert [(b["alert"], b["status"]) for b in receiver.bodies] == [
+    assert [(b["alert"], b["status"]) for b in http_receiver.bodies] == [
         ("FactsyncJobRejected", "firing"), ("FactsyncRollback", "firing"),
         ("FactsyncJobRejected", "resolved")]
     assert metrics.registry.get_sample_value(

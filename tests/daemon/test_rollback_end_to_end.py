@@ -6,6 +6,8 @@ import json
 import urllib.request
 
 import pytest
+import torch
+from peft import PeftModel
 
 from factsync.daemon.model_state import ModelState
 from factsync.editing.delta import ModelDelta
@@ -65,7 +67,8 @@ def test_a_regressing_version_is_rolled_back_and_operators_are_told(
     print(f"\nrollback {latency:.1f} s after the regressing version was promoted")
     assert history[-1]["reason"].startswith("monitor: canary < 0.9 on 2 check(s) in a row")
 
-    assert daemon.metric('factsync_rollbacks_total{trigger="monitor"}') == 1
+    daemon.wait_for(lambda: daemon.metric('factsync_rollbacks_total{trigger="monitor"}') == 1,
+                    30, "the rollback to be counted")
     daemon.wait_for(lambda: "FactsyncRollback" in alertmanager_alerts(alertmanager), 30,
                     "the rollback alert in Alertmanager")
     versions = {v["seq"]: v for v in daemon.get("/versions")}
@@ -84,3 +87,16 @@ def test_a_regressing_version_is_rolled_back_and_operators_are_told(
     rebuilt = ModelState(load_model("default", device="cpu"))
     rebuilt.rebuild([ModelDelta.load(tmp_path / "versions" / good["id"] / "delta.safetensors")])
     assert daemon.get("/weights") == {"version": good["id"], "sha256": rebuilt.digest()}
+
+    # The exported adapter follows the live version and reproduces its logits.
+    adapter = (tmp_path / "exports" / "adapter" / "current").resolve()
+    assert adapter.name == good["id"]
+    base = load_model("default", device="cpu").model
+    with_adapter = PeftModel.from_pretrained(base, adapter).eval()
+    ids = torch.tensor([rebuilt.work.prefix_ids + rebuilt.work.tokenizer(
+        "The native language of Danielle Darrieux is")["input_ids"]])
+    with torch.no_grad():
+        difference = (with_adapter(input_ids=ids).logits
+                      - rebuilt.work.model(input_ids=ids).logits).abs().max().item()
+    print(f"adapter vs merged live model: max |logit difference| {difference:.2e}")
+    assert difference < 1e-3

@@ -8,21 +8,8 @@ import pytest
 import torch
 
 from factsync.editing.delta import DeltaError, LayerDelta, ModelDelta, applied
-from factsync.models.specs import get_module, key_value_dims
+from factsync.models.specs import get_module
 from factsync.models.text import PromptSpec, encode
-
-
-def random_delta(loaded, layers, rank=2, scale=0.1, seed=0) -> ModelDelta:
-    generator = torch.Generator().manual_seed(seed)
-    updates = {}
-    for layer in layers:
-        path = loaded.spec.mlp_out_path(layer)
-        key_size, value_size = key_value_dims(loaded.spec, get_module(loaded.model, path))
-        updates[path] = LayerDelta(
-            up=torch.randn(value_size, rank, generator=generator) * scale,
-            down=torch.randn(key_size, rank, generator=generator) * scale,
-        )
-    return ModelDelta(layers=updates, layout=loaded.spec.weight_layout, metadata={"k": "v"})
 
 
 def logits(loaded) -> torch.Tensor:
@@ -35,7 +22,9 @@ def state(loaded) -> dict[str, torch.Tensor]:
     return {k: v.clone() for k, v in loaded.model.state_dict().items()}
 
 
-def test_apply_changes_logits_and_revert_restores_bit_for_bit(tiny_loaded, tiny_family):
+def test_apply_changes_logits_and_revert_restores_bit_for_bit(
+    tiny_loaded, tiny_family, random_delta
+):
     loaded = tiny_loaded(tiny_family)
     before_state, before_logits = state(loaded), logits(loaded)
     handle = random_delta(loaded, [1, 2]).apply(loaded)
@@ -46,7 +35,9 @@ def test_apply_changes_logits_and_revert_restores_bit_for_bit(tiny_loaded, tiny_
         assert torch.equal(tensor, before_state[name]), name
 
 
-def test_dense_update_has_the_factor_rank_in_the_weight_orientation(tiny_loaded, tiny_family):
+def test_dense_update_has_the_factor_rank_in_the_weight_orientation(
+    tiny_loaded, tiny_family, random_delta
+):
     loaded = tiny_loaded(tiny_family)
     path = loaded.spec.mlp_out_path(1)
     weight = get_module(loaded.model, path).weight
@@ -59,7 +50,7 @@ def test_dense_update_has_the_factor_rank_in_the_weight_orientation(tiny_loaded,
     assert torch.equal(weight, before)
 
 
-def test_subtract_undoes_a_loaded_delta_within_tolerance(tiny_loaded, tmp_path):
+def test_subtract_undoes_a_loaded_delta_within_tolerance(tiny_loaded, tmp_path, random_delta):
     loaded = tiny_loaded()
     before = state(loaded)
     delta = random_delta(loaded, [0, 3])
@@ -70,7 +61,7 @@ def test_subtract_undoes_a_loaded_delta_within_tolerance(tiny_loaded, tmp_path):
         assert torch.allclose(tensor, before[name], atol=1e-6), name
 
 
-def test_save_then_load_gives_the_same_delta(tiny_loaded, tmp_path):
+def test_save_then_load_gives_the_same_delta(tiny_loaded, tmp_path, random_delta):
     loaded = tiny_loaded("gpt2")
     delta = random_delta(loaded, [0, 1])
     delta.save(tmp_path / "d.safetensors")
@@ -84,7 +75,7 @@ def test_save_then_load_gives_the_same_delta(tiny_loaded, tmp_path):
     assert not list(tmp_path.glob(".*.tmp")), "the temporary file was renamed into place"
 
 
-def test_compose_equals_applying_in_turn(tiny_loaded):
+def test_compose_equals_applying_in_turn(tiny_loaded, random_delta):
     loaded = tiny_loaded()
     first, second = random_delta(loaded, [1], seed=1), random_delta(loaded, [1, 2], seed=2)
     with applied(loaded, first), applied(loaded, second):
@@ -95,7 +86,7 @@ def test_compose_equals_applying_in_turn(tiny_loaded):
         assert torch.allclose(logits(loaded), in_turn, atol=1e-5)
 
 
-def test_non_finite_delta_is_refused_before_any_weight_changes(tiny_loaded):
+def test_non_finite_delta_is_refused_before_any_weight_changes(tiny_loaded, random_delta):
     loaded = tiny_loaded()
     before = state(loaded)
     delta = random_delta(loaded, [0, 1])
@@ -106,7 +97,7 @@ def test_non_finite_delta_is_refused_before_any_weight_changes(tiny_loaded):
         assert torch.equal(tensor, before[name])
 
 
-def test_delta_for_another_model_is_refused(tiny_loaded):
+def test_delta_for_another_model_is_refused(tiny_loaded, random_delta):
     llama, gpt2 = tiny_loaded("llama"), tiny_loaded("gpt2")
     with pytest.raises(DeltaError, match="does not match"):
         random_delta(gpt2, [0]).apply(llama)
@@ -117,7 +108,7 @@ def test_delta_for_another_model_is_refused(tiny_loaded):
         wide.apply(llama)
 
 
-def test_damaged_file_gives_a_clear_error(tmp_path, tiny_loaded):
+def test_damaged_file_gives_a_clear_error(tmp_path, tiny_loaded, random_delta):
     path = tmp_path / "d.safetensors"
     random_delta(tiny_loaded(), [0]).save(path)
     path.write_bytes(path.read_bytes()[:40])

@@ -1,0 +1,132 @@
+"""``Exporter``: writes the live version for serving engines and tells them it changed.
+
+After every promotion, rollback and start-up it writes the live version's PEFT LoRA
+adapter (the cumulative delta from the base, SVD-truncated above ``max_rank``) and,
+when asked, a merged checkpoint, each atomically with a ``current`` pointer. Serving
+engines are then notified on a background thread with retries; a notification that
+keeps failing raises an alert and is counted, and the next change tries again.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+from dataclasses import dataclass
+
+from factsync.daemon.alerts import Alert, Alerter
+from factsync.daemon.metrics import Metrics
+from factsync.daemon.model_state import ModelState
+from factsync.editing.delta import ModelDelta
+from factsync.editing.lora import lora_factors
+from factsync.registry.exports import ExportDir, write_peft_adapter
+from factsync.registry.serving import LiveChange, ServingNotifier
+from factsync.registry.versions import VersionFiles
+from factsync.retry import with_retries
+from factsync.store.store import StateStore
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class ExportSettings:
+    """What to export.
+
+    Attributes:
+        adapter: write a PEFT LoRA adapter per live version.
+        merged: write a merged HuggingFace checkpoint per live version (a full model).
+        max_rank: adapter rank above which the cumulative delta is SVD-truncated.
+    """
+
+    adapter: bool = True
+    merged: bool = False
+    max_rank: int = 64
+
+
+class Exporter:
+    """Exports the live version and keeps serving engines on it."""
+
+    def __init__(
+        self, *, settings: ExportSettings, exports: ExportDir, versions: VersionFiles,
+        store: StateStore, models: ModelState, base_model: str, notifiers: list[ServingNotifier],
+        alerter: Alerter, metrics: Metrics, retries: int = 4, backoff_seconds: float = 2.0,
+    ) -> None:
+        self._settings = settings
+        self._exports = exports
+        self._versions = versions
+        self._store = store
+        self._models = models
+        self._base_model = base_model
+        self._notifiers = notifiers
+        self._alerter = alerter
+        self._metrics = metrics
+        self._retries = retries
+        self._backoff = backoff_seconds
+        self._served: str | None = None
+        self._queue: queue.Queue[LiveChange | None] = queue.Queue()
+        self._thread = threading.Thread(target=self._notify_loop, name="serving", daemon=True)
+        self._thread.start()
+
+    def export_live(self, event: str) -> dict | None:
+        """Export the live version now and queue the serving notifications; a summary.
+
+        A failure is logged and alerted, never raised: the live pointer has already moved
+        and stays where it is.
+        """
+        try:
+            summary = self._export(event)
+        except Exception as exc:
+            log.exception("exporting the live version failed")
+            self._alerter.fire(Alert("FactsyncExportFailed", "critical",
+                                     f"exporting the live version after {event} failed: {exc}"))
+            return None
+        self._alerter.resolve("FactsyncExportFailed")
+        return summary
+
+    def _export(self, event: str) -> dict:
+        live = self._store.live_version()
+        lineage = self._store.lineage(version_id=live.id)
+        summary: dict = {"version": live.id, "event": event}
+        adapter = merged = None
+        if self._settings.adapter and lineage:
+            chain = [ModelDelta.load(self._versions.delta_path(v.id)) for v in lineage]
+            factors = lora_factors(chain, max_rank=self._settings.max_rank)
+            errors = {path: f.relative_error for path, f in factors.items()}
+            summary["adapter_error"] = max(errors.values())
+            adapter = self._exports.write("adapter", live.id, lambda d: write_peft_adapter(
+                d, {p: (f.a, f.b) for p, f in factors.items()}, base_model=self._base_model,
+                fan_in_fan_out=self._models.work.spec.weight_layout == "in_out",
+                metadata={"version": live.id, "versions": [v.id for v in lineage],
+                          "svd_relative_error": errors, "max_rank": self._settings.max_rank}))
+            summary["adapter"] = str(adapter)
+        if self._settings.merged:
+            merged = self._exports.write("merged", live.id, self._models.save_serving)
+            summary["merged"] = str(merged)
+        log.info("exported live version %s: %s", live.id, summary)
+        if self._notifiers:
+            self._queue.put(LiveChange(event=event, version=live.id, previous=self._served,
+                                       adapter=adapter, merged=merged))
+        self._served = live.id
+        return summary
+
+    def close(self, timeout: float = 10.0) -> None:
+        """Send what is queued (up to ``timeout``) and stop."""
+        self._queue.put(None)
+        self._thread.join(timeout=timeout)
+
+    def _notify_loop(self) -> None:
+        while (change := self._queue.get()) is not None:
+            for notifier in self._notifiers:
+                try:
+                    with_retries(lambda n=notifier: n.notify(change), attempts=self._retries,
+                                 backoff_seconds=self._backoff)
+                except Exception as exc:  # every remote failure is alerted the same way
+                    self._metrics.serving_failures.labels(notifier.name).inc()
+                    self._alerter.fire(Alert(
+                        "FactsyncServingNotifyFailed", "critical",
+                        f"{notifier.name} was not switched to version {change.version} after "
+                        f"{self._retries} tries: {exc}", key=notifier.name,
+                        details={"version": change.version, "event": change.event}))
+                    continue
+                self._alerter.resolve("FactsyncServingNotifyFailed", notifier.name)
+                log.info("%s now serves version %s", notifier.name, change.version)

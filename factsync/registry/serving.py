@@ -1,0 +1,92 @@
+"""Telling serving engines that the live version changed.
+
+``VllmNotifier`` uses vLLM's runtime LoRA endpoints (the server must run with
+``VLLM_ALLOW_RUNTIME_LORA_UPDATING=True``): it loads the new version's adapter under the
+name ``<prefix>-<version>`` and then unloads the previous one, so requests always find
+an adapter. ``WebhookServingNotifier`` posts the change to any URL.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol
+
+from factsync.http_client import post_json
+
+
+@dataclass(frozen=True)
+class LiveChange:
+    """A move of the live pointer, as serving engines need to hear of it.
+
+    Attributes:
+        event: ``promoted``, ``rolled_back`` or ``started``.
+        version: the new live version.
+        previous: the version the engine was told about before, if any.
+        adapter: the new version's LoRA adapter directory (``None`` for the base model).
+        merged: its merged checkpoint directory, when one is exported.
+    """
+
+    event: str
+    version: str
+    previous: str | None
+    adapter: Path | None
+    merged: Path | None = None
+
+
+class ServingNotifier(Protocol):
+    """A serving engine to keep on the live version."""
+
+    name: str
+
+    def notify(self, change: LiveChange) -> None:
+        """Switch the engine to ``change.version``; raise on failure."""
+
+
+class VllmNotifier:
+    """Loads and unloads LoRA adapters on a vLLM OpenAI-compatible server."""
+
+    name = "vllm"
+
+    def __init__(self, url: str, *, prefix: str = "factsync", token: str | None = None,
+                 timeout: float = 30.0) -> None:
+        self.url = url.rstrip("/")
+        self.prefix = prefix
+        self.token = token
+        self.timeout = timeout
+
+    def adapter_name(self, version: str) -> str:
+        """The name a version's adapter is served under."""
+        return f"{self.prefix}-{version}"
+
+    def notify(self, change: LiveChange) -> None:
+        """Load the new adapter, then unload the previous one."""
+        if change.adapter is not None:
+            post_json(f"{self.url}/v1/load_lora_adapter",
+                      {"lora_name": self.adapter_name(change.version),
+                       "lora_path": str(change.adapter)},
+                      timeout=self.timeout, token=self.token)
+        if change.previous is not None and change.previous != change.version:
+            post_json(f"{self.url}/v1/unload_lora_adapter",
+                      {"lora_name": self.adapter_name(change.previous)},
+                      timeout=self.timeout, token=self.token)
+
+
+class WebhookServingNotifier:
+    """Posts ``{"event", "version", "previous", "adapter", "merged"}`` to a URL."""
+
+    name = "serving-webhook"
+
+    def __init__(self, url: str, *, timeout: float = 10.0) -> None:
+        self.url = url
+        self.timeout = timeout
+
+    def notify(self, change: LiveChange) -> None:
+        """Deliver the change."""
+        post_json(self.url, {
+            "event": change.event,
+            "version": change.version,
+            "previous": change.previous,
+            "adapter": str(change.adapter) if change.adapter else None,
+            "merged": str(change.merged) if change.merged else None,
+        }, timeout=self.timeout)

@@ -1,0 +1,91 @@
+"""Exports after a live-version change, and serving engines told over real HTTP."""
+
+from __future__ import annotations
+
+import pytest
+from prometheus_client import CollectorRegistry
+
+from factsync.daemon.alerts import Alerter
+from factsync.daemon.exporting import Exporter, ExportSettings
+from factsync.daemon.metrics import Metrics
+from factsync.daemon.model_state import ModelState
+from factsync.facts.records import FactRecord
+from factsync.registry.exports import ExportDir
+from factsync.registry.serving import VllmNotifier, WebhookServingNotifier
+from factsync.registry.versions import VersionFiles
+from factsync.store.store import StateStore
+
+
+@pytest.fixture
+def setup(tmp_path, tiny_loaded):
+    store = StateStore(tmp_path / "state.sqlite")
+    models = ModelState(tiny_loaded("llama"))
+    versions = VersionFiles(tmp_path / "versions")
+    metrics = Metrics(CollectorRegistry())
+    alerter = Alerter([], metrics)
+    yield store, models, versions, metrics, alerter
+    alerter.close()
+    store.close()
+
+
+def promote(store, versions, models, delta, subject):  # noqa: ANN001, ANN201
+    change = store.record_desired(
+        record=FactRecord(subject, "P36", "X", "t", "x"), relation="P36")
+    job = store.create_job(change_ids=[change.id], policy_digest="p")
+    live = store.live_version()
+    version_id = versions.write(parent_id=live.id, save_delta=delta.save,
+                                facts=[{"subject": subject}], manifest={})
+    store.promote(job_id=job.id, version_id=version_id, parent_id=live.id, policy_digest="p",
+                  report={}, applied={change.id: "Y"}, left_out={})
+    models.promote(delta)
+    return version_id
+
+
+def test_each_change_exports_an_adapter_and_switches_vllm_then_the_webhook(
+    tmp_path, setup, random_delta, http_receiver
+):
+    store, models, versions, metrics, alerter = setup
+    exports = ExportDir(tmp_path / "exports")
+    exporter = Exporter(
+        settings=ExportSettings(adapter=True, merged=True, max_rank=8), exports=exports,
+        versions=versions, store=store, models=models, base_model="base",
+        notifiers=[VllmNotifier(http_receiver.base), WebhookServingNotifier(http_receiver.url)],
+        alerter=alerter, metrics=metrics,
+    )
+    first = promote(store, versions, models, random_delta(models.work, [1], seed=1), "A")
+    summary = exporter.export_live("promoted")
+    assert summary["adapter_error"] < 1e-6
+    assert exports.current("adapter").name == first
+    assert (exports.current("merged") / "config.json").is_file()
+    second = promote(store, versions, models, random_delta(models.work, [2], seed=2), "B")
+    exporter.export_live("promoted")
+    exporter.close()
+    assert exports.current("adapter").name == second
+    assert http_receiver.requests[:2] == [
+        ("/v1/load_lora_adapter", {"lora_name": f"factsync-{first}",
+                                   "lora_path": str(exports.root / "adapter" / first)}),
+        ("/hook", {"event": "promoted", "version": first, "previous": None,
+                   "adapter": str(exports.root / "adapter" / first),
+                   "merged": str(exports.root / "merged" / first)}),
+    ]
+    assert [path for path, _ in http_receiver.requests[2:]] == [
+        "/v1/load_lora_adapter", "/v1/unload_lora_adapter", "/hook"]
+    assert http_receiver.requests[3][1] == {"lora_name": f"factsync-{first}"}
+
+
+def test_a_serving_engine_that_stays_down_is_alerted_and_counted(
+    tmp_path, setup, random_delta
+):
+    store, models, versions, metrics, alerter = setup
+    exporter = Exporter(
+        settings=ExportSettings(), exports=ExportDir(tmp_path / "exports"), versions=versions,
+        store=store, models=models, base_model="base",
+        notifiers=[VllmNotifier("http://127.0.0.1:9", timeout=0.5)], alerter=alerter,
+        metrics=metrics, retries=2, backoff_seconds=0.05,
+    )
+    promote(store, versions, models, random_delta(models.work, [1], seed=1), "A")
+    exporter.export_live("promoted")
+    exporter.close()
+    assert metrics.registry.get_sample_value(
+        "factsync_serving_notify_failures_total", {"notifier": "vllm"}) == 1
+    assert [a.name for a in alerter.active()] == ["FactsyncServingNotifyFailed"]
