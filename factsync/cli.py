@@ -43,10 +43,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--log-json", action="store_true", help="log one JSON object per line")
     commands = parser.add_subparsers(title="commands", metavar="COMMAND")
 
-    from factsync.commands import bench, edit, model, policy, run, state
+    from factsync.commands import bench, control, edit, model, policy, run, state
 
     run.register(commands)
     state.register(commands)
+    control.register(commands)
     policy.register(commands)
     edit.register(commands)
     bench.register(commands)

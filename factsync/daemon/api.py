@@ -1,7 +1,7 @@
 """The HTTP API: health, status, facts, jobs, versions, quarantine, pushes and generation.
 
 Every response is JSON. Mutating endpoints (``POST /facts``, ``POST /facts/retry``,
-``POST /rollback``)
+``POST /facts/revert``, ``POST /rollback``)
 require ``Authorization: Bearer <token>`` once a token is configured; tokens are
 compared in constant time and never logged. Bodies larger than the configured limit
 are refused with 413.
@@ -242,16 +242,24 @@ def _push(ctx: ApiContext, parts: list[str], query: dict, body: Any) -> Result:
     return HTTPStatus.ACCEPTED, {"batch": batch, **result.__dict__}
 
 
-def _retry(ctx: ApiContext, parts: list[str], query: dict, body: Any) -> Result:
-    if parts[1] != "retry":
+def _fact_action(ctx: ApiContext, parts: list[str], query: dict, body: Any) -> Result:
+    """``POST /facts/retry`` and ``POST /facts/revert``."""
+    if parts[1] not in ("retry", "revert"):
         raise ApiError(HTTPStatus.NOT_FOUND, f"no such endpoint /facts/{parts[1]}")
     if not isinstance(body, dict) or not all(
         isinstance(body.get(k), str) for k in ("subject", "relation")
     ):
         raise ApiError(HTTPStatus.BAD_REQUEST, "expected {\"subject\": str, \"relation\": str}")
-    change = ctx.store.retry(subject=body["subject"], relation=body["relation"])
-    if change is None:
-        raise ApiError(HTTPStatus.NOT_FOUND, "no desired fact with that subject and relation")
+    subject, relation = body["subject"], body["relation"]
+    if parts[1] == "retry":
+        change = ctx.store.retry(subject=subject, relation=relation)
+        if change is None:
+            raise ApiError(HTTPStatus.NOT_FOUND, "no desired fact with that subject and relation")
+    else:
+        try:
+            change = ctx.store.revert(subject=subject, relation=relation)
+        except KeyError as exc:
+            raise ApiError(HTTPStatus.NOT_FOUND, str(exc).strip("\"")) from exc
     ctx.wake()
     return HTTPStatus.ACCEPTED, change.as_dict()
 
@@ -316,7 +324,7 @@ _ROUTES: dict[tuple[str, str, int], tuple[Handler, bool]] = {
     ("GET", "quarantine", 1): (_quarantine, False),
     ("GET", "weights", 1): (_weights, False),
     ("POST", "facts", 1): (_push, True),
-    ("POST", "facts", 2): (_retry, True),
+    ("POST", "facts", 2): (_fact_action, True),
     ("POST", "generate", 1): (_generate, False),
     ("POST", "rollback", 1): (_rollback, True),
 }

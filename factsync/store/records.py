@@ -56,6 +56,7 @@ class DesiredFact(Row):
     record_id: str | None
     updated_at: str | None
     received_at: float
+    reverted_from: str | None = None
 
 
 @dataclass(frozen=True)

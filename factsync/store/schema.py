@@ -111,3 +111,10 @@ MIGRATIONS.append(
     CREATE INDEX monitor_checks_version ON monitor_checks (version_id, id);
     """
 )
+
+MIGRATIONS.append(
+    # 3: an operator's revert of a fact holds until the feed states something new.
+    """
+    ALTER TABLE desired_facts ADD COLUMN reverted_from TEXT;
+    """
+)

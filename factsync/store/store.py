@@ -114,7 +114,8 @@ class StateStore(VersionHistory):
         now = self._clock()
         with self._transaction() as db:
             row = db.execute(
-                "SELECT object, deleted FROM desired_facts WHERE subject = ? AND relation = ?",
+                "SELECT object, deleted, reverted_from FROM desired_facts "
+                "WHERE subject = ? AND relation = ?",
                 (record.subject, relation),
             ).fetchone()
             if row is not None and (row["object"], bool(row["deleted"])) == (
@@ -122,8 +123,10 @@ class StateStore(VersionHistory):
                 record.deleted,
             ):
                 return None
+            if row is not None and row["reverted_from"] == record.object and not record.deleted:
+                return None  # an operator reverted this object; wait for a new one
             db.execute(
-                "INSERT OR REPLACE INTO desired_facts VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                "INSERT OR REPLACE INTO desired_facts VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, NULL)",
                 (
                     record.subject,
                     relation,
@@ -238,6 +241,40 @@ class StateStore(VersionHistory):
                 (CHANGE_ALREADY_TRUE, f"the live version {version_id} already states it",
                  now, change_id),
             )
+
+    def revert(self, *, subject: str, relation: str) -> FactChange:
+        """Queue an edit of an applied fact back to the object it replaced.
+
+        The desired fact becomes that old object until the feed states an object other
+        than the reverted one.
+
+        Raises:
+            KeyError: the fact was never applied by an edit.
+        """
+        now = self._clock()
+        with self._transaction() as db:
+            applied = db.execute(
+                "SELECT a.object, c.old_object FROM applied_facts a JOIN fact_changes c "
+                "ON c.id = a.change_id WHERE a.subject = ? AND a.relation = ? "
+                "AND c.state = 'applied'",
+                (subject, relation),
+            ).fetchone()
+            if applied is None or not applied["old_object"]:
+                raise KeyError(f"no edited fact {subject!r} {relation} to revert")
+            db.execute(
+                "UPDATE desired_facts SET object = ?, deleted = 0, source = ?, location = ?, "
+                "received_at = ?, reverted_from = ? WHERE subject = ? AND relation = ?",
+                (applied["old_object"], "operator", "revert", now, applied["object"], subject,
+                 relation),
+            )
+            cursor = db.execute(
+                "INSERT INTO fact_changes (subject, relation, object, deleted, source, "
+                "received_at, state, reason, changed_at) VALUES (?, ?, ?, 0, ?, ?, ?, ?, ?)",
+                (subject, relation, applied["old_object"], "operator", now, CHANGE_PENDING,
+                 f"operator revert of {applied['object']!r}", now),
+            )
+            change_id = cursor.lastrowid
+        return self.change(change_id=change_id)
 
     def retry(self, *, subject: str, relation: str) -> FactChange | None:
         """Queue the desired state of a fact again (an operator's retry of a failure)."""

@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 import urllib.error
 import urllib.request
 
 import pytest
+import yaml
 from prometheus_client import CollectorRegistry
 
 from factsync.daemon.api import ApiContext, ApiServer
@@ -118,6 +121,10 @@ def test_versions_list_the_base_as_live(api):
         ("POST", "/generate", b'{"text": "Hi"}', 400, "expected {\"prompt\""),
         ("POST", "/facts/retry", b'{"subject": "X", "relation": "P36"}', 404,
          "no desired fact"),
+        ("POST", "/facts/revert", b'{"subject": "X", "relation": "P36"}', 404,
+         "no edited fact 'X' P36 to revert"),
+        ("POST", "/facts/other", b'{"subject": "X", "relation": "P36"}', 404,
+         "no such endpoint"),
         ("POST", "/rollback", b"{}", 409, "nothing before it"),
         ("POST", "/rollback", b'{"to": "base"}', 409, "already live"),
         ("POST", "/rollback", b'{"to": 3}', 400, "expected {}"),
@@ -127,3 +134,15 @@ def test_bad_requests_get_a_clear_error(api, method, path, body, status, error):
     server, _, _ = api
     code, payload = call(server, method, path, raw=body, token=TOKEN)
     assert code == status and error in payload["error"]
+
+
+def test_the_cli_reaches_the_api_with_the_configured_token(api, tmp_path):
+    server, _, _ = api
+    config = tmp_path / "config.yaml"
+    config.write_text(yaml.safe_dump({"data_dir": str(tmp_path),
+                                      "api": {"port": server.address[1], "token": TOKEN}}))
+    result = subprocess.run(
+        [sys.executable, "-m", "factsync", "revert-fact", "France", "capital",
+         "--config", str(config)], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 1
+    assert "the daemon refused: no edited fact 'France' P36 to revert" in result.stderr

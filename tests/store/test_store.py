@@ -174,3 +174,15 @@ def test_monitor_checks_are_kept_per_version_newest_first(store):
     store.record_check(version_id="base", metrics={"canary": 1.0}, failing=[])
     store.record_check(version_id="base", metrics={"canary": 0.5}, failing=["canary"])
     assert [c.failing for c in store.checks(version_id="base")] == [["canary"], []]
+
+
+def test_a_revert_queues_the_old_object_and_holds_against_the_feed(store):
+    change, _ = promote_one(store, "France", "Lyon", "v1", "base")
+    revert = store.revert(subject="France", relation="P36")
+    assert (revert.object, revert.state, revert.source) == ("old", "pending", "operator")
+    assert store.desired_facts()[0].object == "old"
+    assert store.record_desired(record=record(obj="Lyon"), relation="P36") is None
+    newer = store.record_desired(record=record(obj="Nice"), relation="P36")
+    assert newer.object == "Nice" and store.desired_facts()[0].reverted_from is None
+    with pytest.raises(KeyError, match="no edited fact 'Italy'"):
+        store.revert(subject="Italy", relation="P36")
