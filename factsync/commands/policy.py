@@ -55,4 +55,16 @@ def explain(policy: Policy) -> list[str]:
         "- On failure: reject the job." if policy.on_failure == "reject" else
         "- On failure: drop the facts whose edit did not take and retry the rest once."
     )
+    monitor = policy.monitor
+    lines.append(
+        f"- Every {monitor.interval_seconds:g}s the live version is re-checked on "
+        + (f"a sample of {monitor.retention_sample}" if monitor.retention_sample else "all")
+        + " applied facts, the canary facts and perplexity; it is rolled back when:"
+    )
+    lines += [f"    {rule.describe()}" for rule in monitor.rules]
+    lines.append(
+        "- The facts of a rolled-back version go to quarantine for an operator."
+        if monitor.on_rollback == "quarantine" else
+        "- The facts of a rolled-back version are queued to be edited again."
+    )
     return lines

@@ -45,6 +45,7 @@ def test_policy_check_explains_a_valid_policy_and_names_the_wrong_key(tmp_path):
     assert "valid (policy 'strict'" in result.stdout
     assert "perplexity_ratio at most 0.01 above live" in result.stdout
     assert "For P106 facts instead" in result.stdout
+    assert "canary < 1 on 1 check(s) in a row" in result.stdout
     bad = tmp_path / "bad.yaml"
     bad.write_text("editing:\n  max_iterations: -1\n")
     result = factsync("policy", "check", str(bad))
