@@ -265,7 +265,6 @@ class Worker:
             applied={p.change.id: p.request.old_object or "" for p in prepared}, left_out={},
         )
         self._models.promote(result.delta)
-        self._on_live_change("promoted")
         self._metrics.promotions.inc()
         self._metrics.jobs.labels("promoted").inc()
         self._metrics.record_kpis(self._metrics.live_kpi, report["candidate"])
@@ -276,6 +275,7 @@ class Worker:
             self._alerter.resolve("FactsyncFactFailing", f"{p.change.subject}|{p.change.relation}")
         log.info("job %d promoted: version %s (seq %d) is live with %d fact(s)", job.id,
                  version.id, version.seq, len(prepared), extra={"job_id": job.id})
+        self._on_live_change("promoted")
 
     def _reject(
         self, job: Job, prepared: list[PreparedFact], report: dict, gates: list[GateResult]

@@ -56,7 +56,8 @@ def test_facts_file_to_promoted_version_restart_and_rejection(tmp_path, daemon_p
             status, answer = daemon.post("/generate", {"prompt": prompt, "max_new_tokens": 4})
             assert status == 200 and answer["text"].strip().startswith(wanted), answer
 
-        assert daemon.metric("factsync_promotions_total") == 1
+        daemon.wait_for(lambda: daemon.metric("factsync_promotions_total") == 1, 30,
+                        "the promotion to be counted")
         assert daemon.metric('factsync_facts_quarantined_total{source="file:facts"}') == 1
         assert daemon.metric('factsync_jobs_total{outcome="promoted"}') == 1
         quarantine = daemon.get("/quarantine")
