@@ -8,6 +8,9 @@ and ``scan`` (a full read of the source) in one module and register it in the co
 
 from __future__ import annotations
 
+import threading
+import time
+from collections import Counter
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -33,10 +36,45 @@ class ScanReport:
     errors: list[str] = field(default_factory=list)
 
 
+class ConnectorHealth:
+    """How a connector's last reads went, for metrics and status.
+
+    Attributes:
+        up: whether the last read of the source succeeded.
+        last_success: when a read last succeeded (epoch seconds), if ever.
+        last_error: the last failure's message.
+        errors: failures by kind (``timeout``, ``http``, ``parse``, ``database``...).
+    """
+
+    def __init__(self) -> None:
+        self.up = False
+        self.last_success: float | None = None
+        self.last_error: str | None = None
+        self.errors: Counter[str] = Counter()
+        self.started = time.time()
+        self._lock = threading.Lock()
+
+    def succeeded(self) -> None:
+        """Record a successful read."""
+        with self._lock:
+            self.up, self.last_success = True, time.time()
+
+    def failed(self, kind: str, message: str) -> None:
+        """Record a failed read of ``kind``."""
+        with self._lock:
+            self.up, self.last_error = False, message
+            self.errors[kind] += 1
+
+    def lag_seconds(self) -> float:
+        """Seconds since the source was last read successfully (since start if never)."""
+        return time.time() - (self.last_success or self.started)
+
+
 class Connector(Protocol):
     """A fact source the daemon runs."""
 
     name: str
+    health: ConnectorHealth
 
     def start(self) -> None:
         """Begin watching the source for changes (non-blocking)."""

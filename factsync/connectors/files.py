@@ -18,7 +18,7 @@ from watchdog.events import FileSystemEvent, FileSystemEventHandler
 from watchdog.observers import Observer
 from watchdog.observers.polling import PollingObserver
 
-from factsync.connectors.base import FactSink, ScanReport
+from factsync.connectors.base import ConnectorHealth, FactSink, ScanReport
 from factsync.connectors.file_rows import SUFFIXES, read_rows
 from factsync.facts.records import RowError, parse_row
 
@@ -58,8 +58,7 @@ class FileConnector:
         self._stopping = threading.Event()
         self._observer = None
         self._flusher: threading.Thread | None = None
-        self.last_scan_at: float | None = None
-        self.last_error: str | None = None
+        self.health = ConnectorHealth()
         directory.mkdir(parents=True, exist_ok=True)
 
     def start(self) -> None:
@@ -90,7 +89,8 @@ class FileConnector:
         for path in sorted(self.directory.rglob("*")):
             if self._wanted(path):
                 self._read_file(path, report)
-        self.last_scan_at = time.time()
+        if not report.errors:
+            self.health.succeeded()
         return report
 
     def read(self, path: Path) -> ScanReport:
@@ -128,8 +128,8 @@ class FileConnector:
             try:
                 rows = list(read_rows(path))
             except OSError as exc:
-                self.last_error = f"{relative}: {exc}"
-                report.errors.append(self.last_error)
+                report.errors.append(f"{relative}: {exc}")
+                self.health.failed("read", report.errors[-1])
                 log.warning("cannot read %s: %s", path, exc)
                 return
             for line, raw, problem in rows:

@@ -11,6 +11,7 @@ import ipaddress
 import os
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from urllib.parse import urlsplit
 
 from factsync.paths import data_home
 from factsync.typed_yaml import SchemaError, build, load_yaml_file
@@ -42,34 +43,77 @@ class ModelConfig:
             raise ValueError(f"path {self.path!r} is not a model directory")
 
 
+CONNECTOR_TYPES = ("file", "sql", "http")
+
+
 @dataclass(frozen=True)
-class FileConnectorConfig:
-    """A watched directory of fact files.
+class ConnectorConfig:
+    """A fact source. Fields apply to the types named in brackets.
 
     Attributes:
-        type: ``file``.
-        name: source name stamped on its facts (default ``file:<directory name>``).
-        path: the directory; relative paths are under the data directory.
-        polling: poll for changes instead of using inotify (network file systems).
-        debounce_seconds: quiet time after a file's last change before it is read.
+        type: ``file``, ``sql`` or ``http``.
+        name: source name stamped on its facts (default ``<type>:<path, table or host>``).
+        priority: when two sources disagree about a fact, the higher priority wins;
+            between equal priorities the latest row wins.
+        full_scan_seconds: full re-read interval (default ``schedules.full_scan_seconds``).
+        path: [file] the directory; relative paths are under the data directory.
+        polling: [file] poll for changes instead of using inotify.
+        debounce_seconds: [file] quiet time after a file's last change before reading it.
+        url: [sql] SQLAlchemy URL; [http] the feed's URL. ``${VAR}`` is expanded.
+        table: [sql] table to read. query: [sql] a SELECT to read instead.
+        columns: [sql] fact field -> column name (subject, relation, object, id,
+            updated_at, deleted).
+        listen_channel: [sql] PostgreSQL channel whose NOTIFY triggers a poll.
+        headers: [http] extra request headers; ``${VAR}`` is expanded in values.
+        poll_seconds: [sql, http] incremental poll interval.
+        timeout_seconds: [http] per request.
     """
 
     type: str = "file"
     name: str | None = None
+    priority: int = 0
+    full_scan_seconds: float | None = None
     path: Path = Path("facts")
     polling: bool = False
     debounce_seconds: float = 0.5
+    url: str | None = None
+    table: str | None = None
+    query: str | None = None
+    columns: dict[str, str] = field(default_factory=dict)
+    listen_channel: str | None = None
+    headers: dict[str, str] = field(default_factory=dict)
+    poll_seconds: float = 10.0
+    timeout_seconds: float = 10.0
 
     def __post_init__(self) -> None:
-        if self.type != "file":
-            raise ValueError(f"type {self.type!r} is not a known connector (file)")
-        if self.debounce_seconds < 0:
-            raise ValueError(f"debounce_seconds must not be negative, got {self.debounce_seconds}")
+        if self.type not in CONNECTOR_TYPES:
+            raise ValueError(f"type {self.type!r} is not a known connector "
+                             f"({', '.join(CONNECTOR_TYPES)})")
+        for name in ("debounce_seconds", "poll_seconds", "timeout_seconds"):
+            if getattr(self, name) < 0 or (name != "debounce_seconds" and getattr(self, name) == 0):
+                raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
+        if self.full_scan_seconds is not None and self.full_scan_seconds <= 0:
+            raise ValueError(f"full_scan_seconds must be positive, got {self.full_scan_seconds}")
+        if self.type in ("sql", "http") and not self.url:
+            raise ValueError(f"a {self.type} connector needs url")
+        if self.type == "sql" and (self.table is None) == (self.query is None):
+            raise ValueError("a sql connector needs exactly one of table and query")
+        if self.type != "sql" and (self.table or self.query or self.columns
+                                   or self.listen_channel):
+            raise ValueError("table, query, columns and listen_channel are for sql connectors")
+        if self.type != "http" and self.headers:
+            raise ValueError("headers are for http connectors")
 
     @property
     def source_name(self) -> str:
         """The name stamped on this connector's facts."""
-        return self.name or f"file:{self.path.name}"
+        if self.name:
+            return self.name
+        if self.type == "file":
+            return f"file:{self.path.name}"
+        if self.type == "sql":
+            return f"sql:{self.table or 'query'}"
+        return f"http:{urlsplit(self.url or '').netloc}"
 
 
 @dataclass(frozen=True)
@@ -104,12 +148,14 @@ class ApiConfig:
         token: bearer token required on mutating endpoints; ``FACTSYNC_API_TOKEN``
             overrides it.
         max_body_bytes: larger request bodies are refused.
+        push_priority: priority of facts pushed with ``POST /facts`` (see connectors).
     """
 
     host: str = "127.0.0.1"
     port: int = 8080
     token: str | None = None
     max_body_bytes: int = 1_000_000
+    push_priority: int = 0
 
     def __post_init__(self) -> None:
         if not 0 <= self.port <= 65535:
@@ -226,7 +272,7 @@ class DaemonConfig:
     cache_dir: Path | None = None
     model: ModelConfig = field(default_factory=ModelConfig)
     policy: Path | None = None
-    connectors: tuple[FileConnectorConfig, ...] = (FileConnectorConfig(),)
+    connectors: tuple[ConnectorConfig, ...] = (ConnectorConfig(),)
     relations: dict[str, RelationConfig] = field(default_factory=dict)
     metrics: ListenConfig = field(default_factory=ListenConfig)
     api: ApiConfig = field(default_factory=ApiConfig)

@@ -34,6 +34,8 @@ class Ingest:
         catalog: known relations.
         metrics: where counts go.
         on_change: called after a row changed a desired fact (wakes the worker).
+        priorities: source name -> priority; a row never replaces a desired fact held by
+            a source of higher priority (unknown sources have 0).
     """
 
     def __init__(
@@ -43,11 +45,13 @@ class Ingest:
         catalog: RelationCatalog,
         metrics: Metrics,
         on_change: Callable[[], None] = lambda: None,
+        priorities: dict[str, int] | None = None,
     ) -> None:
         self._store = store
         self._catalog = catalog
         self._metrics = metrics
         self._on_change = on_change
+        self._priorities = priorities or {}
         self._lock = threading.Lock()
 
     def accept(self, record: FactRecord) -> None:
@@ -90,6 +94,12 @@ class Ingest:
             return None
         self._metrics.facts_ingested.labels(record.source).inc()
         with self._lock:
+            held = self._store.desired_facts(subject=record.subject, relation=relation.id)
+            if held and held[0].source != record.source and self._outranks(held[0].source,
+                                                                            record.source):
+                log.debug("%s %s from %s ignored: %s has priority", record.subject,
+                          relation.id, record.source, held[0].source)
+                return False
             change = self._store.record_desired(record=record, relation=relation.id)
         if change is None:
             return False
@@ -99,6 +109,9 @@ class Ingest:
                  record.source, record.location)
         self._on_change()
         return True
+
+    def _outranks(self, holder: str, newcomer: str) -> bool:
+        return self._priorities.get(holder, 0) > self._priorities.get(newcomer, 0)
 
     @staticmethod
     def _unknown(record: FactRecord) -> str:

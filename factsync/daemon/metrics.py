@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
+from collections.abc import Iterator
 
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
+from prometheus_client.core import CounterMetricFamily
+from prometheus_client.registry import Collector
+
+from factsync.connectors.base import ConnectorHealth
 from factsync.policies.schema import METRICS
 
 STAGE_BUCKETS = (0.5, 1, 2, 5, 10, 30, 60, 120, 300, 600, 1200, 3600)
@@ -79,6 +84,14 @@ class Metrics:
             "factsync_serving_notify_failures_total",
             "Serving-engine notifications that failed after every retry, by notifier.",
             ["notifier"], registry=registry)
+        self.connector_up = Gauge(
+            "factsync_connector_up", "1 when the connector's last read succeeded.",
+            ["connector"], registry=registry)
+        self.connector_lag = Gauge(
+            "factsync_connector_lag_seconds", "Seconds since the connector last read its "
+            "source successfully.", ["connector"], registry=registry)
+        self._connector_health: dict[str, ConnectorHealth] = {}
+        registry.register(_ConnectorErrors(self._connector_health))
         self.up = Gauge("factsync_up", "1 while the daemon runs.", registry=registry)
         for metric in METRICS:  # so every KPI series exists from the first scrape
             self.candidate_kpi.labels(metric)
@@ -91,8 +104,30 @@ class Metrics:
         for outcome in ("ok", "failing", "error"):
             self.monitor_checks.labels(outcome)
 
+    def watch_connector(self, name: str, health: ConnectorHealth) -> None:
+        """Export a connector's health: up, lag and errors by kind, read at each scrape."""
+        self.connector_up.labels(name).set_function(lambda: float(health.up))
+        self.connector_lag.labels(name).set_function(health.lag_seconds)
+        self._connector_health[name] = health
+
     def record_kpis(self, gauge: Gauge, kpis: dict) -> None:
         """Set ``gauge`` from a KPI mapping; unmeasured KPIs become NaN."""
         for metric in METRICS:
             value = kpis.get(metric)
             gauge.labels(metric).set(float("nan") if value is None else value)
+
+
+class _ConnectorErrors(Collector):
+    """``factsync_connector_errors_total{connector, kind}`` from the connectors' health."""
+
+    def __init__(self, health: dict[str, ConnectorHealth]) -> None:
+        self._health = health
+
+    def collect(self) -> Iterator[CounterMetricFamily]:
+        family = CounterMetricFamily(
+            "factsync_connector_errors", "Failed reads of a source, by connector and kind.",
+            labels=["connector", "kind"])
+        for name, health in sorted(self._health.items()):
+            for kind, count in sorted(health.errors.items()):
+                family.add_metric([name, kind], count)
+        yield family

@@ -20,7 +20,7 @@ from typing import Any
 from apscheduler.schedulers.background import BackgroundScheduler
 from prometheus_client import CollectorRegistry, start_http_server
 
-from factsync.connectors.files import FileConnector
+from factsync.connectors.base import Connector
 from factsync.daemon.alerts import (
     Alert,
     Alerter,
@@ -30,6 +30,7 @@ from factsync.daemon.alerts import (
 )
 from factsync.daemon.api import ApiContext, ApiServer
 from factsync.daemon.config import DaemonConfig
+from factsync.daemon.connectors import build_connector
 from factsync.daemon.exporting import Exporter, ExportSettings
 from factsync.daemon.ingest import Ingest
 from factsync.daemon.metrics import Metrics
@@ -81,7 +82,7 @@ class Daemon:
         self._lock_handle = None
         self._closers: list[Any] = []
         self._worker_thread: threading.Thread | None = None
-        self.connectors: list[FileConnector] = []
+        self.connectors: list[Connector] = []
 
     # lifecycle
 
@@ -98,8 +99,10 @@ class Daemon:
             log.warning("requeued job(s) %s left unfinished by the last run", requeued)
         self.alerter = Alerter(_notifiers(self.config), self.metrics)
         self._closers.append(self.alerter.close)
+        priorities = {c.source_name: c.priority for c in self.config.connectors}
+        priorities["api"] = self.config.api.push_priority
         self.ingest = Ingest(store=self.store, catalog=self.catalog, metrics=self.metrics,
-                             on_change=self._wake)
+                             on_change=self._wake, priorities=priorities)
         self.metrics.up.set(1)
         self.metrics.quarantine_size.set(self.store.quarantine_count())
         self._record_live()
@@ -117,20 +120,20 @@ class Daemon:
         )
         self.api.start()
         self._closers.append(self.api.stop)
+        scheduler = BackgroundScheduler(daemon=True)
         for spec in self.config.connectors:
-            connector = FileConnector(
-                name=spec.source_name, directory=self.config.under_data_dir(spec.path),
-                sink=self.ingest, debounce_seconds=spec.debounce_seconds, polling=spec.polling,
-            )
+            connector = build_connector(spec, self.config, self.ingest)
             report = connector.scan()
-            log.info("%s: read %d row(s), %d quarantined", connector.name, report.rows,
-                     report.rejected)
+            log.info("%s: read %d row(s), %d quarantined%s", connector.name, report.rows,
+                     report.rejected, f"; errors: {report.errors}" if report.errors else "")
             connector.start()
             self.connectors.append(connector)
-        scheduler = BackgroundScheduler(daemon=True)
-        scheduler.add_job(self._full_scan, "interval",
-                          seconds=self.config.schedules.full_scan_seconds,
-                          id="full-scan", max_instances=1, coalesce=True)
+            self.metrics.watch_connector(connector.name, connector.health)
+            scheduler.add_job(
+                self._full_scan, "interval", args=[connector],
+                seconds=spec.full_scan_seconds or self.config.schedules.full_scan_seconds,
+                id=f"full-scan-{connector.name}", max_instances=1, coalesce=True,
+            )
         scheduler.add_job(self._monitor_due, "interval",
                           seconds=self.policy.monitor.interval_seconds, id="monitor",
                           max_instances=1, coalesce=True)
@@ -194,7 +197,8 @@ class Daemon:
             "quarantined": self.store.quarantine_count(),
             "policy": {"name": self.policy.name, "digest": self.policy.digest},
             "connectors": [
-                {"name": c.name, "last_scan_at": c.last_scan_at, "last_error": c.last_error}
+                {"name": c.name, "up": c.health.up, "last_success": c.health.last_success,
+                 "last_error": c.health.last_error}
                 for c in self.connectors
             ],
             "pid": os.getpid(),
@@ -242,12 +246,11 @@ class Daemon:
         if self.worker is not None:
             self.worker.wake()
 
-    def _full_scan(self) -> None:
-        for connector in self.connectors:
-            try:
-                connector.scan()
-            except Exception:
-                log.exception("full scan of %s failed", connector.name)
+    def _full_scan(self, connector: Connector) -> None:
+        try:
+            connector.scan()
+        except Exception:
+            log.exception("full scan of %s failed", connector.name)
 
     def _record_live(self) -> None:
         live = self.store.live_version()

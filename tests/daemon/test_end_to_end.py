@@ -75,7 +75,7 @@ def test_facts_file_to_promoted_version_restart_and_rejection(tmp_path, daemon_p
         status, answer = daemon.post("/generate", {
             "prompt": "The native language of Danielle Darrieux is", "max_new_tokens": 4})
         assert answer["text"].strip().startswith("English")
-        daemon.wait_for(lambda: daemon.get("/status")["connectors"][0]["last_scan_at"], 30,
+        daemon.wait_for(lambda: daemon.get("/status")["connectors"][0]["last_success"], 30,
                         "the start-up scan")
         assert daemon.get("/status")["pending_changes"] == 0
         assert len(daemon.get("/jobs")) == 1
