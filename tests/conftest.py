@@ -13,13 +13,20 @@ Fixtures:
 - ``tiny_family``: parametrised over ``TINY_FAMILIES``; use it with ``tiny_loaded`` to
   run a test once per family.
 - ``tiny_tokenizer``: a fresh tokenizer of the kind the models use.
+- ``postgres``: the SQLAlchemy URL of a throw-away PostgreSQL server on loopback.
 - ``random_delta``: a factory ``random_delta(loaded, layers, rank=2, scale=0.1, seed=0)``
   returning a seeded random low-rank ``ModelDelta`` on the MLP output of ``layers``.
 """
 
 from __future__ import annotations
 
+import os
+import shutil
+import socket
+import subprocess
+import tempfile
 from collections.abc import Callable
+from pathlib import Path
 
 import pytest
 import torch
@@ -185,3 +192,44 @@ def _random_delta(loaded, layers, rank=2, scale=0.1, seed=0) -> ModelDelta:  # n
 def random_delta() -> Callable[..., ModelDelta]:
     """Factory of seeded random low-rank deltas (see the module docstring)."""
     return _random_delta
+
+
+def _postgres_bin() -> Path | None:
+    found = sorted(Path("/usr/lib/postgresql").glob("*/bin/initdb"))
+    return found[-1].parent if found else None
+
+
+@pytest.fixture
+def postgres():
+    """A throw-away PostgreSQL server on loopback; yields its SQLAlchemy URL.
+
+    Uses the Debian ``postgresql`` binaries (run as the ``postgres`` user when the tests
+    run as root). Skipped where they are missing, except in CI (``CI`` set).
+    """
+    binaries = _postgres_bin()
+    if binaries is None:
+        if os.environ.get("CI"):
+            pytest.fail("CI must install PostgreSQL (Debian package postgresql)")
+        pytest.skip("PostgreSQL is not installed")
+    as_user = ["runuser", "-u", "postgres", "--"] if os.geteuid() == 0 else []
+    root = Path(tempfile.mkdtemp(prefix="factsync-pg-"))
+    if as_user:
+        shutil.chown(root, "postgres")
+    data, port = root / "data", _free_port()
+    subprocess.run([*as_user, binaries / "initdb", "-D", data, "--auth=trust", "-U", "factsync",
+                    "--no-sync"], check=True, capture_output=True)
+    subprocess.run([*as_user, binaries / "pg_ctl", "-D", data, "-l", root / "server.log", "-w",
+                    "-o", f"-p {port} -k {root} -c listen_addresses=127.0.0.1 -c fsync=off",
+                    "start"], check=True, capture_output=True)
+    try:
+        yield f"postgresql+psycopg://factsync@127.0.0.1:{port}/postgres"
+    finally:
+        subprocess.run([*as_user, binaries / "pg_ctl", "-D", data, "-m", "immediate", "stop"],
+                       capture_output=True)
+        shutil.rmtree(root, ignore_errors=True)
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]

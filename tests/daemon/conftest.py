@@ -5,6 +5,8 @@
 - ``alertmanager``: the base URL of a real Alertmanager (Debian's
   ``prometheus-alertmanager``) on loopback. Skipped where it is not installed, except in
   CI (``CI`` set), where its absence fails the test.
+- ``prometheus_server``: a factory that starts a real Prometheus (Debian's
+  ``prometheus``) with the shipped scrape config pointed at a target.
 - ``http_receiver``: a real HTTP server that keeps every JSON body POSTed to it, as
   ``(path, body)`` pairs in ``.requests`` (``.bodies`` has the bodies); ``.url`` is
   ``http://127.0.0.1:<port>/hook``.
@@ -20,10 +22,14 @@ import threading
 import time
 import urllib.request
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 
 import pytest
+import yaml
 
 from factsync.bench.live_daemon import DaemonProcess, free_port
+
+DEPLOY = Path(__file__).resolve().parents[2] / "deploy"
 
 ALERTMANAGER_CONFIG = """\
 route:
@@ -116,3 +122,36 @@ def http_receiver():
     receiver = Receiver()
     yield receiver
     receiver.server.shutdown()
+
+
+@pytest.fixture
+def prometheus_server(tmp_path):
+    """A factory ``start(target)`` that runs a real Prometheus with the shipped config
+    scraping ``target`` (host:port) every second; yields the factory, returns base URLs."""
+    binary = shutil.which("prometheus")
+    if binary is None:
+        if os.environ.get("CI"):
+            pytest.fail("CI must install Prometheus (Debian package prometheus)")
+        pytest.skip("Prometheus is not installed")
+    processes = []
+
+    def start(target: str) -> str:
+        shipped = DEPLOY / "prometheus" / "prometheus.yml"
+        config = yaml.safe_load(shipped.read_text())
+        config["global"]["scrape_interval"] = "1s"
+        config["rule_files"] = [str(shipped.parent / name) for name in config["rule_files"]]
+        config.pop("alerting")
+        config["scrape_configs"][0]["static_configs"][0]["targets"] = [target]
+        path = tmp_path / "prometheus.yml"
+        path.write_text(yaml.safe_dump(config))
+        port = free_port()
+        with open(tmp_path / "prometheus.log", "w") as log:
+            processes.append(subprocess.Popen(
+                [binary, f"--config.file={path}", f"--storage.tsdb.path={tmp_path / 'tsdb'}",
+                 f"--web.listen-address=127.0.0.1:{port}"], stdout=log, stderr=subprocess.STDOUT))
+        return f"http://127.0.0.1:{port}"
+
+    yield start
+    for process in processes:
+        process.terminate()
+        process.wait(timeout=30)
