@@ -13,6 +13,8 @@ Fixtures:
 - ``tiny_family``: parametrised over ``TINY_FAMILIES``; use it with ``tiny_loaded`` to
   run a test once per family.
 - ``tiny_tokenizer``: a fresh tokenizer of the kind the models use.
+- ``daemon_process``: the ``DaemonProcess`` class (a real ``factsync run`` in a
+  subprocess); every instance started in a test is killed if still running at its end.
 - ``postgres``: the SQLAlchemy URL of a throw-away PostgreSQL server on loopback.
 - ``random_delta``: a factory ``random_delta(loaded, layers, rank=2, scale=0.1, seed=0)``
   returning a seeded random low-rank ``ModelDelta`` on the MLP output of ``layers``.
@@ -41,6 +43,7 @@ from transformers import (
     PreTrainedTokenizerFast,
 )
 
+from factsync.bench.live_daemon import DaemonProcess
 from factsync.editing.delta import LayerDelta, ModelDelta
 from factsync.models.loading import LoadedModel, model_fingerprint, prompt_prefix_ids
 from factsync.models.specs import check_layout, get_module, key_value_dims, spec_for
@@ -233,3 +236,20 @@ def _free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
+
+
+@pytest.fixture
+def daemon_process():
+    """The ``DaemonProcess`` class; processes still running after the test are stopped."""
+    started: list[DaemonProcess] = []
+
+    class Tracked(DaemonProcess):
+        def start(self, **options) -> None:  # noqa: ANN003
+            started.append(self)
+            super().start(**options)
+
+    yield Tracked
+    for daemon in started:
+        if daemon.process is not None and daemon.process.poll() is None:
+            daemon.process.kill()
+            daemon.process.wait(timeout=30)

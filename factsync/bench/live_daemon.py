@@ -58,13 +58,16 @@ class DaemonProcess:
         self.config_path = data_dir / "config.yaml"
         self.config_path.write_text(yaml.safe_dump(config))
 
-    def start(self, *, ready_timeout: float = 300) -> None:
-        """Start the daemon and wait until ``/readyz`` answers 200."""
+    def start(self, *, ready_timeout: float = 300, env: dict[str, str] | None = None,
+              wait: bool = True) -> None:
+        """Start the daemon (with extra ``env``) and wait until ``/readyz`` answers 200."""
         with open(self.log_path, "a") as log:
             self.process = subprocess.Popen(
                 [sys.executable, "-m", "factsync", "run", "--config", str(self.config_path)],
-                stdout=log, stderr=subprocess.STDOUT, env=os.environ.copy(),
+                stdout=log, stderr=subprocess.STDOUT, env={**os.environ, **(env or {})},
             )
+        if not wait:
+            return
         self.wait_for(lambda: self.get("/readyz", ok_only=False)[0] == 200, ready_timeout,
                       "the daemon to become ready")
 

@@ -12,6 +12,7 @@ from typing import Any
 from factsync.daemon.metrics import Metrics
 from factsync.facts.catalog import RelationCatalog
 from factsync.facts.records import FactRecord, RowError, parse_row
+from factsync.failpoints import failpoint
 from factsync.store.store import StateStore
 
 log = logging.getLogger(__name__)
@@ -103,6 +104,7 @@ class Ingest:
             change = self._store.record_desired(record=record, relation=relation.id)
         if change is None:
             return False
+        failpoint("ingest.recorded")
         self._metrics.fact_changes.labels(record.source).inc()
         log.info("fact change %d: %s %s -> %s%s (from %s %s)", change.id, record.subject,
                  relation.id, record.object, " [deleted]" if record.deleted else "",

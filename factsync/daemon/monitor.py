@@ -22,6 +22,7 @@ from factsync.evaluation.fluency import perplexity
 from factsync.evaluation.kpis import Prompted
 from factsync.facts.canaries import CANDIDATE_CANARIES
 from factsync.facts.catalog import RelationCatalog
+from factsync.failpoints import failpoint
 from factsync.policies.schema import Policy
 from factsync.registry.versions import VersionFiles
 from factsync.store.records import MonitorCheck
@@ -127,10 +128,12 @@ class Monitor:
     def rollback(self, *, to_version_id: str, trigger: str, reason: str) -> list[str]:
         """Move live to ``to_version_id`` (an ancestor) and rebuild the model exactly."""
         live = self._store.live_version()
+        failpoint("monitor.before_rollback")
         rolled = self._store.rollback(
             to_version_id=to_version_id, reason=reason,
             requeue=self._policy.monitor.on_rollback == "requeue",
         )
+        failpoint("monitor.rolled_back")
         lineage = self._store.lineage(version_id=to_version_id)
         self._models.rebuild([ModelDelta.load(self._versions.delta_path(v.id)) for v in lineage])
         target = self._store.live_version()

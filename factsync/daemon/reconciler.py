@@ -15,6 +15,7 @@ import time
 from collections.abc import Callable, Sequence
 
 from factsync.facts.catalog import RelationCatalog
+from factsync.failpoints import failpoint
 from factsync.policies.schema import Policy
 from factsync.store.records import (
     CHANGE_ALREADY_TRUE,
@@ -68,6 +69,7 @@ class Reconciler:
         for start in range(0, len(to_edit), size):
             batch = [c.id for c in to_edit[start : start + size]]
             job = self._store.create_job(change_ids=batch, policy_digest=self._policy.digest)
+            failpoint("reconcile.job_created")
             log.info("job %d queued with %d fact change(s)", job.id, len(batch))
             jobs.append(job)
         return jobs

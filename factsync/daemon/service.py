@@ -279,10 +279,13 @@ class Daemon:
                 home=self.config.caches,
             )
             export = self.config.export
+            exports = ExportDir(self.config.state_dir / "exports")
+            for leftover in exports.clean():
+                log.info("removed %s left by an interrupted export", leftover)
             self.exporter = Exporter(
                 settings=ExportSettings(adapter=export.adapter, merged=export.merged,
                                         max_rank=export.max_rank),
-                exports=ExportDir(self.config.state_dir / "exports"), versions=self.versions,
+                exports=exports, versions=self.versions,
                 store=self.store, models=models, base_model=str(_model_dir(self.config)),
                 notifiers=_serving_notifiers(self.config), alerter=self.alerter,
                 metrics=self.metrics,

@@ -28,6 +28,7 @@ from factsync.editing.delta import AppliedDelta
 from factsync.editing.engine import EditEngine, EditResult
 from factsync.evaluation.kpis import kpi_report, measure
 from factsync.facts.catalog import RelationCatalog
+from factsync.failpoints import failpoint
 from factsync.policies.judge import GateResult, judge
 from factsync.policies.schema import Policy
 from factsync.registry.versions import VersionFiles
@@ -227,6 +228,7 @@ class Worker:
     def _stage(self, job: Job, state: str, reason: str) -> Iterator[None]:
         self._checkpoint()
         self._store.transition(job_id=job.id, state=state, reason=reason)
+        failpoint(f"worker.{state}")
         log.info("job %d %s: %s", job.id, state, reason, extra={"job_id": job.id})
         started = time.monotonic()
         yield
@@ -259,11 +261,13 @@ class Worker:
             manifest={"job_id": job.id, "policy_digest": self._policy.digest,
                       "report": report, "engine": result.delta.metadata},
         )
+        failpoint("worker.version_written")
         version = self._store.promote(
             job_id=job.id, version_id=version_id, parent_id=live.id,
             policy_digest=self._policy.digest, report=report,
             applied={p.change.id: p.request.old_object or "" for p in prepared}, left_out={},
         )
+        failpoint("worker.promoted")
         self._models.promote(result.delta)
         self._metrics.promotions.inc()
         self._metrics.jobs.labels("promoted").inc()

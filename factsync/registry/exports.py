@@ -17,6 +17,8 @@ from pathlib import Path
 import torch
 from safetensors.torch import save_file
 
+from factsync.failpoints import failpoint
+
 CURRENT = "current"
 
 
@@ -25,6 +27,17 @@ class ExportDir:
 
     def __init__(self, root: Path) -> None:
         self.root = root
+
+    def clean(self) -> list[Path]:
+        """Remove what an interrupted write left behind (staging directories, temp links)."""
+        removed = []
+        for leftover in [*self.root.glob("*/.staging-*"), *self.root.glob(f"*/.{CURRENT}-*")]:
+            if leftover.is_dir() and not leftover.is_symlink():
+                shutil.rmtree(leftover, ignore_errors=True)
+            else:
+                leftover.unlink(missing_ok=True)
+            removed.append(leftover)
+        return removed
 
     def write(self, kind: str, version_id: str, writer: Callable[[Path], None]) -> Path:
         """Have ``writer`` fill a fresh directory, move it into place, point ``current`` at it."""
@@ -35,6 +48,7 @@ class ExportDir:
             staging = Path(tempfile.mkdtemp(prefix=".staging-", dir=parent))
             try:
                 writer(staging)
+                failpoint("export.staged")
                 staging.rename(target)
             except BaseException:
                 shutil.rmtree(staging, ignore_errors=True)

@@ -1,7 +1,5 @@
 """Daemon-test fixtures.
 
-- ``daemon_process``: the ``DaemonProcess`` class (a real ``factsync run`` in a
-  subprocess); every instance started in a test is killed if still running at its end.
 - ``alertmanager``: the base URL of a real Alertmanager (Debian's
   ``prometheus-alertmanager``) on loopback. Skipped where it is not installed, except in
   CI (``CI`` set), where its absence fails the test.
@@ -27,7 +25,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from factsync.bench.live_daemon import DaemonProcess, free_port
+from factsync.bench.live_daemon import free_port
 
 DEPLOY = Path(__file__).resolve().parents[2] / "deploy"
 
@@ -37,23 +35,6 @@ route:
 receivers:
   - name: "null"
 """
-
-
-@pytest.fixture
-def daemon_process():
-    """The ``DaemonProcess`` class; processes still running after the test are stopped."""
-    started: list[DaemonProcess] = []
-
-    class Tracked(DaemonProcess):
-        def start(self, *, ready_timeout: float = 300) -> None:
-            started.append(self)
-            super().start(ready_timeout=ready_timeout)
-
-    yield Tracked
-    for daemon in started:
-        if daemon.process is not None and daemon.process.poll() is None:
-            daemon.process.kill()
-            daemon.process.wait(timeout=30)
 
 
 @pytest.fixture
