@@ -159,7 +159,10 @@ def model_fingerprint(model: torch.nn.Module) -> str:
     digest = hashlib.sha256()
     config = getattr(model, "config", None)
     if config is not None:
-        digest.update(config.to_json_string(use_diff=False).encode())
+        # Where the model was loaded from and which library wrote it do not change it.
+        described = {k: v for k, v in config.to_dict().items()
+                     if k not in ("_name_or_path", "transformers_version")}
+        digest.update(json.dumps(described, sort_keys=True, default=str).encode())
     with torch.no_grad():
         for name, param in model.state_dict().items():
             flat = param.detach().reshape(-1)
