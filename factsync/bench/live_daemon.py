@@ -47,11 +47,11 @@ class DaemonProcess:
         self.process: subprocess.Popen | None = None
         config = {
             "data_dir": str(data_dir),
-            "api": {"port": self.api_port},
-            "metrics": {"port": self.metrics_port},
             "schedules": {"full_scan_seconds": 20, "worker_poll_seconds": 0.5},
             **extra,
         }
+        config["api"] = {**extra.get("api", {}), "port": self.api_port}
+        config["metrics"] = {**extra.get("metrics", {}), "port": self.metrics_port}
         if policy is not None:
             (data_dir / "policy.yaml").write_text(yaml.safe_dump(policy))
             config["policy"] = "policy.yaml"
