@@ -1,0 +1,45 @@
+"""A monitor that cannot run alerts and counts it, and never touches the live version."""
+
+from __future__ import annotations
+
+import pytest
+from prometheus_client import CollectorRegistry
+
+from factsync.daemon.alerts import Alerter
+from factsync.daemon.metrics import Metrics
+from factsync.daemon.model_state import ModelState
+from factsync.daemon.monitor import Monitor
+from factsync.evaluation.heldout_text import FLUENCY_TEXTS
+from factsync.facts.catalog import RelationCatalog
+from factsync.policies.schema import Policy
+from factsync.registry.versions import VersionFiles
+from factsync.store.store import StateStore
+
+pytestmark = pytest.mark.reliability
+
+
+def test_a_failing_check_raises_an_alert_and_a_metric_then_clears(tmp_path, tiny_loaded):
+    store = StateStore(tmp_path / "state.sqlite")
+    metrics = Metrics(CollectorRegistry())
+    alerter = Alerter([], metrics)
+    models = ModelState(tiny_loaded("llama"))
+
+    def monitor(texts: list[str]) -> Monitor:
+        return Monitor(
+            store=store, catalog=RelationCatalog.built_in(), policy=Policy(), models=models,
+            versions=VersionFiles(tmp_path / "versions"), metrics=metrics, alerter=alerter,
+            canaries=[], fluency_texts=texts, base_perplexity=10.0,
+        )
+
+    before = models.digest()
+    assert monitor([]).check() is None  # a fluency set that cannot be measured
+    assert [a.name for a in alerter.active()] == ["FactsyncMonitorFailing"]
+    assert "no texts to measure perplexity on" in alerter.active()[0].summary
+    assert metrics.registry.get_sample_value(
+        "factsync_monitor_checks_total", {"outcome": "error"}) == 1
+    assert store.live_version().id == "base" and models.digest() == before
+
+    assert monitor(list(FLUENCY_TEXTS[:2])).check() is not None  # the cause is fixed
+    assert alerter.active() == []
+    alerter.close()
+    store.close()
