@@ -8,13 +8,17 @@ and ``scan`` (a full read of the source) in one module and register it in the co
 
 from __future__ import annotations
 
+import json
 import threading
 import time
 from collections import Counter
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Any, Protocol
 
-from factsync.facts.records import FactRecord
+from factsync.facts.records import FactRecord, RowError, parse_row
+
+RAW_TEXT_LIMIT = 2000
+"""Characters of a bad row kept in quarantine."""
 
 
 class FactSink(Protocol):
@@ -34,6 +38,35 @@ class ScanReport:
     rows: int = 0
     rejected: int = 0
     errors: list[str] = field(default_factory=list)
+
+
+def deliver_row(
+    sink: FactSink, raw: Any, *, source: str, location: str, report: ScanReport,
+    problem: str | None = None,
+) -> None:
+    """Validate one raw row and hand it to ``sink``: accepted, or quarantined with why.
+
+    ``problem`` is a reason the row could not even be read (bad JSON, a short CSV line).
+    """
+    report.rows += 1
+    try:
+        if problem is not None:
+            raise RowError(problem)
+        record = parse_row(raw, source=source, location=location)
+    except RowError as exc:
+        report.rejected += 1
+        sink.reject(source=source, location=location, reason=str(exc), raw=_raw_text(raw))
+        return
+    sink.accept(record)
+
+
+def _raw_text(raw: Any) -> str:
+    if raw is None:
+        return ""
+    try:
+        return json.dumps(raw, ensure_ascii=False, default=str)[:RAW_TEXT_LIMIT]
+    except (TypeError, ValueError):
+        return repr(raw)[:RAW_TEXT_LIMIT]
 
 
 class ConnectorHealth:

@@ -8,7 +8,6 @@ never a missed fact. A file that disappears is not a deletion of its facts.
 
 from __future__ import annotations
 
-import json
 import logging
 import threading
 import time
@@ -18,9 +17,8 @@ from watchdog.events import FileSystemEvent, FileSystemEventHandler
 from watchdog.observers import Observer
 from watchdog.observers.polling import PollingObserver
 
-from factsync.connectors.base import ConnectorHealth, FactSink, ScanReport
+from factsync.connectors.base import ConnectorHealth, FactSink, ScanReport, deliver_row
 from factsync.connectors.file_rows import SUFFIXES, read_rows
-from factsync.facts.records import RowError, parse_row
 
 log = logging.getLogger(__name__)
 
@@ -133,18 +131,8 @@ class FileConnector:
                 log.warning("cannot read %s: %s", path, exc)
                 return
             for line, raw, problem in rows:
-                location = f"{relative}:{line}"
-                report.rows += 1
-                try:
-                    if problem is not None:
-                        raise RowError(problem)
-                    record = parse_row(raw, source=self.name, location=location)
-                except RowError as exc:
-                    report.rejected += 1
-                    self._sink.reject(source=self.name, location=location, reason=str(exc),
-                                      raw=_raw_text(raw))
-                    continue
-                self._sink.accept(record)
+                deliver_row(self._sink, raw, source=self.name, location=f"{relative}:{line}",
+                            report=report, problem=problem)
 
     def _flush_loop(self) -> None:
         while not self._stopping.is_set():
@@ -179,11 +167,3 @@ class _Events(FileSystemEventHandler):
         target = getattr(event, "dest_path", "") or event.src_path
         self._connector.touched(Path(str(target)))
 
-
-def _raw_text(raw: object) -> str:
-    if raw is None:
-        return ""
-    try:
-        return json.dumps(raw, ensure_ascii=False, default=str)[:2000]
-    except (TypeError, ValueError):
-        return repr(raw)[:2000]

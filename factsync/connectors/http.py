@@ -16,9 +16,8 @@ import urllib.request
 from collections.abc import Mapping
 from typing import Any
 
-from factsync.connectors.base import ConnectorHealth, FactSink, ScanReport
+from factsync.connectors.base import ConnectorHealth, FactSink, ScanReport, deliver_row
 from factsync.connectors.polling import PollThread
-from factsync.facts.records import RowError, parse_row
 from factsync.retry import with_retries
 
 log = logging.getLogger(__name__)
@@ -96,16 +95,8 @@ class HttpConnector:
             self._validators.clear()  # read it again next time, it may be fixed
             return report
         for index, raw in rows:
-            location = f"{self.url}#{index}"
-            report.rows += 1
-            try:
-                record = parse_row(raw, source=self.name, location=location)
-            except RowError as exc:
-                report.rejected += 1
-                self._sink.reject(source=self.name, location=location, reason=str(exc),
-                                  raw=json.dumps(raw, default=str)[:2000])
-                continue
-            self._sink.accept(record)
+            deliver_row(self._sink, raw, source=self.name, location=f"{self.url}#{index}",
+                        report=report)
         self.health.succeeded()
         return report
 

@@ -16,9 +16,8 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from factsync.connectors.base import ConnectorHealth, FactSink, ScanReport
+from factsync.connectors.base import ConnectorHealth, FactSink, ScanReport, deliver_row
 from factsync.connectors.polling import PollThread
-from factsync.facts.records import RowError, parse_row
 
 log = logging.getLogger(__name__)
 
@@ -140,15 +139,7 @@ class SqlConnector:
     def _deliver(self, row: dict[str, Any], number: int, report: ScanReport) -> None:
         location = f"{self._label}:{row['id'] if row.get('id') is not None else f'row {number}'}"
         raw = {k: _plain(k, v) for k, v in row.items() if v is not None}
-        report.rows += 1
-        try:
-            record = parse_row(raw, source=self.name, location=location)
-        except RowError as exc:
-            report.rejected += 1
-            self._sink.reject(source=self.name, location=location, reason=str(exc),
-                              raw=repr(raw)[:2000])
-            return
-        self._sink.accept(record)
+        deliver_row(self._sink, raw, source=self.name, location=location, report=report)
 
     def _listen(self) -> None:
         import psycopg
