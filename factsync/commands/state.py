@@ -72,18 +72,8 @@ def show_status(args: argparse.Namespace) -> int:
 
 def show_facts(args: argparse.Namespace) -> int:
     """Handler of ``factsync facts``."""
-    store = _store(args)
-    applied = {(a.subject, a.relation): a for a in store.applied_facts()}
-    latest = {(c.subject, c.relation): c for c in store.changes(limit=10_000_000)}
-    rows = []
-    for fact in store.desired_facts(subject=args.subject, relation=args.relation):
-        change = latest.get((fact.subject, fact.relation))
-        done = applied.get((fact.subject, fact.relation))
-        row = {**fact.as_dict(), "state": change.state if change else "unknown",
-               "reason": change.reason if change else "",
-               "applied_by": done.version_id if done else None}
-        if args.state is None or row["state"] == args.state:
-            rows.append(row)
+    rows = _store(args).fact_views(subject=args.subject, relation=args.relation,
+                                   state=args.state)
     lines = [f"{r['subject']} | {r['relation']} | {r['object']} | {r['state']}"
              + (f" | {r['reason']}" if r["reason"] else "") for r in rows]
     return _print(args, rows, lines or ["no facts"])

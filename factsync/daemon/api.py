@@ -171,27 +171,8 @@ def _status(ctx: ApiContext, parts: list[str], query: dict, body: Any) -> Result
 
 
 def _facts(ctx: ApiContext, parts: list[str], query: dict, body: Any) -> Result:
-    subject, relation, state = query.get("subject"), query.get("relation"), query.get("state")
-    applied = {(a.subject, a.relation): a for a in ctx.store.applied_facts(
-        subject=subject, relation=relation)}
-    latest = {}
-    for change in ctx.store.changes(subject=subject, relation=relation, limit=1_000_000):
-        latest[(change.subject, change.relation)] = change
-    rows = []
-    for fact in ctx.store.desired_facts(subject=subject, relation=relation):
-        key = (fact.subject, fact.relation)
-        change = latest.get(key)
-        done = applied.get(key)
-        row = {
-            **fact.as_dict(),
-            "state": change.state if change else "unknown",
-            "reason": change.reason if change else "",
-            "applied_object": done.object if done else None,
-            "applied_by": done.version_id if done else None,
-        }
-        if state is None or row["state"] == state:
-            rows.append(row)
-    return HTTPStatus.OK, rows
+    return HTTPStatus.OK, ctx.store.fact_views(
+        subject=query.get("subject"), relation=query.get("relation"), state=query.get("state"))
 
 
 def _jobs(ctx: ApiContext, parts: list[str], query: dict, body: Any) -> Result:

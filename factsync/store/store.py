@@ -191,6 +191,28 @@ class StateStore(VersionHistory):
         rows = self._query(f"SELECT * FROM desired_facts {where} ORDER BY subject", params)
         return [DesiredFact(**{**row, "deleted": bool(row["deleted"])}) for row in rows]
 
+    def fact_views(
+        self, *, subject: str | None = None, relation: str | None = None,
+        state: str | None = None,
+    ) -> list[dict[str, Any]]:
+        """Desired facts with their latest change's state and reason and what is applied.
+
+        Each row is a ``DesiredFact`` as a mapping plus ``state``, ``reason``,
+        ``applied_object`` and ``applied_by`` (the version), filtered by any argument.
+        """
+        where, params = _filters(**{"d.subject": subject, "d.relation": relation})
+        rows = self._query(
+            "SELECT d.*, COALESCE(c.state, 'unknown') AS state, COALESCE(c.reason, '') AS reason,"
+            " a.object AS applied_object, a.version_id AS applied_by FROM desired_facts d"
+            " LEFT JOIN fact_changes c ON c.id = (SELECT MAX(id) FROM fact_changes"
+            " WHERE subject = d.subject AND relation = d.relation)"
+            " LEFT JOIN applied_facts a ON a.subject = d.subject AND a.relation = d.relation"
+            f" {where} ORDER BY d.subject, d.relation",
+            params,
+        )
+        return [{**row, "deleted": bool(row["deleted"])} for row in rows
+                if state is None or row["state"] == state]
+
     # changes
 
     def change(self, *, change_id: int) -> FactChange:

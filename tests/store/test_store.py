@@ -186,3 +186,15 @@ def test_a_revert_queues_the_old_object_and_holds_against_the_feed(store):
     assert newer.object == "Nice" and store.desired_facts()[0].reverted_from is None
     with pytest.raises(KeyError, match="no edited fact 'Italy'"):
         store.revert(subject="Italy", relation="P36")
+
+
+def test_fact_views_join_the_latest_change_and_the_applied_version(store):
+    change, _ = promote_one(store, "France", "Lyon", "v1", "base")
+    store.record_desired(record=record(subject="France", obj="Nice"), relation="P36")
+    store.record_desired(record=record(subject="Italy", obj="Rome"), relation="P36")
+    views = {v["subject"]: v for v in store.fact_views()}
+    assert (views["France"]["object"], views["France"]["state"]) == ("Nice", "pending")
+    assert (views["France"]["applied_object"], views["France"]["applied_by"]) == ("Lyon", "v1")
+    assert views["Italy"]["applied_by"] is None
+    assert [v["subject"] for v in store.fact_views(state="pending")] == ["France", "Italy"]
+    assert [v["subject"] for v in store.fact_views(subject="Italy")] == ["Italy"]
