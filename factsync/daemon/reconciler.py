@@ -55,10 +55,10 @@ class Reconciler:
         if not ready:
             return []
         stated = live_states(ready)
+        live = self._store.live_version().id
         to_edit = []
         for change, already in zip(ready, stated, strict=True):
             if already:
-                live = self._store.live_version().id
                 self._store.record_already_true(change_id=change.id, version_id=live)
                 log.info("fact change %d: the live model already states %s %s %s; no edit",
                          change.id, change.subject, change.relation, change.object)

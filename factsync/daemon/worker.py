@@ -154,11 +154,10 @@ class Worker:
         if job is None:
             self._reconciler.plan(self._live_states)
             job = self._store.next_job()
-        self._metrics.pending_changes.set(
-            self._store.count_changes(states=(CHANGE_PENDING, CHANGE_QUEUED))
-        )
+        pending = self._store.count_changes(states=(CHANGE_PENDING, CHANGE_QUEUED))
+        self._metrics.pending_changes.set(pending)
         if job is None:
-            if self._store.count_changes(states=(CHANGE_PENDING, CHANGE_QUEUED)) == 0:
+            if pending == 0:
                 self._metrics.last_sync.set(time.time())
             return False
         self.run_job(job)
