@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import socket
 import subprocess
 import tempfile
 from collections.abc import Callable
@@ -43,7 +42,7 @@ from transformers import (
     PreTrainedTokenizerFast,
 )
 
-from factsync.bench.live_daemon import DaemonProcess
+from factsync.bench.live_daemon import DaemonProcess, free_port
 from factsync.editing.delta import LayerDelta, ModelDelta
 from factsync.models.loading import LoadedModel, model_fingerprint, prompt_prefix_ids
 from factsync.models.specs import check_layout, get_module, key_value_dims, spec_for
@@ -218,7 +217,7 @@ def postgres():
     root = Path(tempfile.mkdtemp(prefix="factsync-pg-"))
     if as_user:
         shutil.chown(root, "postgres")
-    data, port = root / "data", _free_port()
+    data, port = root / "data", free_port()
     subprocess.run([*as_user, binaries / "initdb", "-D", data, "--auth=trust", "-U", "factsync",
                     "--no-sync"], check=True, capture_output=True)
     subprocess.run([*as_user, binaries / "pg_ctl", "-D", data, "-l", root / "server.log", "-w",
@@ -231,11 +230,6 @@ def postgres():
                        capture_output=True)
         shutil.rmtree(root, ignore_errors=True)
 
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 @pytest.fixture

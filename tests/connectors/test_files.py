@@ -7,26 +7,8 @@ import os
 import time
 
 import pytest
-from prometheus_client import CollectorRegistry
 
 from factsync.connectors.files import FileConnector
-from factsync.daemon.ingest import Ingest
-from factsync.daemon.metrics import Metrics
-from factsync.facts.catalog import RelationCatalog
-from factsync.store.store import StateStore
-
-
-@pytest.fixture
-def store(tmp_path):
-    store = StateStore(tmp_path / "state.sqlite")
-    yield store
-    store.close()
-
-
-@pytest.fixture
-def ingest(store):
-    return Ingest(store=store, catalog=RelationCatalog.built_in(),
-                  metrics=Metrics(CollectorRegistry()))
 
 
 def connector(tmp_path, ingest, **kw):  # noqa: ANN001, ANN201

@@ -8,13 +8,8 @@ import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
-from prometheus_client import CollectorRegistry
 
 from factsync.connectors.http import HttpConnector
-from factsync.daemon.ingest import Ingest
-from factsync.daemon.metrics import Metrics
-from factsync.facts.catalog import RelationCatalog
-from factsync.store.store import StateStore
 
 
 class Feed:
@@ -65,16 +60,7 @@ def feed():
     feed.server.shutdown()
 
 
-@pytest.fixture
-def store(tmp_path):
-    store = StateStore(tmp_path / "state.sqlite")
-    yield store
-    store.close()
-
-
-def connector(feed, store, **kw):  # noqa: ANN001, ANN201
-    ingest = Ingest(store=store, catalog=RelationCatalog.built_in(),
-                    metrics=Metrics(CollectorRegistry()))
+def connector(feed, ingest, **kw):  # noqa: ANN001, ANN201
     return HttpConnector(name="http:feed", url=feed.url, sink=ingest,
                          headers={"Authorization": "Bearer feed-token"},
                          backoff_seconds=0.01, **kw)
@@ -84,9 +70,9 @@ ROWS = [{"subject": "France", "relation": "P36", "object": "Paris"},
         {"subject": "Italy", "relation": "P36"}]
 
 
-def test_rows_arrive_and_an_unchanged_feed_costs_a_304(feed, store):
+def test_rows_arrive_and_an_unchanged_feed_costs_a_304(feed, store, ingest):
     feed.body = json.dumps({"facts": ROWS}).encode()
-    http = connector(feed, store)
+    http = connector(feed, ingest)
     report = http.poll()
     assert (report.rows, report.rejected) == (2, 1)
     assert [f.subject for f in store.desired_facts()] == ["France"]
@@ -97,9 +83,9 @@ def test_rows_arrive_and_an_unchanged_feed_costs_a_304(feed, store):
     assert http.poll().rows == 1
 
 
-def test_a_flapping_feed_is_retried_and_a_dead_one_is_reported(feed, store):
+def test_a_flapping_feed_is_retried_and_a_dead_one_is_reported(feed, store, ingest):
     feed.body = json.dumps(ROWS[:1]).encode()
-    http = connector(feed, store, retries=3)
+    http = connector(feed, ingest, retries=3)
     feed.fail_next = 2
     assert http.poll().rows == 1 and http.health.up
     feed.fail_next = 3
@@ -108,14 +94,14 @@ def test_a_flapping_feed_is_retried_and_a_dead_one_is_reported(feed, store):
     assert not http.health.up and http.health.errors["http"] == 1
 
 
-def test_timeouts_garbage_and_a_missing_token_are_errors_by_kind(feed, store):
-    http = connector(feed, store, retries=1, timeout_seconds=0.2)
+def test_timeouts_garbage_and_a_missing_token_are_errors_by_kind(feed, store, ingest):
+    http = connector(feed, ingest, retries=1, timeout_seconds=0.2)
     feed.delay = 0.5
     http.poll()
     feed.delay = 0.0
     feed.body = b"<html>not json</html>"
     http.poll()
-    unauthorised = HttpConnector(name="http:anon", url=feed.url, sink=http._sink, retries=1)
+    unauthorised = HttpConnector(name="http:anon", url=feed.url, sink=ingest, retries=1)
     unauthorised.poll()
     assert http.health.errors == {"timeout": 1, "parse": 1}
     assert unauthorised.health.errors == {"http": 1}

@@ -4,15 +4,9 @@ from __future__ import annotations
 
 import time
 
-import pytest
 import sqlalchemy as sa
-from prometheus_client import CollectorRegistry
 
 from factsync.connectors.sql import SqlConnector
-from factsync.daemon.ingest import Ingest
-from factsync.daemon.metrics import Metrics
-from factsync.facts.catalog import RelationCatalog
-from factsync.store.store import StateStore
 
 SCHEMA = """
 CREATE TABLE facts (id serial PRIMARY KEY, subject text, relation text, object text,
@@ -24,21 +18,12 @@ CREATE TRIGGER facts_notify AFTER INSERT OR UPDATE ON facts
 """
 
 
-@pytest.fixture
-def store(tmp_path):
-    store = StateStore(tmp_path / "state.sqlite")
-    yield store
-    store.close()
-
-
-def test_a_committed_change_is_picked_up_within_seconds_through_notify(postgres, store):
+def test_a_committed_change_is_picked_up_within_seconds_through_notify(postgres, store, ingest):
     engine = sa.create_engine(postgres)
     with engine.begin() as db:
         db.exec_driver_sql(SCHEMA)
         db.exec_driver_sql("INSERT INTO facts (subject, relation, object) "
                            "VALUES ('France', 'P36', 'Paris')")
-    ingest = Ingest(store=store, catalog=RelationCatalog.built_in(),
-                    metrics=Metrics(CollectorRegistry()))
     sql = SqlConnector(name="sql:facts", url=postgres, sink=ingest, table="facts",
                        poll_seconds=600, listen_channel="facts_changed")
     assert sql.scan().rows == 1

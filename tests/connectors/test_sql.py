@@ -11,20 +11,6 @@ from factsync.connectors.sql import SqlConnector
 from factsync.daemon.ingest import Ingest
 from factsync.daemon.metrics import Metrics
 from factsync.facts.catalog import RelationCatalog
-from factsync.store.store import StateStore
-
-
-@pytest.fixture
-def store(tmp_path):
-    store = StateStore(tmp_path / "state.sqlite")
-    yield store
-    store.close()
-
-
-@pytest.fixture
-def ingest(store):
-    return Ingest(store=store, catalog=RelationCatalog.built_in(),
-                  metrics=Metrics(CollectorRegistry()))
 
 
 @pytest.fixture
