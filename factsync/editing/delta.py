@@ -20,8 +20,8 @@ from pathlib import Path
 
 import torch
 from safetensors import SafetensorError, safe_open
-from safetensors.torch import save_file
 
+from factsync.durable import save_tensors
 from factsync.models.loading import LoadedModel
 from factsync.models.specs import WeightLayout, get_module, key_value_dims
 
@@ -139,17 +139,13 @@ class ModelDelta:
         return targets
 
     def save(self, path: Path) -> None:
-        """Write the delta as one safetensors file, atomically (temp file, then rename)."""
+        """Write the delta as one safetensors file, atomically and durably."""
         tensors: dict[str, torch.Tensor] = {}
         for module, update in self.layers.items():
             tensors[f"{module}::up"] = update.up.detach().contiguous().cpu()
             tensors[f"{module}::down"] = update.down.detach().contiguous().cpu()
         metadata = {"layout": self.layout, "metadata": json.dumps(self.metadata, sort_keys=True)}
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        staging = path.with_name(f".{path.name}.tmp")
-        save_file(tensors, str(staging), metadata=metadata)
-        staging.replace(path)
+        save_tensors(Path(path), tensors, metadata)
 
     @classmethod
     def load(cls, path: Path) -> ModelDelta:

@@ -3,15 +3,13 @@
 from __future__ import annotations
 
 import logging
-import os
-import tempfile
 from pathlib import Path
 
 import torch
 from safetensors import SafetensorError, safe_open
-from safetensors.torch import save_file
 
 from factsync import __version__
+from factsync.durable import save_tensors
 from factsync.editing.corpus import corpus_digest
 from factsync.editing.covariance import KeyStatistics, compute_key_statistics
 from factsync.models.loading import LoadedModel
@@ -98,17 +96,7 @@ class CovarianceCache:
             "second_moment": stats.second_moment.detach().to(torch.float64).cpu().contiguous(),
             "sample": stats.sample.detach().to(torch.float32).cpu().contiguous(),
         }
-        path.parent.mkdir(parents=True, exist_ok=True)
-        handle, staging = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-        os.close(handle)
-        try:
-            save_file(tensors, staging, metadata=metadata)
-            # mkstemp creates the file private (0600); a cache is readable like any file.
-            os.chmod(staging, 0o644)
-            os.replace(staging, path)
-        except BaseException:
-            Path(staging).unlink(missing_ok=True)
-            raise
+        save_tensors(path, tensors, metadata)
         return path
 
     def get_or_compute(

@@ -15,8 +15,8 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 
 import torch
-from safetensors.torch import save_file
 
+from factsync.durable import save_tensors
 from factsync.failpoints import failpoint
 
 CURRENT = "current"
@@ -105,5 +105,5 @@ def write_peft_adapter(
         "inference_mode": True,
     }
     (directory / "adapter_config.json").write_text(json.dumps(config, indent=2))
-    save_file(tensors, str(directory / "adapter_model.safetensors"))
+    save_tensors(directory / "adapter_model.safetensors", tensors)
     (directory / "factsync.json").write_text(json.dumps(dict(metadata), indent=2, default=str))

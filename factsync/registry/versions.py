@@ -1,8 +1,9 @@
 """``VersionFiles``: where each version's delta and manifest live.
 
-A version directory is written under a temporary name and renamed into place, so a
-reader never sees half of one. Its id is a digest of its parent, its delta file and its
-facts, so the same content always gets the same id.
+A version directory is written under a temporary name, synced and renamed into place,
+so a reader never sees half of one and a power cut after ``write`` cannot lose it. Its
+id is a digest of its parent, its delta file and its facts, so the same content always
+gets the same id.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from factsync import __version__
+from factsync.durable import sync_directory, write_bytes
 
 log = logging.getLogger(__name__)
 
@@ -57,12 +59,14 @@ class VersionFiles:
                 "facts": facts,
                 **manifest,
             }
-            (staging / MANIFEST_FILE).write_text(json.dumps(document, indent=2, sort_keys=True))
+            write_bytes(staging / MANIFEST_FILE,
+                        json.dumps(document, indent=2, sort_keys=True).encode())
             target = self.root / version_id
             if target.exists():
                 shutil.rmtree(staging)  # same content written before (a rerun job)
             else:
                 staging.rename(target)
+                sync_directory(self.root)  # durable before the store points at it
         except BaseException:
             shutil.rmtree(staging, ignore_errors=True)
             raise
