@@ -28,34 +28,35 @@ def free_port() -> int:
 
 
 class DaemonProcess:
-    """Writes a config into ``data_dir`` and runs the daemon on it.
+    """Writes a config into ``directory`` and runs the daemon on it.
 
     Args:
-        data_dir: the daemon's data directory (facts go to ``data_dir/facts``).
+        directory: holds the config, the daemon's log and the watched ``facts/``; it is
+            also the data directory unless ``extra`` sets ``data_dir``.
         policy: the policy as a mapping, written next to the config; ``None`` uses the
             built-in default.
         extra: more config keys.
     """
 
-    def __init__(self, data_dir: Path, *, policy: dict | None = None, **extra: Any) -> None:
-        self.data_dir = data_dir
-        self.facts_dir = data_dir / "facts"
+    def __init__(self, directory: Path, *, policy: dict | None = None, **extra: Any) -> None:
+        self.directory = directory
+        self.facts_dir = directory / "facts"
         self.facts_dir.mkdir(parents=True, exist_ok=True)
         self.api_port = free_port()
         self.metrics_port = free_port()
-        self.log_path = data_dir / "daemon.log"
+        self.log_path = directory / "daemon.log"
         self.process: subprocess.Popen | None = None
         config = {
-            "data_dir": str(data_dir),
+            "data_dir": str(directory),
             "schedules": {"full_scan_seconds": 20, "worker_poll_seconds": 0.5},
             **extra,
         }
         config["api"] = {**extra.get("api", {}), "port": self.api_port}
         config["metrics"] = {**extra.get("metrics", {}), "port": self.metrics_port}
         if policy is not None:
-            (data_dir / "policy.yaml").write_text(yaml.safe_dump(policy))
+            (directory / "policy.yaml").write_text(yaml.safe_dump(policy))
             config["policy"] = "policy.yaml"
-        self.config_path = data_dir / "config.yaml"
+        self.config_path = directory / "config.yaml"
         self.config_path.write_text(yaml.safe_dump(config))
 
     def start(self, *, ready_timeout: float = 300, env: dict[str, str] | None = None,

@@ -29,12 +29,15 @@ class ModelConfig:
         device: ``auto``, ``cpu``, ``cuda`` or ``cuda:N``.
         dtype: ``float32``, ``bfloat16`` or ``float16``.
         corpus_tokens: tokens of text behind the key statistics.
+        trust_remote_code: let a model directory run its own Python code. Off by
+            default: only architectures that transformers itself ships can load.
     """
 
     path: str = "default"
     device: str = "auto"
     dtype: str = "float32"
     corpus_tokens: int = 20_000
+    trust_remote_code: bool = False
 
     def __post_init__(self) -> None:
         if self.dtype not in ("float32", "bfloat16", "float16"):
@@ -171,13 +174,16 @@ class ScheduleConfig:
     Attributes:
         full_scan_seconds: re-read every connector's whole source.
         worker_poll_seconds: the worker looks for work at least this often.
+        health_check_seconds: check that the data directory takes writes and the model
+            directory is still there (also checked before every job).
     """
 
     full_scan_seconds: float = 60.0
     worker_poll_seconds: float = 2.0
+    health_check_seconds: float = 30.0
 
     def __post_init__(self) -> None:
-        for name in ("full_scan_seconds", "worker_poll_seconds"):
+        for name in ("full_scan_seconds", "worker_poll_seconds", "health_check_seconds"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
 
@@ -266,6 +272,8 @@ class DaemonConfig:
         alerts: operator alerts.
         export: exports of the live version and serving engines to notify.
         log: logging.
+        min_free_mb: free space kept under the data directory for versions and exports;
+            below it no edit job starts and ``FactsyncDataDirUnwritable`` fires.
     """
 
     data_dir: Path | None = None
@@ -280,8 +288,11 @@ class DaemonConfig:
     alerts: AlertsConfig = field(default_factory=AlertsConfig)
     export: ExportConfig = field(default_factory=ExportConfig)
     log: LogConfig = field(default_factory=LogConfig)
+    min_free_mb: float = 100.0
 
     def __post_init__(self) -> None:
+        if self.min_free_mb < 0:
+            raise ValueError(f"min_free_mb must be zero or more, got {self.min_free_mb}")
         names = [c.source_name for c in self.connectors]
         if len(set(names)) != len(names):
             raise ValueError(f"connectors: source names must differ, got {names}")

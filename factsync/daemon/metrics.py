@@ -92,6 +92,15 @@ class Metrics:
             "source successfully.", ["connector"], registry=registry)
         self._connector_health: dict[str, ConnectorHealth] = {}
         registry.register(_ConnectorErrors(self._connector_health))
+        self.data_dir_writable = Gauge(
+            "factsync_data_dir_writable", "1 when the data directory took a write at the last "
+            "check and has the configured free space.", registry=registry)
+        self.data_dir_free_bytes = Gauge(
+            "factsync_data_dir_free_bytes", "Free space under the data directory.",
+            registry=registry)
+        self.model_dir_present = Gauge(
+            "factsync_model_dir_present", "1 when the base model's directory still holds its "
+            "config and safetensors weights (needed to start again).", registry=registry)
         self.up = Gauge("factsync_up", "1 while the daemon runs.", registry=registry)
         for metric in METRICS:  # so every KPI series exists from the first scrape
             self.candidate_kpi.labels(metric)

@@ -32,6 +32,7 @@ from factsync.daemon.api import ApiContext, ApiServer
 from factsync.daemon.config import DaemonConfig
 from factsync.daemon.connectors import build_connector
 from factsync.daemon.exporting import Exporter, ExportSettings
+from factsync.daemon.host_health import HostHealth
 from factsync.daemon.ingest import Ingest
 from factsync.daemon.metrics import Metrics
 from factsync.daemon.model_state import ModelState
@@ -99,6 +100,12 @@ class Daemon:
             log.warning("requeued job(s) %s left unfinished by the last run", requeued)
         self.alerter = Alerter(_notifiers(self.config), self.metrics)
         self._closers.append(self.alerter.close)
+        self.health = HostHealth(
+            data_dir=state_dir, model_dir=_model_dir(self.config),
+            min_free_bytes=int(self.config.min_free_mb * 2**20), metrics=self.metrics,
+            alerter=self.alerter,
+        )
+        self.health.check()
         priorities = {c.source_name: c.priority for c in self.config.connectors}
         priorities["api"] = self.config.api.push_priority
         self.ingest = Ingest(store=self.store, catalog=self.catalog, metrics=self.metrics,
@@ -134,6 +141,9 @@ class Daemon:
                 seconds=spec.full_scan_seconds or self.config.schedules.full_scan_seconds,
                 id=f"full-scan-{connector.name}", max_instances=1, coalesce=True,
             )
+        scheduler.add_job(self.health.check, "interval",
+                          seconds=self.config.schedules.health_check_seconds, id="host-health",
+                          max_instances=1, coalesce=True)
         scheduler.add_job(self._monitor_due, "interval",
                           seconds=self.policy.monitor.interval_seconds, id="monitor",
                           max_instances=1, coalesce=True)
@@ -264,7 +274,8 @@ class Daemon:
             started = time.monotonic()
             self._starting = "loading the model"
             base = load_model(self.config.model.path, device=self.config.model.device,
-                              dtype=self.config.model.dtype, home=self.config.caches)
+                              dtype=self.config.model.dtype, home=self.config.caches,
+                              trust_remote_code=self.config.model.trust_remote_code)
             models = ModelState(base)
             base_perplexity = perplexity(base, list(FLUENCY_TEXTS))
             canaries = choose_canaries(models, self.store, self.catalog)  # on base weights
@@ -303,6 +314,7 @@ class Daemon:
                 engine=engine, versions=self.versions, metrics=self.metrics,
                 fluency_texts=FLUENCY_TEXTS, base_perplexity=base_perplexity,
                 alerter=self.alerter, monitor_check=self.monitor.check,
+                data_dir_writable=self.health.data_dir_writable,
                 on_live_change=self.exporter.export_live,
             )
             self.exporter.export_live("started")

@@ -1,7 +1,10 @@
 """``Worker``: the one thread that owns the model and carries jobs to an outcome.
 
 A job moves queued -> preparing -> editing -> evaluating -> promoted | rejected | failed,
-each transition committed before the work it starts. A stop request is honoured between
+each transition committed before the work it starts. No job starts while the data
+directory cannot take writes; a job that fails because the disk or the state store
+failed under it puts its changes back to pending, and the worker backs off before the
+next one, so a full disk delays facts and never loses them. A stop request is honoured between
 stages: the job keeps its state and is rerun from the start after a restart, which is
 also what happens after a crash. Nothing becomes live before ``StateStore.promote``
 commits, and that one transaction records the version, moves the live pointer and marks
@@ -12,6 +15,7 @@ from __future__ import annotations
 
 import logging
 import queue
+import sqlite3
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -48,6 +52,10 @@ from factsync.store.store import StateStore
 
 log = logging.getLogger(__name__)
 
+STORAGE_BACKOFF = (15.0, 900.0)
+"""Seconds before the next job after a storage failure: the first wait, then doubling up
+to the second, so a disk that keeps failing is not hammered with edits."""
+
 
 class JobInterrupted(Exception):
     """The daemon is stopping; the job is left to resume after a restart."""
@@ -69,6 +77,7 @@ class Worker:
         alerter: where operator alerts go.
         monitor_check: the monitor's check, run between jobs when it is due.
         on_live_change: called with the event after the live version changed.
+        data_dir_writable: checks (and reports) whether the data directory takes writes.
     """
 
     def __init__(
@@ -86,6 +95,7 @@ class Worker:
         alerter: Alerter,
         monitor_check: Callable[[], Any] | None = None,
         on_live_change: Callable[[str], Any] = lambda event: None,
+        data_dir_writable: Callable[[], bool] = lambda: True,
     ) -> None:
         self._store = store
         self._catalog = catalog
@@ -99,6 +109,10 @@ class Worker:
         self._alerter = alerter
         self._monitor_check = monitor_check
         self._on_live_change = on_live_change
+        self._data_dir_writable = data_dir_writable
+        self._storage_backoff = 0.0
+        self._not_before = 0.0
+        self._stranded_jobs = False
         self._reconciler = Reconciler(store=store, catalog=catalog, policy=policy)
         self._wake = threading.Event()
         self._requests: queue.Queue[tuple[Callable[[], Any], Future]] = queue.Queue()
@@ -129,8 +143,10 @@ class Worker:
                 worked = self.tick()
             except JobInterrupted:
                 break
-            except Exception:  # keep the daemon alive; the job records its own failure
+            except Exception as exc:  # keep the daemon alive; the job records its own failure
                 log.exception("worker tick failed; retrying after %.0fs", poll_seconds)
+                if _is_storage_error(exc):
+                    self._stranded_jobs = True  # a job may be left mid-way: requeue it later
                 worked = False
             if not worked:
                 self._wake.wait(timeout=poll_seconds)
@@ -150,15 +166,18 @@ class Worker:
 
     def tick(self) -> bool:
         """Run one job if one is queued or can be planned; whether a job ran."""
+        pending = self._store.count_changes(states=(CHANGE_PENDING, CHANGE_QUEUED))
+        self._metrics.pending_changes.set(pending)
+        if pending == 0:
+            self._metrics.last_sync.set(time.time())
+            return False
+        if not self._ready_to_write():
+            return False
         job = self._store.next_job()
         if job is None:
             self._reconciler.plan(self._live_states)
             job = self._store.next_job()
-        pending = self._store.count_changes(states=(CHANGE_PENDING, CHANGE_QUEUED))
-        self._metrics.pending_changes.set(pending)
         if job is None:
-            if pending == 0:
-                self._metrics.last_sync.set(time.time())
             return False
         self.run_job(job)
         return True
@@ -213,15 +232,42 @@ class Worker:
         except Exception as exc:
             if handle is not None:
                 handle.revert()
-            log.exception("job %d failed", job.id, extra=extra)
-            reason = f"job {job.id} failed: {type(exc).__name__}: {exc}"
-            self._store.finish_job(
-                job_id=job.id, state=JOB_FAILED, reason=reason,
-                change_states={c.id: (CHANGE_FAILED, reason) for c in changes},
-            )
-            self._metrics.jobs.labels("failed").inc()
+            self._fail(job, changes, exc)
         finally:
             self.busy_job = self.busy_since = None
+
+    def _ready_to_write(self) -> bool:
+        """Whether a job may start: the data directory takes writes and no backoff runs."""
+        if time.monotonic() < self._not_before or not self._data_dir_writable():
+            return False
+        if self._stranded_jobs:
+            requeued = self._store.requeue_interrupted()
+            self._stranded_jobs = False
+            if requeued:
+                log.warning("storage is writable again; requeued job(s) %s", requeued)
+        return True
+
+    def _fail(self, job: Job, changes: Sequence[FactChange], exc: Exception) -> None:
+        """Record a job that raised; a storage failure sends its changes back to pending."""
+        extra = {"job_id": job.id}
+        log.error("job %d failed: %s: %s", job.id, type(exc).__name__, exc, extra=extra,
+                  exc_info=not _is_storage_error(exc))
+        reason = f"job {job.id} failed: {type(exc).__name__}: {exc}"
+        if _is_storage_error(exc):
+            self._storage_backoff = min(max(2 * self._storage_backoff, STORAGE_BACKOFF[0]),
+                                        STORAGE_BACKOFF[1])
+            self._not_before = time.monotonic() + self._storage_backoff
+            reason += f"; its facts wait as pending, next try in {self._storage_backoff:.0f}s"
+            change_state = CHANGE_PENDING
+        else:
+            change_state = CHANGE_FAILED
+        self._metrics.jobs.labels("failed").inc()
+        self._alerter.fire(Alert("FactsyncJobFailed", "critical", reason,
+                                 details={"job": job.id, "changes": [c.id for c in changes]}))
+        self._store.finish_job(
+            job_id=job.id, state=JOB_FAILED, reason=reason,
+            change_states={c.id: (change_state, reason) for c in changes},
+        )
 
     @contextmanager
     def _stage(self, job: Job, state: str, reason: str) -> Iterator[None]:
@@ -274,6 +320,8 @@ class Worker:
         self._metrics.live_version.info({"id": version.id, "parent": live.id})
         self._metrics.live_version_seq.set(version.seq)
         self._alerter.resolve("FactsyncJobRejected")
+        self._alerter.resolve("FactsyncJobFailed")
+        self._storage_backoff = 0.0
         for p in prepared:
             self._alerter.resolve("FactsyncFactFailing", f"{p.change.subject}|{p.change.relation}")
         log.info("job %d promoted: version %s (seq %d) is live with %d fact(s)", job.id,
@@ -329,6 +377,11 @@ class Worker:
         log.warning("job %d rejected: %s%s", job.id, summary,
                     f"; {len(retry)} passing fact(s) retried as job {retry_job.id}"
                     if retry_job else "", extra={"job_id": job.id})
+
+
+def _is_storage_error(exc: BaseException) -> bool:
+    """An error of the disk or the state store rather than of the job's facts."""
+    return isinstance(exc, (OSError, sqlite3.OperationalError))
 
 
 def _describe(prepared: list[PreparedFact]) -> str:
