@@ -18,6 +18,7 @@ from prometheus_client import Gauge
 
 from factsync.daemon.alerts import Alert, Alerter
 from factsync.daemon.metrics import Metrics
+from factsync.models.loading import model_dir_problem
 
 PROBE_FILE = ".factsync-write-probe"
 PROBE_BYTES = 4096
@@ -45,17 +46,6 @@ def data_dir_problem(directory: Path, *, min_free_bytes: int) -> str | None:
     if free < min_free_bytes:
         return (f"less than {min_free_bytes / 2**20:.0f} MiB free under {directory}, the "
                 f"room kept for versions and exports")
-    return None
-
-
-def model_dir_problem(directory: Path) -> str | None:
-    """Why the base model could not be loaded again from ``directory``, or ``None``."""
-    if not directory.is_dir():
-        return f"model directory {directory} is gone"
-    if not (directory / "config.json").is_file():
-        return f"model directory {directory} has no config.json"
-    if not any(directory.glob("*.safetensors")):
-        return f"model directory {directory} has no .safetensors weights"
     return None
 
 

