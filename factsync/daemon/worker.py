@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import logging
 import queue
-import sqlite3
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -36,6 +35,7 @@ from factsync.failpoints import failpoint
 from factsync.policies.judge import GateResult, judge
 from factsync.policies.schema import Policy
 from factsync.registry.versions import VersionFiles
+from factsync.store.faults import unwritable_reason
 from factsync.store.records import (
     CHANGE_FAILED,
     CHANGE_PENDING,
@@ -381,7 +381,7 @@ class Worker:
 
 def _is_storage_error(exc: BaseException) -> bool:
     """An error of the disk or the state store rather than of the job's facts."""
-    return isinstance(exc, (OSError, sqlite3.OperationalError))
+    return isinstance(exc, OSError) or unwritable_reason(exc) is not None
 
 
 def _describe(prepared: list[PreparedFact]) -> str:
