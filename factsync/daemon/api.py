@@ -1,10 +1,13 @@
 """The HTTP API: health, status, facts, jobs, versions, quarantine, pushes and generation.
 
-Every response is JSON. Mutating endpoints (``POST /facts``, ``POST /facts/retry``,
+Every response is JSON; errors are ``{"error": "..."}``. ``GET /openapi.json`` serves
+the OpenAPI description of every route (``factsync.daemon.openapi``), the one list of
+what the API offers. Mutating endpoints (``POST /facts``, ``POST /facts/retry``,
 ``POST /facts/revert``, ``POST /rollback``)
 require ``Authorization: Bearer <token>`` once a token is configured; tokens are
 compared in constant time and never logged. Bodies larger than the configured limit
-are refused with 413.
+are refused with 413. A state store that cannot write (disk full, read-only, locked)
+answers 503 so that clients retry; only bugs answer 500.
 """
 
 from __future__ import annotations
@@ -19,17 +22,27 @@ from dataclasses import dataclass
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
-from urllib.parse import parse_qs, urlsplit
+from urllib.parse import parse_qs, unquote, urlsplit
 
 from factsync.daemon.ingest import Ingest
 from factsync.daemon.model_state import ModelState
+from factsync.daemon.openapi import api_document
+from factsync.store.faults import unwritable_reason
 from factsync.store.records import StoreError
 from factsync.store.store import StateStore
 
 log = logging.getLogger(__name__)
 
 MAX_GENERATED_TOKENS = 256
-
+MAX_PROMPT_CHARS = 1000
+"""Longest ``POST /generate`` prompt: a spot check needs a sentence or two, and the
+serving model is locked while it generates."""
+MAX_LIST_LIMIT = 1000
+"""Largest ``limit`` of a listing, so that one response stays a few megabytes."""
+MAX_BODY_DEPTH = 32
+"""Deepest nesting of a JSON body; fact rows need 3, and deeper input only costs stack."""
+MAX_ID = 2**63 - 1
+"""Largest id SQLite stores (a signed 64-bit integer)."""
 
 class ApiError(Exception):
     """An error answered to the client with ``status`` and ``message``."""
@@ -86,6 +99,7 @@ class _Handler(BaseHTTPRequestHandler):
     context: ApiContext
     server_version = "factsync"
     protocol_version = "HTTP/1.1"
+    _body_read = False
 
     def log_message(self, format: str, *args: Any) -> None:  # noqa: A002
         log.debug("%s %s", self.address_string(), format % args)
@@ -96,10 +110,18 @@ class _Handler(BaseHTTPRequestHandler):
     def do_POST(self) -> None:
         self._dispatch("POST")
 
+    def send_error(self, code: int, message: str | None = None,
+                   explain: str | None = None) -> None:
+        """Errors http.server answers itself (bad request line, unknown method) as JSON."""
+        self.close_connection = True
+        status = HTTPStatus(code)
+        self._send(status, {"error": message or status.phrase})
+
     def _dispatch(self, method: str) -> None:
         url = urlsplit(self.path)
         query = {k: v[-1] for k, v in parse_qs(url.query).items()}
-        parts = [p for p in url.path.split("/") if p]
+        parts = [unquote(p) for p in url.path.split("/") if p]
+        self._body_read = False
         try:
             route = _ROUTES.get((method, parts[0] if parts else "", len(parts)))
             if route is None:
@@ -113,9 +135,21 @@ class _Handler(BaseHTTPRequestHandler):
             status, payload = handler(self.context, parts, query, body)
         except ApiError as exc:
             status, payload = exc.status, {"error": exc.message}
-        except Exception:
-            log.exception("API %s %s failed", method, url.path)
-            status, payload = HTTPStatus.INTERNAL_SERVER_ERROR, {"error": "internal error"}
+        except Exception as exc:
+            reason = unwritable_reason(exc)
+            if reason is None:
+                log.exception("API %s %s failed", method, url.path)
+                status, payload = HTTPStatus.INTERNAL_SERVER_ERROR, {"error": "internal error"}
+            else:
+                log.error("API %s %s: the state store cannot write (%s)", method, url.path,
+                          reason)
+                status = HTTPStatus.SERVICE_UNAVAILABLE
+                payload = {"error": f"the state store cannot write right now ({reason}); "
+                                    "retry later"}
+        if not self._body_read and (self.headers.get("Content-Length", "0") != "0"
+                                    or "Transfer-Encoding" in self.headers):
+            # The body is still in the socket and would be read as the next request.
+            self.close_connection = True
         self._send(status, payload)
 
     def _authorise(self) -> None:
@@ -134,21 +168,31 @@ class _Handler(BaseHTTPRequestHandler):
             size = int(length)
         except ValueError as exc:
             raise ApiError(HTTPStatus.BAD_REQUEST, "Content-Length is not a number") from exc
+        if size < 0:
+            raise ApiError(HTTPStatus.BAD_REQUEST, f"Content-Length is negative ({size})")
         if size > self.context.max_body_bytes:
             self.close_connection = True
             raise ApiError(HTTPStatus.REQUEST_ENTITY_TOO_LARGE,
                            f"body of {size} bytes is over the {self.context.max_body_bytes} limit")
         raw = self.rfile.read(size)
+        self._body_read = True
         try:
-            return json.loads(raw or b"null")
-        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            body = json.loads(raw or b"null", parse_constant=_no_constant)
+        except RecursionError as exc:
+            raise ApiError(HTTPStatus.BAD_REQUEST,
+                           f"body is nested more than {MAX_BODY_DEPTH} levels deep") from exc
+        except ValueError as exc:  # also bad UTF-8, NaN, and integers of over 4300 digits
             raise ApiError(HTTPStatus.BAD_REQUEST, f"body is not valid JSON: {exc}") from exc
+        _check_body(body)
+        return body
 
     def _send(self, status: HTTPStatus, payload: Any) -> None:
         data = json.dumps(payload, default=str).encode()
         self.send_response(status)
         self.send_header("Content-Type", "application/json")
         self.send_header("Content-Length", str(len(data)))
+        if self.close_connection:
+            self.send_header("Connection", "close")  # so that the client does not reuse it
         self.end_headers()
         self.wfile.write(data)
 
@@ -176,13 +220,13 @@ def _facts(ctx: ApiContext, parts: list[str], query: dict, body: Any) -> Result:
 
 
 def _jobs(ctx: ApiContext, parts: list[str], query: dict, body: Any) -> Result:
-    limit = _int(query.get("limit", "100"), "limit")
+    limit = _int(query.get("limit", "100"), "limit", low=1, high=MAX_LIST_LIMIT)
     return HTTPStatus.OK, [j.as_dict() for j in ctx.store.jobs(state=query.get("state"),
                                                                limit=limit)]
 
 
 def _job(ctx: ApiContext, parts: list[str], query: dict, body: Any) -> Result:
-    job_id = _int(parts[1], "job id")
+    job_id = _int(parts[1], "job id", low=1, high=MAX_ID)
     try:
         job = ctx.store.job(job_id=job_id)
     except KeyError as exc:
@@ -209,7 +253,7 @@ def _version(ctx: ApiContext, parts: list[str], query: dict, body: Any) -> Resul
 
 
 def _quarantine(ctx: ApiContext, parts: list[str], query: dict, body: Any) -> Result:
-    limit = _int(query.get("limit", "100"), "limit")
+    limit = _int(query.get("limit", "100"), "limit", low=1, high=MAX_LIST_LIMIT)
     return HTTPStatus.OK, [q.as_dict() for q in ctx.store.quarantined(limit=limit)]
 
 
@@ -278,17 +322,62 @@ def _generate(ctx: ApiContext, parts: list[str], query: dict, body: Any) -> Resu
                        f"max_new_tokens must be an integer in 1..{MAX_GENERATED_TOKENS}")
     if not body["prompt"].strip():
         raise ApiError(HTTPStatus.BAD_REQUEST, "prompt is empty")
+    if len(body["prompt"]) > MAX_PROMPT_CHARS:
+        raise ApiError(HTTPStatus.BAD_REQUEST, f"prompt is {len(body['prompt'])} characters, "
+                                               f"more than {MAX_PROMPT_CHARS}")
     models = ctx.models()
     if models is None:
         raise ApiError(HTTPStatus.SERVICE_UNAVAILABLE, "the model is still loading")
     return HTTPStatus.OK, {"text": models.generate(body["prompt"], tokens)}
 
 
-def _int(value: str, name: str) -> int:
+def _openapi(ctx: ApiContext, parts: list[str], query: dict, body: Any) -> Result:
+    return HTTPStatus.OK, api_document(max_list_limit=MAX_LIST_LIMIT, max_id=MAX_ID,
+                                       max_generated_tokens=MAX_GENERATED_TOKENS,
+                                       max_prompt_chars=MAX_PROMPT_CHARS)
+
+
+def _int(value: str, name: str, *, low: int, high: int) -> int:
     try:
-        return int(value)
+        number = int(value)
     except ValueError as exc:
-        raise ApiError(HTTPStatus.BAD_REQUEST, f"{name} must be an integer, got {value!r}") from exc
+        raise ApiError(HTTPStatus.BAD_REQUEST,
+                       f"{name} must be an integer, got {value[:40]!r}") from exc
+    if not low <= number <= high:
+        raise ApiError(HTTPStatus.BAD_REQUEST,
+                       f"{name} must be an integer in {low}..{high}, got {value[:40]}")
+    return number
+
+
+def _no_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not a JSON number")
+
+
+def _check_body(body: Any) -> None:
+    """Refuse bodies nested deeper than ``MAX_BODY_DEPTH`` or holding lone surrogates.
+
+    ``json.loads`` accepts ``"\\ud800"`` escapes, which no text store can encode.
+    """
+    stack = [(body, 1)]
+    while stack:
+        value, depth = stack.pop()
+        if isinstance(value, dict):
+            texts, children = list(value), list(value.values())
+        elif isinstance(value, list):
+            texts, children = [], value
+        else:
+            texts, children = ([value] if isinstance(value, str) else []), []
+        if children and depth >= MAX_BODY_DEPTH:
+            raise ApiError(HTTPStatus.BAD_REQUEST,
+                           f"body is nested more than {MAX_BODY_DEPTH} levels deep")
+        stack.extend((child, depth + 1) for child in children)
+        for text in texts:
+            try:
+                text.encode("utf-8")
+            except UnicodeEncodeError as exc:
+                raise ApiError(HTTPStatus.BAD_REQUEST,
+                               "body holds a lone surrogate escape (\\ud800-\\udfff), "
+                               "which is not text") from exc
 
 
 Handler = Callable[[ApiContext, list[str], dict, Any], Result]
@@ -308,5 +397,6 @@ _ROUTES: dict[tuple[str, str, int], tuple[Handler, bool]] = {
     ("POST", "facts", 2): (_fact_action, True),
     ("POST", "generate", 1): (_generate, False),
     ("POST", "rollback", 1): (_rollback, True),
+    ("GET", "openapi.json", 1): (_openapi, False),
 }
 """(method, first path segment, number of segments) -> (handler, needs the token)."""

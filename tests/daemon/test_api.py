@@ -9,10 +9,11 @@ import urllib.error
 import urllib.request
 
 import pytest
+import schemathesis
 import yaml
 from prometheus_client import CollectorRegistry
 
-from factsync.daemon.api import ApiContext, ApiServer
+from factsync.daemon.api import _ROUTES, ApiContext, ApiServer
 from factsync.daemon.ingest import Ingest
 from factsync.daemon.metrics import Metrics
 from factsync.facts.catalog import RelationCatalog
@@ -128,6 +129,17 @@ def test_versions_list_the_base_as_live(api):
         ("POST", "/rollback", b"{}", 409, "nothing before it"),
         ("POST", "/rollback", b'{"to": "base"}', 409, "already live"),
         ("POST", "/rollback", b'{"to": 3}', 400, "expected {}"),
+        ("GET", "/jobs/99999999999999999999", None, 400, "job id must be an integer in 1.."),
+        ("GET", "/jobs?limit=-1", None, 400, "limit must be an integer in 1..1000, got -1"),
+        ("GET", "/quarantine?limit=1" + "0" * 30, None, 400, "limit must be an integer in"),
+        ("GET", "/versions/%C3%A9t%C3%A9%2Fx", None, 404, "no version été/x"),
+        ("POST", "/facts/retry", b'{"subject": "\\ud800", "relation": "P36"}', 400,
+         "lone surrogate"),
+        ("POST", "/facts", b"[" * 40 + b"]" * 40, 400, "nested more than 32 levels"),
+        ("POST", "/generate", b'{"prompt": "Hi", "max_new_tokens": NaN}', 400,
+         "NaN is not a JSON number"),
+        ("POST", "/generate", b'{"prompt": "' + b"x" * 1001 + b'"}', 400, "more than 1000"),
+        ("PUT", "/facts", b"[]", 501, "Unsupported method ('PUT')"),
     ],
 )
 def test_bad_requests_get_a_clear_error(api, method, path, body, status, error):
@@ -146,3 +158,47 @@ def test_the_cli_reaches_the_api_with_the_configured_token(api, tmp_path):
          "--config", str(config)], capture_output=True, text=True, timeout=120)
     assert result.returncode == 1
     assert "the daemon refused: no edited fact 'France' P36 to revert" in result.stderr
+
+
+def test_the_openapi_document_describes_exactly_the_routes(api):
+    server, _, _ = api
+    status, document = call(server, "GET", "/openapi.json")
+    assert status == 200
+    schemathesis.openapi.from_dict(document).validate()  # against the OpenAPI 3.0 schema
+    described = {}
+    for path, operations in document["paths"].items():
+        parts = path.strip("/").split("/")
+        for method, operation in operations.items():
+            key = (method.upper(), parts[0], len(parts))
+            described[key] = described.get(key, False) or "security" in operation
+    assert described == {key: mutating for key, (_, mutating) in _ROUTES.items()}
+
+
+@pytest.mark.parametrize(
+    ("breakage", "repair", "reason"),
+    [
+        ("PRAGMA query_only = ON", "PRAGMA query_only = OFF",
+         "attempt to write a readonly database"),
+        # No more pages than the file has now: the next insert finds the disk full.
+        ("PRAGMA max_page_count = {pages}", "PRAGMA max_page_count = 1000000",
+         "database or disk is full"),
+    ],
+)
+def test_a_store_that_cannot_write_answers_503_and_recovers(api, caplog, breakage, repair,
+                                                            reason):
+    server, store, _ = api
+    rows = [{"subject": f"S{i}", "relation": "mascot", "object": "x" * 300} for i in range(4)]
+    pages = store._db.execute("PRAGMA page_count").fetchone()[0]
+    store._db.execute(breakage.format(pages=pages))
+    caplog.set_level("ERROR", logger="factsync.daemon.api")
+    for _ in range(50):  # each push quarantines four rows: a few fill the last free pages
+        status, payload = call(server, "POST", "/facts", rows, token=TOKEN)
+        if status != 202:
+            break
+    assert (status, payload) == (503, {"error": f"the state store cannot write right now "
+                                                f"({reason}); retry later"})
+    assert [(r.levelname, r.exc_info) for r in caplog.records] == [("ERROR", None)]
+    assert reason in caplog.records[0].getMessage()
+    store._db.execute(repair)
+    assert call(server, "POST", "/facts", rows, token=TOKEN)[0] == 202
+    assert call(server, "GET", "/quarantine?limit=1")[0] == 200
