@@ -1,9 +1,12 @@
 """What every connector talks to, and what it offers the daemon.
 
-A connector reads rows from one source, validates each with ``parse_row`` and hands
-good ones to ``FactSink.accept`` and bad ones to ``FactSink.reject``; one bad row never
-holds back the rest. To add a source, write a class with ``name``, ``start``, ``stop``
-and ``scan`` (a full read of the source) in one module and register it in the config.
+A connector reads rows from one source and passes each batch it read together (a file,
+a response, a query) to ``deliver_rows``, which validates every row with ``parse_row``
+and hands good ones to ``FactSink.accept`` and bad ones to ``FactSink.reject``; one bad
+row never holds back the rest. Rows of one batch that share a feed id but state
+different facts contradict each other, and none of them is used. To add a source, write
+a class with ``name``, ``start``, ``stop`` and ``scan`` (a full read of the source) in
+one module and register it in the config.
 """
 
 from __future__ import annotations
@@ -11,7 +14,8 @@ from __future__ import annotations
 import json
 import threading
 import time
-from collections import Counter
+from collections import Counter, defaultdict
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -24,8 +28,8 @@ RAW_TEXT_LIMIT = 2000
 class FactSink(Protocol):
     """Where connectors deliver rows."""
 
-    def accept(self, record: FactRecord) -> None:
-        """Take a valid fact row."""
+    def accept(self, record: FactRecord) -> bool:
+        """Take a valid fact row; ``False`` if the sink quarantined it itself."""
 
     def reject(self, *, source: str, location: str, reason: str, raw: str) -> None:
         """Quarantine a row that could not be used."""
@@ -40,24 +44,54 @@ class ScanReport:
     errors: list[str] = field(default_factory=list)
 
 
-def deliver_row(
-    sink: FactSink, raw: Any, *, source: str, location: str, report: ScanReport,
-    problem: str | None = None,
-) -> None:
-    """Validate one raw row and hand it to ``sink``: accepted, or quarantined with why.
+SourceRow = tuple[Any, str, str | None]
+"""A row as read: (the raw value, its location, why it could not even be read or None)."""
 
-    ``problem`` is a reason the row could not even be read (bad JSON, a short CSV line).
+
+def deliver_rows(
+    sink: FactSink, rows: Iterable[SourceRow], *, source: str, report: ScanReport
+) -> None:
+    """Validate a batch of rows read together and hand each to ``sink``.
+
+    A row is accepted, or quarantined with the reason: it could not be read (bad JSON, a
+    short CSV line), ``parse_row`` refused it, or its ``id`` names a different fact
+    elsewhere in the batch.
     """
-    report.rows += 1
-    try:
-        if problem is not None:
-            raise RowError(problem)
-        record = parse_row(raw, source=source, location=location)
-    except RowError as exc:
+    parsed: list[tuple[FactRecord, Any]] = []
+    for raw, location, problem in rows:
+        report.rows += 1
+        try:
+            if problem is not None:
+                raise RowError(problem)
+            parsed.append((parse_row(raw, source=source, location=location), raw))
+        except RowError as exc:
+            report.rejected += 1
+            sink.reject(source=source, location=location, reason=str(exc), raw=_raw_text(raw))
+    clashes = _conflicting_ids([record for record, _ in parsed])
+    for record, raw in parsed:
+        others = clashes.get(record.record_id or "")
+        if others is None:
+            report.rejected += not sink.accept(record)
+            continue
         report.rejected += 1
-        sink.reject(source=source, location=location, reason=str(exc), raw=_raw_text(raw))
-        return
-    sink.accept(record)
+        elsewhere = [r.location for r in others if r is not record]
+        listed = ", ".join(elsewhere[:3]) + (f" and {len(elsewhere) - 3} more"
+                                             if len(elsewhere) > 3 else "")
+        sink.reject(source=source, location=record.location, raw=_raw_text(raw), reason=(
+            f"id '{record.record_id}' names a different fact at {listed}; an id must name one "
+            f"fact, so none of these rows is used"))
+
+
+def _conflicting_ids(records: list[FactRecord]) -> dict[str, list[FactRecord]]:
+    """Ids carried by rows that disagree on the fact, with all their rows."""
+    by_id: dict[str, list[FactRecord]] = defaultdict(list)
+    for record in records:
+        if record.record_id is not None:
+            by_id[record.record_id].append(record)
+    return {
+        record_id: group for record_id, group in by_id.items()
+        if len({(r.subject, r.relation, r.object, r.deleted) for r in group}) > 1
+    }
 
 
 def _raw_text(raw: Any) -> str:

@@ -17,7 +17,7 @@ from watchdog.events import FileSystemEvent, FileSystemEventHandler
 from watchdog.observers import Observer
 from watchdog.observers.polling import PollingObserver
 
-from factsync.connectors.base import ConnectorHealth, FactSink, ScanReport, deliver_row
+from factsync.connectors.base import ConnectorHealth, FactSink, ScanReport, deliver_rows
 from factsync.connectors.file_rows import SUFFIXES, read_rows
 
 log = logging.getLogger(__name__)
@@ -130,9 +130,9 @@ class FileConnector:
                 self.health.failed("read", report.errors[-1])
                 log.warning("cannot read %s: %s", path, exc)
                 return
-            for line, raw, problem in rows:
-                deliver_row(self._sink, raw, source=self.name, location=f"{relative}:{line}",
-                            report=report, problem=problem)
+            deliver_rows(self._sink, ((raw, f"{relative}:{line}", problem)
+                                      for line, raw, problem in rows),
+                         source=self.name, report=report)
 
     def _flush_loop(self) -> None:
         while not self._stopping.is_set():

@@ -16,7 +16,7 @@ import urllib.request
 from collections.abc import Mapping
 from typing import Any
 
-from factsync.connectors.base import ConnectorHealth, FactSink, ScanReport, deliver_row
+from factsync.connectors.base import ConnectorHealth, FactSink, ScanReport, deliver_rows
 from factsync.connectors.polling import PollThread
 from factsync.retry import with_retries
 
@@ -94,9 +94,8 @@ class HttpConnector:
             report.errors.append(f"parse: {exc}")
             self._validators.clear()  # read it again next time, it may be fixed
             return report
-        for index, raw in rows:
-            deliver_row(self._sink, raw, source=self.name, location=f"{self.url}#{index}",
-                        report=report)
+        deliver_rows(self._sink, ((raw, f"{self.url}#{index}", None) for index, raw in rows),
+                     source=self.name, report=report)
         self.health.succeeded()
         return report
 

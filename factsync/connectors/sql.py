@@ -16,7 +16,7 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from factsync.connectors.base import ConnectorHealth, FactSink, ScanReport, deliver_row
+from factsync.connectors.base import ConnectorHealth, FactSink, ScanReport, SourceRow, deliver_rows
 from factsync.connectors.polling import PollThread
 
 log = logging.getLogger(__name__)
@@ -128,18 +128,19 @@ class SqlConnector:
                 self.health.failed("database", str(exc))
                 report.errors.append(str(exc))
                 return report
-            for number, row in enumerate(rows, start=1):
-                self._deliver(row, number, report)
+            deliver_rows(self._sink, (self._raw_row(row, number)
+                                      for number, row in enumerate(rows, start=1)),
+                         source=self.name, report=report)
+            for row in rows:
                 stamp = row.get("updated_at")
                 if stamp is not None and (self._watermark is None or stamp > self._watermark):
                     self._watermark = stamp
         self.health.succeeded()
         return report
 
-    def _deliver(self, row: dict[str, Any], number: int, report: ScanReport) -> None:
+    def _raw_row(self, row: dict[str, Any], number: int) -> SourceRow:
         location = f"{self._label}:{row['id'] if row.get('id') is not None else f'row {number}'}"
-        raw = {k: _plain(k, v) for k, v in row.items() if v is not None}
-        deliver_row(self._sink, raw, source=self.name, location=location, report=report)
+        return {k: _plain(k, v) for k, v in row.items() if v is not None}, location, None
 
     def _listen(self) -> None:
         import psycopg

@@ -9,9 +9,10 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from factsync.connectors.base import ScanReport, deliver_rows
 from factsync.daemon.metrics import Metrics
 from factsync.facts.catalog import RelationCatalog
-from factsync.facts.records import FactRecord, RowError, parse_row
+from factsync.facts.records import FactRecord
 from factsync.failpoints import failpoint
 from factsync.store.store import StateStore
 
@@ -55,9 +56,9 @@ class Ingest:
         self._priorities = priorities or {}
         self._lock = threading.Lock()
 
-    def accept(self, record: FactRecord) -> None:
-        """Record a valid row; returns after it is durable."""
-        self._record(record)
+    def accept(self, record: FactRecord) -> bool:
+        """Record a valid row, durably; ``False`` if it was quarantined instead."""
+        return self.record(record) is not None
 
     def reject(self, *, source: str, location: str, reason: str, raw: str) -> None:
         """Quarantine a row; counted once however often it is re-read."""
@@ -67,31 +68,20 @@ class Ingest:
         self._metrics.quarantine_size.set(self._store.quarantine_count())
 
     def push(self, rows: list[Any], *, source: str, batch: str) -> PushResult:
-        """Take rows pushed over the API; each row is judged on its own."""
-        result = PushResult()
-        for index, raw in enumerate(rows):
-            location = f"{batch}:{index}"
-            try:
-                record = parse_row(raw, source=source, location=location)
-            except RowError as exc:
-                self.reject(source=source, location=location, reason=str(exc),
-                            raw=json.dumps(raw, default=str)[:2000])
-                result.quarantined.append({"index": index, "reason": str(exc)})
-                continue
-            outcome = self._record(record)
-            if outcome is None:
-                result.quarantined.append({"index": index, "reason": self._unknown(record)})
-            else:
-                result.accepted += 1
-                result.changed += int(outcome)
-        return result
+        """Take rows pushed over the API as one batch; what became of each."""
+        outcomes = _PushOutcomes(self, batch)
+        deliver_rows(outcomes, ((raw, f"{batch}:{index}", None) for index, raw in enumerate(rows)),
+                     source=source, report=ScanReport())
+        outcomes.result.quarantined.sort(key=lambda q: q["index"])
+        return outcomes.result
 
-    def _record(self, record: FactRecord) -> bool | None:
-        """``None`` if quarantined, else whether the desired fact changed."""
+    def record(self, record: FactRecord) -> bool | None:
+        """Record a valid row, durably: ``None`` if it was quarantined (an unknown
+        relation), else whether it changed the desired fact."""
         relation = self._catalog.resolve(record.relation)
         if relation is None:
             self.reject(source=record.source, location=record.location,
-                        reason=self._unknown(record), raw=json.dumps(record.__dict__))
+                        reason=self.unknown_relation(record), raw=json.dumps(record.__dict__))
             return None
         self._metrics.facts_ingested.labels(record.source).inc()
         with self._lock:
@@ -116,6 +106,33 @@ class Ingest:
         return self._priorities.get(holder, 0) > self._priorities.get(newcomer, 0)
 
     @staticmethod
-    def _unknown(record: FactRecord) -> str:
+    def unknown_relation(record: FactRecord) -> str:
+        """The quarantine reason of a row whose relation the catalog does not know."""
         return (f"unknown relation '{record.relation}': add it under 'relations' in the "
                 "config or use a catalog id or alias")
+
+
+class _PushOutcomes:
+    """A sink in front of ``Ingest`` that notes what became of each pushed row."""
+
+    def __init__(self, ingest: Ingest, batch: str) -> None:
+        self._ingest = ingest
+        self._prefix = f"{batch}:"
+        self.result = PushResult()
+
+    def accept(self, record: FactRecord) -> bool:
+        outcome = self._ingest.record(record)
+        if outcome is None:
+            self._note_rejected(record.location, self._ingest.unknown_relation(record))
+            return False
+        self.result.accepted += 1
+        self.result.changed += int(outcome)
+        return True
+
+    def reject(self, *, source: str, location: str, reason: str, raw: str) -> None:
+        self._ingest.reject(source=source, location=location, reason=reason, raw=raw)
+        self._note_rejected(location, reason)
+
+    def _note_rejected(self, location: str, reason: str) -> None:
+        index = int(location.removeprefix(self._prefix))
+        self.result.quarantined.append({"index": index, "reason": reason})

@@ -102,6 +102,33 @@ def test_pushing_facts_needs_the_token_and_reports_each_bad_row(api):
     assert len(call(server, "GET", "/quarantine")[1]) == 2
 
 
+def test_rows_of_one_push_that_give_one_id_two_facts_are_all_refused(api):
+    server, store, _ = api
+    rows = [{"id": "r1", "subject": "France", "relation": "P36", "object": "Paris"},
+            {"id": "r2", "subject": "Italy", "relation": "P36", "object": "Rome"},
+            {"id": "r1", "subject": "France", "relation": "P36", "object": "Lyon"},
+            {"id": "r2", "subject": "Italy", "relation": "P36", "object": "Rome"}]
+    status, result = call(server, "POST", "/facts", rows, token=TOKEN)
+    assert status == 202 and result["accepted"] == 2  # r2 twice, the same fact
+    assert result["quarantined"] == [
+        {"index": 0, "reason": f"id 'r1' names a different fact at {result['batch']}:2; an id "
+                               "must name one fact, so none of these rows is used"},
+        {"index": 2, "reason": f"id 'r1' names a different fact at {result['batch']}:0; an id "
+                               "must name one fact, so none of these rows is used"},
+    ]
+    assert [f.subject for f in store.desired_facts()] == ["Italy"]
+
+
+def test_the_token_never_reaches_the_log(api, caplog):
+    server, _, _ = api
+    caplog.set_level("DEBUG")
+    call(server, "POST", "/facts", ROWS, token=TOKEN)
+    call(server, "POST", "/facts", ROWS, token=TOKEN + "x")
+    call(server, "POST", "/rollback", [], token=TOKEN)
+    assert caplog.records  # requests were logged, at DEBUG
+    assert TOKEN not in caplog.text
+
+
 def test_versions_list_the_base_as_live(api):
     server, _, _ = api
     status, versions = call(server, "GET", "/versions")
