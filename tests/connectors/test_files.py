@@ -41,7 +41,7 @@ def test_a_scan_takes_good_rows_and_quarantines_bad_ones_with_file_and_line(
     ))
     (files.directory / "notes.txt").write_text("ignored")
     report = files.scan()
-    assert (report.rows, report.rejected) == (4, 1)
+    assert (report.rows, report.rejected) == (4, 2)
     assert sorted(f.subject for f in store.desired_facts()) == ["France", "Italy"]
     reasons = {q.location: q.reason for q in store.quarantined()}
     assert reasons["a.jsonl:2"].startswith("not valid JSON")
