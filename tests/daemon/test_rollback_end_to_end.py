@@ -90,9 +90,12 @@ def test_a_regressing_version_is_rolled_back_and_operators_are_told(
     rebuilt.rebuild([ModelDelta.load(tmp_path / "versions" / good["id"] / "delta.safetensors")])
     assert daemon.get("/weights") == {"version": good["id"], "sha256": rebuilt.digest()}
 
-    # The exported adapter follows the live version and reproduces its logits.
-    adapter = (tmp_path / "exports" / "adapter" / "current").resolve()
-    assert adapter.name == good["id"]
+    # The exported adapter follows the live version (once the worker has written it, just
+    # after the live pointer moved) and reproduces its logits.
+    current = tmp_path / "exports" / "adapter" / "current"
+    daemon.wait_for(lambda: current.resolve().name == good["id"], 120,
+                    "the adapter export of the good version")
+    adapter = current.resolve()
     base = load_model("default", device="cpu").model
     with_adapter = PeftModel.from_pretrained(base, adapter).eval()
     ids = torch.tensor([rebuilt.work.prefix_ids + rebuilt.work.tokenizer(
