@@ -141,21 +141,10 @@ class StateStore(VersionHistory):
                     now,
                 ),
             )
-            cursor = db.execute(
-                "INSERT INTO fact_changes (subject, relation, object, deleted, source, "
-                "received_at, state, changed_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                (
-                    record.subject,
-                    relation,
-                    record.object,
-                    int(record.deleted),
-                    record.source,
-                    now,
-                    CHANGE_PENDING,
-                    now,
-                ),
+            change_id = _add_pending_change(
+                db, subject=record.subject, relation=relation, object=record.object,
+                deleted=record.deleted, source=record.source, now=now,
             )
-            change_id = cursor.lastrowid
         return self.change(change_id=change_id)
 
     def quarantine(self, *, source: str, location: str, reason: str, raw: str) -> bool:
@@ -291,13 +280,11 @@ class StateStore(VersionHistory):
                 (applied["old_object"], "operator", "revert", now, applied["object"], subject,
                  relation),
             )
-            cursor = db.execute(
-                "INSERT INTO fact_changes (subject, relation, object, deleted, source, "
-                "received_at, state, reason, changed_at) VALUES (?, ?, ?, 0, ?, ?, ?, ?, ?)",
-                (subject, relation, applied["old_object"], "operator", now, CHANGE_PENDING,
-                 f"operator revert of {applied['object']!r}", now),
+            change_id = _add_pending_change(
+                db, subject=subject, relation=relation, object=applied["old_object"],
+                deleted=False, source="operator", now=now,
+                reason=f"operator revert of {applied['object']!r}",
             )
-            change_id = cursor.lastrowid
         return self.change(change_id=change_id)
 
     def retry(self, *, subject: str, relation: str) -> FactChange | None:
@@ -308,13 +295,11 @@ class StateStore(VersionHistory):
         fact = desired[0]
         now = self._clock()
         with self._transaction() as db:
-            cursor = db.execute(
-                "INSERT INTO fact_changes (subject, relation, object, deleted, source, "
-                "received_at, state, reason, changed_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                (fact.subject, fact.relation, fact.object, int(fact.deleted), fact.source,
-                 now, CHANGE_PENDING, "retry asked by an operator", now),
+            change_id = _add_pending_change(
+                db, subject=fact.subject, relation=fact.relation, object=fact.object,
+                deleted=fact.deleted, source=fact.source, now=now,
+                reason="retry asked by an operator",
             )
-            change_id = cursor.lastrowid
         return self.change(change_id=change_id)
 
     def _set_changes(self, change_ids: Sequence[int], *, state: str, reason: str) -> None:
@@ -577,3 +562,26 @@ def _upsert_applied(
         "INSERT OR REPLACE INTO applied_facts VALUES (?, ?, ?, ?, ?, ?)",
         (change.subject, change.relation, change.object, version_id, change.id, now),
     )
+
+
+def _add_pending_change(
+    db: sqlite3.Connection, *, subject: str, relation: str, object: str, deleted: bool,
+    source: str, now: float, reason: str = "",
+) -> int:
+    """Insert a pending change of a fact and supersede the fact's older pending ones.
+
+    Only the latest word on a fact is ever edited, so a burst of updates leaves one
+    pending change: the queue is as long as the facts waiting, not their updates.
+    """
+    change_id = db.execute(
+        "INSERT INTO fact_changes (subject, relation, object, deleted, source, received_at, "
+        "state, reason, changed_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        (subject, relation, object, int(deleted), source, now, CHANGE_PENDING, reason, now),
+    ).lastrowid
+    db.execute(
+        "UPDATE fact_changes SET state = ?, reason = ?, changed_at = ? WHERE subject = ? "
+        "AND relation = ? AND state = ? AND id < ?",
+        (CHANGE_SUPERSEDED, f"replaced by change {change_id}", now, subject, relation,
+         CHANGE_PENDING, change_id),
+    )
+    return change_id

@@ -59,6 +59,20 @@ def test_only_a_different_object_makes_a_change(store):
     assert store.desired_facts()[0].deleted
 
 
+def test_a_newer_word_on_a_fact_supersedes_its_pending_change_but_not_a_queued_one(store):
+    queued = store.record_desired(record=record(obj="Lyon"), relation="P36")
+    store.create_job(change_ids=[queued.id], policy_digest="p")
+    older = store.record_desired(record=record(obj="Nice"), relation="P36")
+    other = store.record_desired(record=record(subject="Italy", obj="Rome"), relation="P36")
+    newest = store.record_desired(record=record(obj="Brest"), relation="P36")
+    assert store.change(change_id=older.id).state == "superseded"
+    assert store.change(change_id=older.id).reason == f"replaced by change {newest.id}"
+    assert store.change(change_id=queued.id).state == "queued"
+    assert [c.id for c in store.changes(state="pending")] == [other.id, newest.id]
+    again = store.retry(subject="France", relation="P36")
+    assert store.change(change_id=newest.id).state == "superseded" and again.state == "pending"
+
+
 def test_quarantine_counts_each_bad_row_once(store):
     assert store.quarantine(source="s", location="a:1", reason="bad", raw="{}")
     assert not store.quarantine(source="s", location="a:1", reason="bad", raw="{}")
