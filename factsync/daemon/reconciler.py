@@ -5,7 +5,9 @@ marked superseded, so a burst of updates makes one edit. A change waits
 ``coalesce_seconds`` after it arrived for later ones to replace it. Deletions are
 recorded without an edit, changes the applied state already holds are closed, and
 changes the live model already states are counted as applied without an edit. The rest
-are batched into jobs of at most ``max_facts``.
+wait their turn: each plan queues one job of at most ``max_facts``, the changes that
+settled first, and the others stay pending, so an update arriving while earlier jobs run
+still replaces its fact's change instead of queueing a second, stale edit.
 """
 
 from __future__ import annotations
@@ -49,33 +51,39 @@ class Reconciler:
         self._policy = policy
         self._clock = clock
 
-    def plan(self, live_states: LiveCheck) -> list[Job]:
-        """Queue jobs for the pending changes that are ready; the jobs made."""
+    def plan(self, live_states: LiveCheck) -> Job | None:
+        """Queue one job of the ready changes that settled first; the job, if any.
+
+        Only changes considered for this job are checked against the live model, so a
+        plan costs at most a few batches of checks however long the queue is.
+        """
         ready = self._ready_changes()
-        if not ready:
-            return []
-        stated = live_states(ready)
+        size = self._policy.batch.max_facts
         live = self._store.live_version().id
-        to_edit = []
-        for change, already in zip(ready, stated, strict=True):
-            if already:
+        batch: list[FactChange] = []
+        while ready and len(batch) < size:
+            candidates, ready = ready[: size - len(batch)], ready[size - len(batch) :]
+            for change, already in zip(candidates, live_states(candidates), strict=True):
+                if not already:
+                    batch.append(change)
+                    continue
                 self._store.record_already_true(change_id=change.id, version_id=live)
                 log.info("fact change %d: the live model already states %s %s %s; no edit",
                          change.id, change.subject, change.relation, change.object)
-            else:
-                to_edit.append(change)
-        size = self._policy.batch.max_facts
-        jobs = []
-        for start in range(0, len(to_edit), size):
-            batch = [c.id for c in to_edit[start : start + size]]
-            job = self._store.create_job(change_ids=batch, policy_digest=self._policy.digest)
-            failpoint("reconcile.job_created")
-            log.info("job %d queued with %d fact change(s)", job.id, len(batch))
-            jobs.append(job)
-        return jobs
+        if not batch:
+            return None
+        job = self._store.create_job(change_ids=[c.id for c in batch],
+                                     policy_digest=self._policy.digest)
+        failpoint("reconcile.job_created")
+        log.info("job %d queued with %d fact change(s); %d more ready", job.id, len(batch),
+                 len(ready))
+        return job
 
     def _ready_changes(self) -> list[FactChange]:
-        """The latest pending change of each fact, once it has waited out the window."""
+        """The latest pending change of each ready fact, the longest settled first.
+
+        A fact is ready once its latest change has waited out the coalescing window.
+        """
         latest: dict[tuple[str, str], list[FactChange]] = {}
         for change in self._store.changes(state=CHANGE_PENDING, limit=1_000_000):
             latest.setdefault((change.subject, change.relation), []).append(change)
@@ -106,4 +114,4 @@ class Reconciler:
                 )
             else:
                 ready.append(change)
-        return ready
+        return sorted(ready, key=lambda c: c.received_at)

@@ -52,29 +52,53 @@ def test_changes_wait_for_the_window_and_the_latest_one_wins(store, clock):
     desire(store, "France", "Nice")
     latest = desire(store, "France", "Marseille")
     planner = reconciler(store, clock)
-    assert planner.plan(nothing_known) == []
+    assert planner.plan(nothing_known) is None
     assert store.change(change_id=first.id).state == "superseded"
     clock.now += 2.5
-    [job] = planner.plan(nothing_known)
+    job = planner.plan(nothing_known)
     assert [c.id for c in store.changes(job_id=job.id)] == [latest.id]
 
 
-def test_changes_are_batched_by_the_policy_limit(store, clock):
+def test_each_plan_queues_one_job_of_the_longest_settled_facts(store, clock):
     for index in range(5):
         desire(store, f"Country {index}", "Paris")
+        clock.now += 1
     clock.now += 10
-    jobs = reconciler(store, clock, max_facts=2).plan(nothing_known)
-    assert [len(store.changes(job_id=j.id)) for j in jobs] == [2, 2, 1]
+    planner = reconciler(store, clock, max_facts=2)
+    first = planner.plan(nothing_known)
+    assert [c.subject for c in store.changes(job_id=first.id)] == ["Country 0", "Country 1"]
+    update = desire(store, "Country 2", "Rome")  # still pending: replaces, no stale edit
+    clock.now += 10
+    jobs = [planner.plan(nothing_known), planner.plan(nothing_known)]
+    assert [[c.subject for c in store.changes(job_id=j.id)] for j in jobs] == [
+        ["Country 3", "Country 4"], ["Country 2"]]
+    assert store.changes(job_id=jobs[1].id)[0].id == update.id
+    assert planner.plan(nothing_known) is None
+
+
+def test_facts_already_stated_do_not_take_a_place_in_the_job(store, clock):
+    for index in range(4):
+        desire(store, f"Country {index}", "Paris")
+    clock.now += 10
+    checked = []
+
+    def even_known(changes):  # noqa: ANN001, ANN202
+        checked.append(len(changes))
+        return [int(c.subject[-1]) % 2 == 0 for c in changes]
+
+    job = reconciler(store, clock, max_facts=2).plan(even_known)
+    assert [c.subject for c in store.changes(job_id=job.id)] == ["Country 1", "Country 3"]
+    assert checked == [2, 1, 1]  # only as many checks as places to fill
 
 
 def test_facts_the_live_model_already_states_are_applied_without_an_edit(store, clock):
     known = desire(store, "France", "Paris")
     unknown = desire(store, "Italy", "Milan")
     clock.now += 10
-    jobs = reconciler(store, clock).plan(lambda cs: [c.subject == "France" for c in cs])
+    job = reconciler(store, clock).plan(lambda cs: [c.subject == "France" for c in cs])
     assert store.change(change_id=known.id).state == "already_true"
     assert [a.subject for a in store.applied_facts()] == ["France"]
-    assert [c.id for c in store.changes(job_id=jobs[0].id)] == [unknown.id]
+    assert [c.id for c in store.changes(job_id=job.id)] == [unknown.id]
 
 
 def test_deletions_are_recorded_and_applied_objects_are_not_edited_again(store, clock):
@@ -84,6 +108,6 @@ def test_deletions_are_recorded_and_applied_objects_are_not_edited_again(store, 
     again = store.retry(subject="France", relation="P36")
     deletion = desire(store, "Italy", "", deleted=True)
     clock.now += 10
-    assert reconciler(store, clock).plan(nothing_known) == []
+    assert reconciler(store, clock).plan(nothing_known) is None
     assert store.change(change_id=again.id).state == "already_true"
     assert store.change(change_id=deletion.id).state == "recorded"

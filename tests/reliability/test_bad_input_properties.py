@@ -82,7 +82,8 @@ def test_the_reconciler_keeps_one_live_change_per_fact_and_loses_none(events, ba
                              policy=Policy(batch=BatchPolicy(max_facts=batch,
                                                              coalesce_seconds=1)),
                              clock=lambda: clock[0] + 10)
-        jobs = planner.plan(lambda changes: [c.object == "Paris" for c in changes])
+        jobs = list(iter(lambda: planner.plan(lambda cs: [c.object == "Paris" for c in cs]),
+                         None))
         changes = store.changes(limit=10_000)
         live = [c for c in changes if c.state not in ("superseded",)]
         keys = [(c.subject, c.relation) for c in live]
