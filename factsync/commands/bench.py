@@ -59,6 +59,7 @@ def register(commands: argparse._SubParsersAction) -> None:
     zopt.set_defaults(handler=run_zopt_bench)
     _register_budget(sub)
     _register_sync(sub)
+    _register_load(sub)
 
 
 def _register_sync(sub: argparse._SubParsersAction) -> None:
@@ -84,6 +85,78 @@ def run_sync_bench(args: argparse.Namespace) -> int:
     startup, rows = run_sync_latency(rewrites, sizes)
     print(format_sync_table(startup, rows))
     return 0
+
+
+def _register_load(sub: argparse._SubParsersAction) -> None:
+    load = sub.add_parser(
+        "load",
+        help="a steady feed of fact changes through a running daemon: throughput, queue "
+        "depth, memory, API latency and a check that nothing was dropped",
+        description="Start a real daemon (subprocess, fresh data directory, shared caches) "
+        "and feed it --changes fact changes over --facts (subject, relation) pairs at a "
+        "steady rate for --seconds, through rewritten .jsonl files in its watched directory "
+        "and POST /facts batches. A thread times GET /healthz, /status and /facts?subject= "
+        "at a fixed rate; the queue depth and the daemon's RSS are sampled once a second. "
+        "After the feed it waits up to --drain-seconds for the queue to empty, then checks "
+        "every fed fact against the store. Prints throughput, jobs, queue depth over time, "
+        "RSS, latency percentiles and the drop check; exits 1 if anything was dropped.",
+    )
+    load.add_argument("--changes", type=int, default=10_000, help="fact changes to feed (10000)")
+    load.add_argument("--seconds", type=float, default=180.0,
+                      help="feed duration in seconds, at a steady rate (180)")
+    load.add_argument("--facts", type=int, default=2_000,
+                      help="distinct (subject, relation) pairs the changes fall on (2000)")
+    load.add_argument("--channel", choices=["file", "api", "both"], default="both",
+                      help="how facts arrive; with both, half the facts use each (both)")
+    load.add_argument("--drain-seconds", type=float, default=600.0,
+                      help="wait at most this long after the feed for the queue to empty (600)")
+    load.add_argument("--probe-rate", type=float, default=10.0,
+                      help="API latency probes per second across the three endpoints (10)")
+    load.add_argument("--every", type=float, default=15.0,
+                      help="seconds between rows of the queue-depth table (15)")
+    load.add_argument("--model", default="default",
+                      help="local HuggingFace model directory, or 'default' (the embedded "
+                      "SmolLM2-135M-Instruct from the shared cache)")
+    load.add_argument("--policy", type=Path,
+                      help="policy file (default: the shipped default policy with jobs of at "
+                      "most 10 facts and a 5 s coalesce window)")
+    load.add_argument("--data-dir", type=Path,
+                      help="run the daemon in this directory and keep it (state, daemon.log); "
+                      "default: a temporary directory, removed afterwards")
+    load.add_argument("--seed", type=int, default=0, help="random seed of the feed (0)")
+    load.add_argument("--json", type=Path, help="also write the numbers to this file")
+    load.set_defaults(handler=run_load_bench)
+
+
+def run_load_bench(args: argparse.Namespace) -> int:
+    """Handler of ``factsync bench load``."""
+    import yaml
+
+    from factsync.bench.live_daemon import DaemonProcess
+    from factsync.bench.load import BENCH_POLICY, run_load
+    from factsync.bench.load_plan import LoadSettings
+    from factsync.bench.load_report import format_load_report, report_json
+    from factsync.policies.schema import load_policy
+
+    settings = LoadSettings(
+        changes=args.changes, seconds=args.seconds, facts=args.facts, channel=args.channel,
+        drain_seconds=args.drain_seconds, probe_rate=args.probe_rate, every=args.every,
+        seed=args.seed,
+    )
+    policy = BENCH_POLICY
+    if args.policy:
+        load_policy(args.policy)  # a wrong policy fails here, naming the key
+        policy = yaml.safe_load(args.policy.read_text())
+    model = args.model if args.model == "default" else str(Path(args.model).absolute())
+
+    def make_daemon(data_dir: Path) -> DaemonProcess:
+        return DaemonProcess(data_dir, policy=policy, model={"path": model})
+
+    report = run_load(settings, make_daemon, data_dir=args.data_dir)
+    print(format_load_report(report))
+    if args.json:
+        write_json(args.json, report_json(report))
+    return 1 if report.problems else 0
 
 
 def _register_budget(sub: argparse._SubParsersAction) -> None:
