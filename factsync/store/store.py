@@ -48,6 +48,7 @@ class StateStore(VersionHistory):
         self.path = path
         self._clock = clock
         self._lock = threading.RLock()
+        self._batch_depth = 0  # only the thread holding _lock inside batch() changes it
         path.parent.mkdir(parents=True, exist_ok=True)
         self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
         self._db.row_factory = sqlite3.Row
@@ -62,8 +63,27 @@ class StateStore(VersionHistory):
             self._db.close()
 
     @contextmanager
+    def batch(self) -> Iterator[None]:
+        """Commit the writes made inside as one transaction, with one disk sync.
+
+        Each write still succeeds or fails on its own (a savepoint), but a crash before
+        the batch ends loses all of them, so callers keep batches to what they can redo
+        (rows a source will deliver again). Other threads wait for the batch: keep it
+        short.
+        """
+        with self._transaction():
+            self._batch_depth += 1
+            try:
+                yield
+            finally:
+                self._batch_depth -= 1
+
+    @contextmanager
     def _transaction(self) -> Iterator[sqlite3.Connection]:
         with self._lock:
+            if self._batch_depth:
+                yield from _savepoint(self._db)
+                return
             self._db.execute("BEGIN IMMEDIATE")
             try:
                 yield self._db
@@ -585,3 +605,16 @@ def _add_pending_change(
          CHANGE_PENDING, change_id),
     )
     return change_id
+
+
+def _savepoint(db: sqlite3.Connection) -> Iterator[sqlite3.Connection]:
+    """One write inside a batch: undone alone if it fails, committed with the batch."""
+    db.execute("SAVEPOINT write")
+    try:
+        yield db
+    except BaseException:
+        if db.in_transaction:
+            db.execute("ROLLBACK TO write")
+            db.execute("RELEASE write")
+        raise
+    db.execute("RELEASE write")

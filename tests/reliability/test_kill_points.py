@@ -19,6 +19,7 @@ from factsync.store.store import StateStore
 pytestmark = pytest.mark.reliability
 
 KILL_POINTS = [
+    "ingest.uncommitted",
     "ingest.recorded",
     "reconcile.job_created",
     "worker.preparing",

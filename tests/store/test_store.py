@@ -212,3 +212,23 @@ def test_fact_views_join_the_latest_change_and_the_applied_version(store):
     assert views["Italy"]["applied_by"] is None
     assert [v["subject"] for v in store.fact_views(state="pending")] == ["France", "Italy"]
     assert [v["subject"] for v in store.fact_views(subject="Italy")] == ["Italy"]
+
+
+def test_a_batch_commits_its_writes_together_and_a_failed_write_alone_is_undone(store, tmp_path):
+    with store.batch():
+        store.record_desired(record=record(obj="Lyon"), relation="P36")
+        other = StateStore(tmp_path / "state.sqlite")
+        assert other.desired_facts() == []  # nothing visible before the batch ends
+        with pytest.raises(sqlite3.IntegrityError):  # relation is NOT NULL
+            store.record_desired(record=record(subject="Spain", obj="Madrid"), relation=None)
+        store.record_desired(record=record(subject="Italy", obj="Rome"), relation="P36")
+    assert [f.subject for f in other.desired_facts()] == ["France", "Italy"]
+    assert len(other.changes()) == 2
+    other.close()
+
+
+def test_a_batch_that_raises_keeps_none_of_its_writes(store):
+    with pytest.raises(RuntimeError), store.batch():
+        store.record_desired(record=record(obj="Lyon"), relation="P36")
+        raise RuntimeError("the caller failed half-way")
+    assert store.desired_facts() == [] and store.changes() == []
