@@ -60,6 +60,7 @@ def register(commands: argparse._SubParsersAction) -> None:
     _register_budget(sub)
     _register_sync(sub)
     _register_load(sub)
+    _register_ingest(sub)
 
 
 def _register_sync(sub: argparse._SubParsersAction) -> None:
@@ -157,6 +158,32 @@ def run_load_bench(args: argparse.Namespace) -> int:
     if args.json:
         write_json(args.json, report_json(report))
     return 1 if report.problems else 0
+
+
+def _register_ingest(sub: argparse._SubParsersAction) -> None:
+    ingest = sub.add_parser(
+        "ingest",
+        help="rows per second from a source's batch into the state store, by rows per commit",
+        description="Deliver the same --rows rows (a tenth of them bad) through the "
+        "connectors' deliver_rows into a real Ingest and a fresh SQLite store, once per "
+        "--batch-sizes value, --repeats times in turn, and print the times and rows per "
+        "second. A batch of 1 commits every row on its own (ingest before batching).",
+    )
+    ingest.add_argument("--rows", type=int, default=100_000, help="rows per run (100000)")
+    ingest.add_argument("--batch-sizes", default="1,500",
+                        help="comma-separated rows per commit; the first is the baseline (1,500)")
+    ingest.add_argument("--repeats", type=int, default=3, help="runs per batch size (3)")
+    ingest.set_defaults(handler=run_ingest_bench)
+
+
+def run_ingest_bench(args: argparse.Namespace) -> int:
+    """Handler of ``factsync bench ingest``."""
+    from factsync.bench.ingest import format_ingest_table
+    from factsync.bench.ingest import run_ingest_bench as run
+
+    sizes = [int(x) for x in args.batch_sizes.split(",")]
+    print(format_ingest_table(args.rows, run(args.rows, sizes, repeats=args.repeats)))
+    return 0
 
 
 def _register_budget(sub: argparse._SubParsersAction) -> None:
