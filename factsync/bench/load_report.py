@@ -124,7 +124,8 @@ def _subsequence(part: list[str], whole: list[str]) -> bool:
 
 
 def latest_changes(changes: list[FactChange]) -> dict[Key, FactChange]:
-    return {(c.subject, c.relation): c for c in changes}  # ids ascend: the last one wins
+    """Each fact's latest change (``changes`` in id order)."""
+    return {(c.subject, c.relation): c for c in changes}
 
 
 def left_pending(change: FactChange, jobs: dict) -> float | None:
@@ -203,7 +204,8 @@ def timeline(feed: dict, changes: list[FactChange], left: dict, samples: list[Sa
 
 
 def latency_rows(probes: list, pushes: list[tuple[float, float, int]],
-             feed_end: float) -> list[LatencyRow]:
+                 feed_end: float) -> list[LatencyRow]:
+    """Latency per probed endpoint during the feed and the drain, and of the pushes."""
     rows = []
     for endpoint in ENDPOINTS:
         for phase, during_feed in (("feed", True), ("drain", False)):
