@@ -19,7 +19,7 @@ from factsync.facts.catalog import Relation, RelationCatalog
 from factsync.models.generation import greedy, short_answer
 from factsync.models.loading import LoadedModel
 from factsync.models.scoring import score_targets
-from factsync.models.text import PromptSpec, object_ids
+from factsync.models.text import PromptSpec, object_ids, read_back
 from factsync.policies.schema import Policy
 from factsync.store.records import FactChange
 from factsync.store.store import StateStore
@@ -47,6 +47,18 @@ def states(loaded: LoadedModel, pairs: Sequence[Prompted]) -> list[bool]:
         return []
     rows = [PromptSpec("{}", prompt, object_ids(loaded, obj)) for prompt, obj in pairs]
     return [score.exact for score in score_targets(loaded, rows)]
+
+
+def unrepresentable(loaded: LoadedModel, change: FactChange) -> str | None:
+    """Why the model cannot be edited to state ``change``: its tokenizer cannot spell the
+    subject or the object; ``None`` when it can."""
+    for part, text in (("subject", change.subject), ("object", change.object)):
+        seen = read_back(loaded, text)
+        if seen != text:
+            return (f"the model's tokenizer cannot represent the {part} {text!r} (it reads "
+                    f"{seen!r}), so no edit can state this fact; fix the source or use "
+                    "another model")
+    return None
 
 
 def prepare_job(

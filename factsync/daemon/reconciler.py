@@ -12,6 +12,7 @@ still replaces its fact's change instead of queueing a second, stale edit.
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 from collections.abc import Callable, Sequence
@@ -33,6 +34,8 @@ log = logging.getLogger(__name__)
 
 LiveCheck = Callable[[Sequence[FactChange]], list[bool]]
 """Whether the live model already states each change's object."""
+UsableCheck = Callable[[FactChange], str | None]
+"""Why the model cannot be edited to state a change (``None``: it can)."""
 
 
 class Reconciler:
@@ -51,11 +54,14 @@ class Reconciler:
         self._policy = policy
         self._clock = clock
 
-    def plan(self, live_states: LiveCheck) -> Job | None:
+    def plan(
+        self, live_states: LiveCheck, unusable: UsableCheck = lambda change: None
+    ) -> Job | None:
         """Queue one job of the ready changes that settled first; the job, if any.
 
-        Only changes considered for this job are checked against the live model, so a
-        plan costs at most a few batches of checks however long the queue is.
+        Only changes considered for this job are checked, so a plan costs at most a few
+        batches of checks however long the queue is. A change ``unusable`` names a
+        reason for is failed and quarantined with it instead of stopping its job.
         """
         ready = self._ready_changes()
         size = self._policy.batch.max_facts
@@ -63,6 +69,7 @@ class Reconciler:
         batch: list[FactChange] = []
         while ready and len(batch) < size:
             candidates, ready = ready[: size - len(batch)], ready[size - len(batch) :]
+            candidates = [c for c in candidates if not self._refused(c, unusable(c))]
             for change, already in zip(candidates, live_states(candidates), strict=True):
                 if not already:
                     batch.append(change)
@@ -78,6 +85,20 @@ class Reconciler:
         log.info("job %d queued with %d fact change(s); %d more ready", job.id, len(batch),
                  len(ready))
         return job
+
+    def _refused(self, change: FactChange, reason: str | None) -> bool:
+        """Fail and quarantine ``change`` if there is a ``reason``; whether it was."""
+        if reason is None:
+            return False
+        desired = self._store.desired_facts(subject=change.subject, relation=change.relation)
+        location = desired[0].location if desired else f"fact change {change.id}"
+        self._store.close_changes(change_ids=[change.id], state=CHANGE_FAILED, reason=reason)
+        self._store.quarantine(source=change.source, location=location, reason=reason,
+                               raw=json.dumps({"subject": change.subject,
+                                               "relation": change.relation,
+                                               "object": change.object}, ensure_ascii=False))
+        log.warning("fact change %d refused: %s", change.id, reason)
+        return True
 
     def _ready_changes(self) -> list[FactChange]:
         """The latest pending change of each ready fact, the longest settled first.

@@ -25,7 +25,13 @@ from typing import Any
 from factsync.daemon.alerts import Alert, Alerter
 from factsync.daemon.metrics import Metrics
 from factsync.daemon.model_state import ModelState
-from factsync.daemon.preparation import PreparedFact, prepare_job, retention_probes, states
+from factsync.daemon.preparation import (
+    PreparedFact,
+    prepare_job,
+    retention_probes,
+    states,
+    unrepresentable,
+)
 from factsync.daemon.reconciler import Reconciler
 from factsync.editing.delta import AppliedDelta
 from factsync.editing.engine import EditEngine, EditResult
@@ -175,7 +181,7 @@ class Worker:
             return False
         job = self._store.next_job()
         if job is None:
-            self._reconciler.plan(self._live_states)
+            self._reconciler.plan(self._live_states, self._unrepresentable)
             job = self._store.next_job()
         if job is None:
             return False
@@ -282,6 +288,9 @@ class Worker:
     def _checkpoint(self) -> None:
         if self.stopping.is_set():
             raise JobInterrupted
+
+    def _unrepresentable(self, change: FactChange) -> str | None:
+        return unrepresentable(self._models.work, change)
 
     def _live_states(self, changes: Sequence[FactChange]) -> list[bool]:
         pairs = []

@@ -98,6 +98,17 @@ def object_ids(loaded: LoadedModel, obj: str) -> tuple[int, ...]:
     return tuple(ids)
 
 
+def read_back(loaded: LoadedModel, text: str) -> str:
+    """``text`` as the model sees it after a space in a prompt: encoded, then decoded.
+
+    It differs from ``text`` when the tokenizer drops or replaces characters (bytes
+    missing from its vocabulary, normalisation), and then no edit can name it.
+    """
+    ids = loaded.tokenizer(" " + text, add_special_tokens=False)["input_ids"]
+    decoded = loaded.tokenizer.decode(ids, clean_up_tokenization_spaces=False)
+    return decoded.removeprefix(" ")
+
+
 def encode(loaded: LoadedModel, rows: list[PromptSpec]) -> PromptBatch:
     """Encode ``rows`` into one right-padded batch on the model's device."""
     if not rows:
@@ -118,7 +129,7 @@ def encode(loaded: LoadedModel, rows: list[PromptSpec]) -> PromptBatch:
         subject_end = subject_start + len(row.subject)
         offsets = encoded["offset_mapping"]
         subject_first.append(offset + _token_at(offsets, subject_start, text))
-        subject_last.append(offset + _token_at(offsets, subject_end - 1, text))
+        subject_last.append(offset + _token_at(offsets, subject_end - 1, text, last=True))
         prompt_last.append(len(ids) - 1)
         sequences.append(ids + list(row.target_ids))
     width = max(len(s) for s in sequences)
@@ -138,9 +149,18 @@ def encode(loaded: LoadedModel, rows: list[PromptSpec]) -> PromptBatch:
     ).to(loaded.device)
 
 
-def _token_at(offsets: list[tuple[int, int]], char_index: int, text: str) -> int:
-    """Index of the token whose character span covers ``char_index``."""
-    for index, (start, end) in enumerate(offsets):
+def _token_at(
+    offsets: list[tuple[int, int]], char_index: int, text: str, *, last: bool = False
+) -> int:
+    """Index of the first (or ``last``) token whose character span covers ``char_index``.
+
+    A character that byte-level BPE splits into several tokens is covered by all of
+    them; the subject's last token is the last of those, or the key would be read
+    half-way through a character.
+    """
+    order = range(len(offsets) - 1, -1, -1) if last else range(len(offsets))
+    for index in order:
+        start, end = offsets[index]
         if start <= char_index < end:
             return index
     raise ValueError(f"no token covers character {char_index} of {text!r}")

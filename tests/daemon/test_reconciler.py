@@ -111,3 +111,22 @@ def test_deletions_are_recorded_and_applied_objects_are_not_edited_again(store, 
     assert reconciler(store, clock).plan(nothing_known) is None
     assert store.change(change_id=again.id).state == "already_true"
     assert store.change(change_id=deletion.id).state == "recorded"
+
+
+def test_a_change_the_model_cannot_spell_is_failed_and_quarantined_alone(store, clock):
+    record = FactRecord(subject="Atlantis\U00040000", relation="P36", object="Sea",
+                        source="file:a", location="a.jsonl:7")
+    odd = store.record_desired(record=record, relation="P36")
+    fine = desire(store, "France", "Lyon")
+    clock.now += 10
+
+    def unusable(change):  # noqa: ANN001, ANN202
+        return "cannot spell it" if "\U00040000" in change.subject else None
+
+    job = reconciler(store, clock).plan(nothing_known, unusable)
+    assert [c.id for c in store.changes(job_id=job.id)] == [fine.id]
+    refused = store.change(change_id=odd.id)
+    assert (refused.state, refused.reason) == ("failed", "cannot spell it")
+    [entry] = store.quarantined()
+    assert (entry.source, entry.location, entry.reason) == ("file:a", "a.jsonl:7",
+                                                            "cannot spell it")
