@@ -16,6 +16,7 @@ import json
 import logging
 import time
 from collections.abc import Callable, Sequence
+from typing import Any
 
 from factsync.facts.catalog import RelationCatalog
 from factsync.failpoints import failpoint
@@ -39,7 +40,17 @@ UsableCheck = Callable[[FactChange], str | None]
 
 
 class Reconciler:
-    """Diffs desired against applied state and queues the difference as jobs."""
+    """Diffs desired against applied state and queues the difference as jobs.
+
+    Args:
+        store: the state store.
+        catalog: known relations.
+        policy: batch limits and the coalescing window.
+        clock: the time now, in epoch seconds.
+        quarantine: takes a refused fact (``source``, ``location``, ``reason``, ``raw``
+            keywords), like ``Ingest.reject``, which also counts it; the store's own
+            ``quarantine`` when not given.
+    """
 
     def __init__(
         self,
@@ -48,11 +59,13 @@ class Reconciler:
         catalog: RelationCatalog,
         policy: Policy,
         clock: Callable[[], float] = time.time,
+        quarantine: Callable[..., Any] | None = None,
     ) -> None:
         self._store = store
         self._catalog = catalog
         self._policy = policy
         self._clock = clock
+        self._quarantine = quarantine or store.quarantine
 
     def plan(
         self, live_states: LiveCheck, unusable: UsableCheck = lambda change: None
@@ -93,10 +106,9 @@ class Reconciler:
         desired = self._store.desired_facts(subject=change.subject, relation=change.relation)
         location = desired[0].location if desired else f"fact change {change.id}"
         self._store.close_changes(change_ids=[change.id], state=CHANGE_FAILED, reason=reason)
-        self._store.quarantine(source=change.source, location=location, reason=reason,
-                               raw=json.dumps({"subject": change.subject,
-                                               "relation": change.relation,
-                                               "object": change.object}, ensure_ascii=False))
+        self._quarantine(source=change.source, location=location, reason=reason,
+                         raw=json.dumps({"subject": change.subject, "relation": change.relation,
+                                         "object": change.object}, ensure_ascii=False))
         log.warning("fact change %d refused: %s", change.id, reason)
         return True
 

@@ -315,7 +315,7 @@ class Daemon:
                 fluency_texts=FLUENCY_TEXTS, base_perplexity=base_perplexity,
                 alerter=self.alerter, monitor_check=self.monitor.check,
                 data_dir_writable=self.health.data_dir_writable,
-                on_live_change=self.exporter.export_live,
+                quarantine=self.ingest.reject, on_live_change=self.exporter.export_live,
             )
             self.exporter.export_live("started")
             self.models = models

@@ -84,6 +84,8 @@ class Worker:
         monitor_check: the monitor's check, run between jobs when it is due.
         on_live_change: called with the event after the live version changed.
         data_dir_writable: checks (and reports) whether the data directory takes writes.
+        quarantine: where facts the model cannot be edited to state are quarantined
+            (``Ingest.reject``, which counts them); the store itself when not given.
     """
 
     def __init__(
@@ -102,6 +104,7 @@ class Worker:
         monitor_check: Callable[[], Any] | None = None,
         on_live_change: Callable[[str], Any] = lambda event: None,
         data_dir_writable: Callable[[], bool] = lambda: True,
+        quarantine: Callable[..., Any] | None = None,
     ) -> None:
         self._store = store
         self._catalog = catalog
@@ -119,7 +122,8 @@ class Worker:
         self._storage_backoff = 0.0
         self._not_before = 0.0
         self._stranded_jobs = False
-        self._reconciler = Reconciler(store=store, catalog=catalog, policy=policy)
+        self._reconciler = Reconciler(store=store, catalog=catalog, policy=policy,
+                                      quarantine=quarantine)
         self._wake = threading.Event()
         self._requests: queue.Queue[tuple[Callable[[], Any], Future]] = queue.Queue()
         self.monitor_due = threading.Event()
