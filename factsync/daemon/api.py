@@ -25,8 +25,8 @@ from typing import Any
 from urllib.parse import parse_qs, unquote, urlsplit
 
 from factsync.daemon.ingest import Ingest
-from factsync.daemon.model_state import ModelState
 from factsync.daemon.openapi import api_document
+from factsync.jobs.model_state import ModelState
 from factsync.store.faults import unwritable_reason
 from factsync.store.records import StoreError
 from factsync.store.store import StateStore

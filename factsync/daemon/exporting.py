@@ -16,9 +16,9 @@ from dataclasses import dataclass
 
 from factsync.daemon.alerts import Alert, Alerter
 from factsync.daemon.metrics import Metrics
-from factsync.daemon.model_state import ModelState
 from factsync.editing.delta import ModelDelta
 from factsync.editing.lora import lora_factors
+from factsync.jobs.model_state import ModelState
 from factsync.registry.exports import ExportDir, write_peft_adapter
 from factsync.registry.serving import LiveChange, ServingNotifier
 from factsync.registry.versions import VersionFiles

@@ -15,14 +15,14 @@ from typing import Any
 
 from factsync.daemon.alerts import Alert, Alerter
 from factsync.daemon.metrics import Metrics
-from factsync.daemon.model_state import ModelState
-from factsync.daemon.preparation import retention_probes, states
 from factsync.editing.delta import ModelDelta
 from factsync.evaluation.fluency import perplexity
 from factsync.evaluation.kpis import Prompted
 from factsync.facts.canaries import CANDIDATE_CANARIES
 from factsync.facts.catalog import RelationCatalog
 from factsync.failpoints import failpoint
+from factsync.jobs.model_state import ModelState
+from factsync.jobs.preparation import retention_probes, states
 from factsync.policies.schema import Policy
 from factsync.registry.versions import VersionFiles
 from factsync.store.records import MonitorCheck

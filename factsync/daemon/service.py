@@ -35,7 +35,6 @@ from factsync.daemon.exporting import Exporter, ExportSettings
 from factsync.daemon.host_health import HostHealth
 from factsync.daemon.ingest import Ingest
 from factsync.daemon.metrics import Metrics
-from factsync.daemon.model_state import ModelState
 from factsync.daemon.monitor import Monitor, choose_canaries
 from factsync.daemon.worker import Worker
 from factsync.editing.build import StatisticsSettings, build_engine
@@ -45,6 +44,7 @@ from factsync.editing.spread import SpreadSettings
 from factsync.evaluation.fluency import perplexity
 from factsync.evaluation.heldout_text import FLUENCY_TEXTS
 from factsync.facts.catalog import RelationCatalog
+from factsync.jobs.model_state import ModelState
 from factsync.models.loading import default_model_dir, load_model
 from factsync.policies.schema import Policy, load_policy
 from factsync.registry.exports import ExportDir

@@ -24,20 +24,20 @@ from typing import Any
 
 from factsync.daemon.alerts import Alert, Alerter
 from factsync.daemon.metrics import Metrics
-from factsync.daemon.model_state import ModelState
-from factsync.daemon.preparation import (
+from factsync.editing.delta import AppliedDelta
+from factsync.editing.engine import EditEngine, EditResult
+from factsync.evaluation.kpis import kpi_report, measure
+from factsync.facts.catalog import RelationCatalog
+from factsync.failpoints import failpoint
+from factsync.jobs.model_state import ModelState
+from factsync.jobs.preparation import (
     PreparedFact,
     prepare_job,
     retention_probes,
     states,
     unrepresentable,
 )
-from factsync.daemon.reconciler import Reconciler
-from factsync.editing.delta import AppliedDelta
-from factsync.editing.engine import EditEngine, EditResult
-from factsync.evaluation.kpis import kpi_report, measure
-from factsync.facts.catalog import RelationCatalog
-from factsync.failpoints import failpoint
+from factsync.jobs.reconciler import Reconciler
 from factsync.policies.judge import GateResult, judge
 from factsync.policies.schema import Policy
 from factsync.registry.versions import VersionFiles

@@ -8,8 +8,8 @@ from prometheus_client import CollectorRegistry
 from factsync.daemon.alerts import Alerter
 from factsync.daemon.exporting import Exporter, ExportSettings
 from factsync.daemon.metrics import Metrics
-from factsync.daemon.model_state import ModelState
 from factsync.facts.records import FactRecord
+from factsync.jobs.model_state import ModelState
 from factsync.registry.exports import ExportDir
 from factsync.registry.serving import VllmNotifier, WebhookServingNotifier
 from factsync.registry.versions import VersionFiles

@@ -9,8 +9,8 @@ import pytest
 import torch
 from peft import PeftModel
 
-from factsync.daemon.model_state import ModelState
 from factsync.editing.delta import ModelDelta
+from factsync.jobs.model_state import ModelState
 from factsync.models.loading import load_model
 
 pytestmark = pytest.mark.real_model

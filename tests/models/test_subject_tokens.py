@@ -13,8 +13,8 @@ import pytest
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
-from factsync.daemon.preparation import unrepresentable
 from factsync.facts.records import RowError, parse_row
+from factsync.jobs.preparation import unrepresentable
 from factsync.models.loading import load_model
 from factsync.models.text import PromptSpec, encode, read_back
 from factsync.store.records import FactChange

@@ -25,8 +25,8 @@ from pathlib import Path
 
 import pytest
 
-from factsync.daemon.model_state import ModelState
 from factsync.editing.delta import ModelDelta
+from factsync.jobs.model_state import ModelState
 from factsync.models.loading import load_model
 from factsync.store.store import StateStore
 

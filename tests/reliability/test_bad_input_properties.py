@@ -15,9 +15,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from factsync.connectors.file_rows import read_rows
-from factsync.daemon.reconciler import Reconciler
 from factsync.facts.catalog import RelationCatalog
 from factsync.facts.records import KNOWN_FIELDS, FactRecord, RowError, parse_row
+from factsync.jobs.reconciler import Reconciler
 from factsync.policies.schema import BatchPolicy, Policy
 from factsync.store.store import StateStore
 

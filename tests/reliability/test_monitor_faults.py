@@ -7,10 +7,10 @@ from prometheus_client import CollectorRegistry
 
 from factsync.daemon.alerts import Alerter
 from factsync.daemon.metrics import Metrics
-from factsync.daemon.model_state import ModelState
 from factsync.daemon.monitor import Monitor
 from factsync.evaluation.heldout_text import FLUENCY_TEXTS
 from factsync.facts.catalog import RelationCatalog
+from factsync.jobs.model_state import ModelState
 from factsync.policies.schema import Policy
 from factsync.registry.versions import VersionFiles
 from factsync.store.store import StateStore

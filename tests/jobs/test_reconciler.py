@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from factsync.daemon.reconciler import Reconciler
 from factsync.facts.catalog import RelationCatalog
 from factsync.facts.records import FactRecord
+from factsync.jobs.reconciler import Reconciler
 from factsync.policies.schema import BatchPolicy, Policy
 from factsync.store.store import StateStore
 

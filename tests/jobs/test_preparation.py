@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from factsync.daemon.preparation import prepare_job, retention_probes
 from factsync.facts.catalog import RelationCatalog
 from factsync.facts.records import FactRecord
+from factsync.jobs.preparation import prepare_job, retention_probes
 from factsync.models.loading import load_model
 from factsync.policies.schema import EditingPolicy, EvaluationPolicy, Policy
 from factsync.store.store import StateStore
