@@ -18,6 +18,9 @@ Fixtures:
 - ``postgres``: the SQLAlchemy URL of a throw-away PostgreSQL server on loopback.
 - ``random_delta``: a factory ``random_delta(loaded, layers, rank=2, scale=0.1, seed=0)``
   returning a seeded random low-rank ``ModelDelta`` on the MLP output of ``layers``.
+- ``tiny_engine``: a factory ``tiny_engine(loaded, **settings)`` returning an
+  ``EditEngine`` with key statistics of ``ENGINE_TEXTS``, the prefixes ``ENGINE_CONTEXTS``
+  and fast target settings; keywords replace fields of ``EngineSettings``.
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ import shutil
 import subprocess
 import tempfile
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -43,7 +47,10 @@ from transformers import (
 )
 
 from factsync.bench.live_daemon import DaemonProcess, free_port
+from factsync.editing.covariance import compute_key_statistics
 from factsync.editing.delta import LayerDelta, ModelDelta
+from factsync.editing.engine import EditEngine, EngineSettings
+from factsync.editing.targets import TargetSettings
 from factsync.models.loading import LoadedModel, model_fingerprint, prompt_prefix_ids
 from factsync.models.specs import check_layout, get_module, key_value_dims, spec_for
 
@@ -194,6 +201,33 @@ def _random_delta(loaded, layers, rank=2, scale=0.1, seed=0) -> ModelDelta:  # n
 def random_delta() -> Callable[..., ModelDelta]:
     """Factory of seeded random low-rank deltas (see the module docstring)."""
     return _random_delta
+
+
+ENGINE_TEXTS = [
+    "The capital of France is Paris and the capital of Italy is Rome.",
+    "Danielle Darrieux was a French actress whose mother tongue is French.",
+    "LinkedIn is owned by Microsoft, and so is Skype.",
+    "Once upon a time, in 1998, scientists found a new city in the north.",
+] * 6
+ENGINE_CONTEXTS = ["", "Once upon a time. ", "Dear customer, thank you. "]
+# Random tiny models have small hidden norms, so the usual clamp would pin the delta.
+FAST_TARGETS = TargetSettings(
+    steps=20, learning_rate=1.0, stop_nll=0.3, chunk_size=2, clamp_norm_factor=1e3, weight_decay=0.0
+)
+
+
+def _tiny_engine(loaded: LoadedModel, **changes: object) -> EditEngine:
+    settings = replace(EngineSettings(target=FAST_TARGETS), **changes)
+    layers = settings.edit_layers(loaded)
+    stats = compute_key_statistics(loaded, layers, ENGINE_TEXTS, token_budget=400,
+                                   progress=False)
+    return EditEngine(loaded, settings, stats, ENGINE_CONTEXTS)
+
+
+@pytest.fixture
+def tiny_engine() -> Callable[..., EditEngine]:
+    """Factory of engines for tiny models (see the module docstring)."""
+    return _tiny_engine
 
 
 def _postgres_bin() -> Path | None:

@@ -10,6 +10,7 @@ from prometheus_client.registry import Collector
 
 from factsync.connectors.base import ConnectorHealth
 from factsync.policies.schema import METRICS
+from factsync.store.records import Version
 
 STAGE_BUCKETS = (0.5, 1, 2, 5, 10, 30, 60, 120, 300, 600, 1200, 3600)
 """Seconds; edit stages on CPU run from seconds to tens of minutes."""
@@ -118,6 +119,13 @@ class Metrics:
         self.connector_up.labels(name).set_function(lambda: float(health.up))
         self.connector_lag.labels(name).set_function(health.lag_seconds)
         self._connector_health[name] = health
+
+    def record_live(self, version: Version) -> None:
+        """Show ``version`` as the live one, with the KPIs it was promoted on."""
+        self.live_version.info({"id": version.id, "parent": version.parent_id or ""})
+        self.live_version_seq.set(version.seq)
+        if version.report:
+            self.record_kpis(self.live_kpi, version.report.get("candidate", {}))
 
     def record_kpis(self, gauge: Gauge, kpis: dict) -> None:
         """Set ``gauge`` from a KPI mapping; unmeasured KPIs become NaN."""

@@ -3,28 +3,25 @@
 Each check measures, on the worker's model (the live version, between jobs): retention
 of the applied facts (all, or a policy-sized sample), the canary facts, and perplexity
 against the base model. A rollback rule broken on ``consecutive`` checks of the same
-version in a row rolls the live pointer back to its parent; the model is rebuilt from
-the base weights and the parent's deltas, so its weights equal that version's exactly.
+version in a row rolls the live pointer back to its parent through ``LiveVersion``,
+which rebuilds the model and the engine state exactly as that version left them.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Sequence
-from typing import Any
+from collections.abc import Sequence
 
 from factsync.daemon.alerts import Alert, Alerter
 from factsync.daemon.metrics import Metrics
-from factsync.editing.delta import ModelDelta
 from factsync.evaluation.fluency import perplexity
 from factsync.evaluation.kpis import Prompted
 from factsync.facts.canaries import CANDIDATE_CANARIES
 from factsync.facts.catalog import RelationCatalog
-from factsync.failpoints import failpoint
+from factsync.jobs.live import LiveVersion
 from factsync.jobs.model_state import ModelState
 from factsync.jobs.preparation import retention_probes, states
 from factsync.policies.schema import Policy
-from factsync.registry.versions import VersionFiles
 from factsync.store.records import MonitorCheck
 from factsync.store.store import StateStore
 
@@ -50,22 +47,20 @@ class Monitor:
 
     def __init__(
         self, *, store: StateStore, catalog: RelationCatalog, policy: Policy,
-        models: ModelState, versions: VersionFiles, metrics: Metrics, alerter: Alerter,
+        models: ModelState, live: LiveVersion, metrics: Metrics, alerter: Alerter,
         canaries: list[Prompted], fluency_texts: Sequence[str], base_perplexity: float,
-        on_live_change: Callable[[str], Any] = lambda event: None,
     ) -> None:
         self._store = store
         self._catalog = catalog
         self._policy = policy
         self._models = models
-        self._versions = versions
+        self._live = live
         self._metrics = metrics
         self._alerter = alerter
         self.canaries = canaries
         self._texts = list(fluency_texts)
         self._base_perplexity = base_perplexity
         self._checks = 0
-        self._on_live_change = on_live_change
         self._quarantine_seen = store.quarantine_count()
 
     def check(self) -> MonitorCheck | None:
@@ -101,9 +96,10 @@ class Monitor:
                         f"the base model breaks '{rule.describe()}'; nothing to roll back to"))
                     break
                 value = metrics[rule.metric]
-                self.rollback(
+                self._live.rollback(
                     to_version_id=live.parent_id, trigger="monitor",
                     reason=f"monitor: {rule.describe()} (measured {value:.4g})",
+                    requeue=self._policy.monitor.on_rollback == "requeue",
                 )
                 break
         else:
@@ -124,31 +120,6 @@ class Monitor:
             "canary": sum(canary) / len(canary) if canary else None,
             "perplexity_ratio": perplexity(self._models.work, self._texts) / self._base_perplexity,
         }
-
-    def rollback(self, *, to_version_id: str, trigger: str, reason: str) -> list[str]:
-        """Move live to ``to_version_id`` (an ancestor) and rebuild the model exactly."""
-        live = self._store.live_version()
-        failpoint("monitor.before_rollback")
-        rolled = self._store.rollback(
-            to_version_id=to_version_id, reason=reason,
-            requeue=self._policy.monitor.on_rollback == "requeue",
-        )
-        failpoint("monitor.rolled_back")
-        lineage = self._store.lineage(version_id=to_version_id)
-        self._models.rebuild([ModelDelta.load(self._versions.delta_path(v.id)) for v in lineage])
-        target = self._store.live_version()
-        self._metrics.rollbacks.labels(trigger).inc()
-        self._metrics.live_version.info({"id": target.id, "parent": target.parent_id or ""})
-        self._metrics.live_version_seq.set(target.seq)
-        self._alerter.fire(Alert(
-            "FactsyncRollback", "critical",
-            f"live version rolled back from {live.id} to {target.id}: {reason}",
-            details={"from": live.id, "to": target.id, "rolled_back": rolled,
-                     "trigger": trigger, "cause": reason},
-        ))
-        log.warning("rolled back %s to %s (%s): %s", rolled, target.id, trigger, reason)
-        self._on_live_change("rolled_back")
-        return rolled
 
     def _watch_quarantine(self) -> None:
         count = self._store.quarantine_count()

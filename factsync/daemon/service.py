@@ -3,7 +3,8 @@
 Start-up order: take the data directory's lock, open the store and requeue jobs a crash
 left half-way, serve metrics and the API (``/readyz`` says 503 while loading), read and
 watch the connectors, then, in the worker thread, load the base model, rebuild the live
-version from its deltas, build the engine and start working.
+engine on the base weights, restore the live version (weights and engine state) through
+``LiveVersion`` and start working.
 """
 
 from __future__ import annotations
@@ -34,17 +35,20 @@ from factsync.daemon.connectors import build_connector
 from factsync.daemon.exporting import Exporter, ExportSettings
 from factsync.daemon.host_health import HostHealth
 from factsync.daemon.ingest import Ingest
+from factsync.daemon.live_reporting import LiveReporter
 from factsync.daemon.metrics import Metrics
 from factsync.daemon.monitor import Monitor, choose_canaries
 from factsync.daemon.worker import Worker
 from factsync.editing.build import StatisticsSettings, build_engine
-from factsync.editing.delta import ModelDelta
 from factsync.editing.engine import EngineSettings
 from factsync.editing.spread import SpreadSettings
 from factsync.evaluation.fluency import perplexity
 from factsync.evaluation.heldout_text import FLUENCY_TEXTS
 from factsync.facts.catalog import RelationCatalog
+from factsync.jobs.live import LiveVersion
 from factsync.jobs.model_state import ModelState
+from factsync.jobs.pipeline import JobRunner
+from factsync.jobs.reconciler import Reconciler
 from factsync.models.loading import default_model_dir, load_model
 from factsync.policies.schema import Policy, load_policy
 from factsync.registry.exports import ExportDir
@@ -78,6 +82,7 @@ class Daemon:
         self.models: ModelState | None = None
         self.worker: Worker | None = None
         self.monitor: Monitor | None = None
+        self.live: LiveVersion | None = None
         self.failed: str | None = None
         self._starting = "not started"
         self._lock_handle = None
@@ -112,7 +117,7 @@ class Daemon:
                              on_change=self._wake, priorities=priorities)
         self.metrics.up.set(1)
         self.metrics.quarantine_size.set(self.store.quarantine_count())
-        self._record_live()
+        self.metrics.record_live(self.store.live_version())
         server, _ = start_http_server(self.config.metrics.port, self.config.metrics.host,
                                       registry=self.registry)
         self._closers.append(server.shutdown)
@@ -216,16 +221,17 @@ class Daemon:
 
     def request_rollback(self, to_version_id: str | None, *, wait_seconds: float = 60.0) -> dict:
         """An operator's rollback, run on the worker thread; waits up to ``wait_seconds``."""
-        if self.worker is None or self.monitor is None:
+        if self.worker is None or self.live is None:
             raise RuntimeError("the daemon is still starting")
         live = self.store.live_version()
         target = to_version_id or live.parent_id
         if target is None:
             raise ValueError("the live version is the base model; there is nothing before it")
-        monitor = self.monitor
-        future = self.worker.submit(lambda: monitor.rollback(
+        owner = self.live
+        future = self.worker.submit(lambda: owner.rollback(
             to_version_id=target, trigger="operator",
-            reason=f"operator rollback from {live.id} to {target}"))
+            reason=f"operator rollback from {live.id} to {target}",
+            requeue=self.policy.monitor.on_rollback == "requeue"))
         try:
             rolled = future.result(timeout=wait_seconds)
         except TimeoutError:
@@ -262,13 +268,6 @@ class Daemon:
         except Exception:
             log.exception("full scan of %s failed", connector.name)
 
-    def _record_live(self) -> None:
-        live = self.store.live_version()
-        self.metrics.live_version.info({"id": live.id, "parent": live.parent_id or ""})
-        self.metrics.live_version_seq.set(live.seq)
-        if live.report:
-            self.metrics.record_kpis(self.metrics.live_kpi, live.report.get("candidate", {}))
-
     def _work(self) -> None:
         try:
             started = time.monotonic()
@@ -279,12 +278,9 @@ class Daemon:
             models = ModelState(base)
             base_perplexity = perplexity(base, list(FLUENCY_TEXTS))
             canaries = choose_canaries(models, self.store, self.catalog)  # on base weights
-            lineage = self.store.lineage(version_id=self.store.live_version().id)
-            self._starting = f"rebuilding the live version from {len(lineage)} delta(s)"
-            models.rebuild([ModelDelta.load(self.versions.delta_path(v.id)) for v in lineage])
             self.metrics.model_load_seconds.set(time.monotonic() - started)
             self._starting = "building the edit engine (key statistics, context prefixes)"
-            engine = build_engine(
+            engine = build_engine(  # on the base weights, whichever version is live
                 models.work, _engine_settings(self.policy),
                 StatisticsSettings(corpus_tokens=self.config.model.corpus_tokens),
                 home=self.config.caches,
@@ -302,22 +298,35 @@ class Daemon:
                 metrics=self.metrics,
             )
             self._closers.append(self.exporter.close)
+            live = LiveVersion(store=self.store, versions=self.versions, models=models,
+                               engine=engine)
+            live.subscribe(LiveReporter(metrics=self.metrics, alerter=self.alerter))
+            live.subscribe(lambda change: self.exporter.export_live(change.event.value))
             self.monitor = Monitor(
                 store=self.store, catalog=self.catalog, policy=self.policy, models=models,
-                versions=self.versions, metrics=self.metrics, alerter=self.alerter,
-                canaries=canaries,
+                live=live, metrics=self.metrics, alerter=self.alerter, canaries=canaries,
                 fluency_texts=FLUENCY_TEXTS, base_perplexity=base_perplexity,
-                on_live_change=self.exporter.export_live,
+            )
+            runner = JobRunner(
+                store=self.store, catalog=self.catalog, policy=self.policy, models=models,
+                engine=engine, live=live, fluency_texts=FLUENCY_TEXTS,
+                base_perplexity=base_perplexity,
+                stopping=lambda: self.worker is not None and self.worker.stopping.is_set(),
+                on_stage=lambda stage, seconds: self.metrics.stage_seconds.labels(stage)
+                .observe(seconds),
             )
             self.worker = Worker(
-                store=self.store, catalog=self.catalog, policy=self.policy, models=models,
-                engine=engine, versions=self.versions, metrics=self.metrics,
-                fluency_texts=FLUENCY_TEXTS, base_perplexity=base_perplexity,
-                alerter=self.alerter, monitor_check=self.monitor.check,
+                store=self.store, catalog=self.catalog,
+                reconciler=Reconciler(store=self.store, catalog=self.catalog,
+                                      policy=self.policy, quarantine=self.ingest.reject),
+                runner=runner, models=models, metrics=self.metrics, alerter=self.alerter,
+                monitor_check=self.monitor.check,
                 data_dir_writable=self.health.data_dir_writable,
-                quarantine=self.ingest.reject, on_live_change=self.exporter.export_live,
             )
-            self.exporter.export_live("started")
+            lineage = self.store.lineage(version_id=self.store.live_version().id)
+            self._starting = f"restoring the live version from {len(lineage)} version(s)"
+            live.restore()
+            self.live = live
             self.models = models
             self._starting = ""
             log.info("ready: live version %s, policy %s (%s)", self.store.live_version().id,

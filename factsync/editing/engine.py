@@ -20,6 +20,7 @@ import torch
 from factsync import __version__
 from factsync.editing.covariance import KeyStatistics
 from factsync.editing.delta import ModelDelta, restored_weights
+from factsync.editing.engine_state import EngineState, combined_keys
 from factsync.editing.keys import subject_outputs
 from factsync.editing.requests import EditRequest
 from factsync.editing.spread import LayerContext, SpreadSettings, nullspace_projector, spread
@@ -115,6 +116,11 @@ class EditResult:
     timings: list[PassTiming]
 
     @property
+    def state(self) -> EngineState:
+        """What this edit leaves for later edits once applied (see ``EngineState``)."""
+        return EngineState(keys=self.keys)
+
+    @property
     def final_probabilities(self) -> list[float]:
         """Per request, the target probability after its last pass."""
         return [r[-1].spread_probability for r in self.records]
@@ -124,8 +130,10 @@ class EditEngine:
     """Edits one model; holds what persists between jobs.
 
     Owns the sampled context prefixes, AlphaEdit's projectors and the running sum
-    ``K_p K_p^T`` of keys of facts applied earlier. ``edit`` leaves the model as it found
-    it and returns a delta; callers apply it.
+    ``K_p K_p^T`` of keys of facts applied earlier. That sum is the live version's
+    state: ``restore`` sets it from the lineage's saved states and ``remember`` adds an
+    applied edit. ``edit`` leaves the model as it found it and returns a delta; callers
+    apply it.
     """
 
     def __init__(
@@ -171,11 +179,29 @@ class EditEngine:
 
     def remember(self, result: EditResult) -> None:
         """Record an applied edit's keys, so AlphaEdit preserves them from now on."""
-        for layer, keys in result.keys.items():
-            context = self.layer_contexts[layer]
+        self._preserve(combined_keys([result.state]))
+
+    def restore(self, lineage: list[EngineState]) -> None:
+        """Preserve exactly the keys of ``lineage`` (the live version's states, any
+        order), forgetting everything remembered before."""
+        for context in self.layer_contexts.values():
             if context.preserved is not None:
-                k = keys.double().to(context.preserved.device)
-                context.preserved += k @ k.T
+                context.preserved.zero_()
+        self._preserve(combined_keys(lineage))
+
+    def preserved(self) -> dict[int, torch.Tensor]:
+        """A copy of AlphaEdit's ``K_p K_p^T`` per layer (empty under MEMIT)."""
+        return {layer: c.preserved.clone() for layer, c in self.layer_contexts.items()
+                if c.preserved is not None}
+
+    def _preserve(self, products: dict[int, torch.Tensor]) -> None:
+        for layer, product in products.items():
+            context = self.layer_contexts.get(layer)
+            if context is None:
+                log.warning("preserved keys of layer %d ignored: it is not an edit layer "
+                            "(the edit layers changed since they were saved)", layer)
+            elif context.preserved is not None:
+                context.preserved += product.to(context.preserved.device)
 
     def edit(self, requests: list[EditRequest]) -> EditResult:
         """Run IME (and NME when enabled) for ``requests``; the model is left unchanged."""

@@ -1,4 +1,4 @@
-"""``VersionFiles``: where each version's delta and manifest live.
+"""``VersionFiles``: where each version's delta, engine state and manifest live.
 
 A version directory is written under a temporary name, synced and renamed into place,
 so a reader never sees half of one and a power cut after ``write`` cannot lose it. Its
@@ -23,6 +23,7 @@ log = logging.getLogger(__name__)
 
 DELTA_FILE = "delta.safetensors"
 MANIFEST_FILE = "version.json"
+ENGINE_STATE_FILE = "engine_state.safetensors"
 
 
 class VersionFiles:
@@ -37,16 +38,19 @@ class VersionFiles:
         *,
         parent_id: str,
         save_delta: Callable[[Path], None],
+        save_state: Callable[[Path], None],
         facts: list[dict],
         manifest: dict,
     ) -> str:
         """Write a version's files and return its id (a content digest).
 
-        ``save_delta`` writes the version's delta as a safetensors file at the path given.
+        ``save_delta`` writes the version's delta and ``save_state`` the engine state it
+        leaves (what later edits must know of it), each as a file at the path given.
         """
         staging = Path(tempfile.mkdtemp(prefix=".staging-", dir=self.root))
         try:
             save_delta(staging / DELTA_FILE)
+            save_state(staging / ENGINE_STATE_FILE)
             digest = hashlib.sha256()
             digest.update(parent_id.encode())
             digest.update((staging / DELTA_FILE).read_bytes())
@@ -75,6 +79,10 @@ class VersionFiles:
     def delta_path(self, version_id: str) -> Path:
         """Where a version's delta file is."""
         return self.root / version_id / DELTA_FILE
+
+    def engine_state_path(self, version_id: str) -> Path:
+        """Where a version's engine state file is."""
+        return self.root / version_id / ENGINE_STATE_FILE
 
     def manifest(self, version_id: str) -> dict:
         """A version's manifest."""

@@ -8,6 +8,7 @@ from prometheus_client import CollectorRegistry
 from factsync.daemon.alerts import Alerter
 from factsync.daemon.exporting import Exporter, ExportSettings
 from factsync.daemon.metrics import Metrics
+from factsync.editing.engine_state import EngineState
 from factsync.facts.records import FactRecord
 from factsync.jobs.model_state import ModelState
 from factsync.registry.exports import ExportDir
@@ -34,6 +35,7 @@ def promote(store, versions, models, delta, subject):  # noqa: ANN001, ANN201
     job = store.create_job(change_ids=[change.id], policy_digest="p")
     live = store.live_version()
     version_id = versions.write(parent_id=live.id, save_delta=delta.save,
+                                save_state=EngineState(keys={}).save,
                                 facts=[{"subject": subject}], manifest={})
     store.promote(job_id=job.id, version_id=version_id, parent_id=live.id, policy_digest="p",
                   report={}, applied={change.id: "Y"}, left_out={})

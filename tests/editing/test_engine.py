@@ -7,7 +7,6 @@ from dataclasses import replace
 import pytest
 import torch
 
-from factsync.editing.covariance import compute_key_statistics
 from factsync.editing.delta import applied
 from factsync.editing.engine import EditEngine, EngineSettings
 from factsync.editing.keys import subject_outputs
@@ -15,13 +14,6 @@ from factsync.editing.requests import EditRequest, Neighbour
 from factsync.editing.spread import spread
 from factsync.editing.targets import TargetSettings, optimise_targets
 
-TEXTS = [
-    "The capital of France is Paris and the capital of Italy is Rome.",
-    "Danielle Darrieux was a French actress whose mother tongue is French.",
-    "LinkedIn is owned by Microsoft, and so is Skype.",
-    "Once upon a time, in 1998, scientists found a new city in the north.",
-] * 6
-CONTEXTS = ["", "Once upon a time. ", "Dear customer, thank you. "]
 REQUESTS = [
     EditRequest(
         "Danielle Darrieux",
@@ -33,33 +25,25 @@ REQUESTS = [
     EditRequest("LinkedIn", "{} is owned by", "Apple", "Microsoft"),
     EditRequest("Paris", "The capital of {} is", "Rome", "France"),
 ]
-# Random tiny models have small hidden norms, so the usual clamp would pin the delta.
-FAST = TargetSettings(
-    steps=20, learning_rate=1.0, stop_nll=0.3, chunk_size=2, clamp_norm_factor=1e3, weight_decay=0.0
-)
-
-
-def _engine(loaded, **changes) -> EditEngine:
-    settings = replace(EngineSettings(target=FAST), **changes)
-    layers = settings.edit_layers(loaded)
-    stats = compute_key_statistics(loaded, layers, TEXTS, token_budget=400, progress=False)
-    return EditEngine(loaded, settings, stats, CONTEXTS)
 
 
 def _state(loaded) -> dict[str, torch.Tensor]:
     return {k: v.clone() for k, v in loaded.model.state_dict().items()}
 
 
-def test_batched_targets_equal_one_at_a_time(tiny_loaded, tiny_family):
+def test_batched_targets_equal_one_at_a_time(tiny_engine, tiny_loaded, tiny_family):
     loaded = tiny_loaded(tiny_family)
+    engine = tiny_engine(loaded)
     layer = loaded.spec.default_layers(loaded.num_layers)[-1]
-    batched = optimise_targets(loaded, REQUESTS, layer, CONTEXTS, FAST, use_neighbours=True)
+    target = engine.settings.target
+    batched = optimise_targets(loaded, REQUESTS, layer, engine.contexts, target,
+                               use_neighbours=True)
     single = optimise_targets(
         loaded,
         REQUESTS,
         layer,
-        CONTEXTS,
-        replace(FAST, chunk_size=1, replay_frozen=False),
+        engine.contexts,
+        replace(target, chunk_size=1, replay_frozen=False),
         use_neighbours=True,
     )
     assert batched.steps == single.steps
@@ -67,36 +51,44 @@ def test_batched_targets_equal_one_at_a_time(tiny_loaded, tiny_family):
     assert batched.probability == pytest.approx(single.probability, abs=1e-5)
 
 
-def test_early_stopping_is_per_fact(tiny_loaded):
+def test_early_stopping_is_per_fact(tiny_engine, tiny_loaded):
     loaded = tiny_loaded()
+    engine = tiny_engine(loaded)
     layer = loaded.spec.default_layers(loaded.num_layers)[-1]
-    loose = replace(FAST, stop_nll=50.0)  # every fact is done before its first step
-    result = optimise_targets(loaded, REQUESTS, layer, CONTEXTS, loose, use_neighbours=False)
+    # every fact is done before its first step
+    loose = replace(engine.settings.target, stop_nll=50.0)
+    result = optimise_targets(loaded, REQUESTS, layer, engine.contexts, loose,
+                              use_neighbours=False)
     assert result.steps == [0, 0, 0]
     assert torch.equal(result.z, result.initial)
-    strict = replace(FAST, stop_nll=1e-9)
-    result = optimise_targets(loaded, REQUESTS, layer, CONTEXTS, strict, use_neighbours=False)
-    assert result.steps == [FAST.steps] * 3
+    strict = replace(engine.settings.target, stop_nll=1e-9)
+    result = optimise_targets(loaded, REQUESTS, layer, engine.contexts, strict,
+                              use_neighbours=False)
+    assert result.steps == [engine.settings.target.steps] * 3
 
 
-def test_clamp_bounds_the_target_shift(tiny_loaded):
+def test_clamp_bounds_the_target_shift(tiny_engine, tiny_loaded):
     loaded = tiny_loaded()
+    engine = tiny_engine(loaded)
     layer = loaded.spec.default_layers(loaded.num_layers)[-1]
-    tight = replace(FAST, clamp_norm_factor=0.05, stop_nll=1e-9)
-    result = optimise_targets(loaded, REQUESTS, layer, CONTEXTS, tight, use_neighbours=False)
+    tight = replace(engine.settings.target, clamp_norm_factor=0.05, stop_nll=1e-9)
+    result = optimise_targets(loaded, REQUESTS, layer, engine.contexts, tight,
+                              use_neighbours=False)
     shift = (result.z - result.initial).norm(dim=1)
     assert torch.all(shift <= 0.05 * result.initial.norm(dim=1) + 1e-5)
 
 
 def _with_spread(engine: EditEngine, **changes) -> EditEngine:
     settings = replace(engine.settings, spread=replace(engine.settings.spread, **changes))
-    return EditEngine(engine.loaded, settings, engine.statistics, CONTEXTS)
+    return EditEngine(engine.loaded, settings, engine.statistics, engine.contexts)
 
 
 @pytest.mark.parametrize("algorithm", ["memit", "alphaedit"])
-def test_spread_carries_the_targets_into_the_weights(tiny_loaded, tiny_family, algorithm):
+def test_spread_carries_the_targets_into_the_weights(
+    tiny_engine, tiny_loaded, tiny_family, algorithm
+):
     loaded = tiny_loaded(tiny_family)
-    engine = _with_spread(_engine(loaded), algorithm=algorithm, update_fraction=0.9)
+    engine = _with_spread(tiny_engine(loaded), algorithm=algorithm, update_fraction=0.9)
     prompts = [(r.template, r.subject) for r in REQUESTS]
     last = engine.layers[-1]
     current = subject_outputs(loaded, prompts, last)
@@ -109,7 +101,7 @@ def test_spread_carries_the_targets_into_the_weights(tiny_loaded, tiny_family, a
         prompts,
         targets,
         engine.layers,
-        CONTEXTS,
+        engine.contexts,
         engine.layer_contexts,
         engine.settings.spread,
     )
@@ -120,9 +112,12 @@ def test_spread_carries_the_targets_into_the_weights(tiny_loaded, tiny_family, a
 
 
 @pytest.mark.parametrize("algorithm", ["memit", "alphaedit"])
-def test_edit_leaves_the_model_as_found_and_records_every_pass(tiny_loaded, tiny_family, algorithm):
+def test_edit_leaves_the_model_as_found_and_records_every_pass(
+    tiny_engine, tiny_loaded, tiny_family, algorithm
+):
     loaded = tiny_loaded(tiny_family)
-    engine = _with_spread(_engine(loaded, max_iterations=3, neighbours=True), algorithm=algorithm)
+    engine = _with_spread(tiny_engine(loaded, max_iterations=3, neighbours=True),
+                          algorithm=algorithm)
     before = _state(loaded)
     result = engine.edit(REQUESTS)
     for name, tensor in loaded.model.state_dict().items():
@@ -136,13 +131,13 @@ def test_edit_leaves_the_model_as_found_and_records_every_pass(tiny_loaded, tiny
         assert records[-1].converged or len(records) == 3
         assert not any(r.converged for r in records[:-1])
     # One pass adds at most one key per fact and subject tokenisation per layer.
-    max_rank = result.iterations * len(REQUESTS) * len(CONTEXTS)
+    max_rank = result.iterations * len(REQUESTS) * len(engine.contexts)
     assert all(u.rank <= max_rank for u in result.delta.layers.values())
 
 
-def test_single_pass_runs_once_and_records_both_stages(tiny_loaded):
+def test_single_pass_runs_once_and_records_both_stages(tiny_engine, tiny_loaded):
     loaded = tiny_loaded()
-    result = _engine(loaded, max_iterations=1).edit(REQUESTS)
+    result = tiny_engine(loaded, max_iterations=1).edit(REQUESTS)
     assert result.iterations == 1
     for records in result.records:
         (record,) = records
@@ -150,23 +145,41 @@ def test_single_pass_runs_once_and_records_both_stages(tiny_loaded):
         assert 0 <= record.optimisation_probability <= 1
 
 
-def test_converged_facts_leave_the_optimisation(tiny_loaded):
+def test_converged_facts_leave_the_optimisation(tiny_engine, tiny_loaded):
     loaded = tiny_loaded()
     # A tolerance of 1 marks every fact converged after its first pass.
-    result = _engine(loaded, max_iterations=4, converge_tolerance=1.0).edit(REQUESTS)
+    result = tiny_engine(loaded, max_iterations=4, converge_tolerance=1.0).edit(REQUESTS)
     assert result.iterations == 1
     assert all(len(r) == 1 and r[0].converged for r in result.records)
 
 
-def test_alphaedit_remembers_applied_keys(tiny_loaded):
+def test_alphaedit_remembers_applied_keys(tiny_engine, tiny_loaded):
     loaded = tiny_loaded()
-    engine = _with_spread(_engine(loaded), algorithm="alphaedit")
+    engine = _with_spread(tiny_engine(loaded), algorithm="alphaedit")
     result = engine.edit(REQUESTS[:1])
     layer = engine.layers[0]
     assert torch.count_nonzero(engine.layer_contexts[layer].preserved) == 0
     engine.remember(result)
     keys = result.keys[layer].double()
     assert torch.allclose(engine.layer_contexts[layer].preserved, keys @ keys.T)
+
+
+def test_restore_preserves_exactly_the_keys_of_the_states_given(tiny_engine, tiny_loaded):
+    engine = _with_spread(tiny_engine(tiny_loaded()), algorithm="alphaedit")
+    first, second = engine.edit(REQUESTS[:1]), engine.edit(REQUESTS[1:2])
+    engine.remember(first)
+    engine.remember(second)
+    both = engine.preserved()
+    engine.restore([first.state])  # as after a rollback to the first edit's version
+    only_first = engine.preserved()
+    for layer in engine.layers:
+        keys = first.keys[layer].double()
+        assert torch.allclose(only_first[layer], keys @ keys.T)
+        assert not torch.allclose(both[layer], only_first[layer])
+    engine.restore([first.state, second.state])
+    assert all(torch.allclose(engine.preserved()[x], both[x]) for x in engine.layers)
+    engine.restore([])
+    assert all(torch.count_nonzero(m) == 0 for m in engine.preserved().values())
 
 
 def test_settings_are_validated():
@@ -178,8 +191,8 @@ def test_settings_are_validated():
         TargetSettings(steps=0)
 
 
-def test_every_pass_is_timed_by_stage(tiny_loaded):
-    result = _engine(tiny_loaded(), max_iterations=2).edit(REQUESTS)
+def test_every_pass_is_timed_by_stage(tiny_engine, tiny_loaded):
+    result = tiny_engine(tiny_loaded(), max_iterations=2).edit(REQUESTS)
     assert len(result.timings) == result.iterations
     for timing in result.timings:
         assert timing.optimisation_seconds > 0 and timing.spread_seconds > 0

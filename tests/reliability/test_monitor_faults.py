@@ -10,6 +10,7 @@ from factsync.daemon.metrics import Metrics
 from factsync.daemon.monitor import Monitor
 from factsync.evaluation.heldout_text import FLUENCY_TEXTS
 from factsync.facts.catalog import RelationCatalog
+from factsync.jobs.live import LiveVersion
 from factsync.jobs.model_state import ModelState
 from factsync.policies.schema import Policy
 from factsync.registry.versions import VersionFiles
@@ -18,16 +19,21 @@ from factsync.store.store import StateStore
 pytestmark = pytest.mark.reliability
 
 
-def test_a_failing_check_raises_an_alert_and_a_metric_then_clears(tmp_path, tiny_loaded):
+def test_a_failing_check_raises_an_alert_and_a_metric_then_clears(
+    tmp_path, tiny_loaded, tiny_engine
+):
     store = StateStore(tmp_path / "state.sqlite")
     metrics = Metrics(CollectorRegistry())
     alerter = Alerter([], metrics)
-    models = ModelState(tiny_loaded("llama"))
+    loaded = tiny_loaded("llama")
+    models = ModelState(loaded)
+    live = LiveVersion(store=store, versions=VersionFiles(tmp_path / "versions"), models=models,
+                       engine=tiny_engine(loaded))
 
     def monitor(texts: list[str]) -> Monitor:
         return Monitor(
             store=store, catalog=RelationCatalog.built_in(), policy=Policy(), models=models,
-            versions=VersionFiles(tmp_path / "versions"), metrics=metrics, alerter=alerter,
+            live=live, metrics=metrics, alerter=alerter,
             canaries=[], fluency_texts=texts, base_perplexity=10.0,
         )
 

@@ -1,0 +1,238 @@
+"""``JobRunner``: carries one queued job through its stages to a recorded outcome.
+
+A job moves queued -> preparing -> editing -> evaluating -> promoted | rejected | failed,
+each transition committed before the work it starts:
+
+1. preparing: old objects, neighbours and probes from the live model and the store,
+   and the live version's scores on them;
+2. editing: the engine's IME/NME edit, which leaves the model unchanged;
+3. evaluating: the candidate (live + delta) scored and judged by the policy's gates;
+4. then ``LiveVersion.promote`` makes it live, or the job is rejected.
+
+Any exception becomes a ``failed`` outcome with its retry meaning (see ``outcomes``);
+a stop request is honoured between stages and leaves the job for a restart.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+
+from factsync.editing.delta import AppliedDelta
+from factsync.editing.engine import EditEngine
+from factsync.evaluation.kpis import kpi_report, measure
+from factsync.facts.catalog import RelationCatalog
+from factsync.failpoints import failpoint
+from factsync.jobs.live import LiveVersion, Promotion
+from factsync.jobs.model_state import ModelState
+from factsync.jobs.outcomes import (
+    FactOutcome,
+    JobInterrupted,
+    JobOutcome,
+    OutcomeKind,
+    RetryMeaning,
+    retry_meaning,
+)
+from factsync.jobs.preparation import PreparedFact, prepare_job, retention_probes
+from factsync.policies.judge import GateResult, judge
+from factsync.policies.schema import Policy
+from factsync.store.records import (
+    CHANGE_FAILED,
+    CHANGE_PENDING,
+    CHANGE_QUEUED,
+    JOB_EDITING,
+    JOB_EVALUATING,
+    JOB_FAILED,
+    JOB_PREPARING,
+    JOB_REJECTED,
+    FactChange,
+    Job,
+)
+from factsync.store.store import StateStore
+
+log = logging.getLogger(__name__)
+
+StageTimer = Callable[[str, float], object]
+"""Told each finished stage's name and its seconds."""
+
+
+class JobRunner:
+    """Runs jobs on the worker's model; one at a time, on the thread that owns it.
+
+    Args:
+        store: the state store.
+        catalog: known relations.
+        policy: the promotion policy.
+        models: the worker's and the served model.
+        engine: the edit engine for ``models.work``.
+        live: the owner of the live version, which promotes passing candidates.
+        fluency_texts: held-out text for the perplexity KPI.
+        base_perplexity: the base model's perplexity on ``fluency_texts``.
+        stopping: whether the daemon asked to stop (checked between stages).
+        on_stage: told how long each stage took.
+    """
+
+    def __init__(
+        self, *, store: StateStore, catalog: RelationCatalog, policy: Policy,
+        models: ModelState, engine: EditEngine, live: LiveVersion,
+        fluency_texts: Sequence[str], base_perplexity: float,
+        stopping: Callable[[], bool] = lambda: False,
+        on_stage: StageTimer = lambda stage, seconds: None,
+    ) -> None:
+        self._store = store
+        self._catalog = catalog
+        self._policy = policy
+        self._models = models
+        self._engine = engine
+        self._live = live
+        self._texts = list(fluency_texts)
+        self._base_perplexity = base_perplexity
+        self._stopping = stopping
+        self._on_stage = on_stage
+
+    def run(self, job: Job) -> JobOutcome:
+        """Carry ``job`` to an outcome, recorded in the store before it returns.
+
+        Raises ``JobInterrupted`` when the daemon is stopping; the job is then left in
+        its current state to be rerun from the start after a restart.
+        """
+        changes = self._store.changes(job_id=job.id, state=CHANGE_QUEUED)
+        if not changes:
+            reason = "no queued fact changes"
+            self._store.finish_job(job_id=job.id, state=JOB_FAILED, reason=reason,
+                                   change_states={})
+            return JobOutcome(job, OutcomeKind.FAILED, reason, meaning=RetryMeaning.PERMANENT)
+        handle: AppliedDelta | None = None
+        try:
+            with self._stage(job, JOB_PREPARING, f"{len(changes)} fact(s)"):
+                prepared = prepare_job(self._models.work, self._store, self._catalog,
+                                       self._policy, changes)
+                retention = retention_probes(
+                    self._store, self._catalog,
+                    exclude={(c.subject, c.relation) for c in changes},
+                    sample=self._policy.evaluation.retention_sample, seed=job.id,
+                )
+                checks = [p.check for p in prepared]
+                live = measure(self._models.work, checks, retention, self._texts)
+            with self._stage(job, JOB_EDITING, _describe(prepared)):
+                result = self._engine.edit([p.request for p in prepared])
+            with self._stage(job, JOB_EVALUATING, f"IME ran {result.iterations} pass(es)"):
+                handle = result.delta.apply(self._models.work)
+                candidate = measure(self._models.work, checks, retention, self._texts)
+                report = kpi_report(checks, live, candidate,
+                                    base_perplexity=self._base_perplexity)
+                report["ime"] = {"iterations": result.iterations, "seconds": result.seconds}
+                gates = judge(self._policy, report)
+                report["gates"] = [g.as_dict() for g in gates]
+            self._checkpoint()
+            if any(g.blocking for g in gates):
+                handle.revert()
+                handle = None
+                return self._reject(job, prepared, report, gates)
+            version = self._live.promote(Promotion(
+                job=job, result=result, facts=_version_facts(prepared),
+                applied={p.change.id: p.request.old_object or "" for p in prepared},
+                report=report, policy_digest=self._policy.digest,
+            ))
+            handle = None
+        except JobInterrupted:
+            if handle is not None:
+                handle.revert()
+            raise
+        except Exception as exc:
+            if handle is not None:
+                handle.revert()
+            return self._fail(job, changes, exc)
+        summary = (f"job {job.id} promoted: version {version.id} (seq {version.seq}) is live "
+                   f"with {len(prepared)} fact(s)")
+        return JobOutcome(job, OutcomeKind.PROMOTED, summary, version=version, report=report,
+                          facts=[_fact(p.change, "applied", f"applied by version {version.id}")
+                                 for p in prepared])
+
+    def _fail(self, job: Job, changes: Sequence[FactChange], exc: Exception) -> JobOutcome:
+        meaning = retry_meaning(exc)
+        log.error("job %d failed (%s): %s: %s", job.id, meaning.value, type(exc).__name__,
+                  exc, extra={"job_id": job.id}, exc_info=meaning is RetryMeaning.PERMANENT)
+        reason = f"job {job.id} failed: {type(exc).__name__}: {exc}"
+        state = CHANGE_PENDING if meaning.facts_wait else CHANGE_FAILED
+        if meaning.facts_wait:
+            reason += "; its facts wait as pending"
+        self._store.finish_job(job_id=job.id, state=JOB_FAILED, reason=reason,
+                               change_states={c.id: (state, reason) for c in changes})
+        return JobOutcome(job, OutcomeKind.FAILED, reason, meaning=meaning,
+                          facts=[_fact(c, state, reason) for c in changes])
+
+    def _reject(self, job: Job, prepared: list[PreparedFact], report: dict,
+                gates: list[GateResult]) -> JobOutcome:
+        """Record a rejection; with ``retry_passing``, the facts that took go again."""
+        blocking = [g for g in gates if g.blocking]
+        summary = "; ".join(_describe_gate(g) for g in blocking)
+        took = {f["change_id"]: f["edit_success"] for f in report["facts"]}
+        failing = [p for p in prepared if not took[p.change.id]]
+        passing = [p for p in prepared if took[p.change.id]]
+        retry: list[int] = []
+        reasons: dict[int, str] = {}
+        if self._policy.on_failure == "retry_passing" and job.attempt == 1 and failing and passing:
+            retry = [p.change.id for p in passing]
+            for p in failing:
+                reasons[p.change.id] = (f"edit did not take on '{p.check.prompt}'; job {job.id} "
+                                        f"rejected ({summary}); the other facts were retried")
+        else:
+            reasons = {p.change.id: f"job {job.id} rejected: {summary}" for p in prepared}
+        retry_job = self._store.finish_job(
+            job_id=job.id, state=JOB_REJECTED, reason=f"gates failed: {summary}",
+            change_states={i: (CHANGE_FAILED, r) for i, r in reasons.items()},
+            report=report, retry=retry,
+        )
+        log.warning("job %d rejected: %s%s", job.id, summary,
+                    f"; {len(retry)} passing fact(s) retried as job {retry_job.id}"
+                    if retry_job else "", extra={"job_id": job.id})
+        return JobOutcome(
+            job, OutcomeKind.REJECTED, f"job {job.id} rejected: {summary}", report=report,
+            blocking_gates=[g.as_dict() for g in blocking], retry_job=retry_job,
+            facts=[_fact(p.change, CHANGE_FAILED, reasons[p.change.id])
+                   for p in prepared if p.change.id in reasons],
+        )
+
+    @contextmanager
+    def _stage(self, job: Job, state: str, reason: str) -> Iterator[None]:
+        self._checkpoint()
+        self._store.transition(job_id=job.id, state=state, reason=reason)
+        failpoint(f"worker.{state}")
+        log.info("job %d %s: %s", job.id, state, reason, extra={"job_id": job.id})
+        started = time.monotonic()
+        yield
+        self._on_stage(state, time.monotonic() - started)
+
+    def _checkpoint(self) -> None:
+        if self._stopping():
+            raise JobInterrupted
+
+
+def _fact(change: FactChange, state: str, reason: str) -> FactOutcome:
+    return FactOutcome(change.id, change.subject, change.relation, change.object, state, reason)
+
+
+def _version_facts(prepared: list[PreparedFact]) -> list[dict]:
+    return [{"subject": p.change.subject, "relation": p.change.relation,
+             "object": p.change.object, "old_object": p.request.old_object}
+            for p in prepared]
+
+
+def _describe(prepared: list[PreparedFact]) -> str:
+    neighbours = sum(len(p.request.neighbours) for p in prepared)
+    held = sum(len(p.check.held_out) for p in prepared)
+    return (f"{len(prepared)} fact(s), {neighbours} editing neighbour(s), "
+            f"{held} held-out neighbour(s)")
+
+
+def _describe_gate(gate: GateResult) -> str:
+    scope = f" [{gate.relation}]" if gate.relation else ""
+    live = f" (live {_fmt(gate.live)})" if gate.live is not None else ""
+    return f"{gate.gate}{scope}: measured {_fmt(gate.value)}{live}"
+
+
+def _fmt(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.4g}"
