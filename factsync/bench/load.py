@@ -48,6 +48,7 @@ from factsync.bench.load_report import (
     timeline,
 )
 from factsync.daemon.service import STATE_FILE
+from factsync.durable import write_text
 from factsync.store.records import JOB_OUTCOMES
 from factsync.store.store import StateStore
 
@@ -240,12 +241,10 @@ def _feed(daemon: DaemonProcess, plan: list[FedChange], sampler: _Sampler,
 
 
 def _write_shard(directory: Path, shard: int, facts: dict[Key, str]) -> None:
-    """Rewrite one shard file whole: a hidden temporary file, renamed into place."""
-    name = f"load-{shard:04d}.jsonl"
-    staging = directory / f".{name}.tmp"
-    staging.write_text("".join(json.dumps({"subject": s, "relation": r, "object": o}) + "\n"
-                               for (s, r), o in facts.items()))
-    staging.rename(directory / name)
+    """Rewrite one shard file whole, atomically: the daemon never reads half of one."""
+    write_text(directory / f"load-{shard:04d}.jsonl",
+               "".join(json.dumps({"subject": s, "relation": r, "object": o}) + "\n"
+                       for (s, r), o in facts.items()))
 
 
 def _drain(daemon: DaemonProcess, last: dict[Key, str], limit: float, sampler: _Sampler) -> bool:

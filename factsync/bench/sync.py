@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from factsync.bench.live_daemon import DaemonProcess
+from factsync.durable import write_text
 from factsync.facts.catalog import RelationCatalog
 
 Rewrite = tuple[str, str, str]
@@ -78,9 +79,7 @@ def _one_file(
     )
     subjects = {s for s, _, _ in cases}
     started = time.monotonic()
-    staging = daemon.facts_dir / f".{name}.tmp"
-    staging.write_text(lines)
-    staging.rename(daemon.facts_dir / name)
+    write_text(daemon.facts_dir / name, lines)
 
     def closed() -> list[dict] | None:
         facts = [f for f in daemon.get("/facts") if f["subject"] in subjects]

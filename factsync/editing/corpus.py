@@ -21,8 +21,6 @@ import inspect
 import json
 import logging
 import math
-import os
-import tempfile
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
@@ -30,6 +28,7 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
+from factsync.durable import write_text
 from factsync.models.loading import LoadedModel
 from factsync.paths import data_home
 
@@ -322,7 +321,8 @@ def model_corpus(
         batch_size=batch_size,
         progress=progress,
     )
-    _write_json_atomic(path, {**settings, "digest": corpus_digest(texts), "texts": texts})
+    document = {**settings, "digest": corpus_digest(texts), "texts": texts}
+    write_text(path, json.dumps(document, ensure_ascii=False))
     return texts
 
 
@@ -344,18 +344,3 @@ def _read_cached_corpus(path: Path, settings: dict[str, Any]) -> list[str]:
     if stored.get("digest") != corpus_digest(texts):
         raise CorpusError(f"cached corpus {path} does not match its recorded digest")
     return texts
-
-
-def _write_json_atomic(path: Path, payload: dict[str, Any]) -> None:
-    """Write ``payload`` as JSON to a temporary file beside ``path``, then rename it."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, staging = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(handle, "w", encoding="utf-8") as out:
-            json.dump(payload, out, ensure_ascii=False)
-        # mkstemp creates the file private (0600); a cache is readable like any file.
-        os.chmod(staging, 0o644)
-        os.replace(staging, path)
-    except BaseException:
-        Path(staging).unlink(missing_ok=True)
-        raise

@@ -27,6 +27,7 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel
 from transformers import PreTrainedTokenizerBase as Tokenizer
 
+from factsync.durable import write_directory
 from factsync.models.specs import ArchitectureSpec, check_layout, spec_for
 from factsync.paths import data_home
 
@@ -211,11 +212,9 @@ def ensure_default_model(home: Path | None = None) -> Path:
     target.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=target.parent) as scratch:
         gguf_path = _fetch_default_gguf(Path(scratch))
-        staged = Path(scratch) / "converted"
-        convert_gguf(gguf_path, staged)
         if target.exists():
             shutil.rmtree(target)
-        staged.rename(target)
+        write_directory(target, lambda staged: convert_gguf(gguf_path, staged))
     log.info("cached the default model at %s", target)
     return target
 

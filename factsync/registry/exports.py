@@ -8,15 +8,20 @@ Kinds: ``adapter`` (a PEFT LoRA adapter) and ``merged`` (a full HuggingFace chec
 from __future__ import annotations
 
 import json
-import os
 import shutil
-import tempfile
 from collections.abc import Callable, Mapping
 from pathlib import Path
 
 import torch
 
-from factsync.durable import save_tensors
+from factsync.durable import (
+    STAGING_DIR_PREFIX,
+    replace_symlink,
+    save_tensors,
+    write_directory,
+    write_json,
+    write_text,
+)
 from factsync.failpoints import failpoint
 
 CURRENT = "current"
@@ -31,7 +36,9 @@ class ExportDir:
     def clean(self) -> list[Path]:
         """Remove what an interrupted write left behind (staging directories, temp links)."""
         removed = []
-        for leftover in [*self.root.glob("*/.staging-*"), *self.root.glob(f"*/.{CURRENT}-*")]:
+        leftovers = [*self.root.glob(f"*/{STAGING_DIR_PREFIX}*"),
+                     *self.root.glob(f"*/.{CURRENT}.*.tmp")]
+        for leftover in leftovers:
             if leftover.is_dir() and not leftover.is_symlink():
                 shutil.rmtree(leftover, ignore_errors=True)
             else:
@@ -41,28 +48,20 @@ class ExportDir:
 
     def write(self, kind: str, version_id: str, writer: Callable[[Path], None]) -> Path:
         """Have ``writer`` fill a fresh directory, move it into place, point ``current`` at it."""
-        parent = self.root / kind
-        parent.mkdir(parents=True, exist_ok=True)
-        target = parent / version_id
+        target = self.root / kind / version_id
         if not target.exists():
-            staging = Path(tempfile.mkdtemp(prefix=".staging-", dir=parent))
-            try:
+
+            def fill(staging: Path) -> None:
                 writer(staging)
                 failpoint("export.staged")
-                staging.rename(target)
-            except BaseException:
-                shutil.rmtree(staging, ignore_errors=True)
-                raise
+
+            write_directory(target, fill)
         self.point_current(kind, version_id)
         return target
 
     def point_current(self, kind: str, version_id: str) -> None:
         """Swap ``<kind>/current`` to ``version_id`` in one rename."""
-        link = self.root / kind / CURRENT
-        temporary = link.with_name(f".{CURRENT}-{os.getpid()}")
-        temporary.unlink(missing_ok=True)
-        temporary.symlink_to(version_id)
-        os.replace(temporary, link)
+        replace_symlink(self.root / kind / CURRENT, version_id)
 
     def current(self, kind: str) -> Path | None:
         """The directory ``current`` names, if any."""
@@ -104,6 +103,6 @@ def write_peft_adapter(
         "fan_in_fan_out": fan_in_fan_out,
         "inference_mode": True,
     }
-    (directory / "adapter_config.json").write_text(json.dumps(config, indent=2))
+    write_json(directory / "adapter_config.json", config)
     save_tensors(directory / "adapter_model.safetensors", tensors)
-    (directory / "factsync.json").write_text(json.dumps(dict(metadata), indent=2, default=str))
+    write_text(directory / "factsync.json", json.dumps(dict(metadata), indent=2, default=str))
