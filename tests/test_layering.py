@@ -18,8 +18,9 @@ FORBIDDEN = {
     "editing": {"connectors", "store", "registry", "policies", "evaluation", "daemon"},
     "evaluation": {"connectors", "store", "registry", "policies", "daemon"},
     "policies": {"connectors", "store", "registry", "evaluation", "editing", "daemon"},
+    "commands": {"cli"},  # cli.py builds its parser from the commands, never the reverse
 }
-"""Sub-package -> sub-packages it must not import."""
+"""Sub-package -> sub-packages (or top-level modules) it must not import."""
 
 
 def imported_subpackages(path: Path) -> set[str]:

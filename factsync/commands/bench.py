@@ -7,14 +7,14 @@ import json
 from dataclasses import asdict
 from pathlib import Path
 
-from factsync.cli import (
+from factsync.commands.options import (
     add_engine_options,
     add_model_options,
     engine_settings,
     load,
     statistics_settings,
-    write_json,
 )
+from factsync.durable import write_json
 from factsync.evaluation.counterfact import SHARED_COUNTERFACT, default_data_dir
 
 FLUENCY_FILE = Path("fluency") / "me-ppl-50.json"

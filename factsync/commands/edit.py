@@ -6,7 +6,7 @@ import argparse
 import json
 from pathlib import Path
 
-from factsync.cli import (
+from factsync.commands.options import (
     add_engine_options,
     add_model_options,
     engine_settings,

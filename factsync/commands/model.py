@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from factsync.cli import add_model_options, load
+from factsync.commands.options import add_model_options, load
 
 
 def register(commands: argparse._SubParsersAction) -> None:

