@@ -28,6 +28,10 @@ REQUIRED = ("subject", "relation", "object")
 class SqlConnector:
     """Facts from one table or query.
 
+    Building one does no I/O: the first read (``scan`` or ``poll``) connects and learns
+    the source's columns, and a database that is down then is reported like any failed
+    read and asked again by the next.
+
     Args:
         name: source name stamped on its facts.
         url: SQLAlchemy database URL, e.g. ``postgresql+psycopg://user@host/db``.
@@ -53,25 +57,39 @@ class SqlConnector:
         self.name = name
         self.health = ConnectorHealth()
         self._sink = sink
+        # Creating an engine only parses the URL; the first read connects.
         self._engine = sa.create_engine(url, pool_pre_ping=True)
+        self._table = table
+        self._query = query
         self._label = table or "query"
         self._columns = {f: (columns or {}).get(f, f) for f in FIELDS}
-        self._source = self._source_of(table, query)
+        self._source: sa.FromClause | None = None
         self._watermark: Any = None
         self._lock = threading.Lock()
         self._poller = PollThread(name, self.poll, poll_seconds)
         self._listen_channel = listen_channel
         self._listener: threading.Thread | None = None
 
-    def _source_of(self, table: str | None, query: str | None) -> sa.FromClause:
-        if table is not None:
+    def _described(self) -> sa.FromClause:
+        """The table or query with the columns the database reports, asked on first use.
+
+        Raises ``sqlalchemy.exc.SQLAlchemyError`` while the database cannot tell (it is
+        down, or the table is missing); the next read asks again.
+        """
+        if self._source is not None:
+            return self._source
+        if self._table is not None:
             inspector = sa.inspect(self._engine)
-            schema, _, bare = table.rpartition(".")
+            schema, _, bare = self._table.rpartition(".")
             present = {c["name"] for c in inspector.get_columns(bare, schema=schema or None)}
-            return sa.table(bare, *[sa.column(c) for c in present], schema=schema or None)
-        with self._engine.connect() as connection:
-            present = list(connection.execute(sa.text(query)).keys())
-        return sa.text(query).columns(*[sa.column(c) for c in present]).subquery("src")
+            self._source = sa.table(bare, *[sa.column(c) for c in present],
+                                    schema=schema or None)
+        else:
+            with self._engine.connect() as connection:
+                present = list(connection.execute(sa.text(self._query)).keys())
+            self._source = sa.text(self._query).columns(
+                *[sa.column(c) for c in present]).subquery("src")
+        return self._source
 
     def start(self) -> None:
         """Poll incrementally, and LISTEN when a channel is configured."""
@@ -89,35 +107,40 @@ class SqlConnector:
         self._engine.dispose()
 
     def scan(self) -> ScanReport:
-        """Read every row."""
-        return self._read(since=None)
+        """Read every row (the first read also learns the source's columns)."""
+        return self._read(incremental=False)
 
     def poll(self) -> ScanReport:
         """Read the rows changed since the last read (all rows without ``updated_at``)."""
-        if self._column("updated_at") is None:
-            return self.scan()
-        return self._read(since=self._watermark)
+        return self._read(incremental=True)
 
-    def _column(self, field: str) -> sa.ColumnElement | None:
-        return self._source.c.get(self._columns[field])
+    def _column(self, source: sa.FromClause, field: str) -> sa.ColumnElement | None:
+        return source.c.get(self._columns[field])
 
-    def _read(self, *, since: Any) -> ScanReport:
-        report = ScanReport()
-        missing = [self._columns[f] for f in REQUIRED if self._column(f) is None]
-        if missing:
-            message = f"{self._label} has no column(s) {', '.join(missing)}"
-            self.health.failed("schema", message)
-            report.errors.append(message)
-            return report
-        picked = [(f, self._column(f)) for f in FIELDS if self._column(f) is not None]
+    def _select(self, source: sa.FromClause, *, incremental: bool) -> sa.Select:
+        """The mapped columns, oldest change first; only newer ones when ``incremental``."""
+        picked = [(f, c) for f in FIELDS if (c := self._column(source, f)) is not None]
         statement = sa.select(*[column.label(f) for f, column in picked])
-        updated = self._column("updated_at")
+        updated = self._column(source, "updated_at")
         if updated is not None:
             statement = statement.order_by(updated)
-            if since is not None:
-                statement = statement.where(updated > since)
+            if incremental and self._watermark is not None:
+                statement = statement.where(updated > self._watermark)
+        return statement
+
+    def _read(self, *, incremental: bool) -> ScanReport:
+        report = ScanReport()
         with self._lock:
             try:
+                source = self._described()
+                missing = [self._columns[f] for f in REQUIRED
+                           if self._column(source, f) is None]
+                if missing:
+                    message = f"{self._label} has no column(s) {', '.join(missing)}"
+                    self.health.failed("schema", message)
+                    report.errors.append(message)
+                    return report
+                statement = self._select(source, incremental=incremental)
                 with self._engine.connect() as connection:
                     rows = [dict(r._mapping) for r in connection.execute(statement)]
             except sa.exc.OperationalError as exc:

@@ -86,3 +86,22 @@ def test_a_source_of_higher_priority_keeps_its_facts(store, database):
     assert store.desired_facts(subject="France")[0].object == "Paris"
     ingest.accept(FactRecord("Germany", "P36", "Berlin", "file:facts", "a.jsonl:2"))
     assert store.desired_facts(subject="Germany")[0].source == "file:facts"
+
+
+def test_building_connects_to_nothing_and_a_database_down_at_first_read_is_retried(
+    tmp_path, ingest
+):
+    database = tmp_path / "later" / "feed.db"  # sqlite cannot open a file in no directory
+    sql = connector(database, ingest)
+    assert not database.parent.exists()
+    report = sql.scan()
+    assert report.errors == ["unable to open database file"]
+    assert not sql.health.up and sql.health.errors["connection"] == 1
+    database.parent.mkdir()
+    with sqlite3.connect(database) as db:
+        db.execute("CREATE TABLE kb (pk INTEGER PRIMARY KEY, entity TEXT, prop TEXT, "
+                   "value TEXT, changed INTEGER, gone INTEGER DEFAULT 0)")
+        db.execute("INSERT INTO kb (entity, prop, value, changed) "
+                   "VALUES ('France', 'P36', 'Paris', 1)")
+    assert sql.poll().rows == 1
+    assert sql.health.up
