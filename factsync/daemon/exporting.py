@@ -44,7 +44,11 @@ class ExportSettings:
 
 
 class Exporter:
-    """Exports the live version and keeps serving engines on it."""
+    """Exports the live version and keeps serving engines on it.
+
+    Building one starts nothing: the thread that notifies serving engines starts with
+    the first change there is to send, and ``close`` stops it if it ever started.
+    """
 
     def __init__(
         self, *, settings: ExportSettings, exports: ExportDir, versions: VersionFiles,
@@ -64,8 +68,9 @@ class Exporter:
         self._backoff = backoff_seconds
         self._served: str | None = None
         self._queue: queue.Queue[LiveChange | None] = queue.Queue()
-        self._thread = threading.Thread(target=self._notify_loop, name="serving", daemon=True)
-        self._thread.start()
+        self._sender: threading.Thread | None = None
+        self._sender_lock = threading.Lock()
+        self._closed = False
 
     def export_live(self, event: str) -> dict | None:
         """Export the live version now and queue the serving notifications; a summary.
@@ -104,15 +109,28 @@ class Exporter:
             summary["merged"] = str(merged)
         log.info("exported live version %s: %s", live.id, summary)
         if self._notifiers:
-            self._queue.put(LiveChange(event=event, version=live.id, previous=self._served,
-                                       adapter=adapter, merged=merged))
+            self._send(LiveChange(event=event, version=live.id, previous=self._served,
+                                  adapter=adapter, merged=merged))
         self._served = live.id
         return summary
 
+    def _send(self, change: LiveChange) -> None:
+        """Queue ``change`` for the serving engines, starting the sender thread if needed."""
+        with self._sender_lock:
+            if self._sender is None and not self._closed:
+                self._sender = threading.Thread(target=self._notify_loop, name="serving",
+                                                daemon=True)
+                self._sender.start()
+            self._queue.put(change)
+
     def close(self, timeout: float = 10.0) -> None:
-        """Send what is queued (up to ``timeout``) and stop."""
-        self._queue.put(None)
-        self._thread.join(timeout=timeout)
+        """Send what is queued (up to ``timeout``) and stop; nothing starts afterwards."""
+        with self._sender_lock:
+            self._closed = True
+            sender = self._sender
+        if sender is not None:
+            self._queue.put(None)
+            sender.join(timeout=timeout)
 
     def _notify_loop(self) -> None:
         while (change := self._queue.get()) is not None:

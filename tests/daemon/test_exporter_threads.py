@@ -1,0 +1,59 @@
+"""An ``Exporter`` starts its serving thread only when it has a change to send."""
+
+from __future__ import annotations
+
+import threading
+
+import pytest
+from prometheus_client import CollectorRegistry
+
+from factsync.daemon.alerts import Alerter
+from factsync.daemon.exporting import Exporter, ExportSettings
+from factsync.daemon.metrics import Metrics
+from factsync.jobs.model_state import ModelState
+from factsync.registry.exports import ExportDir
+from factsync.registry.serving import WebhookServingNotifier
+from factsync.registry.versions import VersionFiles
+from factsync.store.store import StateStore
+
+
+def serving_threads() -> list[threading.Thread]:
+    return [t for t in threading.enumerate() if t.name == "serving"]
+
+
+@pytest.fixture
+def build_exporter(tmp_path, tiny_loaded, http_receiver):
+    """A factory of exporters that notify ``http_receiver``, on one fresh data dir."""
+    store = StateStore(tmp_path / "state.sqlite")
+    metrics = Metrics(CollectorRegistry())
+    alerter = Alerter([], metrics)
+    models = ModelState(tiny_loaded("llama"))
+
+    def build() -> Exporter:
+        return Exporter(
+            settings=ExportSettings(), exports=ExportDir(tmp_path / "exports"),
+            versions=VersionFiles(tmp_path / "versions"), store=store, models=models,
+            base_model="base", notifiers=[WebhookServingNotifier(http_receiver.url)],
+            alerter=alerter, metrics=metrics,
+        )
+
+    yield build
+    alerter.close()
+    store.close()
+
+
+def test_the_first_change_starts_the_thread_and_close_stops_it(build_exporter, http_receiver):
+    exporter = build_exporter()
+    assert serving_threads() == []
+    exporter.export_live("started")
+    [sender] = serving_threads()
+    exporter.close()
+    assert not sender.is_alive()
+    assert [body["event"] for _, body in http_receiver.requests] == ["started"]
+
+
+def test_an_exporter_closed_before_any_change_never_starts_one(build_exporter, http_receiver):
+    exporter = build_exporter()
+    exporter.close(timeout=0)
+    exporter.export_live("started")
+    assert serving_threads() == [] and http_receiver.requests == []
