@@ -95,6 +95,6 @@ def format_budget_table(rows: list[BudgetRow]) -> str:
         lines.append(
             f"{row.budget} | {row.seconds:.1f} | {row.moment_error:.3f} | {row.lambda_mean:.0f} | "
             f"{scores.efficacy_success:.3f} | {scores.paraphrase_success or 0:.3f} | "
-            f"{scores.neighborhood_success or 0:.3f} | {row.edits.perplexity_ratio:.4f}"
+            f"{scores.neighbourhood_success or 0:.3f} | {row.edits.perplexity_ratio:.4f}"
         )
     return "\n".join(lines)

@@ -9,7 +9,7 @@ from prometheus_client.core import CounterMetricFamily
 from prometheus_client.registry import Collector
 
 from factsync.connectors.base import ConnectorHealth
-from factsync.policies.schema import METRICS
+from factsync.kpis.report import CANDIDATE_METRICS, KpiReport, KpiValues
 from factsync.store.records import Version
 
 STAGE_BUCKETS = (0.5, 1, 2, 5, 10, 30, 60, 120, 300, 600, 1200, 3600)
@@ -103,10 +103,10 @@ class Metrics:
             "factsync_model_dir_present", "1 when the base model's directory still holds its "
             "config and safetensors weights (needed to start again).", registry=registry)
         self.up = Gauge("factsync_up", "1 while the daemon runs.", registry=registry)
-        for metric in METRICS:  # so every KPI series exists from the first scrape
-            self.candidate_kpi.labels(metric)
-            self.live_kpi.labels(metric)
-            self.gate_failures.labels(metric)
+        for metric in CANDIDATE_METRICS:  # so every KPI series exists from the first scrape
+            self.candidate_kpi.labels(metric.value)
+            self.live_kpi.labels(metric.value)
+            self.gate_failures.labels(metric.value)
         for outcome in ("promoted", "rejected", "failed"):
             self.jobs.labels(outcome)
         for trigger in ("monitor", "operator"):
@@ -125,13 +125,13 @@ class Metrics:
         self.live_version.info({"id": version.id, "parent": version.parent_id or ""})
         self.live_version_seq.set(version.seq)
         if version.report:
-            self.record_kpis(self.live_kpi, version.report.get("candidate", {}))
+            self.record_kpis(self.live_kpi, KpiReport.candidate_values(version.report))
 
-    def record_kpis(self, gauge: Gauge, kpis: dict) -> None:
-        """Set ``gauge`` from a KPI mapping; unmeasured KPIs become NaN."""
-        for metric in METRICS:
+    def record_kpis(self, gauge: Gauge, kpis: KpiValues) -> None:
+        """Set ``gauge`` from a candidate's values; unmeasured KPIs become NaN."""
+        for metric in CANDIDATE_METRICS:
             value = kpis.get(metric)
-            gauge.labels(metric).set(float("nan") if value is None else value)
+            gauge.labels(metric.value).set(float("nan") if value is None else value)
 
 
 class _ConnectorErrors(Collector):

@@ -21,6 +21,7 @@ from factsync.facts.catalog import RelationCatalog
 from factsync.jobs.live import LiveVersion
 from factsync.jobs.model_state import ModelState
 from factsync.jobs.preparation import retention_probes, states
+from factsync.kpis.report import KpiValues, Metric, mean
 from factsync.policies.schema import Policy
 from factsync.store.records import MonitorCheck
 from factsync.store.store import StateStore
@@ -77,25 +78,29 @@ class Monitor:
             return None
         self._alerter.resolve("FactsyncMonitorFailing")
         rules = self._policy.monitor.rules
-        failing = sorted({r.metric for r in rules if r.broken_by(metrics.get(r.metric))})
-        check = self._store.record_check(version_id=live.id, metrics=metrics, failing=failing)
+        failing = sorted({r.metric.value for r in rules if r.broken_by(metrics.get(r.metric))})
+        check = self._store.record_check(version_id=live.id, metrics=metrics.to_dict(),
+                                         failing=failing)
         self._metrics.monitor_checks.labels("failing" if failing else "ok").inc()
-        for metric, value in metrics.items():
-            self._metrics.monitor_kpi.labels(metric).set(float("nan") if value is None else value)
+        for metric, value in metrics.values.items():
+            self._metrics.monitor_kpi.labels(metric.value).set(
+                float("nan") if value is None else value)
         self._watch_quarantine()
         log.info("monitor: version %s %s%s", live.id,
-                 ", ".join(f"{k} {v:.3f}" for k, v in metrics.items() if v is not None),
+                 ", ".join(f"{k} {v:.3f}" for k, v in metrics.to_dict().items()
+                           if v is not None),
                  f"; failing {', '.join(failing)}" if failing else "")
         history = self._store.checks(version_id=live.id, limit=max(r.consecutive for r in rules))
         for rule in rules:
             recent = history[: rule.consecutive]
-            if len(recent) == rule.consecutive and all(rule.metric in c.failing for c in recent):
+            if len(recent) == rule.consecutive and all(rule.metric.value in c.failing
+                                                       for c in recent):
                 if live.parent_id is None:
                     self._alerter.fire(Alert(
                         "FactsyncBaseRegressed", "critical",
                         f"the base model breaks '{rule.describe()}'; nothing to roll back to"))
                     break
-                value = metrics[rule.metric]
+                value = metrics.get(rule.metric)
                 self._live.rollback(
                     to_version_id=live.parent_id, trigger="monitor",
                     reason=f"monitor: {rule.describe()} (measured {value:.4g})",
@@ -107,7 +112,7 @@ class Monitor:
                 self._alerter.resolve("FactsyncRollback")
         return check
 
-    def measure(self) -> dict[str, float | None]:
+    def measure(self) -> KpiValues:
         """The monitor's KPIs of the model as it is now."""
         self._checks += 1
         retention = retention_probes(self._store, self._catalog, exclude=set(),
@@ -115,11 +120,12 @@ class Monitor:
                                      seed=self._checks)
         kept = states(self._models.work, retention)
         canary = states(self._models.work, self.canaries)
-        return {
-            "retention": sum(kept) / len(kept) if kept else None,
-            "canary": sum(canary) / len(canary) if canary else None,
-            "perplexity_ratio": perplexity(self._models.work, self._texts) / self._base_perplexity,
-        }
+        return KpiValues({
+            Metric.RETENTION: mean(kept),
+            Metric.CANARY: mean(canary),
+            Metric.PERPLEXITY_RATIO:
+                perplexity(self._models.work, self._texts) / self._base_perplexity,
+        })
 
     def _watch_quarantine(self) -> None:
         count = self._store.quarantine_count()

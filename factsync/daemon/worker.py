@@ -178,8 +178,8 @@ class Worker:
         """Metrics, alerts and the back-off that follow a job's outcome."""
         self._metrics.jobs.labels(outcome.kind.value).inc()
         if outcome.report is not None:
-            self._metrics.ime_iterations.observe(outcome.report["ime"]["iterations"])
-            self._metrics.record_kpis(self._metrics.candidate_kpi, outcome.report["candidate"])
+            self._metrics.ime_iterations.observe(outcome.report.ime_iterations)
+            self._metrics.record_kpis(self._metrics.candidate_kpi, outcome.report.candidate)
         if outcome.kind is OutcomeKind.PROMOTED:
             self._backoff = 0.0
             self._metrics.promotions.inc()
@@ -190,10 +190,11 @@ class Worker:
             log.info("%s", outcome.summary, extra={"job_id": outcome.job.id})
         elif outcome.kind is OutcomeKind.REJECTED:
             for gate in outcome.blocking_gates:
-                self._metrics.gate_failures.labels(gate["metric"]).inc()
+                self._metrics.gate_failures.labels(gate.metric.value).inc()
             self._alerter.fire(Alert(
                 "FactsyncJobRejected", "warning", outcome.summary,
-                details={"job": outcome.job.id, "gates": outcome.blocking_gates,
+                details={"job": outcome.job.id,
+                         "gates": [g.as_dict() for g in outcome.blocking_gates],
                          "facts": [f"{f.subject} {f.relation} -> {f.object}"
                                    for f in outcome.facts]}))
             self._watch_failing_facts(outcome)

@@ -1,23 +1,22 @@
-"""The KPIs a candidate version is judged on, measured on the live and the candidate model.
+"""Measuring a job's KPIs on the live model and the candidate (see ``factsync.kpis``).
 
-- edit_success: share of edited facts whose new object is the model's greedy answer
-  (teacher-forced exact match on the fact's prompt);
-- paraphrase_success: share of paraphrase prompts where the new object is more likely
-  than the old one, averaged per fact;
-- neighbourhood_preservation: share of held-out neighbour facts (which the live model
-  answered correctly) that the model still answers correctly, averaged per fact;
-- retention: share of facts applied by earlier versions that the model still states;
-- perplexity_ratio: perplexity on a held-out text set against the base model's.
+Per edited fact: efficacy on its prompt, paraphrase prompts, and held-out neighbour
+facts (which the live model answered correctly), each as ``success`` (NLL comparison of
+the new and the old object) and ``accuracy`` (greedy answer); per model: retention of
+facts applied by earlier versions and perplexity on held-out text against the base
+model's. A fact whose old object is unknown (the live model answered nothing) counts
+its greedy answer for both forms.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 from factsync.evaluation.fluency import perplexity
+from factsync.kpis.report import FACT_METRICS, FactScore, KpiReport, KpiValues, Metric, mean
 from factsync.models.loading import LoadedModel
-from factsync.models.scoring import score_targets
+from factsync.models.scoring import TargetScore, score_targets
 from factsync.models.text import PromptSpec, object_ids
 
 Prompted = tuple[str, str]
@@ -49,12 +48,17 @@ class EditCheck:
 
 @dataclass(frozen=True)
 class Measurement:
-    """One model's raw scores on a job's checks."""
+    """One model's raw scores on a job's checks.
 
-    edit_exact: list[bool]
+    Attributes:
+        facts: per check, its value of each of ``FACT_METRICS``.
+        edit_probability: per check, the probability of the new object on its prompt.
+        retention: share of earlier facts still stated.
+        perplexity: on the fluency texts.
+    """
+
+    facts: list[dict[Metric, float | None]]
     edit_probability: list[float]
-    paraphrase: list[float | None]
-    neighbourhood: list[float | None]
     retention: float | None
     perplexity: float
 
@@ -68,32 +72,36 @@ def measure(
     """Score the model as it is now on ``checks``, ``retention`` and ``fluency_texts``."""
     rows: list[PromptSpec] = []
     for check in checks:
-        rows.append(PromptSpec("{}", check.prompt, object_ids(loaded, check.new_object)))
-        for prompt in check.paraphrases:
-            rows.append(PromptSpec("{}", prompt, object_ids(loaded, check.new_object)))
-            if check.old_object:
-                rows.append(PromptSpec("{}", prompt, object_ids(loaded, check.old_object)))
-        rows += [PromptSpec("{}", p, object_ids(loaded, o)) for p, o in check.held_out]
+        new_ids = object_ids(loaded, check.new_object)
+        old_ids = object_ids(loaded, check.old_object) if check.old_object else None
+        for prompt in (check.prompt, *check.paraphrases):
+            rows.append(PromptSpec("{}", prompt, new_ids))
+            if old_ids is not None:
+                rows.append(PromptSpec("{}", prompt, old_ids))
+        for prompt, obj in check.held_out:
+            rows += [PromptSpec("{}", prompt, object_ids(loaded, obj)),
+                     PromptSpec("{}", prompt, new_ids)]
     rows += [PromptSpec("{}", p, object_ids(loaded, o)) for p, o in retention]
     scores = iter(score_targets(loaded, rows) if rows else [])
-    edit_exact, edit_probability, paraphrase, neighbourhood = [], [], [], []
+    facts, edit_probability = [], []
     for check in checks:
-        edit = next(scores)
-        edit_exact.append(edit.exact)
-        edit_probability.append(edit.probability)
-        hits = []
-        for _ in check.paraphrases:
-            new = next(scores)
-            hits.append(new.mean_nll < next(scores).mean_nll if check.old_object else new.exact)
-        paraphrase.append(_mean(hits))
-        neighbourhood.append(_mean([next(scores).exact for _ in check.held_out]))
+        pairs = [_pair(scores, check.old_object is not None)
+                 for _ in (check.prompt, *check.paraphrases)]
+        edit_probability.append(pairs[0][0].probability)
+        neighbours = [(next(scores), next(scores)) for _ in check.held_out]
+        facts.append({
+            Metric.EFFICACY_SUCCESS: _success(*pairs[0]),
+            Metric.EFFICACY_ACCURACY: float(pairs[0][0].exact),
+            Metric.PARAPHRASE_SUCCESS: mean(_success(*p) for p in pairs[1:]),
+            Metric.PARAPHRASE_ACCURACY: mean(p[0].exact for p in pairs[1:]),
+            Metric.NEIGHBOURHOOD_SUCCESS: mean(_success(*n) for n in neighbours),
+            Metric.NEIGHBOURHOOD_ACCURACY: mean(n[0].exact for n in neighbours),
+        })
     retained = [next(scores).exact for _ in retention]
     return Measurement(
-        edit_exact=edit_exact,
+        facts=facts,
         edit_probability=edit_probability,
-        paraphrase=paraphrase,
-        neighbourhood=neighbourhood,
-        retention=_mean(retained),
+        retention=mean(retained),
         perplexity=perplexity(loaded, list(fluency_texts)),
     )
 
@@ -104,58 +112,44 @@ def kpi_report(
     candidate: Measurement,
     *,
     base_perplexity: float,
-) -> dict:
-    """The KPI report a policy judges: model-wide and per-relation values for both models.
-
-    ``{"candidate": {metric: value}, "live": {...}, "by_relation": {relation:
-    {"candidate": {...}, "live": {...}}}, "facts": [per-fact scores]}``; a value is
-    ``None`` when there was nothing to measure.
-    """
-    relations = sorted({c.relation for c in checks})
-    report = {
-        "candidate": _summary(candidate, range(len(checks)), base_perplexity),
-        "live": _summary(live, range(len(checks)), base_perplexity),
-        "by_relation": {},
-        "facts": [],
-    }
-    for relation in relations:
+) -> KpiReport:
+    """The KPI report a policy judges: model-wide and per-relation values for both
+    models, and the candidate's scores per fact (the gates are added once judged)."""
+    everyone = list(range(len(checks)))
+    by_relation = {}
+    for relation in sorted({c.relation for c in checks}):
         members = [i for i, c in enumerate(checks) if c.relation == relation]
-        report["by_relation"][relation] = {
-            "candidate": _fact_metrics(candidate, members),
-            "live": _fact_metrics(live, members),
-        }
-    for index, check in enumerate(checks):
-        report["facts"].append(
-            {
-                **{k: v for k, v in asdict(check).items() if k in ("change_id", "relation")},
-                "prompt": check.prompt,
-                "new_object": check.new_object,
-                "old_object": check.old_object,
-                "edit_success": candidate.edit_exact[index],
-                "probability": round(candidate.edit_probability[index], 4),
-                "paraphrase_success": candidate.paraphrase[index],
-                "neighbourhood_preservation": candidate.neighbourhood[index],
-            }
-        )
-    return report
+        by_relation[relation] = (_fact_values(candidate, members), _fact_values(live, members))
+    facts = tuple(
+        FactScore(change_id=check.change_id, relation=check.relation, prompt=check.prompt,
+                  new_object=check.new_object, old_object=check.old_object,
+                  probability=candidate.edit_probability[index],
+                  values=KpiValues(candidate.facts[index]))
+        for index, check in enumerate(checks)
+    )
+    return KpiReport(candidate=_model_values(candidate, everyone, base_perplexity),
+                     live=_model_values(live, everyone, base_perplexity),
+                     by_relation=by_relation, facts=facts)
 
 
-def _summary(m: Measurement, members: range, base_perplexity: float) -> dict:
-    return {
-        **_fact_metrics(m, list(members)),
-        "retention": m.retention,
-        "perplexity_ratio": m.perplexity / base_perplexity,
-    }
+def _pair(scores, has_old: bool) -> tuple[TargetScore, TargetScore | None]:  # noqa: ANN001
+    new = next(scores)
+    return new, next(scores) if has_old else None
 
 
-def _fact_metrics(m: Measurement, members: list[int]) -> dict:
-    return {
-        "edit_success": _mean([float(m.edit_exact[i]) for i in members]),
-        "paraphrase_success": _mean([m.paraphrase[i] for i in members]),
-        "neighbourhood_preservation": _mean([m.neighbourhood[i] for i in members]),
-    }
+def _success(right: TargetScore, other: TargetScore | None) -> float:
+    """Whether ``right`` beats ``other`` on mean NLL; its greedy match without one."""
+    return float(right.exact if other is None else right.mean_nll < other.mean_nll)
 
 
-def _mean(values: Sequence[float | bool | None]) -> float | None:
-    present = [float(v) for v in values if v is not None]
-    return sum(present) / len(present) if present else None
+def _model_values(m: Measurement, members: list[int], base_perplexity: float) -> KpiValues:
+    return KpiValues({
+        **_fact_values(m, members).values,
+        Metric.RETENTION: m.retention,
+        Metric.PERPLEXITY_RATIO: m.perplexity / base_perplexity,
+    })
+
+
+def _fact_values(m: Measurement, members: list[int]) -> KpiValues:
+    return KpiValues({metric: mean(m.facts[i][metric] for i in members)
+                      for metric in FACT_METRICS})

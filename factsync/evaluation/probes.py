@@ -47,8 +47,8 @@ class ProbeScores:
     efficacy_accuracy: float
     paraphrase_success: float | None
     paraphrase_accuracy: float | None
-    neighborhood_success: float | None
-    neighborhood_accuracy: float | None
+    neighbourhood_success: float | None
+    neighbourhood_accuracy: float | None
 
 
 Reference = dict[tuple[str, str], tuple[int, ...]]
@@ -105,8 +105,8 @@ def score_probes(
         efficacy_accuracy=_mean_of_means(accuracy.get("rewrite")) or 0.0,
         paraphrase_success=_mean_of_means(success.get("paraphrase")),
         paraphrase_accuracy=_mean_of_means(accuracy.get("paraphrase")),
-        neighborhood_success=_mean_of_means(success.get("neighbourhood")),
-        neighborhood_accuracy=_mean_of_means(accuracy.get("neighbourhood")),
+        neighbourhood_success=_mean_of_means(success.get("neighbourhood")),
+        neighbourhood_accuracy=_mean_of_means(accuracy.get("neighbourhood")),
     )
 
 

@@ -21,6 +21,7 @@ from enum import Enum
 
 import torch
 
+from factsync.kpis.report import GateResult, KpiReport
 from factsync.store.faults import unwritable_reason
 from factsync.store.records import Job, Version
 
@@ -103,7 +104,7 @@ class JobOutcome:
         facts: what happened to each of the job's changes.
         version: the version made live (promoted only).
         report: the KPI report (promoted and rejected).
-        blocking_gates: the failed blocking gates, as dicts (rejected only).
+        blocking_gates: the failed blocking gates (rejected only).
         retry_job: the job the passing facts were retried in (rejected only).
         meaning: what the error means for the facts (failed only).
     """
@@ -113,7 +114,7 @@ class JobOutcome:
     summary: str
     facts: list[FactOutcome] = field(default_factory=list)
     version: Version | None = None
-    report: dict | None = None
-    blocking_gates: list[dict] = field(default_factory=list)
+    report: KpiReport | None = None
+    blocking_gates: list[GateResult] = field(default_factory=list)
     retry_job: Job | None = None
     meaning: RetryMeaning | None = None

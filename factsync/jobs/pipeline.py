@@ -19,6 +19,7 @@ import logging
 import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
+from dataclasses import replace
 
 from factsync.editing.delta import AppliedDelta
 from factsync.editing.engine import EditEngine
@@ -36,7 +37,8 @@ from factsync.jobs.outcomes import (
     retry_meaning,
 )
 from factsync.jobs.preparation import PreparedFact, prepare_job, retention_probes
-from factsync.policies.judge import GateResult, judge
+from factsync.kpis.report import GateResult, KpiReport
+from factsync.policies.judge import judge
 from factsync.policies.schema import Policy
 from factsync.store.records import (
     CHANGE_FAILED,
@@ -121,20 +123,20 @@ class JobRunner:
             with self._stage(job, JOB_EVALUATING, f"IME ran {result.iterations} pass(es)"):
                 handle = result.delta.apply(self._models.work)
                 candidate = measure(self._models.work, checks, retention, self._texts)
-                report = kpi_report(checks, live, candidate,
-                                    base_perplexity=self._base_perplexity)
-                report["ime"] = {"iterations": result.iterations, "seconds": result.seconds}
-                gates = judge(self._policy, report)
-                report["gates"] = [g.as_dict() for g in gates]
+                measured = kpi_report(checks, live, candidate,
+                                      base_perplexity=self._base_perplexity)
+                report = replace(measured, ime_iterations=result.iterations,
+                                 edit_seconds=result.seconds,
+                                 gates=tuple(judge(self._policy, measured)))
             self._checkpoint()
-            if any(g.blocking for g in gates):
+            if any(g.blocking for g in report.gates):
                 handle.revert()
                 handle = None
-                return self._reject(job, prepared, report, gates)
+                return self._reject(job, prepared, report)
             version = self._live.promote(Promotion(
                 job=job, result=result, facts=_version_facts(prepared),
                 applied={p.change.id: p.request.old_object or "" for p in prepared},
-                report=report, policy_digest=self._policy.digest,
+                report=report.to_dict(), policy_digest=self._policy.digest,
             ))
             handle = None
         except JobInterrupted:
@@ -164,12 +166,11 @@ class JobRunner:
         return JobOutcome(job, OutcomeKind.FAILED, reason, meaning=meaning,
                           facts=[_fact(c, state, reason) for c in changes])
 
-    def _reject(self, job: Job, prepared: list[PreparedFact], report: dict,
-                gates: list[GateResult]) -> JobOutcome:
+    def _reject(self, job: Job, prepared: list[PreparedFact], report: KpiReport) -> JobOutcome:
         """Record a rejection; with ``retry_passing``, the facts that took go again."""
-        blocking = [g for g in gates if g.blocking]
+        blocking = [g for g in report.gates if g.blocking]
         summary = "; ".join(_describe_gate(g) for g in blocking)
-        took = {f["change_id"]: f["edit_success"] for f in report["facts"]}
+        took = {f.change_id: f.took for f in report.facts}
         failing = [p for p in prepared if not took[p.change.id]]
         passing = [p for p in prepared if took[p.change.id]]
         retry: list[int] = []
@@ -184,14 +185,14 @@ class JobRunner:
         retry_job = self._store.finish_job(
             job_id=job.id, state=JOB_REJECTED, reason=f"gates failed: {summary}",
             change_states={i: (CHANGE_FAILED, r) for i, r in reasons.items()},
-            report=report, retry=retry,
+            report=report.to_dict(), retry=retry,
         )
         log.warning("job %d rejected: %s%s", job.id, summary,
                     f"; {len(retry)} passing fact(s) retried as job {retry_job.id}"
                     if retry_job else "", extra={"job_id": job.id})
         return JobOutcome(
             job, OutcomeKind.REJECTED, f"job {job.id} rejected: {summary}", report=report,
-            blocking_gates=[g.as_dict() for g in blocking], retry_job=retry_job,
+            blocking_gates=blocking, retry_job=retry_job,
             facts=[_fact(p.change, CHANGE_FAILED, reasons[p.change.id])
                    for p in prepared if p.change.id in reasons],
         )

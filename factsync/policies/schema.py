@@ -14,20 +14,16 @@ import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from factsync.kpis.report import (
+    CANDIDATE_METRICS,
+    FACT_METRICS,
+    MODEL_METRICS,
+    MONITOR_METRICS,
+    Metric,
+)
 from factsync.typed_yaml import build, load_yaml_file
 
-FACT_METRICS = ("edit_success", "paraphrase_success", "neighbourhood_preservation")
-"""KPIs measured per fact; they can be judged per relation."""
-
-MODEL_METRICS = ("retention", "perplexity_ratio")
-"""KPIs of the whole model."""
-
-METRICS = FACT_METRICS + MODEL_METRICS
-
 ON_FAILURE = ("reject", "retry_passing")
-
-MONITOR_METRICS = ("retention", "canary", "perplexity_ratio")
-"""KPIs the monitor measures on the live version."""
 
 ON_ROLLBACK = ("quarantine", "requeue")
 
@@ -37,7 +33,8 @@ class Gate:
     """One promotion condition.
 
     Attributes:
-        metric: one of ``METRICS``.
+        metric: the KPI judged, by name (``factsync.kpis.report.Metric``; the names of
+            the first release are accepted); held as the ``Metric`` once built.
         min: the candidate's value must be at least this.
         max: ... at most this.
         max_drop: ... at most this much below the live version's.
@@ -53,8 +50,8 @@ class Gate:
     dry_run: bool = False
 
     def __post_init__(self) -> None:
-        if self.metric not in METRICS:
-            raise ValueError(f"metric {self.metric!r} is not one of {', '.join(METRICS)}")
+        metric = _metric(self.metric, CANDIDATE_METRICS)
+        object.__setattr__(self, "metric", metric)
         bounds = [self.min, self.max, self.max_drop, self.max_rise]
         if all(b is None for b in bounds):
             raise ValueError(f"gate on {self.metric} needs min, max, max_drop or max_rise")
@@ -65,14 +62,15 @@ class Gate:
     def describe(self) -> str:
         """The condition in words, e.g. ``retention >= 0.95``."""
         parts = []
+        name = self.metric.value
         if self.min is not None:
-            parts.append(f"{self.metric} >= {self.min:g}")
+            parts.append(f"{name} >= {self.min:g}")
         if self.max is not None:
-            parts.append(f"{self.metric} <= {self.max:g}")
+            parts.append(f"{name} <= {self.max:g}")
         if self.max_drop is not None:
-            parts.append(f"{self.metric} at most {self.max_drop:g} below live")
+            parts.append(f"{name} at most {self.max_drop:g} below live")
         if self.max_rise is not None:
-            parts.append(f"{self.metric} at most {self.max_rise:g} above live")
+            parts.append(f"{name} at most {self.max_rise:g} above live")
         return " and ".join(parts) + (" (dry run)" if self.dry_run else "")
 
 
@@ -157,8 +155,9 @@ class RelationPolicy:
         for gate in self.gates:
             if gate.metric not in FACT_METRICS:
                 raise ValueError(
-                    f"relation gates judge per-fact metrics ({', '.join(FACT_METRICS)}); "
-                    f"{gate.metric} is model-wide"
+                    "relation gates judge per-fact metrics "
+                    f"({', '.join(m.value for m in FACT_METRICS)}); {gate.metric.value} is "
+                    "model-wide"
                 )
 
 
@@ -167,7 +166,7 @@ class RollbackRule:
     """When the monitor rolls the live version back.
 
     Attributes:
-        metric: one of ``MONITOR_METRICS``.
+        metric: one of ``MONITOR_METRICS`` by name; held as the ``Metric`` once built.
         min: the check fails when the value is below this.
         max: ... or above this.
         consecutive: failing checks in a row of one version before it is rolled back.
@@ -179,8 +178,7 @@ class RollbackRule:
     consecutive: int = 2
 
     def __post_init__(self) -> None:
-        if self.metric not in MONITOR_METRICS:
-            raise ValueError(f"metric {self.metric!r} is not one of {', '.join(MONITOR_METRICS)}")
+        object.__setattr__(self, "metric", _metric(self.metric, MONITOR_METRICS))
         if self.min is None and self.max is None:
             raise ValueError(f"rollback rule on {self.metric} needs min or max")
         if self.consecutive < 1:
@@ -196,8 +194,9 @@ class RollbackRule:
 
     def describe(self) -> str:
         """The rule in words."""
-        bounds = [f"{self.metric} < {self.min:g}" if self.min is not None else "",
-                  f"{self.metric} > {self.max:g}" if self.max is not None else ""]
+        name = self.metric.value
+        bounds = [f"{name} < {self.min:g}" if self.min is not None else "",
+                  f"{name} > {self.max:g}" if self.max is not None else ""]
         return f"{' or '.join(b for b in bounds if b)} on {self.consecutive} check(s) in a row"
 
 
@@ -238,9 +237,9 @@ class MonitorPolicy:
 
 def _default_gates() -> tuple[Gate, ...]:
     return (
-        Gate("edit_success", min=1.0),
+        Gate("efficacy_accuracy", min=1.0),
         Gate("paraphrase_success", min=0.5),
-        Gate("neighbourhood_preservation", min=0.75),
+        Gate("neighbourhood_accuracy", min=0.75),
         Gate("retention", min=0.9),
         Gate("retention", max_drop=0.05),
         Gate("perplexity_ratio", max=1.05),
@@ -282,6 +281,15 @@ class Policy:
     def model_gates(self) -> tuple[Gate, ...]:
         """The gates on model-wide metrics."""
         return tuple(g for g in self.gates if g.metric in MODEL_METRICS)
+
+
+def _metric(name: str, allowed: tuple[Metric, ...]) -> Metric:
+    """The metric ``name`` names, if it is one of ``allowed``."""
+    metric = Metric.parse(str(name))
+    if metric not in allowed:
+        raise ValueError(f"metric {metric.value!r} is not one of "
+                         f"{', '.join(m.value for m in allowed)}")
+    return metric
 
 
 def load_policy(path: Path) -> Policy:

@@ -73,7 +73,7 @@ def test_every_method_gets_a_row_and_the_model_is_restored(tiny_loaded, tmp_path
     )
     assert list(rows) == ["unedited", *methods]
     assert rows["unedited"].perplexity_ratio == 1.0
-    assert rows["unedited"].scores.neighborhood_accuracy == 1.0
+    assert rows["unedited"].scores.neighbourhood_accuracy == 1.0
     assert 1.0 <= rows["memit+ime"].iterations_mean <= 2.0
     for name, tensor in loaded.model.state_dict().items():
         assert torch.equal(tensor, before[name]), name

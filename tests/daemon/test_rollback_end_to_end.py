@@ -18,7 +18,7 @@ pytestmark = pytest.mark.real_model
 LAX = {
     "name": "lax",
     "batch": {"coalesce_seconds": 0.5},
-    "gates": [{"metric": "edit_success", "min": 1.0}],
+    "gates": [{"metric": "efficacy_accuracy", "min": 1.0}],
     # Instrument facts can never pass: they make the rejected job of this test.
     "relations": {"P1303": {"gates": [{"metric": "paraphrase_success", "min": 1.1}]}},
     "on_failure": "reject",

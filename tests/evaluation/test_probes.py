@@ -51,15 +51,15 @@ def test_scores_follow_the_definitions(tiny_loaded):
     assert scores.paraphrase_success == pytest.approx(sum(paraphrase) / 2)  # one probe only
     first = [_prefers(loaded, p, "France", "Rome") for p in PROBES[0].neighbourhood]
     second = _prefers(loaded, "Skype is owned by", "Microsoft", "Apple")
-    assert scores.neighborhood_success == pytest.approx((sum(first) / 2 + second) / 2)
+    assert scores.neighbourhood_success == pytest.approx((sum(first) / 2 + second) / 2)
     # The unedited model predicts what it predicted: accuracy against itself is 1.
-    assert scores.neighborhood_accuracy == 1.0
+    assert scores.neighbourhood_accuracy == 1.0
 
 
 def test_neighbourhood_accuracy_needs_a_reference(tiny_loaded):
     scores = score_probes(tiny_loaded(), PROBES)
-    assert scores.neighborhood_accuracy is None
-    assert scores.neighborhood_success is not None
+    assert scores.neighbourhood_accuracy is None
+    assert scores.neighbourhood_success is not None
 
 
 def test_probe_needs_the_old_object():

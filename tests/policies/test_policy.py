@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from factsync.kpis.report import KpiReport, KpiValues, Metric
 from factsync.policies.judge import judge
 from factsync.policies.schema import Gate, Policy, RelationPolicy, load_policy
 from factsync.typed_yaml import SchemaError
@@ -55,8 +56,15 @@ def test_a_missing_policy_file_is_named(tmp_path):
         load_policy(tmp_path / "absent.yaml")
 
 
-def report(candidate, live=None, by_relation=None):  # noqa: ANN001, ANN201
-    return {"candidate": candidate, "live": live or {}, "by_relation": by_relation or {}}
+def values(named: dict) -> KpiValues:
+    return KpiValues.from_dict(named)
+
+
+def report(candidate, live=None, by_relation=None) -> KpiReport:  # noqa: ANN001
+    relations = {r: (values(k["candidate"]), values(k["live"]))
+                 for r, k in (by_relation or {}).items()}
+    return KpiReport(candidate=values(candidate), live=values(live or {}),
+                     by_relation=relations, facts=())
 
 
 def test_absolute_relative_and_dry_run_gates():
@@ -81,18 +89,28 @@ def test_a_gate_with_nothing_to_measure_passes():
 
 def test_relation_gates_replace_the_same_metric_for_that_relations_facts():
     policy = Policy(
-        gates=(Gate("paraphrase_success", min=0.9), Gate("edit_success", min=1.0)),
+        gates=(Gate("paraphrase_success", min=0.9), Gate("efficacy_accuracy", min=1.0)),
         relations={"P106": RelationPolicy(gates=(Gate("paraphrase_success", min=0.4),))},
     )
-    kpis = {"candidate": {"paraphrase_success": 0.5, "edit_success": 1.0}, "live": {}}
+    kpis = {"candidate": {"paraphrase_success": 0.5, "efficacy_accuracy": 1.0}, "live": {}}
     results = judge(policy, report({}, by_relation={"P106": kpis, "P36": kpis}))
     by = {(r.relation, r.gate): r.passed for r in results}
     assert by == {
-        ("P106", "edit_success >= 1"): True,
+        ("P106", "efficacy_accuracy >= 1"): True,
         ("P106", "paraphrase_success >= 0.4"): True,
         ("P36", "paraphrase_success >= 0.9"): False,
-        ("P36", "edit_success >= 1"): True,
+        ("P36", "efficacy_accuracy >= 1"): True,
     }
+
+
+def test_the_metric_names_of_the_first_release_still_load(tmp_path):
+    old = write(tmp_path, {"gates": [{"metric": "edit_success", "min": 1.0},
+                                     {"metric": "neighbourhood_preservation", "min": 0.75}]})
+    gates = load_policy(old).gates
+    assert [g.metric for g in gates] == [Metric.EFFICACY_ACCURACY, Metric.NEIGHBOURHOOD_ACCURACY]
+    stored = {"candidate": {"edit_success": 1.0, "neighbourhood_preservation": 0.5}}
+    assert KpiReport.candidate_values(stored).to_dict() == {
+        "efficacy_accuracy": 1.0, "neighbourhood_accuracy": 0.5}
 
 
 def test_the_digest_changes_with_the_content():

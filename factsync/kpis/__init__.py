@@ -1,0 +1,1 @@
+"""The KPI vocabulary every floor shares: metric names and the typed KPI report."""
