@@ -39,11 +39,13 @@ def register(commands: argparse._SubParsersAction) -> None:
 
 
 def _store(args: argparse.Namespace) -> StateStore:
+    """The data directory's state, opened read-only: these commands never migrate or
+    write a file a running daemon owns."""
     data_dir = args.data_dir or load_config(args.config).state_dir
     path = data_dir / STATE_FILE
     if not path.is_file():
         raise ValueError(f"no factsync state in {data_dir} (missing {STATE_FILE})")
-    return StateStore(path)
+    return StateStore(path, read_only=True)
 
 
 def _print(args: argparse.Namespace, payload: Any, lines: list[str]) -> int:

@@ -5,11 +5,14 @@ the store: facts with the same relation whose object is this fact's old object, 
 other facts about the same subject. Only those the live model gets right are kept; they
 are split into disjoint sets, one joins the edit (NME) and the other is held out to
 score neighbourhood preservation.
+
+The store is asked only about the facts at hand (a bounded page of same-object
+candidates, the subject's other facts, a drawn sample of applied facts), so preparing a
+job costs the same with a hundred applied facts as with a hundred thousand.
 """
 
 from __future__ import annotations
 
-import random
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -21,7 +24,7 @@ from factsync.models.loading import LoadedModel
 from factsync.models.scoring import score_targets
 from factsync.models.text import PromptSpec, object_ids, read_back
 from factsync.policies.schema import Policy
-from factsync.store.records import FactChange
+from factsync.store.records import AppliedFact, FactChange, KnownFact
 from factsync.store.store import StateStore
 
 ANSWER_TOKENS = 8
@@ -70,7 +73,8 @@ def prepare_job(
 ) -> list[PreparedFact]:
     """Edit requests and scoring probes for ``changes``, from the live model and store."""
     in_job = {(c.subject, c.relation) for c in changes}
-    known = _known_facts(store, in_job)
+    editing_wanted = policy.editing.max_neighbours if policy.editing.neighbours else 0
+    limit = CANDIDATES_PER_SLOT * (editing_wanted + policy.evaluation.held_out_neighbours)
     prepared = []
     for change in changes:
         relation = catalog.resolve(change.relation)
@@ -78,7 +82,8 @@ def prepare_job(
             raise ValueError(f"relation {change.relation} is not in the catalog")
         prompt = relation.template.format(change.subject)
         old = short_answer(greedy(loaded, prompt, ANSWER_TOKENS)) or None
-        editing, held_out = _neighbours(loaded, catalog, policy, change, old, known)
+        candidates = neighbour_candidates(store, change, old, limit=limit, exclude=in_job)
+        editing, held_out = _neighbours(loaded, catalog, policy, candidates)
         request = EditRequest(
             subject=change.subject,
             template=relation.template,
@@ -107,55 +112,66 @@ def retention_probes(
     sample: int,
     seed: int,
 ) -> list[Prompted]:
-    """Facts applied by earlier versions, as (prompt, object); ``sample`` 0 takes all."""
-    probes = []
-    for fact in store.applied_facts():
-        relation = catalog.resolve(fact.relation)
-        if relation is not None and (fact.subject, fact.relation) not in exclude:
-            probes.append((relation.template.format(fact.subject), fact.object))
-    if sample and len(probes) > sample:
-        probes = random.Random(seed).sample(probes, sample)
-    return probes
+    """Facts applied by earlier versions, as (prompt, object); ``sample`` 0 takes all.
+
+    A sample is drawn in the store (``StateStore.sample_applied``), so its cost follows
+    ``sample``, not the facts applied; taking all reads them all.
+    """
+
+    def usable(fact: AppliedFact) -> bool:
+        return (catalog.resolve(fact.relation) is not None
+                and (fact.subject, fact.relation) not in exclude)
+
+    facts = (store.sample_applied(size=sample, seed=seed, keep=usable) if sample
+             else [f for f in store.applied_facts() if usable(f)])
+    return [(_relation(catalog, f.relation).template.format(f.subject), f.object)
+            for f in facts]
 
 
-Known = list[tuple[str, str, str]]
-"""(subject, relation id, object) of facts the store holds."""
+def neighbour_candidates(
+    store: StateStore,
+    change: FactChange,
+    old: str | None,
+    *,
+    limit: int,
+    exclude: set[tuple[str, str]],
+) -> list[KnownFact]:
+    """At most ``limit`` facts to try as neighbours of ``change``, from the store only.
+
+    Facts of the same relation whose object is ``old`` (case-folded), by subject,
+    alternate with the subject's facts of other relations, by relation; facts in
+    ``exclude`` (the job's own) never come back.
+    """
+    skip = exclude | {(change.subject, change.relation)}
+    same_object = (store.facts_with_object(relation=change.relation, object=old, limit=limit,
+                                           exclude=skip) if old else [])
+    same_subject = [f for f in store.facts_about(subject=change.subject)
+                    if (f.subject, f.relation) not in skip]
+    return _interleave(same_object, same_subject)[:limit]
 
 
-def _known_facts(store: StateStore, exclude: set[tuple[str, str]]) -> Known:
-    facts: dict[tuple[str, str], str] = {}
-    for fact in store.applied_facts():
-        facts[(fact.subject, fact.relation)] = fact.object
-    for fact in store.desired_facts():
-        if not fact.deleted:
-            facts.setdefault((fact.subject, fact.relation), fact.object)
-    return sorted((s, r, o) for (s, r), o in facts.items() if (s, r) not in exclude)
+def _relation(catalog: RelationCatalog, relation_id: str) -> Relation:
+    relation = catalog.resolve(relation_id)
+    if relation is None:
+        raise ValueError(f"relation {relation_id} is not in the catalog")
+    return relation
 
 
 def _neighbours(
     loaded: LoadedModel,
     catalog: RelationCatalog,
     policy: Policy,
-    change: FactChange,
-    old: str | None,
-    known: Known,
+    candidates: Sequence[KnownFact],
 ) -> tuple[list[tuple[str, str, str]], list[tuple[str, str, str]]]:
-    """(editing, held-out) neighbours as (subject, template, object)."""
+    """(editing, held-out) neighbours as (subject, template, object): the ``candidates``
+    the live model gets right, split between the two."""
     editing_wanted = policy.editing.max_neighbours if policy.editing.neighbours else 0
     held_wanted = policy.evaluation.held_out_neighbours
-    limit = CANDIDATES_PER_SLOT * (editing_wanted + held_wanted)
-    same_object = [
-        f for f in known
-        if f[1] == change.relation and old and f[2].casefold() == old.casefold()
-        and f[0] != change.subject
-    ]
-    same_subject = [f for f in known if f[0] == change.subject and f[1] != change.relation]
-    candidates = _interleave(same_object, same_subject)[:limit]
     with_templates = []
-    for subject, relation_id, obj in candidates:
-        relation = catalog.resolve(relation_id)
+    for fact in candidates:
+        relation = catalog.resolve(fact.relation)
         if relation is not None:
-            with_templates.append((subject, relation.template, obj))
+            with_templates.append((fact.subject, relation.template, fact.object))
     right = states(loaded, [(t.format(s), o) for s, t, o in with_templates])
     correct = [c for c, ok in zip(with_templates, right, strict=True) if ok]
     editing, held_out = [], []

@@ -8,14 +8,19 @@ changes the live model already states are counted as applied without an edit. Th
 wait their turn: each plan queues one job of at most ``max_facts``, the changes that
 settled first, and the others stay pending, so an update arriving while earlier jobs run
 still replaces its fact's change instead of queueing a second, stale edit.
+
+A plan reads pending changes in arrival order, a page at a time, only until its job is
+full, and looks up the applied state of just those facts: its cost follows the job, not
+the number of facts ever applied or the length of the queue behind it.
 """
 
 from __future__ import annotations
 
+import itertools
 import json
 import logging
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 from factsync.facts.catalog import RelationCatalog
@@ -26,6 +31,7 @@ from factsync.store.records import (
     CHANGE_FAILED,
     CHANGE_PENDING,
     CHANGE_RECORDED,
+    AppliedFact,
     FactChange,
     Job,
 )
@@ -37,6 +43,9 @@ LiveCheck = Callable[[Sequence[FactChange]], list[bool]]
 """Whether the live model already states each change's object."""
 UsableCheck = Callable[[FactChange], str | None]
 """Why the model cannot be edited to state a change (``None``: it can)."""
+
+MAX_PAGE = 1000
+"""Pending changes read at once at most; pages start at a job's size and double."""
 
 
 class Reconciler:
@@ -76,12 +85,14 @@ class Reconciler:
         batches of checks however long the queue is. A change ``unusable`` names a
         reason for is failed and quarantined with it instead of stopping its job.
         """
-        ready = self._ready_changes()
         size = self._policy.batch.max_facts
+        ready = self._ready_changes(first_page=size)
         live = self._store.live_version().id
         batch: list[FactChange] = []
-        while ready and len(batch) < size:
-            candidates, ready = ready[: size - len(batch)], ready[size - len(batch) :]
+        while len(batch) < size:
+            candidates = list(itertools.islice(ready, size - len(batch)))
+            if not candidates:
+                break
             candidates = [c for c in candidates if not self._refused(c, unusable(c))]
             for change, already in zip(candidates, live_states(candidates), strict=True):
                 if not already:
@@ -95,8 +106,8 @@ class Reconciler:
         job = self._store.create_job(change_ids=[c.id for c in batch],
                                      policy_digest=self._policy.digest)
         failpoint("reconcile.job_created")
-        log.info("job %d queued with %d fact change(s); %d more ready", job.id, len(batch),
-                 len(ready))
+        log.info("job %d queued with %d fact change(s); %d more pending", job.id, len(batch),
+                 self._store.count_changes(states=(CHANGE_PENDING,)))
         return job
 
     def _refused(self, change: FactChange, reason: str | None) -> bool:
@@ -112,39 +123,55 @@ class Reconciler:
         log.warning("fact change %d refused: %s", change.id, reason)
         return True
 
-    def _ready_changes(self) -> list[FactChange]:
+    def _ready_changes(self, *, first_page: int) -> Iterator[FactChange]:
         """The latest pending change of each ready fact, the longest settled first.
 
         A fact is ready once its latest change has waited out the coalescing window.
+        Changes are read in arrival order, ``first_page`` at first and twice as many
+        each page after, and only as far as the caller takes them. A fact's older
+        pending changes are superseded when they are met; deletions, changes the applied
+        state already holds and relations gone from the catalog are closed.
         """
-        latest: dict[tuple[str, str], list[FactChange]] = {}
-        for change in self._store.changes(state=CHANGE_PENDING, limit=1_000_000):
-            latest.setdefault((change.subject, change.relation), []).append(change)
-        applied = {(a.subject, a.relation): a for a in self._store.applied_facts()}
         now = self._clock()
-        ready = []
-        for key, changes in latest.items():
-            change = changes[-1]
-            if len(changes) > 1:
-                self._store.supersede(change_ids=[c.id for c in changes[:-1]], by=change.id)
-            if now - change.received_at < self._policy.batch.coalesce_seconds:
-                continue
-            done = applied.get(key)
-            if change.deleted:
-                self._store.close_changes(
-                    change_ids=[change.id], state=CHANGE_RECORDED,
-                    reason="deletion recorded; the model keeps its current answer",
-                )
-            elif done is not None and done.object == change.object:
-                self._store.close_changes(
-                    change_ids=[change.id], state=CHANGE_ALREADY_TRUE,
-                    reason=f"version {done.version_id} already applied it",
-                )
-            elif self._catalog.resolve(change.relation) is None:
-                self._store.close_changes(
-                    change_ids=[change.id], state=CHANGE_FAILED,
-                    reason=f"relation {change.relation} is no longer in the catalog",
-                )
-            else:
-                ready.append(change)
-        return sorted(ready, key=lambda c: c.received_at)
+        after, page = 0, max(first_page, 1)
+        while True:
+            changes = self._store.pending_changes(after=after, limit=page)
+            if not changes:
+                return
+            after, page = changes[-1].id, min(page * 2, MAX_PAGE)
+            keys = {(c.subject, c.relation) for c in changes}
+            latest = self._store.latest_pending(keys=keys)
+            applied = self._store.applied_for(keys=keys)
+            for change in changes:
+                key = (change.subject, change.relation)
+                newest = latest.get(key, change.id)
+                if newest != change.id:
+                    # the newer change comes later in arrival order and is judged there
+                    self._store.supersede(change_ids=[change.id], by=newest)
+                    continue
+                if now - change.received_at < self._policy.batch.coalesce_seconds:
+                    continue
+                if self._closed(change, applied.get(key)):
+                    continue
+                yield change
+
+    def _closed(self, change: FactChange, done: AppliedFact | None) -> bool:
+        """Close ``change`` if it needs no edit; whether it was."""
+        if change.deleted:
+            self._store.close_changes(
+                change_ids=[change.id], state=CHANGE_RECORDED,
+                reason="deletion recorded; the model keeps its current answer",
+            )
+        elif done is not None and done.object == change.object:
+            self._store.close_changes(
+                change_ids=[change.id], state=CHANGE_ALREADY_TRUE,
+                reason=f"version {done.version_id} already applied it",
+            )
+        elif self._catalog.resolve(change.relation) is None:
+            self._store.close_changes(
+                change_ids=[change.id], state=CHANGE_FAILED,
+                reason=f"relation {change.relation} is no longer in the catalog",
+            )
+        else:
+            return False
+        return True

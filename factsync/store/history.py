@@ -8,6 +8,7 @@ from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager
 from typing import Any
 
+from factsync.store.fact_index import write_applied
 from factsync.store.records import (
     CHANGE_PENDING,
     CHANGE_ROLLED_BACK,
@@ -135,11 +136,9 @@ def _restore_applied(
     for row in reversed(lineage):
         for fact in json.loads(row["facts"]):
             if (fact["subject"], fact["relation"]) in keys:
-                db.execute(
-                    "INSERT OR REPLACE INTO applied_facts VALUES (?, ?, ?, ?, ?, ?)",
-                    (fact["subject"], fact["relation"], fact["object"], row["id"],
-                     fact.get("change_id"), now),
-                )
+                write_applied(db, subject=fact["subject"], relation=fact["relation"],
+                              object=fact["object"], version_id=row["id"],
+                              change_id=fact.get("change_id"), now=now)
 
 
 def _queue_again(db: sqlite3.Connection, subject: str, relation: str, reason: str,

@@ -90,6 +90,15 @@ class AppliedFact(Row):
 
 
 @dataclass(frozen=True)
+class KnownFact(Row):
+    """A fact the store holds: its applied object, else its desired (not deleted) one."""
+
+    subject: str
+    relation: str
+    object: str
+
+
+@dataclass(frozen=True)
 class Job(Row):
     """A batch of fact changes on its way to a version."""
 

@@ -118,3 +118,21 @@ MIGRATIONS.append(
     ALTER TABLE desired_facts ADD COLUMN reverted_from TEXT;
     """
 )
+
+MIGRATIONS.append(
+    # 4: lookups that stay bounded as facts pile up. ``object_key`` is Python's
+    # ``str.casefold`` of the object, written by the store with every row: SQLite's NOCASE
+    # folds only ASCII, and neighbours must match "Straße" to "STRASSE" as casefold does.
+    # ``factsync_casefold`` is a function each store connection registers; it fills the
+    # rows written before this migration. The pending index answers "the latest pending
+    # change of this fact" without reading the fact's whole history of changes.
+    """
+    ALTER TABLE applied_facts ADD COLUMN object_key TEXT;
+    ALTER TABLE desired_facts ADD COLUMN object_key TEXT;
+    UPDATE applied_facts SET object_key = factsync_casefold(object);
+    UPDATE desired_facts SET object_key = factsync_casefold(object);
+    CREATE INDEX applied_facts_object ON applied_facts (relation, object_key, subject);
+    CREATE INDEX desired_facts_object ON desired_facts (relation, object_key, subject);
+    CREATE INDEX fact_changes_fact_state ON fact_changes (subject, relation, state);
+    """
+)

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from factsync.facts.records import FactRecord
+from factsync.store.fact_index import FactQueries, object_key, register_functions, write_applied
 from factsync.store.history import VersionHistory
 from factsync.store.records import (
     CHANGE_ALREADY_TRUE,
@@ -41,17 +42,38 @@ from factsync.store.schema import MIGRATIONS
 Clock = Callable[[], float]
 
 
-class StateStore(VersionHistory):
-    """The daemon's state in SQLite (WAL, full sync). Safe to share between threads."""
+class StateStore(VersionHistory, FactQueries):
+    """The daemon's state in SQLite (WAL, full sync). Safe to share between threads.
 
-    def __init__(self, path: Path, *, clock: Clock = time.time) -> None:
+    Args:
+        path: the SQLite file; created and migrated to the current schema unless
+            ``read_only``.
+        clock: the time now, in epoch seconds.
+        read_only: open an existing file for reading only (SQLite ``mode=ro``), for
+            commands that look at a running daemon's state: nothing is created or
+            migrated, the schema must be exactly this factsync's, and every write raises
+            ``StoreError``.
+    """
+
+    def __init__(self, path: Path, *, clock: Clock = time.time, read_only: bool = False) -> None:
         self.path = path
+        self.read_only = read_only
         self._clock = clock
         self._lock = threading.RLock()
         self._batch_depth = 0  # only the thread holding _lock inside batch() changes it
-        path.parent.mkdir(parents=True, exist_ok=True)
-        self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
+        if read_only:
+            if not path.is_file():
+                raise StoreError(f"no state file at {path}")
+            self._db = sqlite3.connect(f"{path.absolute().as_uri()}?mode=ro", uri=True,
+                                       check_same_thread=False, isolation_level=None)
+        else:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
         self._db.row_factory = sqlite3.Row
+        register_functions(self._db)
+        if read_only:
+            self._check_schema()
+            return
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=FULL")
         self._db.execute("PRAGMA foreign_keys=ON")
@@ -80,6 +102,8 @@ class StateStore(VersionHistory):
 
     @contextmanager
     def _transaction(self) -> Iterator[sqlite3.Connection]:
+        if self.read_only:
+            raise StoreError(f"{self.path} is open read-only; this command cannot change it")
         with self._lock:
             if self._batch_depth:
                 yield from _savepoint(self._db)
@@ -112,6 +136,21 @@ class StateStore(VersionHistory):
                 self._db.executescript(
                     f"BEGIN; {MIGRATIONS[number]}; PRAGMA user_version = {number + 1}; COMMIT;"
                 )
+
+    def _check_schema(self) -> None:
+        """Refuse a file whose schema is not exactly this factsync's (read-only opens)."""
+        found = self.schema_version
+        expected = len(MIGRATIONS)
+        if found > expected:
+            raise StoreError(
+                f"{self.path} has schema version {found}, newer than this factsync "
+                f"({expected}); upgrade factsync"
+            )
+        if found < expected:
+            raise StoreError(
+                f"{self.path} has schema version {found}, older than this factsync "
+                f"({expected}); start the daemon once to migrate it, then read it again"
+            )
 
     @property
     def schema_version(self) -> int:
@@ -148,7 +187,9 @@ class StateStore(VersionHistory):
             if row is not None and row["reverted_from"] == record.object and not record.deleted:
                 return None  # an operator reverted this object; wait for a new one
             db.execute(
-                "INSERT OR REPLACE INTO desired_facts VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, NULL)",
+                "INSERT OR REPLACE INTO desired_facts (subject, relation, object, deleted, "
+                "source, location, record_id, updated_at, received_at, reverted_from, "
+                "object_key) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, NULL, ?)",
                 (
                     record.subject,
                     relation,
@@ -159,6 +200,7 @@ class StateStore(VersionHistory):
                     record.record_id,
                     record.updated_at,
                     now,
+                    object_key(record.object),
                 ),
             )
             change_id = _add_pending_change(
@@ -200,7 +242,7 @@ class StateStore(VersionHistory):
         """Desired facts, optionally of one subject and/or relation."""
         where, params = _filters(subject=subject, relation=relation)
         rows = self._query(f"SELECT * FROM desired_facts {where} ORDER BY subject", params)
-        return [DesiredFact(**{**row, "deleted": bool(row["deleted"])}) for row in rows]
+        return [DesiredFact(**{**_public(row), "deleted": bool(row["deleted"])}) for row in rows]
 
     def fact_views(
         self, *, subject: str | None = None, relation: str | None = None,
@@ -221,7 +263,7 @@ class StateStore(VersionHistory):
             f" {where} ORDER BY d.subject, d.relation",
             params,
         )
-        return [{**row, "deleted": bool(row["deleted"])} for row in rows
+        return [{**_public(row), "deleted": bool(row["deleted"])} for row in rows
                 if state is None or row["state"] == state]
 
     # changes
@@ -295,10 +337,11 @@ class StateStore(VersionHistory):
             if applied is None or not applied["old_object"]:
                 raise KeyError(f"no edited fact {subject!r} {relation} to revert")
             db.execute(
-                "UPDATE desired_facts SET object = ?, deleted = 0, source = ?, location = ?, "
-                "received_at = ?, reverted_from = ? WHERE subject = ? AND relation = ?",
-                (applied["old_object"], "operator", "revert", now, applied["object"], subject,
-                 relation),
+                "UPDATE desired_facts SET object = ?, object_key = ?, deleted = 0, source = ?, "
+                "location = ?, received_at = ?, reverted_from = ? "
+                "WHERE subject = ? AND relation = ?",
+                (applied["old_object"], object_key(applied["old_object"]), "operator", "revert",
+                 now, applied["object"], subject, relation),
             )
             change_id = _add_pending_change(
                 db, subject=subject, relation=relation, object=applied["old_object"],
@@ -338,7 +381,7 @@ class StateStore(VersionHistory):
         """Facts the live version states, optionally of one subject and/or relation."""
         where, params = _filters(subject=subject, relation=relation)
         rows = self._query(f"SELECT * FROM applied_facts {where} ORDER BY applied_at", params)
-        return [AppliedFact(**row) for row in rows]
+        return [AppliedFact(**_public(row)) for row in rows]
 
     # jobs
 
@@ -534,6 +577,12 @@ def _filters(**fields: Any) -> tuple[str, tuple[Any, ...]]:
     return "WHERE " + " AND ".join(f"{name} = ?" for name in used), tuple(used.values())
 
 
+def _public(row: dict[str, Any]) -> dict[str, Any]:
+    """A fact row without the store's own lookup column."""
+    row.pop("object_key", None)
+    return row
+
+
 def _change(row: dict[str, Any]) -> FactChange:
     return FactChange(**{**row, "deleted": bool(row["deleted"])})
 
@@ -578,10 +627,8 @@ def _move_live(db: sqlite3.Connection, version_id: str, reason: str, now: float)
 def _upsert_applied(
     db: sqlite3.Connection, change: FactChange, version_id: str, now: float
 ) -> None:
-    db.execute(
-        "INSERT OR REPLACE INTO applied_facts VALUES (?, ?, ?, ?, ?, ?)",
-        (change.subject, change.relation, change.object, version_id, change.id, now),
-    )
+    write_applied(db, subject=change.subject, relation=change.relation, object=change.object,
+                  version_id=version_id, change_id=change.id, now=now)
 
 
 def _add_pending_change(
