@@ -61,6 +61,7 @@ def register(commands: argparse._SubParsersAction) -> None:
     _register_sync(sub)
     _register_load(sub)
     _register_ingest(sub)
+    _register_plan(sub)
 
 
 def _register_sync(sub: argparse._SubParsersAction) -> None:
@@ -183,6 +184,41 @@ def run_ingest_bench(args: argparse.Namespace) -> int:
 
     sizes = [int(x) for x in args.batch_sizes.split(",")]
     print(format_ingest_table(args.rows, run(args.rows, sizes, repeats=args.repeats)))
+    return 0
+
+
+def _register_plan(sub: argparse._SubParsersAction) -> None:
+    plan = sub.add_parser(
+        "plan",
+        help="time planning and preparing one job against stores of few and many applied facts",
+        description="Fill one SQLite store per --sizes value with that many applied facts, "
+        "then time, sizes taking turns, --repeats rounds of: the reconciler's plan of one "
+        "job of 10 fact changes and that job's preparation (prepare_job and the retention "
+        "sample), with the store's share of preparing timed on its own. --model none "
+        "runs only the store side of preparing.",
+    )
+    plan.add_argument("--sizes", default="100,100000",
+                      help="comma-separated applied facts per store; ratios are to the first "
+                      "(100,100000)")
+    plan.add_argument("--repeats", type=int, default=5, help="rounds per store (5)")
+    plan.add_argument("--seed", type=int, default=0, help="random seed (0)")
+    plan.add_argument("--model", default="default",
+                      help="local HuggingFace model directory, 'default' (the embedded "
+                      "SmolLM2-135M-Instruct) or 'none' (store side only, fast)")
+    plan.add_argument("--device", default="cpu", help="auto, cpu, cuda... (cpu)")
+    plan.set_defaults(handler=run_plan_bench)
+
+
+def run_plan_bench(args: argparse.Namespace) -> int:
+    """Handler of ``factsync bench plan``."""
+    from factsync.bench.plan import format_plan_table
+    from factsync.bench.plan import run_plan_bench as run
+    from factsync.models.loading import load_model
+
+    loaded = None if args.model == "none" else load_model(args.model, device=args.device)
+    rows = run([int(x) for x in args.sizes.split(",")], repeats=args.repeats, loaded=loaded,
+               seed=args.seed, progress=print)
+    print(format_plan_table(rows, model=loaded.name if loaded else "none"))
     return 0
 
 
