@@ -19,8 +19,9 @@ Fixtures:
 - ``random_delta``: a factory ``random_delta(loaded, layers, rank=2, scale=0.1, seed=0)``
   returning a seeded random low-rank ``ModelDelta`` on the MLP output of ``layers``.
 - ``tiny_engine``: a factory ``tiny_engine(loaded, **settings)`` returning an
-  ``EditEngine`` with key statistics of ``ENGINE_TEXTS``, the prefixes ``ENGINE_CONTEXTS``
-  and fast target settings; keywords replace fields of ``EngineSettings``.
+  ``EditEngine`` with key statistics of ``ENGINE_TEXTS``, the prefixes ``ENGINE_CONTEXTS``,
+  fast target settings and one pass without NME; keywords replace fields of
+  ``EngineSettings``.
 """
 
 from __future__ import annotations
@@ -217,7 +218,8 @@ FAST_TARGETS = TargetSettings(
 
 
 def _tiny_engine(loaded: LoadedModel, **changes: object) -> EditEngine:
-    settings = replace(EngineSettings(target=FAST_TARGETS), **changes)
+    one_pass = EngineSettings(target=FAST_TARGETS, max_iterations=1, neighbours=False)
+    settings = replace(one_pass, **changes)
     layers = settings.edit_layers(loaded)
     stats = compute_key_statistics(loaded, layers, ENGINE_TEXTS, token_budget=400,
                                    progress=False)

@@ -5,7 +5,9 @@ from __future__ import annotations
 import argparse
 from dataclasses import replace
 
+from factsync.editing.engine import EngineSettings
 from factsync.editing.spread import SpreadSettings
+from factsync.editing.targets import TargetSettings
 
 
 def add_model_options(parser: argparse.ArgumentParser) -> None:
@@ -24,13 +26,14 @@ def add_model_options(parser: argparse.ArgumentParser) -> None:
 def add_engine_options(parser: argparse.ArgumentParser) -> None:
     """Options that shape the edit engine."""
     group = parser.add_argument_group("engine")
-    group.add_argument("--algorithm", choices=["memit", "alphaedit"], default="memit")
+    group.add_argument("--algorithm", choices=["memit", "alphaedit"],
+                       default=SpreadSettings.algorithm)
     group.add_argument("--layers", help="comma-separated edit layers (default: by family)")
     group.add_argument(
         "--max-iterations",
         type=int,
-        default=3,
-        help="IME passes at most; 1 is single-pass editing (3)",
+        default=EngineSettings.max_iterations,
+        help=f"IME passes at most; 1 is single-pass editing ({EngineSettings.max_iterations})",
     )
     group.add_argument(
         "--update-fraction",
@@ -42,8 +45,8 @@ def add_engine_options(parser: argparse.ArgumentParser) -> None:
     group.add_argument(
         "--chunk-size",
         type=int,
-        default=10,
-        help="facts per padded batch in the z optimisation (10)",
+        default=TargetSettings.chunk_size,
+        help=f"facts per padded batch in the z optimisation ({TargetSettings.chunk_size})",
     )
     group.add_argument(
         "--corpus-tokens",
@@ -55,9 +58,6 @@ def add_engine_options(parser: argparse.ArgumentParser) -> None:
 
 def engine_settings(args: argparse.Namespace, *, neighbours: bool):  # noqa: ANN201
     """``EngineSettings`` from parsed engine options."""
-    from factsync.editing.engine import EngineSettings
-    from factsync.editing.targets import TargetSettings
-
     layers = tuple(int(x) for x in args.layers.split(",")) if args.layers else None
     return EngineSettings(
         layers=layers,

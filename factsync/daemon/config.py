@@ -13,6 +13,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from urllib.parse import urlsplit
 
+from factsync.editing.build import StatisticsSettings
 from factsync.paths import data_home
 from factsync.typed_yaml import SchemaError, build, load_yaml_file
 
@@ -36,14 +37,19 @@ class ModelConfig:
     path: str = "default"
     device: str = "auto"
     dtype: str = "float32"
-    corpus_tokens: int = 20_000
+    corpus_tokens: int = StatisticsSettings.corpus_tokens
     trust_remote_code: bool = False
 
     def __post_init__(self) -> None:
+        self.statistics()  # the statistics' own checks, named by field
         if self.dtype not in ("float32", "bfloat16", "float16"):
             raise ValueError(f"dtype must be float32, bfloat16 or float16, got {self.dtype!r}")
         if self.path != "default" and not Path(self.path).expanduser().is_dir():
             raise ValueError(f"path {self.path!r} is not a model directory")
+
+    def statistics(self) -> StatisticsSettings:
+        """Where the engine's key statistics come from."""
+        return StatisticsSettings(corpus_tokens=self.corpus_tokens)
 
 
 CONNECTOR_TYPES = ("file", "sql", "http")

@@ -12,9 +12,9 @@ from __future__ import annotations
 import logging
 import queue
 import threading
-from dataclasses import dataclass
 
 from factsync.daemon.alerts import Alert, Alerter
+from factsync.daemon.config import ExportConfig
 from factsync.daemon.metrics import Metrics
 from factsync.editing.delta import ModelDelta
 from factsync.editing.lora import lora_factors
@@ -28,21 +28,6 @@ from factsync.store.store import StateStore
 log = logging.getLogger(__name__)
 
 
-@dataclass(frozen=True)
-class ExportSettings:
-    """What to export.
-
-    Attributes:
-        adapter: write a PEFT LoRA adapter per live version.
-        merged: write a merged HuggingFace checkpoint per live version (a full model).
-        max_rank: adapter rank above which the cumulative delta is SVD-truncated.
-    """
-
-    adapter: bool = True
-    merged: bool = False
-    max_rank: int = 64
-
-
 class Exporter:
     """Exports the live version and keeps serving engines on it.
 
@@ -51,7 +36,7 @@ class Exporter:
     """
 
     def __init__(
-        self, *, settings: ExportSettings, exports: ExportDir, versions: VersionFiles,
+        self, *, settings: ExportConfig, exports: ExportDir, versions: VersionFiles,
         store: StateStore, models: ModelState, base_model: str, notifiers: list[ServingNotifier],
         alerter: Alerter, metrics: Metrics, retries: int = 4, backoff_seconds: float = 2.0,
     ) -> None:

@@ -32,16 +32,14 @@ from factsync.daemon.alerts import (
 from factsync.daemon.api import ApiContext, ApiServer
 from factsync.daemon.config import DaemonConfig
 from factsync.daemon.connectors import build_connector
-from factsync.daemon.exporting import Exporter, ExportSettings
+from factsync.daemon.exporting import Exporter
 from factsync.daemon.host_health import HostHealth
 from factsync.daemon.ingest import Ingest
 from factsync.daemon.live_reporting import LiveReporter
 from factsync.daemon.metrics import Metrics
 from factsync.daemon.monitor import Monitor, choose_canaries
 from factsync.daemon.worker import Worker
-from factsync.editing.build import StatisticsSettings, build_engine
-from factsync.editing.engine import EngineSettings
-from factsync.editing.spread import SpreadSettings
+from factsync.editing.build import build_engine
 from factsync.evaluation.fluency import perplexity
 from factsync.evaluation.heldout_text import FLUENCY_TEXTS
 from factsync.facts.catalog import RelationCatalog
@@ -281,17 +279,15 @@ class Daemon:
             self.metrics.model_load_seconds.set(time.monotonic() - started)
             self._starting = "building the edit engine (key statistics, context prefixes)"
             engine = build_engine(  # on the base weights, whichever version is live
-                models.work, _engine_settings(self.policy),
-                StatisticsSettings(corpus_tokens=self.config.model.corpus_tokens),
+                models.work, self.policy.editing.engine_settings(),
+                self.config.model.statistics(),
                 home=self.config.caches,
             )
-            export = self.config.export
             exports = ExportDir(self.config.state_dir / "exports")
             for leftover in exports.clean():
                 log.info("removed %s left by an interrupted export", leftover)
             self.exporter = Exporter(
-                settings=ExportSettings(adapter=export.adapter, merged=export.merged,
-                                        max_rank=export.max_rank),
+                settings=self.config.export,
                 exports=exports, versions=self.versions,
                 store=self.store, models=models, base_model=str(_model_dir(self.config)),
                 notifiers=_serving_notifiers(self.config), alerter=self.alerter,
@@ -364,16 +360,6 @@ def _serving_notifiers(config: DaemonConfig) -> list[ServingNotifier]:
     if export.webhook_url:
         notifiers.append(WebhookServingNotifier(export.webhook_url))
     return notifiers
-
-
-def _engine_settings(policy: Policy) -> EngineSettings:
-    editing = policy.editing
-    return EngineSettings(
-        max_iterations=editing.max_iterations,
-        neighbours=editing.neighbours,
-        spread=SpreadSettings(algorithm=editing.algorithm,
-                              update_fraction=editing.update_fraction),
-    )
 
 
 def _lock(path: Path):  # noqa: ANN202

@@ -48,8 +48,8 @@ class EngineSettings:
     """
 
     layers: tuple[int, ...] | None = None
-    max_iterations: int = 1
-    neighbours: bool = False
+    max_iterations: int = 3
+    neighbours: bool = True
     converge_tolerance: float = 0.02
     min_gain: float = 0.01
     target: TargetSettings = field(default_factory=TargetSettings)

@@ -14,6 +14,9 @@ import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from factsync.editing.engine import EngineSettings
+from factsync.editing.spread import SpreadSettings
+from factsync.editing.targets import TargetSettings
 from factsync.kpis.report import (
     CANDIDATE_METRICS,
     FACT_METRICS,
@@ -96,7 +99,7 @@ class BatchPolicy:
 
 @dataclass(frozen=True)
 class EditingPolicy:
-    """How the engine edits.
+    """How the engine edits: every knob of ``EngineSettings``, with its defaults.
 
     Attributes:
         algorithm: ``memit`` or ``alphaedit``.
@@ -104,23 +107,47 @@ class EditingPolicy:
         neighbours: use NME neighbours from the fact store.
         max_neighbours: NME neighbours per fact at most.
         update_fraction: share of each requested change one layer's update carries.
+        layers: decoder layers to edit; unset takes the model family's default window.
+        converge_tolerance: a fact leaves IME once its probability after the spread is
+            within this of what the optimisation reached.
+        min_gain: ... or once a pass raises it by less than this.
+        mom2_update_weight: a fixed MEMIT lambda for every layer instead of the derived one.
+        nullspace_threshold: AlphaEdit keeps directions of the key second moment whose
+            eigenvalue is below this fraction of the largest.
+        target: the z optimisation (steps, learning rate, KL and norm terms, chunk size).
     """
 
-    algorithm: str = "memit"
-    max_iterations: int = 3
-    neighbours: bool = True
+    algorithm: str = SpreadSettings.algorithm
+    max_iterations: int = EngineSettings.max_iterations
+    neighbours: bool = EngineSettings.neighbours
     max_neighbours: int = 2
-    update_fraction: float = 0.3
+    update_fraction: float = SpreadSettings.update_fraction
+    layers: tuple[int, ...] | None = None
+    converge_tolerance: float = EngineSettings.converge_tolerance
+    min_gain: float = EngineSettings.min_gain
+    mom2_update_weight: float | None = None
+    nullspace_threshold: float = SpreadSettings.nullspace_threshold
+    target: TargetSettings = field(default_factory=TargetSettings)
 
     def __post_init__(self) -> None:
-        if self.algorithm not in ("memit", "alphaedit"):
-            raise ValueError(f"algorithm must be memit or alphaedit, got {self.algorithm!r}")
-        if self.max_iterations < 1:
-            raise ValueError(f"max_iterations must be at least 1, got {self.max_iterations}")
         if self.max_neighbours < 0:
             raise ValueError(f"max_neighbours must not be negative, got {self.max_neighbours}")
-        if not 0 < self.update_fraction < 1:
-            raise ValueError(f"update_fraction must be in (0, 1), got {self.update_fraction}")
+        self.engine_settings()  # the engine's own checks, named by field
+
+    def engine_settings(self) -> EngineSettings:
+        """The engine settings this section describes."""
+        return EngineSettings(
+            layers=self.layers,
+            max_iterations=self.max_iterations,
+            neighbours=self.neighbours,
+            converge_tolerance=self.converge_tolerance,
+            min_gain=self.min_gain,
+            target=self.target,
+            spread=SpreadSettings(algorithm=self.algorithm,
+                                  update_fraction=self.update_fraction,
+                                  mom2_update_weight=self.mom2_update_weight,
+                                  nullspace_threshold=self.nullspace_threshold),
+        )
 
 
 @dataclass(frozen=True)

@@ -8,7 +8,8 @@ import pytest
 from prometheus_client import CollectorRegistry
 
 from factsync.daemon.alerts import Alerter
-from factsync.daemon.exporting import Exporter, ExportSettings
+from factsync.daemon.config import ExportConfig
+from factsync.daemon.exporting import Exporter
 from factsync.daemon.metrics import Metrics
 from factsync.jobs.model_state import ModelState
 from factsync.registry.exports import ExportDir
@@ -31,7 +32,7 @@ def build_exporter(tmp_path, tiny_loaded, http_receiver):
 
     def build() -> Exporter:
         return Exporter(
-            settings=ExportSettings(), exports=ExportDir(tmp_path / "exports"),
+            settings=ExportConfig(), exports=ExportDir(tmp_path / "exports"),
             versions=VersionFiles(tmp_path / "versions"), store=store, models=models,
             base_model="base", notifiers=[WebhookServingNotifier(http_receiver.url)],
             alerter=alerter, metrics=metrics,

@@ -6,7 +6,8 @@ import pytest
 from prometheus_client import CollectorRegistry
 
 from factsync.daemon.alerts import Alerter
-from factsync.daemon.exporting import Exporter, ExportSettings
+from factsync.daemon.config import ExportConfig
+from factsync.daemon.exporting import Exporter
 from factsync.daemon.metrics import Metrics
 from factsync.editing.engine_state import EngineState
 from factsync.facts.records import FactRecord
@@ -49,7 +50,7 @@ def test_each_change_exports_an_adapter_and_switches_vllm_then_the_webhook(
     store, models, versions, metrics, alerter = setup
     exports = ExportDir(tmp_path / "exports")
     exporter = Exporter(
-        settings=ExportSettings(adapter=True, merged=True, max_rank=8), exports=exports,
+        settings=ExportConfig(adapter=True, merged=True, max_rank=8), exports=exports,
         versions=versions, store=store, models=models, base_model="base",
         notifiers=[VllmNotifier(http_receiver.base), WebhookServingNotifier(http_receiver.url)],
         alerter=alerter, metrics=metrics,
@@ -80,7 +81,7 @@ def test_a_serving_engine_that_stays_down_is_alerted_and_counted(
 ):
     store, models, versions, metrics, alerter = setup
     exporter = Exporter(
-        settings=ExportSettings(), exports=ExportDir(tmp_path / "exports"), versions=versions,
+        settings=ExportConfig(), exports=ExportDir(tmp_path / "exports"), versions=versions,
         store=store, models=models, base_model="base",
         notifiers=[VllmNotifier("http://127.0.0.1:9", timeout=0.5)], alerter=alerter,
         metrics=metrics, retries=2, backoff_seconds=0.05,

@@ -7,6 +7,11 @@ from pathlib import Path
 import pytest
 import yaml
 
+from factsync.cli import build_parser
+from factsync.commands.options import engine_settings
+from factsync.editing.engine import EngineSettings
+from factsync.editing.spread import SpreadSettings
+from factsync.editing.targets import TargetSettings
 from factsync.kpis.report import KpiReport, KpiValues, Metric
 from factsync.policies.judge import judge
 from factsync.policies.schema import Gate, Policy, RelationPolicy, load_policy
@@ -36,7 +41,7 @@ def test_every_shipped_policy_loads():
         ({"batch": {"max_fact": 3}}, r"policy.yaml.batch: unknown key\(s\) max_fact"),
         ({"batch": {"max_facts": "ten"}}, r"policy.yaml.batch.max_facts: expected int, got str"),
         ({"batch": {"max_facts": 0}}, r"policy.yaml.batch: max_facts must be at least 1, got 0"),
-        ({"editing": {"algorithm": "rome"}}, r"editing: algorithm must be memit or alphaedit"),
+        ({"editing": {"algorithm": "rome"}}, r"editing: algorithm must be 'memit' or 'alphaedit', got 'rome'"),
         ({"gates": [{"metric": "speed", "min": 1}]}, r"gates\[0\]: metric 'speed' is not one"),
         ({"gates": [{"metric": "retention"}]}, r"gates\[0\]: gate on retention needs min"),
         ({"gates": {"metric": "retention"}}, r"gates: expected a list"),
@@ -116,3 +121,34 @@ def test_the_metric_names_of_the_first_release_still_load(tmp_path):
 def test_the_digest_changes_with_the_content():
     assert Policy().digest == Policy().digest
     assert Policy().digest != Policy(on_failure="reject").digest
+
+
+def test_the_editing_section_and_the_command_line_default_to_the_engine_defaults():
+    assert Policy().editing.engine_settings() == EngineSettings()
+    args = build_parser().parse_args(["edit", "--subject", "France", "--template",
+                                      "The capital of {} is", "--new", "Rome"])
+    assert engine_settings(args, neighbours=EngineSettings.neighbours) == EngineSettings()
+
+
+def test_every_engine_knob_is_reachable_from_the_policy(tmp_path):
+    editing = {"algorithm": "alphaedit", "max_iterations": 5, "neighbours": False,
+               "update_fraction": 0.4, "layers": [1, 2], "converge_tolerance": 0.1,
+               "min_gain": 0.03, "mom2_update_weight": 900.0, "nullspace_threshold": 0.05,
+               "target": {"steps": 7, "chunk_size": 4, "kl_factor": 0.1}}
+    settings = load_policy(write(tmp_path, {"editing": editing})).editing.engine_settings()
+    assert settings == EngineSettings(
+        layers=(1, 2), max_iterations=5, neighbours=False, converge_tolerance=0.1,
+        min_gain=0.03, target=TargetSettings(steps=7, chunk_size=4, kl_factor=0.1),
+        spread=SpreadSettings(algorithm="alphaedit", update_fraction=0.4,
+                              mom2_update_weight=900.0, nullspace_threshold=0.05))
+
+
+@pytest.mark.parametrize(("editing", "message"), [
+    ({"target": {"steps": 0}}, r"policy.yaml.editing.target: steps must be at least 1, got 0"),
+    ({"target": {"step": 3}}, r"policy.yaml.editing.target: unknown key\(s\) step"),
+    ({"layers": [3, 2]}, r"policy.yaml.editing: layers must be distinct and increasing"),
+    ({"update_fraction": 1.5}, r"policy.yaml.editing: update_fraction must be in \(0, 1\)"),
+])
+def test_a_wrong_engine_knob_is_reported_with_its_key(tmp_path, editing, message):
+    with pytest.raises(SchemaError, match=message):
+        load_policy(write(tmp_path, {"editing": editing}))
