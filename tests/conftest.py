@@ -18,6 +18,8 @@ Fixtures:
 - ``postgres``: the SQLAlchemy URL of a throw-away PostgreSQL server on loopback.
 - ``random_delta``: a factory ``random_delta(loaded, layers, rank=2, scale=0.1, seed=0)``
   returning a seeded random low-rank ``ModelDelta`` on the MLP output of ``layers``.
+- ``clock``: a settable clock (``clock.now``, epoch seconds from 1000), for stores and
+  reconcilers whose behaviour depends on time.
 - ``tiny_engine``: a factory ``tiny_engine(loaded, **settings)`` returning an
   ``EditEngine`` with key statistics of ``ENGINE_TEXTS``, the prefixes ``ENGINE_CONTEXTS``,
   fast target settings and one pass without NME; keywords replace fields of
@@ -224,6 +226,22 @@ def _tiny_engine(loaded: LoadedModel, **changes: object) -> EditEngine:
     stats = compute_key_statistics(loaded, layers, ENGINE_TEXTS, token_budget=400,
                                    progress=False)
     return EditEngine(loaded, settings, stats, ENGINE_CONTEXTS)
+
+
+class Clock:
+    """A settable clock, so tests control time-dependent behaviour."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@pytest.fixture
+def clock() -> Clock:
+    """A fresh settable clock (see ``Clock``)."""
+    return Clock()
 
 
 @pytest.fixture

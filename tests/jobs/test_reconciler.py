@@ -11,19 +11,6 @@ from factsync.policies.schema import BatchPolicy, Policy
 from factsync.store.store import StateStore
 
 
-class Clock:
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
-
-
-@pytest.fixture
-def clock():
-    return Clock()
-
-
 @pytest.fixture
 def store(tmp_path, clock):
     store = StateStore(tmp_path / "state.sqlite", clock=clock)

@@ -12,19 +12,9 @@ from factsync.store.schema import MIGRATIONS
 from factsync.store.store import StateStore, StoreError
 
 
-class Clock:
-    """A settable clock, so tests control time-dependent behaviour."""
-
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
-
-
 @pytest.fixture
-def store(tmp_path):
-    store = StateStore(tmp_path / "state.sqlite", clock=Clock())
+def store(tmp_path, clock):
+    store = StateStore(tmp_path / "state.sqlite", clock=clock)
     yield store
     store.close()
 
