@@ -1,4 +1,7 @@
-"""What operators see when the live version changes: metrics, and an alert on rollback."""
+"""What operators see when the live version changes: metrics, and an alert on rollback.
+
+A rollback that quarantines the facts it undid counts them in
+``factsync_facts_quarantined_total{source="rollback"}``, as ingest counts its refusals."""
 
 from __future__ import annotations
 
@@ -19,6 +22,9 @@ class LiveReporter:
         if change.event is not LiveEvent.ROLLED_BACK or change.previous is None:
             return
         self._metrics.rollbacks.labels(change.trigger or "operator").inc()
+        if change.quarantined:  # counted like every other quarantined row
+            self._metrics.facts_quarantined.labels("rollback").inc(change.quarantined)
+            self._metrics.quarantine_size.inc(change.quarantined)
         self._alerter.fire(Alert(
             "FactsyncRollback", "critical",
             f"live version rolled back from {change.previous.id} to {change.version.id}: "

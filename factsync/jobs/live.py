@@ -49,6 +49,7 @@ class LiveChanged:
         trigger: who asked for a rollback (``monitor`` or ``operator``).
         reason: a sentence for logs and alerts.
         rolled_back: the versions a rollback undid, newest first.
+        quarantined: facts a rollback newly quarantined for an operator.
     """
 
     event: LiveEvent
@@ -57,6 +58,7 @@ class LiveChanged:
     trigger: str | None = None
     reason: str = ""
     rolled_back: list[str] = field(default_factory=list)
+    quarantined: int = 0
 
 
 Listener = Callable[[LiveChanged], object]
@@ -147,15 +149,17 @@ class LiveVersion:
         state exactly; the ids of the versions undone, newest first."""
         previous = self._store.live_version()
         failpoint("monitor.before_rollback")
-        rolled = self._store.rollback(to_version_id=to_version_id, reason=reason,
+        undone = self._store.rollback(to_version_id=to_version_id, reason=reason,
                                       requeue=requeue)
         failpoint("monitor.rolled_back")
         live = self._store.live_version()
         self._rebuild(live)
-        log.warning("rolled back %s to %s (%s): %s", rolled, live.id, trigger, reason)
+        log.warning("rolled back %s to %s (%s): %s", undone.rolled_back, live.id, trigger,
+                    reason)
         self._publish(LiveChanged(LiveEvent.ROLLED_BACK, live, previous, trigger=trigger,
-                                  reason=reason, rolled_back=rolled))
-        return rolled
+                                  reason=reason, rolled_back=undone.rolled_back,
+                                  quarantined=undone.quarantined))
+        return undone.rolled_back
 
     def _rebuild(self, live: Version) -> None:
         lineage = self._store.lineage(version_id=live.id)

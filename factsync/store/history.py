@@ -8,13 +8,14 @@ from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager
 from typing import Any
 
+from factsync.store.changes import add_pending_change
 from factsync.store.fact_index import write_applied
 from factsync.store.records import (
-    CHANGE_PENDING,
     CHANGE_ROLLED_BACK,
     JOB_ROLLED_BACK,
     VERSION_ROLLED_BACK,
     MonitorCheck,
+    Rollback,
     StoreError,
     decode_json_fields,
 )
@@ -46,14 +47,13 @@ class VersionHistory:
         )
         return [MonitorCheck(**decode_json_fields(r, "metrics", "failing")) for r in rows]
 
-    def rollback(self, *, to_version_id: str, reason: str, requeue: bool) -> list[str]:
+    def rollback(self, *, to_version_id: str, reason: str, requeue: bool) -> Rollback:
         """Make ``to_version_id`` (an ancestor of the live version) live again.
 
         In one transaction: every version after it is marked rolled back with its job,
         the applied state becomes that of ``to_version_id``, and the facts those versions
         applied are queued again (``requeue``) or quarantined for an operator. Facts the
-        rolled-back versions had found already true are re-checked. Returns the ids of
-        the rolled-back versions, newest first.
+        rolled-back versions had found already true are re-checked.
         """
         now = self._clock()
         with self._transaction() as db:
@@ -62,6 +62,7 @@ class VersionHistory:
                 raise StoreError(f"version {to_version_id} is already live")
             marks = ",".join("?" * len(rolled))
             edited = []
+            quarantined = 0
             for row in db.execute(
                 f"SELECT id, job_id, facts FROM versions WHERE id IN ({marks})", rolled
             ).fetchall():
@@ -96,17 +97,17 @@ class VersionHistory:
                         "WHERE id = ?",
                         (CHANGE_ROLLED_BACK, why, now, fact.get("change_id")),
                     )
-                    db.execute(
+                    quarantined += db.execute(
                         "INSERT OR IGNORE INTO quarantine (source, location, reason, raw, "
                         "first_seen, last_seen) VALUES (?, ?, ?, ?, ?, ?)",
                         ("rollback", f"version {version_id}", why, json.dumps(fact), now, now),
-                    )
+                    ).rowcount
             for subject, relation in recheck:
                 _queue_again(db, subject, relation, f"{reason}; re-check after rollback", now)
             db.execute("UPDATE live_pointer SET version_id = ?", (to_version_id,))
             db.execute("INSERT INTO live_history (version_id, at, reason) VALUES (?, ?, ?)",
                        (to_version_id, now, reason))
-        return rolled
+        return Rollback(rolled_back=rolled, quarantined=quarantined)
 
 
 def _versions_after(db: sqlite3.Connection, ancestor: str) -> Iterator[str]:
@@ -148,9 +149,5 @@ def _queue_again(db: sqlite3.Connection, subject: str, relation: str, reason: st
     ).fetchone()
     if desired is None or desired["deleted"]:
         return
-    db.execute(
-        "INSERT INTO fact_changes (subject, relation, object, deleted, source, received_at, "
-        "state, reason, changed_at) VALUES (?, ?, ?, 0, ?, ?, ?, ?, ?)",
-        (subject, relation, desired["object"], desired["source"], now, CHANGE_PENDING, reason,
-         now),
-    )
+    add_pending_change(db, subject=subject, relation=relation, object=desired["object"],
+                       deleted=False, source=desired["source"], now=now, reason=reason)

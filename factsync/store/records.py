@@ -124,6 +124,19 @@ class JobEvent(Row):
 
 
 @dataclass(frozen=True)
+class Rollback:
+    """What a rollback undid.
+
+    Attributes:
+        rolled_back: the versions it undid, newest first.
+        quarantined: facts of theirs newly quarantined for an operator.
+    """
+
+    rolled_back: list[str]
+    quarantined: int
+
+
+@dataclass(frozen=True)
 class Version(Row):
     """An immutable model version: its parent, the facts it applied and its KPI report."""
 

@@ -16,12 +16,12 @@ from pathlib import Path
 from typing import Any
 
 from factsync.facts.records import FactRecord
+from factsync.store.changes import add_pending_change
 from factsync.store.fact_index import FactQueries, object_key, register_functions, write_applied
 from factsync.store.history import VersionHistory
 from factsync.store.records import (
     CHANGE_ALREADY_TRUE,
     CHANGE_APPLIED,
-    CHANGE_PENDING,
     CHANGE_QUEUED,
     CHANGE_SUPERSEDED,
     JOB_ACTIVE,
@@ -203,7 +203,7 @@ class StateStore(VersionHistory, FactQueries):
                     object_key(record.object),
                 ),
             )
-            change_id = _add_pending_change(
+            change_id = add_pending_change(
                 db, subject=record.subject, relation=relation, object=record.object,
                 deleted=record.deleted, source=record.source, now=now,
             )
@@ -343,7 +343,7 @@ class StateStore(VersionHistory, FactQueries):
                 (applied["old_object"], object_key(applied["old_object"]), "operator", "revert",
                  now, applied["object"], subject, relation),
             )
-            change_id = _add_pending_change(
+            change_id = add_pending_change(
                 db, subject=subject, relation=relation, object=applied["old_object"],
                 deleted=False, source="operator", now=now,
                 reason=f"operator revert of {applied['object']!r}",
@@ -358,7 +358,7 @@ class StateStore(VersionHistory, FactQueries):
         fact = desired[0]
         now = self._clock()
         with self._transaction() as db:
-            change_id = _add_pending_change(
+            change_id = add_pending_change(
                 db, subject=fact.subject, relation=fact.relation, object=fact.object,
                 deleted=fact.deleted, source=fact.source, now=now,
                 reason="retry asked by an operator",
@@ -629,29 +629,6 @@ def _upsert_applied(
 ) -> None:
     write_applied(db, subject=change.subject, relation=change.relation, object=change.object,
                   version_id=version_id, change_id=change.id, now=now)
-
-
-def _add_pending_change(
-    db: sqlite3.Connection, *, subject: str, relation: str, object: str, deleted: bool,
-    source: str, now: float, reason: str = "",
-) -> int:
-    """Insert a pending change of a fact and supersede the fact's older pending ones.
-
-    Only the latest word on a fact is ever edited, so a burst of updates leaves one
-    pending change: the queue is as long as the facts waiting, not their updates.
-    """
-    change_id = db.execute(
-        "INSERT INTO fact_changes (subject, relation, object, deleted, source, received_at, "
-        "state, reason, changed_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-        (subject, relation, object, int(deleted), source, now, CHANGE_PENDING, reason, now),
-    ).lastrowid
-    db.execute(
-        "UPDATE fact_changes SET state = ?, reason = ?, changed_at = ? WHERE subject = ? "
-        "AND relation = ? AND state = ? AND id < ?",
-        (CHANGE_SUPERSEDED, f"replaced by change {change_id}", now, subject, relation,
-         CHANGE_PENDING, change_id),
-    )
-    return change_id
 
 
 def _savepoint(db: sqlite3.Connection) -> Iterator[sqlite3.Connection]:

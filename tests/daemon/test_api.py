@@ -29,8 +29,8 @@ def store_rollback(store):  # noqa: ANN001, ANN201
         live = store.live_version()
         if (target or live.parent_id) is None:
             raise ValueError("the live version is the base model; there is nothing before it")
-        return {"queued": False, "rolled_back": store.rollback(to_version_id=target,
-                                                                reason="t", requeue=False)}
+        undone = store.rollback(to_version_id=target, reason="t", requeue=False)
+        return {"queued": False, "rolled_back": undone.rolled_back}
 
     return rollback
 

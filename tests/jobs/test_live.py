@@ -116,6 +116,7 @@ def test_a_rollback_restores_what_the_parent_version_had(daemon):
     last = owner.events[-1]
     assert (last.previous.id, last.version.id, last.trigger, last.rolled_back) == (
         child.id, parent.id, "operator", [child.id])
+    assert last.quarantined == 1  # the child's fact waits for an operator
 
 
 def test_a_failing_listener_does_not_stop_the_others_or_the_promotion(daemon):

@@ -149,8 +149,8 @@ def test_a_rollback_restores_the_applied_state_and_quarantines_the_rolled_back_f
     first, _ = promote_one(store, "France", "Lyon", "v1", "base")
     second, job = promote_one(store, "France", "Nice", "v2", "v1")
     third, _ = promote_one(store, "Italy", "Milan", "v3", "v2")
-    assert store.rollback(to_version_id="v1", reason="monitor: canary", requeue=False) == [
-        "v3", "v2"]
+    undone = store.rollback(to_version_id="v1", reason="monitor: canary", requeue=False)
+    assert undone.rolled_back == ["v3", "v2"] and undone.quarantined == 2
     assert store.live_version().id == "v1"
     assert {(a.subject, a.object, a.version_id) for a in store.applied_facts()} == {
         ("France", "Lyon", "v1")}
