@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import types
 import typing
+from enum import Enum
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -21,6 +22,23 @@ T = TypeVar("T")
 
 class SchemaError(ValueError):
     """A configuration or policy value is wrong; the message names its key."""
+
+
+class Choice(str, Enum):
+    """One of a fixed set of names a file may give; compares equal to its name and
+    prints as it (``f"{choice}"`` is the name on every Python version)."""
+
+    def __str__(self) -> str:
+        return self.value
+
+    @classmethod
+    def parse(cls, value: object, what: str) -> Choice:
+        """The member named ``value``; ``what`` names the setting in the error."""
+        try:
+            return cls(value)
+        except ValueError:
+            raise ValueError(f"{what} must be one of {', '.join(m.value for m in cls)}, "
+                             f"got {value!r}") from None
 
 
 def load_yaml_file(path: Path) -> Any:
@@ -61,6 +79,11 @@ def _convert(kind: Any, value: Any, key: str) -> Any:
         return {str(k): _convert(args[1], v, f"{key}.{k}") for k, v in value.items()}
     if kind is typing.Any:
         return value
+    if isinstance(kind, type) and issubclass(kind, Choice):
+        try:
+            return kind.parse(value, key)
+        except ValueError as exc:
+            raise SchemaError(str(exc)) from exc
     if kind is Path:
         if not isinstance(value, str) or not value:
             raise SchemaError(f"{key}: expected a path, got {_show(value)}")

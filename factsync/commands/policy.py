@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from factsync.policies.schema import Policy, load_policy
+from factsync.policies.schema import OnFailure, OnRollback, Policy, load_policy
 
 
 def register(commands: argparse._SubParsersAction) -> None:
@@ -52,7 +52,7 @@ def explain(policy: Policy) -> list[str]:
         lines.append(f"- For {relation} facts instead:")
         lines += [f"    {gate.describe()}" for gate in override.gates]
     lines.append(
-        "- On failure: reject the job." if policy.on_failure == "reject" else
+        "- On failure: reject the job." if policy.on_failure is OnFailure.REJECT else
         "- On failure: drop the facts whose edit did not take and retry the rest once."
     )
     monitor = policy.monitor
@@ -64,7 +64,7 @@ def explain(policy: Policy) -> list[str]:
     lines += [f"    {rule.describe()}" for rule in monitor.rules]
     lines.append(
         "- The facts of a rolled-back version go to quarantine for an operator."
-        if monitor.on_rollback == "quarantine" else
+        if monitor.on_rollback is OnRollback.QUARANTINE else
         "- The facts of a rolled-back version are queued to be edited again."
     )
     return lines

@@ -15,7 +15,7 @@ from urllib.parse import urlsplit
 
 from factsync.editing.build import StatisticsSettings
 from factsync.paths import data_home
-from factsync.typed_yaml import SchemaError, build, load_yaml_file
+from factsync.typed_yaml import Choice, SchemaError, build, load_yaml_file
 
 TOKEN_ENV = "FACTSYNC_API_TOKEN"
 """Environment variable that overrides ``api.token``."""
@@ -52,7 +52,12 @@ class ModelConfig:
         return StatisticsSettings(corpus_tokens=self.corpus_tokens)
 
 
-CONNECTOR_TYPES = ("file", "sql", "http")
+class ConnectorType(Choice):
+    """Where a connector reads facts from."""
+
+    FILE = "file"
+    SQL = "sql"
+    HTTP = "http"
 
 
 @dataclass(frozen=True)
@@ -78,7 +83,7 @@ class ConnectorConfig:
         timeout_seconds: [http] per request.
     """
 
-    type: str = "file"
+    type: ConnectorType = ConnectorType.FILE
     name: str | None = None
     priority: int = 0
     full_scan_seconds: float | None = None
@@ -95,22 +100,20 @@ class ConnectorConfig:
     timeout_seconds: float = 10.0
 
     def __post_init__(self) -> None:
-        if self.type not in CONNECTOR_TYPES:
-            raise ValueError(f"type {self.type!r} is not a known connector "
-                             f"({', '.join(CONNECTOR_TYPES)})")
+        object.__setattr__(self, "type", ConnectorType.parse(self.type, "type"))
         for name in ("debounce_seconds", "poll_seconds", "timeout_seconds"):
             if getattr(self, name) < 0 or (name != "debounce_seconds" and getattr(self, name) == 0):
                 raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
         if self.full_scan_seconds is not None and self.full_scan_seconds <= 0:
             raise ValueError(f"full_scan_seconds must be positive, got {self.full_scan_seconds}")
-        if self.type in ("sql", "http") and not self.url:
+        if self.type is not ConnectorType.FILE and not self.url:
             raise ValueError(f"a {self.type} connector needs url")
-        if self.type == "sql" and (self.table is None) == (self.query is None):
+        if self.type is ConnectorType.SQL and (self.table is None) == (self.query is None):
             raise ValueError("a sql connector needs exactly one of table and query")
-        if self.type != "sql" and (self.table or self.query or self.columns
+        if self.type is not ConnectorType.SQL and (self.table or self.query or self.columns
                                    or self.listen_channel):
             raise ValueError("table, query, columns and listen_channel are for sql connectors")
-        if self.type != "http" and self.headers:
+        if self.type is not ConnectorType.HTTP and self.headers:
             raise ValueError("headers are for http connectors")
 
     @property
@@ -118,9 +121,9 @@ class ConnectorConfig:
         """The name stamped on this connector's facts."""
         if self.name:
             return self.name
-        if self.type == "file":
+        if self.type is ConnectorType.FILE:
             return f"file:{self.path.name}"
-        if self.type == "sql":
+        if self.type is ConnectorType.SQL:
             return f"sql:{self.table or 'query'}"
         return f"http:{urlsplit(self.url or '').netloc}"
 

@@ -8,18 +8,18 @@ from factsync.connectors.base import Connector, FactSink
 from factsync.connectors.files import FileConnector
 from factsync.connectors.http import HttpConnector
 from factsync.connectors.sql import SqlConnector
-from factsync.daemon.config import ConnectorConfig, DaemonConfig
+from factsync.daemon.config import ConnectorConfig, ConnectorType, DaemonConfig
 
 
 def build_connector(spec: ConnectorConfig, config: DaemonConfig, sink: FactSink) -> Connector:
     """The connector ``spec`` describes, delivering to ``sink``."""
-    if spec.type == "file":
+    if spec.type is ConnectorType.FILE:
         return FileConnector(
             name=spec.source_name, directory=config.under_data_dir(spec.path), sink=sink,
             debounce_seconds=spec.debounce_seconds, polling=spec.polling,
         )
     url = os.path.expandvars(spec.url or "")
-    if spec.type == "sql":
+    if spec.type is ConnectorType.SQL:
         return SqlConnector(
             name=spec.source_name, url=url, sink=sink, table=spec.table, query=spec.query,
             columns=spec.columns, poll_seconds=spec.poll_seconds,

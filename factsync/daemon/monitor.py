@@ -22,7 +22,7 @@ from factsync.jobs.live import LiveVersion
 from factsync.jobs.model_state import ModelState
 from factsync.jobs.preparation import retention_probes, states
 from factsync.kpis.report import KpiValues, Metric, mean
-from factsync.policies.schema import Policy
+from factsync.policies.schema import OnRollback, Policy
 from factsync.store.records import MonitorCheck
 from factsync.store.store import StateStore
 
@@ -104,7 +104,7 @@ class Monitor:
                 self._live.rollback(
                     to_version_id=live.parent_id, trigger="monitor",
                     reason=f"monitor: {rule.describe()} (measured {value:.4g})",
-                    requeue=self._policy.monitor.on_rollback == "requeue",
+                    requeue=self._policy.monitor.on_rollback is OnRollback.REQUEUE,
                 )
                 break
         else:

@@ -48,7 +48,7 @@ from factsync.jobs.model_state import ModelState
 from factsync.jobs.pipeline import JobRunner
 from factsync.jobs.reconciler import Reconciler
 from factsync.models.loading import default_model_dir, load_model
-from factsync.policies.schema import Policy, load_policy
+from factsync.policies.schema import OnRollback, Policy, load_policy
 from factsync.registry.exports import ExportDir
 from factsync.registry.serving import ServingNotifier, VllmNotifier, WebhookServingNotifier
 from factsync.registry.versions import VersionFiles
@@ -229,7 +229,7 @@ class Daemon:
         future = self.worker.submit(lambda: owner.rollback(
             to_version_id=target, trigger="operator",
             reason=f"operator rollback from {live.id} to {target}",
-            requeue=self.policy.monitor.on_rollback == "requeue"))
+            requeue=self.policy.monitor.on_rollback is OnRollback.REQUEUE))
         try:
             rolled = future.result(timeout=wait_seconds)
         except TimeoutError:

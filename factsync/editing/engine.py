@@ -23,7 +23,13 @@ from factsync.editing.delta import ModelDelta, restored_weights
 from factsync.editing.engine_state import EngineState, combined_keys
 from factsync.editing.keys import subject_outputs
 from factsync.editing.requests import EditRequest
-from factsync.editing.spread import LayerContext, SpreadSettings, nullspace_projector, spread
+from factsync.editing.spread import (
+    Algorithm,
+    LayerContext,
+    SpreadSettings,
+    nullspace_projector,
+    spread,
+)
 from factsync.editing.targets import TargetSettings, optimise_targets
 from factsync.models.loading import LoadedModel
 from factsync.models.scoring import score_targets
@@ -165,7 +171,7 @@ class EditEngine:
             or stats.median_mahalanobis() * (1 - fraction) / fraction
         )
         context = LayerContext(second_moment=stats.second_moment.float(), lam=lam)
-        if spread_settings.algorithm == "alphaedit":
+        if spread_settings.algorithm is Algorithm.ALPHAEDIT:
             context.projector = nullspace_projector(
                 stats.second_moment, spread_settings.nullspace_threshold
             )

@@ -16,15 +16,20 @@ Both updates have rank at most the number of facts and come back as factors.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal
 
 import torch
 
 from factsync.editing.delta import LayerDelta, ModelDelta, restored_weights
 from factsync.editing.keys import subject_keys, subject_outputs
 from factsync.models.loading import LoadedModel
+from factsync.typed_yaml import Choice
 
-Algorithm = Literal["memit", "alphaedit"]
+
+class Algorithm(Choice):
+    """The closed-form update."""
+
+    MEMIT = "memit"
+    ALPHAEDIT = "alphaedit"
 
 
 @dataclass(frozen=True)
@@ -32,7 +37,7 @@ class SpreadSettings:
     """Settings of the closed-form update.
 
     Attributes:
-        algorithm: ``"memit"`` or ``"alphaedit"``.
+        algorithm: ``memit`` or ``alphaedit`` (a name is taken as the ``Algorithm``).
         update_fraction: the share f of its requested change a typical key gets per
             layer, which sets the strength of both updates. MEMIT: with
             ``q = k^T C^-1 k`` (median over corpus keys) a single key moves by
@@ -43,14 +48,13 @@ class SpreadSettings:
             this fraction of the largest eigenvalue.
     """
 
-    algorithm: Algorithm = "memit"
+    algorithm: Algorithm = Algorithm.MEMIT
     update_fraction: float = 0.3
     mom2_update_weight: float | None = None
     nullspace_threshold: float = 1e-2
 
     def __post_init__(self) -> None:
-        if self.algorithm not in ("memit", "alphaedit"):
-            raise ValueError(f"algorithm must be 'memit' or 'alphaedit', got {self.algorithm!r}")
+        object.__setattr__(self, "algorithm", Algorithm.parse(self.algorithm, "algorithm"))
         if not 0 < self.update_fraction < 1:
             raise ValueError(f"update_fraction must be in (0, 1), got {self.update_fraction}")
         if self.mom2_update_weight is not None and self.mom2_update_weight <= 0:
@@ -138,7 +142,7 @@ def spread(
             share = (targets.to(current) - current) / (len(layers) - position)  # (facts, hidden)
             share = share[owners].T  # (hidden, groups): every key of a fact gets its share
             context = layer_contexts[layer]
-            if settings.algorithm == "memit":
+            if settings.algorithm is Algorithm.MEMIT:
                 update = memit_update(keys, share, context.second_moment, context.lam)
             else:
                 if context.projector is None or context.preserved is None:

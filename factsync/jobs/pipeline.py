@@ -39,7 +39,7 @@ from factsync.jobs.outcomes import (
 from factsync.jobs.preparation import PreparedFact, prepare_job, retention_probes
 from factsync.kpis.report import GateResult, KpiReport
 from factsync.policies.judge import judge
-from factsync.policies.schema import Policy
+from factsync.policies.schema import OnFailure, Policy
 from factsync.store.records import (
     CHANGE_FAILED,
     CHANGE_PENDING,
@@ -175,7 +175,8 @@ class JobRunner:
         passing = [p for p in prepared if took[p.change.id]]
         retry: list[int] = []
         reasons: dict[int, str] = {}
-        if self._policy.on_failure == "retry_passing" and job.attempt == 1 and failing and passing:
+        retry_passing = self._policy.on_failure is OnFailure.RETRY_PASSING
+        if retry_passing and job.attempt == 1 and failing and passing:
             retry = [p.change.id for p in passing]
             for p in failing:
                 reasons[p.change.id] = (f"edit did not take on '{p.check.prompt}'; job {job.id} "

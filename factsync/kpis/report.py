@@ -17,11 +17,12 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 from dataclasses import asdict, dataclass, field
-from enum import Enum
 from typing import Any
 
+from factsync.typed_yaml import Choice
 
-class Metric(str, Enum):
+
+class Metric(Choice):
     """A KPI; its value is the name in reports, gates and metric labels."""
 
     EFFICACY_SUCCESS = "efficacy_success"
@@ -43,18 +44,10 @@ class Metric(str, Enum):
     CANARY = "canary"
     """Facts the base model states and the feed never changes, still stated (monitor)."""
 
-    def __str__(self) -> str:
-        return self.value
-
     @classmethod
-    def parse(cls, name: str) -> Metric:
-        """The metric named ``name``, accepting the names older reports used."""
-        name = LEGACY_NAMES.get(name, name)
-        try:
-            return cls(name)
-        except ValueError:
-            raise ValueError(f"metric {name!r} is not one of "
-                             f"{', '.join(m.value for m in cls)}") from None
+    def parse(cls, value: object, what: str = "metric") -> Metric:
+        """The metric named ``value``, accepting the names older reports used."""
+        return super().parse(LEGACY_NAMES.get(str(value), value), what)
 
 
 LEGACY_NAMES = {"edit_success": "efficacy_accuracy",

@@ -15,7 +15,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from factsync.editing.engine import EngineSettings
-from factsync.editing.spread import SpreadSettings
+from factsync.editing.spread import Algorithm, SpreadSettings
 from factsync.editing.targets import TargetSettings
 from factsync.kpis.report import (
     CANDIDATE_METRICS,
@@ -24,11 +24,24 @@ from factsync.kpis.report import (
     MONITOR_METRICS,
     Metric,
 )
-from factsync.typed_yaml import build, load_yaml_file
+from factsync.typed_yaml import Choice, build, load_yaml_file
 
-ON_FAILURE = ("reject", "retry_passing")
 
-ON_ROLLBACK = ("quarantine", "requeue")
+class OnFailure(Choice):
+    """What a rejected job does with its facts."""
+
+    REJECT = "reject"
+    """Fail every fact of the job."""
+    RETRY_PASSING = "retry_passing"
+    """Fail the facts whose edit did not take and retry the others once."""
+
+class OnRollback(Choice):
+    """What happens to the facts of rolled-back versions."""
+
+    QUARANTINE = "quarantine"
+    """An operator decides."""
+    REQUEUE = "requeue"
+    """They are edited again."""
 
 
 @dataclass(frozen=True)
@@ -117,7 +130,7 @@ class EditingPolicy:
         target: the z optimisation (steps, learning rate, KL and norm terms, chunk size).
     """
 
-    algorithm: str = SpreadSettings.algorithm
+    algorithm: Algorithm = SpreadSettings.algorithm
     max_iterations: int = EngineSettings.max_iterations
     neighbours: bool = EngineSettings.neighbours
     max_neighbours: int = 2
@@ -250,16 +263,14 @@ class MonitorPolicy:
     interval_seconds: float = 300.0
     retention_sample: int = 0
     rules: tuple[RollbackRule, ...] = field(default_factory=_default_rules)
-    on_rollback: str = "quarantine"
+    on_rollback: OnRollback = OnRollback.QUARANTINE
 
     def __post_init__(self) -> None:
         if self.interval_seconds <= 0:
             raise ValueError(f"interval_seconds must be positive, got {self.interval_seconds}")
         if self.retention_sample < 0:
             raise ValueError(f"retention_sample must not be negative, got {self.retention_sample}")
-        if self.on_rollback not in ON_ROLLBACK:
-            raise ValueError(f"on_rollback must be one of {', '.join(ON_ROLLBACK)}, "
-                             f"got {self.on_rollback!r}")
+        object.__setattr__(self, "on_rollback", OnRollback.parse(self.on_rollback, "on_rollback"))
 
 
 def _default_gates() -> tuple[Gate, ...]:
@@ -283,13 +294,11 @@ class Policy:
     evaluation: EvaluationPolicy = field(default_factory=EvaluationPolicy)
     gates: tuple[Gate, ...] = field(default_factory=_default_gates)
     relations: dict[str, RelationPolicy] = field(default_factory=dict)
-    on_failure: str = "retry_passing"
+    on_failure: OnFailure = OnFailure.RETRY_PASSING
     monitor: MonitorPolicy = field(default_factory=MonitorPolicy)
 
     def __post_init__(self) -> None:
-        if self.on_failure not in ON_FAILURE:
-            raise ValueError(f"on_failure must be one of {', '.join(ON_FAILURE)}, "
-                             f"got {self.on_failure!r}")
+        object.__setattr__(self, "on_failure", OnFailure.parse(self.on_failure, "on_failure"))
 
     @property
     def digest(self) -> str:
@@ -312,10 +321,10 @@ class Policy:
 
 def _metric(name: str, allowed: tuple[Metric, ...]) -> Metric:
     """The metric ``name`` names, if it is one of ``allowed``."""
-    metric = Metric.parse(str(name))
+    metric = Metric.parse(name)
     if metric not in allowed:
-        raise ValueError(f"metric {metric.value!r} is not one of "
-                         f"{', '.join(m.value for m in allowed)}")
+        raise ValueError(f"metric must be one of {', '.join(m.value for m in allowed)}, "
+                         f"got {metric.value!r}")
     return metric
 
 
