@@ -37,7 +37,7 @@ from factsync.daemon.host_health import HostHealth
 from factsync.daemon.ingest import Ingest
 from factsync.daemon.live_reporting import LiveReporter
 from factsync.daemon.metrics import Metrics
-from factsync.daemon.monitor import Monitor, choose_canaries
+from factsync.daemon.monitor import Monitor
 from factsync.daemon.worker import Worker
 from factsync.editing.build import build_engine
 from factsync.evaluation.fluency import perplexity
@@ -45,6 +45,7 @@ from factsync.evaluation.heldout_text import FLUENCY_TEXTS
 from factsync.facts.catalog import RelationCatalog
 from factsync.jobs.live import LiveVersion
 from factsync.jobs.model_state import ModelState
+from factsync.jobs.monitoring import LiveChecker, choose_canaries
 from factsync.jobs.pipeline import JobRunner
 from factsync.jobs.reconciler import Reconciler
 from factsync.models.loading import default_model_dir, load_model
@@ -298,11 +299,13 @@ class Daemon:
                                engine=engine)
             live.subscribe(LiveReporter(metrics=self.metrics, alerter=self.alerter))
             live.subscribe(lambda change: self.exporter.export_live(change.event.value))
-            self.monitor = Monitor(
+            checker = LiveChecker(
                 store=self.store, catalog=self.catalog, policy=self.policy, models=models,
-                live=live, metrics=self.metrics, alerter=self.alerter, canaries=canaries,
-                fluency_texts=FLUENCY_TEXTS, base_perplexity=base_perplexity,
+                live=live, canaries=canaries, fluency_texts=FLUENCY_TEXTS,
+                base_perplexity=base_perplexity,
             )
+            self.monitor = Monitor(checker=checker, store=self.store, metrics=self.metrics,
+                                   alerter=self.alerter)
             runner = JobRunner(
                 store=self.store, catalog=self.catalog, policy=self.policy, models=models,
                 engine=engine, live=live, fluency_texts=FLUENCY_TEXTS,

@@ -11,50 +11,7 @@ import pytest
 import torch
 
 from factsync.editing.engine_state import EngineState, EngineStateError
-from factsync.editing.requests import EditRequest
-from factsync.editing.spread import SpreadSettings
-from factsync.facts.records import FactRecord
-from factsync.jobs.live import LiveChanged, LiveEvent, LiveVersion, Promotion
-from factsync.jobs.model_state import ModelState
-from factsync.registry.versions import VersionFiles
-from factsync.store.records import Version
-from factsync.store.store import StateStore
-
-EDITS = [
-    ("Paris", EditRequest("Paris", "The capital of {} is", "Rome", "France")),
-    ("LinkedIn", EditRequest("LinkedIn", "{} is owned by", "Apple", "Microsoft")),
-]
-ALPHAEDIT = SpreadSettings(algorithm="alphaedit")
-
-
-class Daemon:
-    """What one daemon process holds: a store, the models, an engine and the owner."""
-
-    def __init__(self, tmp_path, tiny_loaded, tiny_engine) -> None:  # noqa: ANN001
-        self.store = StateStore(tmp_path / "state.sqlite")
-        loaded = tiny_loaded()
-        self.models = ModelState(loaded)
-        self.engine = tiny_engine(loaded, spread=ALPHAEDIT)
-        self.live = LiveVersion(store=self.store, versions=VersionFiles(tmp_path / "versions"),
-                                models=self.models, engine=self.engine)
-        self.events: list[LiveChanged] = []
-        self.live.subscribe(self.events.append)
-
-    def promote(self, subject: str, request: EditRequest) -> Version:
-        """Edit one fact and promote it, as the job pipeline does after its gates pass."""
-        change = self.store.record_desired(
-            record=FactRecord(subject, "P36", request.new_object, "test", "row"),
-            relation="P36")
-        job = self.store.create_job(change_ids=[change.id], policy_digest="p")
-        result = self.engine.edit([request])
-        result.delta.apply(self.models.work)  # the candidate the gates judged
-        return self.live.promote(Promotion(
-            job=job, result=result, facts=[{"subject": subject, "relation": "P36"}],
-            applied={change.id: request.old_object}, report={}, policy_digest="p"))
-
-    def snapshot(self) -> tuple[dict[int, torch.Tensor], str, str]:
-        """Preserved keys, the worker's weights digest and the served one."""
-        return self.engine.preserved(), self.models.digest(), self.models.digest(serving=True)
+from factsync.jobs.live import LiveChanged, LiveEvent
 
 
 def assert_same(left: tuple, right: tuple) -> None:
@@ -66,26 +23,12 @@ def assert_same(left: tuple, right: tuple) -> None:
     assert digests_left == digests_right
 
 
-@pytest.fixture
-def daemon(tmp_path, tiny_loaded, tiny_engine):
-    """A factory: each call is a fresh process on the same data directory."""
-    started: list[Daemon] = []
-
-    def start() -> Daemon:
-        started.append(Daemon(tmp_path, tiny_loaded, tiny_engine))
-        return started[-1]
-
-    yield start
-    for each in started:
-        each.store.close()
-
-
 def test_a_restart_restores_the_preserved_keys_and_weights_of_the_live_version(daemon):
     first = daemon()
     first.live.restore()
     empty = first.snapshot()
-    for subject, request in EDITS:
-        first.promote(subject, request)
+    for n in range(len(first.edits)):
+        first.promote_edit(n)
     before = first.snapshot()
     assert all(torch.count_nonzero(m) > 0 for m in before[0].values())
     assert before[1] == before[2]  # the worker and the served model agree
@@ -100,9 +43,9 @@ def test_a_restart_restores_the_preserved_keys_and_weights_of_the_live_version(d
 def test_a_rollback_restores_what_the_parent_version_had(daemon):
     owner = daemon()
     owner.live.restore()
-    parent = owner.promote(*EDITS[0])
+    parent = owner.promote_edit(0)
     at_parent = owner.snapshot()
-    child = owner.promote(*EDITS[1])
+    child = owner.promote_edit(1)
     assert owner.store.live_version().id == child.id
 
     rolled = owner.live.rollback(to_version_id=parent.id, trigger="operator",
@@ -128,7 +71,7 @@ def test_a_failing_listener_does_not_stop_the_others_or_the_promotion(daemon):
     after: list[LiveEvent] = []
     owner.live.subscribe(broken)
     owner.live.subscribe(lambda change: after.append(change.event))
-    version = owner.promote(*EDITS[0])
+    version = owner.promote_edit(0)
     assert owner.store.live_version().id == version.id
     assert after == [LiveEvent.PROMOTED]
 

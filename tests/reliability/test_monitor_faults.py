@@ -12,6 +12,7 @@ from factsync.evaluation.heldout_text import FLUENCY_TEXTS
 from factsync.facts.catalog import RelationCatalog
 from factsync.jobs.live import LiveVersion
 from factsync.jobs.model_state import ModelState
+from factsync.jobs.monitoring import LiveChecker
 from factsync.policies.schema import Policy
 from factsync.registry.versions import VersionFiles
 from factsync.store.store import StateStore
@@ -31,11 +32,10 @@ def test_a_failing_check_raises_an_alert_and_a_metric_then_clears(
                        engine=tiny_engine(loaded))
 
     def monitor(texts: list[str]) -> Monitor:
-        return Monitor(
-            store=store, catalog=RelationCatalog.built_in(), policy=Policy(), models=models,
-            live=live, metrics=metrics, alerter=alerter,
-            canaries=[], fluency_texts=texts, base_perplexity=10.0,
-        )
+        checker = LiveChecker(store=store, catalog=RelationCatalog.built_in(), policy=Policy(),
+                              models=models, live=live, canaries=[], fluency_texts=texts,
+                              base_perplexity=10.0)
+        return Monitor(checker=checker, store=store, metrics=metrics, alerter=alerter)
 
     before = models.digest()
     assert monitor([]).check() is None  # a fluency set that cannot be measured
