@@ -181,3 +181,11 @@ def decode_json_fields(values: dict[str, Any], *names: str) -> dict[str, Any]:
         if values.get(name) is not None:
             values[name] = json.loads(values[name])
     return values
+
+
+def where_fields(**fields: Any) -> tuple[str, tuple[Any, ...]]:
+    """A WHERE clause over the fields that are not ``None``."""
+    used = {name: value for name, value in fields.items() if value is not None}
+    if not used:
+        return "", ()
+    return "WHERE " + " AND ".join(f"{name} = ?" for name in used), tuple(used.values())

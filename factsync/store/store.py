@@ -16,33 +16,33 @@ from pathlib import Path
 from typing import Any
 
 from factsync.facts.records import FactRecord
-from factsync.store.changes import add_pending_change
-from factsync.store.fact_index import FactQueries, object_key, register_functions, write_applied
+from factsync.store.changes import (
+    ChangeRecords,
+    add_pending_change,
+    change_from_row,
+    upsert_applied,
+)
+from factsync.store.fact_index import FactQueries, object_key, register_functions
 from factsync.store.history import VersionHistory
+from factsync.store.jobs import JobRecords, transition_job
 from factsync.store.records import (
-    CHANGE_ALREADY_TRUE,
     CHANGE_APPLIED,
-    CHANGE_QUEUED,
-    CHANGE_SUPERSEDED,
-    JOB_ACTIVE,
     JOB_PROMOTED,
-    JOB_QUEUED,
     AppliedFact,
     DesiredFact,
     FactChange,
-    Job,
-    JobEvent,
     QuarantineEntry,
     StoreError,
     Version,
     decode_json_fields,
+    where_fields,
 )
 from factsync.store.schema import MIGRATIONS
 
 Clock = Callable[[], float]
 
 
-class StateStore(VersionHistory, FactQueries):
+class StateStore(ChangeRecords, JobRecords, VersionHistory, FactQueries):
     """The daemon's state in SQLite (WAL, full sync). Safe to share between threads.
 
     Args:
@@ -240,7 +240,7 @@ class StateStore(VersionHistory, FactQueries):
         self, *, subject: str | None = None, relation: str | None = None
     ) -> list[DesiredFact]:
         """Desired facts, optionally of one subject and/or relation."""
-        where, params = _filters(subject=subject, relation=relation)
+        where, params = where_fields(subject=subject, relation=relation)
         rows = self._query(f"SELECT * FROM desired_facts {where} ORDER BY subject", params)
         return [DesiredFact(**{**_public(row), "deleted": bool(row["deleted"])}) for row in rows]
 
@@ -253,7 +253,7 @@ class StateStore(VersionHistory, FactQueries):
         Each row is a ``DesiredFact`` as a mapping plus ``state``, ``reason``,
         ``applied_object`` and ``applied_by`` (the version), filtered by any argument.
         """
-        where, params = _filters(**{"d.subject": subject, "d.relation": relation})
+        where, params = where_fields(**{"d.subject": subject, "d.relation": relation})
         rows = self._query(
             "SELECT d.*, COALESCE(c.state, 'unknown') AS state, COALESCE(c.reason, '') AS reason,"
             " a.object AS applied_object, a.version_id AS applied_by FROM desired_facts d"
@@ -266,213 +266,15 @@ class StateStore(VersionHistory, FactQueries):
         return [{**_public(row), "deleted": bool(row["deleted"])} for row in rows
                 if state is None or row["state"] == state]
 
-    # changes
-
-    def change(self, *, change_id: int) -> FactChange:
-        """One fact change by id."""
-        rows = self._query("SELECT * FROM fact_changes WHERE id = ?", (change_id,))
-        if not rows:
-            raise KeyError(f"no fact change {change_id}")
-        return _change(rows[0])
-
-    def changes(
-        self,
-        *,
-        state: str | None = None,
-        subject: str | None = None,
-        relation: str | None = None,
-        job_id: int | None = None,
-        limit: int = 1000,
-    ) -> list[FactChange]:
-        """Fact changes, oldest first, filtered by any of the given fields."""
-        where, params = _filters(state=state, subject=subject, relation=relation, job_id=job_id)
-        rows = self._query(
-            f"SELECT * FROM fact_changes {where} ORDER BY id LIMIT ?", (*params, limit)
-        )
-        return [_change(row) for row in rows]
-
-    def count_changes(self, *, states: Sequence[str]) -> int:
-        """Changes in any of ``states``."""
-        marks = ",".join("?" * len(states))
-        sql = f"SELECT COUNT(*) AS n FROM fact_changes WHERE state IN ({marks})"
-        return self._query(sql, tuple(states))[0]["n"]
-
-    def supersede(self, *, change_ids: Sequence[int], by: int) -> None:
-        """Mark older pending changes of a fact replaced by change ``by``."""
-        self._set_changes(change_ids, state=CHANGE_SUPERSEDED, reason=f"replaced by change {by}")
-
-    def close_changes(self, *, change_ids: Sequence[int], state: str, reason: str) -> None:
-        """Move changes to a final ``state`` with ``reason``."""
-        self._set_changes(change_ids, state=state, reason=reason)
-
-    def record_already_true(self, *, change_id: int, version_id: str) -> None:
-        """The live model already states the change: count it applied, without an edit."""
-        change = self.change(change_id=change_id)
-        now = self._clock()
-        with self._transaction() as db:
-            _upsert_applied(db, change, version_id, now)
-            db.execute(
-                "UPDATE fact_changes SET state = ?, reason = ?, changed_at = ? WHERE id = ?",
-                (CHANGE_ALREADY_TRUE, f"the live version {version_id} already states it",
-                 now, change_id),
-            )
-
-    def revert(self, *, subject: str, relation: str) -> FactChange:
-        """Queue an edit of an applied fact back to the object it replaced.
-
-        The desired fact becomes that old object until the feed states an object other
-        than the reverted one.
-
-        Raises:
-            KeyError: the fact was never applied by an edit.
-        """
-        now = self._clock()
-        with self._transaction() as db:
-            applied = db.execute(
-                "SELECT a.object, c.old_object FROM applied_facts a JOIN fact_changes c "
-                "ON c.id = a.change_id WHERE a.subject = ? AND a.relation = ? "
-                "AND c.state = 'applied'",
-                (subject, relation),
-            ).fetchone()
-            if applied is None or not applied["old_object"]:
-                raise KeyError(f"no edited fact {subject!r} {relation} to revert")
-            db.execute(
-                "UPDATE desired_facts SET object = ?, object_key = ?, deleted = 0, source = ?, "
-                "location = ?, received_at = ?, reverted_from = ? "
-                "WHERE subject = ? AND relation = ?",
-                (applied["old_object"], object_key(applied["old_object"]), "operator", "revert",
-                 now, applied["object"], subject, relation),
-            )
-            change_id = add_pending_change(
-                db, subject=subject, relation=relation, object=applied["old_object"],
-                deleted=False, source="operator", now=now,
-                reason=f"operator revert of {applied['object']!r}",
-            )
-        return self.change(change_id=change_id)
-
-    def retry(self, *, subject: str, relation: str) -> FactChange | None:
-        """Queue the desired state of a fact again (an operator's retry of a failure)."""
-        desired = self.desired_facts(subject=subject, relation=relation)
-        if not desired:
-            return None
-        fact = desired[0]
-        now = self._clock()
-        with self._transaction() as db:
-            change_id = add_pending_change(
-                db, subject=fact.subject, relation=fact.relation, object=fact.object,
-                deleted=fact.deleted, source=fact.source, now=now,
-                reason="retry asked by an operator",
-            )
-        return self.change(change_id=change_id)
-
-    def _set_changes(self, change_ids: Sequence[int], *, state: str, reason: str) -> None:
-        now = self._clock()
-        with self._transaction() as db:
-            db.executemany(
-                "UPDATE fact_changes SET state = ?, reason = ?, changed_at = ? WHERE id = ?",
-                [(state, reason, now, change_id) for change_id in change_ids],
-            )
-
     # applied facts
 
     def applied_facts(
         self, *, subject: str | None = None, relation: str | None = None
     ) -> list[AppliedFact]:
         """Facts the live version states, optionally of one subject and/or relation."""
-        where, params = _filters(subject=subject, relation=relation)
+        where, params = where_fields(subject=subject, relation=relation)
         rows = self._query(f"SELECT * FROM applied_facts {where} ORDER BY applied_at", params)
         return [AppliedFact(**_public(row)) for row in rows]
-
-    # jobs
-
-    def create_job(self, *, change_ids: Sequence[int], policy_digest: str) -> Job:
-        """A queued job holding ``change_ids``."""
-        with self._transaction() as db:
-            job_id = _insert_job(db, change_ids, policy_digest, 1, self._clock())
-        return self.job(job_id=job_id)
-
-    def transition(
-        self, *, job_id: int, state: str, reason: str, report: dict | None = None
-    ) -> None:
-        """Move a job to ``state``, with a reason, and optionally its KPI report."""
-        now = self._clock()
-        with self._transaction() as db:
-            _transition(db, job_id, state, reason, now)
-            if report is not None:
-                db.execute("UPDATE jobs SET report = ? WHERE id = ?", (json.dumps(report), job_id))
-
-    def job(self, *, job_id: int) -> Job:
-        """One job by id."""
-        rows = self._query("SELECT * FROM jobs WHERE id = ?", (job_id,))
-        if not rows:
-            raise KeyError(f"no job {job_id}")
-        return Job(**decode_json_fields(rows[0], "report"))
-
-    def jobs(self, *, state: str | None = None, limit: int = 100) -> list[Job]:
-        """Jobs, newest first."""
-        where, params = _filters(state=state)
-        rows = self._query(f"SELECT * FROM jobs {where} ORDER BY id DESC LIMIT ?", (*params, limit))
-        return [Job(**decode_json_fields(row, "report")) for row in rows]
-
-    def job_events(self, *, job_id: int) -> list[JobEvent]:
-        """A job's transitions in order."""
-        rows = self._query("SELECT * FROM job_events WHERE job_id = ? ORDER BY id", (job_id,))
-        return [JobEvent(**row) for row in rows]
-
-    def next_job(self) -> Job | None:
-        """The oldest queued job."""
-        jobs = self._query("SELECT id FROM jobs WHERE state = ? ORDER BY id LIMIT 1", (JOB_QUEUED,))
-        return self.job(job_id=jobs[0]["id"]) if jobs else None
-
-    def requeue_interrupted(self) -> list[int]:
-        """Put jobs a crash or stop left half-way back in the queue; their ids."""
-        now = self._clock()
-        marks = ",".join("?" * len(JOB_ACTIVE))
-        with self._transaction() as db:
-            rows = db.execute(
-                f"SELECT id, state FROM jobs WHERE state IN ({marks}) AND state != ?",
-                (*JOB_ACTIVE, JOB_QUEUED),
-            ).fetchall()
-            for row in rows:
-                _transition(
-                    db, row["id"], JOB_QUEUED, f"interrupted while {row['state']}; rerun", now
-                )
-        return [row["id"] for row in rows]
-
-    def count_jobs(self) -> dict[str, int]:
-        """Jobs by state."""
-        rows = self._query("SELECT state, COUNT(*) AS n FROM jobs GROUP BY state")
-        return {row["state"]: row["n"] for row in rows}
-
-    def finish_job(
-        self,
-        *,
-        job_id: int,
-        state: str,
-        reason: str,
-        change_states: dict[int, tuple[str, str]],
-        report: dict | None = None,
-        retry: Sequence[int] = (),
-    ) -> Job | None:
-        """End a job that made no version: its outcome and each change's (state, reason).
-
-        ``retry`` names changes to queue again, in one new job of the next attempt; that
-        job is returned.
-        """
-        now = self._clock()
-        retry_job = None
-        with self._transaction() as db:
-            _transition(db, job_id, state, reason, now)
-            if report is not None:
-                db.execute("UPDATE jobs SET report = ? WHERE id = ?", (json.dumps(report), job_id))
-            db.executemany(
-                "UPDATE fact_changes SET state = ?, reason = ?, changed_at = ? WHERE id = ?",
-                [(s, r, now, change_id) for change_id, (s, r) in change_states.items()],
-            )
-            if retry:
-                job = db.execute("SELECT * FROM jobs WHERE id = ?", (job_id,)).fetchone()
-                retry_job = _insert_job(db, retry, job["policy_digest"], job["attempt"] + 1, now)
-        return self.job(job_id=retry_job) if retry_job is not None else None
 
     # versions
 
@@ -500,7 +302,7 @@ class StateStore(VersionHistory, FactQueries):
             if live != parent_id:
                 raise StoreError(f"live version moved from {parent_id} to {live} during the job")
             changes = [
-                _change(dict(row))
+                change_from_row(dict(row))
                 for row in db.execute(
                     f"SELECT * FROM fact_changes WHERE id IN ({','.join('?' * len(applied))})",
                     tuple(applied),
@@ -520,7 +322,7 @@ class StateStore(VersionHistory, FactQueries):
             )
             _move_live(db, version_id, f"promoted job {job_id}", now)
             for change in changes:
-                _upsert_applied(db, change, version_id, now)
+                upsert_applied(db, change, version_id, now)
                 db.execute(
                     "UPDATE fact_changes SET state = ?, reason = ?, old_object = ?, "
                     "changed_at = ? WHERE id = ?",
@@ -531,7 +333,7 @@ class StateStore(VersionHistory, FactQueries):
                 "UPDATE fact_changes SET state = ?, reason = ?, changed_at = ? WHERE id = ?",
                 [(s, r, now, change_id) for change_id, (s, r) in left_out.items()],
             )
-            _transition(db, job_id, JOB_PROMOTED, f"version {version_id} is live", now)
+            transition_job(db, job_id, JOB_PROMOTED, f"version {version_id} is live", now)
             db.execute(
                 "UPDATE jobs SET version_id = ?, report = ? WHERE id = ?",
                 (version_id, json.dumps(report), job_id),
@@ -569,51 +371,10 @@ class StateStore(VersionHistory, FactQueries):
         return self._query("SELECT version_id, at, reason FROM live_history ORDER BY id")
 
 
-def _filters(**fields: Any) -> tuple[str, tuple[Any, ...]]:
-    """A WHERE clause over the fields that are not ``None``."""
-    used = {name: value for name, value in fields.items() if value is not None}
-    if not used:
-        return "", ()
-    return "WHERE " + " AND ".join(f"{name} = ?" for name in used), tuple(used.values())
-
-
 def _public(row: dict[str, Any]) -> dict[str, Any]:
     """A fact row without the store's own lookup column."""
     row.pop("object_key", None)
     return row
-
-
-def _change(row: dict[str, Any]) -> FactChange:
-    return FactChange(**{**row, "deleted": bool(row["deleted"])})
-
-
-def _insert_job(
-    db: sqlite3.Connection, change_ids: Sequence[int], policy_digest: str, attempt: int,
-    now: float,
-) -> int:
-    cursor = db.execute(
-        "INSERT INTO jobs (state, created_at, updated_at, policy_digest, attempt) "
-        "VALUES (?, ?, ?, ?, ?)",
-        (JOB_QUEUED, now, now, policy_digest, attempt),
-    )
-    job_id = cursor.lastrowid
-    db.execute(
-        "INSERT INTO job_events (job_id, state, reason, at) VALUES (?, ?, ?, ?)",
-        (job_id, JOB_QUEUED, f"{len(change_ids)} fact change(s), attempt {attempt}", now),
-    )
-    db.executemany(
-        "UPDATE fact_changes SET state = ?, reason = '', job_id = ?, changed_at = ? WHERE id = ?",
-        [(CHANGE_QUEUED, job_id, now, change_id) for change_id in change_ids],
-    )
-    return job_id
-
-
-def _transition(db: sqlite3.Connection, job_id: int, state: str, reason: str, now: float) -> None:
-    db.execute("UPDATE jobs SET state = ?, updated_at = ? WHERE id = ?", (state, now, job_id))
-    db.execute(
-        "INSERT INTO job_events (job_id, state, reason, at) VALUES (?, ?, ?, ?)",
-        (job_id, state, reason, now),
-    )
 
 
 def _move_live(db: sqlite3.Connection, version_id: str, reason: str, now: float) -> None:
@@ -622,13 +383,6 @@ def _move_live(db: sqlite3.Connection, version_id: str, reason: str, now: float)
         "INSERT INTO live_history (version_id, at, reason) VALUES (?, ?, ?)",
         (version_id, now, reason),
     )
-
-
-def _upsert_applied(
-    db: sqlite3.Connection, change: FactChange, version_id: str, now: float
-) -> None:
-    write_applied(db, subject=change.subject, relation=change.relation, object=change.object,
-                  version_id=version_id, change_id=change.id, now=now)
 
 
 def _savepoint(db: sqlite3.Connection) -> Iterator[sqlite3.Connection]:
