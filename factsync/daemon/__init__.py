@@ -1,1 +1,2 @@
-"""The long-running process: configuration, ingest, reconciler, worker, metrics and API."""
+"""The long-running process: configuration, ingest, the worker thread, schedules, the
+HTTP API, metrics, alerts and exports. Job and version logic lives in ``factsync.jobs``."""
