@@ -38,7 +38,8 @@ class Ingest:
         metrics: where counts go.
         on_change: called after a row changed a desired fact (wakes the worker).
         priorities: source name -> priority; a row never replaces a desired fact held by
-            a source of higher priority (unknown sources have 0).
+            a source of higher priority (unknown sources have 0; the rule and the others
+            a row must pass are ``factsync.facts.admission``).
     """
 
     def __init__(
@@ -112,13 +113,8 @@ class Ingest:
             return None
         self._metrics.facts_ingested.labels(record.source).inc()
         with self.batch():
-            held = self._store.desired_facts(subject=record.subject, relation=relation.id)
-            if held and held[0].source != record.source and self._outranks(held[0].source,
-                                                                            record.source):
-                log.debug("%s %s from %s ignored: %s has priority", record.subject,
-                          relation.id, record.source, held[0].source)
-                return False
-            change = self._store.record_desired(record=record, relation=relation.id)
+            change = self._store.record_desired(record=record, relation=relation.id,
+                                                priorities=self._priorities)
             if change is None:
                 return False
             self._changed_in_batch += 1
@@ -127,9 +123,6 @@ class Ingest:
                  relation.id, record.object, " [deleted]" if record.deleted else "",
                  record.source, record.location)
         return True
-
-    def _outranks(self, holder: str, newcomer: str) -> bool:
-        return self._priorities.get(holder, 0) > self._priorities.get(newcomer, 0)
 
     @staticmethod
     def unknown_relation(record: FactRecord) -> str:

@@ -10,11 +10,12 @@ import json
 import sqlite3
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from factsync.facts.admission import Admission, HeldFact, admit
 from factsync.facts.records import FactRecord
 from factsync.store.changes import (
     ChangeRecords,
@@ -166,26 +167,27 @@ class StateStore(ChangeRecords, JobRecords, VersionHistory, FactQueries):
 
     # facts in
 
-    def record_desired(self, *, record: FactRecord, relation: str) -> FactChange | None:
-        """Store the feed's latest word on a fact; a new change when it differs.
+    def record_desired(
+        self, *, record: FactRecord, relation: str, priorities: Mapping[str, int] | None = None,
+    ) -> FactChange | None:
+        """Store the feed's latest word on a fact; a new change when ``admit`` accepts it.
 
-        ``relation`` is the catalog id ``record.relation`` resolved to. Re-reading a row
-        the store already holds records nothing.
+        ``relation`` is the catalog id ``record.relation`` resolved to; ``priorities``
+        ranks sources (see ``factsync.facts.admission``). The rule is applied inside the
+        write's transaction, so no other writer can slip between it and the write.
         """
         now = self._clock()
         with self._transaction() as db:
             row = db.execute(
-                "SELECT object, deleted, reverted_from FROM desired_facts "
+                "SELECT object, deleted, source, reverted_from FROM desired_facts "
                 "WHERE subject = ? AND relation = ?",
                 (record.subject, relation),
             ).fetchone()
-            if row is not None and (row["object"], bool(row["deleted"])) == (
-                record.object,
-                record.deleted,
-            ):
+            held = None if row is None else HeldFact(
+                object=row["object"], deleted=bool(row["deleted"]), source=row["source"],
+                reverted_from=row["reverted_from"])
+            if admit(record, held, priorities or {}) is not Admission.ACCEPTED:
                 return None
-            if row is not None and row["reverted_from"] == record.object and not record.deleted:
-                return None  # an operator reverted this object; wait for a new one
             db.execute(
                 "INSERT OR REPLACE INTO desired_facts (subject, relation, object, deleted, "
                 "source, location, record_id, updated_at, received_at, reverted_from, "
