@@ -2,9 +2,12 @@
 
 After every promotion, rollback and start-up it writes the live version's PEFT LoRA
 adapter (the cumulative delta from the base, SVD-truncated above ``max_rank``) and,
-when asked, a merged checkpoint, each atomically with a ``current`` pointer. Serving
-engines are then notified on a background thread with retries; a notification that
-keeps failing raises an alert and is counted, and the next change tries again.
+when asked, a merged checkpoint, each atomically with a ``current`` pointer. The export
+runs on its own thread, so the worker goes on to the next job instead of waiting for
+the SVD; changes that arrive while one export runs make one export of the version live
+then. Serving engines are then notified on a second thread with retries; a
+notification that keeps failing raises an alert and is counted, and the next change
+tries again.
 """
 
 from __future__ import annotations
@@ -31,8 +34,9 @@ log = logging.getLogger(__name__)
 class Exporter:
     """Exports the live version and keeps serving engines on it.
 
-    Building one starts nothing: the thread that notifies serving engines starts with
-    the first change there is to send, and ``close`` stops it if it ever started.
+    Building one starts nothing: the export thread starts with the first
+    ``request_export``, the thread that notifies serving engines with the first change
+    there is to send, and ``close`` stops those that started.
     """
 
     def __init__(
@@ -54,8 +58,22 @@ class Exporter:
         self._served: str | None = None
         self._queue: queue.Queue[LiveChange | None] = queue.Queue()
         self._sender: threading.Thread | None = None
-        self._sender_lock = threading.Lock()
-        self._closed = False
+        self._requests: queue.Queue[str | None] = queue.Queue()
+        self._exporter: threading.Thread | None = None
+        self._threads_lock = threading.Lock()
+        self._closed = False  # no new exports
+        self._sending_closed = False  # no new notifications either
+
+    def request_export(self, event: str) -> None:
+        """Export the live version on the export thread, after ``event``; returns at once."""
+        with self._threads_lock:
+            if self._closed:
+                return
+            if self._exporter is None:
+                self._exporter = threading.Thread(target=self._export_loop, name="exports",
+                                                  daemon=True)
+                self._exporter.start()
+            self._requests.put(event)
 
     def export_live(self, event: str) -> dict | None:
         """Export the live version now and queue the serving notifications; a summary.
@@ -101,21 +119,42 @@ class Exporter:
 
     def _send(self, change: LiveChange) -> None:
         """Queue ``change`` for the serving engines, starting the sender thread if needed."""
-        with self._sender_lock:
-            if self._sender is None and not self._closed:
+        with self._threads_lock:
+            if self._sender is None and not self._sending_closed:
                 self._sender = threading.Thread(target=self._notify_loop, name="serving",
                                                 daemon=True)
                 self._sender.start()
             self._queue.put(change)
 
     def close(self, timeout: float = 10.0) -> None:
-        """Send what is queued (up to ``timeout``) and stop; nothing starts afterwards."""
-        with self._sender_lock:
+        """Finish the export under way and send what is queued (up to ``timeout`` each),
+        then stop; nothing starts afterwards. An export left undone is redone at the next
+        start-up, which exports the live version."""
+        with self._threads_lock:
             self._closed = True
-            sender = self._sender
-        if sender is not None:
+        if self._exporter is not None:
+            self._requests.put(None)
+            self._exporter.join(timeout=timeout)
+        with self._threads_lock:
+            self._sending_closed = True
+        if self._sender is not None:
             self._queue.put(None)
-            sender.join(timeout=timeout)
+            self._sender.join(timeout=timeout)
+
+    def _export_loop(self) -> None:
+        while (event := self._requests.get()) is not None:
+            # An export reads the live version when it runs, so requests queued behind
+            # this one add nothing but the last event's name.
+            while True:
+                try:
+                    later = self._requests.get_nowait()
+                except queue.Empty:
+                    break
+                if later is None:
+                    self.export_live(event)
+                    return
+                event = later
+            self.export_live(event)
 
     def _notify_loop(self) -> None:
         while (change := self._queue.get()) is not None:

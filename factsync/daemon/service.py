@@ -298,7 +298,7 @@ class Daemon:
             live = LiveVersion(store=self.store, versions=self.versions, models=models,
                                engine=engine)
             live.subscribe(LiveReporter(metrics=self.metrics, alerter=self.alerter))
-            live.subscribe(lambda change: self.exporter.export_live(change.event.value))
+            live.subscribe(lambda change: self.exporter.request_export(change.event.value))
             checker = LiveChecker(
                 store=self.store, catalog=self.catalog, policy=self.policy, models=models,
                 live=live, canaries=canaries, fluency_texts=FLUENCY_TEXTS,

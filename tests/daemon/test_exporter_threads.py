@@ -1,4 +1,4 @@
-"""An ``Exporter`` starts its serving thread only when it has a change to send."""
+"""An ``Exporter`` starts its threads only when it has work: exports, then notifications."""
 
 from __future__ import annotations
 
@@ -58,3 +58,19 @@ def test_an_exporter_closed_before_any_change_never_starts_one(build_exporter, h
     exporter.close(timeout=0)
     exporter.export_live("started")
     assert serving_threads() == [] and http_receiver.requests == []
+
+
+def test_requested_exports_run_on_their_own_thread_and_close_finishes_them(
+    build_exporter, http_receiver
+):
+    exporter = build_exporter()
+    for event in ("promoted", "promoted", "rolled_back"):
+        exporter.request_export(event)  # returns at once; the worker goes on
+    assert [t.name for t in threading.enumerate()].count("exports") == 1
+    exporter.close()
+    assert "exports" not in [t.name for t in threading.enumerate()]
+    events = [body["event"] for _, body in http_receiver.requests]
+    # Requests queued behind a running export make one export: the last event is sent.
+    assert 1 <= len(events) <= 3 and events[-1] == "rolled_back"
+    exporter.request_export("promoted")  # after close: ignored
+    assert "exports" not in [t.name for t in threading.enumerate()]
