@@ -36,5 +36,5 @@ def run(args: argparse.Namespace) -> int:
     logging.getLogger(__name__).info(
         "data directory %s, caches %s", config.state_dir, config.caches
     )
-    Daemon(config).run_until_signalled()
+    Daemon.open(config).run_until_signalled()
     return 0

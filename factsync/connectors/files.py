@@ -57,10 +57,11 @@ class FileConnector:
         self._observer = None
         self._flusher: threading.Thread | None = None
         self.health = ConnectorHealth()
-        directory.mkdir(parents=True, exist_ok=True)
 
     def start(self) -> None:
-        """Watch the directory; changed files are read after ``debounce_seconds``."""
+        """Watch the directory (made if missing); changed files are read after
+        ``debounce_seconds``."""
+        self.directory.mkdir(parents=True, exist_ok=True)
         observer = PollingObserver(timeout=1) if self._polling else Observer()
         observer.schedule(_Events(self), str(self.directory), recursive=True)
         observer.start()
@@ -82,7 +83,8 @@ class FileConnector:
             self._flusher.join(timeout=10)
 
     def scan(self) -> ScanReport:
-        """Read every fact file now."""
+        """Read every fact file now (the directory is made if missing)."""
+        self.directory.mkdir(parents=True, exist_ok=True)
         report = ScanReport()
         for path in sorted(self.directory.rglob("*")):
             if self._wanted(path):

@@ -105,7 +105,11 @@ class AlertmanagerNotifier:
 
 
 class Alerter:
-    """Deduplicates alerts and delivers them to every notifier in the background."""
+    """Deduplicates alerts and delivers them to every notifier in the background.
+
+    Building one starts nothing: the delivery thread starts with the first alert there
+    is to deliver, and ``close`` stops it if it started.
+    """
 
     def __init__(
         self, notifiers: list[Notifier], metrics: Metrics, *, retries: int = 3,
@@ -118,8 +122,8 @@ class Alerter:
         self._active: dict[tuple[str, str], Alert] = {}
         self._lock = threading.Lock()
         self._queue: queue.Queue[tuple[Alert, bool] | None] = queue.Queue()
-        self._thread = threading.Thread(target=self._deliver_loop, name="alerts", daemon=True)
-        self._thread.start()
+        self._thread: threading.Thread | None = None
+        self._closed = False
 
     def fire(self, alert: Alert) -> None:
         """Raise ``alert`` unless the same one is already active."""
@@ -130,7 +134,7 @@ class Alerter:
         self._metrics.alerts.labels(alert.name).inc()
         log.warning("alert %s%s: %s", alert.name, f" [{alert.key}]" if alert.key else "",
                     alert.summary)
-        self._queue.put((alert, False))
+        self._deliver_later(alert, resolved=False)
 
     def resolve(self, name: str, key: str = "") -> None:
         """Clear an active alert and send its resolution."""
@@ -138,7 +142,7 @@ class Alerter:
             alert = self._active.pop((name, key), None)
         if alert is not None:
             log.info("alert %s%s resolved", name, f" [{key}]" if key else "")
-            self._queue.put((alert, True))
+            self._deliver_later(alert, resolved=True)
 
     def active(self) -> list[Alert]:
         """Alerts firing now."""
@@ -146,9 +150,23 @@ class Alerter:
             return list(self._active.values())
 
     def close(self, timeout: float = 10.0) -> None:
-        """Deliver what is queued (up to ``timeout``) and stop."""
-        self._queue.put(None)
-        self._thread.join(timeout=timeout)
+        """Deliver what is queued (up to ``timeout``) and stop; nothing is sent after."""
+        with self._lock:
+            self._closed = True
+            thread = self._thread
+        if thread is not None:
+            self._queue.put(None)
+            thread.join(timeout=timeout)
+
+    def _deliver_later(self, alert: Alert, *, resolved: bool) -> None:
+        with self._lock:
+            if self._closed or not self._notifiers:
+                return
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._deliver_loop, name="alerts",
+                                                daemon=True)
+                self._thread.start()
+            self._queue.put((alert, resolved))
 
     def _deliver_loop(self) -> None:
         while (item := self._queue.get()) is not None:

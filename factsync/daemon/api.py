@@ -68,31 +68,34 @@ class ApiContext:
 
 
 class ApiServer:
-    """A threaded HTTP server on ``host:port`` (port 0 picks a free one)."""
+    """A threaded HTTP server on ``host:port`` (port 0 picks a free one); ``start`` binds
+    the port and serves."""
 
     def __init__(self, context: ApiContext, *, host: str, port: int) -> None:
-        handler = type("Handler", (_Handler,), {"context": context})
-        self._server = ThreadingHTTPServer((host, port), handler)
-        self._server.daemon_threads = True
-        self._thread: threading.Thread | None = None
+        self._handler = type("Handler", (_Handler,), {"context": context})
+        self._wanted = (host, port)
+        self._server: ThreadingHTTPServer | None = None
 
     @property
     def address(self) -> tuple[str, int]:
-        """The bound (host, port)."""
+        """The bound (host, port), once started."""
+        if self._server is None:
+            raise RuntimeError("the API server has not started")
         host, port = self._server.server_address[:2]
         return str(host), int(port)
 
     def start(self) -> None:
-        """Serve in a background thread."""
-        self._thread = threading.Thread(target=self._server.serve_forever, name="api",
-                                        daemon=True)
-        self._thread.start()
+        """Bind the port and serve in a background thread."""
+        self._server = ThreadingHTTPServer(self._wanted, self._handler)
+        self._server.daemon_threads = True
+        threading.Thread(target=self._server.serve_forever, name="api", daemon=True).start()
         log.info("API listening on http://%s:%d", *self.address)
 
     def stop(self) -> None:
-        """Stop serving and close the socket."""
-        self._server.shutdown()
-        self._server.server_close()
+        """Stop serving and close the socket, if it was started."""
+        if self._server is not None:
+            self._server.shutdown()
+            self._server.server_close()
 
 
 class _Handler(BaseHTTPRequestHandler):

@@ -16,7 +16,7 @@ import signal
 import threading
 import time
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 from apscheduler.schedulers.background import BackgroundScheduler
 from prometheus_client import CollectorRegistry, start_http_server
@@ -68,52 +68,87 @@ class AlreadyRunning(RuntimeError):
 
 
 class Daemon:
-    """One factsync process on one data directory."""
+    """One factsync process on one data directory.
 
-    def __init__(self, config: DaemonConfig, *, registry: CollectorRegistry | None = None) -> None:
+    ``Daemon.open`` takes the data directory and opens what lives in it; the constructor
+    only assembles the parts; ``start`` starts the servers, connectors, schedules and
+    the worker thread, which loads the model. Until the model is loaded, ``models``,
+    ``worker``, ``monitor`` and ``live`` are ``None`` and ``/readyz`` says so.
+
+    Args:
+        config: the daemon's configuration.
+        policy: the promotion policy.
+        store: the opened state store.
+        versions: the version files.
+        lock: the held data-directory lock (closed by ``stop``).
+        registry: where metrics are registered (a fresh one when not given).
+    """
+
+    def __init__(
+        self, *, config: DaemonConfig, policy: Policy, store: StateStore, versions: VersionFiles,
+        lock: IO[str] | None = None, registry: CollectorRegistry | None = None,
+    ) -> None:
         self.config = config
         self.registry = registry or CollectorRegistry()
         self.metrics = Metrics(self.registry)
-        self.policy = load_policy(config.policy) if config.policy else Policy()
+        self.policy = policy
         self.catalog = RelationCatalog.built_in(
             {k: {**v.__dict__, "alias": v.alias or k} for k, v in config.relations.items()}
         )
+        self.store = store
+        self.versions = versions
+        self.alerter = Alerter(_notifiers(config), self.metrics)
+        self.health = HostHealth(
+            data_dir=config.state_dir, model_dir=_model_dir(config),
+            min_free_bytes=int(config.min_free_mb * 2**20), metrics=self.metrics,
+            alerter=self.alerter,
+        )
+        priorities = {c.source_name: c.priority for c in config.connectors}
+        priorities["api"] = config.api.push_priority
+        self.ingest = Ingest(store=store, catalog=self.catalog, metrics=self.metrics,
+                             on_change=self._wake, priorities=priorities)
+        self.api = ApiServer(
+            ApiContext(store=store, ingest=self.ingest, models=lambda: self.models,
+                       status=self.status, wake=self._wake, rollback=self.request_rollback,
+                       token=config.api.token, max_body_bytes=config.api.max_body_bytes),
+            host=config.api.host, port=config.api.port,
+        )
+        self.connectors: list[Connector] = [build_connector(spec, config, self.ingest)
+                                            for spec in config.connectors]
+        self.exporter: Exporter | None = None
         self.models: ModelState | None = None
         self.worker: Worker | None = None
         self.monitor: Monitor | None = None
         self.live: LiveVersion | None = None
         self.failed: str | None = None
         self._starting = "not started"
-        self._lock_handle = None
-        self._closers: list[Any] = []
+        self._lock_handle = lock
+        self._closers: list[Any] = [self.alerter.close]
         self._worker_thread: threading.Thread | None = None
-        self.connectors: list[Connector] = []
+
+    @classmethod
+    def open(cls, config: DaemonConfig, *, registry: CollectorRegistry | None = None) -> Daemon:
+        """Take ``config``'s data directory (raises ``AlreadyRunning`` if another process
+        holds it), open its store and version files, and requeue jobs a crash left
+        half-way."""
+        policy = load_policy(config.policy) if config.policy else Policy()
+        state_dir = config.state_dir
+        state_dir.mkdir(parents=True, exist_ok=True)
+        lock = _lock(state_dir / LOCK_FILE)
+        store = StateStore(state_dir / STATE_FILE)
+        versions = VersionFiles(state_dir / "versions")
+        versions.prune({v.id for v in store.versions()})
+        requeued = store.requeue_interrupted()
+        if requeued:
+            log.warning("requeued job(s) %s left unfinished by the last run", requeued)
+        return cls(config=config, policy=policy, store=store, versions=versions, lock=lock,
+                   registry=registry)
 
     # lifecycle
 
     def start(self) -> None:
         """Start everything; the model loads in the background."""
-        state_dir = self.config.state_dir
-        state_dir.mkdir(parents=True, exist_ok=True)
-        self._lock_handle = _lock(state_dir / LOCK_FILE)
-        self.store = StateStore(state_dir / STATE_FILE)
-        self.versions = VersionFiles(state_dir / "versions")
-        self.versions.prune({v.id for v in self.store.versions()})
-        requeued = self.store.requeue_interrupted()
-        if requeued:
-            log.warning("requeued job(s) %s left unfinished by the last run", requeued)
-        self.alerter = Alerter(_notifiers(self.config), self.metrics)
-        self._closers.append(self.alerter.close)
-        self.health = HostHealth(
-            data_dir=state_dir, model_dir=_model_dir(self.config),
-            min_free_bytes=int(self.config.min_free_mb * 2**20), metrics=self.metrics,
-            alerter=self.alerter,
-        )
         self.health.check()
-        priorities = {c.source_name: c.priority for c in self.config.connectors}
-        priorities["api"] = self.config.api.push_priority
-        self.ingest = Ingest(store=self.store, catalog=self.catalog, metrics=self.metrics,
-                             on_change=self._wake, priorities=priorities)
         self.metrics.up.set(1)
         self.metrics.quarantine_size.set(self.store.quarantine_count())
         self.metrics.record_live(self.store.live_version())
@@ -122,23 +157,14 @@ class Daemon:
         self._closers.append(server.shutdown)
         log.info("metrics on http://%s:%d/metrics", self.config.metrics.host,
                  self.config.metrics.port)
-        self.api = ApiServer(
-            ApiContext(store=self.store, ingest=self.ingest, models=lambda: self.models,
-                       status=self.status, wake=self._wake, rollback=self.request_rollback,
-                       token=self.config.api.token,
-                       max_body_bytes=self.config.api.max_body_bytes),
-            host=self.config.api.host, port=self.config.api.port,
-        )
         self.api.start()
         self._closers.append(self.api.stop)
         scheduler = BackgroundScheduler(daemon=True)
-        for spec in self.config.connectors:
-            connector = build_connector(spec, self.config, self.ingest)
+        for spec, connector in zip(self.config.connectors, self.connectors, strict=True):
             report = connector.scan()
             log.info("%s: read %d row(s), %d quarantined%s", connector.name, report.rows,
                      report.rejected, f"; errors: {report.errors}" if report.errors else "")
             connector.start()
-            self.connectors.append(connector)
             self.metrics.watch_connector(connector.name, connector.health)
             scheduler.add_job(
                 self._full_scan, "interval", args=[connector],
@@ -287,18 +313,19 @@ class Daemon:
             exports = ExportDir(self.config.state_dir / "exports")
             for leftover in exports.clean():
                 log.info("removed %s left by an interrupted export", leftover)
-            self.exporter = Exporter(
+            exporter = Exporter(
                 settings=self.config.export,
                 exports=exports, versions=self.versions,
                 store=self.store, models=models, base_model=str(_model_dir(self.config)),
                 notifiers=_serving_notifiers(self.config), alerter=self.alerter,
                 metrics=self.metrics,
             )
-            self._closers.append(self.exporter.close)
+            self.exporter = exporter
+            self._closers.append(exporter.close)
             live = LiveVersion(store=self.store, versions=self.versions, models=models,
                                engine=engine)
             live.subscribe(LiveReporter(metrics=self.metrics, alerter=self.alerter))
-            live.subscribe(lambda change: self.exporter.request_export(change.event.value))
+            live.subscribe(lambda change: exporter.request_export(change.event.value))
             checker = LiveChecker(
                 store=self.store, catalog=self.catalog, policy=self.policy, models=models,
                 live=live, canaries=canaries, fluency_texts=FLUENCY_TEXTS,

@@ -12,6 +12,7 @@ from factsync.connectors.files import FileConnector
 
 
 def connector(tmp_path, ingest, **kw):  # noqa: ANN001, ANN201
+    (tmp_path / "facts").mkdir(exist_ok=True)  # a scan or start would make it
     return FileConnector(name="file:facts", directory=tmp_path / "facts", sink=ingest,
                          debounce_seconds=0.2, **kw)
 
@@ -77,3 +78,9 @@ def test_files_resolving_outside_the_directory_are_not_read(tmp_path, ingest, st
     assert files.scan().rows == 0
     assert files.read(files.directory / ".." / "secret.jsonl").rows == 0
     assert store.desired_facts() == []
+
+
+def test_building_touches_nothing_and_a_scan_makes_the_directory(tmp_path, ingest):
+    files = FileConnector(name="file:facts", directory=tmp_path / "new" / "facts", sink=ingest)
+    assert not (tmp_path / "new").exists()
+    assert files.scan().rows == 0 and (tmp_path / "new" / "facts").is_dir()

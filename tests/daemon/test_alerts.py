@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import threading
 import time
 import urllib.request
 
@@ -61,3 +62,25 @@ def test_a_delivery_that_keeps_failing_is_retried_then_counted(tmp_path):
     alerter.close()
     assert metrics.registry.get_sample_value(
         "factsync_alert_delivery_failures_total", {"notifier": "webhook"}) == 1
+
+
+def test_the_delivery_thread_starts_with_the_first_alert_to_send_and_close_stops_it(
+    http_receiver,
+):
+    def alert_threads() -> list[threading.Thread]:
+        return [t for t in threading.enumerate() if t.name == "alerts"]
+
+    silent = Alerter([], Metrics(CollectorRegistry()))
+    silent.fire(REJECTED)  # kept as active, nothing to deliver to
+    assert alert_threads() == [] and silent.active() == [REJECTED]
+    silent.close()
+
+    alerter = Alerter([WebhookNotifier(http_receiver.url, timeout=5)],
+                      Metrics(CollectorRegistry()))
+    assert alert_threads() == []
+    alerter.fire(REJECTED)
+    [thread] = alert_threads()
+    alerter.close()
+    assert not thread.is_alive() and len(http_receiver.bodies) == 1
+    alerter.fire(Alert("FactsyncJobFailed", "critical", "after close"))
+    assert alert_threads() == [] and len(http_receiver.bodies) == 1
