@@ -54,7 +54,9 @@ class HostHealth:
 
     Args:
         data_dir: where state, versions and exports are written.
-        model_dir: the base model's directory (read again at every start).
+        model_dir: the base model's directory (read again at every start); watched once
+            ``model_loaded`` is called, since the embedded default only exists after its
+            first fetch.
         min_free_bytes: free space below which the data directory counts as full.
         metrics: where ``factsync_data_dir_writable``, ``factsync_data_dir_free_bytes``
             and ``factsync_model_dir_present`` are set.
@@ -68,15 +70,24 @@ class HostHealth:
         self._min_free = min_free_bytes
         self._metrics = metrics
         self._alerter = alerter
+        self._watch_model = False
+        metrics.model_dir_present.set(float("nan"))  # unknown until the model has loaded
+
+    def model_loaded(self) -> None:
+        """The model has loaded from ``model_dir``: watch that directory from now on."""
+        self._watch_model = True
+        self.check()
 
     def check(self) -> bool:
-        """Check both directories; whether the data directory can take writes."""
-        self._report(
-            "FactsyncModelDirMissing", model_dir_problem(self._model_dir),
-            self._metrics.model_dir_present,
-            "the live version keeps serving from memory, but the daemon cannot start again "
-            "until the model directory is back",
-        )
+        """Check the data directory, and the model directory once the model has loaded;
+        whether the data directory can take writes."""
+        if self._watch_model:
+            self._report(
+                "FactsyncModelDirMissing", model_dir_problem(self._model_dir),
+                self._metrics.model_dir_present,
+                "the live version keeps serving from memory, but the daemon cannot start "
+                "again until the model directory is back",
+            )
         return self.data_dir_writable()
 
     def data_dir_writable(self) -> bool:

@@ -101,7 +101,8 @@ class Metrics:
             registry=registry)
         self.model_dir_present = Gauge(
             "factsync_model_dir_present", "1 when the base model's directory still holds its "
-            "config and safetensors weights (needed to start again).", registry=registry)
+            "config and safetensors weights (needed to start again); NaN until the model has "
+            "loaded.", registry=registry)
         self.up = Gauge("factsync_up", "1 while the daemon runs.", registry=registry)
         for metric in CANDIDATE_METRICS:  # so every KPI series exists from the first scrape
             self.candidate_kpi.labels(metric.value)

@@ -300,6 +300,7 @@ class Daemon:
             base = load_model(self.config.model.path, device=self.config.model.device,
                               dtype=self.config.model.dtype, home=self.config.caches,
                               trust_remote_code=self.config.model.trust_remote_code)
+            self.health.model_loaded()
             models = ModelState(base)
             base_perplexity = perplexity(base, list(FLUENCY_TEXTS))
             canaries = choose_canaries(models, self.store, self.catalog)  # on base weights
