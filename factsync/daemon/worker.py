@@ -31,7 +31,7 @@ from factsync.jobs.outcomes import (
     retry_meaning,
 )
 from factsync.jobs.pipeline import JobRunner
-from factsync.jobs.preparation import states, unrepresentable
+from factsync.jobs.preparation import live_states, unrepresentable
 from factsync.jobs.reconciler import Reconciler
 from factsync.store.records import CHANGE_PENDING, CHANGE_QUEUED, FactChange, Job
 from factsync.store.store import StateStore
@@ -224,8 +224,4 @@ class Worker:
         return unrepresentable(self._models.work, change)
 
     def _live_states(self, changes: Sequence[FactChange]) -> list[bool]:
-        pairs = []
-        for change in changes:
-            relation = self._catalog.resolve(change.relation)
-            pairs.append((relation.template.format(change.subject), change.object))
-        return states(self._models.work, pairs)
+        return live_states(self._models.work, self._catalog, changes)

@@ -108,11 +108,6 @@ class LiveVersion:
         order; a listener that raises is logged and the others still run."""
         self._listeners.append(listener)
 
-    @property
-    def version(self) -> Version:
-        """The live version, as the store names it."""
-        return self._store.live_version()
-
     def restore(self) -> LiveChanged:
         """Set the models and engine to the store's live version (start-up)."""
         live = self._store.live_version()

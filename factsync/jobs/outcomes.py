@@ -43,22 +43,8 @@ class RetryMeaning(str, Enum):
         return self is not RetryMeaning.PERMANENT
 
 
-class JobError(Exception):
-    """An error raised by job code that knows what it means for the job's facts."""
-
-    meaning = RetryMeaning.PERMANENT
-
-
-class TemporaryJobError(JobError):
-    """The job could not finish now; try its facts again after a back-off."""
-
-    meaning = RetryMeaning.TEMPORARY
-
-
 def retry_meaning(exc: BaseException) -> RetryMeaning:
     """What ``exc`` means for the facts of the job it stopped."""
-    if isinstance(exc, JobError):
-        return exc.meaning
     if isinstance(exc, OSError) or unwritable_reason(exc) is not None:
         return RetryMeaning.STORAGE
     if isinstance(exc, (MemoryError, torch.OutOfMemoryError)):

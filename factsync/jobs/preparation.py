@@ -52,6 +52,13 @@ def states(loaded: LoadedModel, pairs: Sequence[Prompted]) -> list[bool]:
     return [score.exact for score in score_targets(loaded, rows)]
 
 
+def live_states(loaded: LoadedModel, catalog: RelationCatalog,
+                changes: Sequence[FactChange]) -> list[bool]:
+    """Whether the model already states each change's object on its relation's prompt."""
+    return states(loaded, [(_relation(catalog, c.relation).template.format(c.subject), c.object)
+                           for c in changes])
+
+
 def unrepresentable(loaded: LoadedModel, change: FactChange) -> str | None:
     """Why the model cannot be edited to state ``change``: its tokenizer cannot spell the
     subject or the object; ``None`` when it can."""
@@ -77,9 +84,7 @@ def prepare_job(
     limit = CANDIDATES_PER_SLOT * (editing_wanted + policy.evaluation.held_out_neighbours)
     prepared = []
     for change in changes:
-        relation = catalog.resolve(change.relation)
-        if relation is None:
-            raise ValueError(f"relation {change.relation} is not in the catalog")
+        relation = _relation(catalog, change.relation)
         prompt = relation.template.format(change.subject)
         old = short_answer(greedy(loaded, prompt, ANSWER_TOKENS)) or None
         candidates = neighbour_candidates(store, change, old, limit=limit, exclude=in_job)

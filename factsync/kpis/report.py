@@ -86,9 +86,13 @@ class KpiValues:
     @classmethod
     def from_dict(cls, values: Mapping[str, Any]) -> KpiValues:
         """Read ``to_dict``'s output (or an older report's); unknown names are skipped."""
-        known = {m.value for m in Metric}
-        return cls({Metric(LEGACY_NAMES.get(k, k)): v for k, v in values.items()
-                    if LEGACY_NAMES.get(k, k) in known})
+        known = {}
+        for name, value in values.items():
+            try:
+                known[Metric.parse(name)] = value
+            except ValueError:
+                continue
+        return cls(known)
 
 
 @dataclass(frozen=True)

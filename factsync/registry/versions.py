@@ -17,7 +17,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from factsync import __version__
-from factsync.durable import sync_directory, write_bytes
+from factsync.durable import STAGING_DIR_PREFIX, sync_directory, write_bytes
 
 log = logging.getLogger(__name__)
 
@@ -47,7 +47,7 @@ class VersionFiles:
         ``save_delta`` writes the version's delta and ``save_state`` the engine state it
         leaves (what later edits must know of it), each as a file at the path given.
         """
-        staging = Path(tempfile.mkdtemp(prefix=".staging-", dir=self.root))
+        staging = Path(tempfile.mkdtemp(prefix=STAGING_DIR_PREFIX, dir=self.root))
         try:
             save_delta(staging / DELTA_FILE)
             save_state(staging / ENGINE_STATE_FILE)

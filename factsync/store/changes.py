@@ -15,6 +15,7 @@ from factsync.store.records import (
     CHANGE_SUPERSEDED,
     DesiredFact,
     FactChange,
+    change_from_row,
     where_fields,
 )
 
@@ -155,11 +156,6 @@ def add_pending_change(
          CHANGE_PENDING, change_id),
     )
     return change_id
-
-
-def change_from_row(row: dict[str, Any]) -> FactChange:
-    """A ``FactChange`` from its table row."""
-    return FactChange(**{**row, "deleted": bool(row["deleted"])})
 
 
 def upsert_applied(

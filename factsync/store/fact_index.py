@@ -20,7 +20,13 @@ from collections.abc import Callable, Collection, Iterator
 from contextlib import AbstractContextManager
 from typing import Any
 
-from factsync.store.records import CHANGE_PENDING, AppliedFact, FactChange, KnownFact
+from factsync.store.records import (
+    CHANGE_PENDING,
+    AppliedFact,
+    FactChange,
+    KnownFact,
+    change_from_row,
+)
 
 Key = tuple[str, str]
 """(subject, relation id) of a fact."""
@@ -186,7 +192,7 @@ class FactQueries:
             "SELECT * FROM fact_changes WHERE state = ? AND id > ? ORDER BY id LIMIT ?",
             (CHANGE_PENDING, after, limit),
         )
-        return [FactChange(**{**row, "deleted": bool(row["deleted"])}) for row in rows]
+        return [change_from_row(row) for row in rows]
 
     def latest_pending(self, *, keys: Collection[Key]) -> dict[Key, int]:
         """The id of the newest pending change of each fact ``keys`` names that has one."""

@@ -189,3 +189,8 @@ def where_fields(**fields: Any) -> tuple[str, tuple[Any, ...]]:
     if not used:
         return "", ()
     return "WHERE " + " AND ".join(f"{name} = ?" for name in used), tuple(used.values())
+
+
+def change_from_row(row: dict[str, Any]) -> FactChange:
+    """A ``FactChange`` from its table row."""
+    return FactChange(**{**row, "deleted": bool(row["deleted"])})

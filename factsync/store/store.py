@@ -20,7 +20,6 @@ from factsync.facts.records import FactRecord
 from factsync.store.changes import (
     ChangeRecords,
     add_pending_change,
-    change_from_row,
     upsert_applied,
 )
 from factsync.store.fact_index import FactQueries, object_key, register_functions
@@ -35,6 +34,7 @@ from factsync.store.records import (
     QuarantineEntry,
     StoreError,
     Version,
+    change_from_row,
     decode_json_fields,
     where_fields,
 )

@@ -16,7 +16,6 @@ from factsync.jobs.outcomes import (
     JobInterrupted,
     OutcomeKind,
     RetryMeaning,
-    TemporaryJobError,
     retry_meaning,
 )
 from factsync.jobs.pipeline import JobRunner
@@ -109,7 +108,6 @@ def test_a_stop_request_leaves_the_job_for_a_restart(setup):
     (OSError(errno.ENOSPC, "No space left on device"), RetryMeaning.STORAGE),
     (sqlite3.OperationalError("database or disk is full"), RetryMeaning.STORAGE),
     (MemoryError(), RetryMeaning.TEMPORARY),
-    (TemporaryJobError("device busy"), RetryMeaning.TEMPORARY),
     (ValueError("relation P99 is not in the catalog"), RetryMeaning.PERMANENT),
 ])
 def test_each_error_carries_its_retry_meaning(error, meaning):
