@@ -9,7 +9,6 @@ engine on the base weights, restore the live version (weights and engine state) 
 
 from __future__ import annotations
 
-import fcntl
 import logging
 import os
 import signal
@@ -32,6 +31,7 @@ from factsync.daemon.alerts import (
 from factsync.daemon.api import ApiContext, ApiServer
 from factsync.daemon.config import DaemonConfig
 from factsync.daemon.connectors import build_connector
+from factsync.daemon.data_dir_lock import lock_data_dir
 from factsync.daemon.exporting import Exporter
 from factsync.daemon.host_health import HostHealth
 from factsync.daemon.ingest import Ingest
@@ -58,13 +58,8 @@ from factsync.store.store import StateStore
 log = logging.getLogger(__name__)
 
 STATE_FILE = "state.sqlite"
-LOCK_FILE = "factsync.lock"
 STOP_GRACE_SECONDS = 30.0
 """How long a stop waits for the running job stage; after that the job resumes on restart."""
-
-
-class AlreadyRunning(RuntimeError):
-    """Another factsync process holds the data directory."""
 
 
 class Daemon:
@@ -134,7 +129,7 @@ class Daemon:
         policy = load_policy(config.policy) if config.policy else Policy()
         state_dir = config.state_dir
         state_dir.mkdir(parents=True, exist_ok=True)
-        lock = _lock(state_dir / LOCK_FILE)
+        lock = lock_data_dir(state_dir)
         store = StateStore(state_dir / STATE_FILE)
         versions = VersionFiles(state_dir / "versions")
         versions.prune({v.id for v in store.versions()})
@@ -391,19 +386,3 @@ def _serving_notifiers(config: DaemonConfig) -> list[ServingNotifier]:
     if export.webhook_url:
         notifiers.append(WebhookServingNotifier(export.webhook_url))
     return notifiers
-
-
-def _lock(path: Path):  # noqa: ANN202
-    handle = open(path, "a+")  # noqa: SIM115 - held open for the life of the process
-    try:
-        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError as exc:
-        handle.close()
-        raise AlreadyRunning(
-            f"another factsync process is using {path.parent} (lock {path} is held)"
-        ) from exc
-    handle.seek(0)
-    handle.truncate()
-    handle.write(f"{os.getpid()}\n")
-    handle.flush()
-    return handle

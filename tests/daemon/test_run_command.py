@@ -8,7 +8,7 @@ from pathlib import Path
 
 import yaml
 
-from factsync.daemon.service import LOCK_FILE, _lock
+from factsync.daemon.data_dir_lock import lock_data_dir
 
 SHIPPED = Path(__file__).resolve().parents[2] / "policies"
 
@@ -30,7 +30,7 @@ def test_a_second_instance_on_the_same_data_directory_refuses_to_start(tmp_path)
     config = tmp_path / "config.yaml"
     config.write_text(yaml.safe_dump({"data_dir": str(tmp_path), "api": {"port": 0},
                                       "metrics": {"port": 0}}))
-    held = _lock(tmp_path / LOCK_FILE)
+    held = lock_data_dir(tmp_path)
     try:
         result = factsync("run", "--config", str(config))
     finally:
