@@ -1,12 +1,13 @@
 """The engine: iterative (IME) and neighbour-assisted (NME) editing over MEMIT/AlphaEdit.
 
 One pass is OPTIMIZATION (targets z) then SPREAD (closed-form update). IME runs passes
-on the already-edited model, recomputing keys and z each time, until every fact has
-converged or ``max_iterations`` is reached. A fact converges when its target
-probability after the spread comes within ``converge_tolerance`` of what the
-optimisation reached, or stops improving by ``min_gain``. Converged facts leave the
+on the already-edited model, recomputing keys and z each time, until every fact's edit
+has taken or ``max_iterations`` is reached. An edit has taken when the new object wins
+over the old one (or, with no old object known, is the model's greedy answer) on the
+bare prompt and under every context prefix. Facts whose edit took leave the
 optimisation (their z is costly) but stay in the spread pinned to their current hidden
-state, so later passes do not undo them.
+state, so later passes do not undo them; a fact whose edit did not take is optimised
+again from the model the pass left.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from factsync.editing.covariance import KeyStatistics
 from factsync.editing.delta import ModelDelta, restored_weights
 from factsync.editing.engine_state import EngineState, combined_keys
 from factsync.editing.keys import subject_outputs
+from factsync.editing.outcomes import edit_outcomes
 from factsync.editing.requests import EditRequest
 from factsync.editing.spread import (
     Algorithm,
@@ -32,8 +34,7 @@ from factsync.editing.spread import (
 )
 from factsync.editing.targets import TargetSettings, optimise_targets
 from factsync.models.loading import LoadedModel
-from factsync.models.scoring import score_targets
-from factsync.models.text import PromptSpec, object_ids
+from factsync.typed_yaml import Choice
 
 log = logging.getLogger(__name__)
 
@@ -45,10 +46,8 @@ class EngineSettings:
     Attributes:
         layers: decoder layers to edit; ``None`` takes the family's default window.
         max_iterations: IME passes at most (1 is plain single-pass editing).
-        neighbours: use each request's neighbours in the optimisation (NME).
-        converge_tolerance: a fact has converged once its probability after the spread
-            is within this of the optimisation's probability.
-        min_gain: ... or once a pass raises it by less than this.
+        neighbours: NME: hold each request's neighbours in place, in the optimisation
+            and in the spread.
         target: OPTIMIZATION-stage settings.
         spread: SPREAD-stage settings.
     """
@@ -56,8 +55,6 @@ class EngineSettings:
     layers: tuple[int, ...] | None = None
     max_iterations: int = 3
     neighbours: bool = True
-    converge_tolerance: float = 0.02
-    min_gain: float = 0.01
     target: TargetSettings = field(default_factory=TargetSettings)
     spread: SpreadSettings = field(default_factory=SpreadSettings)
 
@@ -74,6 +71,13 @@ class EngineSettings:
         return list(self.layers or loaded.spec.default_layers(loaded.num_layers))
 
 
+class StopReason(Choice):
+    """Why a fact left IME."""
+
+    TOOK = "took"
+    PASSES_EXHAUSTED = "passes_exhausted"
+
+
 @dataclass(frozen=True)
 class IterationRecord:
     """One fact in one IME pass.
@@ -83,14 +87,14 @@ class IterationRecord:
         optimisation_probability: target probability the z optimisation reached.
         spread_probability: target probability after the pass's weight update.
         steps: z gradient steps taken.
-        converged: whether the fact left the optimisation after this pass.
+        took: whether the edit had taken after this pass (the fact then leaves IME).
     """
 
     iteration: int
     optimisation_probability: float
     spread_probability: float
     steps: int
-    converged: bool
+    took: bool
 
 
 @dataclass(frozen=True)
@@ -131,15 +135,21 @@ class EditResult:
         """Per request, the target probability after its last pass."""
         return [r[-1].spread_probability for r in self.records]
 
+    @property
+    def stop_reasons(self) -> list[StopReason]:
+        """Per request, why it left IME."""
+        return [StopReason.TOOK if r[-1].took else StopReason.PASSES_EXHAUSTED
+                for r in self.records]
+
 
 class EditEngine:
     """Edits one model; holds what persists between jobs.
 
     Owns the sampled context prefixes, AlphaEdit's projectors and the running sum
-    ``K_p K_p^T`` of keys of facts applied earlier. That sum is the live version's
-    state: ``restore`` sets it from the lineage's saved states and ``remember`` adds an
-    applied edit. ``edit`` leaves the model as it found it and returns a delta; callers
-    apply it.
+    ``K_p K_p^T`` of keys of facts applied earlier, which the spread holds in place.
+    That sum is the live version's state: ``restore`` sets it from the lineage's saved
+    states and ``remember`` adds an applied edit. ``edit`` leaves the model as it found
+    it and returns a delta; callers apply it.
     """
 
     def __init__(
@@ -171,10 +181,12 @@ class EditEngine:
             or stats.median_mahalanobis() * (1 - fraction) / fraction
         )
         context = LayerContext(second_moment=stats.second_moment.float(), lam=lam)
-        if spread_settings.algorithm is Algorithm.ALPHAEDIT:
+        alphaedit = spread_settings.algorithm is Algorithm.ALPHAEDIT
+        if alphaedit:
             context.projector = nullspace_projector(
                 stats.second_moment, spread_settings.nullspace_threshold
             )
+        if alphaedit or spread_settings.preserve_applied:
             size = stats.second_moment.shape[0]
             context.preserved = torch.zeros(size, size, dtype=torch.float64)
         return context
@@ -184,7 +196,7 @@ class EditEngine:
         return {layer: c.lam for layer, c in self.layer_contexts.items()}
 
     def remember(self, result: EditResult) -> None:
-        """Record an applied edit's keys, so AlphaEdit preserves them from now on."""
+        """Record an applied edit's keys, so later edits hold them in place."""
         self._preserve(combined_keys([result.state]))
 
     def restore(self, lineage: list[EngineState]) -> None:
@@ -196,7 +208,7 @@ class EditEngine:
         self._preserve(combined_keys(lineage))
 
     def preserved(self) -> dict[int, torch.Tensor]:
-        """A copy of AlphaEdit's ``K_p K_p^T`` per layer (empty under MEMIT)."""
+        """A copy of ``K_p K_p^T`` per layer (empty when nothing is preserved)."""
         return {layer: c.preserved.clone() for layer, c in self.layer_contexts.items()
                 if c.preserved is not None}
 
@@ -216,6 +228,9 @@ class EditEngine:
         started = time.monotonic()
         loaded, settings = self.loaded, self.settings
         prompts = [(r.template, r.subject) for r in requests]
+        protected = [
+            (n.template, n.subject) for r in requests for n in r.neighbours
+        ] if settings.neighbours else []
         last = self.layers[-1]
         paths = [loaded.spec.mlp_out_path(layer) for layer in self.layers]
         records: list[list[IterationRecord]] = [[] for _ in requests]
@@ -236,7 +251,7 @@ class EditEngine:
                     use_neighbours=settings.neighbours,
                 )
                 spread_started = time.monotonic()
-                targets = subject_outputs(loaded, prompts, last)  # pins converged facts
+                targets = subject_outputs(loaded, prompts, last)  # pins facts that took
                 targets[active] = optimised.z.to(targets)
                 step, keys = spread(
                     loaded,
@@ -246,39 +261,36 @@ class EditEngine:
                     self.contexts,
                     self.layer_contexts,
                     settings.spread,
+                    protected=protected,
                 )
                 step.apply(loaded)
                 total = total.compose(step)
                 timings.append(
                     PassTiming(spread_started - pass_started, time.monotonic() - spread_started)
                 )
-                after = self._probabilities([requests[i] for i in active])
-                still = []
+                outcome = edit_outcomes(loaded, [requests[i] for i in active], self.contexts)
                 for slot, fact in enumerate(active):
-                    previous = records[fact][-1].spread_probability if records[fact] else None
-                    reached = optimised.probability[slot]
-                    done = after[slot] >= reached - settings.converge_tolerance or (
-                        previous is not None and after[slot] - previous < settings.min_gain
-                    )
                     records[fact].append(
                         IterationRecord(
-                            iteration, reached, after[slot], optimised.steps[slot], done
+                            iteration,
+                            optimised.probability[slot],
+                            outcome.probability[slot],
+                            optimised.steps[slot],
+                            outcome.took[slot],
                         )
                     )
-                    if not done:
-                        still.append(fact)
+                active = [fact for slot, fact in enumerate(active) if not outcome.took[slot]]
                 log.info(
-                    "IME pass %d: %d of %d facts optimised in %.1fs, spread in %.1fs, %d still "
-                    "unconverged, mean target probability %.3f",
+                    "IME pass %d: %d facts optimised in %.1fs, spread in %.1fs, %d of %d not "
+                    "yet taken, mean target probability %.3f",
                     iteration,
-                    len(active),
-                    len(requests),
+                    len(outcome.took),
                     timings[-1].optimisation_seconds,
                     timings[-1].spread_seconds,
-                    len(still),
+                    len(active),
+                    len(requests),
                     sum(r[-1].spread_probability for r in records) / len(records),
                 )
-                active = still
                 if not active:
                     break
         return EditResult(
@@ -289,13 +301,6 @@ class EditEngine:
             seconds=time.monotonic() - started,
             timings=timings,
         )
-
-    def _probabilities(self, requests: list[EditRequest]) -> list[float]:
-        rows = [
-            PromptSpec(r.template, r.subject, object_ids(self.loaded, r.new_object))
-            for r in requests
-        ]
-        return [score.probability for score in score_targets(self.loaded, rows)]
 
     def _metadata(self) -> dict[str, str]:
         return {

@@ -5,22 +5,29 @@ current hidden state at the last edit layer is split evenly over the layers left
 layer's MLP output projection gets the update that maps the subjects' keys K to that
 share R:
 
-- MEMIT: ``dW = R K^T (lambda C + K K^T)^-1``, C the second moment of keys over a corpus.
+- MEMIT: ``dW = R K^T (lambda C + K_p K_p^T + K K^T)^-1``, C the second moment of keys
+  over a corpus.
 - AlphaEdit: ``dW = R K^T P ((K_p K_p^T + K K^T) P + l2 I)^-1``, P the projector onto the
-  null space of C, K_p the keys of facts applied earlier, so the update leaves corpus keys
-  and earlier edits (nearly) untouched.
+  null space of C, so the update leaves corpus keys (nearly) untouched.
+
+K_p holds keys whose outputs must not move: those of facts applied earlier (their sum of
+outer products is the live version's state, so memory does not grow with history) and
+those of the job's NME neighbours, read from the model as it is. For MEMIT this is the
+least-squares update that also asks ``dW k_p = 0`` of every such key; without it, every
+later job is free to overwrite earlier edits.
 
 Both updates have rank at most the number of facts and come back as factors.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
 
 from factsync.editing.delta import LayerDelta, ModelDelta, restored_weights
-from factsync.editing.keys import subject_keys, subject_outputs
+from factsync.editing.keys import subject_states
 from factsync.models.loading import LoadedModel
 from factsync.typed_yaml import Choice
 
@@ -46,12 +53,15 @@ class SpreadSettings:
         mom2_update_weight: a fixed MEMIT lambda for every layer instead of the derived one.
         nullspace_threshold: AlphaEdit keeps directions whose eigenvalue of C is below
             this fraction of the largest eigenvalue.
+        preserve_applied: MEMIT also holds the keys of facts applied earlier in place
+            (AlphaEdit always does).
     """
 
     algorithm: Algorithm = Algorithm.MEMIT
     update_fraction: float = 0.3
     mom2_update_weight: float | None = None
     nullspace_threshold: float = 1e-2
+    preserve_applied: bool = True
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "algorithm", Algorithm.parse(self.algorithm, "algorithm"))
@@ -62,14 +72,21 @@ class SpreadSettings:
 
 
 def memit_update(
-    keys: torch.Tensor, residual: torch.Tensor, second_moment: torch.Tensor, lam: float
+    keys: torch.Tensor,
+    residual: torch.Tensor,
+    second_moment: torch.Tensor,
+    lam: float,
+    preserved: torch.Tensor | None = None,
 ) -> LayerDelta:
-    """``dW = R K^T (lambda C + K K^T)^-1`` as factors.
+    """``dW = R K^T (lambda C + K_p K_p^T + K K^T)^-1`` as factors.
 
-    keys (key, n), residual (value, n), second_moment (key, key). Solved in float64.
+    keys (key, n), residual (value, n), second_moment (key, key), preserved
+    ``K_p K_p^T`` (key, key) or ``None``. Solved in float64.
     """
     k = keys.double()
     system = lam * second_moment.double().to(k.device) + k @ k.T  # (key, key)
+    if preserved is not None:
+        system += preserved.double().to(k.device)
     adjusted = torch.linalg.solve(system, k)  # (key, n); symmetric system, so dW = R adj^T
     return LayerDelta(up=residual.float(), down=adjusted.float())
 
@@ -109,7 +126,7 @@ class LayerContext:
         second_moment: C, (key, key) mean of k k^T over the corpus.
         lam: MEMIT's lambda for this layer.
         projector: AlphaEdit's null-space projector (key, key), when used.
-        preserved: AlphaEdit's ``K_p K_p^T`` (key, key) of earlier edits, when used.
+        preserved: ``K_p K_p^T`` (key, key) of earlier edits, when they are preserved.
     """
 
     second_moment: torch.Tensor
@@ -126,33 +143,54 @@ def spread(
     contexts: list[str],
     layer_contexts: dict[int, LayerContext],
     settings: SpreadSettings,
+    *,
+    protected: Sequence[tuple[str, str]] = (),
 ) -> tuple[ModelDelta, dict[int, torch.Tensor]]:
     """Spread targets z (facts, hidden) at ``layers[-1]`` over ``layers``.
 
-    ``prompts`` holds each fact's (template, subject). Returns the delta and the keys
-    (key, groups) used at each layer. Leaves the model's weights as it found them.
+    ``prompts`` holds each fact's (template, subject); ``protected`` the (template,
+    subject) of facts whose outputs must stay where they are now (NME neighbours).
+    Returns the delta and the keys (key, groups) used at each layer. Leaves the
+    model's weights as it found them.
     """
     paths = [loaded.spec.mlp_out_path(layer) for layer in layers]
     delta = ModelDelta(layers={}, layout=loaded.spec.weight_layout)
     used_keys: dict[int, torch.Tensor] = {}
     with restored_weights(loaded, paths):
         for position, (layer, path) in enumerate(zip(layers, paths, strict=True)):
-            keys, owners = subject_keys(loaded, prompts, layer, contexts)  # (key, groups)
-            current = subject_outputs(loaded, prompts, layers[-1])  # (facts, hidden)
-            share = (targets.to(current) - current) / (len(layers) - position)  # (facts, hidden)
-            share = share[owners].T  # (hidden, groups): every key of a fact gets its share
+            states = subject_states(loaded, prompts, layer, layers[-1], contexts)
+            keys = states.keys  # (key, groups)
+            share = (targets.to(states.outputs) - states.outputs) / (len(layers) - position)
+            share = share[states.owners].T  # (hidden, groups): every key of a fact gets its share
             context = layer_contexts[layer]
+            held = _held_in_place(loaded, context, protected, layer)
             if settings.algorithm is Algorithm.MEMIT:
-                update = memit_update(keys, share, context.second_moment, context.lam)
+                update = memit_update(keys, share, context.second_moment, context.lam, held)
             else:
-                if context.projector is None or context.preserved is None:
+                if context.projector is None or held is None:
                     raise ValueError(f"AlphaEdit needs a projector and preserved keys at {layer}")
                 projected = (keys * (context.projector.to(keys) @ keys)).sum(dim=0)  # k^T P k
                 fraction = settings.update_fraction
                 l2 = float(projected.mean()) * (1 - fraction) / fraction
-                update = alphaedit_update(keys, share, context.projector, context.preserved, l2)
+                update = alphaedit_update(keys, share, context.projector, held, l2)
             step = ModelDelta(layers={path: update}, layout=delta.layout)
             step.apply(loaded)  # later layers see this one; restored_weights undoes it
             delta = delta.compose(step)
             used_keys[layer] = keys
     return delta, used_keys
+
+
+def _held_in_place(
+    loaded: LoadedModel,
+    context: LayerContext,
+    protected: Sequence[tuple[str, str]],
+    layer: int,
+) -> torch.Tensor | None:
+    """``K_p K_p^T`` at ``layer``: earlier edits' keys plus the protected facts' keys."""
+    if not protected:
+        return context.preserved
+    keys = subject_states(loaded, protected, layer, layer, [""]).keys.double()
+    product = keys @ keys.T
+    return product if context.preserved is None else context.preserved + product.to(
+        context.preserved
+    )

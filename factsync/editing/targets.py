@@ -3,13 +3,16 @@
 For every fact, a delta added to the residual stream at the subject's last token of the
 last edit layer is optimised so the model predicts the new object after the prompt
 (under every context prefix), keeps its "{subject} is a" distribution (KL term) and,
-with neighbour assistance (NME), keeps each neighbour's object when the same delta sits
-at the neighbour's subject. The target is ``z = h + delta``.
+with neighbour assistance (NME), keeps each neighbour's next-token distribution as it
+was before the edit (a KL term at about the weight of one rewrite prompt among seven)
+when the same delta sits at the neighbour's subject. The target is ``z = h + delta``.
 
 All facts of a chunk share one padded batch with one delta per fact; the per-fact losses
 are summed, so each fact's gradient is the one it would get alone. A fact stops as soon
-as its target is likely enough, and its rows leave the batch. The frozen layers below
-the edit point run once per chunk, not once per step.
+as its target is likely enough and its neighbours have not moved, and its rows leave the
+batch. The frozen layers below the edit point run once per chunk, not once per step,
+and so do the tokens before each row's subject (``models.prefix``): every step runs
+only the subject's last token and what follows it, in the layers above the edit point.
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ import torch
 from factsync.editing.requests import EditRequest
 from factsync.models.hooks import add_at_positions, capture_hidden, frozen_parameters, replay_below
 from factsync.models.loading import LoadedModel
+from factsync.models.prefix import align_at_subject, full_forward, prefix_states, suffix_forward
 from factsync.models.scoring import target_nll
 from factsync.models.text import PromptSpec, encode, object_ids
 
@@ -41,7 +45,10 @@ class TargetSettings:
         clamp_norm_factor: the delta's norm is kept at most this times ``|h|``.
         stop_nll: a fact stops once its mean target NLL over the rewrite prompts is
             below this (nats per token; 0.05 is a probability of about 0.95).
-        neighbour_weight: weight of the neighbours' NLL when NME is on.
+        neighbour_weight: weight of the neighbours' KL term when NME is on; 1/7 weighs
+            it like one prompt among the six rewrite prompts and itself.
+        neighbour_stop_kl: a fact with neighbours stops only once their mean KL from
+            the pre-edit distribution is at most this (nats).
         chunk_size: facts per padded batch (about 10 is fastest on CPU).
         replay_frozen: compute the layers below the edit point once per chunk.
     """
@@ -52,7 +59,8 @@ class TargetSettings:
     weight_decay: float = 0.5
     clamp_norm_factor: float = 4.0
     stop_nll: float = 0.05
-    neighbour_weight: float = 1.0
+    neighbour_weight: float = 1 / 7
+    neighbour_stop_kl: float = 0.05
     chunk_size: int = 10
     replay_frozen: bool = True
 
@@ -60,7 +68,7 @@ class TargetSettings:
         for name in ("steps", "chunk_size"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
-        for name in ("learning_rate", "clamp_norm_factor", "stop_nll"):
+        for name in ("learning_rate", "clamp_norm_factor", "stop_nll", "neighbour_stop_kl"):
             if not getattr(self, name) > 0:
                 raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
 
@@ -155,18 +163,25 @@ def _optimise_chunk(
 ) -> TargetResult:
     device = loaded.device
     rows = _build_rows(loaded, requests, contexts, use_neighbours)
-    batch = encode(loaded, rows.specs)
+    aligned = align_at_subject(encode(loaded, rows.specs))
+    split = aligned.split
     fact_of_row = torch.tensor(rows.fact, device=device)
     kind = {
         k: torch.tensor([x == k for x in rows.kind], device=device)
         for k in ("rewrite", "kl", "neighbour")
     }
+    bare = torch.zeros(len(rows.specs), dtype=torch.bool, device=device)
+    bare[rows.bare] = True
 
+    forward, cache = full_forward(aligned)
     with torch.no_grad(), capture_hidden(loaded, [layer]) as captured:
-        # Reference next-token distributions; the KL term keeps "{subject} is a" ones.
-        _, _, _, kl_reference = target_nll(loaded, batch)
+        # Reference next-token distributions: the KL terms keep "{subject} is a" and
+        # the neighbours' prompts as the model had them before the edit.
+        _, _, _, reference = target_nll(loaded, aligned.full, **forward)
     hidden = captured[layer].detach()  # (rows, tokens, hidden)
-    initial = hidden[torch.tensor(rows.bare, device=device), batch.subject_last[rows.bare]].float()
+    prefix = prefix_states(cache, split)
+    suffix = aligned.suffix()
+    initial = hidden[torch.tensor(rows.bare, device=device), split].float()
 
     deltas = [torch.zeros_like(initial[f], requires_grad=True) for f in range(len(requests))]
     optimiser = torch.optim.Adam(deltas, lr=settings.learning_rate)
@@ -188,44 +203,57 @@ def _optimise_chunk(
         for step in range(settings.steps + 1):
             chosen = torch.nonzero(torch.isin(fact_of_row, torch.tensor(active, device=device)))
             chosen = chosen.squeeze(1)  # (active rows,)
-            sub = batch.select(chosen)
-            local_fact = fact_of_row[chosen]
-            state["rows"] = torch.arange(len(chosen), device=device)
-            state["positions"] = sub.subject_last
             slot = torch.full((len(requests),), -1, dtype=torch.long, device=device)
             slot[active] = torch.arange(len(active), device=device)
-            # Only active deltas enter the graph, so finished ones get no gradient at all.
-            state["vectors"] = torch.stack([deltas[f] for f in active])[slot[local_fact]]
+            row_slot = slot[fact_of_row[chosen]]  # (active rows,) index into ``active``
             if replay is not None:
-                replay.replay = hidden[chosen]
-            nll, _, _, log_probs = target_nll(loaded, sub)  # (active rows,), (active rows, vocab)
-            kl_rows = kl_reference[chosen]
+                sub = suffix.select(chosen)
+                arguments = suffix_forward(aligned, prefix, chosen)
+                replay.replay = hidden[chosen, split:]
+            else:
+                sub = aligned.full.select(chosen)
+                arguments = {"position_ids": aligned.positions[chosen]}
+            state["rows"] = torch.arange(len(chosen), device=device)
+            state["positions"] = sub.subject_last
+            # Only active deltas enter the graph, so finished ones get no gradient at all.
+            vectors = torch.stack([deltas[f] for f in active])  # (active, hidden)
+            state["vectors"] = vectors[row_slot]
+            nll, _, _, log_probs = target_nll(loaded, sub, **arguments)
+            kl_rows = reference[chosen]
             kl = (kl_rows.exp() * (kl_rows - log_probs)).sum(dim=-1)  # (active rows,)
 
-            losses, finished = [], []
-            for fact in active:
-                mine = local_fact == fact
-                rewrite_nll = nll[mine & kind["rewrite"][chosen]].mean()
-                loss = rewrite_nll + settings.kl_factor * kl[mine & kind["kl"][chosen]].sum()
-                neighbours = mine & kind["neighbour"][chosen]
-                if neighbours.any():
-                    loss = loss + settings.neighbour_weight * nll[neighbours].mean()
-                decay = deltas[fact].norm() ** 2 / initial[fact].norm() ** 2
-                losses.append(loss + settings.weight_decay * decay)
-                bare_row = int(torch.nonzero(chosen == rows.bare[fact])[0, 0])
-                probability[fact] = math.exp(-float(nll[bare_row].detach()))
+            masks = {name: mask[chosen] for name, mask in kind.items()}
+            rewrite_nll = _mean_per_fact(nll, masks["rewrite"], row_slot, len(active))
+            neighbour_kl = _mean_per_fact(kl, masks["neighbour"], row_slot, len(active))
+            decay = vectors.norm(dim=1) ** 2 / initial[active].norm(dim=1) ** 2
+            losses = (
+                rewrite_nll
+                + settings.kl_factor * _mean_per_fact(kl, masks["kl"], row_slot, len(active))
+                + settings.neighbour_weight * neighbour_kl
+                + settings.weight_decay * decay
+            )
+            bare_nll = torch.zeros(len(active), device=device).index_add(
+                0, row_slot[bare[chosen]], nll[bare[chosen]]
+            )
+            done = (rewrite_nll < settings.stop_nll) & (neighbour_kl <= settings.neighbour_stop_kl)
+            finished = []
+            for position, (fact, nll_value, stop) in enumerate(
+                zip(active, bare_nll.tolist(), done.tolist(), strict=True)
+            ):
+                probability[fact] = math.exp(-nll_value)
                 steps[fact] = step
-                if float(rewrite_nll.detach()) < settings.stop_nll or step == settings.steps:
-                    finished.append(fact)
-            still = [f for f in active if f not in finished]
+                if stop or step == settings.steps:
+                    finished.append(position)
+            still = [f for position, f in enumerate(active) if position not in finished]
             if not still:
                 break
             optimiser.zero_grad(set_to_none=True)
-            kept = [loss for fact, loss in zip(active, losses, strict=True) if fact in still]
-            torch.stack(kept).sum().backward()
-            for fact in finished:
+            keep = torch.ones(len(active), dtype=torch.bool, device=device)
+            keep[finished] = False
+            losses[keep].sum().backward()
+            for position in finished:
                 # A zero gradient, unlike None, would let Adam's momentum move the fact.
-                deltas[fact].grad = None
+                deltas[active[position]].grad = None
             optimiser.step()
             with torch.no_grad():
                 for fact in still:
@@ -236,3 +264,17 @@ def _optimise_chunk(
 
     z = initial + torch.stack([d.detach() for d in deltas])
     return TargetResult(z=z, initial=initial, probability=probability, steps=steps)
+
+
+def _mean_per_fact(
+    values: torch.Tensor, mask: torch.Tensor, row_slot: torch.Tensor, facts: int
+) -> torch.Tensor:
+    """(facts,) mean of ``values`` over each fact's rows in ``mask``; 0 for a fact with none.
+
+    ``row_slot`` gives each row's fact.
+    """
+    total = torch.zeros(facts, device=values.device).index_add(0, row_slot[mask], values[mask])
+    count = torch.zeros(facts, device=values.device).index_add(
+        0, row_slot[mask], torch.ones_like(values[mask])
+    )
+    return total / count.clamp(min=1)

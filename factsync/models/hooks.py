@@ -8,7 +8,7 @@ both work.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from typing import Any
 
 import torch
@@ -136,6 +136,27 @@ def replay_below(loaded: LoadedModel, layer: int) -> Iterator[_Replay]:
     finally:
         for index, original in enumerate(originals):
             layers[index] = original
+
+
+class _LayerReached(Exception):
+    """Raised by ``forward_through`` to end a forward pass at a layer."""
+
+
+def forward_through(loaded: LoadedModel, layer: int, **inputs: Any) -> None:
+    """Run the decoder stack on ``inputs`` up to and including decoder ``layer`` only.
+
+    For passes that only read states at or below ``layer`` (keys, hidden states):
+    the layers above it and the vocabulary projection are never run. Capture hooks on
+    ``layer`` must be registered before the call; they run before the pass ends.
+    """
+
+    def stop(_module: nn.Module, _args: tuple[Any, ...], _output: Any) -> None:
+        raise _LayerReached
+
+    with forward_hooks(loaded.model, {loaded.spec.layer_path(layer): stop}), suppress(
+        _LayerReached
+    ):
+        loaded.model.base_model(**inputs)
 
 
 @contextmanager

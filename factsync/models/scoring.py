@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 
@@ -32,23 +33,29 @@ class TargetScore:
 
 
 def output_logits(
-    loaded: LoadedModel, batch: PromptBatch, rows: torch.Tensor, positions: torch.Tensor
+    loaded: LoadedModel,
+    batch: PromptBatch,
+    rows: torch.Tensor,
+    positions: torch.Tensor,
+    **forward: Any,
 ) -> torch.Tensor:
     """Logits at chosen (row, position) pairs only: (pairs, vocab).
 
     Runs the decoder stack once and projects onto the vocabulary only where a logit is
-    read, instead of at every padded position.
+    read, instead of at every padded position. ``forward`` adds or replaces keyword
+    arguments of the decoder stack's forward (a cache, positions, a longer mask).
     """
-    hidden = loaded.model.base_model(
-        input_ids=batch.input_ids, attention_mask=batch.attention_mask
-    ).last_hidden_state  # (batch, tokens, hidden)
+    arguments = {"input_ids": batch.input_ids, "attention_mask": batch.attention_mask} | forward
+    hidden = loaded.model.base_model(**arguments).last_hidden_state  # (batch, tokens, hidden)
     return loaded.model.get_output_embeddings()(hidden[rows, positions]).float()
 
 
 def target_nll(
-    loaded: LoadedModel, batch: PromptBatch
+    loaded: LoadedModel, batch: PromptBatch, **forward: Any
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """Forward ``batch`` and score its targets; differentiable in the NLL.
+
+    ``forward`` is passed on to ``output_logits``.
 
     Returns (mean target NLL per row (batch,), exact-match flag per row (batch,), argmax
     id per target token in row order (targets,), next-token log-probabilities after each
@@ -60,7 +67,11 @@ def target_nll(
     every_row = torch.arange(size, device=device)
     # One projection serves the target tokens and every row's next-token distribution.
     logits = output_logits(
-        loaded, batch, torch.cat([rows, every_row]), torch.cat([logit_pos, batch.prompt_last])
+        loaded,
+        batch,
+        torch.cat([rows, every_row]),
+        torch.cat([logit_pos, batch.prompt_last]),
+        **forward,
     )
     log_probs = torch.log_softmax(logits, dim=-1)  # (targets + batch, vocab)
     target_log_probs, next_token = log_probs[: len(rows)], log_probs[len(rows) :]

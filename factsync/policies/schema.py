@@ -121,9 +121,8 @@ class EditingPolicy:
         max_neighbours: NME neighbours per fact at most.
         update_fraction: share of each requested change one layer's update carries.
         layers: decoder layers to edit; unset takes the model family's default window.
-        converge_tolerance: a fact leaves IME once its probability after the spread is
-            within this of what the optimisation reached.
-        min_gain: ... or once a pass raises it by less than this.
+        preserve_applied: MEMIT holds the keys of facts applied earlier in place
+            (AlphaEdit always does).
         mom2_update_weight: a fixed MEMIT lambda for every layer instead of the derived one.
         nullspace_threshold: AlphaEdit keeps directions of the key second moment whose
             eigenvalue is below this fraction of the largest.
@@ -136,8 +135,7 @@ class EditingPolicy:
     max_neighbours: int = 2
     update_fraction: float = SpreadSettings.update_fraction
     layers: tuple[int, ...] | None = None
-    converge_tolerance: float = EngineSettings.converge_tolerance
-    min_gain: float = EngineSettings.min_gain
+    preserve_applied: bool = SpreadSettings.preserve_applied
     mom2_update_weight: float | None = None
     nullspace_threshold: float = SpreadSettings.nullspace_threshold
     target: TargetSettings = field(default_factory=TargetSettings)
@@ -153,13 +151,12 @@ class EditingPolicy:
             layers=self.layers,
             max_iterations=self.max_iterations,
             neighbours=self.neighbours,
-            converge_tolerance=self.converge_tolerance,
-            min_gain=self.min_gain,
             target=self.target,
             spread=SpreadSettings(algorithm=self.algorithm,
                                   update_fraction=self.update_fraction,
                                   mom2_update_weight=self.mom2_update_weight,
-                                  nullspace_threshold=self.nullspace_threshold),
+                                  nullspace_threshold=self.nullspace_threshold,
+                                  preserve_applied=self.preserve_applied),
         )
 
 

@@ -8,8 +8,9 @@ import pytest
 import torch
 
 from factsync.editing.delta import applied
-from factsync.editing.engine import EditEngine, EngineSettings
+from factsync.editing.engine import EditEngine, EngineSettings, StopReason
 from factsync.editing.keys import subject_outputs
+from factsync.editing.outcomes import edit_outcomes
 from factsync.editing.requests import EditRequest, Neighbour
 from factsync.editing.spread import spread
 from factsync.editing.targets import TargetSettings, optimise_targets
@@ -128,8 +129,8 @@ def test_edit_leaves_the_model_as_found_and_records_every_pass(
     for records in result.records:
         assert 1 <= len(records) <= 3
         assert [r.iteration for r in records] == list(range(1, len(records) + 1))
-        assert records[-1].converged or len(records) == 3
-        assert not any(r.converged for r in records[:-1])
+        assert records[-1].took or len(records) == 3
+        assert not any(r.took for r in records[:-1])
     # One pass adds at most one key per fact and subject tokenisation per layer.
     max_rank = result.iterations * len(REQUESTS) * len(engine.contexts)
     assert all(u.rank <= max_rank for u in result.delta.layers.values())
@@ -145,12 +146,29 @@ def test_single_pass_runs_once_and_records_both_stages(tiny_engine, tiny_loaded)
         assert 0 <= record.optimisation_probability <= 1
 
 
-def test_converged_facts_leave_the_optimisation(tiny_engine, tiny_loaded):
+def test_facts_leave_ime_when_their_edit_took_and_only_then(tiny_engine, tiny_loaded):
     loaded = tiny_loaded()
-    # A tolerance of 1 marks every fact converged after its first pass.
-    result = tiny_engine(loaded, max_iterations=4, converge_tolerance=1.0).edit(REQUESTS)
-    assert result.iterations == 1
-    assert all(len(r) == 1 and r[0].converged for r in result.records)
+    result = tiny_engine(loaded, max_iterations=3).edit(REQUESTS)
+    with applied(loaded, result.delta):
+        took = edit_outcomes(loaded, REQUESTS, tiny_engine(loaded).contexts).took
+    for records, reason, now in zip(result.records, result.stop_reasons, took, strict=True):
+        assert [r.took for r in records[:-1]] == [False] * (len(records) - 1)
+        if records[-1].took:
+            assert reason is StopReason.TOOK and now
+        else:
+            assert reason is StopReason.PASSES_EXHAUSTED and len(records) == 3
+
+
+def test_an_edit_that_did_not_take_is_optimised_again(tiny_engine, tiny_loaded):
+    loaded = tiny_loaded()
+    # Too few steps and a tiny update fraction: no edit can take in one pass.
+    engine = _with_spread(tiny_engine(loaded, max_iterations=2), update_fraction=0.01)
+    result = engine.edit(REQUESTS[1:2])
+    (records,) = result.records
+    assert [r.iteration for r in records] == [1, 2]
+    assert not records[0].took
+    assert result.stop_reasons[0] is (StopReason.TOOK if records[1].took
+                                      else StopReason.PASSES_EXHAUSTED)
 
 
 def test_alphaedit_remembers_applied_keys(tiny_engine, tiny_loaded):
@@ -196,3 +214,32 @@ def test_every_pass_is_timed_by_stage(tiny_engine, tiny_loaded):
     assert len(result.timings) == result.iterations
     for timing in result.timings:
         assert timing.optimisation_seconds > 0 and timing.spread_seconds > 0
+
+
+@pytest.mark.parametrize(("preserve", "expected"), [(True, True), (False, False)])
+def test_memit_remembers_applied_keys_unless_told_not_to(
+    tiny_engine, tiny_loaded, preserve, expected
+):
+    engine = _with_spread(tiny_engine(tiny_loaded()), preserve_applied=preserve)
+    engine.remember(engine.edit(REQUESTS[:1]))
+    assert bool(engine.preserved()) is expected
+    if expected:
+        assert all(torch.count_nonzero(m) > 0 for m in engine.preserved().values())
+
+
+def test_nme_neighbours_are_held_in_place_by_the_spread(tiny_engine, tiny_loaded):
+    loaded = tiny_loaded()
+    engine = tiny_engine(loaded)
+    prompts = [(r.template, r.subject) for r in REQUESTS]
+    neighbours = [("{} is owned by", "Skype"), ("The capital of {} is", "Berlin")]
+    last = engine.layers[-1]
+    current = subject_outputs(loaded, prompts, last)
+    targets = current + 0.5 * current.norm(dim=1, keepdim=True)
+    moved = {}
+    for protected in ([], neighbours):
+        delta, _ = spread(loaded, prompts, targets, engine.layers, engine.contexts,
+                          engine.layer_contexts, engine.settings.spread, protected=protected)
+        before = subject_outputs(loaded, neighbours, last)
+        with applied(loaded, delta):
+            moved[bool(protected)] = (subject_outputs(loaded, neighbours, last) - before).norm()
+    assert moved[True] < 0.5 * moved[False]

@@ -55,3 +55,16 @@ def test_alphaedit_preserves_earlier_edit_keys():
     kept = alphaedit_update(keys, residual, projector, 1e4 * earlier @ earlier.T, l2=1e-3)
     drift = lambda u: ((u.up @ u.down.T) @ earlier).norm()  # noqa: E731
     assert drift(kept) < 0.01 * drift(free)
+
+
+def test_memit_holds_preserved_keys_in_place():
+    size = 24
+    covariance = _covariance(size)
+    earlier = torch.randn(size, 3)
+    keys, residual = torch.randn(size, 2), torch.randn(6, 2)
+    free = memit_update(keys, residual, covariance, 1.0)
+    kept = memit_update(keys, residual, covariance, 1.0, 1e4 * earlier @ earlier.T)
+    drift = lambda u: ((u.up @ u.down.T) @ earlier).norm()  # noqa: E731
+    assert drift(kept) < 0.01 * drift(free)
+    # the new keys still move: the constraint binds only the preserved directions
+    assert ((kept.up @ kept.down.T) @ keys).norm() > 0.1 * ((free.up @ free.down.T) @ keys).norm()

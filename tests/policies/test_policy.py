@@ -134,15 +134,16 @@ def test_the_editing_section_and_the_command_line_default_to_the_engine_defaults
 
 def test_every_engine_knob_is_reachable_from_the_policy(tmp_path):
     editing = {"algorithm": "alphaedit", "max_iterations": 5, "neighbours": False,
-               "update_fraction": 0.4, "layers": [1, 2], "converge_tolerance": 0.1,
-               "min_gain": 0.03, "mom2_update_weight": 900.0, "nullspace_threshold": 0.05,
+               "update_fraction": 0.4, "layers": [1, 2], "preserve_applied": False,
+               "mom2_update_weight": 900.0, "nullspace_threshold": 0.05,
                "target": {"steps": 7, "chunk_size": 4, "kl_factor": 0.1}}
     settings = load_policy(write(tmp_path, {"editing": editing})).editing.engine_settings()
     assert settings == EngineSettings(
-        layers=(1, 2), max_iterations=5, neighbours=False, converge_tolerance=0.1,
-        min_gain=0.03, target=TargetSettings(steps=7, chunk_size=4, kl_factor=0.1),
+        layers=(1, 2), max_iterations=5, neighbours=False,
+        target=TargetSettings(steps=7, chunk_size=4, kl_factor=0.1),
         spread=SpreadSettings(algorithm="alphaedit", update_fraction=0.4,
-                              mom2_update_weight=900.0, nullspace_threshold=0.05))
+                              mom2_update_weight=900.0, nullspace_threshold=0.05,
+                              preserve_applied=False))
 
 
 @pytest.mark.parametrize(("editing", "message"), [
