@@ -15,7 +15,7 @@ import torch
 from factsync.bench.counterfact import MethodRow, run_counterfact
 from factsync.editing.covariance import compute_key_statistics
 from factsync.editing.engine import EngineSettings
-from factsync.evaluation.counterfact import CounterfactCase
+from factsync.evaluation.cases import EvalCase
 from factsync.models.loading import LoadedModel
 
 
@@ -41,7 +41,7 @@ class BudgetRow:
 
 def run_budget_study(
     loaded: LoadedModel,
-    cases: list[CounterfactCase],
+    cases: list[EvalCase],
     budgets: list[int],
     *,
     texts: list[str],
@@ -91,10 +91,11 @@ def format_budget_table(rows: list[BudgetRow]) -> str:
         "------ | ------- | --------- | ------ | -------- | --------- | --------- | ---------",
     ]
     for row in rows:
-        scores = row.edits.scores
+        edits = row.edits
         lines.append(
             f"{row.budget} | {row.seconds:.1f} | {row.moment_error:.3f} | {row.lambda_mean:.0f} | "
-            f"{scores.efficacy_success:.3f} | {scores.paraphrase_success or 0:.3f} | "
-            f"{scores.neighbourhood_success or 0:.3f} | {row.edits.perplexity_ratio:.4f}"
+            f"{edits.mean('efficacy_success') or 0:.3f} | "
+            f"{edits.mean('paraphrase_success') or 0:.3f} | "
+            f"{edits.mean('neighbourhood_success') or 0:.3f} | {edits.perplexity_ratio:.4f}"
         )
     return "\n".join(lines)

@@ -1,46 +1,31 @@
-"""``factsync bench counterfact``: editing methods side by side on COUNTERFACT records.
+"""``factsync bench counterfact``: editing methods side by side on COUNTERFACT or ZsRE records.
 
 Every method edits the same records in sequential batches on the same model (edits of
-earlier batches stay applied, as in a deployed model), then all records are scored.
-NME neighbours come from each record's neighbourhood samples that the unedited model
-gets right; specificity is scored on the record's other neighbourhood prompts only.
+earlier batches stay applied, as in a deployed model), then all records are scored, one
+value per record (``evaluation.suites``); the table gives each metric's mean over the
+records with its 95% bootstrap interval. NME neighbours and the scored neighbourhood
+come from ``prepare_suite``: a prompt that any record edits with is scored for none.
 """
 
 from __future__ import annotations
 
 import logging
 import time
-from dataclasses import asdict, dataclass, replace
+from dataclasses import dataclass, replace
 
 from tqdm import tqdm
 
 from factsync.editing.covariance import KeyStatistics
 from factsync.editing.engine import EditEngine, EngineSettings
-from factsync.evaluation.counterfact import CounterfactCase, with_neighbours
 from factsync.evaluation.fluency import perplexity
-from factsync.evaluation.probes import (
-    Probe,
-    ProbeScores,
-    neighbourhood_reference,
-    score_probes,
-)
+from factsync.evaluation.intervals import Interval, bootstrap_interval, format_interval
+from factsync.evaluation.record_scores import METRICS
+from factsync.evaluation.suites import EvalCase, Suite, prepare_suite
 from factsync.models.loading import LoadedModel
-from factsync.models.scoring import score_targets
-from factsync.models.text import PromptSpec, object_ids
 
 log = logging.getLogger(__name__)
 
-COLUMNS = (
-    "efficacy_success",
-    "efficacy_accuracy",
-    "paraphrase_success",
-    "paraphrase_accuracy",
-    "neighbourhood_success",
-    "neighbourhood_accuracy",
-    "perplexity_ratio",
-    "iterations_mean",
-    "seconds",
-)
+COLUMNS = (*METRICS, "perplexity_ratio", "iterations_mean", "seconds")
 
 
 def standard_methods(base: EngineSettings, max_iterations: int) -> dict[str, EngineSettings]:
@@ -58,65 +43,47 @@ def standard_methods(base: EngineSettings, max_iterations: int) -> dict[str, Eng
 
 @dataclass(frozen=True)
 class MethodRow:
-    """One row of the table: the probe KPIs plus fluency, passes and time."""
+    """One row of the table: per-record scores plus fluency, passes and time.
 
-    scores: ProbeScores
+    Attributes:
+        values: per metric of ``METRICS``, its value for each record (``None`` where the
+            record has nothing of that kind).
+        perplexity_ratio: perplexity on the fluency texts against the unedited model's.
+        iterations_mean: IME passes per fact, on average.
+        seconds: editing time over every batch.
+    """
+
+    values: dict[str, list[float | None]]
     perplexity_ratio: float
     iterations_mean: float
     seconds: float
 
+    def mean(self, metric: str) -> float | None:
+        """Mean of ``metric`` over the records that have a value; ``None`` if none has."""
+        present = self._present(metric)
+        return sum(present) / len(present) if present else None
+
+    def interval(self, metric: str) -> Interval | None:
+        """95% bootstrap interval of ``metric``'s mean over records; ``None`` if none has."""
+        present = self._present(metric)
+        return bootstrap_interval(present) if present else None
+
     def flat(self) -> dict[str, float | None]:
         """Every column by name, as the JSON report spells them."""
-        extra = {k: v for k, v in asdict(self).items() if k != "scores"}
-        return asdict(self.scores) | extra
+        means: dict[str, float | None] = {metric: self.mean(metric) for metric in METRICS}
+        return means | {
+            "perplexity_ratio": self.perplexity_ratio,
+            "iterations_mean": self.iterations_mean,
+            "seconds": self.seconds,
+        }
 
-
-@dataclass(frozen=True)
-class Split:
-    """Per case: neighbours to edit with, and probes scored for specificity."""
-
-    editing: list[list[tuple[str, str]]]
-    probes: list[Probe]
-
-
-def split_neighbours(loaded: LoadedModel, cases: list[CounterfactCase], per_fact: int) -> Split:
-    """Choose up to ``per_fact`` editing neighbours per case, disjoint from scoring ones.
-
-    A neighbour qualifies for editing when the unedited model gets it right: its true
-    object is more likely than the new one (the same test neighbourhood success applies;
-    a teacher-forced exact match is too rare on a small model to give most records a
-    neighbour). The rest are scored for specificity.
-    """
-    pairs = [(i, s) for i, case in enumerate(cases) for s in case.neighbourhood]
-    rows = []
-    for i, (subject, template) in pairs:
-        request = cases[i].request
-        for obj in (request.old_object or "", request.new_object):
-            rows.append(PromptSpec(template, subject, object_ids(loaded, obj)))
-    scores = score_targets(loaded, rows)
-    knows = [
-        old.mean_nll < new.mean_nll for old, new in zip(scores[::2], scores[1::2], strict=True)
-    ]
-    editing: list[list[tuple[str, str]]] = [[] for _ in cases]
-    scored: list[list[str]] = [[] for _ in cases]
-    seen: list[set[str]] = [set() for _ in cases]
-    for (index, (subject, template)), right in zip(pairs, knows, strict=True):
-        prompt = template.format(subject)
-        if right and len(editing[index]) < per_fact and prompt not in seen[index]:
-            editing[index].append((subject, template))
-        elif prompt not in {t.format(s) for s, t in editing[index]}:
-            scored[index].append(prompt)
-        seen[index].add(prompt)
-    probes = [
-        Probe(request=case.request, paraphrases=case.paraphrases, neighbourhood=tuple(scored[i]))
-        for i, case in enumerate(cases)
-    ]
-    return Split(editing=editing, probes=probes)
+    def _present(self, metric: str) -> list[float]:
+        return [value for value in self.values[metric] if value is not None]
 
 
 def run_counterfact(
     loaded: LoadedModel,
-    cases: list[CounterfactCase],
+    cases: list[EvalCase],
     methods: dict[str, EngineSettings],
     *,
     statistics: dict[int, KeyStatistics],
@@ -124,18 +91,16 @@ def run_counterfact(
     fluency_texts: list[str],
     batch_size: int,
     neighbours_per_fact: int = 1,
+    dataset: str = "counterfact",
 ) -> dict[str, MethodRow]:
-    """Edit ``cases`` with each method and score them; the model is restored after each."""
-    split = split_neighbours(loaded, cases, neighbours_per_fact)
-    log.info(
-        "%d of %d records have an editing neighbour the unedited model gets right",
-        sum(1 for e in split.editing if e),
-        len(cases),
-    )
-    reference = neighbourhood_reference(loaded, split.probes)
+    """Edit ``cases`` of ``dataset`` with each method and score them.
+
+    The model is restored after each method.
+    """
+    suite = prepare_suite(loaded, dataset, cases, neighbours_per_fact=neighbours_per_fact)
     base_perplexity = perplexity(loaded, fluency_texts)
-    rows = {"unedited": _row(loaded, split, reference, base_perplexity, fluency_texts, 0.0, 0.0)}
-    requests = [with_neighbours(c, n) for c, n in zip(cases, split.editing, strict=True)]
+    rows = {"unedited": _row(loaded, suite, base_perplexity, fluency_texts, 0.0, 0.0)}
+    requests = suite.requests
     for name, settings in methods.items():
         engine = EditEngine(loaded, settings, statistics, contexts)
         handles, passes, seconds = [], [], 0.0
@@ -155,8 +120,7 @@ def run_counterfact(
         try:
             rows[name] = _row(
                 loaded,
-                split,
-                reference,
+                suite,
                 base_perplexity,
                 fluency_texts,
                 sum(passes) / len(passes),
@@ -174,10 +138,16 @@ def run_counterfact(
     return rows
 
 
-def _row(loaded, split, reference, base_perplexity, texts, iterations, seconds) -> MethodRow:  # noqa: ANN001
-    scores = score_probes(loaded, split.probes, reference)
+def _row(
+    loaded: LoadedModel,
+    suite: Suite,
+    base_perplexity: float,
+    texts: list[str],
+    iterations: float,
+    seconds: float,
+) -> MethodRow:
     return MethodRow(
-        scores=scores,
+        values=suite.score(loaded),
         perplexity_ratio=perplexity(loaded, texts) / base_perplexity,
         iterations_mean=iterations,
         seconds=seconds,
@@ -185,7 +155,10 @@ def _row(loaded, split, reference, base_perplexity, texts, iterations, seconds) 
 
 
 def format_table(rows: dict[str, MethodRow]) -> str:
-    """A plain-text table: rows are methods, columns the KPIs."""
+    """A plain-text table: rows are methods, columns the KPIs.
+
+    A metric's cell is its mean over records and its 95% bootstrap interval.
+    """
     headers = [
         "method",
         "eff.succ",
@@ -201,15 +174,32 @@ def format_table(rows: dict[str, MethodRow]) -> str:
     lines = [" | ".join(headers), " | ".join("-" * len(h) for h in headers)]
     for name, row in rows.items():
         flat = row.flat()
-        values = [flat[column] for column in COLUMNS]
-        lines.append(" | ".join([name, *(_cell(v) for v in values)]))
+        cells = [_interval_cell(row.interval(metric)) for metric in METRICS]
+        cells += [_cell(flat[column]) for column in COLUMNS[len(METRICS) :]]
+        lines.append(" | ".join([name, *cells]))
     return "\n".join(lines)
+
+
+def _interval_cell(interval: Interval | None) -> str:
+    return "-" if interval is None else format_interval(interval)
 
 
 def _cell(value: float | None) -> str:
     return "-" if value is None else f"{value:.3f}"
 
 
-def to_json(rows: dict[str, MethodRow], n: int) -> dict:
-    """The numbers as ``{"n": N, "methods": {name: {column: value}}}``."""
-    return {"n": n, "methods": {name: row.flat() for name, row in rows.items()}}
+def to_json(rows: dict[str, MethodRow], n: int, *, dataset: str) -> dict:
+    """The numbers as ``{"dataset": D, "n": N, "methods": {name: {column: value}}}``.
+
+    Each method also has ``"intervals": {metric: [low, high]}``, the 95% bootstrap
+    interval of each metric's mean over records (``null`` when no record has a value).
+    """
+    methods = {}
+    for name, row in rows.items():
+        intervals = {metric: row.interval(metric) for metric in METRICS}
+        methods[name] = row.flat() | {
+            "intervals": {
+                metric: None if i is None else [i.low, i.high] for metric, i in intervals.items()
+            }
+        }
+    return {"dataset": dataset, "n": n, "methods": methods}

@@ -15,7 +15,8 @@ from factsync.commands.options import (
     statistics_settings,
 )
 from factsync.durable import write_json
-from factsync.evaluation.counterfact import SHARED_COUNTERFACT, default_data_dir
+from factsync.evaluation.counterfact import default_data_dir
+from factsync.evaluation.datasets import DATASETS, dataset_spec, default_dataset_path
 
 FLUENCY_FILE = Path("fluency") / "me-ppl-50.json"
 
@@ -27,13 +28,17 @@ def register(commands: argparse._SubParsersAction) -> None:
 
     counterfact = sub.add_parser(
         "counterfact",
-        help="editing methods side by side on COUNTERFACT records",
-        description="Edit the same COUNTERFACT records with memit, memit+ime, "
+        help="editing methods side by side on COUNTERFACT or ZsRE records",
+        description="Edit the same COUNTERFACT or ZsRE records with memit, memit+ime, "
         "memit+ime+nme and alphaedit+ime+nme (sequential batches on one model) and print "
-        "efficacy, paraphrase and neighbourhood (success and accuracy), perplexity ratio, "
-        "mean IME passes and seconds, with the unedited model as a reference row.",
+        "efficacy, paraphrase and neighbourhood (success and accuracy) with their 95% "
+        "bootstrap intervals over records, perplexity ratio, mean IME passes and seconds, "
+        "with the unedited model as a reference row.",
     )
+    counterfact.add_argument("--dataset", choices=DATASETS, default="counterfact",
+                             help="record format of --data (counterfact)")
     _add_data_options(counterfact)
+    _add_fluency_option(counterfact)
     counterfact.add_argument("--n", type=int, default=100, help="records to edit (100)")
     counterfact.add_argument("--batch", type=int, default=10, help="facts per edit job (10)")
     counterfact.add_argument(
@@ -231,6 +236,7 @@ def _register_budget(sub: argparse._SubParsersAction) -> None:
         "derived lambda, and make the same single-pass MEMIT edits with each.",
     )
     _add_data_options(budget)
+    _add_fluency_option(budget)
     budget.add_argument("--n", type=int, default=10, help="records to edit (10)")
     budget.add_argument("--batch", type=int, default=10, help="facts per edit job (10)")
     budget.add_argument(
@@ -258,7 +264,7 @@ def run_budget_bench(args: argparse.Namespace) -> int:
     budgets = [int(x) for x in args.budgets.split(",")]
     data = _counterfact_path(args)
     cases = load_counterfact(data, limit=args.n)
-    fluency = _fluency_texts(data)
+    fluency = _fluency_texts(args.fluency)
     loaded = load(args)
     texts = model_corpus(loaded, num_tokens=max(budgets), cache_dir=data_home() / "corpus")
     rows = run_budget_study(
@@ -280,29 +286,47 @@ def _add_data_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--data",
         type=Path,
-        help="COUNTERFACT json (default: ../shared/data/counterfact/counterfact-dev-1000.json "
-        "when it exists)",
+        help="records json (default: the dataset's file under ../shared/data beside the "
+        "checkout: counterfact/counterfact-dev-1000.json or zsre/zsre-dev-1000.json)",
     )
     parser.add_argument("--seed", type=int, default=0, help="random seed (0)")
 
 
-def _counterfact_path(args: argparse.Namespace) -> Path:
+def _add_fluency_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--fluency",
+        type=Path,
+        help=f"texts to measure perplexity on, a json list of {{\"Text\": ...}} rows "
+        f"(default: ../shared/data/{FLUENCY_FILE} beside the checkout)",
+    )
+
+
+def _counterfact_path(args: argparse.Namespace, dataset: str = "counterfact") -> Path:
+    """``--data``, or else the shared copy of ``dataset``."""
     if args.data:
         return args.data
-    shared = default_data_dir()
+    shared = default_dataset_path(dataset)
     if shared is None:
+        spec = dataset_spec(dataset)
         raise ValueError(
-            f"no COUNTERFACT data: pass --data FILE, or place ../shared/data/{SHARED_COUNTERFACT}"
-            " beside the checkout"
+            f"no {spec.title} data: pass --data FILE, or place "
+            f"../shared/data/{spec.shared_file} beside the checkout"
         )
-    return shared / SHARED_COUNTERFACT
+    return shared
 
 
-def _fluency_texts(data: Path) -> list[str]:
-    candidate = data.parent.parent / FLUENCY_FILE
-    if candidate.is_file():
-        return [row["Text"] for row in json.loads(candidate.read_text())]
-    raise ValueError(f"no fluency texts at {candidate}: perplexity needs them")
+def _fluency_texts(path: Path | None) -> list[str]:
+    """The texts of ``--fluency``, or else of the shared fluency file."""
+    if path is None:
+        shared = default_data_dir(FLUENCY_FILE)
+        if shared is None:
+            raise ValueError(
+                f"no fluency texts: pass --fluency FILE, or place ../shared/data/{FLUENCY_FILE} "
+                "beside the checkout; perplexity needs them"
+            )
+        path = shared / FLUENCY_FILE
+    with open(path, encoding="utf-8") as handle:
+        return [row["Text"] for row in json.load(handle)]
 
 
 def run_counterfact_bench(args: argparse.Namespace) -> int:
@@ -311,12 +335,11 @@ def run_counterfact_bench(args: argparse.Namespace) -> int:
 
     from factsync.bench.counterfact import format_table, run_counterfact, standard_methods, to_json
     from factsync.editing.build import build_engine
-    from factsync.evaluation.counterfact import load_counterfact
+    from factsync.evaluation.datasets import load_cases
 
     torch.manual_seed(args.seed)
-    data = _counterfact_path(args)
-    cases = load_counterfact(data, limit=args.n)
-    texts = _fluency_texts(data)
+    cases = load_cases(args.dataset, _counterfact_path(args, args.dataset), limit=args.n)
+    texts = _fluency_texts(args.fluency)
     loaded = load(args)
     base = engine_settings(args, neighbours=False)
     methods = standard_methods(base, args.max_iterations)
@@ -335,15 +358,16 @@ def run_counterfact_bench(args: argparse.Namespace) -> int:
         fluency_texts=texts,
         batch_size=args.batch,
         neighbours_per_fact=args.neighbours,
+        dataset=args.dataset,
     )
     print(
-        f"COUNTERFACT, {len(cases)} records, batches of {args.batch}, model {loaded.name}, "
-        f"layers {','.join(map(str, engine.layers))}, lambdas "
+        f"{dataset_spec(args.dataset).title}, {len(cases)} records, batches of {args.batch}, "
+        f"model {loaded.name}, layers {','.join(map(str, engine.layers))}, lambdas "
         f"{', '.join(f'{v:.0f}' for v in engine.lambdas().values())}"
     )
     print(format_table(rows))
     if args.json:
-        write_json(args.json, to_json(rows, len(cases)))
+        write_json(args.json, to_json(rows, len(cases), dataset=args.dataset))
     return 0
 
 

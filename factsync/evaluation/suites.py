@@ -1,0 +1,117 @@
+"""Benchmark suites: a dataset's cases, prepared on the unedited model, scored per record.
+
+``prepare_suite`` runs once on the unedited model: it chooses each case's NME editing
+neighbours (``neighbours``), leaves every prompt any case edits with out of every
+case's neighbourhood scoring, and records the unedited predictions that neighbourhood
+accuracy compares with. ``Suite.score`` then scores the model as it is, one value per
+record and metric (``record_scores``), which bootstrap intervals need.
+
+COUNTERFACT cases edit with their own neighbourhood samples. A ZsRE record has one
+neighbourhood prompt, the ``loc`` question it is scored on, so case ``i`` edits with the
+neighbourhood of case ``(i + 1) mod n``, and every question used so is scored for no
+case: records whose question went to editing report no neighbourhood accuracy, and as a
+question goes to editing only when the unedited model prefers its answer to the edit's
+new object, the ones left to score lean towards questions the model does not know.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass, field, replace
+
+from factsync.editing.requests import EditRequest
+from factsync.evaluation.cases import EvalCase
+from factsync.evaluation.datasets import (
+    DATASETS,
+    dataset_spec,
+    default_dataset_path,
+    load_cases,
+)
+from factsync.evaluation.neighbours import split_neighbours
+from factsync.evaluation.record_scores import (
+    RecordProbe,
+    Reference,
+    neighbourhood_reference,
+    score_records,
+)
+from factsync.models.loading import LoadedModel
+
+__all__ = [
+    "DATASETS",
+    "EvalCase",
+    "Suite",
+    "default_dataset_path",
+    "load_cases",
+    "prepare_suite",
+]
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Suite:
+    """A dataset's cases, ready to edit and to score.
+
+    Attributes:
+        dataset: the dataset's name, one of ``DATASETS``.
+        cases: the cases as loaded.
+        requests: per case, its request with its NME editing neighbours attached.
+        probes: per case, what is scored: its prompts and its neighbourhood without any
+            prompt that a case edits with.
+        reference: the unedited model's predictions on the scored neighbourhood, for
+            datasets that judge the neighbourhood against them (empty otherwise).
+    """
+
+    dataset: str
+    cases: list[EvalCase]
+    requests: list[EditRequest]
+    probes: list[RecordProbe] = field(repr=False)
+    reference: Reference = field(repr=False)
+
+    def score(
+        self, loaded: LoadedModel, indices: Sequence[int] | None = None
+    ) -> dict[str, list[float | None]]:
+        """Score the model as it is now on the cases at ``indices`` (default: all).
+
+        Per metric name (all six, whichever the dataset), one value per scored case in
+        ``indices`` order; ``None`` where the case has nothing of that kind.
+        """
+        chosen = range(len(self.cases)) if indices is None else indices
+        probes = [self.probes[i] for i in chosen]
+        return score_records(loaded, probes, dataset_spec(self.dataset), self.reference)
+
+    def metrics(self) -> tuple[str, ...]:
+        """The metric names this dataset reports."""
+        return dataset_spec(self.dataset).metrics
+
+
+def prepare_suite(
+    loaded: LoadedModel, dataset: str, cases: list[EvalCase], *, neighbours_per_fact: int = 1
+) -> Suite:
+    """Prepare ``cases`` of ``dataset`` on the unedited model ``loaded``."""
+    spec = dataset_spec(dataset)
+    if not cases:
+        raise ValueError("no cases to prepare")
+    donors = [(i + spec.donor_offset) % len(cases) for i in range(len(cases))]
+    split = split_neighbours(loaded, cases, donors, neighbours_per_fact)
+    requests = [
+        replace(case.request, neighbours=chosen)
+        for case, chosen in zip(cases, split.editing, strict=True)
+    ]
+    probes = [
+        RecordProbe(case.request, case.paraphrases, scored)
+        for case, scored in zip(cases, split.scored, strict=True)
+    ]
+    offered = sum(len({t.format(s) for s, t in case.neighbourhood}) for case in cases)
+    log.info(
+        "%s: %d of %d cases edit with a neighbour the unedited model gets right; "
+        "%d of %d neighbourhood prompts are left to score",
+        dataset,
+        sum(1 for chosen in split.editing if chosen),
+        len(cases),
+        sum(len(scored) for scored in split.scored),
+        offered,
+    )
+    reference = neighbourhood_reference(loaded, probes) if spec.neighbourhood_reference else {}
+    return Suite(dataset, cases, requests, probes, reference)
