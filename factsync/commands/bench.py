@@ -67,6 +67,7 @@ def register(commands: argparse._SubParsersAction) -> None:
     _register_load(sub)
     _register_ingest(sub)
     _register_plan(sub)
+    _register_lifelong(sub)
 
 
 def _register_sync(sub: argparse._SubParsersAction) -> None:
@@ -224,6 +225,99 @@ def run_plan_bench(args: argparse.Namespace) -> int:
     rows = run([int(x) for x in args.sizes.split(",")], repeats=args.repeats, loaded=loaded,
                seed=args.seed, progress=print)
     print(format_plan_table(rows, model=loaded.name if loaded else "none"))
+    return 0
+
+
+def _register_lifelong(sub: argparse._SubParsersAction) -> None:
+    lifelong = sub.add_parser(
+        "lifelong",
+        help="thousands of facts in sequential jobs on one model: what stays kept as they "
+        "pile up",
+        description="Feed --n records to each method in sequential jobs of --batch facts on "
+        "one model, as the daemon applies them (edit, apply, remember), and every "
+        "--checkpoint-every facts (and at the end) score every fact applied so far: "
+        "efficacy and paraphrase (retention), held-out neighbours, perplexity ratio on the "
+        "fluency texts, canary facts (records after the edited ones that the unedited "
+        "model knows), the norm growth of each edited weight and editing seconds per fact. "
+        "Prints the final metrics with 95%% bootstrap intervals beside the unedited model; "
+        "--json is rewritten after every checkpoint.",
+    )
+    lifelong.add_argument("--dataset", choices=DATASETS, default="counterfact",
+                          help="record format of --data (counterfact)")
+    _add_data_options(lifelong)
+    _add_fluency_option(lifelong)
+    lifelong.add_argument("--n", type=int, default=1000, help="records to edit (1000)")
+    lifelong.add_argument("--batch", type=int, default=10, help="facts per edit job (10)")
+    lifelong.add_argument("--checkpoint-every", type=int, default=100,
+                          help="facts applied between checkpoints (100)")
+    lifelong.add_argument("--methods", default="default,memit",
+                          help="comma-separated methods: default (the daemon's default "
+                          "policy), memit, memit+ime, memit+ime+nme, alphaedit+ime+nme "
+                          "(default,memit)")
+    lifelong.add_argument("--neighbours", type=int, default=3,
+                          help="NME neighbours per fact (3)")
+    lifelong.add_argument("--canaries", type=int, default=50,
+                          help="records after the edited ones tried as canary facts (50)")
+    lifelong.add_argument("--json", type=Path,
+                          help="write the numbers to this file after every checkpoint")
+    lifelong.add_argument("--plot", type=Path, help="draw the metrics against facts (PNG)")
+    add_model_options(lifelong)
+    add_engine_options(lifelong)
+    lifelong.set_defaults(handler=run_lifelong_bench)
+
+
+def run_lifelong_bench(args: argparse.Namespace) -> int:
+    """Handler of ``factsync bench lifelong``."""
+    from dataclasses import replace
+
+    import torch
+
+    from factsync.bench.canary_facts import pick_canaries
+    from factsync.bench.lifelong import (
+        LifelongRun,
+        checkpoint_facts,
+        chosen_methods,
+        edit_layers,
+        run_lifelong,
+    )
+    from factsync.bench.lifelong_plot import draw_plot
+    from factsync.bench.lifelong_report import format_table, to_json
+    from factsync.bench.lifelong_scoring import Yardstick
+    from factsync.editing.build import build_engine
+    from factsync.evaluation.suites import load_cases, prepare_suite
+
+    checkpoint_facts(args.n, args.batch, args.checkpoint_every)  # bad sizes fail before loading
+    if args.canaries < 0:
+        raise ValueError(f"--canaries must not be negative, got {args.canaries}")
+    torch.manual_seed(args.seed)
+    data = _counterfact_path(args, args.dataset)
+    texts = _fluency_texts(args.fluency)
+    cases = load_cases(args.dataset, data, limit=args.n + args.canaries)
+    if len(cases) < args.n:
+        raise ValueError(f"{data} holds {len(cases)} records; --n asks for {args.n}")
+    base = engine_settings(args, neighbours=False)
+    methods = chosen_methods(args.methods, base, args.max_iterations)
+    loaded = load(args)
+    layers = edit_layers(loaded, methods)
+    engine = build_engine(loaded, replace(base, layers=layers), statistics_settings(args))
+    suite = prepare_suite(loaded, args.dataset, cases[: args.n],
+                          neighbours_per_fact=args.neighbours)
+    canaries = pick_canaries(loaded, [case.request for case in cases[args.n :]])
+    yardstick = Yardstick.prepare(loaded, suite, canaries, texts, seed=args.seed)
+
+    def save(run: LifelongRun) -> None:
+        write_json(args.json, to_json(run))
+
+    print(f"{args.dataset}, {args.n} records in jobs of {args.batch}, model {loaded.name}, "
+          f"layers {','.join(map(str, layers))}, {len(canaries)} canaries from the "
+          f"{len(cases) - args.n} records after the edited ones", flush=True)
+    run = run_lifelong(loaded, yardstick, methods, statistics=engine.statistics,
+                       contexts=engine.contexts, batch_size=args.batch,
+                       checkpoint_every=args.checkpoint_every,
+                       on_checkpoint=save if args.json else None)
+    print(format_table(run))
+    if args.plot:
+        draw_plot(run, args.plot)
     return 0
 
 

@@ -1,0 +1,146 @@
+"""``factsync bench lifelong``: many facts, job after job, on one model.
+
+Each method feeds the same records to one engine in sequential jobs, the way the daemon
+applies them: edit, apply the delta, remember the edit's state. At checkpoints every
+fact applied so far is measured (``lifelong_scoring``), so the run shows how retention,
+neighbours, fluency, canaries and weight norms drift as facts pile up. The model is
+back at its base weights before the next method starts.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from tqdm import tqdm
+
+from factsync.bench.counterfact import standard_methods
+from factsync.bench.lifelong_scoring import Checkpoint, Yardstick
+from factsync.bench.norm_growth import NormGrowth
+from factsync.editing.covariance import KeyStatistics
+from factsync.editing.delta import restored_weights
+from factsync.editing.engine import EditEngine, EngineSettings
+from factsync.models.loading import LoadedModel
+from factsync.policies.schema import Policy
+
+
+def lifelong_methods(base: EngineSettings, max_iterations: int) -> dict[str, EngineSettings]:
+    """``default``, the engine settings of the daemon's default policy, then the methods
+    of ``bench counterfact`` built on ``base``."""
+    return {"default": Policy().editing.engine_settings()} | standard_methods(
+        base, max_iterations
+    )
+
+
+def chosen_methods(
+    names: str, base: EngineSettings, max_iterations: int
+) -> dict[str, EngineSettings]:
+    """The methods of ``lifelong_methods`` named in the comma-separated ``names``, in
+    that order; raises ``ValueError`` naming any unknown one and the choices."""
+    methods = lifelong_methods(base, max_iterations)
+    wanted = [name.strip() for name in names.split(",") if name.strip()]
+    unknown = [name for name in wanted if name not in methods]
+    if unknown or not wanted:
+        problem = f"unknown methods {unknown}" if unknown else "no methods"
+        raise ValueError(f"{problem} in {names!r}; choose from {', '.join(methods)}")
+    return {name: methods[name] for name in wanted}
+
+
+def edit_layers(loaded: LoadedModel, methods: dict[str, EngineSettings]) -> tuple[int, ...]:
+    """Every layer some method edits, so one set of key statistics serves them all."""
+    return tuple(sorted({layer for s in methods.values() for layer in s.edit_layers(loaded)}))
+
+
+def checkpoint_facts(n: int, batch: int, every: int) -> list[int]:
+    """Facts applied after each job at which a checkpoint is taken.
+
+    A checkpoint follows the job that reaches or passes each multiple of ``every``, and
+    one always follows the last job.
+    """
+    for name, value in (("n", n), ("batch", batch), ("checkpoint_every", every)):
+        if value < 1:
+            raise ValueError(f"{name} must be at least 1, got {value}")
+    due, previous = [], 0
+    for start in range(0, n, batch):
+        applied = min(start + batch, n)
+        if applied // every > previous // every or applied == n:
+            due.append(applied)
+        previous = applied
+    return due
+
+
+@dataclass
+class MethodRun:
+    """One method's checkpoints so far (at least one), the last being its final state."""
+
+    checkpoints: list[Checkpoint] = field(default_factory=list)
+
+    @property
+    def final(self) -> Checkpoint:
+        """The latest checkpoint."""
+        return self.checkpoints[-1]
+
+
+@dataclass
+class LifelongRun:
+    """A whole run: the unedited reference and each method's checkpoints.
+
+    Attributes:
+        dataset: the records' dataset (``counterfact`` or ``zsre``).
+        n: records edited per method.
+        batch: facts per job.
+        unedited: the unedited model measured on all ``n`` records.
+        methods: per method that reached a checkpoint, in the order run, its checkpoints.
+    """
+
+    dataset: str
+    n: int
+    batch: int
+    unedited: Checkpoint
+    methods: dict[str, MethodRun] = field(default_factory=dict)
+
+
+def run_lifelong(
+    loaded: LoadedModel,
+    yardstick: Yardstick,
+    methods: dict[str, EngineSettings],
+    *,
+    statistics: dict[int, KeyStatistics],
+    contexts: list[str],
+    batch_size: int,
+    checkpoint_every: int,
+    on_checkpoint: Callable[[LifelongRun], None] | None = None,
+) -> LifelongRun:
+    """Apply every record of ``yardstick.suite`` with each method in turn, job by job.
+
+    ``on_checkpoint`` sees the run after each checkpoint (to save it, say). Each method
+    starts from the weights the model had at the call, and the model has them again
+    when this returns.
+    """
+    requests = yardstick.suite.requests
+    n = len(requests)
+    due = set(checkpoint_facts(n, batch_size, checkpoint_every))
+    untouched = NormGrowth(loaded, list(edit_layers(loaded, methods)))
+    unedited = yardstick.measure(loaded, n, untouched, 0.0)
+    run = LifelongRun(dataset=yardstick.suite.dataset, n=n, batch=batch_size, unedited=unedited)
+    for name, settings in methods.items():
+        engine = EditEngine(loaded, settings, statistics, contexts)
+        growth = NormGrowth(loaded, engine.layers)
+        seconds = 0.0
+        # One snapshot of the edited weights undoes every job, where a handle per job
+        # would keep a copy of them per job.
+        with restored_weights(loaded, [loaded.spec.mlp_out_path(i) for i in engine.layers]):
+            for start in tqdm(range(0, n, batch_size), desc=name, unit="job"):
+                started = time.monotonic()
+                result = engine.edit(requests[start : start + batch_size])
+                result.delta.apply(loaded)
+                engine.remember(result)
+                seconds += time.monotonic() - started
+                applied = min(start + batch_size, n)
+                if applied in due:
+                    checkpoint = yardstick.measure(loaded, applied, growth, seconds / applied)
+                    run.methods.setdefault(name, MethodRun()).checkpoints.append(checkpoint)
+                    if on_checkpoint is not None:
+                        on_checkpoint(run)
+    return run

@@ -1,0 +1,63 @@
+"""``bench lifelong`` results as a plain-text table and as the JSON report."""
+
+from __future__ import annotations
+
+from factsync.bench.lifelong import LifelongRun, MethodRun
+from factsync.bench.lifelong_scoring import METRICS, Checkpoint
+from factsync.evaluation.intervals import format_interval
+
+ALIASES = {
+    "neighborhood_success": "neighbourhood_success",
+    "neighborhood_accuracy": "neighbourhood_accuracy",
+}
+"""American spellings that older tools read, each with the value of the metric it names."""
+
+
+def to_json(run: LifelongRun) -> dict:
+    """The run as ``{"n", "batch", "dataset", "unedited", "methods": {name: {"final",
+    "intervals", "checkpoints"}}}``, every metric also under its alias."""
+    return {
+        "n": run.n,
+        "batch": run.batch,
+        "dataset": run.dataset,
+        "unedited": _with_aliases(run.unedited.values),
+        "methods": {name: _method_json(method) for name, method in run.methods.items()},
+    }
+
+
+def _method_json(method: MethodRun) -> dict:
+    final = method.final
+    bounds = {name: [i.low, i.high] for name, i in final.intervals.items()}
+    return {
+        "final": _with_aliases(final.values),
+        "intervals": _with_aliases(bounds),
+        "checkpoints": [{"facts": c.facts} | _with_aliases(c.values) for c in method.checkpoints],
+    }
+
+
+def _with_aliases(values: dict) -> dict:
+    return values | {alias: values[name] for alias, name in ALIASES.items() if name in values}
+
+
+def format_table(run: LifelongRun) -> str:
+    """One row per metric, one column per model: the unedited one, then each method's
+    final checkpoint, with the 95% interval where there is one."""
+    columns = {"unedited": run.unedited} | {n: m.final for n, m in run.methods.items()}
+    header = ["metric", *columns]
+    rows = [[metric, *(_cell(c, metric) for c in columns.values())] for metric in METRICS]
+    widths = [max(len(row[i]) for row in [header, *rows]) for i in range(len(header))]
+    lines = [_line(header, widths), "-|-".join("-" * w for w in widths)]
+    lines += [_line(row, widths) for row in rows]
+    return "\n".join(lines)
+
+
+def _cell(checkpoint: Checkpoint, metric: str) -> str:
+    value = checkpoint.values[metric]
+    if value is None:
+        return "-"
+    interval = checkpoint.intervals.get(metric)
+    return format_interval(interval) if interval is not None else f"{value:.3f}"
+
+
+def _line(cells: list[str], widths: list[int]) -> str:
+    return " | ".join(cell.ljust(width) for cell, width in zip(cells, widths, strict=True))

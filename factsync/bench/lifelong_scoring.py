@@ -1,0 +1,105 @@
+"""What ``bench lifelong`` measures at a checkpoint, against the unedited model.
+
+Every fact applied so far is scored (efficacy and paraphrase of earlier facts are their
+retention), with its held-out neighbours; then the perplexity ratio on the fluency
+texts, the share of canary facts still held, each edited weight's norm growth and the
+editing seconds per fact. Per-record values give 95% bootstrap intervals.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from factsync.bench.canary_facts import canary_holds
+from factsync.bench.norm_growth import NormGrowth, growth_summary
+from factsync.editing.requests import EditRequest
+from factsync.evaluation.fluency import perplexity
+from factsync.evaluation.intervals import Interval, bootstrap_interval
+from factsync.evaluation.suites import Suite
+from factsync.kpis.report import FACT_METRICS
+from factsync.models.loading import LoadedModel
+
+RECORD_METRICS = tuple(metric.value for metric in FACT_METRICS)
+"""Metrics the suite scores with one value per edited record."""
+
+METRICS = (
+    *RECORD_METRICS,
+    "perplexity_ratio",
+    "canary",
+    "norm_growth_max",
+    "norm_growth_mean",
+    "seconds_per_fact",
+)
+"""Every metric of a checkpoint, in report order."""
+
+
+@dataclass(frozen=True)
+class Checkpoint:
+    """The model measured after ``facts`` facts were applied.
+
+    Attributes:
+        facts: facts applied (for the unedited model: records scored).
+        values: per metric of ``METRICS``, its value; ``None`` where nothing was scored.
+        intervals: per metric with one value per record or canary, the 95% bootstrap
+            interval of its mean.
+    """
+
+    facts: int
+    values: dict[str, float | None]
+    intervals: dict[str, Interval]
+
+
+@dataclass(frozen=True)
+class Yardstick:
+    """The fixed measures of a run, prepared on the unedited model.
+
+    Attributes:
+        suite: the edited records, their probes and held-out neighbours.
+        canaries: facts the unedited model knows that are never edited.
+        fluency_texts: held-out text for perplexity.
+        base_perplexity: the unedited model's perplexity on ``fluency_texts``.
+        seed: seed of the bootstrap resampling.
+    """
+
+    suite: Suite
+    canaries: list[EditRequest]
+    fluency_texts: list[str]
+    base_perplexity: float
+    seed: int = 0
+
+    @classmethod
+    def prepare(
+        cls,
+        loaded: LoadedModel,
+        suite: Suite,
+        canaries: list[EditRequest],
+        fluency_texts: list[str],
+        *,
+        seed: int = 0,
+    ) -> Yardstick:
+        """Measure the unedited ``loaded``'s perplexity and hold the rest."""
+        return cls(suite, canaries, fluency_texts, perplexity(loaded, fluency_texts), seed)
+
+    def measure(
+        self, loaded: LoadedModel, facts: int, growth: NormGrowth, seconds_per_fact: float
+    ) -> Checkpoint:
+        """Score the first ``facts`` records of the suite and the model as it is now."""
+        per_record = self.suite.score(loaded, list(range(facts)))
+        samples = {
+            name: [v for v in per_record[name] if v is not None] for name in RECORD_METRICS
+        }
+        samples["canary"] = canary_holds(loaded, self.canaries)
+        growth_max, growth_mean = growth_summary(growth.measure(loaded))
+        values: dict[str, float | None] = {
+            name: sum(s) / len(s) if s else None for name, s in samples.items()
+        }
+        values |= {
+            "perplexity_ratio": perplexity(loaded, self.fluency_texts) / self.base_perplexity,
+            "norm_growth_max": growth_max,
+            "norm_growth_mean": growth_mean,
+            "seconds_per_fact": seconds_per_fact,
+        }
+        intervals = {
+            name: bootstrap_interval(s, seed=self.seed) for name, s in samples.items() if s
+        }
+        return Checkpoint(facts, {name: values[name] for name in METRICS}, intervals)

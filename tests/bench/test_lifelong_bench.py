@@ -1,0 +1,202 @@
+"""``factsync bench lifelong`` on tiny models: checkpoints, restored weights and reports."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import replace
+
+import pytest
+import torch
+
+from factsync.bench.canary_facts import canary_holds, pick_canaries
+from factsync.bench.lifelong import checkpoint_facts, chosen_methods, run_lifelong
+from factsync.bench.lifelong_report import ALIASES
+from factsync.bench.lifelong_scoring import METRICS, RECORD_METRICS, Yardstick
+from factsync.bench.norm_growth import NormGrowth, growth_summary
+from factsync.cli import main
+from factsync.editing.engine import EngineSettings
+from factsync.evaluation.suites import load_cases, prepare_suite
+from factsync.models.specs import get_module
+from factsync.policies.schema import load_policy, shipped_policy_dir
+
+# (subject, template, new object, true object) in the tiny tokenizer's words. The unedited
+# tiny llama prefers the true object on the first four and the last two, which makes the
+# edits of the first four measurable and the last two canaries.
+REWRITES = [
+    ("Apple A5", "{} was created by", "Microsoft", "Apple"),
+    ("LinkedIn", "{} is owned by", "Apple", "Microsoft"),
+    ("Skype", "{} is owned by", "Apple", "Microsoft"),
+    ("Lyon", "{} is in", "Italy", "France"),
+    ("France", "The capital of {} is", "Rome", "Paris"),
+    ("Italy", "The capital of {} is", "Paris", "Rome"),
+    ("Danielle Darrieux", "The mother tongue of {} is", "Italian", "French"),
+    ("Toko Yasuda", "{} plays the", "letter", "guitar"),
+    ("Rome", "{} is the capital of", "France", "Italy"),
+    ("Paris", "{} is the capital of", "Italy", "France"),
+]
+NEIGHBOURS = [("Lyon", "{} is near"), ("Skype", "{} is in"), ("Microsoft", "{}, near")]
+FLUENCY = [
+    "Once upon a time, in 1998, scientists found a new city in the north.",
+    "Here is how to write a letter: Dear customer, thank you for your order.",
+]
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
+
+def _record(case_id: int, subject: str, template: str, new: str, true: str) -> dict:
+    return {
+        "case_id": case_id,
+        "requested_rewrite": {
+            "prompt": template,
+            "relation_id": "P0",
+            "subject": subject,
+            "target_new": {"str": new, "id": "Q1"},
+            "target_true": {"str": true, "id": "Q2"},
+        },
+        "paraphrase_prompts": [f"Dear customer. {template.format(subject)}"],
+        "neighborhood_samples": [{"subject": s, "prompt": p} for s, p in NEIGHBOURS],
+    }
+
+
+@pytest.fixture
+def counterfact_file(tmp_path):
+    path = tmp_path / "counterfact.json"
+    path.write_text(json.dumps([_record(i, *r) for i, r in enumerate(REWRITES)]))
+    return path
+
+
+def test_norm_growth_is_zero_before_an_edit_and_positive_after(tiny_loaded, random_delta):
+    loaded = tiny_loaded()
+    growth = NormGrowth(loaded, [1, 2])
+    assert growth.measure(loaded) == {1: 0.0, 2: 0.0}
+    weight = get_module(loaded.model, loaded.spec.mlp_out_path(1)).weight
+    base = weight.detach().clone()
+    handle = random_delta(loaded, [1]).apply(loaded)
+    expected = torch.linalg.matrix_norm(weight.detach() - base) / torch.linalg.matrix_norm(base)
+    measured = growth.measure(loaded)
+    assert measured[1] == pytest.approx(float(expected)) and measured[1] > 0
+    assert measured[2] == 0.0
+    assert growth_summary(measured) == (measured[1], measured[1] / 2)
+    handle.revert()
+    assert growth.measure(loaded) == {1: 0.0, 2: 0.0}
+
+
+@pytest.mark.parametrize(
+    ("n", "batch", "every", "expected"),
+    [(6, 2, 2, [2, 4, 6]), (10, 3, 4, [6, 9, 10]), (5, 10, 100, [5]), (7, 2, 100, [7])],
+)
+def test_a_checkpoint_follows_the_job_that_reaches_each_multiple(n, batch, every, expected):
+    assert checkpoint_facts(n, batch, every) == expected
+
+
+def test_checkpoint_settings_are_checked():
+    with pytest.raises(ValueError, match="checkpoint_every must be at least 1, got 0"):
+        checkpoint_facts(10, 2, 0)
+
+
+def test_default_is_the_shipped_default_policy_beside_the_counterfact_methods():
+    methods = chosen_methods("default, memit+ime", EngineSettings(), 2)
+    assert list(methods) == ["default", "memit+ime"]
+    shipped = load_policy(shipped_policy_dir() / "default.yaml")
+    assert methods["default"] == shipped.editing.engine_settings()
+    assert methods["memit+ime"].max_iterations == 2 and not methods["memit+ime"].neighbours
+    with pytest.raises(ValueError, match=r"unknown methods \['rome'\] in 'memit,rome'; "
+                       "choose from default, memit, memit\\+ime"):
+        chosen_methods("memit,rome", EngineSettings(), 2)
+
+
+def test_canaries_are_the_facts_the_unedited_model_prefers(tiny_loaded, counterfact_file):
+    loaded = tiny_loaded()
+    requests = [case.request for case in load_cases("counterfact", counterfact_file)]
+    holds = canary_holds(loaded, requests)
+    picked = pick_canaries(loaded, requests)
+    assert picked == [r for r, held in zip(requests, holds, strict=True) if held]
+    assert canary_holds(loaded, picked) == [1.0] * len(picked)
+    swapped = [replace(r, old_object=r.new_object, new_object=r.old_object) for r in requests]
+    assert canary_holds(loaded, swapped) == [1.0 - held for held in holds]
+
+
+def test_each_method_starts_from_the_base_weights_and_leaves_them(
+    tiny_loaded, tiny_engine, counterfact_file
+):
+    loaded = tiny_loaded()
+    before = {name: t.clone() for name, t in loaded.model.state_dict().items()}
+    engine = tiny_engine(loaded)
+    cases = load_cases("counterfact", counterfact_file)
+    suite = prepare_suite(loaded, "counterfact", cases[:4], neighbours_per_fact=1)
+    canaries = pick_canaries(loaded, [case.request for case in cases[4:]])
+    yardstick = Yardstick.prepare(loaded, suite, canaries, FLUENCY)
+    seen = []
+
+    def count(run):
+        seen.append([(name, len(method.checkpoints)) for name, method in run.methods.items()])
+
+    # The same method twice: the second gives the same scores only if it starts where
+    # the first started.
+    methods = {"memit": engine.settings, "again": engine.settings}
+    run = run_lifelong(
+        loaded, yardstick, methods, statistics=engine.statistics, contexts=engine.contexts,
+        batch_size=2, checkpoint_every=2,
+        on_checkpoint=count,
+    )
+    for name, tensor in loaded.model.state_dict().items():
+        assert torch.equal(tensor, before[name]), name
+    assert seen == [[("memit", 1)], [("memit", 2)], [("memit", 2), ("again", 1)],
+                    [("memit", 2), ("again", 2)]]
+    assert run.n == 4 and run.batch == 2 and run.dataset == "counterfact"
+    unedited = run.unedited.values
+    assert unedited["perplexity_ratio"] == 1.0
+    assert unedited["norm_growth_max"] == unedited["norm_growth_mean"] == 0.0
+    assert unedited["canary"] == (1.0 if canaries else None)
+    first, second = run.methods["memit"], run.methods["again"]
+    assert [c.facts for c in first.checkpoints] == [2, 4]
+    for mine, theirs in zip(first.checkpoints, second.checkpoints, strict=True):
+        for metric in set(METRICS) - {"seconds_per_fact"}:
+            assert mine.values[metric] == pytest.approx(theirs.values[metric]), metric
+    final = first.final.values
+    assert final["norm_growth_max"] >= final["norm_growth_mean"] > 0
+    assert final["perplexity_ratio"] != 1.0 and final["seconds_per_fact"] > 0
+    assert final["efficacy_success"] > unedited["efficacy_success"]
+    for metric, interval in first.final.intervals.items():
+        assert interval.low <= final[metric] <= interval.high, metric
+
+
+def test_the_command_writes_checkpoints_intervals_aliases_and_a_plot(
+    tiny_loaded, tmp_path, monkeypatch, capsys, counterfact_file
+):
+    model_dir = tmp_path / "model"
+    loaded = tiny_loaded()
+    loaded.model.save_pretrained(model_dir)
+    loaded.tokenizer.save_pretrained(model_dir)
+    fluency = tmp_path / "fluency.json"
+    fluency.write_text(json.dumps([{"Corpus": "test", "Text": t} for t in FLUENCY]))
+    monkeypatch.setenv("FACTSYNC_HOME", str(tmp_path / "home"))
+    report, plot = tmp_path / "lifelong.json", tmp_path / "lifelong.png"
+    code = main([
+        "bench", "lifelong", "--data", str(counterfact_file), "--fluency", str(fluency),
+        "--n", "6", "--batch", "2", "--checkpoint-every", "2", "--canaries", "4",
+        "--methods", "memit,memit+ime", "--max-iterations", "2", "--neighbours", "1",
+        "--model", str(model_dir), "--device", "cpu", "--corpus-tokens", "1000",
+        "--json", str(report), "--plot", str(plot),
+    ])
+    assert code == 0
+    data = json.loads(report.read_text())
+    assert (data["n"], data["batch"], data["dataset"]) == (6, 2, "counterfact")
+    names = set(METRICS) | set(ALIASES)
+    assert set(data["unedited"]) == names
+    assert data["unedited"]["canary"] == 1.0
+    assert list(data["methods"]) == ["memit", "memit+ime"]
+    for method in data["methods"].values():
+        checkpoints = method["checkpoints"]
+        assert [c["facts"] for c in checkpoints] == [2, 4, 6]
+        assert set(method["final"]) == names
+        assert method["final"] == {k: v for k, v in checkpoints[-1].items() if k != "facts"}
+        assert set(RECORD_METRICS) <= set(method["intervals"])
+        for values in [data["unedited"], method["final"], method["intervals"], *checkpoints]:
+            for alias, name in ALIASES.items():
+                assert values[alias] == values[name], alias
+        for metric, (low, high) in method["intervals"].items():
+            assert low <= method["final"][metric] <= high, metric
+    assert plot.read_bytes().startswith(PNG_SIGNATURE)
+    table = capsys.readouterr().out.splitlines()
+    assert table[1].split(" | ")[0].strip() == "metric"
+    assert {line.split(" | ")[0].strip() for line in table[3:]} == set(METRICS)
