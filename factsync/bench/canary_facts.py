@@ -1,13 +1,19 @@
 """Canary facts of a bench: facts the unedited model knows and no edit touches.
 
-A canary holds while the model finds its old object (COUNTERFACT's true object, ZsRE's
-``pred``) more likely than its new one after the rewrite prompt, by mean per-token NLL:
-the test of efficacy success, turned around.
+Two kinds. A record canary (a dataset record after the edited ones) holds while the
+model finds its old object (COUNTERFACT's true object, ZsRE's ``pred``) more likely
+than its new one after the rewrite prompt, by mean per-token NLL: the test of efficacy
+success, turned around. A daemon canary (the built-in set the daemon's monitor watches)
+holds while the model's greedy answer is still its object, the monitor's own test.
 """
 
 from __future__ import annotations
 
 from factsync.editing.requests import EditRequest
+from factsync.evaluation.kpis import Prompted
+from factsync.facts.canaries import CANDIDATE_CANARIES
+from factsync.facts.catalog import RelationCatalog
+from factsync.jobs.preparation import states
 from factsync.models.loading import LoadedModel
 from factsync.models.scoring import score_targets
 from factsync.models.text import PromptSpec, object_ids
@@ -30,3 +36,19 @@ def pick_canaries(loaded: LoadedModel, requests: list[EditRequest]) -> list[Edit
     """The requests whose old object ``loaded`` (the unedited model) already prefers."""
     holds = canary_holds(loaded, requests)
     return [request for request, held in zip(requests, holds, strict=True) if held]
+
+
+def daemon_canaries(loaded: LoadedModel) -> list[Prompted]:
+    """The daemon's built-in canaries, as (prompt, object), that ``loaded`` states."""
+    catalog = RelationCatalog.built_in()
+    pairs = []
+    for subject, relation_id, obj in CANDIDATE_CANARIES:
+        relation = catalog.resolve(relation_id)
+        if relation is not None:
+            pairs.append((relation.template.format(subject), obj))
+    return [pair for pair, stated in zip(pairs, states(loaded, pairs), strict=True) if stated]
+
+
+def canaries_stated(loaded: LoadedModel, pairs: list[Prompted]) -> list[float]:
+    """Per (prompt, object), 1.0 where the model's greedy answer is still the object."""
+    return [float(stated) for stated in states(loaded, pairs)]

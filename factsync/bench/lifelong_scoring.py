@@ -8,13 +8,14 @@ editing seconds per fact. Per-record values give 95% bootstrap intervals.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
-from factsync.bench.canary_facts import canary_holds
+from factsync.bench.canary_facts import canaries_stated, canary_holds
 from factsync.bench.norm_growth import NormGrowth, growth_summary
 from factsync.editing.requests import EditRequest
 from factsync.evaluation.fluency import perplexity
 from factsync.evaluation.intervals import Interval, bootstrap_interval
+from factsync.evaluation.kpis import Prompted
 from factsync.evaluation.suites import Suite
 from factsync.kpis.report import FACT_METRICS
 from factsync.models.loading import LoadedModel
@@ -55,10 +56,11 @@ class Yardstick:
 
     Attributes:
         suite: the edited records, their probes and held-out neighbours.
-        canaries: facts the unedited model knows that are never edited.
+        canaries: record canaries: records the unedited model knows, never edited.
         fluency_texts: held-out text for perplexity.
         base_perplexity: the unedited model's perplexity on ``fluency_texts``.
         seed: seed of the bootstrap resampling.
+        stated_canaries: the daemon's built-in canaries the unedited model states.
     """
 
     suite: Suite
@@ -66,6 +68,7 @@ class Yardstick:
     fluency_texts: list[str]
     base_perplexity: float
     seed: int = 0
+    stated_canaries: list[Prompted] = field(default_factory=list)
 
     @classmethod
     def prepare(
@@ -76,9 +79,11 @@ class Yardstick:
         fluency_texts: list[str],
         *,
         seed: int = 0,
+        stated_canaries: list[Prompted] | None = None,
     ) -> Yardstick:
         """Measure the unedited ``loaded``'s perplexity and hold the rest."""
-        return cls(suite, canaries, fluency_texts, perplexity(loaded, fluency_texts), seed)
+        return cls(suite, canaries, fluency_texts, perplexity(loaded, fluency_texts), seed,
+                   stated_canaries or [])
 
     def measure(
         self, loaded: LoadedModel, facts: int, growth: NormGrowth, seconds_per_fact: float
@@ -88,7 +93,9 @@ class Yardstick:
         samples = {
             name: [v for v in per_record[name] if v is not None] for name in RECORD_METRICS
         }
-        samples["canary"] = canary_holds(loaded, self.canaries)
+        samples["canary"] = canary_holds(loaded, self.canaries) + canaries_stated(
+            loaded, self.stated_canaries
+        )
         growth_max, growth_mean = growth_summary(growth.measure(loaded))
         values: dict[str, float | None] = {
             name: sum(s) / len(s) if s else None for name, s in samples.items()

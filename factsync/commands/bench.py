@@ -238,7 +238,8 @@ def _register_lifelong(sub: argparse._SubParsersAction) -> None:
         "--checkpoint-every facts (and at the end) score every fact applied so far: "
         "efficacy and paraphrase (retention), held-out neighbours, perplexity ratio on the "
         "fluency texts, canary facts (records after the edited ones that the unedited "
-        "model knows), the norm growth of each edited weight and editing seconds per fact. "
+        "model knows, and the daemon's built-in canaries it states), the norm growth of "
+        "each edited weight and editing seconds per fact. "
         "Prints the final metrics with 95%% bootstrap intervals beside the unedited model; "
         "--json is rewritten after every checkpoint.",
     )
@@ -272,7 +273,7 @@ def run_lifelong_bench(args: argparse.Namespace) -> int:
 
     import torch
 
-    from factsync.bench.canary_facts import pick_canaries
+    from factsync.bench.canary_facts import daemon_canaries, pick_canaries
     from factsync.bench.lifelong import (
         LifelongRun,
         checkpoint_facts,
@@ -303,14 +304,17 @@ def run_lifelong_bench(args: argparse.Namespace) -> int:
     suite = prepare_suite(loaded, args.dataset, cases[: args.n],
                           neighbours_per_fact=args.neighbours)
     canaries = pick_canaries(loaded, [case.request for case in cases[args.n :]])
-    yardstick = Yardstick.prepare(loaded, suite, canaries, texts, seed=args.seed)
+    stated = daemon_canaries(loaded)
+    yardstick = Yardstick.prepare(loaded, suite, canaries, texts, seed=args.seed,
+                                  stated_canaries=stated)
 
     def save(run: LifelongRun) -> None:
         write_json(args.json, to_json(run))
 
     print(f"{args.dataset}, {args.n} records in jobs of {args.batch}, model {loaded.name}, "
           f"layers {','.join(map(str, layers))}, {len(canaries)} canaries from the "
-          f"{len(cases) - args.n} records after the edited ones", flush=True)
+          f"{len(cases) - args.n} records after the edited ones and {len(stated)} of the "
+          "daemon's built-in canaries", flush=True)
     run = run_lifelong(loaded, yardstick, methods, statistics=engine.statistics,
                        contexts=engine.contexts, batch_size=args.batch,
                        checkpoint_every=args.checkpoint_every,

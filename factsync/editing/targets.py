@@ -6,10 +6,14 @@ last edit layer is optimised so the model predicts the new object after the prom
 with neighbour assistance (NME), keeps each neighbour's next-token distribution as it
 was before the edit (a KL term at about the weight of one rewrite prompt among seven)
 when the same delta sits at the neighbour's subject. The target is ``z = h + delta``.
+The vocabulary projection runs only where a logit is read: on the new object's tokens
+of rewrite prompts, and after the prompts the KL terms watch.
 
 All facts of a chunk share one padded batch with one delta per fact; the per-fact losses
 are summed, so each fact's gradient is the one it would get alone. A fact stops as soon
-as its target is likely enough and its neighbours have not moved, and its rows leave the
+as its target is likely enough and its neighbours still predict what they predicted
+before the edit (their most likely next token), or have not come back within
+``patience`` steps, and its rows leave the
 batch. The frozen layers below the edit point run once per chunk, not once per step,
 and so do the tokens before each row's subject (``models.prefix``): every step runs
 only the subject's last token and what follows it, in the layers above the edit point.
@@ -17,7 +21,6 @@ only the subject's last token and what follows it, in the layers above the edit 
 
 from __future__ import annotations
 
-import math
 from contextlib import ExitStack
 from dataclasses import dataclass
 
@@ -27,7 +30,7 @@ from factsync.editing.requests import EditRequest
 from factsync.models.hooks import add_at_positions, capture_hidden, frozen_parameters, replay_below
 from factsync.models.loading import LoadedModel
 from factsync.models.prefix import align_at_subject, full_forward, prefix_states, suffix_forward
-from factsync.models.scoring import target_nll
+from factsync.models.scoring import batch_scores
 from factsync.models.text import PromptSpec, encode, object_ids
 
 KL_TEMPLATE = "{} is a"
@@ -47,8 +50,10 @@ class TargetSettings:
             below this (nats per token; 0.05 is a probability of about 0.95).
         neighbour_weight: weight of the neighbours' KL term when NME is on; 1/7 weighs
             it like one prompt among the six rewrite prompts and itself.
-        neighbour_stop_kl: a fact with neighbours stops only once their mean KL from
-            the pre-edit distribution is at most this (nats).
+        patience: steps a fact whose target is likely keeps optimising while its
+            neighbours predict something else than before the edit. The delta that
+            rewrites the fact moves neighbours that share its relation, and beyond a few
+            steps pushing on only overfits the rewrite; the spread holds neighbours too.
         chunk_size: facts per padded batch (about 10 is fastest on CPU).
         replay_frozen: compute the layers below the edit point once per chunk.
     """
@@ -60,15 +65,17 @@ class TargetSettings:
     clamp_norm_factor: float = 4.0
     stop_nll: float = 0.05
     neighbour_weight: float = 1 / 7
-    neighbour_stop_kl: float = 0.05
+    patience: int = 3
     chunk_size: int = 10
     replay_frozen: bool = True
 
     def __post_init__(self) -> None:
+        if self.patience < 0:
+            raise ValueError(f"patience must not be negative, got {self.patience}")
         for name in ("steps", "chunk_size"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
-        for name in ("learning_rate", "clamp_norm_factor", "stop_nll", "neighbour_stop_kl"):
+        for name in ("learning_rate", "clamp_norm_factor", "stop_nll"):
             if not getattr(self, name) > 0:
                 raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
 
@@ -148,8 +155,7 @@ def _build_rows(
         add(PromptSpec(KL_TEMPLATE, request.subject), fact, "kl")
         if use_neighbours:
             for neighbour in request.neighbours:
-                ids = object_ids(loaded, neighbour.object)
-                add(PromptSpec(neighbour.template, neighbour.subject, ids), fact, "neighbour")
+                add(PromptSpec(neighbour.template, neighbour.subject), fact, "neighbour")
     return rows
 
 
@@ -172,12 +178,15 @@ def _optimise_chunk(
     }
     bare = torch.zeros(len(rows.specs), dtype=torch.bool, device=device)
     bare[rows.bare] = True
+    watched = kind["kl"] | kind["neighbour"]  # rows whose next-token distribution is kept
 
     forward, cache = full_forward(aligned)
     with torch.no_grad(), capture_hidden(loaded, [layer]) as captured:
         # Reference next-token distributions: the KL terms keep "{subject} is a" and
         # the neighbours' prompts as the model had them before the edit.
-        _, _, _, reference = target_nll(loaded, aligned.full, **forward)
+        reference = batch_scores(loaded, aligned.full, watched, **forward).next_token
+    predicted = reference.argmax(dim=-1)  # (watched rows,)
+    watched_index = torch.cumsum(watched.long(), dim=0) - 1  # row -> its index in reference
     hidden = captured[layer].detach()  # (rows, tokens, hidden)
     prefix = prefix_states(cache, split)
     suffix = aligned.suffix()
@@ -189,6 +198,7 @@ def _optimise_chunk(
     active = list(range(len(requests)))
     probability = [0.0] * len(requests)
     steps = [0] * len(requests)
+    waited = [0] * len(requests)  # steps since the fact's target became likely
     state: dict[str, torch.Tensor] = {}
 
     def deltas_for_rows() -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -218,9 +228,16 @@ def _optimise_chunk(
             # Only active deltas enter the graph, so finished ones get no gradient at all.
             vectors = torch.stack([deltas[f] for f in active])  # (active, hidden)
             state["vectors"] = vectors[row_slot]
-            nll, _, _, log_probs = target_nll(loaded, sub, **arguments)
-            kl_rows = reference[chosen]
-            kl = (kl_rows.exp() * (kl_rows - log_probs)).sum(dim=-1)  # (active rows,)
+            watching = watched[chosen]
+            scores = batch_scores(loaded, sub, watching, **arguments)
+            nll, log_probs = scores.nll, scores.next_token
+            was = reference[watched_index[chosen[watching]]]
+            kl = torch.zeros(len(chosen), device=device)
+            kl[watching] = (was.exp() * (was - log_probs)).sum(dim=-1)
+            moved = torch.zeros(len(chosen), device=device)
+            moved[watching] = (
+                log_probs.argmax(dim=-1) != predicted[watched_index[chosen[watching]]]
+            ).float()
 
             masks = {name: mask[chosen] for name, mask in kind.items()}
             rewrite_nll = _mean_per_fact(nll, masks["rewrite"], row_slot, len(active))
@@ -235,14 +252,18 @@ def _optimise_chunk(
             bare_nll = torch.zeros(len(active), device=device).index_add(
                 0, row_slot[bare[chosen]], nll[bare[chosen]]
             )
-            done = (rewrite_nll < settings.stop_nll) & (neighbour_kl <= settings.neighbour_stop_kl)
+            neighbours_moved = _mean_per_fact(moved, masks["neighbour"], row_slot, len(active))
+            likely = (rewrite_nll < settings.stop_nll).tolist()
+            kept = (neighbours_moved == 0).tolist()
+            bare_probability = torch.exp(-bare_nll).tolist()
             finished = []
-            for position, (fact, nll_value, stop) in enumerate(
-                zip(active, bare_nll.tolist(), done.tolist(), strict=True)
-            ):
-                probability[fact] = math.exp(-nll_value)
+            for position, fact in enumerate(active):
+                probability[fact] = bare_probability[position]
                 steps[fact] = step
-                if stop or step == settings.steps:
+                waited[fact] = waited[fact] + 1 if likely[position] else 0
+                # Once the target is likely, neighbours get a few steps to come back.
+                settled = kept[position] or waited[fact] > settings.patience
+                if (likely[position] and settled) or step == settings.steps:
                     finished.append(position)
             still = [f for position, f in enumerate(active) if position not in finished]
             if not still:
@@ -278,3 +299,4 @@ def _mean_per_fact(
         0, row_slot[mask], torch.ones_like(values[mask])
     )
     return total / count.clamp(min=1)
+

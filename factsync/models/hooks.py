@@ -97,9 +97,8 @@ def add_at_positions(
     def hook(_module: nn.Module, _args: tuple[Any, ...], output: Any) -> Any:
         hidden = hidden_of(output)
         rows, positions, vectors = delta_for_rows()
-        added = torch.zeros_like(hidden)
-        added = added.index_put((rows, positions), vectors.to(hidden.dtype), accumulate=True)
-        return with_hidden(output, hidden + added)
+        shifted = hidden.index_put((rows, positions), vectors.to(hidden.dtype), accumulate=True)
+        return with_hidden(output, shifted)
 
     with forward_hooks(loaded.model, {loaded.spec.layer_path(layer): hook}):
         yield

@@ -82,7 +82,7 @@ def align_at_subject(batch: PromptBatch) -> AlignedBatch:
 def full_forward(aligned: AlignedBatch) -> tuple[dict[str, Any], DynamicCache]:
     """Keyword arguments that run the whole re-laid rows and fill a fresh cache.
 
-    Pass them to ``target_nll``; afterwards ``prefix_states`` reads the cache.
+    Pass them to ``models.scoring.batch_scores``; afterwards ``prefix_states`` reads the cache.
     """
     cache = DynamicCache()
     arguments = {

@@ -50,38 +50,60 @@ def output_logits(
     return loaded.model.get_output_embeddings()(hidden[rows, positions]).float()
 
 
-def target_nll(
-    loaded: LoadedModel, batch: PromptBatch, **forward: Any
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Forward ``batch`` and score its targets; differentiable in the NLL.
+@dataclass
+class BatchScores:
+    """What one forward pass says about a batch's targets; differentiable.
 
-    ``forward`` is passed on to ``output_logits``.
+    Attributes:
+        nll: (batch,) mean NLL per target token of each row; 0 for rows without targets.
+        exact: (batch,) every target token of the row is the argmax at its position.
+        predicted: (targets,) the argmax id at each target token, in row order.
+        next_token: (watched, vocab) next-token log-probabilities after the prompt of
+            each watched row.
+    """
 
-    Returns (mean target NLL per row (batch,), exact-match flag per row (batch,), argmax
-    id per target token in row order (targets,), next-token log-probabilities after each
-    row's prompt (batch, vocab)).
+    nll: torch.Tensor
+    exact: torch.Tensor
+    predicted: torch.Tensor
+    next_token: torch.Tensor
+
+
+def batch_scores(
+    loaded: LoadedModel,
+    batch: PromptBatch,
+    watched: torch.Tensor | None = None,
+    **forward: Any,
+) -> BatchScores:
+    """Forward ``batch`` and score its targets, teacher forced.
+
+    ``watched`` (batch,) marks rows whose next-token distribution after the prompt is
+    wanted as well. Logits are projected only at target tokens and after watched
+    prompts. ``forward`` is passed on to ``output_logits``.
     """
     size = batch.input_ids.shape[0]
     device = batch.input_ids.device
     rows, logit_pos, token_pos = batch.target_positions()
-    every_row = torch.arange(size, device=device)
-    # One projection serves the target tokens and every row's next-token distribution.
+    watched_rows = (
+        torch.zeros(0, dtype=torch.long, device=device)
+        if watched is None
+        else torch.nonzero(watched).squeeze(1)
+    )
     logits = output_logits(
         loaded,
         batch,
-        torch.cat([rows, every_row]),
-        torch.cat([logit_pos, batch.prompt_last]),
+        torch.cat([rows, watched_rows]),
+        torch.cat([logit_pos, batch.prompt_last[watched_rows]]),
         **forward,
     )
-    log_probs = torch.log_softmax(logits, dim=-1)  # (targets + batch, vocab)
-    target_log_probs, next_token = log_probs[: len(rows)], log_probs[len(rows) :]
+    log_probs = torch.log_softmax(logits, dim=-1)  # (targets + watched, vocab)
+    target_log_probs = log_probs[: len(rows)]
     targets = batch.input_ids[rows, token_pos]
     token_nll = -target_log_probs.gather(1, targets[:, None]).squeeze(1)
-    argmax = target_log_probs.argmax(dim=-1)
+    predicted = target_log_probs.argmax(dim=-1)
     nll_sum = torch.zeros(size, device=device).index_add(0, rows, token_nll)
-    wrong = torch.zeros(size, device=device).index_add(0, rows, (argmax != targets).float())
+    wrong = torch.zeros(size, device=device).index_add(0, rows, (predicted != targets).float())
     lengths = batch.target_lengths.clamp(min=1).to(nll_sum)
-    return nll_sum / lengths, wrong == 0, argmax, next_token
+    return BatchScores(nll_sum / lengths, wrong == 0, predicted, log_probs[len(rows) :])
 
 
 def score_targets(
@@ -93,8 +115,9 @@ def score_targets(
         chunk = rows[start : start + batch_size]
         batch = encode(loaded, chunk)
         with torch.no_grad():
-            nll, exact, argmax, _ = target_nll(loaded, batch)
-        predicted = argmax.tolist()
+            scores_of_batch = batch_scores(loaded, batch)
+        nll, exact = scores_of_batch.nll, scores_of_batch.exact
+        predicted = scores_of_batch.predicted.tolist()
         cursor = 0
         for index, row in enumerate(chunk):
             length = len(row.target_ids)

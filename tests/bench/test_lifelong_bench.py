@@ -8,7 +8,12 @@ from dataclasses import replace
 import pytest
 import torch
 
-from factsync.bench.canary_facts import canary_holds, pick_canaries
+from factsync.bench.canary_facts import (
+    canaries_stated,
+    canary_holds,
+    daemon_canaries,
+    pick_canaries,
+)
 from factsync.bench.lifelong import checkpoint_facts, chosen_methods, run_lifelong
 from factsync.bench.lifelong_report import ALIASES
 from factsync.bench.lifelong_scoring import METRICS, RECORD_METRICS, Yardstick
@@ -113,6 +118,13 @@ def test_canaries_are_the_facts_the_unedited_model_prefers(tiny_loaded, counterf
     assert canary_holds(loaded, picked) == [1.0] * len(picked)
     swapped = [replace(r, old_object=r.new_object, new_object=r.old_object) for r in requests]
     assert canary_holds(loaded, swapped) == [1.0 - held for held in holds]
+
+
+def test_daemon_canaries_are_those_the_model_states(tiny_loaded):
+    loaded = tiny_loaded()
+    # The tiny random model states none of the built-in canaries, nor "Paris" here.
+    assert daemon_canaries(loaded) == []
+    assert canaries_stated(loaded, [("The capital of France is", "Paris")]) == [0.0]
 
 
 def test_each_method_starts_from_the_base_weights_and_leaves_them(
