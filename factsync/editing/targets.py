@@ -184,7 +184,9 @@ def _optimise_chunk(
     with torch.no_grad(), capture_hidden(loaded, [layer]) as captured:
         # Reference next-token distributions: the KL terms keep "{subject} is a" and
         # the neighbours' prompts as the model had them before the edit.
-        reference = batch_scores(loaded, aligned.full, watched, **forward).next_token
+        reference = batch_scores(
+            loaded, aligned.full, watched, labels=aligned.labels, **forward
+        ).next_token
     predicted = reference.argmax(dim=-1)  # (watched rows,)
     watched_index = torch.cumsum(watched.long(), dim=0) - 1  # row -> its index in reference
     hidden = captured[layer].detach()  # (rows, tokens, hidden)
@@ -218,10 +220,12 @@ def _optimise_chunk(
             row_slot = slot[fact_of_row[chosen]]  # (active rows,) index into ``active``
             if replay is not None:
                 sub = suffix.select(chosen)
+                labels = aligned.labels[chosen, split:]
                 arguments = suffix_forward(aligned, prefix, chosen)
                 replay.replay = hidden[chosen, split:]
             else:
                 sub = aligned.full.select(chosen)
+                labels = aligned.labels[chosen]
                 arguments = {"position_ids": aligned.positions[chosen]}
             state["rows"] = torch.arange(len(chosen), device=device)
             state["positions"] = sub.subject_last
@@ -229,7 +233,7 @@ def _optimise_chunk(
             vectors = torch.stack([deltas[f] for f in active])  # (active, hidden)
             state["vectors"] = vectors[row_slot]
             watching = watched[chosen]
-            scores = batch_scores(loaded, sub, watching, **arguments)
+            scores = batch_scores(loaded, sub, watching, labels=labels, **arguments)
             nll, log_probs = scores.nll, scores.next_token
             was = reference[watched_index[chosen[watching]]]
             kl = torch.zeros(len(chosen), device=device)

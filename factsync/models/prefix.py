@@ -8,7 +8,8 @@ runs only the rest of the row.
 
 Rows are re-laid so that every row's last subject token sits at one column, the
 ``split``: shorter beginnings are padded on the left. Each token keeps the position it
-has in its own row, so attention sees exactly the text it saw before.
+has in its own row, so attention sees exactly the text it saw before. Columns after the
+last one whose logit is read are dropped: a row's final target token is only a label.
 """
 
 from __future__ import annotations
@@ -27,14 +28,18 @@ class AlignedBatch:
     """A batch whose rows all have their last subject token at column ``split``.
 
     Attributes:
-        full: the whole rows, re-laid (``subject_last`` equals ``split`` in every row).
+        full: the rows re-laid (``subject_last`` equals ``split`` in every row), up to
+            the last column whose logit is read.
         positions: (batch, tokens) each token's position in its own row.
         split: the column of every row's last subject token.
+        labels: (batch, at least tokens) the re-laid rows with every target token:
+            where scoring reads its targets.
     """
 
     full: PromptBatch
     positions: torch.Tensor
     split: int
+    labels: torch.Tensor
 
     def suffix(self) -> PromptBatch:
         """Columns from ``split`` on: the part of each row an edit there can change.
@@ -68,15 +73,18 @@ def align_at_subject(batch: PromptBatch) -> AlignedBatch:
         attention_mask[row, shift : shift + length] = 1
         positions[row, shift : shift + length] = torch.arange(length, device=device)
     offset = torch.tensor(shifts, device=device)
+    prompt_last = batch.prompt_last + offset
+    read = int((prompt_last + (batch.target_lengths - 1).clamp(min=0)).max()) + 1
     full = PromptBatch(
-        input_ids=input_ids,
-        attention_mask=attention_mask,
+        input_ids=input_ids[:, :read],
+        attention_mask=attention_mask[:, :read],
         subject_first=batch.subject_first + offset,
         subject_last=batch.subject_last + offset,
-        prompt_last=batch.prompt_last + offset,
+        prompt_last=prompt_last,
         target_lengths=batch.target_lengths,
     )
-    return AlignedBatch(full=full, positions=positions, split=int(batch.subject_last.max()))
+    split = int(batch.subject_last.max())
+    return AlignedBatch(full=full, positions=positions[:, :read], split=split, labels=input_ids)
 
 
 def full_forward(aligned: AlignedBatch) -> tuple[dict[str, Any], DynamicCache]:

@@ -72,13 +72,17 @@ def batch_scores(
     loaded: LoadedModel,
     batch: PromptBatch,
     watched: torch.Tensor | None = None,
+    *,
+    labels: torch.Tensor | None = None,
     **forward: Any,
 ) -> BatchScores:
     """Forward ``batch`` and score its targets, teacher forced.
 
     ``watched`` (batch,) marks rows whose next-token distribution after the prompt is
     wanted as well. Logits are projected only at target tokens and after watched
-    prompts. ``forward`` is passed on to ``output_logits``.
+    prompts. ``labels`` holds the rows with all their target tokens when ``batch``'s
+    inputs stop before the last ones (default: ``batch.input_ids``). ``forward`` is
+    passed on to ``output_logits``.
     """
     size = batch.input_ids.shape[0]
     device = batch.input_ids.device
@@ -97,7 +101,7 @@ def batch_scores(
     )
     log_probs = torch.log_softmax(logits, dim=-1)  # (targets + watched, vocab)
     target_log_probs = log_probs[: len(rows)]
-    targets = batch.input_ids[rows, token_pos]
+    targets = (batch.input_ids if labels is None else labels)[rows, token_pos]
     token_nll = -target_log_probs.gather(1, targets[:, None]).squeeze(1)
     predicted = target_log_probs.argmax(dim=-1)
     nll_sum = torch.zeros(size, device=device).index_add(0, rows, token_nll)
