@@ -35,12 +35,7 @@ def register(commands: argparse._SubParsersAction) -> None:
         "bootstrap intervals over records, perplexity ratio, mean IME passes and seconds, "
         "with the unedited model as a reference row.",
     )
-    counterfact.add_argument("--dataset", choices=DATASETS, default="counterfact",
-                             help="record format of --data (counterfact)")
-    _add_data_options(counterfact)
-    _add_fluency_option(counterfact)
-    counterfact.add_argument("--n", type=int, default=100, help="records to edit (100)")
-    counterfact.add_argument("--batch", type=int, default=10, help="facts per edit job (10)")
+    _add_record_options(counterfact, records=100)
     counterfact.add_argument(
         "--neighbours", type=int, default=1, help="NME neighbours per fact (1)"
     )
@@ -240,15 +235,10 @@ def _register_lifelong(sub: argparse._SubParsersAction) -> None:
         "fluency texts, canary facts (records after the edited ones that the unedited "
         "model knows, and the daemon's built-in canaries it states), the norm growth of "
         "each edited weight and editing seconds per fact. "
-        "Prints the final metrics with 95%% bootstrap intervals beside the unedited model; "
+        "Prints the final metrics with 95% bootstrap intervals beside the unedited model; "
         "--json is rewritten after every checkpoint.",
     )
-    lifelong.add_argument("--dataset", choices=DATASETS, default="counterfact",
-                          help="record format of --data (counterfact)")
-    _add_data_options(lifelong)
-    _add_fluency_option(lifelong)
-    lifelong.add_argument("--n", type=int, default=1000, help="records to edit (1000)")
-    lifelong.add_argument("--batch", type=int, default=10, help="facts per edit job (10)")
+    _add_record_options(lifelong, records=1000)
     lifelong.add_argument("--checkpoint-every", type=int, default=100,
                           help="facts applied between checkpoints (100)")
     lifelong.add_argument("--methods", default="default,memit",
@@ -378,6 +368,16 @@ def run_budget_bench(args: argparse.Namespace) -> int:
     print(f"single-pass MEMIT on {len(cases)} COUNTERFACT records, model {loaded.name}")
     print(format_budget_table(rows))
     return 0
+
+
+def _add_record_options(parser: argparse.ArgumentParser, *, records: int) -> None:
+    """Which records a bench edits, in jobs of how many, and its fluency texts."""
+    parser.add_argument("--dataset", choices=DATASETS, default="counterfact",
+                        help="record format of --data (counterfact)")
+    _add_data_options(parser)
+    _add_fluency_option(parser)
+    parser.add_argument("--n", type=int, default=records, help=f"records to edit ({records})")
+    parser.add_argument("--batch", type=int, default=10, help="facts per edit job (10)")
 
 
 def _add_data_options(parser: argparse.ArgumentParser) -> None:
