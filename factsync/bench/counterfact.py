@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
 
 from tqdm import tqdm
@@ -92,12 +93,15 @@ def run_counterfact(
     batch_size: int,
     neighbours_per_fact: int = 1,
     dataset: str = "counterfact",
+    spare: Sequence[EvalCase] = (),
 ) -> dict[str, MethodRow]:
     """Edit ``cases`` of ``dataset`` with each method and score them.
 
-    The model is restored after each method.
+    ``spare`` records may lend editing neighbours (see ``prepare_suite``). The model is
+    restored after each method.
     """
-    suite = prepare_suite(loaded, dataset, cases, neighbours_per_fact=neighbours_per_fact)
+    suite = prepare_suite(loaded, dataset, cases, neighbours_per_fact=neighbours_per_fact,
+                          spare=spare)
     base_perplexity = perplexity(loaded, fluency_texts)
     rows = {"unedited": _row(loaded, suite, base_perplexity, fluency_texts, 0.0, 0.0)}
     requests = suite.requests

@@ -283,7 +283,7 @@ def run_lifelong_bench(args: argparse.Namespace) -> int:
     torch.manual_seed(args.seed)
     data = _counterfact_path(args, args.dataset)
     texts = _fluency_texts(args.fluency)
-    cases = load_cases(args.dataset, data, limit=args.n + args.canaries)
+    cases = load_cases(args.dataset, data)
     if len(cases) < args.n:
         raise ValueError(f"{data} holds {len(cases)} records; --n asks for {args.n}")
     base = engine_settings(args, neighbours=False)
@@ -292,8 +292,10 @@ def run_lifelong_bench(args: argparse.Namespace) -> int:
     layers = edit_layers(loaded, methods)
     engine = build_engine(loaded, replace(base, layers=layers), statistics_settings(args))
     suite = prepare_suite(loaded, args.dataset, cases[: args.n],
-                          neighbours_per_fact=args.neighbours)
-    canaries = pick_canaries(loaded, [case.request for case in cases[args.n :]])
+                          neighbours_per_fact=args.neighbours, spare=cases[args.n :])
+    canaries = pick_canaries(
+        loaded, [case.request for case in cases[args.n : args.n + args.canaries]]
+    )
     stated = daemon_canaries(loaded)
     yardstick = Yardstick.prepare(loaded, suite, canaries, texts, seed=args.seed,
                                   stated_canaries=stated)
@@ -303,8 +305,8 @@ def run_lifelong_bench(args: argparse.Namespace) -> int:
 
     print(f"{args.dataset}, {args.n} records in jobs of {args.batch}, model {loaded.name}, "
           f"layers {','.join(map(str, layers))}, {len(canaries)} canaries from the "
-          f"{len(cases) - args.n} records after the edited ones and {len(stated)} of the "
-          "daemon's built-in canaries", flush=True)
+          f"{min(args.canaries, len(cases) - args.n)} records after the edited ones and "
+          f"{len(stated)} of the daemon's built-in canaries", flush=True)
     run = run_lifelong(loaded, yardstick, methods, statistics=engine.statistics,
                        contexts=engine.contexts, batch_size=args.batch,
                        checkpoint_every=args.checkpoint_every,
@@ -436,7 +438,9 @@ def run_counterfact_bench(args: argparse.Namespace) -> int:
     from factsync.evaluation.datasets import load_cases
 
     torch.manual_seed(args.seed)
-    cases = load_cases(args.dataset, _counterfact_path(args, args.dataset), limit=args.n)
+    # Records past the first n are read as spares that may lend editing neighbours.
+    records = load_cases(args.dataset, _counterfact_path(args, args.dataset))
+    cases = records[: args.n]
     texts = _fluency_texts(args.fluency)
     loaded = load(args)
     base = engine_settings(args, neighbours=False)
@@ -457,6 +461,7 @@ def run_counterfact_bench(args: argparse.Namespace) -> int:
         batch_size=args.batch,
         neighbours_per_fact=args.neighbours,
         dataset=args.dataset,
+        spare=records[args.n :],
     )
     print(
         f"{dataset_spec(args.dataset).title}, {len(cases)} records, batches of {args.batch}, "

@@ -27,8 +27,9 @@ class Dataset:
         title: as its authors spell it, for people to read.
         shared_file: its file under the shared data directory.
         load: ``load(path, limit=...)`` reads up to ``limit`` cases of a file.
-        donor_offset: case ``i`` takes its editing neighbours from the neighbourhood of
-            case ``(i + donor_offset) mod n``.
+        borrows_neighbours: a case takes its editing neighbours from the neighbourhood of
+            a spare record (one read past the edited ones) instead of its own, which is
+            all it is scored on.
         token_accuracy: accuracy is the share of the object's tokens that are the
             argmax, rather than whether all of them are.
         neighbourhood_reference: neighbourhood accuracy compares the argmax with the
@@ -40,7 +41,7 @@ class Dataset:
     title: str
     shared_file: Path
     load: Callable[..., list[EvalCase]]
-    donor_offset: int
+    borrows_neighbours: bool
     token_accuracy: bool
     neighbourhood_reference: bool
 
@@ -57,11 +58,12 @@ class Dataset:
 _DATASETS = {
     # Each record's own neighbourhood samples are its editing candidates.
     "counterfact": Dataset("counterfact", "COUNTERFACT", SHARED_COUNTERFACT, load_counterfact,
-                           donor_offset=0, token_accuracy=False, neighbourhood_reference=True),
+                           borrows_neighbours=False, token_accuracy=False,
+                           neighbourhood_reference=True),
     # A ZsRE record has one neighbourhood prompt, the one it is scored on, so its
-    # editing neighbour is the next record's.
+    # editing neighbour is a spare record's.
     "zsre": Dataset("zsre", "ZsRE", SHARED_ZSRE, load_zsre,
-                    donor_offset=1, token_accuracy=True, neighbourhood_reference=False),
+                    borrows_neighbours=True, token_accuracy=True, neighbourhood_reference=False),
 }
 
 DATASETS = tuple(_DATASETS)

@@ -39,19 +39,19 @@ class NeighbourSplit:
 def split_neighbours(
     loaded: LoadedModel,
     cases: Sequence[EvalCase],
-    donors: Sequence[int],
+    donors: Sequence[EvalCase | None],
     per_fact: int,
     *,
     batch_size: int = 32,
 ) -> NeighbourSplit:
     """Choose up to ``per_fact`` editing neighbours per case and what is left to score.
 
-    ``donors[i]`` is the case whose neighbourhood offers case ``i`` its neighbours. Call
-    on the unedited model.
+    ``donors[i]`` is the case whose neighbourhood offers case ``i`` its neighbours (it
+    may be case ``i`` itself; ``None``: no neighbours). Call on the unedited model.
     """
     if len(donors) != len(cases):
         raise ValueError(f"{len(donors)} donors for {len(cases)} cases")
-    offers = [cases[donor].neighbourhood_facts() for donor in donors]
+    offers = [() if donor is None else donor.neighbourhood_facts() for donor in donors]
     rows = [
         PromptSpec(fact.template, fact.subject, object_ids(loaded, obj))
         for case, facts in zip(cases, offers, strict=True)

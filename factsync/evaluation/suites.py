@@ -7,11 +7,11 @@ accuracy compares with. ``Suite.score`` then scores the model as it is, one valu
 record and metric (``record_scores``), which bootstrap intervals need.
 
 COUNTERFACT cases edit with their own neighbourhood samples. A ZsRE record has one
-neighbourhood prompt, the ``loc`` question it is scored on, so case ``i`` edits with the
-neighbourhood of case ``(i + 1) mod n``, and every question used so is scored for no
-case: records whose question went to editing report no neighbourhood accuracy, and as a
-question goes to editing only when the unedited model prefers its answer to the edit's
-new object, the ones left to score lean towards questions the model does not know.
+neighbourhood prompt, the ``loc`` question it is scored on, so its editing neighbour
+comes from a spare record, one past the edited ones that is neither edited nor scored:
+case ``i`` borrows from spare record ``i mod len(spare)``. Without spare records ZsRE
+cases edit without neighbours, since lending a scored question would take it out of the
+scoring (and leave the questions the model does not know to be scored).
 """
 
 from __future__ import annotations
@@ -24,6 +24,7 @@ from factsync.editing.requests import EditRequest
 from factsync.evaluation.cases import EvalCase
 from factsync.evaluation.datasets import (
     DATASETS,
+    Dataset,
     dataset_spec,
     default_dataset_path,
     load_cases,
@@ -87,14 +88,22 @@ class Suite:
 
 
 def prepare_suite(
-    loaded: LoadedModel, dataset: str, cases: list[EvalCase], *, neighbours_per_fact: int = 1
+    loaded: LoadedModel,
+    dataset: str,
+    cases: list[EvalCase],
+    *,
+    neighbours_per_fact: int = 1,
+    spare: Sequence[EvalCase] = (),
 ) -> Suite:
-    """Prepare ``cases`` of ``dataset`` on the unedited model ``loaded``."""
+    """Prepare ``cases`` of ``dataset`` on the unedited model ``loaded``.
+
+    ``spare`` are records of the same file that are neither edited nor scored; datasets
+    that borrow editing neighbours take them from these.
+    """
     spec = dataset_spec(dataset)
     if not cases:
         raise ValueError("no cases to prepare")
-    donors = [(i + spec.donor_offset) % len(cases) for i in range(len(cases))]
-    split = split_neighbours(loaded, cases, donors, neighbours_per_fact)
+    split = split_neighbours(loaded, cases, _donors(spec, cases, spare), neighbours_per_fact)
     requests = [
         replace(case.request, neighbours=chosen)
         for case, chosen in zip(cases, split.editing, strict=True)
@@ -115,3 +124,16 @@ def prepare_suite(
     )
     reference = neighbourhood_reference(loaded, probes) if spec.neighbourhood_reference else {}
     return Suite(dataset, cases, requests, probes, reference)
+
+
+def _donors(
+    spec: Dataset, cases: list[EvalCase], spare: Sequence[EvalCase]
+) -> list[EvalCase | None]:
+    """Per case, the record whose neighbourhood offers it editing neighbours, if any."""
+    if not spec.borrows_neighbours:
+        return list(cases)
+    if not spare:
+        log.warning("%s: no spare records to lend editing neighbours; cases edit without "
+                    "them (read more records than are edited to have some)", spec.name)
+        return [None] * len(cases)
+    return [spare[i % len(spare)] for i in range(len(cases))]

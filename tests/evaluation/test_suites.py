@@ -210,31 +210,43 @@ def test_a_neighbour_shared_by_two_cases_is_scored_by_neither_once_it_edits(tiny
     assert all("Skype is owned by" in {p for p, _ in probe.neighbourhood} for probe in plain.probes)
 
 
-def test_a_zsre_case_edits_with_the_next_record_question_which_nobody_scores(tiny_loaded):
+def test_zsre_cases_borrow_editing_neighbours_from_spare_records_and_score_their_own(
+    tiny_loaded,
+):
     loaded = tiny_loaded()
     questions = [("skype", "nq question: who owns {}?"), ("france", "nq question: where is {}?")]
     answers = ["Microsoft", "The Rembrandts"]
-    # Case 0 edits with case 1's question, which the unedited model gets right against
-    # case 0's new object; case 1's new object beats case 0's answer, so case 0's
-    # question stays unused and scored.
+    # The spare's question qualifies against case 0's new object and not against case 1's.
     new_0 = _object_where(loaded, "nq question: where is france?", answers[1], kept=True)
-    new_1 = _object_where(loaded, "nq question: who owns skype?", answers[0], kept=False)
-    cases = [
+    new_1 = _object_where(loaded, "nq question: where is france?", answers[1], kept=False)
+    case_0, spare = (
         EvalCase(index, EditRequest("Watts Humphrey", "Where did {} study?", new, "Yale"),
                  ("Which university did Watts Humphrey attend?",), (question,), (answer,))
         for index, (new, question, answer) in enumerate(
-            zip((new_0, new_1), questions, answers, strict=True)
+            zip((new_0, new_0), questions, answers, strict=True)
         )
-    ]
-    suite = prepare_suite(loaded, "zsre", cases, neighbours_per_fact=1)
+    )
+    case_1 = EvalCase(2, EditRequest("Yale", "Where is {}?", new_1, "New Haven"),
+                      ("In which city is Yale?",), (questions[0],), (answers[0],))
+    suite = prepare_suite(loaded, "zsre", [case_0, case_1], neighbours_per_fact=1,
+                          spare=[spare])
     assert suite.requests[0].neighbours == (Neighbour("france", questions[1][1], answers[1]),)
     assert suite.requests[1].neighbours == ()
+    # Every case keeps its own question to score, whether or not it borrowed.
     assert [probe.neighbourhood for probe in suite.probes] == [
         (("nq question: who owns skype?", "Microsoft"),),
-        (),
+        (("nq question: who owns skype?", "Microsoft"),),
     ]
-    hood = suite.score(loaded)["neighbourhood_accuracy"]
-    assert hood[0] is not None and hood[1] is None
+    assert all(v is not None for v in suite.score(loaded)["neighbourhood_accuracy"])
+
+
+def test_zsre_cases_without_spare_records_edit_without_neighbours(tiny_loaded, caplog):
+    loaded = tiny_loaded()
+    cases = _zsre_cases(loaded)
+    suite = prepare_suite(loaded, "zsre", cases, neighbours_per_fact=2)
+    assert all(request.neighbours == () for request in suite.requests)
+    assert [len(probe.neighbourhood) for probe in suite.probes] == [1, 1, 1]
+    assert "no spare records" in caplog.text
 
 
 def test_a_suite_needs_cases(tiny_loaded):
