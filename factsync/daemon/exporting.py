@@ -126,15 +126,24 @@ class Exporter:
                 self._sender.start()
             self._queue.put(change)
 
-    def close(self, timeout: float = 10.0) -> None:
-        """Finish the export under way and send what is queued (up to ``timeout`` each),
-        then stop; nothing starts afterwards. An export left undone is redone at the next
-        start-up, which exports the live version."""
+    def close(self, timeout: float = 10.0, export_timeout: float = 300.0) -> None:
+        """Finish the export under way (up to ``export_timeout``) and send what is queued
+        (up to ``timeout``), then stop; nothing starts afterwards. An export left undone is
+        redone at the next start-up, which exports the live version.
+
+        The export gets the longer wait because it runs inside torch: a process that
+        exits while a thread is in there can abort instead of exiting cleanly.
+        """
         with self._threads_lock:
             self._closed = True
         if self._exporter is not None:
             self._requests.put(None)
             self._exporter.join(timeout=timeout)
+            if self._exporter.is_alive():
+                log.info("waiting up to %.0fs more for the export under way", export_timeout)
+                self._exporter.join(timeout=export_timeout)
+                if self._exporter.is_alive():
+                    log.error("the export under way did not finish; stopping without it")
         with self._threads_lock:
             self._sending_closed = True
         if self._sender is not None:

@@ -74,3 +74,13 @@ def test_requested_exports_run_on_their_own_thread_and_close_finishes_them(
     assert 1 <= len(events) <= 3 and events[-1] == "rolled_back"
     exporter.request_export("promoted")  # after close: ignored
     assert "exports" not in [t.name for t in threading.enumerate()]
+
+
+def test_close_waits_for_the_export_under_way_beyond_the_notification_timeout(
+    build_exporter, http_receiver
+):
+    exporter = build_exporter()
+    exporter.request_export("started")
+    # A process that exits while the export thread is inside torch can abort.
+    exporter.close(timeout=0)
+    assert "exports" not in [t.name for t in threading.enumerate()]
