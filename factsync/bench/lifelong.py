@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from tqdm import tqdm
 
@@ -26,11 +26,12 @@ from factsync.policies.schema import Policy
 
 
 def lifelong_methods(base: EngineSettings, max_iterations: int) -> dict[str, EngineSettings]:
-    """``default``, the engine settings of the daemon's default policy, then the methods
+    """``default``, the engine settings of the daemon's default policy; ``default+mpes``,
+    the same with most-probable early stopping of the z optimisation; then the methods
     of ``bench counterfact`` built on ``base``."""
-    return {"default": Policy().editing.engine_settings()} | standard_methods(
-        base, max_iterations
-    )
+    default = Policy().editing.engine_settings()
+    mpes = replace(default, target=replace(default.target, most_probable_stop=True))
+    return {"default": default, "default+mpes": mpes} | standard_methods(base, max_iterations)
 
 
 def chosen_methods(

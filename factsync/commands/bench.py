@@ -243,7 +243,8 @@ def _register_lifelong(sub: argparse._SubParsersAction) -> None:
                           help="facts applied between checkpoints (100)")
     lifelong.add_argument("--methods", default="default,memit",
                           help="comma-separated methods: default (the daemon's default "
-                          "policy), memit, memit+ime, memit+ime+nme, alphaedit+ime+nme "
+                          "policy), default+mpes (the same with most-probable early "
+                          "stopping), memit, memit+ime, memit+ime+nme, alphaedit+ime+nme "
                           "(default,memit)")
     lifelong.add_argument("--neighbours", type=int, default=3,
                           help="NME neighbours per fact (3)")

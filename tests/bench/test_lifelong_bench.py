@@ -99,13 +99,16 @@ def test_checkpoint_settings_are_checked():
 
 
 def test_default_is_the_shipped_default_policy_beside_the_counterfact_methods():
-    methods = chosen_methods("default, memit+ime", EngineSettings(), 2)
-    assert list(methods) == ["default", "memit+ime"]
+    methods = chosen_methods("default, memit+ime,default+mpes", EngineSettings(), 2)
+    assert list(methods) == ["default", "memit+ime", "default+mpes"]
     shipped = load_policy(shipped_policy_dir() / "default.yaml")
     assert methods["default"] == shipped.editing.engine_settings()
+    mpes = methods["default+mpes"]
+    assert mpes.target.most_probable_stop and not methods["default"].target.most_probable_stop
+    assert replace(mpes, target=methods["default"].target) == methods["default"]
     assert methods["memit+ime"].max_iterations == 2 and not methods["memit+ime"].neighbours
     with pytest.raises(ValueError, match=r"unknown methods \['rome'\] in 'memit,rome'; "
-                       "choose from default, memit, memit\\+ime"):
+                       "choose from default, default\\+mpes, memit, memit\\+ime"):
         chosen_methods("memit,rome", EngineSettings(), 2)
 
 

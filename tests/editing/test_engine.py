@@ -14,6 +14,8 @@ from factsync.editing.outcomes import edit_outcomes
 from factsync.editing.requests import EditRequest, Neighbour
 from factsync.editing.spread import spread
 from factsync.editing.targets import TargetSettings, optimise_targets
+from factsync.models.scoring import score_targets
+from factsync.models.text import PromptSpec, object_ids
 
 REQUESTS = [
     EditRequest(
@@ -243,3 +245,31 @@ def test_nme_neighbours_are_held_in_place_by_the_spread(tiny_engine, tiny_loaded
         with applied(loaded, delta):
             moved[bool(protected)] = (subject_outputs(loaded, neighbours, last) - before).norm()
     assert moved[True] < 0.5 * moved[False]
+
+
+def test_most_probable_stop_ends_a_fact_once_its_object_is_the_greedy_answer(
+    tiny_engine, tiny_loaded
+):
+    loaded = tiny_loaded()
+    engine = tiny_engine(loaded)
+    layer = loaded.spec.default_layers(loaded.num_layers)[-1]
+    known = _request_for_greedy_answer(loaded, REQUESTS[2])
+    requests = [known, REQUESTS[1]]
+    mpes = replace(engine.settings.target, stop_nll=1e-9, most_probable_stop=True)
+    result = optimise_targets(loaded, requests, layer, [""], mpes, use_neighbours=False)
+    assert result.steps[0] == 0 and torch.equal(result.z[0], result.initial[0])
+    assert result.steps[1] > 0  # not the greedy answer: optimised
+    by_nll = replace(mpes, most_probable_stop=False)
+    result = optimise_targets(loaded, requests, layer, [""], by_nll, use_neighbours=False)
+    assert result.steps == [mpes.steps] * 2
+
+
+def _request_for_greedy_answer(loaded, request: EditRequest) -> EditRequest:
+    """``request`` on a subject whose greedy next token, after a space, is a whole object."""
+    for subject in ("Paris", "Rome", "Lyon", "Tokyo", "Oslo", "Cairo", "Lima", "Quito", "Bern"):
+        spec = PromptSpec(request.template, subject, (0,))
+        (score,) = score_targets(loaded, [spec])
+        greedy = loaded.tokenizer.decode(list(score.predicted))
+        if object_ids(loaded, greedy) == score.predicted:
+            return replace(request, subject=subject, new_object=greedy)
+    raise AssertionError("no subject's greedy answer encodes back to itself")
