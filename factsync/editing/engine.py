@@ -19,6 +19,7 @@ from dataclasses import asdict, dataclass, field
 import torch
 
 from factsync import __version__
+from factsync.editing.cancellation import Cancelled, never, stop_if
 from factsync.editing.covariance import KeyStatistics
 from factsync.editing.delta import ModelDelta, restored_weights
 from factsync.editing.engine_state import EngineState, combined_keys
@@ -221,8 +222,12 @@ class EditEngine:
             elif context.preserved is not None:
                 context.preserved += product.to(context.preserved.device)
 
-    def edit(self, requests: list[EditRequest]) -> EditResult:
-        """Run IME (and NME when enabled) for ``requests``; the model is left unchanged."""
+    def edit(self, requests: list[EditRequest], *, cancelled: Cancelled = never) -> EditResult:
+        """Run IME (and NME when enabled) for ``requests``; the model is left unchanged.
+
+        ``cancelled`` is asked before every optimisation step and every spread; when it
+        answers yes the edit stops with ``EditCancelled``.
+        """
         if not requests:
             raise ValueError("no edit requests")
         started = time.monotonic()
@@ -249,7 +254,9 @@ class EditEngine:
                     self.contexts,
                     settings.target,
                     use_neighbours=settings.neighbours,
+                    cancelled=cancelled,
                 )
+                stop_if(cancelled)
                 spread_started = time.monotonic()
                 targets = subject_outputs(loaded, prompts, last)  # pins facts that took
                 targets[active] = optimised.z.to(targets)

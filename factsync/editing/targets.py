@@ -26,6 +26,7 @@ from dataclasses import dataclass
 
 import torch
 
+from factsync.editing.cancellation import Cancelled, never, stop_if
 from factsync.editing.requests import EditRequest
 from factsync.models.hooks import add_at_positions, capture_hidden, frozen_parameters, replay_below
 from factsync.models.loading import LoadedModel
@@ -124,16 +125,24 @@ def optimise_targets(
     settings: TargetSettings,
     *,
     use_neighbours: bool,
+    cancelled: Cancelled = never,
 ) -> TargetResult:
     """Optimise z for each request at decoder ``layer`` (the last edit layer).
 
-    ``contexts`` must start with the bare context ``""``. Leaves the model unchanged.
+    ``contexts`` must start with the bare context ``""``. Leaves the model unchanged,
+    also when ``cancelled()`` stops it (``EditCancelled``) before a step.
     """
     if not contexts or contexts[0] != "":
         raise ValueError("contexts must start with the bare context ''")
     parts = [
         _optimise_chunk(
-            loaded, requests[i : i + settings.chunk_size], layer, contexts, settings, use_neighbours
+            loaded,
+            requests[i : i + settings.chunk_size],
+            layer,
+            contexts,
+            settings,
+            use_neighbours,
+            cancelled,
         )
         for i in range(0, len(requests), settings.chunk_size)
     ]
@@ -174,6 +183,7 @@ def _optimise_chunk(
     contexts: list[str],
     settings: TargetSettings,
     use_neighbours: bool,
+    cancelled: Cancelled,
 ) -> TargetResult:
     device = loaded.device
     rows = _build_rows(loaded, requests, contexts, use_neighbours)
@@ -221,6 +231,7 @@ def _optimise_chunk(
         )
         stack.enter_context(add_at_positions(loaded, layer, deltas_for_rows))
         for step in range(settings.steps + 1):
+            stop_if(cancelled)
             chosen = torch.nonzero(torch.isin(fact_of_row, torch.tensor(active, device=device)))
             chosen = chosen.squeeze(1)  # (active rows,)
             slot = torch.full((len(requests),), -1, dtype=torch.long, device=device)

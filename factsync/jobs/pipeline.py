@@ -21,6 +21,7 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import replace
 
+from factsync.editing.cancellation import EditCancelled
 from factsync.editing.delta import AppliedDelta
 from factsync.editing.engine import EditEngine
 from factsync.evaluation.kpis import kpi_report, measure
@@ -72,7 +73,8 @@ class JobRunner:
         live: the owner of the live version, which promotes passing candidates.
         fluency_texts: held-out text for the perplexity KPI.
         base_perplexity: the base model's perplexity on ``fluency_texts``.
-        stopping: whether the daemon asked to stop (checked between stages).
+        stopping: whether the daemon asked to stop (checked between stages and between
+            the edit's optimisation steps).
         on_stage: told how long each stage took.
     """
 
@@ -119,7 +121,12 @@ class JobRunner:
                 checks = [p.check for p in prepared]
                 live = measure(self._models.work, checks, retention, self._texts)
             with self._stage(job, JOB_EDITING, _describe(prepared)):
-                result = self._engine.edit([p.request for p in prepared])
+                try:
+                    result = self._engine.edit(
+                        [p.request for p in prepared], cancelled=self._stopping
+                    )
+                except EditCancelled:
+                    raise JobInterrupted from None
             with self._stage(job, JOB_EVALUATING, f"IME ran {result.iterations} pass(es)"):
                 handle = result.delta.apply(self._models.work)
                 candidate = measure(self._models.work, checks, retention, self._texts)

@@ -7,6 +7,7 @@ from dataclasses import replace
 import pytest
 import torch
 
+from factsync.editing.cancellation import EditCancelled
 from factsync.editing.delta import applied
 from factsync.editing.engine import EditEngine, EngineSettings, StopReason
 from factsync.editing.keys import subject_outputs
@@ -273,3 +274,20 @@ def _request_for_greedy_answer(loaded, request: EditRequest) -> EditRequest:
         if object_ids(loaded, greedy) == score.predicted:
             return replace(request, subject=subject, new_object=greedy)
     raise AssertionError("no subject's greedy answer encodes back to itself")
+
+
+def test_a_cancelled_edit_stops_and_leaves_the_weights_alone(tiny_engine, tiny_loaded):
+    loaded = tiny_loaded()
+    engine = tiny_engine(loaded)
+    before = _state(loaded)
+    asked = []
+
+    def cancelled() -> bool:
+        asked.append(True)
+        return len(asked) > 2
+
+    with pytest.raises(EditCancelled):
+        engine.edit(REQUESTS, cancelled=cancelled)
+    assert len(asked) == 3
+    after = _state(loaded)
+    assert all(torch.equal(before[name], after[name]) for name in before)

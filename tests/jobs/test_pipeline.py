@@ -113,3 +113,20 @@ def test_a_stop_request_leaves_the_job_for_a_restart(setup):
 def test_each_error_carries_its_retry_meaning(error, meaning):
     assert retry_meaning(error) is meaning
     assert meaning.facts_wait == (meaning is not RetryMeaning.PERMANENT)
+
+
+def test_a_stop_request_during_the_edit_interrupts_it_between_steps(setup):
+    asked = []
+
+    def stopping() -> bool:
+        asked.append(True)
+        return len(asked) > 3  # a no for the stage checks before editing, then steps
+
+    runner, store, models, stages = setup(OPEN, stopping=stopping)
+    before = models.digest()
+    job = store.next_job()
+    with pytest.raises(JobInterrupted):
+        runner.run(job)
+    assert stages == ["preparing"]  # the edit never finished
+    assert models.digest() == before
+    assert store.live_version().id == "base"
