@@ -21,17 +21,25 @@ from factsync.bench.norm_growth import NormGrowth
 from factsync.editing.covariance import KeyStatistics
 from factsync.editing.delta import restored_weights
 from factsync.editing.engine import EditEngine, EngineSettings
+from factsync.editing.spread import Algorithm
 from factsync.models.loading import LoadedModel
 from factsync.policies.schema import Policy
 
 
 def lifelong_methods(base: EngineSettings, max_iterations: int) -> dict[str, EngineSettings]:
-    """``default``, the engine settings of the daemon's default policy; ``default+mpes``,
-    the same with most-probable early stopping of the z optimisation; then the methods
-    of ``bench counterfact`` built on ``base``."""
+    """``default``, the engine settings of the daemon's default policy, and variants of
+    it: ``default+mpes`` stops the z optimisation at the most probable point,
+    ``default+alphaedit`` spreads with AlphaEdit's null-space projection. Then the
+    methods of ``bench counterfact`` built on ``base``."""
     default = Policy().editing.engine_settings()
-    mpes = replace(default, target=replace(default.target, most_probable_stop=True))
-    return {"default": default, "default+mpes": mpes} | standard_methods(base, max_iterations)
+    variants = {
+        "default": default,
+        "default+mpes": replace(default, target=replace(default.target, most_probable_stop=True)),
+        "default+alphaedit": replace(
+            default, spread=replace(default.spread, algorithm=Algorithm.ALPHAEDIT)
+        ),
+    }
+    return variants | standard_methods(base, max_iterations)
 
 
 def chosen_methods(

@@ -244,7 +244,8 @@ def _register_lifelong(sub: argparse._SubParsersAction) -> None:
     lifelong.add_argument("--methods", default="default,memit",
                           help="comma-separated methods: default (the daemon's default "
                           "policy), default+mpes (the same with most-probable early "
-                          "stopping), memit, memit+ime, memit+ime+nme, alphaedit+ime+nme "
+                          "stopping), default+alphaedit (the same, spread by AlphaEdit), "
+                          "memit, memit+ime, memit+ime+nme, alphaedit+ime+nme "
                           "(default,memit)")
     lifelong.add_argument("--neighbours", type=int, default=3,
                           help="NME neighbours per fact (3)")

@@ -106,9 +106,12 @@ def test_default_is_the_shipped_default_policy_beside_the_counterfact_methods():
     mpes = methods["default+mpes"]
     assert mpes.target.most_probable_stop and not methods["default"].target.most_probable_stop
     assert replace(mpes, target=methods["default"].target) == methods["default"]
+    alpha = chosen_methods("default+alphaedit", EngineSettings(), 2)["default+alphaedit"]
+    assert alpha.spread.algorithm == "alphaedit"
+    assert replace(alpha, spread=methods["default"].spread) == methods["default"]
     assert methods["memit+ime"].max_iterations == 2 and not methods["memit+ime"].neighbours
     with pytest.raises(ValueError, match=r"unknown methods \['rome'\] in 'memit,rome'; "
-                       "choose from default, default\\+mpes, memit, memit\\+ime"):
+                       "choose from default, default\\+mpes, default\\+alphaedit, memit"):
         chosen_methods("memit,rome", EngineSettings(), 2)
 
 
