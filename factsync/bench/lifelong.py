@@ -12,6 +12,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
+from pathlib import Path
 
 from tqdm import tqdm
 
@@ -23,21 +24,23 @@ from factsync.editing.delta import restored_weights
 from factsync.editing.engine import EditEngine, EngineSettings
 from factsync.editing.spread import Algorithm
 from factsync.models.loading import LoadedModel
-from factsync.policies.schema import Policy
+from factsync.policies.schema import Policy, load_policy
 
 
 def lifelong_methods(base: EngineSettings, max_iterations: int) -> dict[str, EngineSettings]:
     """``default``, the engine settings of the daemon's default policy, and variants of
     it: ``default+mpes`` stops the z optimisation at the most probable point,
-    ``default+alphaedit`` spreads with AlphaEdit's null-space projection. Then the
-    methods of ``bench counterfact`` built on ``base``."""
+    ``default+alphaedit`` spreads with AlphaEdit's null-space projection, and
+    ``default+alphaedit+mpes`` does both. Then the methods of ``bench counterfact``
+    built on ``base``."""
     default = Policy().editing.engine_settings()
+    mpes = replace(default.target, most_probable_stop=True)
+    alphaedit = replace(default.spread, algorithm=Algorithm.ALPHAEDIT)
     variants = {
         "default": default,
-        "default+mpes": replace(default, target=replace(default.target, most_probable_stop=True)),
-        "default+alphaedit": replace(
-            default, spread=replace(default.spread, algorithm=Algorithm.ALPHAEDIT)
-        ),
+        "default+mpes": replace(default, target=mpes),
+        "default+alphaedit": replace(default, spread=alphaedit),
+        "default+alphaedit+mpes": replace(default, spread=alphaedit, target=mpes),
     }
     return variants | standard_methods(base, max_iterations)
 
@@ -45,14 +48,23 @@ def lifelong_methods(base: EngineSettings, max_iterations: int) -> dict[str, Eng
 def chosen_methods(
     names: str, base: EngineSettings, max_iterations: int
 ) -> dict[str, EngineSettings]:
-    """The methods of ``lifelong_methods`` named in the comma-separated ``names``, in
-    that order; raises ``ValueError`` naming any unknown one and the choices."""
+    """The methods named in the comma-separated ``names``, in that order.
+
+    A name is one of ``lifelong_methods`` or the path of a policy file ending in
+    ``.yaml`` or ``.yml``, whose ``editing`` settings the method then uses (so a policy
+    can be tried on a long stream before the daemon runs it). Raises ``ValueError``
+    naming any unknown method and the choices, and ``SchemaError`` for a bad policy.
+    """
     methods = lifelong_methods(base, max_iterations)
     wanted = [name.strip() for name in names.split(",") if name.strip()]
+    for name in wanted:
+        if name.endswith((".yaml", ".yml")):
+            methods[name] = load_policy(Path(name)).editing.engine_settings()
     unknown = [name for name in wanted if name not in methods]
     if unknown or not wanted:
         problem = f"unknown methods {unknown}" if unknown else "no methods"
-        raise ValueError(f"{problem} in {names!r}; choose from {', '.join(methods)}")
+        raise ValueError(f"{problem} in {names!r}; choose from {', '.join(methods)} "
+                         "or a policy file (.yaml)")
     return {name: methods[name] for name in wanted}
 
 

@@ -245,8 +245,9 @@ def _register_lifelong(sub: argparse._SubParsersAction) -> None:
                           help="comma-separated methods: default (the daemon's default "
                           "policy), default+mpes (the same with most-probable early "
                           "stopping), default+alphaedit (the same, spread by AlphaEdit), "
-                          "memit, memit+ime, memit+ime+nme, alphaedit+ime+nme "
-                          "(default,memit)")
+                          "default+alphaedit+mpes (both), memit, memit+ime, "
+                          "memit+ime+nme, alphaedit+ime+nme, or the path of a policy "
+                          "file (.yaml) whose editing settings to use (default,memit)")
     lifelong.add_argument("--neighbours", type=int, default=3,
                           help="NME neighbours per fact (3)")
     lifelong.add_argument("--canaries", type=int, default=50,

@@ -23,6 +23,7 @@ from factsync.editing.engine import EngineSettings
 from factsync.evaluation.suites import load_cases, prepare_suite
 from factsync.models.specs import get_module
 from factsync.policies.schema import load_policy, shipped_policy_dir
+from factsync.typed_yaml import SchemaError
 
 # (subject, template, new object, true object) in the tiny tokenizer's words. The unedited
 # tiny llama prefers the true object on the first four and the last two, which makes the
@@ -110,9 +111,25 @@ def test_default_is_the_shipped_default_policy_beside_the_counterfact_methods():
     assert alpha.spread.algorithm == "alphaedit"
     assert replace(alpha, spread=methods["default"].spread) == methods["default"]
     assert methods["memit+ime"].max_iterations == 2 and not methods["memit+ime"].neighbours
+    both = chosen_methods("default+alphaedit+mpes", EngineSettings(), 2)["default+alphaedit+mpes"]
+    assert both == replace(alpha, target=mpes.target)
     with pytest.raises(ValueError, match=r"unknown methods \['rome'\] in 'memit,rome'; "
-                       "choose from default, default\\+mpes, default\\+alphaedit, memit"):
+                       "choose from default, default\\+mpes, default\\+alphaedit, "
+                       r"default\+alphaedit\+mpes, memit.* or a policy file \(\.yaml\)"):
         chosen_methods("memit,rome", EngineSettings(), 2)
+
+
+def test_a_policy_file_is_a_method_with_its_editing_settings(tmp_path):
+    policy = tmp_path / "wide.yaml"
+    policy.write_text("editing: {layers: [3, 4, 5, 6, 7, 8, 9], max_iterations: 2}\n")
+    methods = chosen_methods(f"memit,{policy}", EngineSettings(), 2)
+    assert list(methods) == ["memit", str(policy)]
+    assert methods[str(policy)] == load_policy(policy).editing.engine_settings()
+    assert methods[str(policy)].layers == (3, 4, 5, 6, 7, 8, 9)
+    assert methods[str(policy)].max_iterations == 2
+    policy.write_text("editing: {max_iterations: 0}\n")
+    with pytest.raises(SchemaError, match="max_iterations"):
+        chosen_methods(str(policy), EngineSettings(), 2)
 
 
 def test_canaries_are_the_facts_the_unedited_model_prefers(tiny_loaded, counterfact_file):
