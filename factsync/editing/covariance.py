@@ -65,6 +65,21 @@ class KeyStatistics:
         """Dimension of the keys."""
         return self.second_moment.shape[0]
 
+    def shrunk(self, weight: float) -> KeyStatistics:
+        """These statistics with C blended toward isotropy: ``(1 - w) C + w m I``, m the
+        mean eigenvalue of C (its trace over the key size), so the trace is kept.
+
+        The weakest directions of C gain variance, which makes updates that lean on them
+        costlier; see ``SpreadSettings.second_moment_shrinkage`` for why that matters.
+        """
+        if not 0 <= weight < 1:
+            raise ValueError(f"shrinkage weight must be in [0, 1), got {weight}")
+        moment = self.second_moment.to(torch.float64)
+        mean_eigenvalue = float(moment.diagonal().mean())
+        blended = (1 - weight) * moment
+        blended.diagonal().add_(weight * mean_eigenvalue)
+        return KeyStatistics(second_moment=blended, count=self.count, sample=self.sample)
+
     def mahalanobis(self, keys: torch.Tensor | None = None) -> torch.Tensor:
         """``k^T C^-1 k`` for each row of ``keys`` (n, key), the sample by default; float64.
 

@@ -177,11 +177,12 @@ class EditEngine:
     def _layer_context(self, stats: KeyStatistics) -> LayerContext:
         spread_settings = self.settings.spread
         fraction = spread_settings.update_fraction
+        memit_stats = stats.shrunk(spread_settings.second_moment_shrinkage)
         lam = (
             spread_settings.mom2_update_weight
-            or stats.median_mahalanobis() * (1 - fraction) / fraction
+            or memit_stats.median_mahalanobis() * (1 - fraction) / fraction
         )
-        context = LayerContext(second_moment=stats.second_moment.float(), lam=lam)
+        context = LayerContext(second_moment=memit_stats.second_moment.float(), lam=lam)
         alphaedit = spread_settings.algorithm is Algorithm.ALPHAEDIT
         if alphaedit:
             context.projector = nullspace_projector(

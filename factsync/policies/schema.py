@@ -126,6 +126,8 @@ class EditingPolicy:
         mom2_update_weight: a fixed MEMIT lambda for every layer instead of the derived one.
         nullspace_threshold: AlphaEdit keeps directions of the key second moment whose
             eigenvalue is below this fraction of the largest.
+        second_moment_shrinkage: MEMIT blends the key second moment toward isotropy by
+            this weight (0 to below 1; 0 uses it as sampled).
         target: the z optimisation (steps, learning rate, KL and norm terms, chunk size).
     """
 
@@ -138,6 +140,7 @@ class EditingPolicy:
     preserve_applied: bool = SpreadSettings.preserve_applied
     mom2_update_weight: float | None = None
     nullspace_threshold: float = SpreadSettings.nullspace_threshold
+    second_moment_shrinkage: float = SpreadSettings.second_moment_shrinkage
     target: TargetSettings = field(default_factory=TargetSettings)
 
     def __post_init__(self) -> None:
@@ -156,7 +159,8 @@ class EditingPolicy:
                                   update_fraction=self.update_fraction,
                                   mom2_update_weight=self.mom2_update_weight,
                                   nullspace_threshold=self.nullspace_threshold,
-                                  preserve_applied=self.preserve_applied),
+                                  preserve_applied=self.preserve_applied,
+                                  second_moment_shrinkage=self.second_moment_shrinkage),
         )
 
 

@@ -328,3 +328,19 @@ def test_without_any_start_token_every_token_counts(tiny_loaded):
     reference = explicit_keys(bare, [1], TEXTS)[1]
     assert stats.count == reference.shape[0]
     assert relative_error(stats.second_moment, moment(reference)) < 1e-5
+
+
+def test_shrinking_blends_the_second_moment_toward_isotropy_and_keeps_its_trace(tiny_loaded):
+    stats = statistics(tiny_loaded("llama"))[LAYERS[0]]
+    shrunk = stats.shrunk(0.25)
+    moment = stats.second_moment
+    mean_eigenvalue = float(moment.trace()) / stats.key_size
+    expected = 0.75 * moment + 0.25 * mean_eigenvalue * torch.eye(stats.key_size).double()
+    torch.testing.assert_close(shrunk.second_moment, expected)
+    assert float(shrunk.second_moment.trace()) == pytest.approx(float(moment.trace()))
+    before, after = torch.linalg.eigvalsh(moment), torch.linalg.eigvalsh(shrunk.second_moment)
+    assert after.min() > before.min() and after.max() < before.max()
+    assert torch.equal(shrunk.sample, stats.sample) and shrunk.count == stats.count
+    torch.testing.assert_close(stats.shrunk(0.0).second_moment, moment)
+    with pytest.raises(ValueError, match=r"shrinkage weight must be in \[0, 1\), got 1"):
+        stats.shrunk(1)

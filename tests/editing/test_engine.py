@@ -230,6 +230,21 @@ def test_memit_remembers_applied_keys_unless_told_not_to(
         assert all(torch.count_nonzero(m) > 0 for m in engine.preserved().values())
 
 
+def test_memit_solves_with_the_shrunk_second_moment_and_its_own_lambda(tiny_engine, tiny_loaded):
+    engine = tiny_engine(tiny_loaded())
+    shrunk = _with_spread(engine, second_moment_shrinkage=0.5)
+    for layer in engine.layers:
+        expected = engine.statistics[layer].shrunk(0.5)
+        torch.testing.assert_close(shrunk.layer_contexts[layer].second_moment,
+                                   expected.second_moment.float())
+        fraction = engine.settings.spread.update_fraction
+        assert shrunk.lambdas()[layer] == pytest.approx(
+            expected.median_mahalanobis() * (1 - fraction) / fraction)
+        assert shrunk.lambdas()[layer] != pytest.approx(engine.lambdas()[layer])
+    with pytest.raises(ValueError, match="second_moment_shrinkage must be in"):
+        replace(engine.settings.spread, second_moment_shrinkage=1.0)
+
+
 def test_nme_neighbours_are_held_in_place_by_the_spread(tiny_engine, tiny_loaded):
     loaded = tiny_loaded()
     engine = tiny_engine(loaded)

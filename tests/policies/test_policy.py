@@ -136,6 +136,7 @@ def test_every_engine_knob_is_reachable_from_the_policy(tmp_path):
     editing = {"algorithm": "alphaedit", "max_iterations": 5, "neighbours": False,
                "update_fraction": 0.4, "layers": [1, 2], "preserve_applied": False,
                "mom2_update_weight": 900.0, "nullspace_threshold": 0.05,
+               "second_moment_shrinkage": 0.2,
                "target": {"steps": 7, "chunk_size": 4, "kl_factor": 0.1}}
     settings = load_policy(write(tmp_path, {"editing": editing})).editing.engine_settings()
     assert settings == EngineSettings(
@@ -143,7 +144,7 @@ def test_every_engine_knob_is_reachable_from_the_policy(tmp_path):
         target=TargetSettings(steps=7, chunk_size=4, kl_factor=0.1),
         spread=SpreadSettings(algorithm="alphaedit", update_fraction=0.4,
                               mom2_update_weight=900.0, nullspace_threshold=0.05,
-                              preserve_applied=False))
+                              preserve_applied=False, second_moment_shrinkage=0.2))
 
 
 @pytest.mark.parametrize(("editing", "message"), [
