@@ -231,7 +231,9 @@ class ExportConfig:
         merged: write a merged HuggingFace checkpoint per live version (``exports/merged/``).
         max_rank: adapter rank above which the cumulative delta is SVD-truncated.
         vllm_url: a vLLM server to load each new adapter into (runtime LoRA updating).
-        vllm_adapter_prefix: adapters are served as ``<prefix>-<version>``.
+        vllm_adapter_prefix: adapters are served by vLLM as ``<prefix>-<version>``.
+        sglang_url: an SGLang server to load each new adapter into (dynamic LoRA loading).
+        sglang_adapter_prefix: adapters are served by SGLang as ``<prefix>-<version>``.
         webhook_url: a URL told of every live-version change.
     """
 
@@ -240,17 +242,20 @@ class ExportConfig:
     max_rank: int = 64
     vllm_url: str | None = None
     vllm_adapter_prefix: str = "factsync"
+    sglang_url: str | None = None
+    sglang_adapter_prefix: str = "factsync"
     webhook_url: str | None = None
 
     def __post_init__(self) -> None:
         if self.max_rank < 1:
             raise ValueError(f"max_rank must be at least 1, got {self.max_rank}")
-        for name in ("vllm_url", "webhook_url"):
+        for name in ("vllm_url", "sglang_url", "webhook_url"):
             url = getattr(self, name)
             if url is not None and not url.startswith(("http://", "https://")):
                 raise ValueError(f"{name} must be an http(s) URL, got {url!r}")
-        if self.vllm_url and not self.adapter:
-            raise ValueError("vllm_url needs adapter: true (vLLM is given the adapter)")
+        for name in ("vllm_url", "sglang_url"):
+            if getattr(self, name) and not self.adapter:
+                raise ValueError(f"{name} needs adapter: true (the engine is given the adapter)")
 
 
 @dataclass(frozen=True)

@@ -113,6 +113,7 @@ class Exporter:
         log.info("exported live version %s: %s", live.id, summary)
         if self._notifiers:
             self._send(LiveChange(event=event, version=live.id, previous=self._served,
+                                  base=self._base_model,
                                   adapter=adapter, merged=merged))
         self._served = live.id
         return summary

@@ -51,7 +51,13 @@ from factsync.jobs.reconciler import Reconciler
 from factsync.models.loading import default_model_dir, load_model
 from factsync.policies.schema import OnRollback, Policy, load_policy
 from factsync.registry.exports import ExportDir
-from factsync.registry.serving import ServingNotifier, VllmNotifier, WebhookServingNotifier
+from factsync.registry.serving import (
+    SGLANG,
+    VLLM,
+    RuntimeLoraNotifier,
+    ServingNotifier,
+    WebhookServingNotifier,
+)
 from factsync.registry.versions import VersionFiles
 from factsync.store.store import StateStore
 
@@ -382,7 +388,11 @@ def _serving_notifiers(config: DaemonConfig) -> list[ServingNotifier]:
     export = config.export
     notifiers: list[ServingNotifier] = []
     if export.vllm_url:
-        notifiers.append(VllmNotifier(export.vllm_url, prefix=export.vllm_adapter_prefix))
+        notifiers.append(RuntimeLoraNotifier(VLLM, export.vllm_url,
+                                             prefix=export.vllm_adapter_prefix))
+    if export.sglang_url:
+        notifiers.append(RuntimeLoraNotifier(SGLANG, export.sglang_url,
+                                             prefix=export.sglang_adapter_prefix))
     if export.webhook_url:
         notifiers.append(WebhookServingNotifier(export.webhook_url))
     return notifiers

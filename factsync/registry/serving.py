@@ -1,9 +1,11 @@
 """Telling serving engines that the live version changed.
 
-``VllmNotifier`` uses vLLM's runtime LoRA endpoints (the server must run with
-``VLLM_ALLOW_RUNTIME_LORA_UPDATING=True``): it loads the new version's adapter under the
-name ``<prefix>-<version>`` and then unloads the previous one, so requests always find
-an adapter. ``WebhookServingNotifier`` posts the change to any URL.
+``RuntimeLoraNotifier`` uses a serving engine's runtime LoRA endpoints, vLLM's (the
+server must run with ``VLLM_ALLOW_RUNTIME_LORA_UPDATING=True``) or SGLang's (started
+with ``--enable-lora``, ``--max-lora-rank`` and ``--lora-target-modules``): it loads the
+new version's adapter under the name ``<prefix>-<version>`` and then unloads the
+previous one, so requests always find an adapter. ``WebhookServingNotifier`` posts the
+change to any URL.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ class LiveChange:
         event: ``promoted``, ``rolled_back`` or ``started``.
         version: the new live version.
         previous: the version the engine was told about before, if any.
+        base: the model the adapter applies to (the base model's name or path).
         adapter: the new version's LoRA adapter directory (``None`` for the base model).
         merged: its merged checkpoint directory, when one is exported.
     """
@@ -30,6 +33,7 @@ class LiveChange:
     event: str
     version: str
     previous: str | None
+    base: str
     adapter: Path | None
     merged: Path | None = None
 
@@ -43,13 +47,32 @@ class ServingNotifier(Protocol):
         """Switch the engine to ``change.version``; raise on failure."""
 
 
-class VllmNotifier:
-    """Loads and unloads LoRA adapters on a vLLM OpenAI-compatible server."""
+@dataclass(frozen=True)
+class LoraApi:
+    """Where a serving engine takes adapters at run time.
 
-    name = "vllm"
+    Attributes:
+        engine: the engine's name, also the notifier's.
+        load_path: POST ``{"lora_name", "lora_path"}`` here to load an adapter.
+        unload_path: POST ``{"lora_name"}`` here to unload one.
+    """
 
-    def __init__(self, url: str, *, prefix: str = "factsync", token: str | None = None,
-                 timeout: float = 30.0) -> None:
+    engine: str
+    load_path: str
+    unload_path: str
+
+
+VLLM = LoraApi("vllm", "/v1/load_lora_adapter", "/v1/unload_lora_adapter")
+SGLANG = LoraApi("sglang", "/load_lora_adapter", "/unload_lora_adapter")
+
+
+class RuntimeLoraNotifier:
+    """Loads and unloads LoRA adapters through a serving engine's runtime endpoints."""
+
+    def __init__(self, api: LoraApi, url: str, *, prefix: str = "factsync",
+                 token: str | None = None, timeout: float = 30.0) -> None:
+        self.api = api
+        self.name = api.engine
         self.url = url.rstrip("/")
         self.prefix = prefix
         self.token = token
@@ -62,18 +85,18 @@ class VllmNotifier:
     def notify(self, change: LiveChange) -> None:
         """Load the new adapter, then unload the previous one."""
         if change.adapter is not None:
-            post_json(f"{self.url}/v1/load_lora_adapter",
+            post_json(f"{self.url}{self.api.load_path}",
                       {"lora_name": self.adapter_name(change.version),
                        "lora_path": str(change.adapter)},
                       timeout=self.timeout, token=self.token)
         if change.previous is not None and change.previous != change.version:
-            post_json(f"{self.url}/v1/unload_lora_adapter",
+            post_json(f"{self.url}{self.api.unload_path}",
                       {"lora_name": self.adapter_name(change.previous)},
                       timeout=self.timeout, token=self.token)
 
 
 class WebhookServingNotifier:
-    """Posts ``{"event", "version", "previous", "adapter", "merged"}`` to a URL."""
+    """Posts ``{"event", "version", "previous", "base", "adapter", "merged"}`` to a URL."""
 
     name = "serving-webhook"
 
@@ -87,6 +110,7 @@ class WebhookServingNotifier:
             "event": change.event,
             "version": change.version,
             "previous": change.previous,
+            "base": change.base,
             "adapter": str(change.adapter) if change.adapter else None,
             "merged": str(change.merged) if change.merged else None,
         }, timeout=self.timeout)

@@ -8,6 +8,8 @@
 - ``http_receiver``: a real HTTP server that keeps every JSON body POSTed to it, as
   ``(path, body)`` pairs in ``.requests`` (``.bodies`` has the bodies); ``.url`` is
   ``http://127.0.0.1:<port>/hook``.
+- ``lora_server``: a factory ``start(api)`` of real HTTP servers that take adapters at
+  run time the way vLLM or SGLang does (see ``LoraServer``).
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ import pytest
 import yaml
 
 from factsync.bench.live_daemon import free_port
+from factsync.registry.serving import LoraApi
 
 DEPLOY = Path(__file__).resolve().parents[2] / "deploy"
 
@@ -95,6 +98,87 @@ class Receiver:
     @property
     def bodies(self) -> list:
         return [body for _, body in self.requests]
+
+
+class LoraServer:
+    """An HTTP server with a serving engine's runtime LoRA endpoints (``LoraApi``).
+
+    It refuses what the engines refuse: a body that is not ``{"lora_name", "lora_path"}``
+    (or ``{"lora_name"}`` to unload), a name already loaded, an unknown name to unload, a
+    path without a PEFT LoRA adapter, or a rank above ``max_lora_rank``; each with a 400.
+    ``loaded`` maps served names to paths; ``calls`` lists ``(action, name)`` in order
+    and ``refusals`` the reasons of refused requests.
+    """
+
+    def __init__(self, api: LoraApi, max_lora_rank: int = 512) -> None:
+        self.loaded: dict[str, str] = {}
+        self.calls: list[tuple[str, str]] = []
+        self.refusals: list[str] = []
+        server = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+                if self.path == api.load_path:
+                    problem = server.load(body, max_lora_rank)
+                elif self.path == api.unload_path:
+                    problem = server.unload(body)
+                else:
+                    problem = f"no route {self.path}"
+                if problem:
+                    server.refusals.append(problem)
+                payload = json.dumps({"error": problem} if problem else {}).encode()
+                self.send_response(400 if problem else 200)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(payload)))
+                self.end_headers()
+                self.wfile.write(payload)
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+
+    def load(self, body: dict, max_lora_rank: int) -> str | None:
+        if set(body) != {"lora_name", "lora_path"}:
+            return f"load takes lora_name and lora_path, got {sorted(body)}"
+        name, path = body["lora_name"], Path(body["lora_path"])
+        if name in self.loaded:
+            return f"adapter {name} is already loaded"
+        config_file = path / "adapter_config.json"
+        if not config_file.is_file() or not (path / "adapter_model.safetensors").is_file():
+            return f"no adapter at {path}"
+        config = json.loads(config_file.read_text())
+        if config.get("peft_type") != "LORA" or config["r"] > max_lora_rank:
+            return f"adapter rank {config['r']} is above max_lora_rank {max_lora_rank}"
+        self.loaded[name] = str(path)
+        self.calls.append(("load", name))
+        return None
+
+    def unload(self, body: dict) -> str | None:
+        if set(body) != {"lora_name"}:
+            return f"unload takes lora_name, got {sorted(body)}"
+        if body["lora_name"] not in self.loaded:
+            return f"adapter {body['lora_name']} is not loaded"
+        del self.loaded[body["lora_name"]]
+        self.calls.append(("unload", body["lora_name"]))
+        return None
+
+
+@pytest.fixture
+def lora_server():
+    """Starts ``LoraServer``s for a ``LoraApi``; shuts them down afterwards."""
+    servers: list[LoraServer] = []
+
+    def start(api: LoraApi, max_lora_rank: int = 512) -> LoraServer:
+        servers.append(LoraServer(api, max_lora_rank))
+        return servers[-1]
+
+    yield start
+    for server in servers:
+        server.server.shutdown()
 
 
 @pytest.fixture

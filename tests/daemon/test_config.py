@@ -48,6 +48,10 @@ def test_without_a_file_the_embedded_default_is_used(monkeypatch, tmp_path):
         ({"relations": {"P1": {"paraphrases": []}}}, r"config.relations.P1: .*template"),
         ({"policy": "missing.yaml"}, r"config.policy: no such file"),
         ({"api": {"host": "0.0.0.0"}}, r"config.api.host: binding '0.0.0.0' exposes the API"),
+        ({"export": {"sglang_url": "sglang:30000"}},
+         r"config.export: sglang_url must be an http\(s\) URL"),
+        ({"export": {"adapter": False, "sglang_url": "http://s:30000"}},
+         r"config.export: sglang_url needs adapter: true"),
     ],
 )
 def test_a_wrong_value_stops_loading_with_its_key(tmp_path, monkeypatch, document, message):

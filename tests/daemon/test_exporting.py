@@ -13,7 +13,7 @@ from factsync.editing.engine_state import EngineState
 from factsync.facts.records import FactRecord
 from factsync.jobs.model_state import ModelState
 from factsync.registry.exports import ExportDir
-from factsync.registry.serving import VllmNotifier, WebhookServingNotifier
+from factsync.registry.serving import SGLANG, VLLM, RuntimeLoraNotifier, WebhookServingNotifier
 from factsync.registry.versions import VersionFiles
 from factsync.store.store import StateStore
 
@@ -44,15 +44,18 @@ def promote(store, versions, models, delta, subject):  # noqa: ANN001, ANN201
     return version_id
 
 
-def test_each_change_exports_an_adapter_and_switches_vllm_then_the_webhook(
-    tmp_path, setup, random_delta, http_receiver
+@pytest.mark.parametrize("api", [VLLM, SGLANG], ids=lambda api: api.engine)
+def test_each_change_exports_an_adapter_and_switches_the_engine_then_the_webhook(
+    tmp_path, setup, random_delta, http_receiver, lora_server, api
 ):
     store, models, versions, metrics, alerter = setup
     exports = ExportDir(tmp_path / "exports")
+    engine = lora_server(api)
     exporter = Exporter(
         settings=ExportConfig(adapter=True, merged=True, max_rank=8), exports=exports,
         versions=versions, store=store, models=models, base_model="base",
-        notifiers=[VllmNotifier(http_receiver.base), WebhookServingNotifier(http_receiver.url)],
+        notifiers=[RuntimeLoraNotifier(api, engine.url),
+                   WebhookServingNotifier(http_receiver.url)],
         alerter=alerter, metrics=metrics,
     )
     first = promote(store, versions, models, random_delta(models.work, [1], seed=1), "A")
@@ -64,16 +67,32 @@ def test_each_change_exports_an_adapter_and_switches_vllm_then_the_webhook(
     exporter.export_live("promoted")
     exporter.close()
     assert exports.current("adapter").name == second
-    assert http_receiver.requests[:2] == [
-        ("/v1/load_lora_adapter", {"lora_name": f"factsync-{first}",
-                                   "lora_path": str(exports.root / "adapter" / first)}),
-        ("/hook", {"event": "promoted", "version": first, "previous": None,
-                   "adapter": str(exports.root / "adapter" / first),
-                   "merged": str(exports.root / "merged" / first)}),
-    ]
-    assert [path for path, _ in http_receiver.requests[2:]] == [
-        "/v1/load_lora_adapter", "/v1/unload_lora_adapter", "/hook"]
-    assert http_receiver.requests[3][1] == {"lora_name": f"factsync-{first}"}
+    assert engine.refusals == []
+    assert engine.calls == [("load", f"factsync-{first}"), ("load", f"factsync-{second}"),
+                            ("unload", f"factsync-{first}")]
+    assert engine.loaded == {f"factsync-{second}": str(exports.root / "adapter" / second)}
+    assert http_receiver.bodies == [
+        {"event": "promoted", "version": version, "previous": previous, "base": "base",
+         "adapter": str(exports.root / "adapter" / version),
+         "merged": str(exports.root / "merged" / version)}
+        for version, previous in ((first, None), (second, first))]
+    assert alerter.active() == []
+
+
+def test_an_adapter_the_engine_refuses_is_alerted(tmp_path, setup, random_delta, lora_server):
+    store, models, versions, metrics, alerter = setup
+    engine = lora_server(VLLM, max_lora_rank=2)
+    exporter = Exporter(
+        settings=ExportConfig(max_rank=8), exports=ExportDir(tmp_path / "exports"),
+        versions=versions, store=store, models=models, base_model="base",
+        notifiers=[RuntimeLoraNotifier(VLLM, engine.url)], alerter=alerter,
+        metrics=metrics, retries=1, backoff_seconds=0.01,
+    )
+    promote(store, versions, models, random_delta(models.work, [1], seed=1, rank=4), "A")
+    exporter.export_live("promoted")
+    exporter.close()
+    assert engine.loaded == {} and "above max_lora_rank 2" in engine.refusals[0]
+    assert [a.name for a in alerter.active()] == ["FactsyncServingNotifyFailed"]
 
 
 def test_a_serving_engine_that_stays_down_is_alerted_and_counted(
@@ -83,7 +102,7 @@ def test_a_serving_engine_that_stays_down_is_alerted_and_counted(
     exporter = Exporter(
         settings=ExportConfig(), exports=ExportDir(tmp_path / "exports"), versions=versions,
         store=store, models=models, base_model="base",
-        notifiers=[VllmNotifier("http://127.0.0.1:9", timeout=0.5)], alerter=alerter,
+        notifiers=[RuntimeLoraNotifier(VLLM, "http://127.0.0.1:9", timeout=0.5)], alerter=alerter,
         metrics=metrics, retries=2, backoff_seconds=0.05,
     )
     promote(store, versions, models, random_delta(models.work, [1], seed=1), "A")
