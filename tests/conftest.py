@@ -10,6 +10,7 @@ Fixtures:
 - ``tiny_loaded``: a factory ``tiny_loaded(family="llama", *, seed=0, num_layers=4)``
   returning a fresh ``LoadedModel`` (eval mode, CPU, float32). The same arguments give
   identical weights and fingerprint; a different ``seed`` gives other weights.
+- ``tiny_model_dir``: ``tiny_loaded("llama")`` saved as a model directory.
 - ``tiny_family``: parametrised over ``TINY_FAMILIES``; use it with ``tiny_loaded`` to
   run a test once per family.
 - ``tiny_tokenizer``: a fresh tokenizer of the kind the models use.
@@ -179,6 +180,16 @@ def tiny_loaded() -> Callable[..., LoadedModel]:
     Every call builds a fresh model, so a test may change weights freely.
     """
     return build_tiny_loaded
+
+
+@pytest.fixture
+def tiny_model_dir(tmp_path_factory, tiny_loaded) -> Path:
+    """``tiny_loaded("llama")`` written as a model directory (weights and tokenizer)."""
+    directory = tmp_path_factory.mktemp("tiny-model")
+    loaded = tiny_loaded("llama")
+    loaded.model.save_pretrained(directory)
+    loaded.tokenizer.save_pretrained(directory)
+    return directory
 
 
 @pytest.fixture(params=TINY_FAMILIES)

@@ -235,6 +235,11 @@ class ExportConfig:
         sglang_url: an SGLang server to load each new adapter into (dynamic LoRA loading).
         sglang_adapter_prefix: adapters are served by SGLang as ``<prefix>-<version>``.
         webhook_url: a URL told of every live-version change.
+        verify: load each export as a serving engine would and check it answers like the
+            live model before it becomes ``current`` and serving engines hear of it.
+        verify_sample: applied facts probed per verification (0 = all), beside the
+            canaries.
+        verify_tolerance: share of probes an export may answer differently.
     """
 
     adapter: bool = True
@@ -245,10 +250,17 @@ class ExportConfig:
     sglang_url: str | None = None
     sglang_adapter_prefix: str = "factsync"
     webhook_url: str | None = None
+    verify: bool = True
+    verify_sample: int = 500
+    verify_tolerance: float = 0.01
 
     def __post_init__(self) -> None:
         if self.max_rank < 1:
             raise ValueError(f"max_rank must be at least 1, got {self.max_rank}")
+        if self.verify_sample < 0:
+            raise ValueError(f"verify_sample must not be negative, got {self.verify_sample}")
+        if not 0 <= self.verify_tolerance < 1:
+            raise ValueError(f"verify_tolerance must be in [0, 1), got {self.verify_tolerance}")
         for name in ("vllm_url", "sglang_url", "webhook_url"):
             url = getattr(self, name)
             if url is not None and not url.startswith(("http://", "https://")):

@@ -2,7 +2,10 @@
 
 After every promotion, rollback and start-up it writes the live version's PEFT LoRA
 adapter (the cumulative delta from the base, SVD-truncated above ``max_rank``) and,
-when asked, a merged checkpoint, each atomically with a ``current`` pointer. The export
+when asked, a merged checkpoint, each atomically. With a verifier, each is then loaded
+the way a serving engine loads it and asked what the live model is asked
+(``export_verification``); only exports that answer alike become ``current`` and are
+announced, and one that does not is kept aside, alerted and counted. The export
 runs on its own thread, so the worker goes on to the next job instead of waiting for
 the SVD; changes that arrive while one export runs make one export of the version live
 then. Serving engines are then notified on a second thread with retries; a
@@ -15,13 +18,17 @@ from __future__ import annotations
 import logging
 import queue
 import threading
+from pathlib import Path
 
 from factsync.daemon.alerts import Alert, Alerter
 from factsync.daemon.config import ExportConfig
+from factsync.daemon.export_verification import ADAPTER, MERGED, ExportVerifier, Verification
 from factsync.daemon.metrics import Metrics
+from factsync.durable import write_json
 from factsync.editing.delta import ModelDelta
 from factsync.editing.lora import lora_factors
 from factsync.jobs.model_state import ModelState
+from factsync.jobs.preparation import states
 from factsync.registry.exports import ExportDir, write_peft_adapter
 from factsync.registry.serving import LiveChange, ServingNotifier
 from factsync.registry.versions import VersionFiles
@@ -42,7 +49,8 @@ class Exporter:
     def __init__(
         self, *, settings: ExportConfig, exports: ExportDir, versions: VersionFiles,
         store: StateStore, models: ModelState, base_model: str, notifiers: list[ServingNotifier],
-        alerter: Alerter, metrics: Metrics, retries: int = 4, backoff_seconds: float = 2.0,
+        alerter: Alerter, metrics: Metrics, verifier: ExportVerifier | None = None,
+        retries: int = 4, backoff_seconds: float = 2.0,
     ) -> None:
         self._settings = settings
         self._exports = exports
@@ -53,6 +61,7 @@ class Exporter:
         self._notifiers = notifiers
         self._alerter = alerter
         self._metrics = metrics
+        self._verifier = verifier
         self._retries = retries
         self._backoff = backoff_seconds
         self._served: str | None = None
@@ -95,28 +104,77 @@ class Exporter:
         live = self._store.live_version()
         lineage = self._store.lineage(version_id=live.id)
         summary: dict = {"version": live.id, "event": event}
-        adapter = merged = None
+        written: dict[str, Path] = {}
         if self._settings.adapter and lineage:
             chain = [ModelDelta.load(self._versions.delta_path(v.id)) for v in lineage]
             factors = lora_factors(chain, max_rank=self._settings.max_rank)
             errors = {path: f.relative_error for path, f in factors.items()}
             summary["adapter_error"] = max(errors.values())
-            adapter = self._exports.write("adapter", live.id, lambda d: write_peft_adapter(
+            written[ADAPTER] = self._exports.write(ADAPTER, live.id, lambda d: write_peft_adapter(
                 d, {p: (f.a, f.b) for p, f in factors.items()}, base_model=self._base_model,
                 fan_in_fan_out=self._models.work.spec.weight_layout == "in_out",
                 metadata={"version": live.id, "versions": [v.id for v in lineage],
                           "svd_relative_error": errors, "max_rank": self._settings.max_rank}))
-            summary["adapter"] = str(adapter)
         if self._settings.merged:
-            merged = self._exports.write("merged", live.id, self._models.save_serving)
-            summary["merged"] = str(merged)
+            written[MERGED] = self._exports.write(MERGED, live.id, self._models.save_serving)
+        summary |= {kind: str(path) for kind, path in written.items()}
+        if self._verifier is not None and written:
+            verdicts = self._verify(self._verifier, live.id, written)
+            if verdicts is None:
+                log.info("version %s stopped being live before its export was verified; the "
+                         "export of the version live now follows", live.id)
+                return summary | {"superseded": True}
+            summary["verification"] = {v.kind: v.summary(limit=5) for v in verdicts}
+            if not self._accept(verdicts, written):
+                return summary
+        for kind in written:
+            self._exports.point_current(kind, live.id)
         log.info("exported live version %s: %s", live.id, summary)
         if self._notifiers:
             self._send(LiveChange(event=event, version=live.id, previous=self._served,
-                                  base=self._base_model,
-                                  adapter=adapter, merged=merged))
+                                  base=self._base_model, adapter=written.get(ADAPTER),
+                                  merged=written.get(MERGED)))
         self._served = live.id
         return summary
+
+    def _verify(self, verifier: ExportVerifier, version: str,
+                written: dict[str, Path]) -> list[Verification] | None:
+        """Each export's verdict, or ``None`` when ``version`` is no longer served."""
+        probes = verifier.probes()
+        with self._models.serving_at(version) as served:
+            if served is None:
+                return None
+            live_answers = states(served, probes)
+        return [verifier.verify(kind, version, path, probes, live_answers)
+                for kind, path in written.items()]
+
+    def _accept(self, verdicts: list[Verification], written: dict[str, Path]) -> bool:
+        """Record the verdicts beside the exports; alert and count the ones that fail.
+
+        Returns whether every export passed: one diverging export holds back all of the
+        version's, so serving engines never get a pair that disagrees.
+        """
+        for verdict in verdicts:
+            write_json(written[verdict.kind] / "verification.json", verdict.summary(limit=200))
+            self._metrics.export_agreement.labels(verdict.kind).set(verdict.agreement)
+        diverged = [v for v in verdicts if not v.passed]
+        if not diverged:
+            self._alerter.resolve("FactsyncExportDiverged")
+            return True
+        for verdict in diverged:
+            self._metrics.exports_diverged.labels(verdict.kind).inc()
+            log.error("the %s export of version %s answers %d of %d probes unlike the live "
+                      "model (tolerance %.1f%%); it is kept aside in %s and not served",
+                      verdict.kind, verdict.version, len(verdict.differing),
+                      len(verdict.answers), 100 * verdict.tolerance, written[verdict.kind])
+        first = diverged[0]
+        self._alerter.fire(Alert(
+            "FactsyncExportDiverged", "critical",
+            f"the {', '.join(v.kind for v in diverged)} export of version {first.version} "
+            f"does not answer like the live model ({len(first.differing)} of "
+            f"{len(first.answers)} probes differ); serving engines keep the previous export",
+            details={v.kind: v.summary(limit=20) for v in diverged}))
+        return False
 
     def _send(self, change: LiveChange) -> None:
         """Queue ``change`` for the serving engines, starting the sender thread if needed."""

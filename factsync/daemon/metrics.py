@@ -85,6 +85,14 @@ class Metrics:
             "factsync_serving_notify_failures_total",
             "Serving-engine notifications that failed after every retry, by notifier.",
             ["notifier"], registry=registry)
+        self.exports_diverged = Counter(
+            "factsync_exports_diverged_total",
+            "Exports held back because, loaded as a serving engine loads them, they did not "
+            "answer like the live model; by kind.", ["kind"], registry=registry)
+        self.export_agreement = Gauge(
+            "factsync_export_agreement",
+            "Share of probes the last verified export answered like the live model, by kind.",
+            ["kind"], registry=registry)
         self.connector_up = Gauge(
             "factsync_connector_up", "1 when the connector's last read succeeded.",
             ["connector"], registry=registry)

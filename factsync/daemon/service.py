@@ -9,6 +9,7 @@ engine on the base weights, restore the live version (weights and engine state) 
 
 from __future__ import annotations
 
+import itertools
 import logging
 import os
 import signal
@@ -32,6 +33,7 @@ from factsync.daemon.api import ApiContext, ApiServer
 from factsync.daemon.config import DaemonConfig
 from factsync.daemon.connectors import build_connector
 from factsync.daemon.data_dir_lock import lock_data_dir
+from factsync.daemon.export_verification import ExportVerifier
 from factsync.daemon.exporting import Exporter
 from factsync.daemon.host_health import HostHealth
 from factsync.daemon.ingest import Ingest
@@ -42,11 +44,13 @@ from factsync.daemon.worker import Worker
 from factsync.editing.build import build_engine
 from factsync.evaluation.fluency import perplexity
 from factsync.evaluation.heldout_text import FLUENCY_TEXTS
+from factsync.evaluation.kpis import Prompted
 from factsync.facts.catalog import RelationCatalog
 from factsync.jobs.live import LiveVersion
 from factsync.jobs.model_state import ModelState
 from factsync.jobs.monitoring import LiveChecker, choose_canaries
 from factsync.jobs.pipeline import JobRunner
+from factsync.jobs.preparation import retention_probes
 from factsync.jobs.reconciler import Reconciler
 from factsync.models.loading import default_model_dir, load_model
 from factsync.policies.schema import OnRollback, Policy, load_policy
@@ -288,6 +292,26 @@ class Daemon:
         if self.worker is not None:
             self.worker.wake()
 
+    def _export_verifier(self, canaries: list[Prompted]) -> ExportVerifier | None:
+        """What checks each export against the live model, unless the config turns it off.
+
+        Each verification probes a fresh sample of the applied facts, so over many
+        exports every fact gets checked, plus every canary.
+        """
+        export = self.config.export
+        if not export.verify:
+            return None
+        samples = itertools.count()
+
+        def probes() -> list[Prompted]:
+            applied = retention_probes(self.store, self.catalog, exclude=set(),
+                                       sample=export.verify_sample, seed=next(samples))
+            return applied + canaries
+
+        return ExportVerifier(base=_model_dir(self.config), device=self.config.model.device,
+                              dtype=self.config.model.dtype, probes=probes,
+                              tolerance=export.verify_tolerance)
+
     def _full_scan(self, connector: Connector) -> None:
         try:
             connector.scan()
@@ -320,7 +344,7 @@ class Daemon:
                 exports=exports, versions=self.versions,
                 store=self.store, models=models, base_model=str(_model_dir(self.config)),
                 notifiers=_serving_notifiers(self.config), alerter=self.alerter,
-                metrics=self.metrics,
+                metrics=self.metrics, verifier=self._export_verifier(canaries),
             )
             self.exporter = exporter
             self._closers.append(exporter.close)

@@ -132,7 +132,7 @@ class LiveVersion:
             applied=promotion.applied, left_out={},
         )
         failpoint("worker.promoted")
-        self._models.promote(result.delta)  # the worker's copy already carries it
+        self._models.promote(result.delta, version_id=version.id)  # the worker has it
         self._engine.remember(result)
         self._publish(LiveChanged(LiveEvent.PROMOTED, version, parent,
                                   reason=f"promoted job {promotion.job.id}"))
@@ -159,7 +159,7 @@ class LiveVersion:
     def _rebuild(self, live: Version) -> None:
         lineage = self._store.lineage(version_id=live.id)
         self._models.rebuild([ModelDelta.load(self._versions.delta_path(v.id))
-                              for v in lineage])
+                              for v in lineage], version_id=live.id)
         self._engine.restore([EngineState.load(self._versions.engine_state_path(v.id))
                               for v in lineage])
 

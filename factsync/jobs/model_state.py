@@ -3,6 +3,8 @@
 The worker edits and scores candidates on its own copy while the API keeps answering
 from the live version on a second copy, which changes only when a version is promoted.
 Both are rebuilt exactly from the base weights plus the live version's chain of deltas.
+The served copy knows which version it carries, so a reader can tell it is reading the
+version it expects.
 """
 
 from __future__ import annotations
@@ -10,7 +12,8 @@ from __future__ import annotations
 import copy
 import hashlib
 import threading
-from contextlib import nullcontext
+from collections.abc import Iterator
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 
 import torch
@@ -32,21 +35,32 @@ class ModelState:
         self.serving = copy.copy(base)
         self.serving.model = copy.deepcopy(base.model)
         self._serving_lock = threading.Lock()
+        self._serving_version: str | None = None
         self._paths = [base.spec.mlp_out_path(i) for i in range(base.num_layers)]
         self._base = {
             path: base.model.get_submodule(path).weight.detach().clone() for path in self._paths
         }
 
-    def rebuild(self, chain: list[ModelDelta]) -> None:
-        """Set both models to the base weights plus ``chain`` applied in order."""
+    def rebuild(self, chain: list[ModelDelta], *, version_id: str) -> None:
+        """Set both models to the base weights plus ``chain`` (the lineage of
+        ``version_id``) applied in order."""
         _rebuild(self.work, self._base, chain)
         with self._serving_lock:
             _rebuild(self.serving, self._base, chain)
+            self._serving_version = version_id
 
-    def promote(self, delta: ModelDelta) -> None:
-        """Apply a promoted version's delta to the served model (the worker has it)."""
+    def promote(self, delta: ModelDelta, *, version_id: str) -> None:
+        """Apply the delta of ``version_id``, just promoted, to the served model (the
+        worker has it)."""
         with self._serving_lock:
             delta.apply(self.serving)
+            self._serving_version = version_id
+
+    @contextmanager
+    def serving_at(self, version_id: str) -> Iterator[LoadedModel | None]:
+        """The served model, held still, if it carries ``version_id``; else ``None``."""
+        with self._serving_lock:
+            yield self.serving if self._serving_version == version_id else None
 
     def save_serving(self, directory: Path) -> None:
         """Write the served model and its tokenizer as a HuggingFace checkpoint."""

@@ -1,7 +1,8 @@
 """Exports of the live version for serving engines, written atomically.
 
 ``exports/<kind>/<version>/`` is written under a temporary name and renamed into
-place; ``exports/<kind>/current`` is a symbolic link swapped atomically to the newest.
+place; ``exports/<kind>/current`` is a symbolic link swapped atomically to the export
+being served, once the exporter has accepted it.
 Kinds: ``adapter`` (a PEFT LoRA adapter) and ``merged`` (a full HuggingFace checkpoint).
 """
 
@@ -47,7 +48,8 @@ class ExportDir:
         return removed
 
     def write(self, kind: str, version_id: str, writer: Callable[[Path], None]) -> Path:
-        """Have ``writer`` fill a fresh directory, move it into place, point ``current`` at it."""
+        """Have ``writer`` fill a fresh directory and move it into place, unless the
+        version's export exists already; ``current`` is left alone (``point_current``)."""
         target = self.root / kind / version_id
         if not target.exists():
 
@@ -56,7 +58,6 @@ class ExportDir:
                 failpoint("export.staged")
 
             write_directory(target, fill)
-        self.point_current(kind, version_id)
         return target
 
     def point_current(self, kind: str, version_id: str) -> None:

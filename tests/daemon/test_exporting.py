@@ -2,16 +2,21 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 from prometheus_client import CollectorRegistry
 
 from factsync.daemon.alerts import Alerter
 from factsync.daemon.config import ExportConfig
+from factsync.daemon.export_verification import ExportVerifier
 from factsync.daemon.exporting import Exporter
 from factsync.daemon.metrics import Metrics
 from factsync.editing.engine_state import EngineState
 from factsync.facts.records import FactRecord
 from factsync.jobs.model_state import ModelState
+from factsync.jobs.preparation import states
+from factsync.models.generation import greedy
 from factsync.registry.exports import ExportDir
 from factsync.registry.serving import SGLANG, VLLM, RuntimeLoraNotifier, WebhookServingNotifier
 from factsync.registry.versions import VersionFiles
@@ -40,7 +45,7 @@ def promote(store, versions, models, delta, subject):  # noqa: ANN001, ANN201
                                 facts=[{"subject": subject}], manifest={})
     store.promote(job_id=job.id, version_id=version_id, parent_id=live.id, policy_digest="p",
                   report={}, applied={change.id: "Y"}, left_out={})
-    models.promote(delta)
+    models.promote(delta, version_id=version_id)
     return version_id
 
 
@@ -111,3 +116,95 @@ def test_a_serving_engine_that_stays_down_is_alerted_and_counted(
     assert metrics.registry.get_sample_value(
         "factsync_serving_notify_failures_total", {"notifier": "vllm"}) == 1
     assert [a.name for a in alerter.active()] == ["FactsyncServingNotifyFailed"]
+
+
+PROMPTS = [f"The {word} of item {n} is" for word in ("owner", "capital", "colour", "maker")
+           for n in range(12)]
+
+
+def answered(loaded, prompts) -> list[tuple[str, str]]:  # noqa: ANN001
+    """Each prompt with the one-token answer the model gives it, where that answer reads
+    back as an object (teacher forced, the way probes are scored)."""
+    pairs = [(prompt, greedy(loaded, prompt, 1)) for prompt in prompts]
+    return [pair for pair, ok in zip(pairs, states(loaded, pairs), strict=True) if ok]
+
+
+def verified_exporter(tmp_path, setup, engine, tiny_model_dir, probes, max_rank):  # noqa: ANN001, ANN201
+    store, models, versions, metrics, alerter = setup
+    verifier = ExportVerifier(base=tiny_model_dir, device="cpu", dtype="float32",
+                              probes=lambda: probes, tolerance=0.0)
+    return Exporter(settings=ExportConfig(max_rank=max_rank, merged=True),
+                    exports=ExportDir(tmp_path / "x"),
+                    versions=versions, store=store, models=models, base_model="base",
+                    notifiers=[RuntimeLoraNotifier(VLLM, engine.url)], alerter=alerter,
+                    metrics=metrics, verifier=verifier, retries=1)
+
+
+def test_an_export_that_answers_like_the_live_model_is_served(
+    tmp_path, setup, random_delta, lora_server, tiny_model_dir, tiny_loaded
+):
+    store, models, versions, metrics, alerter = setup
+    engine = lora_server(VLLM)
+    version = promote(store, versions, models,
+                      random_delta(models.work, [1, 2], rank=4, scale=1.0, seed=4), "A")
+    probes = answered(models.serving, PROMPTS)
+    assert len(probes) >= 10
+    assert not all(states(tiny_loaded("llama"), probes))  # the base alone would not pass
+    exporter = verified_exporter(tmp_path, setup, engine, tiny_model_dir, probes, max_rank=8)
+    summary = exporter.export_live("promoted")
+    exporter.close()
+    for kind in ("adapter", "merged"):
+        assert summary["verification"][kind]["passed"]
+        assert summary["verification"][kind]["agreement"] == 1.0
+        assert ExportDir(tmp_path / "x").current(kind) == tmp_path / "x" / kind / version
+    adapter = tmp_path / "x" / "adapter" / version
+    assert json.loads((adapter / "verification.json").read_text())["probes"] == len(probes)
+    assert engine.calls == [("load", f"factsync-{version}")]
+    assert metrics.registry.get_sample_value(
+        "factsync_export_agreement", {"kind": "adapter"}) == 1.0
+    assert alerter.active() == []
+
+
+def test_a_truncated_adapter_that_loses_facts_is_caught_alerted_and_not_announced(
+    tmp_path, setup, random_delta, lora_server, tiny_model_dir
+):
+    store, models, versions, metrics, alerter = setup
+    engine = lora_server(VLLM)
+    previous = promote(store, versions, models,
+                       random_delta(models.work, [1], rank=1, scale=1.0, seed=5), "A")
+    probes = answered(models.serving, PROMPTS)  # the verifier reads this list when it runs
+    exporter = verified_exporter(tmp_path, setup, engine, tiny_model_dir, probes, max_rank=1)
+    exporter.export_live("promoted")  # rank 1 fits: served
+    version = promote(store, versions, models,
+                      random_delta(models.work, [1], rank=6, scale=1.0, seed=6), "B")
+    probes[:] = answered(models.serving, PROMPTS)
+    summary = exporter.export_live("promoted")
+    exporter.close()
+
+    verdict = summary["verification"]["adapter"]
+    assert summary["adapter_error"] > 0.1 and not verdict["passed"] and verdict["differing"]
+    assert summary["verification"]["merged"]["passed"]  # held back with the adapter
+    exports = ExportDir(tmp_path / "x")
+    for kind in ("adapter", "merged"):
+        assert exports.current(kind) == exports.root / kind / previous
+    assert (exports.root / "adapter" / version / "verification.json").is_file()
+    assert engine.calls == [("load", f"factsync-{previous}")]
+    [alert] = alerter.active()
+    assert alert.name == "FactsyncExportDiverged" and version in alert.summary
+    lost = {d["prompt"] for d in alert.details["adapter"]["differing"]}
+    assert lost <= {prompt for prompt, _ in probes} and lost
+    assert metrics.registry.get_sample_value(
+        "factsync_exports_diverged_total", {"kind": "adapter"}) == 1
+
+
+def test_an_export_of_a_version_no_longer_served_is_left_to_the_next(
+    tmp_path, setup, random_delta, lora_server, tiny_model_dir
+):
+    store, models, versions, metrics, alerter = setup
+    engine = lora_server(VLLM)
+    promote(store, versions, models, random_delta(models.work, [1], seed=7), "A")
+    models.rebuild([], version_id="a-later-one")
+    exporter = verified_exporter(tmp_path, setup, engine, tiny_model_dir, [], max_rank=8)
+    assert exporter.export_live("promoted")["superseded"]
+    exporter.close()
+    assert ExportDir(tmp_path / "x").current("adapter") is None and engine.calls == []

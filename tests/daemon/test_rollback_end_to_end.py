@@ -87,7 +87,8 @@ def test_a_regressing_version_is_rolled_back_and_operators_are_told(
 
     # The served weights are exactly the good version rebuilt from the base.
     rebuilt = ModelState(load_model("default", device="cpu"))
-    rebuilt.rebuild([ModelDelta.load(tmp_path / "versions" / good["id"] / "delta.safetensors")])
+    rebuilt.rebuild([ModelDelta.load(tmp_path / "versions" / good["id"] / "delta.safetensors")],
+                    version_id=good["id"])
     assert daemon.get("/weights") == {"version": good["id"], "sha256": rebuilt.digest()}
 
     # The exported adapter follows the live version (once the worker has written it, just

@@ -40,7 +40,6 @@ def test_peft_with_the_adapter_matches_the_edited_model(
     path = exports.write("adapter", "v2", lambda d: write_peft_adapter(
         d, {p: (f.a, f.b) for p, f in factors.items()}, base_model=str(base_dir),
         fan_in_fan_out=loaded.spec.weight_layout == "in_out", metadata={"version": "v2"}))
-    assert exports.current("adapter") == path
 
     base = type(loaded.model).from_pretrained(base_dir).eval()
     unedited = logits(base, loaded)

@@ -4,7 +4,6 @@
   ``DaemonProcess`` that edits a tiny random Llama saved to disk, under a policy with no
   gates (every edit is promoted), so the tests exercise the daemon's bookkeeping rather
   than edit quality.
-- ``tiny_model_dir``: that model's directory.
 - ``small_filesystem``: a factory ``small_filesystem(size_mb, *, read_only=False,
   at=None)`` mounting a real tmpfs of that size (at ``at``, or a fresh directory) and
   returning its mount point; unmounted after the test. Needs root; skipped elsewhere,
@@ -37,15 +36,6 @@ TINY_POLICY = {
     "gates": [],
     "monitor": {"interval_seconds": 3600},
 }
-
-
-@pytest.fixture
-def tiny_model_dir(tmp_path_factory, tiny_loaded) -> Path:
-    directory = tmp_path_factory.mktemp("tiny-model")
-    loaded = tiny_loaded("llama")
-    loaded.model.save_pretrained(directory)
-    loaded.tokenizer.save_pretrained(directory)
-    return directory
 
 
 @pytest.fixture
@@ -113,7 +103,7 @@ def rebuilt_digest(tiny_model_dir):
         store.close()
         rebuilt = ModelState(load_model(str(tiny_model_dir), device="cpu"))
         rebuilt.rebuild([ModelDelta.load(data_dir / "versions" / v.id / "delta.safetensors")
-                         for v in lineage])
+                         for v in lineage], version_id=version_id)
         return rebuilt.digest()
 
     return digest

@@ -1,0 +1,144 @@
+"""Verified exports: an export counts only if, loaded as a serving engine loads it, it
+answers like the live model.
+
+The adapter is loaded with PEFT on a fresh copy of the base model, the merged checkpoint
+with ``from_pretrained``. Both are asked the same probes as the live model (the live
+version's applied facts and the canaries): does the greedy answer, teacher forced, equal
+the fact's object? An export passes when no more than ``tolerance`` of the probes get a
+different answer from the live model's.
+"""
+
+from __future__ import annotations
+
+import gc
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+from factsync.evaluation.kpis import Prompted
+from factsync.jobs.preparation import states
+from factsync.models.loading import LoadedModel, load_model
+
+ADAPTER = "adapter"
+MERGED = "merged"
+
+
+@dataclass(frozen=True)
+class ProbeAnswer:
+    """One probe, as the live model and the export answer it.
+
+    Attributes:
+        prompt: the prompt.
+        object: the object it should be answered with.
+        live: whether the live model answers with ``object``.
+        exported: whether the export does.
+    """
+
+    prompt: str
+    object: str
+    live: bool
+    exported: bool
+
+
+@dataclass(frozen=True)
+class Verification:
+    """The verdict on one export.
+
+    Attributes:
+        kind: ``adapter`` or ``merged``.
+        version: the version exported.
+        answers: every probe's answers.
+        tolerance: the share of probes allowed to differ.
+    """
+
+    kind: str
+    version: str
+    answers: tuple[ProbeAnswer, ...]
+    tolerance: float
+
+    @property
+    def differing(self) -> list[ProbeAnswer]:
+        """The probes the export answers differently from the live model."""
+        return [a for a in self.answers if a.live != a.exported]
+
+    @property
+    def agreement(self) -> float:
+        """Share of probes answered alike (1 when there are none)."""
+        return 1 - len(self.differing) / len(self.answers) if self.answers else 1.0
+
+    @property
+    def passed(self) -> bool:
+        """Whether no more than ``tolerance`` of the probes differ."""
+        return len(self.differing) <= self.tolerance * len(self.answers)
+
+    def summary(self, limit: int = 20) -> dict:
+        """A JSON-ready account: agreement, verdict and up to ``limit`` differing probes."""
+        return {
+            "kind": self.kind, "version": self.version, "probes": len(self.answers),
+            "agreement": round(self.agreement, 6), "tolerance": self.tolerance,
+            "passed": self.passed,
+            "differing": [{"prompt": a.prompt, "object": a.object, "live": a.live,
+                           "exported": a.exported} for a in self.differing[:limit]],
+        }
+
+
+def load_exported(kind: str, directory: Path, *, base: Path, device: str,
+                  dtype: str) -> LoadedModel:
+    """The export in ``directory`` loaded the way a serving engine loads it."""
+    if kind == MERGED:
+        return load_model(directory, device=device, dtype=dtype)
+    if kind != ADAPTER:
+        raise ValueError(f"unknown export kind {kind!r}")
+    from peft import PeftModel  # imported here: only exports need it
+
+    loaded = load_model(base, device=device, dtype=dtype)
+    wrapped = PeftModel.from_pretrained(loaded.model, directory).eval()
+    # PEFT swaps its LoRA layers into the causal LM it wraps (unmerged, as engines serve
+    # them); scoring wants that model itself, for its decoder stack and output embeddings.
+    return replace(loaded, model=wrapped.get_base_model())
+
+
+def compare(kind: str, version: str, probes: Sequence[Prompted], live: Sequence[bool],
+            exported: LoadedModel, *, tolerance: float) -> Verification:
+    """Ask ``exported`` the ``probes`` and set its answers beside the live ones."""
+    answers = states(exported, probes)
+    return Verification(kind=kind, version=version, tolerance=tolerance, answers=tuple(
+        ProbeAnswer(prompt, obj, was, now)
+        for (prompt, obj), was, now in zip(probes, live, answers, strict=True)))
+
+
+def verify_export(kind: str, version: str, directory: Path, probes: Sequence[Prompted],
+                  live: Sequence[bool], *, base: Path, device: str, dtype: str,
+                  tolerance: float) -> Verification:
+    """Load the export in ``directory``, compare it with the live answers, free it."""
+    exported = load_exported(kind, directory, base=base, device=device, dtype=dtype)
+    try:
+        return compare(kind, version, probes, live, exported, tolerance=tolerance)
+    finally:
+        del exported
+        gc.collect()
+
+
+@dataclass(frozen=True)
+class ExportVerifier:
+    """What verifying the daemon's exports needs.
+
+    Attributes:
+        base: the base model's directory (the adapter is loaded on it).
+        device: where to load exports.
+        dtype: their dtype, the served model's.
+        probes: the probes of the live version now (its applied facts and the canaries).
+        tolerance: the share of probes an export may answer differently.
+    """
+
+    base: Path
+    device: str
+    dtype: str
+    probes: Callable[[], list[Prompted]]
+    tolerance: float
+
+    def verify(self, kind: str, version: str, directory: Path, probes: Sequence[Prompted],
+               live: Sequence[bool]) -> Verification:
+        """``verify_export`` with these settings."""
+        return verify_export(kind, version, directory, probes, live, base=self.base,
+                             device=self.device, dtype=self.dtype, tolerance=self.tolerance)
