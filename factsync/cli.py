@@ -7,7 +7,7 @@ import logging
 import sys
 
 from factsync import __version__
-from factsync.commands import bench, control, edit, model, policy, run, state
+from factsync.commands import bench, control, edit, export, model, policy, run, state
 from factsync.logs import configure_logging
 
 log = logging.getLogger("factsync")
@@ -46,6 +46,7 @@ def build_parser() -> argparse.ArgumentParser:
     edit.register(commands)
     bench.register(commands)
     model.register(commands)
+    export.register(commands)
     return parser
 
 

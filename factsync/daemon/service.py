@@ -97,14 +97,12 @@ class Daemon:
         self.registry = registry or CollectorRegistry()
         self.metrics = Metrics(self.registry)
         self.policy = policy
-        self.catalog = RelationCatalog.built_in(
-            {k: {**v.__dict__, "alias": v.alias or k} for k, v in config.relations.items()}
-        )
+        self.catalog = relation_catalog(config)
         self.store = store
         self.versions = versions
         self.alerter = Alerter(_notifiers(config), self.metrics)
         self.health = HostHealth(
-            data_dir=config.state_dir, model_dir=_model_dir(config),
+            data_dir=config.state_dir, model_dir=model_dir(config),
             min_free_bytes=int(config.min_free_mb * 2**20), metrics=self.metrics,
             alerter=self.alerter,
         )
@@ -308,7 +306,7 @@ class Daemon:
                                        sample=export.verify_sample, seed=next(samples))
             return applied + canaries
 
-        return ExportVerifier(base=_model_dir(self.config), device=self.config.model.device,
+        return ExportVerifier(base=model_dir(self.config), device=self.config.model.device,
                               dtype=self.config.model.dtype, probes=probes,
                               tolerance=export.verify_tolerance)
 
@@ -328,7 +326,7 @@ class Daemon:
             self.health.model_loaded()
             models = ModelState(base)
             base_perplexity = perplexity(base, list(FLUENCY_TEXTS))
-            canaries = choose_canaries(models, self.store, self.catalog)  # on base weights
+            canaries = choose_canaries(models.work, self.store, self.catalog)  # base weights
             self.metrics.model_load_seconds.set(time.monotonic() - started)
             self._starting = "building the edit engine (key statistics, context prefixes)"
             engine = build_engine(  # on the base weights, whichever version is live
@@ -342,7 +340,7 @@ class Daemon:
             exporter = Exporter(
                 settings=self.config.export,
                 exports=exports, versions=self.versions,
-                store=self.store, models=models, base_model=str(_model_dir(self.config)),
+                store=self.store, models=models, base_model=str(model_dir(self.config)),
                 notifiers=_serving_notifiers(self.config), alerter=self.alerter,
                 metrics=self.metrics, verifier=self._export_verifier(canaries),
             )
@@ -402,7 +400,15 @@ def _notifiers(config: DaemonConfig) -> list[Notifier]:
     return notifiers
 
 
-def _model_dir(config: DaemonConfig) -> Path:
+def relation_catalog(config: DaemonConfig) -> RelationCatalog:
+    """The built-in relations with those the config adds or overrides."""
+    return RelationCatalog.built_in(
+        {k: {**v.__dict__, "alias": v.alias or k} for k, v in config.relations.items()})
+
+
+def model_dir(config: DaemonConfig) -> Path:
+    """The base model's directory the config names (the default model's cache for
+    ``default``)."""
     if config.model.path == "default":
         return default_model_dir(config.caches)
     return Path(config.model.path).expanduser().absolute()

@@ -13,7 +13,7 @@ job costs the same with a hundred applied facts as with a hundred thousand.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 
 from factsync.editing.requests import EditRequest, Neighbour
@@ -116,16 +116,19 @@ def retention_probes(
     exclude: set[tuple[str, str]],
     sample: int,
     seed: int,
+    applied_by: Collection[str] | None = None,
 ) -> list[Prompted]:
     """Facts applied by earlier versions, as (prompt, object); ``sample`` 0 takes all.
 
-    A sample is drawn in the store (``StateStore.sample_applied``), so its cost follows
-    ``sample``, not the facts applied; taking all reads them all.
+    ``applied_by`` keeps only facts that these versions applied. A sample is drawn in the
+    store (``StateStore.sample_applied``), so its cost follows ``sample``, not the facts
+    applied; taking all reads them all.
     """
 
     def usable(fact: AppliedFact) -> bool:
         return (catalog.resolve(fact.relation) is not None
-                and (fact.subject, fact.relation) not in exclude)
+                and (fact.subject, fact.relation) not in exclude
+                and (applied_by is None or fact.version_id in applied_by))
 
     facts = (store.sample_applied(size=sample, seed=seed, keep=usable) if sample
              else [f for f in store.applied_facts() if usable(f)])

@@ -6,7 +6,10 @@ import json
 
 import pytest
 from prometheus_client import CollectorRegistry
+from safetensors.torch import load_file, save_file
 
+from factsync.cli import main
+from factsync.commands.export import DIVERGED
 from factsync.daemon.alerts import Alerter
 from factsync.daemon.config import ExportConfig
 from factsync.daemon.export_verification import ExportVerifier
@@ -208,3 +211,48 @@ def test_an_export_of_a_version_no_longer_served_is_left_to_the_next(
     assert exporter.export_live("promoted")["superseded"]
     exporter.close()
     assert ExportDir(tmp_path / "x").current("adapter") is None and engine.calls == []
+
+
+def test_export_verify_compares_each_fact_and_flags_a_damaged_adapter(
+    tmp_path, setup, random_delta, tiny_model_dir, tiny_loaded, capsys
+):
+    store, models, versions, metrics, alerter = setup
+    delta = random_delta(models.work, [1, 2], rank=4, scale=1.0, seed=4)
+    delta.apply(models.work)
+    subjects = [f"{word} {n}" for word in ("Item", "Town", "Lake", "Firm") for n in range(30)]
+    facts = answered(models.work, [f"The capital of {s} is" for s in subjects])
+    assert len(facts) >= 8 and not all(states(tiny_loaded("llama"), facts))
+    changes = [store.record_desired(record=FactRecord(prompt.removeprefix("The capital of ")
+                                                      .removesuffix(" is"), "P36", obj, "t", "x"),
+                                    relation="P36") for prompt, obj in facts]
+    job = store.create_job(change_ids=[c.id for c in changes], policy_digest="p")
+    version = versions.write(parent_id=store.live_version().id, save_delta=delta.save,
+                             save_state=EngineState(keys={}).save, facts=[], manifest={})
+    store.promote(job_id=job.id, version_id=version, parent_id=store.live_version().id,
+                  policy_digest="p", report={}, applied={c.id: None for c in changes},
+                  left_out={})
+    models.promote(delta, version_id=version)
+    exporter = Exporter(settings=ExportConfig(merged=True), exports=ExportDir(tmp_path / "exports"),
+                        versions=versions, store=store, models=models, base_model="base",
+                        notifiers=[], alerter=alerter, metrics=metrics)
+    exporter.export_live("promoted")
+    exporter.close()
+    config = tmp_path / "factsync.yaml"
+    config.write_text(f"data_dir: {tmp_path}\nmodel: {{path: {tiny_model_dir}}}\n")
+
+    assert main(["export", "verify", "--config", str(config), "--all"]) == 0
+    table = capsys.readouterr().out
+    assert f"adapter of {version}: passes; answers {len(facts)} of {len(facts)}" in table
+    assert f"merged of {version}: passes" in table
+    assert table.count("| yes   | yes     | yes") == len(facts)
+
+    weights = tmp_path / "exports" / "adapter" / version / "adapter_model.safetensors"
+    tensors = load_file(weights)
+    save_file({name: t * 0 if "lora_B" in name else t for name, t in tensors.items()}, weights)
+    assert main(["export", "verify", version, "--config", str(config)]) == DIVERGED
+    table = capsys.readouterr().out
+    assert f"adapter of {version}: DIVERGES" in table and f"merged of {version}: passes" in table
+    lost = [fact for fact, ok in zip(facts, states(tiny_loaded("llama"), facts), strict=True)
+            if not ok]
+    assert lost and all(f"{prompt} -> {obj.strip()}"[:60] in table for prompt, obj in lost)
+    assert table.count("| yes   | no      | yes") == len(lost)
