@@ -222,6 +222,10 @@ class AlertsConfig:
             raise ValueError(f"stuck_job_seconds must be positive, got {self.stuck_job_seconds}")
 
 
+SERVABLE_RANKS = (8, 16, 32, 64, 128, 256, 320, 512)
+"""The adapter ranks vLLM accepts as ``--max-lora-rank``."""
+
+
 @dataclass(frozen=True)
 class ExportConfig:
     """Exports of the live version and the serving engines to keep on it.
@@ -229,7 +233,8 @@ class ExportConfig:
     Attributes:
         adapter: write a PEFT LoRA adapter per live version (``exports/adapter/``).
         merged: write a merged HuggingFace checkpoint per live version (``exports/merged/``).
-        max_rank: adapter rank above which the cumulative delta is SVD-truncated.
+        max_rank: adapter rank above which the cumulative delta is SVD-truncated; one of
+            the ranks vLLM serves (``SERVABLE_RANKS``).
         vllm_url: a vLLM server to load each new adapter into (runtime LoRA updating).
         vllm_adapter_prefix: adapters are served by vLLM as ``<prefix>-<version>``.
         sglang_url: an SGLang server to load each new adapter into (dynamic LoRA loading).
@@ -255,8 +260,9 @@ class ExportConfig:
     verify_tolerance: float = 0.01
 
     def __post_init__(self) -> None:
-        if self.max_rank < 1:
-            raise ValueError(f"max_rank must be at least 1, got {self.max_rank}")
+        if self.max_rank not in SERVABLE_RANKS:
+            raise ValueError(f"max_rank must be a LoRA rank vLLM serves "
+                             f"({', '.join(map(str, SERVABLE_RANKS))}), got {self.max_rank}")
         if self.verify_sample < 0:
             raise ValueError(f"verify_sample must not be negative, got {self.verify_sample}")
         if not 0 <= self.verify_tolerance < 1:

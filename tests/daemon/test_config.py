@@ -48,6 +48,9 @@ def test_without_a_file_the_embedded_default_is_used(monkeypatch, tmp_path):
         ({"relations": {"P1": {"paraphrases": []}}}, r"config.relations.P1: .*template"),
         ({"policy": "missing.yaml"}, r"config.policy: no such file"),
         ({"api": {"host": "0.0.0.0"}}, r"config.api.host: binding '0.0.0.0' exposes the API"),
+        ({"export": {"max_rank": 48}},
+         r"config.export: max_rank must be a LoRA rank vLLM serves \(8, 16, 32, 64, 128, 256, "
+         r"320, 512\), got 48"),
         ({"export": {"sglang_url": "sglang:30000"}},
          r"config.export: sglang_url must be an http\(s\) URL"),
         ({"export": {"adapter": False, "sglang_url": "http://s:30000"}},

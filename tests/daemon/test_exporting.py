@@ -174,12 +174,12 @@ def test_a_truncated_adapter_that_loses_facts_is_caught_alerted_and_not_announce
     store, models, versions, metrics, alerter = setup
     engine = lora_server(VLLM)
     previous = promote(store, versions, models,
-                       random_delta(models.work, [1], rank=1, scale=1.0, seed=5), "A")
+                       random_delta(models.work, [1], rank=8, scale=0.3, seed=5), "A")
     probes = answered(models.serving, PROMPTS)  # the verifier reads this list when it runs
-    exporter = verified_exporter(tmp_path, setup, engine, tiny_model_dir, probes, max_rank=1)
-    exporter.export_live("promoted")  # rank 1 fits: served
+    exporter = verified_exporter(tmp_path, setup, engine, tiny_model_dir, probes, max_rank=8)
+    exporter.export_live("promoted")  # rank 8 fits: served
     version = promote(store, versions, models,
-                      random_delta(models.work, [1], rank=6, scale=1.0, seed=6), "B")
+                      random_delta(models.work, [1], rank=12, scale=0.5, seed=6), "B")
     probes[:] = answered(models.serving, PROMPTS)
     summary = exporter.export_live("promoted")
     exporter.close()
