@@ -233,8 +233,11 @@ class ExportConfig:
     Attributes:
         adapter: write a PEFT LoRA adapter per live version (``exports/adapter/``).
         merged: write a merged HuggingFace checkpoint per live version (``exports/merged/``).
-        max_rank: adapter rank above which the cumulative delta is SVD-truncated; one of
-            the ranks vLLM serves (``SERVABLE_RANKS``).
+        max_rank: the adapter's rank budget, one of the ranks vLLM serves
+            (``SERVABLE_RANKS``). With ``fold``, a version whose adapter would need more
+            is folded into a new serving base; without, the adapter is SVD-truncated.
+        fold: fold the live version into a new serving base (a full checkpoint under
+            ``exports/base/``) when its adapter would pass ``max_rank``.
         vllm_url: a vLLM server to load each new adapter into (runtime LoRA updating).
         vllm_adapter_prefix: adapters are served by vLLM as ``<prefix>-<version>``.
         sglang_url: an SGLang server to load each new adapter into (dynamic LoRA loading).
@@ -250,6 +253,7 @@ class ExportConfig:
     adapter: bool = True
     merged: bool = False
     max_rank: int = 64
+    fold: bool = True
     vllm_url: str | None = None
     vllm_adapter_prefix: str = "factsync"
     sglang_url: str | None = None

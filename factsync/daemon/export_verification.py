@@ -21,6 +21,7 @@ from factsync.models.loading import LoadedModel, load_model
 
 ADAPTER = "adapter"
 MERGED = "merged"
+BASE = "base"  # a folded version's checkpoint, the serving base of the adapters after it
 
 
 @dataclass(frozen=True)
@@ -124,21 +125,19 @@ class ExportVerifier:
     """What verifying the daemon's exports needs.
 
     Attributes:
-        base: the base model's directory (the adapter is loaded on it).
         device: where to load exports.
         dtype: their dtype, the served model's.
         probes: the probes of the live version now (its applied facts and the canaries).
         tolerance: the share of probes an export may answer differently.
     """
 
-    base: Path
     device: str
     dtype: str
     probes: Callable[[], list[Prompted]]
     tolerance: float
 
     def verify(self, kind: str, version: str, directory: Path, probes: Sequence[Prompted],
-               live: Sequence[bool]) -> Verification:
-        """``verify_export`` with these settings."""
-        return verify_export(kind, version, directory, probes, live, base=self.base,
+               live: Sequence[bool], *, base: Path) -> Verification:
+        """``verify_export`` with these settings; an adapter is loaded on ``base``."""
+        return verify_export(kind, version, directory, probes, live, base=base,
                              device=self.device, dtype=self.dtype, tolerance=self.tolerance)

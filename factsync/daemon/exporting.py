@@ -22,17 +22,25 @@ from pathlib import Path
 
 from factsync.daemon.alerts import Alert, Alerter
 from factsync.daemon.config import ExportConfig
-from factsync.daemon.export_verification import ADAPTER, MERGED, ExportVerifier, Verification
+from factsync.daemon.export_verification import (
+    ADAPTER,
+    BASE,
+    MERGED,
+    ExportVerifier,
+    Verification,
+)
 from factsync.daemon.metrics import Metrics
+from factsync.daemon.serving_base import ServingBase, adapter_rank, serving_base
 from factsync.durable import write_json
 from factsync.editing.delta import ModelDelta
 from factsync.editing.lora import lora_factors
-from factsync.jobs.model_state import ModelState
+from factsync.jobs.model_state import ModelState, VersionMoved
 from factsync.jobs.preparation import states
 from factsync.registry.exports import ExportDir, write_peft_adapter
 from factsync.registry.serving import LiveChange, ServingNotifier
 from factsync.registry.versions import VersionFiles
 from factsync.retry import with_retries
+from factsync.store.records import Version
 from factsync.store.store import StateStore
 
 log = logging.getLogger(__name__)
@@ -64,7 +72,7 @@ class Exporter:
         self._verifier = verifier
         self._retries = retries
         self._backoff = backoff_seconds
-        self._served: str | None = None
+        self._served, self._served_base = exports.served()
         self._queue: queue.Queue[LiveChange | None] = queue.Queue()
         self._sender: threading.Thread | None = None
         self._requests: queue.Queue[str | None] = queue.Queue()
@@ -104,48 +112,83 @@ class Exporter:
         live = self._store.live_version()
         lineage = self._store.lineage(version_id=live.id)
         summary: dict = {"version": live.id, "event": event}
-        written: dict[str, Path] = {}
-        if self._settings.adapter and lineage:
-            chain = [ModelDelta.load(self._versions.delta_path(v.id)) for v in lineage]
-            factors = lora_factors(chain, max_rank=self._settings.max_rank)
-            errors = {path: f.relative_error for path, f in factors.items()}
-            summary["adapter_error"] = max(errors.values())
-            written[ADAPTER] = self._exports.write(ADAPTER, live.id, lambda d: write_peft_adapter(
-                d, {p: (f.a, f.b) for p, f in factors.items()}, base_model=self._base_model,
-                fan_in_fan_out=self._models.work.spec.weight_layout == "in_out",
-                metadata={"version": live.id, "versions": [v.id for v in lineage],
-                          "svd_relative_error": errors, "max_rank": self._settings.max_rank}))
-        if self._settings.merged:
-            written[MERGED] = self._exports.write(MERGED, live.id, self._models.save_serving)
-        summary |= {kind: str(path) for kind, path in written.items()}
-        if self._verifier is not None and written:
-            verdicts = self._verify(self._verifier, live.id, written)
-            if verdicts is None:
-                log.info("version %s stopped being live before its export was verified; the "
-                         "export of the version live now follows", live.id)
-                return summary | {"superseded": True}
-            summary["verification"] = {v.kind: v.summary(limit=5) for v in verdicts}
-            if not self._accept(verdicts, written):
-                return summary
+        try:
+            serving = self._fold_if_needed(live.id, lineage, summary)
+            written = self._write(live.id, serving, summary)
+        except VersionMoved:
+            written = None
+        if written is not None and self._verifier is not None and written:
+            verdicts = self._verify(self._verifier, live.id, serving.base, written)
+            if verdicts is not None:
+                summary["verification"] = {v.kind: v.summary(limit=5) for v in verdicts}
+                if not self._accept(verdicts, written):
+                    return summary
+            written = None if verdicts is None else written
+        if written is None:
+            log.info("version %s stopped being live before its export was done; the "
+                     "export of the version live now follows", live.id)
+            return summary | {"superseded": True}
         for kind in written:
             self._exports.point_current(kind, live.id)
         log.info("exported live version %s: %s", live.id, summary)
         if self._notifiers:
             self._send(LiveChange(event=event, version=live.id, previous=self._served,
-                                  base=self._base_model, adapter=written.get(ADAPTER),
-                                  merged=written.get(MERGED)))
-        self._served = live.id
+                                  base=serving.base, previous_base=self._served_base,
+                                  adapter=written.get(ADAPTER), merged=written.get(MERGED)))
+        self._served, self._served_base = live.id, serving.base
+        self._exports.record_served(live.id, serving.base)
         return summary
 
-    def _verify(self, verifier: ExportVerifier, version: str,
+    def _fold_if_needed(self, version: str, lineage: list[Version], summary: dict) -> ServingBase:
+        """The serving base of ``version``, folding it first when its adapter would need
+        more than ``max_rank``."""
+        serving = serving_base(lineage, self._store.folds(), self._base_model)
+        deltas = [ModelDelta.load(self._versions.delta_path(v.id)) for v in serving.chain]
+        rank = adapter_rank(deltas)
+        summary["adapter_rank"] = rank
+        if not (self._settings.adapter and self._settings.fold
+                and rank > self._settings.max_rank):
+            return serving
+        checkpoint = self._exports.write(
+            BASE, version, lambda d: self._models.save_serving(d, version_id=version))
+        reason = (f"the adapter since {serving.fold or 'the base model'} would need rank "
+                  f"{rank}, above export.max_rank {self._settings.max_rank}")
+        self._store.record_fold(version_id=version, checkpoint=str(checkpoint), reason=reason)
+        log.warning("folded version %s into a new serving base %s: %s; serving engines must "
+                    "load that base", version, checkpoint, reason)
+        summary |= {"folded": str(checkpoint), "adapter_rank": 0}
+        return ServingBase(str(checkpoint), version, [])
+
+    def _write(self, version: str, serving: ServingBase, summary: dict) -> dict[str, Path]:
+        """Write the adapter of ``serving``'s chain and, when asked, the merged checkpoint."""
+        written: dict[str, Path] = {}
+        if self._settings.adapter and serving.chain:
+            deltas = [ModelDelta.load(self._versions.delta_path(v.id)) for v in serving.chain]
+            factors = lora_factors(deltas, max_rank=self._settings.max_rank)
+            errors = {path: f.relative_error for path, f in factors.items()}
+            summary["adapter_error"] = max(errors.values())
+            written[ADAPTER] = self._exports.write(ADAPTER, version, lambda d: write_peft_adapter(
+                d, {p: (f.a, f.b) for p, f in factors.items()}, base_model=serving.base,
+                fan_in_fan_out=self._models.work.spec.weight_layout == "in_out",
+                metadata={"version": version, "base": serving.base, "fold": serving.fold,
+                          "versions": [v.id for v in serving.chain],
+                          "svd_relative_error": errors, "max_rank": self._settings.max_rank}))
+        if self._settings.merged:
+            written[MERGED] = self._exports.write(
+                MERGED, version, lambda d: self._models.save_serving(d, version_id=version))
+        summary |= {"base": serving.base} | {kind: str(path) for kind, path in written.items()}
+        return written
+
+    def _verify(self, verifier: ExportVerifier, version: str, base: str,
                 written: dict[str, Path]) -> list[Verification] | None:
-        """Each export's verdict, or ``None`` when ``version`` is no longer served."""
+        """Each export's verdict (the adapter loaded on ``base``), or ``None`` when
+        ``version`` is no longer served."""
         probes = verifier.probes()
         with self._models.serving_at(version) as served:
             if served is None:
                 return None
             live_answers = states(served, probes)
-        return [verifier.verify(kind, version, path, probes, live_answers)
+        return [verifier.verify(kind, version, path, probes, live_answers, base=Path(base))
                 for kind, path in written.items()]
 
     def _accept(self, verdicts: list[Verification], written: dict[str, Path]) -> bool:

@@ -306,7 +306,7 @@ class Daemon:
                                        sample=export.verify_sample, seed=next(samples))
             return applied + canaries
 
-        return ExportVerifier(base=model_dir(self.config), device=self.config.model.device,
+        return ExportVerifier(device=self.config.model.device,
                               dtype=self.config.model.dtype, probes=probes,
                               tolerance=export.verify_tolerance)
 

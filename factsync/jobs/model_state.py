@@ -23,6 +23,10 @@ from factsync.models.generation import greedy
 from factsync.models.loading import LoadedModel
 
 
+class VersionMoved(RuntimeError):
+    """The served model moved on from the version a reader asked for."""
+
+
 class ModelState:
     """Owns the two in-memory models.
 
@@ -62,11 +66,17 @@ class ModelState:
         with self._serving_lock:
             yield self.serving if self._serving_version == version_id else None
 
-    def save_serving(self, directory: Path) -> None:
-        """Write the served model and its tokenizer as a HuggingFace checkpoint."""
-        with self._serving_lock:
-            self.serving.model.save_pretrained(directory)
-            self.serving.tokenizer.save_pretrained(directory)
+    def save_serving(self, directory: Path, *, version_id: str) -> None:
+        """Write the served model and its tokenizer as a HuggingFace checkpoint.
+
+        Raises:
+            VersionMoved: the served model no longer carries ``version_id``.
+        """
+        with self.serving_at(version_id) as served:
+            if served is None:
+                raise VersionMoved(f"the served model no longer carries version {version_id}")
+            served.model.save_pretrained(directory)
+            served.tokenizer.save_pretrained(directory)
 
     def generate(self, prompt: str, max_new_tokens: int) -> str:
         """Greedy completion from the live version."""

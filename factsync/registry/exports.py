@@ -3,7 +3,9 @@
 ``exports/<kind>/<version>/`` is written under a temporary name and renamed into
 place; ``exports/<kind>/current`` is a symbolic link swapped atomically to the export
 being served, once the exporter has accepted it.
-Kinds: ``adapter`` (a PEFT LoRA adapter) and ``merged`` (a full HuggingFace checkpoint).
+Kinds: ``adapter`` (a PEFT LoRA adapter), ``merged`` (a full HuggingFace checkpoint)
+and ``base`` (a folded version's checkpoint, which later adapters apply to).
+``exports/served.json`` names the version and base serving engines were last told of.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from factsync.durable import (
 from factsync.failpoints import failpoint
 
 CURRENT = "current"
+SERVED = "served.json"
 
 
 class ExportDir:
@@ -63,6 +66,18 @@ class ExportDir:
     def point_current(self, kind: str, version_id: str) -> None:
         """Swap ``<kind>/current`` to ``version_id`` in one rename."""
         replace_symlink(self.root / kind / CURRENT, version_id)
+
+    def record_served(self, version_id: str, base: str) -> None:
+        """Remember, durably, the version and base serving engines were last told of."""
+        write_json(self.root / SERVED, {"version": version_id, "base": base})
+
+    def served(self) -> tuple[str | None, str | None]:
+        """The version and base last recorded by ``record_served`` (``None`` for none)."""
+        path = self.root / SERVED
+        if not path.is_file():
+            return None, None
+        record = json.loads(path.read_text())
+        return record["version"], record["base"]
 
     def current(self, kind: str) -> Path | None:
         """The directory ``current`` names, if any."""

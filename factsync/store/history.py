@@ -1,4 +1,4 @@
-"""Monitor checks and rollbacks of the live version (mixed into ``StateStore``)."""
+"""Monitor checks, rollbacks and folds of versions (mixed into ``StateStore``)."""
 
 from __future__ import annotations
 
@@ -14,6 +14,7 @@ from factsync.store.records import (
     CHANGE_ROLLED_BACK,
     JOB_ROLLED_BACK,
     VERSION_ROLLED_BACK,
+    Fold,
     MonitorCheck,
     Rollback,
     StoreError,
@@ -46,6 +47,19 @@ class VersionHistory:
             (version_id, limit),
         )
         return [MonitorCheck(**decode_json_fields(r, "metrics", "failing")) for r in rows]
+
+    def record_fold(self, *, version_id: str, checkpoint: str, reason: str) -> Fold:
+        """Record that ``version_id``'s weights were written as a serving base at
+        ``checkpoint``; recording the same version again keeps the first record."""
+        with self._transaction() as db:
+            db.execute("INSERT OR IGNORE INTO folds (version_id, at, checkpoint, reason) "
+                       "VALUES (?, ?, ?, ?)", (version_id, self._clock(), checkpoint, reason))
+        return self.folds()[version_id]
+
+    def folds(self) -> dict[str, Fold]:
+        """Every fold, by version id."""
+        return {row["version_id"]: Fold(**row)
+                for row in self._query("SELECT * FROM folds ORDER BY at")}
 
     def rollback(self, *, to_version_id: str, reason: str, requeue: bool) -> Rollback:
         """Make ``to_version_id`` (an ancestor of the live version) live again.

@@ -175,6 +175,23 @@ class MonitorCheck(Row):
     failing: list
 
 
+@dataclass(frozen=True)
+class Fold(Row):
+    """A version folded into a serving base: its whole weights, written as a checkpoint.
+
+    Attributes:
+        version_id: the folded version.
+        at: when.
+        checkpoint: the checkpoint's directory.
+        reason: why the fold was made.
+    """
+
+    version_id: str
+    at: float
+    checkpoint: str
+    reason: str
+
+
 def decode_json_fields(values: dict[str, Any], *names: str) -> dict[str, Any]:
     """``values`` with the named TEXT columns parsed from JSON."""
     for name in names:

@@ -136,3 +136,16 @@ MIGRATIONS.append(
     CREATE INDEX fact_changes_fact_state ON fact_changes (subject, relation, state);
     """
 )
+
+MIGRATIONS.append(
+    # 5: folds: versions whose whole weights became the serving base, so the adapter
+    # carries only the versions after them (see ``daemon/exporting.py``).
+    """
+    CREATE TABLE folds (
+        version_id TEXT PRIMARY KEY REFERENCES versions (id),
+        at REAL NOT NULL,
+        checkpoint TEXT NOT NULL,
+        reason TEXT NOT NULL
+    );
+    """
+)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 from prometheus_client import CollectorRegistry
@@ -12,9 +13,10 @@ from factsync.cli import main
 from factsync.commands.export import DIVERGED
 from factsync.daemon.alerts import Alerter
 from factsync.daemon.config import ExportConfig
-from factsync.daemon.export_verification import ExportVerifier
+from factsync.daemon.export_verification import ADAPTER, ExportVerifier
 from factsync.daemon.exporting import Exporter
 from factsync.daemon.metrics import Metrics
+from factsync.editing.delta import ModelDelta
 from factsync.editing.engine_state import EngineState
 from factsync.facts.records import FactRecord
 from factsync.jobs.model_state import ModelState
@@ -132,13 +134,13 @@ def answered(loaded, prompts) -> list[tuple[str, str]]:  # noqa: ANN001
     return [pair for pair, ok in zip(pairs, states(loaded, pairs), strict=True) if ok]
 
 
-def verified_exporter(tmp_path, setup, engine, tiny_model_dir, probes, max_rank):  # noqa: ANN001, ANN201
+def verified_exporter(tmp_path, setup, engine, tiny_model_dir, probes, max_rank, fold=True):  # noqa: ANN001, ANN201, E501
     store, models, versions, metrics, alerter = setup
-    verifier = ExportVerifier(base=tiny_model_dir, device="cpu", dtype="float32",
-                              probes=lambda: probes, tolerance=0.0)
-    return Exporter(settings=ExportConfig(max_rank=max_rank, merged=True),
-                    exports=ExportDir(tmp_path / "x"),
-                    versions=versions, store=store, models=models, base_model="base",
+    verifier = ExportVerifier(device="cpu", dtype="float32", probes=lambda: probes,
+                              tolerance=0.0)
+    return Exporter(settings=ExportConfig(max_rank=max_rank, merged=True, fold=fold),
+                    exports=ExportDir(tmp_path / "x"), versions=versions, store=store,
+                    models=models, base_model=str(tiny_model_dir),
                     notifiers=[RuntimeLoraNotifier(VLLM, engine.url)], alerter=alerter,
                     metrics=metrics, verifier=verifier, retries=1)
 
@@ -176,7 +178,8 @@ def test_a_truncated_adapter_that_loses_facts_is_caught_alerted_and_not_announce
     previous = promote(store, versions, models,
                        random_delta(models.work, [1], rank=8, scale=0.3, seed=5), "A")
     probes = answered(models.serving, PROMPTS)  # the verifier reads this list when it runs
-    exporter = verified_exporter(tmp_path, setup, engine, tiny_model_dir, probes, max_rank=8)
+    exporter = verified_exporter(tmp_path, setup, engine, tiny_model_dir, probes, max_rank=8,
+                                 fold=False)
     exporter.export_live("promoted")  # rank 8 fits: served
     version = promote(store, versions, models,
                       random_delta(models.work, [1], rank=12, scale=0.5, seed=6), "B")
@@ -233,7 +236,8 @@ def test_export_verify_compares_each_fact_and_flags_a_damaged_adapter(
                   left_out={})
     models.promote(delta, version_id=version)
     exporter = Exporter(settings=ExportConfig(merged=True), exports=ExportDir(tmp_path / "exports"),
-                        versions=versions, store=store, models=models, base_model="base",
+                        versions=versions, store=store, models=models,
+                        base_model=str(tiny_model_dir),
                         notifiers=[], alerter=alerter, metrics=metrics)
     exporter.export_live("promoted")
     exporter.close()
@@ -256,3 +260,64 @@ def test_export_verify_compares_each_fact_and_flags_a_damaged_adapter(
             if not ok]
     assert lost and all(f"{prompt} -> {obj.strip()}"[:60] in table for prompt, obj in lost)
     assert table.count("| yes   | no      | yes") == len(lost)
+
+
+def test_a_chain_past_the_rank_budget_is_folded_into_a_new_serving_base(
+    tmp_path, setup, random_delta, lora_server, http_receiver, tiny_model_dir
+):
+    store, models, versions, metrics, alerter = setup
+    engine = lora_server(VLLM)
+    probes: list[tuple[str, str]] = []
+    exports = ExportDir(tmp_path / "x")
+    exporter = Exporter(
+        settings=ExportConfig(max_rank=8, fold=True), exports=exports, versions=versions,
+        store=store, models=models, base_model=str(tiny_model_dir),
+        notifiers=[RuntimeLoraNotifier(VLLM, engine.url),
+                   WebhookServingNotifier(http_receiver.url)],
+        alerter=alerter, metrics=metrics, retries=1,
+        verifier=ExportVerifier(device="cpu", dtype="float32", probes=lambda: probes,
+                                tolerance=0.0))
+
+    def step(seed: int) -> tuple[str, dict]:
+        version = promote(store, versions, models,
+                          random_delta(models.work, [1, 2], rank=4, scale=0.3, seed=seed),
+                          f"S{seed}")
+        probes[:] = answered(models.serving, PROMPTS)
+        return version, exporter.export_live("promoted")
+
+    first, summary = step(1)
+    assert summary["adapter_rank"] == 4 and summary["base"] == str(tiny_model_dir)
+    second, summary = step(2)
+    assert summary["adapter_rank"] == 8 and "folded" not in summary
+    third, summary = step(3)  # 12 > 8: folded, and nothing left for an adapter
+    fold = exports.root / "base" / third
+    assert summary["folded"] == str(fold) and (fold / "config.json").is_file()
+    assert ADAPTER not in summary and summary["base"] == str(fold)
+    assert store.folds()[third].checkpoint == str(fold)
+    assert "rank 12, above export.max_rank 8" in store.folds()[third].reason
+    fourth, summary = step(4)  # an adapter on the fold, verified on it
+    assert summary["adapter_rank"] == 4 and summary["verification"]["adapter"]["passed"]
+    config = json.loads((exports.root / "adapter" / fourth / "adapter_config.json").read_text())
+    assert config["base_model_name_or_path"] == str(fold)
+
+    store.rollback(to_version_id=second, reason="test", requeue=False)
+    models.rebuild([ModelDelta.load(versions.delta_path(v)) for v in (first, second)],
+                   version_id=second)
+    probes[:] = answered(models.serving, PROMPTS)
+    summary = exporter.export_live("rolled_back")  # across the fold: the first base again
+    exporter.close()
+    assert summary["base"] == str(tiny_model_dir) and summary["adapter_rank"] == 8
+    assert exports.current("adapter") == exports.root / "adapter" / second
+
+    told = [(b["version"], b["base"], b["adapter"] and Path(b["adapter"]).name)
+            for b in http_receiver.bodies]
+    assert told == [(first, str(tiny_model_dir), first), (second, str(tiny_model_dir), second),
+                    (third, str(fold), None), (fourth, str(fold), fourth),
+                    (second, str(tiny_model_dir), second)]
+    # vLLM keeps the base it started on: it is told to restart on the fold, then loads
+    # the next adapter as if restarted there, and is told to restart again on rollback.
+    assert engine.calls == [("load", f"factsync-{first}"), ("load", f"factsync-{second}"),
+                            ("unload", f"factsync-{first}"), ("load", f"factsync-{fourth}")]
+    [alert] = alerter.active()
+    assert alert.name == "FactsyncServingNotifyFailed"
+    assert f"restart vllm on {tiny_model_dir}" in alert.summary

@@ -222,3 +222,14 @@ def test_a_batch_that_raises_keeps_none_of_its_writes(store):
         store.record_desired(record=record(obj="Lyon"), relation="P36")
         raise RuntimeError("the caller failed half-way")
     assert store.desired_facts() == [] and store.changes() == []
+
+
+def test_a_fold_is_recorded_once_per_version(tmp_path):
+    store = StateStore(tmp_path / "state.sqlite")
+    assert store.folds() == {}
+    fold = store.record_fold(version_id="base", checkpoint="/x/base", reason="rank 96 > 64")
+    assert (fold.version_id, fold.checkpoint, fold.reason) == ("base", "/x/base", "rank 96 > 64")
+    assert store.record_fold(version_id="base", checkpoint="/y", reason="again") == fold
+    assert list(store.folds()) == ["base"]
+    with pytest.raises(sqlite3.IntegrityError):
+        store.record_fold(version_id="no-such-version", checkpoint="/z", reason="r")
