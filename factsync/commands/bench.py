@@ -14,6 +14,7 @@ from factsync.commands.options import (
     load,
     statistics_settings,
 )
+from factsync.daemon.config import ExportConfig
 from factsync.durable import write_json
 from factsync.evaluation.counterfact import default_data_dir
 from factsync.evaluation.datasets import DATASETS, dataset_spec, default_dataset_path
@@ -63,6 +64,7 @@ def register(commands: argparse._SubParsersAction) -> None:
     _register_ingest(sub)
     _register_plan(sub)
     _register_lifelong(sub)
+    _register_serving(sub)
 
 
 def _register_sync(sub: argparse._SubParsersAction) -> None:
@@ -317,6 +319,69 @@ def run_lifelong_bench(args: argparse.Namespace) -> int:
     print(format_table(run))
     if args.plot:
         draw_plot(run, args.plot)
+    return 0
+
+
+def _register_serving(sub: argparse._SubParsersAction) -> None:
+    serving = sub.add_parser(
+        "serving",
+        help="do the exported adapter and merged checkpoint carry every applied fact?",
+        description="Apply COUNTERFACT records in sequential jobs through the daemon's store, "
+        "live-version owner and exporter (default export settings, merged checkpoints on, "
+        "each export verified and folded as the daemon does), then print the edit success "
+        "and paraphrase success of all applied facts on the live model, on the current "
+        "adapter loaded with PEFT on its serving base, and on the merged checkpoint, with "
+        "the adapter's rank, the folds made and the export seconds of the first and last "
+        "job. Works in a temporary data directory unless --work-dir is given.",
+    )
+    _add_data_options(serving)
+    serving.add_argument("--n", type=int, default=100, help="records to apply (100)")
+    serving.add_argument("--batch", type=int, default=10, help="facts per edit job (10)")
+    serving.add_argument("--max-rank", type=int, default=ExportConfig.max_rank,
+                         help=f"the adapter's rank budget ({ExportConfig.max_rank})")
+    serving.add_argument("--no-fold", action="store_true",
+                         help="truncate the adapter by SVD instead of folding")
+    serving.add_argument("--work-dir", type=Path, help="keep the data directory here")
+    serving.add_argument("--corpus-tokens", type=int,
+                         help="tokens of model-sampled text behind the key statistics")
+    serving.add_argument("--json", type=Path, help="write the numbers to this file")
+    add_model_options(serving)
+    serving.set_defaults(handler=run_serving_bench)
+
+
+def run_serving_bench(args: argparse.Namespace) -> int:
+    """Handler of ``factsync bench serving``."""
+    import tempfile
+
+    import torch
+
+    from factsync.bench.serving import format_serving, run_serving
+    from factsync.editing.build import build_engine
+    from factsync.evaluation.suites import load_cases, prepare_suite
+    from factsync.models.loading import default_model_dir
+    from factsync.policies.schema import Policy
+
+    torch.manual_seed(args.seed)
+    settings = ExportConfig(max_rank=args.max_rank, fold=not args.no_fold)
+    cases = load_cases("counterfact", _counterfact_path(args))
+    if len(cases) < args.n:
+        raise ValueError(f"the data holds {len(cases)} records; --n asks for {args.n}")
+    loaded = load(args)
+    base_model = default_model_dir() if args.model == "default" else Path(args.model)
+    policy = Policy()
+    engine = build_engine(loaded, policy.editing.engine_settings(), statistics_settings(args))
+    suite = prepare_suite(loaded, "counterfact", cases[: args.n],
+                          neighbours_per_fact=policy.editing.max_neighbours,
+                          spare=cases[args.n :])
+    with tempfile.TemporaryDirectory(prefix="factsync-serving-") as scratch:
+        result = run_serving(loaded, engine, suite, batch=args.batch,
+                             directory=args.work_dir or Path(scratch), base_model=base_model,
+                             settings=settings)
+    print(f"{args.n} COUNTERFACT records in jobs of {args.batch}, model {loaded.name}, "
+          "the default policy's editing")
+    print(format_serving(result))
+    if args.json:
+        write_json(args.json, result)
     return 0
 
 

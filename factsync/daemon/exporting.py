@@ -30,10 +30,10 @@ from factsync.daemon.export_verification import (
     Verification,
 )
 from factsync.daemon.metrics import Metrics
-from factsync.daemon.serving_base import ServingBase, adapter_rank, serving_base
+from factsync.daemon.serving_base import ServingBase, serving_base
 from factsync.durable import write_json
 from factsync.editing.delta import ModelDelta
-from factsync.editing.lora import lora_factors
+from factsync.editing.lora import LoraFactors, lora_factors
 from factsync.jobs.model_state import ModelState, VersionMoved
 from factsync.jobs.preparation import states
 from factsync.registry.exports import ExportDir, write_peft_adapter
@@ -113,8 +113,8 @@ class Exporter:
         lineage = self._store.lineage(version_id=live.id)
         summary: dict = {"version": live.id, "event": event}
         try:
-            serving = self._fold_if_needed(live.id, lineage, summary)
-            written = self._write(live.id, serving, summary)
+            serving, factors = self._plan(live.id, lineage, summary)
+            written = self._write(live.id, serving, factors, summary)
         except VersionMoved:
             written = None
         if written is not None and self._verifier is not None and written:
@@ -139,16 +139,23 @@ class Exporter:
         self._exports.record_served(live.id, serving.base)
         return summary
 
-    def _fold_if_needed(self, version: str, lineage: list[Version], summary: dict) -> ServingBase:
-        """The serving base of ``version``, folding it first when its adapter would need
-        more than ``max_rank``."""
+    def _plan(self, version: str, lineage: list[Version],
+              summary: dict) -> tuple[ServingBase, dict[str, LoraFactors]]:
+        """The serving base of ``version`` and its adapter's factors, folding the version
+        first when the adapter would need more than ``max_rank``."""
         serving = serving_base(lineage, self._store.folds(), self._base_model)
+        if not (self._settings.adapter and serving.chain):
+            return serving, {}
         deltas = [ModelDelta.load(self._versions.delta_path(v.id)) for v in serving.chain]
-        rank = adapter_rank(deltas)
+        factors = lora_factors(deltas)
+        rank = max(f.rank for f in factors.values())
         summary["adapter_rank"] = rank
-        if not (self._settings.adapter and self._settings.fold
-                and rank > self._settings.max_rank):
-            return serving
+        if rank <= self._settings.max_rank:
+            return serving, factors
+        if not self._settings.fold:
+            truncated = lora_factors(deltas, max_rank=self._settings.max_rank)
+            summary["adapter_rank"] = self._settings.max_rank
+            return serving, truncated
         checkpoint = self._exports.write(
             BASE, version, lambda d: self._models.save_serving(d, version_id=version))
         reason = (f"the adapter since {serving.fold or 'the base model'} would need rank "
@@ -157,14 +164,13 @@ class Exporter:
         log.warning("folded version %s into a new serving base %s: %s; serving engines must "
                     "load that base", version, checkpoint, reason)
         summary |= {"folded": str(checkpoint), "adapter_rank": 0}
-        return ServingBase(str(checkpoint), version, [])
+        return ServingBase(str(checkpoint), version, []), {}
 
-    def _write(self, version: str, serving: ServingBase, summary: dict) -> dict[str, Path]:
-        """Write the adapter of ``serving``'s chain and, when asked, the merged checkpoint."""
+    def _write(self, version: str, serving: ServingBase, factors: dict[str, LoraFactors],
+               summary: dict) -> dict[str, Path]:
+        """Write the adapter of ``factors`` and, when asked, the merged checkpoint."""
         written: dict[str, Path] = {}
-        if self._settings.adapter and serving.chain:
-            deltas = [ModelDelta.load(self._versions.delta_path(v.id)) for v in serving.chain]
-            factors = lora_factors(deltas, max_rank=self._settings.max_rank)
+        if factors:
             errors = {path: f.relative_error for path, f in factors.items()}
             summary["adapter_error"] = max(errors.values())
             written[ADAPTER] = self._exports.write(ADAPTER, version, lambda d: write_peft_adapter(

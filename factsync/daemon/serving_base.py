@@ -13,7 +13,6 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
-from factsync.editing.delta import ModelDelta
 from factsync.store.records import Fold, Version
 
 
@@ -41,13 +40,3 @@ def serving_base(lineage: Sequence[Version], folds: Mapping[str, Fold],
         if fold is not None:
             return ServingBase(fold.checkpoint, fold.version_id, list(lineage[position + 1:]))
     return ServingBase(base_model, None, list(lineage))
-
-
-def adapter_rank(deltas: Sequence[ModelDelta]) -> int:
-    """The rank an adapter carrying ``deltas`` needs at most: per module the sum of the
-    deltas' ranks, the largest over modules (0 for no deltas)."""
-    ranks: dict[str, int] = {}
-    for delta in deltas:
-        for path, update in delta.layers.items():
-            ranks[path] = ranks.get(path, 0) + update.rank
-    return max(ranks.values(), default=0)

@@ -35,15 +35,17 @@ class LoraFactors:
         return self.a.shape[0]
 
 
-def lora_factors(chain: Sequence[ModelDelta], *, max_rank: int) -> dict[str, LoraFactors]:
-    """Per module path, factors of the summed update of ``chain``.
+def lora_factors(chain: Sequence[ModelDelta], *,
+                 max_rank: int | None = None) -> dict[str, LoraFactors]:
+    """Per module path, factors of the summed update of ``chain``, of its numerical rank
+    (singular values above float32 rounding), truncated to ``max_rank`` when given.
 
     Raises:
         DeltaError: when the chain is empty or mixes weight layouts.
     """
     if not chain:
         raise DeltaError("no deltas to turn into an adapter")
-    if max_rank < 1:
+    if max_rank is not None and max_rank < 1:
         raise ValueError(f"max_rank must be at least 1, got {max_rank}")
     totals: dict[str, torch.Tensor] = {}
     for delta in chain:
@@ -54,7 +56,8 @@ def lora_factors(chain: Sequence[ModelDelta], *, max_rank: int) -> dict[str, Lor
     for path, total in totals.items():
         u, s, vh = torch.linalg.svd(total, full_matrices=False)
         tolerance = s.max() * max(total.shape) * torch.finfo(torch.float32).eps if s.numel() else 0
-        rank = max(1, min(max_rank, int((s > tolerance).sum())))
+        rank = max(1, int((s > tolerance).sum()))
+        rank = rank if max_rank is None else min(max_rank, rank)
         b = u[:, :rank] * s[:rank]  # (out, rank)
         a = vh[:rank]  # (rank, in)
         norm = torch.linalg.norm(total)

@@ -25,49 +25,11 @@ from factsync.models.specs import get_module
 from factsync.policies.schema import load_policy, shipped_policy_dir
 from factsync.typed_yaml import SchemaError
 
-# (subject, template, new object, true object) in the tiny tokenizer's words. The unedited
-# tiny llama prefers the true object on the first four and the last two, which makes the
-# edits of the first four measurable and the last two canaries.
-REWRITES = [
-    ("Apple A5", "{} was created by", "Microsoft", "Apple"),
-    ("LinkedIn", "{} is owned by", "Apple", "Microsoft"),
-    ("Skype", "{} is owned by", "Apple", "Microsoft"),
-    ("Lyon", "{} is in", "Italy", "France"),
-    ("France", "The capital of {} is", "Rome", "Paris"),
-    ("Italy", "The capital of {} is", "Paris", "Rome"),
-    ("Danielle Darrieux", "The mother tongue of {} is", "Italian", "French"),
-    ("Toko Yasuda", "{} plays the", "letter", "guitar"),
-    ("Rome", "{} is the capital of", "France", "Italy"),
-    ("Paris", "{} is the capital of", "Italy", "France"),
-]
-NEIGHBOURS = [("Lyon", "{} is near"), ("Skype", "{} is in"), ("Microsoft", "{}, near")]
 FLUENCY = [
     "Once upon a time, in 1998, scientists found a new city in the north.",
     "Here is how to write a letter: Dear customer, thank you for your order.",
 ]
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
-
-
-def _record(case_id: int, subject: str, template: str, new: str, true: str) -> dict:
-    return {
-        "case_id": case_id,
-        "requested_rewrite": {
-            "prompt": template,
-            "relation_id": "P0",
-            "subject": subject,
-            "target_new": {"str": new, "id": "Q1"},
-            "target_true": {"str": true, "id": "Q2"},
-        },
-        "paraphrase_prompts": [f"Dear customer. {template.format(subject)}"],
-        "neighborhood_samples": [{"subject": s, "prompt": p} for s, p in NEIGHBOURS],
-    }
-
-
-@pytest.fixture
-def counterfact_file(tmp_path):
-    path = tmp_path / "counterfact.json"
-    path.write_text(json.dumps([_record(i, *r) for i, r in enumerate(REWRITES)]))
-    return path
 
 
 def test_norm_growth_is_zero_before_an_edit_and_positive_after(tiny_loaded, random_delta):

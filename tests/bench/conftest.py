@@ -1,0 +1,51 @@
+"""Bench-test fixtures.
+
+- ``counterfact_file``: a COUNTERFACT-format file of ``REWRITES`` in the tiny tokenizer's
+  words, each with a paraphrase and the ``NEIGHBOURS`` prompts.
+"""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+# (subject, template, new object, true object) in the tiny tokenizer's words. The unedited
+# tiny llama prefers the true object on the first four and the last two, which makes the
+# edits of the first four measurable and the last two canaries.
+REWRITES = [
+    ("Apple A5", "{} was created by", "Microsoft", "Apple"),
+    ("LinkedIn", "{} is owned by", "Apple", "Microsoft"),
+    ("Skype", "{} is owned by", "Apple", "Microsoft"),
+    ("Lyon", "{} is in", "Italy", "France"),
+    ("France", "The capital of {} is", "Rome", "Paris"),
+    ("Italy", "The capital of {} is", "Paris", "Rome"),
+    ("Danielle Darrieux", "The mother tongue of {} is", "Italian", "French"),
+    ("Toko Yasuda", "{} plays the", "letter", "guitar"),
+    ("Rome", "{} is the capital of", "France", "Italy"),
+    ("Paris", "{} is the capital of", "Italy", "France"),
+]
+NEIGHBOURS = [("Lyon", "{} is near"), ("Skype", "{} is in"), ("Microsoft", "{}, near")]
+
+
+def _record(case_id: int, subject: str, template: str, new: str, true: str) -> dict:
+    return {
+        "case_id": case_id,
+        "requested_rewrite": {
+            "prompt": template,
+            "relation_id": "P0",
+            "subject": subject,
+            "target_new": {"str": new, "id": "Q1"},
+            "target_true": {"str": true, "id": "Q2"},
+        },
+        "paraphrase_prompts": [f"Dear customer. {template.format(subject)}"],
+        "neighborhood_samples": [{"subject": s, "prompt": p} for s, p in NEIGHBOURS],
+    }
+
+
+@pytest.fixture
+def counterfact_file(tmp_path):
+    """The path of a COUNTERFACT-format file of ``REWRITES``."""
+    path = tmp_path / "counterfact.json"
+    path.write_text(json.dumps([_record(i, *r) for i, r in enumerate(REWRITES)]))
+    return path
