@@ -42,6 +42,7 @@ from factsync.daemon.metrics import Metrics
 from factsync.daemon.monitor import Monitor
 from factsync.daemon.worker import Worker
 from factsync.editing.build import build_engine
+from factsync.editing.cancellation import WorkCancelled
 from factsync.evaluation.fluency import perplexity
 from factsync.evaluation.heldout_text import FLUENCY_TEXTS
 from factsync.evaluation.kpis import Prompted
@@ -128,6 +129,7 @@ class Daemon:
         self._lock_handle = lock
         self._closers: list[Any] = [self.alerter.close]
         self._worker_thread: threading.Thread | None = None
+        self._stopping = threading.Event()
 
     @classmethod
     def open(cls, config: DaemonConfig, *, registry: CollectorRegistry | None = None) -> Daemon:
@@ -190,6 +192,7 @@ class Daemon:
     def stop(self) -> None:
         """Stop cleanly: no new job starts; the running stage gets a grace period."""
         log.info("stopping")
+        self._stopping.set()
         if self.worker is not None:
             self.worker.stopping.set()
             self.worker.wake()
@@ -332,7 +335,7 @@ class Daemon:
             engine = build_engine(  # on the base weights, whichever version is live
                 models.work, self.policy.editing.engine_settings(),
                 self.config.model.statistics(),
-                home=self.config.caches,
+                home=self.config.caches, cancelled=self._stopping.is_set,
             )
             exports = ExportDir(self.config.state_dir / "exports")
             for leftover in exports.clean():
@@ -381,9 +384,15 @@ class Daemon:
             self._starting = ""
             log.info("ready: live version %s, policy %s (%s)", self.store.live_version().id,
                      self.policy.name, self.policy.digest)
+        except WorkCancelled as exc:
+            log.info("start-up stopped (%s); what was finished is kept for the next start",
+                     exc)
+            return
         except Exception as exc:
             log.exception("start-up failed")
             self.failed = f"start-up failed: {type(exc).__name__}: {exc}"
+            return
+        if self._stopping.is_set():  # stopped while the worker was being built
             return
         self.worker.run(poll_seconds=self.config.schedules.worker_poll_seconds)
 

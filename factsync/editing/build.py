@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+from factsync.editing.cancellation import Cancelled, never
 from factsync.editing.contexts import sample_contexts
 from factsync.editing.corpus import load_text_files, model_corpus
 from factsync.editing.covariance import KeyStatistics
@@ -42,8 +43,10 @@ def layer_statistics(
     settings: StatisticsSettings,
     *,
     home: Path | None = None,
+    cancelled: Cancelled = never,
 ) -> dict[int, KeyStatistics]:
-    """Key statistics of ``layers``, from the disk cache or computed and cached."""
+    """Key statistics of ``layers``, from the disk cache or computed and cached; a
+    stop asked by ``cancelled`` raises ``WorkCancelled`` and keeps what was sampled."""
     home = home or data_home()
     if settings.text_files:
         texts = load_text_files(list(settings.text_files))
@@ -53,9 +56,11 @@ def layer_statistics(
             num_tokens=settings.corpus_tokens,
             seed=settings.corpus_seed,
             cache_dir=home / "corpus",
+            cancelled=cancelled,
         )
     cache = CovarianceCache(home / "stats")
-    return cache.get_or_compute(loaded, layers, texts, token_budget=settings.corpus_tokens)
+    return cache.get_or_compute(loaded, layers, texts, token_budget=settings.corpus_tokens,
+                                cancelled=cancelled)
 
 
 def build_engine(
@@ -64,9 +69,11 @@ def build_engine(
     statistics_settings: StatisticsSettings | None = None,
     *,
     home: Path | None = None,
+    cancelled: Cancelled = never,
 ) -> EditEngine:
-    """An engine for ``loaded`` with cached statistics and freshly sampled contexts."""
-    stats = layer_statistics(
-        loaded, settings.edit_layers(loaded), statistics_settings or StatisticsSettings(), home=home
-    )
+    """An engine for ``loaded`` with cached statistics and freshly sampled contexts;
+    ``cancelled`` may stop building it (``WorkCancelled``)."""
+    stats = layer_statistics(loaded, settings.edit_layers(loaded),
+                             statistics_settings or StatisticsSettings(), home=home,
+                             cancelled=cancelled)
     return EditEngine(loaded, settings, stats, sample_contexts(loaded))

@@ -11,7 +11,9 @@ Sampling choices (module constants, so that a cached corpus stays what its key s
 - special tokens are never sampled: a sampled document separator would glue two
   unrelated documents together once special tokens are dropped at decoding.
 - every sequence has its own random generator seeded from (seed, sequence index), so a
-  corpus does not depend on the batch size it was sampled with.
+  corpus does not depend on the batch size it was sampled with, and sampling stopped
+  part-way resumes with the next sequence: ``model_corpus`` keeps the sequences sampled
+  so far in a ``.partial`` file beside the cache file.
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ import inspect
 import json
 import logging
 import math
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +31,7 @@ import torch
 from tqdm.auto import tqdm
 
 from factsync.durable import write_text
+from factsync.editing.cancellation import Cancelled, WorkCancelled, never
 from factsync.models.loading import LoadedModel
 from factsync.paths import data_home
 
@@ -40,6 +43,8 @@ SAMPLING_TOP_K = 50
 SAMPLING_TEMPERATURE = 1.0
 # Version of the sampler and of the cache file's layout; bump when either changes.
 CORPUS_FORMAT = 1
+# Beside a cache file being sampled: the texts so far, to resume from.
+PARTIAL_SUFFIX = ".partial"
 
 # Varied short openings: narrative, encyclopaedic, news, instructions, dialogue, code.
 OPENINGS: tuple[str, ...] = (
@@ -88,6 +93,9 @@ def sample_corpus(
     sequence_length: int = 128,
     batch_size: int = 16,
     progress: bool = True,
+    done: list[str] | None = None,
+    on_batch: Callable[[list[str]], None] | None = None,
+    cancelled: Cancelled = never,
 ) -> list[str]:
     """Sample texts from the model itself, about ``num_tokens`` tokens in all.
 
@@ -104,6 +112,11 @@ def sample_corpus(
         sequence_length: new tokens per sequence.
         batch_size: sequences sampled together.
         progress: show a tqdm progress bar over sampled tokens.
+        done: the first sequences' texts, sampled before with the same arguments;
+            sampling goes on from the next one.
+        on_batch: called with every text so far after each batch.
+        cancelled: asked before every sampled token; when it answers yes, sampling
+            stops with ``WorkCancelled`` (the batch under way is dropped).
     """
     if num_tokens <= 0:
         raise ValueError(f"num_tokens must be positive, got {num_tokens}")
@@ -112,14 +125,17 @@ def sample_corpus(
     if batch_size <= 0:
         raise ValueError(f"batch_size must be positive, got {batch_size}")
     count = math.ceil(num_tokens / sequence_length)
-    texts: list[str] = []
+    texts = list(done or [])[:count]
     with tqdm(
-        total=count * sequence_length, unit="tok", desc="sampling corpus", disable=not progress
+        total=count * sequence_length, initial=len(texts) * sequence_length, unit="tok",
+        desc="sampling corpus", disable=not progress
     ) as bar:
-        for start in range(0, count, batch_size):
+        for start in range(len(texts), count, batch_size):
             indices = range(start, min(start + batch_size, count))
             generators = [_sequence_generator(seed, index) for index in indices]
-            texts.extend(_sample_batch(loaded, generators, sequence_length, bar))
+            texts.extend(_sample_batch(loaded, generators, sequence_length, bar, cancelled))
+            if on_batch is not None:
+                on_batch(texts)
     return texts
 
 
@@ -131,7 +147,8 @@ def _sequence_generator(seed: int, index: int) -> torch.Generator:
 
 @torch.no_grad()
 def _sample_batch(
-    loaded: LoadedModel, generators: list[torch.Generator], length: int, bar: tqdm
+    loaded: LoadedModel, generators: list[torch.Generator], length: int, bar: tqdm,
+    cancelled: Cancelled,
 ) -> list[str]:
     """Sample one batch, one row per generator; returns the decoded texts."""
     tokenizer = loaded.tokenizer
@@ -160,6 +177,8 @@ def _sample_batch(
     step_ids, step_positions = input_ids, positions
     sampled: list[torch.Tensor] = []
     for _ in range(length):
+        if cancelled():
+            raise WorkCancelled("corpus sampling was stopped")
         out = loaded.model(
             input_ids=step_ids,
             attention_mask=mask,
@@ -277,6 +296,7 @@ def model_corpus(
     sequence_length: int = 128,
     batch_size: int = 16,
     progress: bool = True,
+    cancelled: Cancelled = never,
 ) -> list[str]:
     """The model-sampled corpus, read from the cache or sampled and cached.
 
@@ -284,7 +304,9 @@ def model_corpus(
     ``cache_dir`` defaulting to ``data_home()/corpus``; ``L`` is ``sequence_length``,
     which changes the texts (``batch_size`` does not). The file is written atomically. A
     cache file that cannot be read, or whose recorded settings or digest do not match,
-    is logged at WARNING and sampled again.
+    is logged at WARNING and sampled again. While sampling, the texts so far are written
+    after every batch to the same name plus ``.partial``, so a run stopped by
+    ``cancelled`` (``WorkCancelled``) or killed resumes where it was.
     """
     directory = Path(cache_dir) if cache_dir is not None else data_home() / "corpus"
     name = f"{loaded.fingerprint}-{num_tokens}-{seed}-len{sequence_length}.json"
@@ -306,13 +328,20 @@ def model_corpus(
         else:
             log.info("reusing the sampled corpus %s (%d texts)", path, len(texts))
             return texts
+    partial = path.with_name(path.name + PARTIAL_SUFFIX)
+    done = _resumable(partial, settings)
     log.info(
-        "sampling a corpus of %d tokens from %s (seed %d) into %s",
+        "sampling a corpus of %d tokens from %s (seed %d) into %s%s",
         num_tokens,
         loaded.name,
         seed,
         path,
+        f", resuming after {len(done)} sequences" if done else "",
     )
+
+    def keep(texts: list[str]) -> None:
+        write_text(partial, json.dumps({**settings, "texts": texts}, ensure_ascii=False))
+
     texts = sample_corpus(
         loaded,
         num_tokens=num_tokens,
@@ -320,9 +349,30 @@ def model_corpus(
         sequence_length=sequence_length,
         batch_size=batch_size,
         progress=progress,
+        done=done,
+        on_batch=keep,
+        cancelled=cancelled,
     )
     document = {**settings, "digest": corpus_digest(texts), "texts": texts}
     write_text(path, json.dumps(document, ensure_ascii=False))
+    partial.unlink(missing_ok=True)
+    return texts
+
+
+def _resumable(partial: Path, settings: dict[str, Any]) -> list[str]:
+    """The texts a stopped sampling left in ``partial``, if made with ``settings``."""
+    if not partial.exists():
+        return []
+    try:
+        with open(partial, encoding="utf-8") as handle:
+            stored = json.load(handle)
+        texts = stored["texts"]
+        if any(stored.get(k) != v for k, v in settings.items()) or not all(
+                isinstance(t, str) for t in texts):
+            raise ValueError("other settings")
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        log.warning("ignoring the partly sampled corpus %s (%s)", partial, exc)
+        return []
     return texts
 
 

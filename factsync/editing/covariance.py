@@ -20,6 +20,7 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
+from factsync.editing.cancellation import Cancelled, WorkCancelled, never
 from factsync.models.hooks import capture_keys, forward_hooks
 from factsync.models.loading import LoadedModel
 from factsync.models.specs import get_module, key_value_dims
@@ -146,6 +147,7 @@ def compute_key_statistics(
     sample_size: int = SAMPLE_SIZE,
     seed: int = 0,
     progress: bool = True,
+    cancelled: Cancelled = never,
 ) -> dict[int, KeyStatistics]:
     """Run the model over ``texts`` and collect key statistics of ``layers``.
 
@@ -168,6 +170,7 @@ def compute_key_statistics(
         sample_size: keys kept per layer for ``median_mahalanobis``.
         seed: seed of the key sample.
         progress: show a tqdm progress bar over counted tokens.
+        cancelled: asked before every batch; when it answers yes, ``WorkCancelled``.
     """
     lead = _lead_ids(loaded)
     _check_arguments(loaded, layers, texts, token_budget, batch_size, max_length, len(lead))
@@ -184,6 +187,8 @@ def compute_key_statistics(
     counted = 0
     with tqdm(total=token_budget, unit="tok", desc="key statistics", disable=not progress) as bar:
         for batch in _batches(_windows(loaded, texts, lead, max_length), batch_size):
+            if cancelled():
+                raise WorkCancelled("computing key statistics was stopped")
             keys = _batch_keys(loaded, layers, batch, len(lead))
             taken = min(token_budget - counted, next(iter(keys.values())).shape[0])
             # Uniform sample without replacement: keep the keys of smallest random priority.

@@ -10,6 +10,7 @@ from safetensors import SafetensorError, safe_open
 
 from factsync import __version__
 from factsync.durable import save_tensors
+from factsync.editing.cancellation import Cancelled, never
 from factsync.editing.corpus import corpus_digest
 from factsync.editing.covariance import KeyStatistics, compute_key_statistics
 from factsync.models.loading import LoadedModel
@@ -109,8 +110,10 @@ class CovarianceCache:
         batch_size: int = 8,
         max_length: int = 256,
         progress: bool = True,
+        cancelled: Cancelled = never,
     ) -> dict[int, KeyStatistics]:
-        """Statistics of ``layers``: cached ones are read, missing ones computed together."""
+        """Statistics of ``layers``: cached ones are read, missing ones computed together
+        (``cancelled`` may stop that with ``WorkCancelled``)."""
         digest = corpus_digest(texts)
         found: dict[int, KeyStatistics] = {}
         missing: list[int] = []
@@ -149,6 +152,7 @@ class CovarianceCache:
                 batch_size=batch_size,
                 max_length=max_length,
                 progress=progress,
+                cancelled=cancelled,
             )
             for layer, stats in computed.items():
                 self.put(loaded, layer, digest, token_budget, stats, max_length=max_length)

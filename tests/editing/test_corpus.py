@@ -8,6 +8,7 @@ import math
 
 import pytest
 
+from factsync.editing.cancellation import WorkCancelled
 from factsync.editing.corpus import (
     OPENINGS,
     CorpusError,
@@ -111,6 +112,50 @@ def test_model_corpus_is_sampled_once_then_read_from_disk(tiny_loaded, tmp_path,
     assert not any("sampling" in r.getMessage() for r in caplog.records)
     assert any("reusing the sampled corpus" in r.getMessage() for r in caplog.records)
     assert first == sample_corpus(loaded, num_tokens=36, seed=1, sequence_length=12, progress=False)
+
+
+class StopAfter:
+    """A ``cancelled`` question that says yes from its ``calls``-th asking on."""
+
+    def __init__(self, calls: int) -> None:
+        self.calls = calls
+        self.asked = 0
+
+    def __call__(self) -> bool:
+        self.asked += 1
+        return self.asked >= self.calls
+
+
+def test_a_stopped_sampling_keeps_its_batches_and_resumes_after_them(
+    tiny_loaded, tmp_path, caplog
+):
+    loaded = tiny_loaded("llama")
+    options = {"num_tokens": 72, "seed": 3, "cache_dir": tmp_path, "sequence_length": 12,
+               "batch_size": 2, "progress": False}
+    whole = sample_corpus(loaded, num_tokens=72, seed=3, sequence_length=12, progress=False)
+    assert len(whole) == 6
+    stop = StopAfter(12 * 2 + 5)  # asked once per token step: two batches, then mid-third
+    with pytest.raises(WorkCancelled, match="corpus sampling was stopped"):
+        model_corpus(loaded, **options, cancelled=stop)
+    partial = tmp_path / f"{loaded.fingerprint}-72-3-len12.json.partial"
+    assert json.loads(partial.read_text())["texts"] == whole[:4]
+    assert not (tmp_path / f"{loaded.fingerprint}-72-3-len12.json").exists()
+
+    caplog.set_level(logging.INFO, logger=LOGGER)
+    counting = StopAfter(10**9)
+    assert model_corpus(loaded, **options, cancelled=counting) == whole
+    assert counting.asked == 12 * 1  # only the last batch was sampled
+    assert any("resuming after 4 sequences" in r.getMessage() for r in caplog.records)
+    assert sorted(p.name for p in tmp_path.iterdir()) == [f"{loaded.fingerprint}-72-3-len12.json"]
+
+
+def test_a_partial_corpus_of_other_settings_is_not_resumed(tiny_loaded, tmp_path, caplog):
+    loaded = tiny_loaded("llama")
+    partial = tmp_path / f"{loaded.fingerprint}-36-1-len12.json.partial"
+    partial.write_text(json.dumps({"seed": 99, "texts": ["not this"]}))
+    caplog.set_level(logging.WARNING, logger=LOGGER)
+    assert "not this" not in cached(loaded, tmp_path)
+    assert any("ignoring the partly sampled corpus" in r.getMessage() for r in caplog.records)
 
 
 def test_model_corpus_keys_on_fingerprint_tokens_seed_and_length(tiny_loaded, tmp_path):

@@ -10,6 +10,7 @@ import pytest
 import torch
 from tokenizers.processors import TemplateProcessing
 
+from factsync.editing.cancellation import WorkCancelled
 from factsync.editing.corpus import corpus_digest
 from factsync.editing.covariance import KeyStatistics, compute_key_statistics
 from factsync.editing.stats_cache import CovarianceCache, CovarianceCacheError
@@ -344,3 +345,18 @@ def test_shrinking_blends_the_second_moment_toward_isotropy_and_keeps_its_trace(
     torch.testing.assert_close(stats.shrunk(0.0).second_moment, moment)
     with pytest.raises(ValueError, match=r"shrinkage weight must be in \[0, 1\), got 1"):
         stats.shrunk(1)
+
+
+def test_computing_stops_between_batches_when_asked_and_leaves_no_hooks(tiny_loaded):
+    loaded = tiny_loaded("llama")
+    asked = []
+
+    def cancelled() -> bool:
+        asked.append(True)
+        return len(asked) > 2
+
+    with pytest.raises(WorkCancelled, match="computing key statistics was stopped"):
+        statistics(loaded, cancelled=cancelled)
+    assert len(asked) == 3  # two batches ran, the third was refused
+    assert all(not m._forward_hooks and not m._forward_pre_hooks
+               for m in loaded.model.modules())

@@ -1,0 +1,35 @@
+"""A daemon stopped while it samples its corpus exits cleanly, and its restart resumes."""
+
+from __future__ import annotations
+
+import json
+import re
+
+import pytest
+
+from factsync.models.loading import ensure_default_model
+
+pytestmark = pytest.mark.real_model
+
+
+def test_sigterm_while_sampling_the_corpus_exits_at_once_and_the_restart_resumes(
+    tmp_path, daemon_process
+):
+    model = ensure_default_model()  # the converted default model; caches start empty
+    caches = tmp_path / "caches"
+    daemon = daemon_process(tmp_path / "data", model={"path": str(model), "device": "cpu"},
+                            cache_dir=str(caches))
+    daemon.start(wait=False)
+    partial = daemon.wait_for(lambda: next((caches / "corpus").glob("*.partial"), None), 600,
+                              "the first sampled batch of the corpus")
+    assert daemon.stop(timeout=10) == 0  # a TimeoutExpired here is a stop that hung
+    kept = len(json.loads(partial.read_text())["texts"])
+    assert kept >= 16 and "start-up stopped (corpus sampling was stopped)" in daemon.log_tail()
+    assert not list((caches / "corpus").glob("*.json"))  # the corpus is not finished
+
+    daemon.start(wait=False)
+    resumed = daemon.wait_for(
+        lambda: re.search(r"resuming after (\d+) sequences", daemon.log_tail(80)), 300,
+        "sampling to resume")
+    assert int(resumed.group(1)) == kept
+    assert daemon.stop(timeout=10) == 0
