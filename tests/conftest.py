@@ -39,7 +39,6 @@ from pathlib import Path
 
 import pytest
 import torch
-from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import (
     AutoModelForCausalLM,
     GPT2Config,
@@ -57,6 +56,7 @@ from factsync.editing.engine import EditEngine, EngineSettings
 from factsync.editing.targets import TargetSettings
 from factsync.models.loading import LoadedModel, model_fingerprint, prompt_prefix_ids
 from factsync.models.specs import check_layout, get_module, key_value_dims, spec_for
+from factsync.models.synthetic import byte_tokenizer
 
 TINY_FAMILIES = ("llama", "gpt2", "gptj", "gpt_neox")
 
@@ -70,25 +70,11 @@ TOKENIZER_TEXT = (
 )
 # 256 byte symbols, two special tokens and a few hundred merges: small but realistic.
 TOKENIZER_VOCAB_SIZE = 400
-PREFIX_TOKEN = "<|endoftext|>"
-PAD_TOKEN = "<pad>"
 
 
 def build_tiny_tokenizer() -> PreTrainedTokenizerFast:
     """A byte-level BPE tokenizer trained offline on ``TOKENIZER_TEXT``."""
-    backend = Tokenizer(models.BPE())
-    backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    backend.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(
-        vocab_size=TOKENIZER_VOCAB_SIZE,
-        special_tokens=[PREFIX_TOKEN, PAD_TOKEN],
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-        show_progress=False,
-    )
-    backend.train_from_iterator(TOKENIZER_TEXT, trainer)
-    return PreTrainedTokenizerFast(
-        tokenizer_object=backend, eos_token=PREFIX_TOKEN, pad_token=PAD_TOKEN
-    )
+    return byte_tokenizer(TOKENIZER_TEXT, TOKENIZER_VOCAB_SIZE)
 
 
 def tiny_config(
