@@ -30,6 +30,7 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
+from factsync.cache_lock import computing
 from factsync.durable import write_text
 from factsync.editing.cancellation import Cancelled, WorkCancelled, never
 from factsync.models.loading import LoadedModel
@@ -306,7 +307,8 @@ def model_corpus(
     cache file that cannot be read, or whose recorded settings or digest do not match,
     is logged at WARNING and sampled again. While sampling, the texts so far are written
     after every batch to the same name plus ``.partial``, so a run stopped by
-    ``cancelled`` (``WorkCancelled``) or killed resumes where it was.
+    ``cancelled`` (``WorkCancelled``) or killed resumes where it was. A process that
+    finds another sampling the same corpus waits for it and reads its file.
     """
     directory = Path(cache_dir) if cache_dir is not None else data_home() / "corpus"
     name = f"{loaded.fingerprint}-{num_tokens}-{seed}-len{sequence_length}.json"
@@ -320,6 +322,16 @@ def model_corpus(
         "top_k": SAMPLING_TOP_K,
         "temperature": SAMPLING_TEMPERATURE,
     }
+    with computing(path, "the corpus"):
+        return _cached_or_sampled(loaded, path, settings, batch_size=batch_size,
+                                  progress=progress, cancelled=cancelled)
+
+
+def _cached_or_sampled(loaded: LoadedModel, path: Path, settings: dict[str, Any], *,
+                       batch_size: int, progress: bool, cancelled: Cancelled) -> list[str]:
+    """``model_corpus`` under the cache entry's lock."""
+    num_tokens, seed = settings["num_tokens"], settings["seed"]
+    sequence_length = settings["sequence_length"]
     if path.exists():
         try:
             texts = _read_cached_corpus(path, settings)

@@ -9,6 +9,7 @@ import torch
 from safetensors import SafetensorError, safe_open
 
 from factsync import __version__
+from factsync.cache_lock import computing
 from factsync.durable import save_tensors
 from factsync.editing.cancellation import Cancelled, never
 from factsync.editing.corpus import corpus_digest
@@ -113,8 +114,21 @@ class CovarianceCache:
         cancelled: Cancelled = never,
     ) -> dict[int, KeyStatistics]:
         """Statistics of ``layers``: cached ones are read, missing ones computed together
-        (``cancelled`` may stop that with ``WorkCancelled``)."""
+        (``cancelled`` may stop that with ``WorkCancelled``). Computing holds the model's
+        cache lock, so a second process waits and then reads the files instead."""
         digest = corpus_digest(texts)
+        found, missing = self._cached(loaded, layers, digest, token_budget, max_length)
+        if not missing:
+            return self._report_reused(loaded, found, digest, token_budget)
+        with computing(self.directory / loaded.fingerprint / "statistics", "key statistics"):
+            found, missing = self._cached(loaded, layers, digest, token_budget, max_length)
+            return self._compute_missing(
+                loaded, texts, found, missing, digest, token_budget, batch_size=batch_size,
+                max_length=max_length, progress=progress, cancelled=cancelled)
+
+    def _cached(self, loaded: LoadedModel, layers: list[int], digest: str, token_budget: int,
+                max_length: int) -> tuple[dict[int, KeyStatistics], list[int]]:
+        """The cached statistics among ``layers``, and the layers without any."""
         found: dict[int, KeyStatistics] = {}
         missing: list[int] = []
         for layer in sorted(set(layers)):
@@ -127,6 +141,11 @@ class CovarianceCache:
                 missing.append(layer)
             else:
                 found[layer] = stats
+        return found, missing
+
+    def _report_reused(self, loaded: LoadedModel, found: dict[int, KeyStatistics],
+                       digest: str, token_budget: int) -> dict[int, KeyStatistics]:
+        """Log that ``found`` came from the cache; ``found`` by layer."""
         if found:
             log.info(
                 "reusing cached key statistics for layers %s of %s (corpus %s, %d tokens) from %s",
@@ -136,6 +155,14 @@ class CovarianceCache:
                 token_budget,
                 self.directory / loaded.fingerprint,
             )
+        return {layer: found[layer] for layer in sorted(found)}
+
+    def _compute_missing(self, loaded: LoadedModel, texts: list[str],
+                         found: dict[int, KeyStatistics], missing: list[int], digest: str,
+                         token_budget: int, *, batch_size: int, max_length: int,
+                         progress: bool, cancelled: Cancelled) -> dict[int, KeyStatistics]:
+        """Compute the ``missing`` layers together, cache them, and return all by layer."""
+        self._report_reused(loaded, found, digest, token_budget)
         if missing:
             log.info(
                 "computing key statistics for layers %s of %s over %d tokens (corpus %s)",
@@ -156,7 +183,7 @@ class CovarianceCache:
             )
             for layer, stats in computed.items():
                 self.put(loaded, layer, digest, token_budget, stats, max_length=max_length)
-            found.update(computed)
+            found = found | computed
         return {layer: found[layer] for layer in sorted(found)}
 
 

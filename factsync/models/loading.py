@@ -27,6 +27,7 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel
 from transformers import PreTrainedTokenizerBase as Tokenizer
 
+from factsync.cache_lock import computing
 from factsync.durable import write_directory
 from factsync.models.specs import ArchitectureSpec, check_layout, spec_for
 from factsync.paths import data_home
@@ -209,12 +210,14 @@ def ensure_default_model(home: Path | None = None) -> Path:
     target = default_model_dir(home)
     if (target / "model.safetensors").is_file():
         return target
-    target.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=target.parent) as scratch:
-        gguf_path = _fetch_default_gguf(Path(scratch))
-        if target.exists():
-            shutil.rmtree(target)
-        write_directory(target, lambda staged: convert_gguf(gguf_path, staged))
+    with computing(target, "the default model"):
+        if (target / "model.safetensors").is_file():  # another process made it meanwhile
+            return target
+        with tempfile.TemporaryDirectory(dir=target.parent) as scratch:
+            gguf_path = _fetch_default_gguf(Path(scratch))
+            if target.exists():
+                shutil.rmtree(target)
+            write_directory(target, lambda staged: convert_gguf(gguf_path, staged))
     log.info("cached the default model at %s", target)
     return target
 

@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 import logging
 import math
+import subprocess
+import sys
 
 import pytest
 
@@ -104,7 +106,8 @@ def test_model_corpus_is_sampled_once_then_read_from_disk(tiny_loaded, tmp_path,
     first = cached(loaded, tmp_path)
     assert any("sampling a corpus of 36 tokens" in r.getMessage() for r in caplog.records)
     path = tmp_path / f"{loaded.fingerprint}-36-1-len12.json"
-    assert sorted(tmp_path.iterdir()) == [path]  # no temporary file left behind
+    # no temporary file left behind; the lock file stays (removing it would be racy)
+    assert sorted(tmp_path.iterdir()) == [path, path.with_name(path.name + ".lock")]
     stored = json.loads(path.read_text())
     assert stored["texts"] == first and stored["digest"] == corpus_digest(first)
     caplog.clear()
@@ -146,7 +149,8 @@ def test_a_stopped_sampling_keeps_its_batches_and_resumes_after_them(
     assert model_corpus(loaded, **options, cancelled=counting) == whole
     assert counting.asked == 12 * 1  # only the last batch was sampled
     assert any("resuming after 4 sequences" in r.getMessage() for r in caplog.records)
-    assert sorted(p.name for p in tmp_path.iterdir()) == [f"{loaded.fingerprint}-72-3-len12.json"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        f"{loaded.fingerprint}-72-3-len12.json", f"{loaded.fingerprint}-72-3-len12.json.lock"]
 
 
 def test_a_partial_corpus_of_other_settings_is_not_resumed(tiny_loaded, tmp_path, caplog):
@@ -236,3 +240,35 @@ def test_bad_text_files_are_named_with_their_line(tmp_path, name, content, match
 def test_missing_text_file_is_named(tmp_path):
     with pytest.raises(CorpusError, match=r"corpus file .*nowhere\.txt does not exist"):
         load_text_files([tmp_path / "nowhere.txt"])
+
+
+HOLDER = """
+import shutil, sys, time
+from filelock import FileLock
+target, source = sys.argv[1:]
+with FileLock(target + ".lock"):
+    print("locked", flush=True)
+    time.sleep(1.0)
+    shutil.copy(source, target)
+"""
+
+
+def test_a_corpus_another_process_is_sampling_is_waited_for_then_read(
+    tiny_loaded, tmp_path, caplog
+):
+    loaded = tiny_loaded("llama")
+    expected = cached(loaded, tmp_path / "elsewhere")
+    name = f"{loaded.fingerprint}-36-1-len12.json"
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    holder = subprocess.Popen([sys.executable, "-c", HOLDER, str(shared / name),
+                               str(tmp_path / "elsewhere" / name)],
+                              stdout=subprocess.PIPE, text=True)
+    assert holder.stdout.readline().strip() == "locked"
+    caplog.set_level(logging.INFO, logger="factsync")
+    assert cached(loaded, shared) == expected
+    assert holder.wait(timeout=30) == 0
+    said = [r.getMessage() for r in caplog.records]
+    assert any("another process is computing the corpus" in m for m in said)
+    assert any("reusing the sampled corpus" in m for m in said)
+    assert not any("sampling a corpus" in m for m in said)
