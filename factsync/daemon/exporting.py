@@ -115,16 +115,12 @@ class Exporter:
         try:
             serving, factors = self._plan(live.id, lineage, summary)
             written = self._write(live.id, serving, factors, summary)
-        except VersionMoved:
-            written = None
-        if written is not None and self._verifier is not None and written:
-            verdicts = self._verify(self._verifier, live.id, serving.base, written)
-            if verdicts is not None:
+            if self._verifier is not None and written:
+                verdicts = self._verify(self._verifier, live.id, serving.base, written)
                 summary["verification"] = {v.kind: v.summary(limit=5) for v in verdicts}
                 if not self._accept(verdicts, written):
                     return summary
-            written = None if verdicts is None else written
-        if written is None:
+        except VersionMoved:
             log.info("version %s stopped being live before its export was done; the "
                      "export of the version live now follows", live.id)
             return summary | {"superseded": True}
@@ -186,13 +182,16 @@ class Exporter:
         return written
 
     def _verify(self, verifier: ExportVerifier, version: str, base: str,
-                written: dict[str, Path]) -> list[Verification] | None:
-        """Each export's verdict (the adapter loaded on ``base``), or ``None`` when
-        ``version`` is no longer served."""
+                written: dict[str, Path]) -> list[Verification]:
+        """Each export's verdict, the adapter loaded on ``base``.
+
+        Raises:
+            VersionMoved: ``version`` is no longer the served one.
+        """
         probes = verifier.probes()
         with self._models.serving_at(version) as served:
             if served is None:
-                return None
+                raise VersionMoved(f"the served model no longer carries version {version}")
             live_answers = states(served, probes)
         return [verifier.verify(kind, version, path, probes, live_answers, base=Path(base))
                 for kind, path in written.items()]
