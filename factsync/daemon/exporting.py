@@ -124,8 +124,7 @@ class Exporter:
             log.info("version %s stopped being live before its export was done; the "
                      "export of the version live now follows", live.id)
             return summary | {"superseded": True}
-        for kind in written:
-            self._exports.point_current(kind, live.id)
+        self._point_current(live.id, serving, written)
         log.info("exported live version %s: %s", live.id, summary)
         if self._notifiers:
             self._send(LiveChange(event=event, version=live.id, previous=self._served,
@@ -134,6 +133,20 @@ class Exporter:
         self._served, self._served_base = live.id, serving.base
         self._exports.record_served(live.id, serving.base)
         return summary
+
+    def _point_current(self, version: str, serving: ServingBase,
+                       written: dict[str, Path]) -> None:
+        """Point each kind's ``current`` at what serves ``version``: ``base/current`` at
+        its fold (none on the base model), ``adapter/current`` at its adapter (none when
+        it has no versions since its fold), ``merged/current`` at its checkpoint."""
+        for kind in written:
+            self._exports.point_current(kind, version)
+        if ADAPTER not in written:
+            self._exports.clear_current(ADAPTER)
+        if serving.fold is None:
+            self._exports.clear_current(BASE)
+        else:
+            self._exports.point_current(BASE, serving.fold)
 
     def _plan(self, version: str, lineage: list[Version],
               summary: dict) -> tuple[ServingBase, dict[str, LoraFactors]]:

@@ -67,6 +67,10 @@ class ExportDir:
         """Swap ``<kind>/current`` to ``version_id`` in one rename."""
         replace_symlink(self.root / kind / CURRENT, version_id)
 
+    def clear_current(self, kind: str) -> None:
+        """Remove ``<kind>/current``: nothing of that kind is to be served."""
+        (self.root / kind / CURRENT).unlink(missing_ok=True)
+
     def record_served(self, version_id: str, base: str) -> None:
         """Remember, durably, the version and base serving engines were last told of."""
         write_json(self.root / SERVED, {"version": version_id, "base": base})

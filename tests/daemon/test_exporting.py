@@ -292,6 +292,7 @@ def test_a_chain_past_the_rank_budget_is_folded_into_a_new_serving_base(
     third, summary = step(3)  # 12 > 8: folded, and nothing left for an adapter
     fold = exports.root / "base" / third
     assert summary["folded"] == str(fold) and (fold / "config.json").is_file()
+    assert exports.current("base") == fold and exports.current("adapter") is None
     assert ADAPTER not in summary and summary["base"] == str(fold)
     assert store.folds()[third].checkpoint == str(fold)
     assert "rank 12, above export.max_rank 8" in store.folds()[third].reason
@@ -299,6 +300,8 @@ def test_a_chain_past_the_rank_budget_is_folded_into_a_new_serving_base(
     assert summary["adapter_rank"] == 4 and summary["verification"]["adapter"]["passed"]
     config = json.loads((exports.root / "adapter" / fourth / "adapter_config.json").read_text())
     assert config["base_model_name_or_path"] == str(fold)
+    assert exports.current("base") == fold
+    assert exports.current("adapter") == exports.root / "adapter" / fourth
 
     store.rollback(to_version_id=second, reason="test", requeue=False)
     models.rebuild([ModelDelta.load(versions.delta_path(v)) for v in (first, second)],
@@ -308,6 +311,7 @@ def test_a_chain_past_the_rank_budget_is_folded_into_a_new_serving_base(
     exporter.close()
     assert summary["base"] == str(tiny_model_dir) and summary["adapter_rank"] == 8
     assert exports.current("adapter") == exports.root / "adapter" / second
+    assert exports.current("base") is None  # the base model again
 
     told = [(b["version"], b["base"], b["adapter"] and Path(b["adapter"]).name)
             for b in http_receiver.bodies]
