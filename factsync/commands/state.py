@@ -98,13 +98,13 @@ def show_jobs(args: argparse.Namespace) -> int:
 def show_versions(args: argparse.Namespace) -> int:
     """Handler of ``factsync versions``."""
     store = _store(args)
-    live = store.live_version().id
     versions = store.versions()
-    payload = [{**v.as_dict(), "live": v.id == live} for v in versions]
+    payload = store.version_rows(versions)
     lines = []
-    for v in versions:
+    for v, row in zip(versions, payload, strict=True):
         kpis = v.report.get("candidate", {})
         shown = ", ".join(f"{k} {val:.3f}" for k, val in kpis.items() if val is not None)
-        lines.append(f"{'*' if v.id == live else ' '} {v.seq} {v.id} | {len(v.facts)} fact(s)"
-                     f" | parent {v.parent_id} | {shown}")
+        fold = f" | folded into {row['fold']['checkpoint']}" if row["fold"] else ""
+        lines.append(f"{'*' if row['live'] else ' '} {v.seq} {v.id} | {len(v.facts)} fact(s)"
+                     f" | parent {v.parent_id} | {shown}{fold}")
     return _print(args, payload, lines)

@@ -242,8 +242,7 @@ def _job(ctx: ApiContext, parts: list[str], query: dict, body: Any) -> Result:
 
 
 def _versions(ctx: ApiContext, parts: list[str], query: dict, body: Any) -> Result:
-    live = ctx.store.live_version().id
-    return HTTPStatus.OK, [{**v.as_dict(), "live": v.id == live} for v in ctx.store.versions()]
+    return HTTPStatus.OK, ctx.store.version_rows(ctx.store.versions())
 
 
 def _version(ctx: ApiContext, parts: list[str], query: dict, body: Any) -> Result:
@@ -251,8 +250,7 @@ def _version(ctx: ApiContext, parts: list[str], query: dict, body: Any) -> Resul
         version = ctx.store.version(version_id=parts[1])
     except KeyError as exc:
         raise ApiError(HTTPStatus.NOT_FOUND, f"no version {parts[1]}") from exc
-    return HTTPStatus.OK, {**version.as_dict(),
-                           "live": version.id == ctx.store.live_version().id}
+    return HTTPStatus.OK, ctx.store.version_rows([version])[0]
 
 
 def _quarantine(ctx: ApiContext, parts: list[str], query: dict, body: Any) -> Result:

@@ -71,6 +71,7 @@ def _schemas() -> dict[str, Schema]:
         "facts": _list(_ANY_OBJECT), "report": _ANY_OBJECT,
         "status": {"type": "string", "enum": ["ok", "rolled_back"]},
         "live": _BOOL,
+        "fold": _nullable(_ANY_OBJECT),
     }
     change_fields = {
         "id": _INT, "subject": _STR, "relation": _STR, "object": _STR, "deleted": _BOOL,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import sqlite3
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import AbstractContextManager
 from typing import Any
 
@@ -18,6 +18,7 @@ from factsync.store.records import (
     MonitorCheck,
     Rollback,
     StoreError,
+    Version,
     decode_json_fields,
 )
 
@@ -28,6 +29,7 @@ class VersionHistory:
     _clock: Callable[[], float]
     _transaction: Callable[[], AbstractContextManager[sqlite3.Connection]]
     _query: Callable[..., list[dict[str, Any]]]
+    live_version: Callable[[], Version]
 
     def record_check(self, *, version_id: str, metrics: dict, failing: list[str]) -> MonitorCheck:
         """Store one monitor check of ``version_id``."""
@@ -60,6 +62,13 @@ class VersionHistory:
         """Every fold, by version id."""
         return {row["version_id"]: Fold(**row)
                 for row in self._query("SELECT * FROM folds ORDER BY at")}
+
+    def version_rows(self, versions: Sequence[Version]) -> list[dict[str, Any]]:
+        """``versions`` as JSON rows, each with ``live`` and its ``fold`` (or ``None``)."""
+        live = self.live_version().id
+        folds = self.folds()
+        return [{**v.as_dict(), "live": v.id == live,
+                 "fold": folds[v.id].as_dict() if v.id in folds else None} for v in versions]
 
     def rollback(self, *, to_version_id: str, reason: str, requeue: bool) -> Rollback:
         """Make ``to_version_id`` (an ancestor of the live version) live again.

@@ -231,5 +231,7 @@ def test_a_fold_is_recorded_once_per_version(tmp_path):
     assert (fold.version_id, fold.checkpoint, fold.reason) == ("base", "/x/base", "rank 96 > 64")
     assert store.record_fold(version_id="base", checkpoint="/y", reason="again") == fold
     assert list(store.folds()) == ["base"]
+    [row] = store.version_rows(store.versions())
+    assert row["id"] == "base" and row["live"] and row["fold"]["checkpoint"] == "/x/base"
     with pytest.raises(sqlite3.IntegrityError):
         store.record_fold(version_id="no-such-version", checkpoint="/z", reason="r")
