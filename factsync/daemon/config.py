@@ -29,7 +29,8 @@ class ModelConfig:
         path: a local HuggingFace model directory, or ``default`` for SmolLM2-135M-Instruct.
         device: ``auto``, ``cpu``, ``cuda`` or ``cuda:N``.
         dtype: ``float32``, ``bfloat16`` or ``float16``.
-        corpus_tokens: tokens of text behind the key statistics.
+        corpus_tokens: tokens of text behind the key statistics; unset scales them with
+            the model's key size (20,000 at least).
         trust_remote_code: let a model directory run its own Python code. Off by
             default: only architectures that transformers itself ships can load.
     """
@@ -37,7 +38,7 @@ class ModelConfig:
     path: str = "default"
     device: str = "auto"
     dtype: str = "float32"
-    corpus_tokens: int = StatisticsSettings.corpus_tokens
+    corpus_tokens: int | None = None
     trust_remote_code: bool = False
 
     def __post_init__(self) -> None:

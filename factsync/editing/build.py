@@ -8,14 +8,17 @@ from pathlib import Path
 from factsync.editing.cancellation import Cancelled, never
 from factsync.editing.contexts import sample_contexts
 from factsync.editing.corpus import load_text_files, model_corpus
-from factsync.editing.covariance import KeyStatistics
+from factsync.editing.covariance import KeyStatistics, layer_key_size
 from factsync.editing.engine import EditEngine, EngineSettings
 from factsync.editing.stats_cache import CovarianceCache
 from factsync.models.loading import LoadedModel
 from factsync.paths import data_home
 
-DEFAULT_CORPUS_TOKENS = 20_000
-"""Tokens of model-sampled text behind the key statistics; see README "Covariance"."""
+MIN_CORPUS_TOKENS = 20_000
+"""The default corpus for small key sizes; see README "Key statistics"."""
+TOKENS_PER_KEY_DIMENSION = 10
+"""Below about ten tokens per key dimension the second moment is near-singular: lambda
+is distorted and AlphaEdit's null space is mostly directions the corpus never held."""
 
 
 @dataclass(frozen=True)
@@ -23,18 +26,25 @@ class StatisticsSettings:
     """Where key statistics come from.
 
     Attributes:
-        corpus_tokens: tokens of text the statistics are computed over.
+        corpus_tokens: tokens of text the statistics are computed over; ``None`` scales
+            them with the key size (``tokens_for``).
         corpus_seed: seed of the model-sampled corpus.
         text_files: user text files to use instead of model-sampled text.
     """
 
-    corpus_tokens: int = DEFAULT_CORPUS_TOKENS
+    corpus_tokens: int | None = None
     corpus_seed: int = 0
     text_files: tuple[Path, ...] = ()
 
     def __post_init__(self) -> None:
-        if self.corpus_tokens < 1000:
+        if self.corpus_tokens is not None and self.corpus_tokens < 1000:
             raise ValueError(f"corpus_tokens must be at least 1000, got {self.corpus_tokens}")
+
+    def tokens_for(self, key_size: int) -> int:
+        """The corpus budget for keys of ``key_size``: the configured one, else
+        ``TOKENS_PER_KEY_DIMENSION`` per key dimension and at least ``MIN_CORPUS_TOKENS``
+        (20,000 for SmolLM2's 1,536; 143,360 for Llama-3-8B's 14,336)."""
+        return self.corpus_tokens or max(MIN_CORPUS_TOKENS, TOKENS_PER_KEY_DIMENSION * key_size)
 
 
 def layer_statistics(
@@ -48,18 +58,19 @@ def layer_statistics(
     """Key statistics of ``layers``, from the disk cache or computed and cached; a
     stop asked by ``cancelled`` raises ``WorkCancelled`` and keeps what was sampled."""
     home = home or data_home()
+    tokens = settings.tokens_for(max(layer_key_size(loaded, layer) for layer in layers))
     if settings.text_files:
         texts = load_text_files(list(settings.text_files))
     else:
         texts = model_corpus(
             loaded,
-            num_tokens=settings.corpus_tokens,
+            num_tokens=tokens,
             seed=settings.corpus_seed,
             cache_dir=home / "corpus",
             cancelled=cancelled,
         )
     cache = CovarianceCache(home / "stats")
-    return cache.get_or_compute(loaded, layers, texts, token_budget=settings.corpus_tokens,
+    return cache.get_or_compute(loaded, layers, texts, token_budget=tokens,
                                 cancelled=cancelled)
 
 

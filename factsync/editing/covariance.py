@@ -176,7 +176,7 @@ def compute_key_statistics(
     _check_arguments(loaded, layers, texts, token_budget, batch_size, max_length, len(lead))
     layers = sorted(set(layers))
     device = loaded.device
-    key_sizes = {layer: _key_size(loaded, layer) for layer in layers}
+    key_sizes = {layer: layer_key_size(loaded, layer) for layer in layers}
     sums = {
         layer: torch.zeros((size, size), dtype=torch.float64, device=device)
         for layer, size in key_sizes.items()
@@ -259,7 +259,7 @@ def _lead_ids(loaded: LoadedModel) -> list[int]:
     return list(probe[:cut]) if cut > 0 and probe[cut:] == bare else []
 
 
-def _key_size(loaded: LoadedModel, layer: int) -> int:
+def layer_key_size(loaded: LoadedModel, layer: int) -> int:
     """Key dimension of ``layer``'s MLP output projection, read by the spec's layout."""
     module = get_module(loaded.model, loaded.spec.mlp_out_path(layer))
     return key_value_dims(loaded.spec, module)[0]

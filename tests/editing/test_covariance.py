@@ -10,6 +10,7 @@ import pytest
 import torch
 from tokenizers.processors import TemplateProcessing
 
+from factsync.editing.build import StatisticsSettings
 from factsync.editing.cancellation import WorkCancelled
 from factsync.editing.corpus import corpus_digest
 from factsync.editing.covariance import KeyStatistics, compute_key_statistics
@@ -361,3 +362,10 @@ def test_computing_stops_between_batches_when_asked_and_leaves_no_hooks(tiny_loa
     assert len(asked) == 3  # two batches ran, the third was refused
     assert all(not m._forward_hooks and not m._forward_pre_hooks
                for m in loaded.model.modules())
+
+
+@pytest.mark.parametrize(("configured", "key_size", "expected"), [
+    (None, 64, 20_000), (None, 1536, 20_000), (None, 14_336, 143_360), (5000, 14_336, 5000),
+])
+def test_the_corpus_budget_scales_with_the_key_size_unless_set(configured, key_size, expected):
+    assert StatisticsSettings(corpus_tokens=configured).tokens_for(key_size) == expected
