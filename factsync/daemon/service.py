@@ -126,6 +126,7 @@ class Daemon:
         self.live: LiveVersion | None = None
         self.failed: str | None = None
         self._starting = "not started"
+        self._start_progress: dict[str, int] = {}  # percent last logged, by stage
         self._lock_handle = lock
         self._closers: list[Any] = [self.alerter.close]
         self._worker_thread: threading.Thread | None = None
@@ -293,6 +294,15 @@ class Daemon:
         if self.worker is not None:
             self.worker.wake()
 
+    def _report_start(self, stage: str, done: float) -> None:
+        """Show how far a start-up stage has got in ``/status``, and log each tenth."""
+        percent = int(100 * done)
+        previous = self._start_progress.get(stage, -10)
+        self._starting = f"{stage}: {percent}%"
+        if percent // 10 > previous // 10:
+            log.info("start-up: %s, %d%% done", stage, percent)
+            self._start_progress[stage] = percent
+
     def _export_verifier(self, canaries: list[Prompted]) -> ExportVerifier | None:
         """What checks each export against the live model, unless the config turns it off.
 
@@ -336,6 +346,7 @@ class Daemon:
                 models.work, self.policy.editing.engine_settings(),
                 self.config.model.statistics(),
                 home=self.config.caches, cancelled=self._stopping.is_set,
+                report=self._report_start,
             )
             exports = ExportDir(self.config.state_dir / "exports")
             for leftover in exports.clean():

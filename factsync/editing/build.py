@@ -10,6 +10,7 @@ from factsync.editing.contexts import sample_contexts
 from factsync.editing.corpus import load_text_files, model_corpus
 from factsync.editing.covariance import KeyStatistics, layer_key_size
 from factsync.editing.engine import EditEngine, EngineSettings
+from factsync.editing.progress import Progress, silent
 from factsync.editing.stats_cache import CovarianceCache
 from factsync.models.loading import LoadedModel
 from factsync.paths import data_home
@@ -54,9 +55,11 @@ def layer_statistics(
     *,
     home: Path | None = None,
     cancelled: Cancelled = never,
+    report: Progress = silent,
 ) -> dict[int, KeyStatistics]:
     """Key statistics of ``layers``, from the disk cache or computed and cached; a
-    stop asked by ``cancelled`` raises ``WorkCancelled`` and keeps what was sampled."""
+    stop asked by ``cancelled`` raises ``WorkCancelled`` and keeps what was sampled;
+    ``report`` hears the stage and how far it got."""
     home = home or data_home()
     tokens = settings.tokens_for(max(layer_key_size(loaded, layer) for layer in layers))
     if settings.text_files:
@@ -68,10 +71,11 @@ def layer_statistics(
             seed=settings.corpus_seed,
             cache_dir=home / "corpus",
             cancelled=cancelled,
+            report=report,
         )
     cache = CovarianceCache(home / "stats")
     return cache.get_or_compute(loaded, layers, texts, token_budget=tokens,
-                                cancelled=cancelled)
+                                cancelled=cancelled, report=report)
 
 
 def build_engine(
@@ -81,10 +85,11 @@ def build_engine(
     *,
     home: Path | None = None,
     cancelled: Cancelled = never,
+    report: Progress = silent,
 ) -> EditEngine:
     """An engine for ``loaded`` with cached statistics and freshly sampled contexts;
-    ``cancelled`` may stop building it (``WorkCancelled``)."""
+    ``cancelled`` may stop building it (``WorkCancelled``), ``report`` hears how far."""
     stats = layer_statistics(loaded, settings.edit_layers(loaded),
                              statistics_settings or StatisticsSettings(), home=home,
-                             cancelled=cancelled)
+                             cancelled=cancelled, report=report)
     return EditEngine(loaded, settings, stats, sample_contexts(loaded))

@@ -33,6 +33,7 @@ from tqdm.auto import tqdm
 from factsync.cache_lock import computing
 from factsync.durable import write_text
 from factsync.editing.cancellation import Cancelled, WorkCancelled, never
+from factsync.editing.progress import Progress, silent
 from factsync.models.loading import LoadedModel
 from factsync.paths import data_home
 
@@ -298,6 +299,7 @@ def model_corpus(
     batch_size: int = 16,
     progress: bool = True,
     cancelled: Cancelled = never,
+    report: Progress = silent,
 ) -> list[str]:
     """The model-sampled corpus, read from the cache or sampled and cached.
 
@@ -308,7 +310,8 @@ def model_corpus(
     is logged at WARNING and sampled again. While sampling, the texts so far are written
     after every batch to the same name plus ``.partial``, so a run stopped by
     ``cancelled`` (``WorkCancelled``) or killed resumes where it was. A process that
-    finds another sampling the same corpus waits for it and reads its file.
+    finds another sampling the same corpus waits for it and reads its file. ``report``
+    hears the share of sequences sampled after every batch.
     """
     directory = Path(cache_dir) if cache_dir is not None else data_home() / "corpus"
     name = f"{loaded.fingerprint}-{num_tokens}-{seed}-len{sequence_length}.json"
@@ -324,11 +327,12 @@ def model_corpus(
     }
     with computing(path, "the corpus"):
         return _cached_or_sampled(loaded, path, settings, batch_size=batch_size,
-                                  progress=progress, cancelled=cancelled)
+                                  progress=progress, cancelled=cancelled, report=report)
 
 
 def _cached_or_sampled(loaded: LoadedModel, path: Path, settings: dict[str, Any], *,
-                       batch_size: int, progress: bool, cancelled: Cancelled) -> list[str]:
+                       batch_size: int, progress: bool, cancelled: Cancelled,
+                       report: Progress) -> list[str]:
     """``model_corpus`` under the cache entry's lock."""
     num_tokens, seed = settings["num_tokens"], settings["seed"]
     sequence_length = settings["sequence_length"]
@@ -351,8 +355,11 @@ def _cached_or_sampled(loaded: LoadedModel, path: Path, settings: dict[str, Any]
         f", resuming after {len(done)} sequences" if done else "",
     )
 
+    sequences = math.ceil(num_tokens / sequence_length)
+
     def keep(texts: list[str]) -> None:
         write_text(partial, json.dumps({**settings, "texts": texts}, ensure_ascii=False))
+        report("sampling the corpus", len(texts) / sequences)
 
     texts = sample_corpus(
         loaded,

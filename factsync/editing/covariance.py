@@ -21,6 +21,7 @@ import torch
 from tqdm.auto import tqdm
 
 from factsync.editing.cancellation import Cancelled, WorkCancelled, never
+from factsync.editing.progress import Progress, silent
 from factsync.models.hooks import capture_keys, forward_hooks
 from factsync.models.loading import LoadedModel
 from factsync.models.specs import get_module, key_value_dims
@@ -148,6 +149,7 @@ def compute_key_statistics(
     seed: int = 0,
     progress: bool = True,
     cancelled: Cancelled = never,
+    report: Progress = silent,
 ) -> dict[int, KeyStatistics]:
     """Run the model over ``texts`` and collect key statistics of ``layers``.
 
@@ -171,6 +173,7 @@ def compute_key_statistics(
         seed: seed of the key sample.
         progress: show a tqdm progress bar over counted tokens.
         cancelled: asked before every batch; when it answers yes, ``WorkCancelled``.
+        report: told the share of ``token_budget`` counted after every batch.
     """
     lead = _lead_ids(loaded)
     _check_arguments(loaded, layers, texts, token_budget, batch_size, max_length, len(lead))
@@ -202,6 +205,7 @@ def compute_key_statistics(
                 samples[layer] = pooled[keep]
             counted += taken
             bar.update(taken)
+            report("computing key statistics", counted / token_budget)
             if counted >= token_budget:
                 break
     if counted == 0:

@@ -14,6 +14,7 @@ from factsync.durable import save_tensors
 from factsync.editing.cancellation import Cancelled, never
 from factsync.editing.corpus import corpus_digest
 from factsync.editing.covariance import KeyStatistics, compute_key_statistics
+from factsync.editing.progress import Progress, silent
 from factsync.models.loading import LoadedModel
 from factsync.paths import data_home
 
@@ -112,10 +113,12 @@ class CovarianceCache:
         max_length: int = 256,
         progress: bool = True,
         cancelled: Cancelled = never,
+        report: Progress = silent,
     ) -> dict[int, KeyStatistics]:
         """Statistics of ``layers``: cached ones are read, missing ones computed together
-        (``cancelled`` may stop that with ``WorkCancelled``). Computing holds the model's
-        cache lock, so a second process waits and then reads the files instead."""
+        (``cancelled`` may stop that with ``WorkCancelled``; ``report`` hears how far).
+        Computing holds the model's cache lock, so a second process waits and then reads
+        the files instead."""
         digest = corpus_digest(texts)
         found, missing = self._cached(loaded, layers, digest, token_budget, max_length)
         if not missing:
@@ -124,7 +127,7 @@ class CovarianceCache:
             found, missing = self._cached(loaded, layers, digest, token_budget, max_length)
             return self._compute_missing(
                 loaded, texts, found, missing, digest, token_budget, batch_size=batch_size,
-                max_length=max_length, progress=progress, cancelled=cancelled)
+                max_length=max_length, progress=progress, cancelled=cancelled, report=report)
 
     def _cached(self, loaded: LoadedModel, layers: list[int], digest: str, token_budget: int,
                 max_length: int) -> tuple[dict[int, KeyStatistics], list[int]]:
@@ -160,7 +163,8 @@ class CovarianceCache:
     def _compute_missing(self, loaded: LoadedModel, texts: list[str],
                          found: dict[int, KeyStatistics], missing: list[int], digest: str,
                          token_budget: int, *, batch_size: int, max_length: int,
-                         progress: bool, cancelled: Cancelled) -> dict[int, KeyStatistics]:
+                         progress: bool, cancelled: Cancelled,
+                         report: Progress) -> dict[int, KeyStatistics]:
         """Compute the ``missing`` layers together, cache them, and return all by layer."""
         self._report_reused(loaded, found, digest, token_budget)
         if missing:
@@ -180,6 +184,7 @@ class CovarianceCache:
                 max_length=max_length,
                 progress=progress,
                 cancelled=cancelled,
+                report=report,
             )
             for layer, stats in computed.items():
                 self.put(loaded, layer, digest, token_budget, stats, max_length=max_length)

@@ -22,9 +22,11 @@ def test_sigterm_while_sampling_the_corpus_exits_at_once_and_the_restart_resumes
     daemon.start(wait=False)
     partial = daemon.wait_for(lambda: next((caches / "corpus").glob("*.partial"), None), 600,
                               "the first sampled batch of the corpus")
+    assert re.fullmatch(r"sampling the corpus: \d+%", daemon.get("/status")["starting"])
     assert daemon.stop(timeout=10) == 0  # a TimeoutExpired here is a stop that hung
     kept = len(json.loads(partial.read_text())["texts"])
     assert kept >= 16 and "start-up stopped (corpus sampling was stopped)" in daemon.log_tail()
+    assert "start-up: sampling the corpus, 10% done" in daemon.log_path.read_text()
     assert not list((caches / "corpus").glob("*.json"))  # the corpus is not finished
 
     daemon.start(wait=False)

@@ -138,8 +138,11 @@ def test_a_stopped_sampling_keeps_its_batches_and_resumes_after_them(
     whole = sample_corpus(loaded, num_tokens=72, seed=3, sequence_length=12, progress=False)
     assert len(whole) == 6
     stop = StopAfter(12 * 2 + 5)  # asked once per token step: two batches, then mid-third
+    heard = []
     with pytest.raises(WorkCancelled, match="corpus sampling was stopped"):
-        model_corpus(loaded, **options, cancelled=stop)
+        model_corpus(loaded, **options, cancelled=stop,
+                     report=lambda stage, done: heard.append((stage, done)))
+    assert heard == [("sampling the corpus", 2 / 6), ("sampling the corpus", 4 / 6)]
     partial = tmp_path / f"{loaded.fingerprint}-72-3-len12.json.partial"
     assert json.loads(partial.read_text())["texts"] == whole[:4]
     assert not (tmp_path / f"{loaded.fingerprint}-72-3-len12.json").exists()
