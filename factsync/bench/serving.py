@@ -81,6 +81,8 @@ def run_serving(loaded: LoadedModel, engine: EditEngine, suite: Suite, *, batch:
                            settings=replace(settings, merged=True),
                            probes=lambda: list(applied))
     export_seconds: list[float] = []
+    verify_seconds: list[float] = []
+    probes: list[int] = []
     jobs = range(0, len(suite.requests), batch)
     try:
         for start in tqdm(jobs, desc="serving", unit="job"):
@@ -88,8 +90,10 @@ def run_serving(loaded: LoadedModel, engine: EditEngine, suite: Suite, *, batch:
             _promote(space, engine, requests, first_case=start)
             applied.extend((r.template.format(r.subject), r.new_object) for r in requests)
             started = time.monotonic()
-            space.exporter.export_live("promoted")
+            summary = space.exporter.export_live("promoted") or {}
             export_seconds.append(time.monotonic() - started)
+            verify_seconds.append(summary.get("verify_seconds", 0.0))
+            probes.append(len(applied))
     finally:
         space.exporter.close()
     live_scores = _scores(suite, space.models.serving)
@@ -111,7 +115,8 @@ def run_serving(loaded: LoadedModel, engine: EditEngine, suite: Suite, *, batch:
             "version": merged_dir.name if merged_dir else None},
         "folds": len(space.store.folds()),
         "export_seconds": {"first": export_seconds[0], "last": export_seconds[-1],
-                           "each": export_seconds},
+                           "each": export_seconds, "verifying": verify_seconds,
+                           "probes": probes},
     }
 
 
@@ -173,6 +178,8 @@ def format_serving(result: dict) -> str:
         lines.append(f"{name:10} | {cells[0]:>12} | {cells[1]:>18} | {row['version']}")
     seconds = result["export_seconds"]
     lines.append(f"adapter rank {result['adapter']['rank']} (budget {result['max_rank']}) on "
-                 f"{result['adapter']['base']}; folds {result['folds']}; export seconds: "
-                 f"first {seconds['first']:.1f}, last {seconds['last']:.1f}")
+                 f"{result['adapter']['base']}; folds {result['folds']}")
+    lines.append("export seconds per job (verifying, probes): " + ", ".join(
+        f"{total:.1f} ({verifying:.1f}, {count})" for total, verifying, count in
+        zip(seconds["each"], seconds["verifying"], seconds["probes"], strict=True)))
     return "\n".join(lines)

@@ -18,6 +18,7 @@ from __future__ import annotations
 import logging
 import queue
 import threading
+import time
 from pathlib import Path
 
 from factsync.daemon.alerts import Alert, Alerter
@@ -112,12 +113,15 @@ class Exporter:
         live = self._store.live_version()
         lineage = self._store.lineage(version_id=live.id)
         summary: dict = {"version": live.id, "event": event}
+        started = time.monotonic()
         try:
             serving, factors = self._plan(live.id, lineage, summary)
             written = self._write(live.id, serving, factors, summary)
+            summary["write_seconds"] = time.monotonic() - started
             if self._verifier is not None and written:
                 verdicts = self._verify(self._verifier, live.id, serving.base, written)
                 summary["verification"] = {v.kind: v.summary(limit=5) for v in verdicts}
+                summary["verify_seconds"] = time.monotonic() - started - summary["write_seconds"]
                 if not self._accept(verdicts, written):
                     return summary
         except VersionMoved:

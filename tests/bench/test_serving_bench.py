@@ -31,5 +31,10 @@ def test_the_served_adapter_and_merged_checkpoint_score_like_the_live_model(
     assert len(data["export_seconds"]["each"]) == 4
     assert data["adapter"]["version"] == data["live"]["version"]
     assert data["export_seconds"]["first"] == data["export_seconds"]["each"][0] > 0
+    assert data["export_seconds"]["probes"] == [3, 6, 9, 10]
+    for total, verifying in zip(data["export_seconds"]["each"],
+                                data["export_seconds"]["verifying"], strict=True):
+        assert 0 < verifying < total
     table = capsys.readouterr().out
     assert f"folds {data['folds']}" in table and "adapter    |" in table
+    assert "export seconds per job (verifying, probes): " in table
