@@ -269,6 +269,7 @@ def test_a_corpus_another_process_is_sampling_is_waited_for_then_read(
                               stdout=subprocess.PIPE, text=True)
     assert holder.stdout.readline().strip() == "locked"
     caplog.set_level(logging.INFO, logger="factsync")
+    caplog.clear()  # only what this process does while the other holds the lock
     assert cached(loaded, shared) == expected
     assert holder.wait(timeout=30) == 0
     said = [r.getMessage() for r in caplog.records]
