@@ -10,7 +10,6 @@ adapter loaded with PEFT on its serving base, and on the current merged checkpoi
 
 from __future__ import annotations
 
-import json
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, replace
@@ -31,7 +30,7 @@ from factsync.facts.records import FactRecord
 from factsync.jobs.live import LiveVersion, Promotion
 from factsync.jobs.model_state import ModelState
 from factsync.models.loading import LoadedModel, load_model
-from factsync.registry.exports import ExportDir
+from factsync.registry.exports import ExportDir, adapter_base, adapter_rank
 from factsync.registry.versions import VersionFiles
 from factsync.store.store import StateStore
 
@@ -59,8 +58,7 @@ def open_workspace(loaded: LoadedModel, engine: EditEngine, directory: Path, *,
     models = ModelState(loaded)
     metrics = Metrics(CollectorRegistry())
     exports = ExportDir(directory / "exports")
-    verifier = ExportVerifier(device=str(loaded.device), dtype=str(loaded.model.dtype)
-                              .removeprefix("torch."), probes=probes,
+    verifier = ExportVerifier(device=str(loaded.device), dtype=_dtype(loaded), probes=probes,
                               tolerance=settings.verify_tolerance) if settings.verify else None
     exporter = Exporter(settings=settings, exports=exports, versions=versions, store=store,
                         models=models, base_model=str(base_model), notifiers=[],
@@ -109,7 +107,7 @@ def run_serving(loaded: LoadedModel, engine: EditEngine, suite: Suite, *, batch:
         "n": len(suite.requests), "batch": batch, "max_rank": settings.max_rank,
         "live": live_scores | {"version": live_version},
         "adapter": _scores(suite, served) | {
-            "rank": _adapter_config(adapter)["r"] if adapter else 0,
+            "rank": adapter_rank(adapter) if adapter else 0,
             "version": adapter.name if adapter else None, "base": base},
         "merged": (_scores(suite, merged) if merged else dict.fromkeys(SCORES)) | {
             "version": merged_dir.name if merged_dir else None},
@@ -147,11 +145,7 @@ def _serving_artifacts(space: ServingWorkspace, version: str,
     adapter = space.exports.current(ADAPTER)
     if adapter is None:
         return str(base_model), None
-    return _adapter_config(adapter)["base_model_name_or_path"], adapter
-
-
-def _adapter_config(adapter: Path) -> dict:
-    return json.loads((adapter / "adapter_config.json").read_text())
+    return str(adapter_base(adapter)), adapter
 
 
 def _scores(suite: Suite, loaded: LoadedModel) -> dict[str, float]:

@@ -13,7 +13,7 @@ from factsync.editing.delta import ModelDelta
 from factsync.jobs.monitoring import choose_canaries
 from factsync.jobs.preparation import retention_probes, states
 from factsync.models.loading import load_model
-from factsync.registry.exports import ExportDir
+from factsync.registry.exports import ExportDir, adapter_base
 from factsync.registry.versions import VersionFiles
 from factsync.store.store import StateStore
 
@@ -71,7 +71,8 @@ def run_verify(args: argparse.Namespace) -> int:
                               applied_by={v.id for v in lineage}) + canaries
     live = states(model, probes)
     del model
-    verdicts = [verify_export(kind, version, path, probes, live, base=_adapter_base(path, base),
+    verdicts = [verify_export(kind, version, path, probes, live,
+                              base=adapter_base(path) if kind == ADAPTER else base,
                               device=config.model.device, dtype=config.model.dtype,
                               tolerance=config.export.verify_tolerance)
                 for kind, path in found.items()]
@@ -80,14 +81,6 @@ def run_verify(args: argparse.Namespace) -> int:
     else:
         print("\n".join(_table(verdicts, show_all=args.all)))
     return 0 if all(v.passed for v in verdicts) else DIVERGED
-
-
-def _adapter_base(export: Path, base_model: Path) -> Path:
-    """The base an adapter export applies to (a fold's checkpoint or the base model)."""
-    config = export / "adapter_config.json"
-    if not config.is_file():
-        return base_model
-    return Path(json.loads(config.read_text())["base_model_name_or_path"])
 
 
 def _table(verdicts: list[Verification], *, show_all: bool) -> list[str]:

@@ -89,6 +89,17 @@ class ExportDir:
         return link.resolve() if link.exists() else None
 
 
+def adapter_base(directory: Path) -> Path:
+    """The base model an adapter written by ``write_peft_adapter`` applies to."""
+    config = json.loads((directory / "adapter_config.json").read_text())
+    return Path(config["base_model_name_or_path"])
+
+
+def adapter_rank(directory: Path) -> int:
+    """The rank of an adapter written by ``write_peft_adapter``."""
+    return int(json.loads((directory / "adapter_config.json").read_text())["r"])
+
+
 def write_peft_adapter(
     directory: Path,
     factors: Mapping[str, tuple[torch.Tensor, torch.Tensor]],
