@@ -2,16 +2,18 @@
 
 Records are applied in sequential jobs through the daemon's own parts: a state store,
 the owner of the live version, and the exporter with its verification and folds, run
-after every promotion as the daemon runs it (merged checkpoints on, so they can be
-scored too). After the last job, the edit success and paraphrase success of every
-applied fact are measured three ways: on the live model in memory, on the current
-adapter loaded with PEFT on its serving base, and on the current merged checkpoint.
+after every promotion as the daemon runs it, each export verified on the probes the
+daemon picks (``verification_probes``: the facts it adds and ``verify_sample`` others),
+with merged checkpoints on so they can be scored too. After the last job, the edit
+success and paraphrase success of every applied fact are measured three ways: on the
+live model in memory, on the current adapter loaded with PEFT on its serving base, and
+on the current merged checkpoint.
 """
 
 from __future__ import annotations
 
+import itertools
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -20,12 +22,18 @@ from tqdm import tqdm
 
 from factsync.daemon.alerts import Alerter
 from factsync.daemon.config import ExportConfig
-from factsync.daemon.export_verification import ADAPTER, MERGED, ExportVerifier, load_exported
+from factsync.daemon.export_verification import (
+    ADAPTER,
+    MERGED,
+    ExportVerifier,
+    load_exported,
+    verification_probes,
+)
 from factsync.daemon.exporting import Exporter
 from factsync.daemon.metrics import Metrics
 from factsync.editing.engine import EditEngine
-from factsync.evaluation.kpis import Prompted
 from factsync.evaluation.suites import Suite
+from factsync.facts.catalog import Relation, RelationCatalog
 from factsync.facts.records import FactRecord
 from factsync.jobs.live import LiveVersion, Promotion
 from factsync.jobs.model_state import ModelState
@@ -50,16 +58,22 @@ class ServingWorkspace:
 
 def open_workspace(loaded: LoadedModel, engine: EditEngine, directory: Path, *,
                    base_model: Path, settings: ExportConfig,
-                   probes: Callable[[], list[Prompted]]) -> ServingWorkspace:
-    """A fresh store, version files and exports under ``directory``; exports verified
-    against ``probes`` when ``settings.verify``."""
+                   catalog: RelationCatalog) -> ServingWorkspace:
+    """A fresh store, version files and exports under ``directory``; when
+    ``settings.verify``, exports are verified as the daemon verifies them, on facts whose
+    relations ``catalog`` resolves."""
     store = StateStore(directory / "state.sqlite")
     versions = VersionFiles(directory / "versions")
     models = ModelState(loaded)
     metrics = Metrics(CollectorRegistry())
     exports = ExportDir(directory / "exports")
-    verifier = ExportVerifier(device=str(loaded.device), dtype=_dtype(loaded), probes=probes,
-                              tolerance=settings.verify_tolerance) if settings.verify else None
+    seeds = itertools.count()
+    verifier = ExportVerifier(
+        device=str(loaded.device), dtype=_dtype(loaded), tolerance=settings.verify_tolerance,
+        probes=lambda version, served: verification_probes(
+            store, catalog, version=version, served=served, sample=settings.verify_sample,
+            seed=next(seeds)),
+    ) if settings.verify else None
     exporter = Exporter(settings=settings, exports=exports, versions=versions, store=store,
                         models=models, base_model=str(base_model), notifiers=[],
                         alerter=Alerter([], metrics), metrics=metrics, verifier=verifier)
@@ -74,10 +88,9 @@ def run_serving(loaded: LoadedModel, engine: EditEngine, suite: Suite, *, batch:
 
     Returns the JSON of ``factsync bench serving`` (see the module docstring).
     """
-    applied: list[Prompted] = []
     space = open_workspace(loaded, engine, directory, base_model=base_model,
                            settings=replace(settings, merged=True),
-                           probes=lambda: list(applied))
+                           catalog=_template_catalog(suite))
     export_seconds: list[float] = []
     verify_seconds: list[float] = []
     probes: list[int] = []
@@ -86,12 +99,12 @@ def run_serving(loaded: LoadedModel, engine: EditEngine, suite: Suite, *, batch:
         for start in tqdm(jobs, desc="serving", unit="job"):
             requests = suite.requests[start:start + batch]
             _promote(space, engine, requests, first_case=start)
-            applied.extend((r.template.format(r.subject), r.new_object) for r in requests)
             started = time.monotonic()
             summary = space.exporter.export_live("promoted") or {}
             export_seconds.append(time.monotonic() - started)
             verify_seconds.append(summary.get("verify_seconds", 0.0))
-            probes.append(len(applied))
+            verdicts = summary.get("verification", {}).values()  # the same probes each
+            probes.append(max((v["probes"] for v in verdicts), default=0))
     finally:
         space.exporter.close()
     live_scores = _scores(suite, space.models.serving)
@@ -133,6 +146,13 @@ def _promote(space: ServingWorkspace, engine: EditEngine, requests: list, first_
                                        for r in requests],
         applied={c.id: r.old_object for c, r in zip(changes, requests, strict=True) if c},
         report={}, policy_digest="bench"))
+
+
+def _template_catalog(suite: Suite) -> RelationCatalog:
+    """The bench records each fact under its record's template as the relation; this
+    catalog resolves those names to themselves, as the daemon's resolves relation ids."""
+    templates = dict.fromkeys(r.template for r in suite.requests)
+    return RelationCatalog(Relation(id=t, alias=t, template=t) for t in templates)
 
 
 def _serving_artifacts(space: ServingWorkspace, version: str,

@@ -341,6 +341,10 @@ def _register_serving(sub: argparse._SubParsersAction) -> None:
                          help=f"the adapter's rank budget ({ExportConfig.max_rank})")
     serving.add_argument("--no-fold", action="store_true",
                          help="truncate the adapter by SVD instead of folding")
+    serving.add_argument("--verify-sample", type=int, default=ExportConfig.verify_sample,
+                         help="applied facts drawn at random to verify each export on, "
+                         "beside the facts it adds; 0 for all "
+                         f"({ExportConfig.verify_sample})")
     serving.add_argument("--work-dir", type=Path, help="keep the data directory here")
     serving.add_argument("--corpus-tokens", type=int,
                          help="tokens of model-sampled text behind the key statistics")
@@ -362,7 +366,8 @@ def run_serving_bench(args: argparse.Namespace) -> int:
     from factsync.policies.schema import Policy
 
     torch.manual_seed(args.seed)
-    settings = ExportConfig(max_rank=args.max_rank, fold=not args.no_fold)
+    settings = ExportConfig(max_rank=args.max_rank, fold=not args.no_fold,
+                            verify_sample=args.verify_sample)
     cases = load_cases("counterfact", _counterfact_path(args))
     if len(cases) < args.n:
         raise ValueError(f"the data holds {len(cases)} records; --n asks for {args.n}")

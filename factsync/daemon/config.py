@@ -246,8 +246,8 @@ class ExportConfig:
         webhook_url: a URL told of every live-version change.
         verify: load each export as a serving engine would and check it answers like the
             live model before it becomes ``current`` and serving engines hear of it.
-        verify_sample: applied facts probed per verification (0 = all), beside the
-            canaries.
+        verify_sample: applied facts drawn at random and probed per verification
+            (0 = all), beside the facts the export adds and the canaries.
         verify_tolerance: share of probes an export may answer differently.
     """
 
@@ -261,7 +261,7 @@ class ExportConfig:
     sglang_adapter_prefix: str = "factsync"
     webhook_url: str | None = None
     verify: bool = True
-    verify_sample: int = 500
+    verify_sample: int = 32
     verify_tolerance: float = 0.01
 
     def __post_init__(self) -> None:

@@ -6,6 +6,10 @@ with ``from_pretrained``. Both are asked the same probes as the live model (the 
 version's applied facts and the canaries): does the greedy answer, teacher forced, equal
 the fact's object? An export passes when no more than ``tolerance`` of the probes get a
 different answer from the live model's.
+
+The probes of one export are what it adds and a sample of what it keeps
+(``verification_probes``), so verifying costs the same at the thousandth fact as at the
+tenth.
 """
 
 from __future__ import annotations
@@ -16,8 +20,10 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 from factsync.evaluation.kpis import Prompted
-from factsync.jobs.preparation import states
+from factsync.facts.catalog import RelationCatalog
+from factsync.jobs.preparation import retention_probes, states
 from factsync.models.loading import LoadedModel, load_model
+from factsync.store.store import StateStore
 
 ADAPTER = "adapter"
 MERGED = "merged"
@@ -83,6 +89,39 @@ class Verification:
         }
 
 
+def unserved_versions(store: StateStore, version: str, served: str | None) -> set[str]:
+    """The versions in ``version``'s lineage that the ``served`` one does not carry.
+
+    Walks back from ``version`` until it meets ``served``: usually the one or few
+    versions promoted since the last export. After a rollback ``served`` is not an
+    ancestor, and every version of the lineage it lacks is counted.
+    """
+    unserved: set[str] = set()
+    step = store.version(version_id=version)
+    while step.parent_id is not None and step.id != served:
+        unserved.add(step.id)
+        step = store.version(version_id=step.parent_id)
+    if served is not None and step.id != served:
+        unserved -= {v.id for v in store.lineage(version_id=served)}
+    return unserved
+
+
+def verification_probes(store: StateStore, catalog: RelationCatalog, *, version: str,
+                        served: str | None, sample: int, seed: int) -> list[Prompted]:
+    """The applied facts an export of ``version`` is checked on, as (prompt, object).
+
+    Every fact that the versions serving engines lack yet applied (what the export adds
+    over ``served``), and ``sample`` facts drawn from all applied ones (what it should
+    keep; 0 takes them all). Drawn with a new ``seed`` each export, the samples cover
+    every fact in time, at a cost that follows the facts since the last export and
+    ``sample``, not the history.
+    """
+    added = retention_probes(store, catalog, exclude=set(), sample=0, seed=seed,
+                             applied_by=unserved_versions(store, version, served))
+    kept = retention_probes(store, catalog, exclude=set(), sample=sample, seed=seed)
+    return list(dict.fromkeys(added + kept))
+
+
 def load_exported(kind: str, directory: Path, *, base: Path, device: str,
                   dtype: str) -> LoadedModel:
     """The export in ``directory`` loaded the way a serving engine loads it."""
@@ -127,13 +166,15 @@ class ExportVerifier:
     Attributes:
         device: where to load exports.
         dtype: their dtype, the served model's.
-        probes: the probes of the live version now (its applied facts and the canaries).
+        probes: the probes of an export of a version (first argument) when serving
+            engines carry another (second argument, ``None`` before the first export):
+            ``verification_probes`` and the canaries.
         tolerance: the share of probes an export may answer differently.
     """
 
     device: str
     dtype: str
-    probes: Callable[[], list[Prompted]]
+    probes: Callable[[str, str | None], list[Prompted]]
     tolerance: float
 
     def verify(self, kind: str, version: str, directory: Path, probes: Sequence[Prompted],

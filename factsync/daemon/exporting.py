@@ -205,7 +205,7 @@ class Exporter:
         Raises:
             VersionMoved: ``version`` is no longer the served one.
         """
-        probes = verifier.probes()
+        probes = verifier.probes(version, self._served)
         with self._models.serving_at(version) as served:
             if served is None:
                 raise VersionMoved(f"the served model no longer carries version {version}")

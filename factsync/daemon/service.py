@@ -33,7 +33,7 @@ from factsync.daemon.api import ApiContext, ApiServer
 from factsync.daemon.config import DaemonConfig
 from factsync.daemon.connectors import build_connector
 from factsync.daemon.data_dir_lock import lock_data_dir
-from factsync.daemon.export_verification import ExportVerifier
+from factsync.daemon.export_verification import ExportVerifier, verification_probes
 from factsync.daemon.exporting import Exporter
 from factsync.daemon.host_health import HostHealth
 from factsync.daemon.ingest import Ingest
@@ -51,7 +51,6 @@ from factsync.jobs.live import LiveVersion
 from factsync.jobs.model_state import ModelState
 from factsync.jobs.monitoring import LiveChecker, choose_canaries
 from factsync.jobs.pipeline import JobRunner
-from factsync.jobs.preparation import retention_probes
 from factsync.jobs.reconciler import Reconciler
 from factsync.models.loading import default_model_dir, load_model
 from factsync.policies.schema import OnRollback, Policy, load_policy
@@ -306,18 +305,18 @@ class Daemon:
     def _export_verifier(self, canaries: list[Prompted]) -> ExportVerifier | None:
         """What checks each export against the live model, unless the config turns it off.
 
-        Each verification probes a fresh sample of the applied facts, so over many
-        exports every fact gets checked, plus every canary.
+        Each verification probes the facts the export adds, a fresh sample of the
+        applied facts (so over many exports every fact gets checked) and every canary.
         """
         export = self.config.export
         if not export.verify:
             return None
         samples = itertools.count()
 
-        def probes() -> list[Prompted]:
-            applied = retention_probes(self.store, self.catalog, exclude=set(),
-                                       sample=export.verify_sample, seed=next(samples))
-            return applied + canaries
+        def probes(version: str, served: str | None) -> list[Prompted]:
+            return verification_probes(self.store, self.catalog, version=version,
+                                       served=served, sample=export.verify_sample,
+                                       seed=next(samples)) + canaries
 
         return ExportVerifier(device=self.config.model.device,
                               dtype=self.config.model.dtype, probes=probes,

@@ -122,7 +122,7 @@ def retention_probes(
 
     ``applied_by`` keeps only facts that these versions applied. A sample is drawn in the
     store (``StateStore.sample_applied``), so its cost follows ``sample``, not the facts
-    applied; taking all reads them all.
+    applied; taking all reads them all, or those ``applied_by`` names.
     """
 
     def usable(fact: AppliedFact) -> bool:
@@ -130,8 +130,11 @@ def retention_probes(
                 and (fact.subject, fact.relation) not in exclude
                 and (applied_by is None or fact.version_id in applied_by))
 
-    facts = (store.sample_applied(size=sample, seed=seed, keep=usable) if sample
-             else [f for f in store.applied_facts() if usable(f)])
+    if sample:
+        facts = store.sample_applied(size=sample, seed=seed, keep=usable)
+    else:
+        every = store.applied_facts() if applied_by is None else store.applied_by(applied_by)
+        facts = [f for f in every if usable(f)]
     return [(_relation(catalog, f.relation).template.format(f.subject), f.object)
             for f in facts]
 

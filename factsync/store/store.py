@@ -10,7 +10,7 @@ import json
 import sqlite3
 import threading
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -276,6 +276,16 @@ class StateStore(ChangeRecords, JobRecords, VersionHistory, FactQueries):
         """Facts the live version states, optionally of one subject and/or relation."""
         where, params = where_fields(subject=subject, relation=relation)
         rows = self._query(f"SELECT * FROM applied_facts {where} ORDER BY applied_at", params)
+        return [AppliedFact(**_public(row)) for row in rows]
+
+    def applied_by(self, version_ids: Collection[str]) -> list[AppliedFact]:
+        """The applied facts that one of ``version_ids`` applied (and no later version
+        changed), oldest first; the cost follows those facts, not all applied ones."""
+        if not version_ids:
+            return []
+        marks = ",".join("?" * len(version_ids))
+        rows = self._query(f"SELECT * FROM applied_facts WHERE version_id IN ({marks}) "
+                           "ORDER BY applied_at", tuple(version_ids))
         return [AppliedFact(**_public(row)) for row in rows]
 
     # versions

@@ -136,7 +136,7 @@ def answered(loaded, prompts) -> list[tuple[str, str]]:  # noqa: ANN001
 
 def verified_exporter(tmp_path, setup, engine, tiny_model_dir, probes, max_rank, fold=True):  # noqa: ANN001, ANN201, E501
     store, models, versions, metrics, alerter = setup
-    verifier = ExportVerifier(device="cpu", dtype="float32", probes=lambda: probes,
+    verifier = ExportVerifier(device="cpu", dtype="float32", probes=lambda version, served: probes,
                               tolerance=0.0)
     return Exporter(settings=ExportConfig(max_rank=max_rank, merged=True, fold=fold),
                     exports=ExportDir(tmp_path / "x"), versions=versions, store=store,
@@ -275,8 +275,8 @@ def test_a_chain_past_the_rank_budget_is_folded_into_a_new_serving_base(
         notifiers=[RuntimeLoraNotifier(VLLM, engine.url),
                    WebhookServingNotifier(http_receiver.url)],
         alerter=alerter, metrics=metrics, retries=1,
-        verifier=ExportVerifier(device="cpu", dtype="float32", probes=lambda: probes,
-                                tolerance=0.0))
+        verifier=ExportVerifier(device="cpu", dtype="float32", tolerance=0.0,
+                                probes=lambda version, served: probes))
 
     def step(seed: int) -> tuple[str, dict]:
         version = promote(store, versions, models,
