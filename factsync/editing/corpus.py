@@ -47,6 +47,9 @@ SAMPLING_TEMPERATURE = 1.0
 CORPUS_FORMAT = 1
 # Beside a cache file being sampled: the texts so far, to resume from.
 PARTIAL_SUFFIX = ".partial"
+# Corpora sampled once for the default model and shipped, named as cache files are: a
+# first start then skips minutes of sampling that would give the same texts.
+SHIPPED_CORPORA = Path(__file__).parent / "corpora"
 
 # Varied short openings: narrative, encyclopaedic, news, instructions, dialogue, code.
 OPENINGS: tuple[str, ...] = (
@@ -307,9 +310,11 @@ def model_corpus(
     ``cache_dir`` defaulting to ``data_home()/corpus``; ``L`` is ``sequence_length``,
     which changes the texts (``batch_size`` does not). The file is written atomically. A
     cache file that cannot be read, or whose recorded settings or digest do not match,
-    is logged at WARNING and sampled again. While sampling, the texts so far are written
-    after every batch to the same name plus ``.partial``, so a run stopped by
-    ``cancelled`` (``WorkCancelled``) or killed resumes where it was. A process that
+    is logged at WARNING and sampled again. A corpus shipped with factsync under that
+    name (``SHIPPED_CORPORA``) is copied into the cache instead of sampling. While
+    sampling, the texts so far are written after every batch to the same name plus
+    ``.partial``, so a run stopped by ``cancelled`` (``WorkCancelled``) or killed
+    resumes where it was. A process that
     finds another sampling the same corpus waits for it and reads its file. ``report``
     hears the share of sequences sampled after every batch.
     """
@@ -344,6 +349,13 @@ def _cached_or_sampled(loaded: LoadedModel, path: Path, settings: dict[str, Any]
         else:
             log.info("reusing the sampled corpus %s (%d texts)", path, len(texts))
             return texts
+    shipped = SHIPPED_CORPORA / path.name
+    if shipped.exists():
+        texts = _read_cached_corpus(shipped, settings)  # a damaged one is a packaging bug
+        write_text(path, shipped.read_text(encoding="utf-8"))
+        log.info("using the corpus shipped with factsync for %s (%d texts)", loaded.name,
+                 len(texts))
+        return texts
     partial = path.with_name(path.name + PARTIAL_SUFFIX)
     done = _resumable(partial, settings)
     log.info(

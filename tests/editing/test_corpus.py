@@ -10,9 +10,11 @@ import sys
 
 import pytest
 
+from factsync.editing import corpus
 from factsync.editing.cancellation import WorkCancelled
 from factsync.editing.corpus import (
     OPENINGS,
+    SHIPPED_CORPORA,
     CorpusError,
     corpus_digest,
     load_text_files,
@@ -115,6 +117,42 @@ def test_model_corpus_is_sampled_once_then_read_from_disk(tiny_loaded, tmp_path,
     assert not any("sampling" in r.getMessage() for r in caplog.records)
     assert any("reusing the sampled corpus" in r.getMessage() for r in caplog.records)
     assert first == sample_corpus(loaded, num_tokens=36, seed=1, sequence_length=12, progress=False)
+
+
+def test_a_shipped_corpus_is_copied_into_the_cache_instead_of_sampled(
+    tiny_loaded, tmp_path, monkeypatch, caplog
+):
+    loaded = tiny_loaded("llama")
+    made = cached(loaded, tmp_path / "made")
+    name = f"{loaded.fingerprint}-36-1-len12.json"
+    shipped = tmp_path / "shipped"
+    shipped.mkdir()
+    (shipped / name).write_text((tmp_path / "made" / name).read_text())
+    monkeypatch.setattr(corpus, "SHIPPED_CORPORA", shipped)
+    caplog.set_level(logging.INFO, logger=LOGGER)
+    never_sample = StopAfter(1)  # sampling would raise WorkCancelled at its first step
+    assert model_corpus(loaded, num_tokens=36, seed=1, sequence_length=12, progress=False,
+                        cache_dir=tmp_path / "cache", cancelled=never_sample) == made
+    assert never_sample.asked == 0
+    assert json.loads((tmp_path / "cache" / name).read_text())["texts"] == made
+    assert any("using the corpus shipped" in r.getMessage() for r in caplog.records)
+    other_seed = tmp_path / "other"
+    with pytest.raises(WorkCancelled):  # nothing shipped for seed 2: it samples
+        model_corpus(loaded, num_tokens=36, seed=2, sequence_length=12, progress=False,
+                     cache_dir=other_seed, cancelled=StopAfter(1))
+
+
+def test_the_shipped_corpora_hold_what_their_names_and_digests_say():
+    files = sorted(SHIPPED_CORPORA.glob("*.json"))
+    assert files, "the default model's corpus ships with factsync"
+    for path in files:
+        stored = json.loads(path.read_text())
+        fingerprint, tokens, seed, length = path.stem.split("-")
+        assert (stored["fingerprint"], stored["num_tokens"], stored["seed"],
+                f"len{stored['sequence_length']}") == (fingerprint, int(tokens), int(seed),
+                                                       length)
+        assert stored["format"] == corpus.CORPUS_FORMAT
+        assert stored["digest"] == corpus_digest(stored["texts"])
 
 
 class StopAfter:
