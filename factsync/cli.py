@@ -9,6 +9,8 @@ import sys
 from factsync import __version__
 from factsync.commands import bench, control, edit, export, model, policy, run, state
 from factsync.logs import configure_logging
+from factsync.paths import data_home
+from factsync.threads import share_cores
 
 log = logging.getLogger("factsync")
 
@@ -22,6 +24,8 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help()
         return 2
     try:
+        if getattr(args, "computes", False):  # commands that run the model in this process
+            share_cores(data_home() / "cpu-users")
         return args.handler(args)
     except (ValueError, OSError, RuntimeError) as exc:
         log.error("%s", exc)

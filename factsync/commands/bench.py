@@ -44,7 +44,7 @@ def register(commands: argparse._SubParsersAction) -> None:
     counterfact.add_argument("--json", type=Path, help="also write the numbers to this file")
     add_model_options(counterfact)
     add_engine_options(counterfact)
-    counterfact.set_defaults(handler=run_counterfact_bench)
+    counterfact.set_defaults(handler=run_counterfact_bench, computes=True)
 
     zopt = sub.add_parser(
         "zopt",
@@ -57,9 +57,10 @@ def register(commands: argparse._SubParsersAction) -> None:
     zopt.add_argument("--n", type=int, default=10, help="facts to optimise (10)")
     add_model_options(zopt)
     add_engine_options(zopt)
-    zopt.set_defaults(handler=run_zopt_bench)
+    zopt.set_defaults(handler=run_zopt_bench, computes=True)
     _register_budget(sub)
     _register_sync(sub)
+    _register_share(sub)
     _register_load(sub)
     _register_ingest(sub)
     _register_plan(sub)
@@ -93,6 +94,36 @@ def run_sync_bench(args: argparse.Namespace) -> int:
     rewrites = load_rewrites(_counterfact_path(args))
     startup, rows = run_sync_latency(rewrites, sizes, fresh_home=args.fresh_home)
     print(format_sync_table(startup, rows, fresh_home=args.fresh_home))
+    return 0
+
+
+def _register_share(sub: argparse._SubParsersAction) -> None:
+    share = sub.add_parser(
+        "share",
+        help="factsync processes side by side on the same cores: tokens per second",
+        description="Sample text from the model in one process alone, then in --processes "
+        "processes at once as factsync ran before it shared cores (a thread per core "
+        "each, OpenMP's spinning waits), then as it runs them now (later processes take "
+        "their share of the cores, waiting threads sleep); print each process's threads "
+        "and tokens per second.",
+    )
+    share.add_argument("--processes", type=int, default=2, help="processes at once (2)")
+    share.add_argument("--tokens", type=int, default=256,
+                       help="tokens each process samples (256)")
+    share.add_argument("--model", default="default",
+                       help="local model directory, or 'default' (SmolLM2-135M-Instruct)")
+    share.set_defaults(handler=run_share_bench)
+
+
+def run_share_bench(args: argparse.Namespace) -> int:
+    """Handler of ``factsync bench share``."""
+    from factsync.bench.core_sharing import format_rounds, run_rounds
+    from factsync.models.loading import ensure_default_model
+
+    if args.processes < 2 or args.tokens < 1:
+        raise ValueError("--processes must be at least 2 and --tokens at least 1")
+    model = ensure_default_model() if args.model == "default" else Path(args.model)
+    print(format_rounds(run_rounds(model, processes=args.processes, tokens=args.tokens)))
     return 0
 
 
@@ -213,7 +244,7 @@ def _register_plan(sub: argparse._SubParsersAction) -> None:
                       help="local HuggingFace model directory, 'default' (the embedded "
                       "SmolLM2-135M-Instruct) or 'none' (store side only, fast)")
     plan.add_argument("--device", default="cpu", help="auto, cpu, cuda... (cpu)")
-    plan.set_defaults(handler=run_plan_bench)
+    plan.set_defaults(handler=run_plan_bench, computes=True)
 
 
 def run_plan_bench(args: argparse.Namespace) -> int:
@@ -263,7 +294,7 @@ def _register_lifelong(sub: argparse._SubParsersAction) -> None:
     lifelong.add_argument("--plot", type=Path, help="draw the metrics against facts (PNG)")
     add_model_options(lifelong)
     add_engine_options(lifelong)
-    lifelong.set_defaults(handler=run_lifelong_bench)
+    lifelong.set_defaults(handler=run_lifelong_bench, computes=True)
 
 
 def run_lifelong_bench(args: argparse.Namespace) -> int:
@@ -354,7 +385,7 @@ def _register_serving(sub: argparse._SubParsersAction) -> None:
                          help="tokens of model-sampled text behind the key statistics")
     serving.add_argument("--json", type=Path, help="write the numbers to this file")
     add_model_options(serving)
-    serving.set_defaults(handler=run_serving_bench)
+    serving.set_defaults(handler=run_serving_bench, computes=True)
 
 
 def run_serving_bench(args: argparse.Namespace) -> int:
@@ -414,7 +445,7 @@ def _register_budget(sub: argparse._SubParsersAction) -> None:
     )
     add_model_options(budget)
     add_engine_options(budget)
-    budget.set_defaults(handler=run_budget_bench)
+    budget.set_defaults(handler=run_budget_bench, computes=True)
 
 
 def run_budget_bench(args: argparse.Namespace) -> int:

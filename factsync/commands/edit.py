@@ -51,7 +51,7 @@ def register(commands: argparse._SubParsersAction) -> None:
     parser.add_argument("--max-new-tokens", type=int, default=8, help="greedy completion length")
     add_model_options(parser)
     add_engine_options(parser)
-    parser.set_defaults(handler=run)
+    parser.set_defaults(handler=run, computes=True)
 
 
 def parse_requests(args: argparse.Namespace) -> list[EditRequest]:

@@ -42,7 +42,7 @@ def register(commands: argparse._SubParsersAction) -> None:
     verify.add_argument("--all", action="store_true",
                         help="list every probe, not only those answered differently")
     verify.add_argument("--json", action="store_true", help="print JSON")
-    verify.set_defaults(handler=run_verify)
+    verify.set_defaults(handler=run_verify, computes=True)
 
 
 def run_verify(args: argparse.Namespace) -> int:

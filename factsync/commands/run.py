@@ -22,7 +22,7 @@ def register(commands: argparse._SubParsersAction) -> None:
         "given in FACTSYNC_API_TOKEN.",
     )
     parser.add_argument("--config", type=Path, help="YAML configuration file")
-    parser.set_defaults(handler=run)
+    parser.set_defaults(handler=run, computes=True)
 
 
 def run(args: argparse.Namespace) -> int:
