@@ -107,7 +107,7 @@ def _one_file(
 
 def format_sync_table(startup: float, rows: list[SyncRow], *, fresh_home: bool = False) -> str:
     """The rows as a plain-text table; with ``fresh_home``, also the time from launch to
-    the first file's facts being live."""
+    the first promoted version."""
     caches = "empty FACTSYNC_HOME" if fresh_home else "shared caches"
     lines = [
         f"daemon start-up to ready: {startup:.1f} s ({caches}, default policy, coalesce "
@@ -118,7 +118,17 @@ def format_sync_table(startup: float, rows: list[SyncRow], *, fresh_home: bool =
     lines += [f"{r.facts} | {r.seconds:.1f} | {r.jobs} | {r.promoted} | {r.failed}"
               for r in rows]
     lines += [f"failed: {reason}" for r in rows for reason in r.reasons]
-    if fresh_home and rows:
-        lines.append(f"launch to the first file's {rows[0].facts} fact(s) live: "
-                     f"{startup + rows[0].seconds:.1f} s")
+    if fresh_home:
+        lines.append(_first_promotion(startup, rows))
     return "\n".join(lines)
+
+
+def _first_promotion(startup: float, rows: list[SyncRow]) -> str:
+    """Seconds from launch until a file's facts were promoted, the files before it
+    included (their facts may have failed the gates)."""
+    elapsed = startup
+    for number, row in enumerate(rows, 1):
+        elapsed += row.seconds
+        if row.promoted:
+            return f"launch to the first promoted version (file {number}): {elapsed:.1f} s"
+    return "no file's facts were promoted"

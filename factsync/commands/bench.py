@@ -82,7 +82,7 @@ def _register_sync(sub: argparse._SubParsersAction) -> None:
     sync.add_argument("--fresh-home", action="store_true",
                       help="give the daemon an empty FACTSYNC_HOME, as on a machine that "
                       "never ran factsync (fetches the default model, makes the corpus and "
-                      "statistics), and print the time from launch to the first file live")
+                      "statistics), and print the time from launch to the first promoted version")
     sync.set_defaults(handler=run_sync_bench)
 
 
