@@ -16,6 +16,10 @@ Fixtures:
 - ``tiny_tokenizer``: a fresh tokenizer of the kind the models use.
 - ``daemon_process``: the ``DaemonProcess`` class (a real ``factsync run`` in a
   subprocess); every instance started in a test is killed if still running at its end.
+- ``tiny_daemon``: a factory ``tiny_daemon(directory, **config)`` returning a
+  ``DaemonProcess`` that edits a tiny random Llama saved to disk, under a policy with no
+  gates (every edit is promoted), so tests exercise the daemon's bookkeeping rather
+  than edit quality, in seconds.
 - ``postgres``: the SQLAlchemy URL of a throw-away PostgreSQL server on loopback.
 - ``random_delta``: a factory ``random_delta(loaded, layers, rank=2, scale=0.1, seed=0)``
   returning a seeded random low-rank ``ModelDelta`` on the MLP output of ``layers``.
@@ -298,3 +302,27 @@ def daemon_process():
         if daemon.process is not None and daemon.process.poll() is None:
             daemon.process.kill()
             daemon.process.wait(timeout=30)
+
+
+TINY_POLICY = {
+    "name": "reliability",
+    "batch": {"coalesce_seconds": 0.2},
+    "editing": {"max_iterations": 1, "neighbours": False},
+    "gates": [],
+    "monitor": {"interval_seconds": 3600},
+}
+
+
+@pytest.fixture
+def tiny_daemon(daemon_process, tiny_model_dir, tmp_path_factory):
+    """Factory of daemons on a tiny model (see the module docstring)."""
+    caches = tmp_path_factory.mktemp("tiny-caches")
+
+    def make(directory: Path, **config):  # noqa: ANN003, ANN202
+        return daemon_process(
+            directory, policy=config.pop("policy", TINY_POLICY), cache_dir=str(caches),
+            model={"path": str(tiny_model_dir), "device": "cpu", "corpus_tokens": 1000},
+            **config,
+        )
+
+    return make

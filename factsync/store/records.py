@@ -25,6 +25,9 @@ CHANGE_FAILED = "failed"  # an edit was tried and did not pass; kept with its re
 CHANGE_SUPERSEDED = "superseded"  # a later change to the same fact replaced it
 CHANGE_RECORDED = "recorded"  # a deletion, recorded without an edit
 CHANGE_ROLLED_BACK = "rolled_back"  # its version was rolled back; quarantined for an operator
+CHANGE_STATES = (CHANGE_PENDING, CHANGE_QUEUED, CHANGE_APPLIED, CHANGE_ALREADY_TRUE,
+                 CHANGE_FAILED, CHANGE_SUPERSEDED, CHANGE_RECORDED, CHANGE_ROLLED_BACK)
+"""Every state a fact change can be in."""
 
 VERSION_OK = "ok"
 VERSION_ROLLED_BACK = "rolled_back"

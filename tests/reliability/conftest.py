@@ -1,9 +1,6 @@
-"""Reliability fixtures: a daemon on a tiny model, so each fault case takes seconds.
+"""Reliability fixtures. The cases run a daemon on a tiny model (``tiny_daemon``, shared
+in ``tests/conftest.py``), so each fault case takes seconds.
 
-- ``tiny_daemon``: a factory ``tiny_daemon(directory, **config)`` returning a
-  ``DaemonProcess`` that edits a tiny random Llama saved to disk, under a policy with no
-  gates (every edit is promoted), so the tests exercise the daemon's bookkeeping rather
-  than edit quality.
 - ``small_filesystem``: a factory ``small_filesystem(size_mb, *, read_only=False,
   at=None)`` mounting a real tmpfs of that size (at ``at``, or a fresh directory) and
   returning its mount point; unmounted after the test. Needs root; skipped elsewhere,
@@ -28,28 +25,6 @@ from factsync.editing.delta import ModelDelta
 from factsync.jobs.model_state import ModelState
 from factsync.models.loading import load_model
 from factsync.store.store import StateStore
-
-TINY_POLICY = {
-    "name": "reliability",
-    "batch": {"coalesce_seconds": 0.2},
-    "editing": {"max_iterations": 1, "neighbours": False},
-    "gates": [],
-    "monitor": {"interval_seconds": 3600},
-}
-
-
-@pytest.fixture
-def tiny_daemon(daemon_process, tiny_model_dir, tmp_path_factory):
-    caches = tmp_path_factory.mktemp("tiny-caches")
-
-    def make(directory: Path, **config):  # noqa: ANN003, ANN202
-        return daemon_process(
-            directory, policy=config.pop("policy", TINY_POLICY), cache_dir=str(caches),
-            model={"path": str(tiny_model_dir), "device": "cpu", "corpus_tokens": 1000},
-            **config,
-        )
-
-    return make
 
 
 @pytest.fixture
