@@ -212,13 +212,14 @@ def _optimise_chunk(
     suffix = aligned.suffix()
     initial = hidden[torch.tensor(rows.bare, device=device), split].float()
 
-    deltas = [torch.zeros_like(initial[f], requires_grad=True) for f in range(len(requests))]
-    optimiser = torch.optim.Adam(deltas, lr=settings.learning_rate)
+    facts = len(requests)
+    delta = torch.zeros_like(initial, requires_grad=True)  # (facts, hidden): z - initial
+    optimiser = torch.optim.Adam([delta], lr=settings.learning_rate)
     max_norm = settings.clamp_norm_factor * initial.norm(dim=1)
-    active = list(range(len(requests)))
-    probability = [0.0] * len(requests)
-    steps = [0] * len(requests)
-    waited = [0] * len(requests)  # steps since the fact's target became likely
+    active = torch.arange(facts, device=device)  # facts still optimised
+    probability = torch.zeros(facts, device=device)
+    steps = torch.zeros(facts, dtype=torch.long, device=device)
+    waited = torch.zeros(facts, dtype=torch.long, device=device)  # steps since likely
     state: dict[str, torch.Tensor] = {}
 
     def deltas_for_rows() -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -232,9 +233,8 @@ def _optimise_chunk(
         stack.enter_context(add_at_positions(loaded, layer, deltas_for_rows))
         for step in range(settings.steps + 1):
             stop_if(cancelled)
-            chosen = torch.nonzero(torch.isin(fact_of_row, torch.tensor(active, device=device)))
-            chosen = chosen.squeeze(1)  # (active rows,)
-            slot = torch.full((len(requests),), -1, dtype=torch.long, device=device)
+            chosen = torch.nonzero(torch.isin(fact_of_row, active)).squeeze(1)  # (active rows,)
+            slot = torch.full((facts,), -1, dtype=torch.long, device=device)
             slot[active] = torch.arange(len(active), device=device)
             row_slot = slot[fact_of_row[chosen]]  # (active rows,) index into ``active``
             if replay is not None:
@@ -248,8 +248,7 @@ def _optimise_chunk(
                 arguments = {"position_ids": aligned.positions[chosen]}
             state["rows"] = torch.arange(len(chosen), device=device)
             state["positions"] = sub.subject_last
-            # Only active deltas enter the graph, so finished ones get no gradient at all.
-            vectors = torch.stack([deltas[f] for f in active])  # (active, hidden)
+            vectors = delta[active]  # (active, hidden): finished facts get no gradient
             state["vectors"] = vectors[row_slot]
             watching = watched[chosen]
             scores = batch_scores(loaded, sub, watching, labels=labels, **arguments)
@@ -278,41 +277,36 @@ def _optimise_chunk(
             neighbours_moved = _mean_per_fact(moved, masks["neighbour"], row_slot, len(active))
             if settings.most_probable_stop:
                 wrong = (~scores.exact).float()
-                reached = _mean_per_fact(wrong, masks["rewrite"], row_slot, len(active)) == 0
+                likely = _mean_per_fact(wrong, masks["rewrite"], row_slot, len(active)) == 0
             else:
-                reached = rewrite_nll < settings.stop_nll
-            likely = reached.tolist()
-            kept = (neighbours_moved == 0).tolist()
-            bare_probability = torch.exp(-bare_nll).tolist()
-            finished = []
-            for position, fact in enumerate(active):
-                probability[fact] = bare_probability[position]
-                steps[fact] = step
-                waited[fact] = waited[fact] + 1 if likely[position] else 0
-                # Once the target is likely, neighbours get a few steps to come back.
-                settled = kept[position] or waited[fact] > settings.patience
-                if (likely[position] and settled) or step == settings.steps:
-                    finished.append(position)
-            still = [f for position, f in enumerate(active) if position not in finished]
-            if not still:
+                likely = rewrite_nll < settings.stop_nll
+            probability[active] = torch.exp(-bare_nll).detach()
+            steps[active] = step
+            waited[active] = torch.where(likely, waited[active] + 1, 0)
+            # Once the target is likely, neighbours get a few steps to come back.
+            settled = (neighbours_moved == 0) | (waited[active] > settings.patience)
+            finished = (likely & settled) | (step == settings.steps)
+            still = active[~finished]
+            if len(still) == 0:  # the step's one wait for the device
                 break
             optimiser.zero_grad(set_to_none=True)
-            keep = torch.ones(len(active), dtype=torch.bool, device=device)
-            keep[finished] = False
-            losses[keep].sum().backward()
-            for position in finished:
-                # A zero gradient, unlike None, would let Adam's momentum move the fact.
-                deltas[active[position]].grad = None
-            optimiser.step()
+            losses[~finished].sum().backward()
             with torch.no_grad():
-                for fact in still:
-                    norm = deltas[fact].norm()
-                    if norm > max_norm[fact]:
-                        deltas[fact].mul_(max_norm[fact] / norm)
+                # Adam's momentum would move facts that are done: they keep their values.
+                before = delta.detach().clone()
+                optimiser.step()
+                done = torch.ones(facts, dtype=torch.bool, device=device)
+                done[still] = False
+                delta[done] = before[done]
+                norms = delta[still].norm(dim=1)
+                over = norms > max_norm[still]
+                scale = torch.where(over, max_norm[still] / norms, torch.ones_like(norms))
+                delta[still] *= scale.unsqueeze(1)
             active = still
 
-    z = initial + torch.stack([d.detach() for d in deltas])
-    return TargetResult(z=z, initial=initial, probability=probability, steps=steps)
+    z = initial + delta.detach()
+    return TargetResult(z=z, initial=initial, probability=probability.tolist(),
+                        steps=steps.tolist())
 
 
 def _mean_per_fact(

@@ -1,0 +1,30 @@
+"""The target-vector optimisation: facts share each step's tensors, not their paths."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import torch
+
+from factsync.editing.requests import EditRequest
+from factsync.editing.targets import optimise_targets
+
+QUICK = EditRequest("Danielle Darrieux", "The mother tongue of {} is", "Italy", "French")
+SLOW = EditRequest("LinkedIn", "{} is owned by", "Apple", "Microsoft")
+
+
+def test_a_fact_that_stops_early_ends_where_it_would_alone(tiny_loaded, tiny_engine):
+    engine = tiny_engine(tiny_loaded("llama"))
+    # On this tiny model the first fact reaches the stop loss after a few steps, the
+    # second never does: it runs on for all 80 while the first stays where it stopped.
+    settings = replace(engine.settings.target, steps=80, stop_nll=5.5, learning_rate=0.5)
+    layer = engine.layers[-1]
+    together = optimise_targets(engine.loaded, [QUICK, SLOW], layer, engine.contexts, settings,
+                                use_neighbours=False)
+    assert together.steps[0] < 20 and together.steps[1] == 80
+    for position, request in enumerate([QUICK, SLOW]):
+        alone = optimise_targets(engine.loaded, [request], layer, engine.contexts, settings,
+                                 use_neighbours=False)
+        assert alone.steps == [together.steps[position]]
+        # Alone its prompts are padded differently: equal up to float rounding.
+        torch.testing.assert_close(alone.z[0], together.z[position], atol=1e-4, rtol=1e-3)
