@@ -205,8 +205,7 @@ class EditEngine:
         """Preserve exactly the keys of ``lineage`` (the live version's states, any
         order), forgetting everything remembered before."""
         for context in self.layer_contexts.values():
-            if context.preserved is not None:
-                context.preserved.zero_()
+            context.forget_held()
         self._preserve(combined_keys(lineage))
 
     def preserved(self) -> dict[int, torch.Tensor]:
@@ -220,8 +219,8 @@ class EditEngine:
             if context is None:
                 log.warning("preserved keys of layer %d ignored: it is not an edit layer "
                             "(the edit layers changed since they were saved)", layer)
-            elif context.preserved is not None:
-                context.preserved += product.to(context.preserved.device)
+            else:
+                context.hold(product)
 
     def edit(self, requests: list[EditRequest], *, cancelled: Cancelled = never) -> EditResult:
         """Run IME (and NME when enabled) for ``requests``; the model is left unchanged.

@@ -22,7 +22,7 @@ Both updates have rank at most the number of facts and come back as factors.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
@@ -80,24 +80,67 @@ class SpreadSettings:
             raise ValueError(f"mom2_update_weight must be positive, got {self.mom2_update_weight}")
 
 
+@dataclass(frozen=True)
+class HeldSystem:
+    """A factorisation of MEMIT's fixed part ``A = lambda C + K_p K_p^T`` (float64).
+
+    It changes only when an edit is applied or the lineage restored, so the engine
+    factors it once per layer and job (``LayerContext.memit_system``) and every spread of
+    the job solves with it: ``memit_update`` then needs only a system as small as the
+    keys it is given, not one of the key size (the Woodbury identity).
+
+    Attributes:
+        factor: the Cholesky factor of A, or its LU factorisation when A is not
+            positive definite enough for Cholesky.
+        pivots: the LU pivots; ``None`` for a Cholesky factor.
+    """
+
+    factor: torch.Tensor
+    pivots: torch.Tensor | None = None
+
+    @classmethod
+    def factorise(cls, second_moment: torch.Tensor, lam: float,
+                  preserved: torch.Tensor | None, device: torch.device) -> HeldSystem:
+        """Factor ``lam C + preserved`` on ``device``."""
+        system = lam * second_moment.to(device=device, dtype=torch.float64)
+        if preserved is not None:
+            system += preserved.to(device=device, dtype=torch.float64)
+        factor, info = torch.linalg.cholesky_ex(system)
+        if int(info) == 0:
+            return cls(factor)
+        return cls(*torch.linalg.lu_factor(system))
+
+    def solve(self, right: torch.Tensor) -> torch.Tensor:
+        """``A^-1 right`` for a float64 ``right`` (key, m) on the factor's device."""
+        if self.pivots is None:
+            return torch.cholesky_solve(right, self.factor)
+        return torch.linalg.lu_solve(self.factor, self.pivots, right)
+
+
 def memit_update(
     keys: torch.Tensor,
     residual: torch.Tensor,
-    second_moment: torch.Tensor,
-    lam: float,
-    preserved: torch.Tensor | None = None,
+    held: HeldSystem,
+    held_keys: torch.Tensor | None = None,
 ) -> LayerDelta:
-    """``dW = R K^T (lambda C + K_p K_p^T + K K^T)^-1`` as factors.
+    """``dW = R K^T (A + H H^T + K K^T)^-1`` as factors, with ``A = lambda C + K_p K_p^T``
+    factored in ``held``.
 
-    keys (key, n), residual (value, n), second_moment (key, key), preserved
-    ``K_p K_p^T`` (key, key) or ``None``. Solved in float64.
+    keys (key, n), residual (value, n), held_keys H (key, m): more keys to hold in place
+    (a job's NME neighbours), or ``None``. With ``U = [K, H]`` the Woodbury identity
+    gives ``(A + U U^T)^-1 U = A^-1 U (I + U^T A^-1 U)^-1``, so past the cached factor
+    only an (n + m) square system is solved. Float64 throughout.
     """
-    k = keys.double()
-    system = lam * second_moment.double().to(k.device) + k @ k.T  # (key, key)
-    if preserved is not None:
-        system += preserved.double().to(k.device)
-    adjusted = torch.linalg.solve(system, k)  # (key, n); symmetric system, so dW = R adj^T
-    return LayerDelta(up=residual.float(), down=adjusted.float())
+    device = held.factor.device
+    k = keys.to(device=device, dtype=torch.float64)
+    u = k if held_keys is None else torch.cat(
+        [k, held_keys.to(device=device, dtype=torch.float64)], dim=1)
+    a_inv_u = held.solve(u)  # (key, n + m)
+    identity = torch.eye(u.shape[1], dtype=torch.float64, device=device)
+    inner = identity + u.T @ a_inv_u
+    # Only the columns of K carry a residual: dW = R (S^-1 K)^T, S^-1 K the first n of S^-1 U.
+    adjusted = a_inv_u @ torch.linalg.solve(inner, identity[:, : k.shape[1]])  # (key, n)
+    return LayerDelta(up=residual.float(), down=adjusted.to(keys.device).float())
 
 
 def nullspace_projector(second_moment: torch.Tensor, threshold: float) -> torch.Tensor:
@@ -135,13 +178,35 @@ class LayerContext:
         second_moment: C, (key, key) mean of k k^T over the corpus.
         lam: MEMIT's lambda for this layer.
         projector: AlphaEdit's null-space projector (key, key), when used.
-        preserved: ``K_p K_p^T`` (key, key) of earlier edits, when they are preserved.
+        preserved: ``K_p K_p^T`` (key, key) of earlier edits, when they are preserved;
+            change it only through ``hold`` and ``forget_held``, which drop the cached
+            factorisation.
     """
 
     second_moment: torch.Tensor
     lam: float
     projector: torch.Tensor | None = None
     preserved: torch.Tensor | None = None
+    _system: HeldSystem | None = field(default=None, repr=False)
+
+    def memit_system(self, device: torch.device) -> HeldSystem:
+        """``lambda C + K_p K_p^T`` factored on ``device``, once until it changes."""
+        if self._system is None or self._system.factor.device != torch.device(device):
+            self._system = HeldSystem.factorise(self.second_moment, self.lam,
+                                                self.preserved, torch.device(device))
+        return self._system
+
+    def hold(self, product: torch.Tensor) -> None:
+        """Add ``K K^T`` of newly applied keys to ``preserved``."""
+        if self.preserved is not None:
+            self.preserved += product.to(self.preserved.device)
+            self._system = None
+
+    def forget_held(self) -> None:
+        """Preserve nothing (before the lineage's keys are held again)."""
+        if self.preserved is not None:
+            self.preserved.zero_()
+            self._system = None
 
 
 def spread(
@@ -172,10 +237,12 @@ def spread(
             share = (targets.to(states.outputs) - states.outputs) / (len(layers) - position)
             share = share[states.owners].T  # (hidden, groups): every key of a fact gets its share
             context = layer_contexts[layer]
-            held = _held_in_place(loaded, context, protected, layer)
+            neighbours = _protected_keys(loaded, protected, layer)
             if settings.algorithm is Algorithm.MEMIT:
-                update = memit_update(keys, share, context.second_moment, context.lam, held)
+                update = memit_update(keys, share, context.memit_system(keys.device),
+                                      neighbours)
             else:
+                held = _held_in_place(context, neighbours)
                 if context.projector is None or held is None:
                     raise ValueError(f"AlphaEdit needs a projector and preserved keys at {layer}")
                 projected = (keys * (context.projector.to(keys) @ keys)).sum(dim=0)  # k^T P k
@@ -189,17 +256,19 @@ def spread(
     return delta, used_keys
 
 
-def _held_in_place(
-    loaded: LoadedModel,
-    context: LayerContext,
-    protected: Sequence[tuple[str, str]],
-    layer: int,
-) -> torch.Tensor | None:
-    """``K_p K_p^T`` at ``layer``: earlier edits' keys plus the protected facts' keys."""
+def _protected_keys(loaded: LoadedModel, protected: Sequence[tuple[str, str]],
+                    layer: int) -> torch.Tensor | None:
+    """Keys (key, m) at ``layer`` of the facts whose outputs must stay (``None``: none)."""
     if not protected:
+        return None
+    return subject_states(loaded, protected, layer, layer, [""]).keys
+
+
+def _held_in_place(context: LayerContext, neighbours: torch.Tensor | None) -> torch.Tensor | None:
+    """``K_p K_p^T``: earlier edits' keys plus the protected facts' keys."""
+    if neighbours is None:
         return context.preserved
-    keys = subject_states(loaded, protected, layer, layer, [""]).keys.double()
-    product = keys @ keys.T
+    product = neighbours.double() @ neighbours.double().T
     return product if context.preserved is None else context.preserved + product.to(
         context.preserved
     )

@@ -4,7 +4,21 @@ from __future__ import annotations
 
 import torch
 
-from factsync.editing.spread import alphaedit_update, memit_update, nullspace_projector
+from factsync.editing.spread import (
+    HeldSystem,
+    LayerContext,
+    alphaedit_update,
+    memit_update,
+    nullspace_projector,
+)
+
+CPU = torch.device("cpu")
+
+
+def memit(keys, residual, covariance, lam, preserved=None, held_keys=None):  # noqa: ANN001, ANN201
+    """``memit_update`` with ``lam C + preserved`` factored for it."""
+    held = HeldSystem.factorise(covariance, lam, preserved, CPU)
+    return memit_update(keys, residual, held, held_keys)
 
 
 def _covariance(size: int, seed: int = 0) -> torch.Tensor:
@@ -20,7 +34,7 @@ def test_memit_moves_a_single_key_by_the_promised_fraction():
     residual = torch.randn(10, 1)
     q = float(key.T @ torch.linalg.solve(covariance, key))
     for lam in (0.1 * q, q, 10 * q):
-        update = memit_update(key, residual, covariance, lam)
+        update = memit(key, residual, covariance, lam)
         moved = (update.up @ update.down.T) @ key
         assert torch.allclose(moved, residual * q / (q + lam), atol=1e-4)
         assert update.rank == 1
@@ -28,7 +42,7 @@ def test_memit_moves_a_single_key_by_the_promised_fraction():
 
 def test_memit_rank_is_at_most_the_number_of_keys():
     covariance = _covariance(32)
-    update = memit_update(torch.randn(32, 3), torch.randn(8, 3), covariance, 1.0)
+    update = memit(torch.randn(32, 3), torch.randn(8, 3), covariance, 1.0)
     assert torch.linalg.matrix_rank(update.up @ update.down.T) == 3
 
 
@@ -62,9 +76,55 @@ def test_memit_holds_preserved_keys_in_place():
     covariance = _covariance(size)
     earlier = torch.randn(size, 3)
     keys, residual = torch.randn(size, 2), torch.randn(6, 2)
-    free = memit_update(keys, residual, covariance, 1.0)
-    kept = memit_update(keys, residual, covariance, 1.0, 1e4 * earlier @ earlier.T)
+    free = memit(keys, residual, covariance, 1.0)
+    kept = memit(keys, residual, covariance, 1.0, 1e4 * earlier @ earlier.T)
     drift = lambda u: ((u.up @ u.down.T) @ earlier).norm()  # noqa: E731
     assert drift(kept) < 0.01 * drift(free)
     # the new keys still move: the constraint binds only the preserved directions
     assert ((kept.up @ kept.down.T) @ keys).norm() > 0.1 * ((free.up @ free.down.T) @ keys).norm()
+
+
+def direct(keys, residual, covariance, lam, preserved, held_keys):  # noqa: ANN001, ANN201
+    """``R K^T (lam C + K_p K_p^T + H H^T + K K^T)^-1`` by one solve of the key size."""
+    system = lam * covariance.double() + preserved + held_keys @ held_keys.T + keys @ keys.T
+    return residual.double() @ torch.linalg.solve(system, keys).T
+
+
+def test_memit_through_the_held_factor_equals_the_direct_solve():
+    size = 40
+    covariance = _covariance(size)
+    earlier = torch.randn(size, 5, dtype=torch.float64)
+    keys = torch.randn(size, 3, dtype=torch.float64)
+    neighbours = torch.randn(size, 4, dtype=torch.float64)
+    residual = torch.randn(12, 3)
+    update = memit(keys, residual, covariance, 0.7, earlier @ earlier.T, neighbours)
+    expected = direct(keys, residual, covariance, 0.7, earlier @ earlier.T, neighbours)
+    torch.testing.assert_close((update.up @ update.down.T).double(), expected,
+                               rtol=1e-4, atol=1e-5)
+
+
+def test_a_singular_held_system_falls_back_to_lu():
+    size = 16
+    flat = torch.zeros(size, size)
+    flat[0, 0] = -1.0  # not positive definite: Cholesky refuses it
+    flat += torch.eye(size) * 0.5
+    held = HeldSystem.factorise(flat, 1.0, None, CPU)
+    assert held.pivots is not None
+    right = torch.randn(size, 2, dtype=torch.float64)
+    torch.testing.assert_close(flat.double() @ held.solve(right), right)
+
+
+def test_the_held_factor_is_made_again_only_after_the_held_keys_change():
+    size = 24
+    context = LayerContext(second_moment=_covariance(size), lam=1.0,
+                           preserved=torch.zeros(size, size, dtype=torch.float64))
+    first = context.memit_system(CPU)
+    assert context.memit_system(CPU) is first
+    earlier = torch.randn(size, 2, dtype=torch.float64)
+    context.hold(earlier @ earlier.T)
+    second = context.memit_system(CPU)
+    assert second is not first
+    torch.testing.assert_close(second.factor @ second.factor.T,
+                               _covariance(size).double() + earlier @ earlier.T)
+    context.forget_held()
+    torch.testing.assert_close(context.memit_system(CPU).factor, first.factor)
