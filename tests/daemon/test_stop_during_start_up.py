@@ -17,9 +17,10 @@ def test_sigterm_while_sampling_the_corpus_exits_at_once_and_the_restart_resumes
 ):
     model = ensure_default_model()  # the converted default model; caches start empty
     caches = tmp_path / "caches"
-    # 30,000 tokens: no corpus ships for that budget, so the daemon samples one.
+    # No corpus ships for 20,100 tokens, so the daemon samples one: 158 sequences, of
+    # which the first batch of 16 is just over a tenth.
     daemon = daemon_process(tmp_path / "data", cache_dir=str(caches),
-                            model={"path": str(model), "device": "cpu", "corpus_tokens": 30000})
+                            model={"path": str(model), "device": "cpu", "corpus_tokens": 20100})
     daemon.start(wait=False)
     partial = daemon.wait_for(lambda: next((caches / "corpus").glob("*.partial"), None), 600,
                               "the first sampled batch of the corpus")
