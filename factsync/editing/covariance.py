@@ -13,14 +13,15 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from collections.abc import Iterable, Iterator
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 from tqdm.auto import tqdm
 
 from factsync.editing.cancellation import Cancelled, WorkCancelled, never
+from factsync.editing.derived_cache import DerivedStore
 from factsync.editing.progress import Progress, silent
 from factsync.models.hooks import capture_keys, forward_hooks
 from factsync.models.loading import LoadedModel
@@ -44,11 +45,17 @@ class KeyStatistics:
         count: number of tokens (keys) behind ``second_moment``.
         sample: (n, key) float32 uniform random sample of those keys, n up to
             ``SAMPLE_SIZE``; the same tokens for every layer of one computation.
+        derived: where values derived from these statistics are kept (the statistics
+            cache sets it); ``None`` derives them afresh every time.
+        variant: how these statistics were made from the cached ones (``shrunk``), in
+            the names of what is derived from them.
     """
 
     second_moment: torch.Tensor
     count: int
     sample: torch.Tensor
+    derived: DerivedStore | None = field(default=None, repr=False, compare=False)
+    variant: str = ""
 
     def __post_init__(self) -> None:
         moment, sample = self.second_moment, self.sample
@@ -76,13 +83,24 @@ class KeyStatistics:
         """
         if not 0 <= weight < 1:
             raise ValueError(f"shrinkage weight must be in [0, 1), got {weight}")
+        if weight == 0:
+            return self
         moment = self.second_moment.to(torch.float64)
         mean_eigenvalue = float(moment.diagonal().mean())
         blended = (1 - weight) * moment
         blended.diagonal().add_(weight * mean_eigenvalue)
-        return KeyStatistics(second_moment=blended, count=self.count, sample=self.sample)
+        return KeyStatistics(second_moment=blended, count=self.count, sample=self.sample,
+                             derived=self.derived, variant=f"{self.variant}/shrink={weight}")
 
-    def mahalanobis(self, keys: torch.Tensor | None = None) -> torch.Tensor:
+    def remembered(self, name: str, make: Callable[[], torch.Tensor]) -> torch.Tensor:
+        """``make()``, computed once and kept with the statistics when they are cached;
+        ``name`` (with this ``variant``) says what it is."""
+        if self.derived is None:
+            return make()
+        return self.derived.get_or_make(f"{name}{self.variant}", make)
+
+    def mahalanobis(self, keys: torch.Tensor | None = None, *,
+                    device: torch.device | str = "cpu") -> torch.Tensor:
         """``k^T C^-1 k`` for each row of ``keys`` (n, key), the sample by default; float64.
 
         Solved through a Cholesky factor of C, never an explicit inverse. C is positive
@@ -92,23 +110,26 @@ class KeyStatistics:
         variance below the ridge then add almost nothing to ``k^T C^-1 k`` (instead of
         about one each); keys inside C's span are otherwise barely affected.
         """
-        rows = (self.sample if keys is None else keys).to(torch.float64)  # (n, key)
-        factor = _cholesky_with_ridge(self.second_moment.to(torch.float64))
+        rows = (self.sample if keys is None else keys).to(device, torch.float64)  # (n, key)
+        factor = _cholesky_with_ridge(self.second_moment.to(device, torch.float64))
         solved = torch.cholesky_solve(rows.T, factor)  # (key, n) = C^-1 k
-        return (rows.T * solved).sum(dim=0)
+        return (rows.T * solved).sum(dim=0).cpu()
 
-    def median_mahalanobis(self) -> float:
+    def median_mahalanobis(self, *, device: torch.device | str = "cpu") -> float:
         """Median over the sampled keys of ``k^T C^-1 k`` (see ``mahalanobis``).
 
         Over all the keys C was computed from, the mean of ``k^T C^-1 k`` is exactly the
         key size when C has full rank (a trace identity); the median is usually lower,
         the values being skewed to the right. The engine derives the
         update strength from it: lambda = median * (1 - f) / f moves a typical key by a
-        fraction f of the requested change.
+        fraction f of the requested change. Factored on ``device``; remembered with the
+        statistics (``remembered``).
         """
         if self.sample.shape[0] == 0:
             raise ValueError("no sampled keys to take a median over")
-        return float(torch.quantile(self.mahalanobis(), 0.5))
+        median = self.remembered("median_mahalanobis", lambda: torch.quantile(
+            self.mahalanobis(device=device), 0.5).reshape(1))
+        return float(median[0])
 
 
 def _cholesky_with_ridge(matrix: torch.Tensor) -> torch.Tensor:

@@ -177,17 +177,19 @@ class EditEngine:
     def _layer_context(self, stats: KeyStatistics) -> LayerContext:
         spread_settings = self.settings.spread
         fraction = spread_settings.update_fraction
+        device = self.loaded.device
         memit_stats = stats.shrunk(spread_settings.second_moment_shrinkage)
         lam = (
             spread_settings.mom2_update_weight
-            or memit_stats.median_mahalanobis() * (1 - fraction) / fraction
+            or memit_stats.median_mahalanobis(device=device) * (1 - fraction) / fraction
         )
         context = LayerContext(second_moment=memit_stats.second_moment.float(), lam=lam)
         alphaedit = spread_settings.algorithm is Algorithm.ALPHAEDIT
         if alphaedit:
-            context.projector = nullspace_projector(
-                stats.second_moment, spread_settings.nullspace_threshold
-            )
+            threshold = spread_settings.nullspace_threshold
+            context.projector = stats.remembered(
+                f"nullspace_projector/threshold={threshold}",
+                lambda: nullspace_projector(stats.second_moment.to(device), threshold))
         if alphaedit or spread_settings.preserve_applied:
             size = stats.second_moment.shape[0]
             context.preserved = torch.zeros(size, size, dtype=torch.float64)

@@ -14,6 +14,7 @@ from factsync.durable import save_tensors
 from factsync.editing.cancellation import Cancelled, never
 from factsync.editing.corpus import corpus_digest
 from factsync.editing.covariance import KeyStatistics, compute_key_statistics
+from factsync.editing.derived_cache import DerivedStore
 from factsync.editing.progress import Progress, silent
 from factsync.models.loading import LoadedModel
 from factsync.paths import data_home
@@ -76,7 +77,9 @@ class CovarianceCache:
         if not path.exists():
             return None
         expected = _metadata(loaded.fingerprint, layer, texts_digest, token_budget, max_length)
-        return _read_statistics(path, expected)
+        stats = _read_statistics(path, expected)
+        stats.derived = DerivedStore(derived_path(path))
+        return stats
 
     def put(
         self,
@@ -100,6 +103,9 @@ class CovarianceCache:
             "sample": stats.sample.detach().to(torch.float32).cpu().contiguous(),
         }
         save_tensors(path, tensors, metadata)
+        derived = derived_path(path)
+        derived.unlink(missing_ok=True)  # derived from statistics these replace
+        stats.derived = DerivedStore(derived)
         return path
 
     def get_or_compute(
@@ -190,6 +196,11 @@ class CovarianceCache:
                 self.put(loaded, layer, digest, token_budget, stats, max_length=max_length)
             found = found | computed
         return {layer: found[layer] for layer in sorted(found)}
+
+
+def derived_path(statistics_path: Path) -> Path:
+    """Where what is derived from the statistics in ``statistics_path`` is kept."""
+    return statistics_path.with_name(statistics_path.stem + ".derived.safetensors")
 
 
 def _metadata(
