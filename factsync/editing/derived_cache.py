@@ -32,24 +32,27 @@ class DerivedStore:
     def get_or_make(self, name: str, make: Callable[[], torch.Tensor]) -> torch.Tensor:
         """The tensor stored as ``name``, or ``make()``'s, stored for next time.
 
-        A damaged file is logged and rewritten; processes deriving at once take turns
-        (the store's lock file), so each value is computed once.
+        Only ``name`` is read (a projector beside it may be hundreds of megabytes). A
+        damaged file is logged and rewritten; processes deriving at once take turns (the
+        store's lock file), so each value is computed once.
         """
         with computing(self.path, "derived key statistics"):
-            stored = self._read()
+            stored = self._read(lambda names: [name] if name in names else [])
             if name in stored:
                 return stored[name]
             value = make().detach().cpu().contiguous()
-            save_tensors(self.path, stored | {name: value})
+            save_tensors(self.path, self._read(list) | {name: value})
             log.info("derived %s from the key statistics; kept in %s", name, self.path)
             return value
 
-    def _read(self) -> dict[str, torch.Tensor]:
+    def _read(self, wanted: Callable[[list[str]], list[str]]) -> dict[str, torch.Tensor]:
+        """The tensors whose names ``wanted`` picks from those stored; none from a
+        missing or damaged file."""
         if not self.path.exists():
             return {}
         try:
             with safe_open(str(self.path), framework="pt") as handle:
-                return {name: handle.get_tensor(name) for name in handle.keys()}  # noqa: SIM118
+                return {name: handle.get_tensor(name) for name in wanted(list(handle.keys()))}
         except (OSError, SafetensorError, ValueError, RuntimeError) as exc:
             log.warning("ignoring the damaged derived statistics %s (%s)", self.path, exc)
             return {}

@@ -91,7 +91,9 @@ class CovarianceCache:
         *,
         max_length: int = 256,
     ) -> Path:
-        """Store ``stats`` atomically; returns the file's path."""
+        """Store ``stats`` atomically; returns the file's path. What was derived from
+        statistics stored there before is dropped, and ``stats`` now keeps what is
+        derived from it beside the file."""
         path = self.path(
             loaded.fingerprint, layer, texts_digest, token_budget, max_length=max_length
         )

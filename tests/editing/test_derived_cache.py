@@ -59,7 +59,7 @@ def test_statistics_cached_again_drop_what_was_derived_from_the_old_ones(tmp_pat
     assert reread.shrunk(0.25).median_mahalanobis() == pytest.approx(
         KeyStatistics(second_moment=stats.second_moment, count=10,
                       sample=stats.sample).shrunk(0.25).median_mahalanobis())
-    assert DerivedStore(derived_path(path))._read().keys() == {
+    assert DerivedStore(derived_path(path))._read(list).keys() == {
         "median_mahalanobis/shrink=0.25"}
 
 
