@@ -6,7 +6,7 @@ and their models (``factsync.daemon.api_models``), the one list of what the API 
 Mutating endpoints (``POST /facts``, ``POST /facts/retry``, ``POST /facts/revert``,
 ``POST /rollback``) require ``Authorization: Bearer <token>`` once a token is
 configured; tokens are compared in constant time and never logged. Bodies larger than
-the configured limit are refused with 413 before they are read. A state store that
+the configured limit are refused with 413 and never kept. A state store that
 cannot write (disk full, read-only, locked) answers 503 so that clients retry; only
 bugs answer 500.
 """
@@ -41,6 +41,8 @@ METHODS = frozenset({"GET", "POST"})
 STOP_GRACE_SECONDS = 5
 """How long ``ApiServer.stop`` lets requests in flight finish before cancelling them."""
 START_TIMEOUT_SECONDS = 30.0
+DRAIN_BYTES = 1 << 20
+"""Largest body read and dropped, unread by its handler, to keep the connection open."""
 DESCRIPTION = ("Keeps a language model's facts current. Every response is JSON; errors are "
                "{\"error\": \"...\"}. Mutating endpoints need `Authorization: Bearer <token>` "
                "once api.token is configured.")
@@ -105,27 +107,38 @@ def _failure(scope: Scope, exc: Exception) -> JSONResponse:
 
 
 class _Exchange:
-    """One request and its response as the guard sees them."""
+    """One request and its response as the guard sees them.
+
+    A response that starts before the handler read the body (401, 413, a bad
+    parameter) first reads and drops a body of at most ``DRAIN_BYTES``: closing a
+    socket that still holds unread bytes makes the kernel reset the connection, and the
+    client can lose the answer it was reading. A larger or unsized body is left unread
+    and the connection closed after the answer, since otherwise its bytes would be
+    read as the next request.
+    """
 
     def __init__(self, scope: Scope, receive: Receive, send: Send) -> None:
         headers = dict(scope["headers"])
-        self.body_read = (headers.get(b"content-length", b"0") == b"0"
-                          and b"transfer-encoding" not in headers)
+        length = headers.get(b"content-length", b"0")
+        chunked = b"transfer-encoding" in headers
+        self.body_read = length == b"0" and not chunked
+        self.drainable = not chunked and length.isdigit() and int(length) <= DRAIN_BYTES
         self.status: int | None = None
         self._receive = receive
         self._send = send
 
     async def receive(self) -> Message:
         message = await self._receive()
-        if message["type"] == "http.request" and not message.get("more_body", False):
+        if message["type"] == "http.disconnect" or not message.get("more_body", False):
             self.body_read = True
         return message
 
     async def send(self, message: Message) -> None:
         if message["type"] == "http.response.start":
             self.status = message["status"]
+            while not self.body_read and self.drainable:
+                await self.receive()
             if not self.body_read:
-                # The body is still in the socket and would be read as the next request.
                 message = {**message,
                            "headers": [*message.get("headers", []), (b"connection", b"close")]}
         await self._send(message)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import http.client
 import json
 import subprocess
 import sys
@@ -128,6 +129,30 @@ def test_the_token_never_reaches_the_log(api, caplog):
     call(server, "POST", "/rollback", [], token=TOKEN)
     assert caplog.records  # requests were logged, at DEBUG
     assert TOKEN not in caplog.text
+
+
+@pytest.mark.parametrize(("headers", "body", "status"), [
+    ({}, json.dumps({"facts": ROWS}).encode(), 401),  # answered before the body is read
+    ({"Authorization": f"Bearer {TOKEN}"}, b"x" * 50_000, 413),
+])
+def test_an_answer_given_before_the_body_is_read_keeps_the_connection(api, headers, body,
+                                                                      status):
+    """Its body is read and dropped: the next request goes on the same connection, and
+    no unread byte makes the server's close reset the connection under the answer."""
+    server, _, _ = api
+    connection = http.client.HTTPConnection("127.0.0.1", server.address[1], timeout=10)
+    try:
+        connection.request("POST", "/facts", body=body, headers=headers)
+        first = connection.getresponse()
+        assert first.status == status, first.read()
+        assert first.getheader("connection") != "close"
+        first.read()
+        socket_before = connection.sock
+        connection.request("GET", "/healthz")
+        assert connection.getresponse().status == 200
+        assert connection.sock is socket_before
+    finally:
+        connection.close()
 
 
 def test_versions_list_the_base_as_live(api):
