@@ -33,7 +33,7 @@ from factsync.editing.spread import (
     nullspace_projector,
     spread,
 )
-from factsync.editing.targets import TargetSettings, optimise_targets
+from factsync.editing.targets import TargetOptimiser, TargetSettings, optimise_targets
 from factsync.models.loading import LoadedModel
 from factsync.typed_yaml import Choice
 
@@ -151,6 +151,9 @@ class EditEngine:
     That sum is the live version's state: ``restore`` sets it from the lineage's saved
     states and ``remember`` adds an applied edit. ``edit`` leaves the model as it found
     it and returns a delta; callers apply it.
+
+    The OPTIMIZATION stage runs through ``optimiser``: in this process by default, or
+    fanned out to workers that carry the same model (``factsync.executors``).
     """
 
     def __init__(
@@ -159,9 +162,12 @@ class EditEngine:
         settings: EngineSettings,
         statistics: dict[int, KeyStatistics],
         contexts: list[str],
+        *,
+        optimiser: TargetOptimiser = optimise_targets,
     ) -> None:
         self.loaded = loaded
         self.settings = settings
+        self.optimiser = optimiser
         self.layers = settings.edit_layers(loaded)
         missing = [layer for layer in self.layers if layer not in statistics]
         if missing:
@@ -249,7 +255,7 @@ class EditEngine:
         with restored_weights(loaded, paths):
             for iteration in range(1, settings.max_iterations + 1):
                 pass_started = time.monotonic()
-                optimised = optimise_targets(
+                optimised = self.optimiser(
                     loaded,
                     [requests[i] for i in active],
                     last,
@@ -257,6 +263,7 @@ class EditEngine:
                     settings.target,
                     use_neighbours=settings.neighbours,
                     cancelled=cancelled,
+                    applied=total,
                 )
                 stop_if(cancelled)
                 spread_started = time.monotonic()

@@ -23,10 +23,12 @@ from __future__ import annotations
 
 from contextlib import ExitStack
 from dataclasses import dataclass
+from typing import Protocol
 
 import torch
 
 from factsync.editing.cancellation import Cancelled, never, stop_if
+from factsync.editing.delta import ModelDelta
 from factsync.editing.requests import EditRequest
 from factsync.models.hooks import add_at_positions, capture_hidden, frozen_parameters, replay_below
 from factsync.models.loading import LoadedModel
@@ -117,6 +119,27 @@ class _Rows:
     bare: list[int]  # per fact, its rewrite row without context prefix
 
 
+class TargetOptimiser(Protocol):
+    """Runs the OPTIMIZATION stage: ``optimise_targets``'s arguments and result.
+
+    ``applied`` is the part of the edit under way that is already applied to
+    ``loaded``: an optimiser that runs on other copies of the model applies it there.
+    """
+
+    def __call__(
+        self,
+        loaded: LoadedModel,
+        requests: list[EditRequest],
+        layer: int,
+        contexts: list[str],
+        settings: TargetSettings,
+        *,
+        use_neighbours: bool,
+        cancelled: Cancelled = never,
+        applied: ModelDelta | None = None,
+    ) -> TargetResult: ...
+
+
 def optimise_targets(
     loaded: LoadedModel,
     requests: list[EditRequest],
@@ -126,11 +149,17 @@ def optimise_targets(
     *,
     use_neighbours: bool,
     cancelled: Cancelled = never,
+    applied: ModelDelta | None = None,
 ) -> TargetResult:
     """Optimise z for each request at decoder ``layer`` (the last edit layer).
 
     ``contexts`` must start with the bare context ``""``. Leaves the model unchanged,
-    also when ``cancelled()`` stops it (``EditCancelled``) before a step.
+    also when ``cancelled()`` stops it (``EditCancelled``) before a step. ``applied``
+    is already on ``loaded`` and needs nothing here (see ``TargetOptimiser``).
+
+    Chunks of ``settings.chunk_size`` facts are optimised independently of each other,
+    so the chunks of a list may be optimised apart (by several workers) and give the
+    same result.
     """
     if not contexts or contexts[0] != "":
         raise ValueError("contexts must start with the bare context ''")

@@ -19,6 +19,18 @@ def perplexity(
     """
     if not texts:
         raise ValueError("no texts to measure perplexity on")
+    total_nll, total_tokens = text_nll(loaded, texts, batch_size=batch_size,
+                                       max_length=max_length)
+    if total_tokens == 0:
+        raise ValueError("texts encode to no scorable tokens")
+    return math.exp(total_nll / total_tokens)
+
+
+def text_nll(
+    loaded: LoadedModel, texts: list[str], *, batch_size: int = 8, max_length: int = 256
+) -> tuple[float, int]:
+    """The summed NLL (nats) of ``texts``' tokens and how many tokens were scored, as
+    ``perplexity`` counts them: sums over parts of a list add up to the whole list's."""
     tokenizer = loaded.tokenizer
     prefix = list(loaded.prefix_ids)
     total_nll, total_tokens = 0.0, 0
@@ -43,6 +55,4 @@ def perplexity(
             scored[:, : len(prefix) - 1] = False  # the prefix itself is not text
         total_nll += float(token_nll[scored].sum())
         total_tokens += int(scored.sum())
-    if total_tokens == 0:
-        raise ValueError("texts encode to no scorable tokens")
-    return math.exp(total_nll / total_tokens)
+    return total_nll, total_tokens

@@ -10,10 +10,11 @@ its greedy answer for both forms.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from factsync.evaluation.fluency import perplexity
+from factsync.evaluation.fluency import text_nll
 from factsync.kpis.report import FACT_METRICS, FactScore, KpiReport, KpiValues, Metric, mean
 from factsync.models.loading import LoadedModel
 from factsync.models.scoring import TargetScore, score_targets
@@ -63,6 +64,26 @@ class Measurement:
     perplexity: float
 
 
+@dataclass(frozen=True)
+class PartialMeasurement:
+    """One model's raw scores on a part of a job's checks, probes and texts; parts
+    scored apart (by several workers) combine into the ``Measurement`` of the whole.
+
+    Attributes:
+        facts: per check, its value of each of ``FACT_METRICS``.
+        edit_probability: per check, the probability of the new object on its prompt.
+        retained: per retention probe, whether the model still states it.
+        text_nll: summed NLL of the fluency texts' tokens.
+        text_tokens: how many tokens ``text_nll`` sums over.
+    """
+
+    facts: list[dict[Metric, float | None]]
+    edit_probability: list[float]
+    retained: list[bool]
+    text_nll: float
+    text_tokens: int
+
+
 def measure(
     loaded: LoadedModel,
     checks: Sequence[EditCheck],
@@ -70,6 +91,16 @@ def measure(
     fluency_texts: Sequence[str],
 ) -> Measurement:
     """Score the model as it is now on ``checks``, ``retention`` and ``fluency_texts``."""
+    return combine([measure_part(loaded, checks, retention, fluency_texts)])
+
+
+def measure_part(
+    loaded: LoadedModel,
+    checks: Sequence[EditCheck],
+    retention: Sequence[Prompted],
+    fluency_texts: Sequence[str],
+) -> PartialMeasurement:
+    """Score the model as it is now on a part of a job's checks, probes and texts."""
     rows: list[PromptSpec] = []
     for check in checks:
         new_ids = object_ids(loaded, check.new_object)
@@ -97,12 +128,26 @@ def measure(
             Metric.NEIGHBOURHOOD_SUCCESS: mean(_success(*n) for n in neighbours),
             Metric.NEIGHBOURHOOD_ACCURACY: mean(n[0].exact for n in neighbours),
         })
-    retained = [next(scores).exact for _ in retention]
+    retained = [bool(next(scores).exact) for _ in retention]
+    nll, tokens = text_nll(loaded, list(fluency_texts)) if fluency_texts else (0.0, 0)
+    return PartialMeasurement(facts=facts, edit_probability=edit_probability,
+                              retained=retained, text_nll=nll, text_tokens=tokens)
+
+
+def combine(parts: Sequence[PartialMeasurement]) -> Measurement:
+    """The measurement of the whole from its parts, in order.
+
+    Raises:
+        ValueError: the parts' fluency texts hold no scorable token.
+    """
+    tokens = sum(p.text_tokens for p in parts)
+    if tokens == 0:
+        raise ValueError("no texts to measure perplexity on")
     return Measurement(
-        facts=facts,
-        edit_probability=edit_probability,
-        retention=mean(retained),
-        perplexity=perplexity(loaded, list(fluency_texts)),
+        facts=[f for p in parts for f in p.facts],
+        edit_probability=[x for p in parts for x in p.edit_probability],
+        retention=mean(x for p in parts for x in p.retained),
+        perplexity=math.exp(sum(p.text_nll for p in parts) / tokens),
     )
 
 
