@@ -34,9 +34,11 @@ def test_every_rule_has_a_severity_and_a_runbook_and_names_exported_metrics():
     from prometheus_client import CollectorRegistry
 
     from factsync.daemon.metrics import Metrics
+    from factsync.executors.local import FleetStatus
 
     registry = CollectorRegistry()
-    Metrics(registry)
+    # The executor's metrics exist once a Ray fleet is watched.
+    Metrics(registry).watch_fleet(lambda: FleetStatus(workers=2, busy=0, failures=0))
     exported = {m.name + ("_total" if m.type == "counter" else "")
                 for m in registry.collect()} | {m.name for m in registry.collect()}
     for rule in yaml.safe_load((RULES / "alerts.yml").read_text())["groups"][0]["rules"]:

@@ -22,6 +22,7 @@ from factsync.evaluation.fluency import perplexity
 from factsync.evaluation.intervals import Interval, bootstrap_interval, format_interval
 from factsync.evaluation.record_scores import METRICS
 from factsync.evaluation.suites import EvalCase, Suite, prepare_suite
+from factsync.executors.local import Executor, LocalExecutor
 from factsync.models.loading import LoadedModel
 
 log = logging.getLogger(__name__)
@@ -94,20 +95,24 @@ def run_counterfact(
     neighbours_per_fact: int = 1,
     dataset: str = "counterfact",
     spare: Sequence[EvalCase] = (),
+    executor: Executor | None = None,
 ) -> dict[str, MethodRow]:
     """Edit ``cases`` of ``dataset`` with each method and score them.
 
     ``spare`` records may lend editing neighbours (see ``prepare_suite``). The model is
-    restored after each method.
+    restored after each method. ``executor`` runs the z optimisation (in this process
+    by default).
     """
+    executor = executor or LocalExecutor()
     suite = prepare_suite(loaded, dataset, cases, neighbours_per_fact=neighbours_per_fact,
                           spare=spare)
     base_perplexity = perplexity(loaded, fluency_texts)
     rows = {"unedited": _row(loaded, suite, base_perplexity, fluency_texts, 0.0, 0.0)}
     requests = suite.requests
     for name, settings in methods.items():
-        engine = EditEngine(loaded, settings, statistics, contexts)
-        handles, passes, seconds = [], [], 0.0
+        engine = EditEngine(loaded, settings, statistics, contexts,
+                            optimiser=executor.optimise)
+        handles, passes, seconds, chain = [], [], 0.0, []
         by_pass: list[float] = []  # optimisation seconds of pass i, summed over batches
         batches = range(0, len(requests), batch_size)
         for start in tqdm(batches, desc=name, unit="batch"):
@@ -115,6 +120,8 @@ def run_counterfact(
             result = engine.edit(requests[start : start + batch_size])
             handles.append(result.delta.apply(loaded))
             engine.remember(result)
+            chain.append((f"{name}/{start}", result.delta))
+            executor.follow(chain)
             seconds += time.monotonic() - started
             passes += [len(r) for r in result.records]
             for index, timing in enumerate(result.timings):
@@ -133,6 +140,7 @@ def run_counterfact(
         finally:
             for handle in reversed(handles):
                 handle.revert()
+            executor.follow([])
         log.info("%s: %s", name, rows[name].flat())
         log.info(
             "%s: z optimisation seconds by IME pass: %s",

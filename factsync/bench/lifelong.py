@@ -23,6 +23,7 @@ from factsync.editing.covariance import KeyStatistics
 from factsync.editing.delta import restored_weights
 from factsync.editing.engine import EditEngine, EngineSettings
 from factsync.editing.spread import Algorithm
+from factsync.executors.local import Executor, LocalExecutor
 from factsync.models.loading import LoadedModel
 from factsync.policies.schema import Policy, load_policy
 
@@ -132,13 +133,16 @@ def run_lifelong(
     batch_size: int,
     checkpoint_every: int,
     on_checkpoint: Callable[[LifelongRun], None] | None = None,
+    executor: Executor | None = None,
 ) -> LifelongRun:
     """Apply every record of ``yardstick.suite`` with each method in turn, job by job.
 
     ``on_checkpoint`` sees the run after each checkpoint (to save it, say). Each method
     starts from the weights the model had at the call, and the model has them again
-    when this returns.
+    when this returns. ``executor`` runs the z optimisation (in this process by
+    default); it must start on the weights the model has at the call.
     """
+    executor = executor or LocalExecutor()
     requests = yardstick.suite.requests
     n = len(requests)
     due = set(checkpoint_facts(n, batch_size, checkpoint_every))
@@ -146,9 +150,10 @@ def run_lifelong(
     unedited = yardstick.measure(loaded, n, untouched, 0.0)
     run = LifelongRun(dataset=yardstick.suite.dataset, n=n, batch=batch_size, unedited=unedited)
     for name, settings in methods.items():
-        engine = EditEngine(loaded, settings, statistics, contexts)
+        engine = EditEngine(loaded, settings, statistics, contexts,
+                            optimiser=executor.optimise)
         growth = NormGrowth(loaded, engine.layers)
-        seconds = 0.0
+        seconds, chain = 0.0, []
         # One snapshot of the edited weights undoes every job, where a handle per job
         # would keep a copy of them per job.
         with restored_weights(loaded, [loaded.spec.mlp_out_path(i) for i in engine.layers]):
@@ -157,6 +162,8 @@ def run_lifelong(
                 result = engine.edit(requests[start : start + batch_size])
                 result.delta.apply(loaded)
                 engine.remember(result)
+                chain.append((f"{name}/{start}", result.delta))
+                executor.follow(chain)
                 seconds += time.monotonic() - started
                 applied = min(start + batch_size, n)
                 if applied in due:
@@ -164,4 +171,5 @@ def run_lifelong(
                     run.methods.setdefault(name, MethodRun()).checkpoints.append(checkpoint)
                     if on_checkpoint is not None:
                         on_checkpoint(run)
+        executor.follow([])
     return run

@@ -9,8 +9,10 @@ from pathlib import Path
 
 from factsync.commands.options import (
     add_engine_options,
+    add_executor_options,
     add_model_options,
     engine_settings,
+    executor_from_args,
     load,
     statistics_settings,
 )
@@ -44,6 +46,7 @@ def register(commands: argparse._SubParsersAction) -> None:
     counterfact.add_argument("--json", type=Path, help="also write the numbers to this file")
     add_model_options(counterfact)
     add_engine_options(counterfact)
+    add_executor_options(counterfact)
     counterfact.set_defaults(handler=run_counterfact_bench, computes=True)
 
     zopt = sub.add_parser(
@@ -65,6 +68,7 @@ def register(commands: argparse._SubParsersAction) -> None:
     _register_ingest(sub)
     _register_plan(sub)
     _register_lifelong(sub)
+    _register_scale(sub)
     _register_serving(sub)
 
 
@@ -294,6 +298,7 @@ def _register_lifelong(sub: argparse._SubParsersAction) -> None:
     lifelong.add_argument("--plot", type=Path, help="draw the metrics against facts (PNG)")
     add_model_options(lifelong)
     add_engine_options(lifelong)
+    add_executor_options(lifelong)
     lifelong.set_defaults(handler=run_lifelong_bench, computes=True)
 
 
@@ -347,13 +352,87 @@ def run_lifelong_bench(args: argparse.Namespace) -> int:
           f"layers {','.join(map(str, layers))}, {len(canaries)} canaries from the "
           f"{min(args.canaries, len(cases) - args.n)} records after the edited ones and "
           f"{len(stated)} of the daemon's built-in canaries", flush=True)
-    run = run_lifelong(loaded, yardstick, methods, statistics=engine.statistics,
-                       contexts=engine.contexts, batch_size=args.batch,
-                       checkpoint_every=args.checkpoint_every,
-                       on_checkpoint=save if args.json else None)
+    executor = executor_from_args(args)
+    try:
+        run = run_lifelong(loaded, yardstick, methods, statistics=engine.statistics,
+                           contexts=engine.contexts, batch_size=args.batch,
+                           checkpoint_every=args.checkpoint_every,
+                           on_checkpoint=save if args.json else None, executor=executor)
+    finally:
+        executor.close()
     print(format_table(run))
     if args.plot:
         draw_plot(run, args.plot)
+    return 0
+
+
+def _register_scale(sub: argparse._SubParsersAction) -> None:
+    scale = sub.add_parser(
+        "scale",
+        help="facts per second of z optimisation and KPI scoring on 1, 2... Ray workers",
+        description="Optimise the targets of the same records (one IME pass, unedited model) "
+        "and score their KPIs (prompt, paraphrases, held-out neighbours, retention probes "
+        "from the records after them, the fluency texts) in this process and then on Ray "
+        "fleets of each --workers size, and print facts per second of both stages side by "
+        "side, each against the local row, with the largest difference of the targets "
+        "from the local ones. Ray and model loading in the workers are not timed.",
+    )
+    _add_data_options(scale)
+    _add_fluency_option(scale)
+    scale.add_argument("--n", type=int, default=20, help="records (20)")
+    scale.add_argument("--workers", default="1,2",
+                       help="comma-separated Ray fleet sizes to time after local (1,2)")
+    scale.add_argument("--retention", type=int, default=50,
+                       help="retention probes: records after the first --n (50)")
+    add_model_options(scale)
+    add_engine_options(scale)
+    group = scale.add_argument_group("ray")
+    group.add_argument("--ray-address", default="", help="an existing Ray cluster; empty "
+                       "starts Ray on this machine")
+    group.add_argument("--ray-cpus-per-worker", type=float, default=1.0,
+                       help="CPU cores each worker reserves (1)")
+    group.add_argument("--ray-gpus-per-worker", type=float, default=0.0,
+                       help="GPUs each worker reserves; fractions share a GPU (0)")
+    scale.set_defaults(handler=run_scale_bench, computes=True)
+
+
+def run_scale_bench(args: argparse.Namespace) -> int:
+    """Handler of ``factsync bench scale``."""
+    import torch
+
+    from factsync.bench.scale import ScaleWork, format_table, run_scale
+    from factsync.editing.contexts import sample_contexts
+    from factsync.evaluation.datasets import load_cases
+    from factsync.executors.build import build_executor
+    from factsync.executors.settings import ExecutorSettings, ExecutorType
+
+    sizes = [int(x) for x in args.workers.split(",")]
+    if not sizes or min(sizes) < 1:
+        raise ValueError(f"--workers must list fleet sizes of at least 1, got {args.workers}")
+    torch.manual_seed(args.seed)
+    records = load_cases("counterfact", _counterfact_path(args))
+    cases = records[: args.n]
+    loaded = load(args)
+    settings = engine_settings(args, neighbours=False)
+    work = ScaleWork(
+        loaded=loaded, cases=cases, layer=settings.edit_layers(loaded)[-1],
+        contexts=sample_contexts(loaded), settings=settings.target,
+        retention=[(c.request.prompt, c.request.old_object)
+                   for c in records[args.n : args.n + args.retention]],
+        texts=_fluency_texts(args.fluency))
+
+    def fleet(workers: int):  # noqa: ANN202
+        return lambda: build_executor(
+            ExecutorSettings(type=ExecutorType.RAY, address=args.ray_address, workers=workers,
+                             cpus_per_worker=args.ray_cpus_per_worker,
+                             gpus_per_worker=args.ray_gpus_per_worker),
+            source=args.model, device=args.device, dtype=args.dtype)
+
+    rows = run_scale(work, [(size, fleet(size)) for size in sizes])
+    print(f"{len(cases)} COUNTERFACT records, model {loaded.name} on {loaded.device}, "
+          f"{torch.get_num_threads()} torch threads locally, "
+          f"{args.ray_cpus_per_worker:g} CPU and {args.ray_gpus_per_worker:g} GPU per worker")
+    print(format_table(rows))
     return 0
 
 
@@ -559,18 +638,23 @@ def run_counterfact_bench(args: argparse.Namespace) -> int:
             raise ValueError(f"unknown methods {sorted(unknown)}; choose from {sorted(methods)}")
         methods = {k: v for k, v in methods.items() if k in args.methods.split(",")}
     engine = build_engine(loaded, base, statistics_settings(args))
-    rows = run_counterfact(
-        loaded,
-        cases,
-        methods,
-        statistics=engine.statistics,
-        contexts=engine.contexts,
-        fluency_texts=texts,
-        batch_size=args.batch,
-        neighbours_per_fact=args.neighbours,
-        dataset=args.dataset,
-        spare=records[args.n :],
-    )
+    executor = executor_from_args(args)
+    try:
+        rows = run_counterfact(
+            loaded,
+            cases,
+            methods,
+            statistics=engine.statistics,
+            contexts=engine.contexts,
+            fluency_texts=texts,
+            batch_size=args.batch,
+            neighbours_per_fact=args.neighbours,
+            dataset=args.dataset,
+            spare=records[args.n :],
+            executor=executor,
+        )
+    finally:
+        executor.close()
     print(
         f"{dataset_spec(args.dataset).title}, {len(cases)} records, batches of {args.batch}, "
         f"model {loaded.name}, layers {','.join(map(str, engine.layers))}, lambdas "

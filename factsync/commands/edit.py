@@ -8,8 +8,10 @@ from pathlib import Path
 
 from factsync.commands.options import (
     add_engine_options,
+    add_executor_options,
     add_model_options,
     engine_settings,
+    executor_from_args,
     load,
     statistics_settings,
 )
@@ -51,6 +53,7 @@ def register(commands: argparse._SubParsersAction) -> None:
     parser.add_argument("--max-new-tokens", type=int, default=8, help="greedy completion length")
     add_model_options(parser)
     add_engine_options(parser)
+    add_executor_options(parser)
     parser.set_defaults(handler=run, computes=True)
 
 
@@ -124,11 +127,16 @@ def run(args: argparse.Namespace) -> int:
     requests = parse_requests(args)
     loaded = load(args)
     neighbours = any(r.neighbours for r in requests)
+    executor = executor_from_args(args)
     engine = build_engine(
-        loaded, engine_settings(args, neighbours=neighbours), statistics_settings(args)
+        loaded, engine_settings(args, neighbours=neighbours), statistics_settings(args),
+        optimiser=executor.optimise,
     )
     before = snapshot(loaded, requests, args.max_new_tokens)
-    result = engine.edit(requests)
+    try:
+        result = engine.edit(requests)
+    finally:
+        executor.close()
     result.delta.apply(loaded)
     after = snapshot(loaded, requests, args.max_new_tokens)
     for request, was, now, records in zip(requests, before, after, result.records, strict=True):

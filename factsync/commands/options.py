@@ -56,6 +56,34 @@ def add_engine_options(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def add_executor_options(parser: argparse.ArgumentParser) -> None:
+    """Options that choose where the z optimisation (and scoring) runs."""
+    group = parser.add_argument_group("executor")
+    group.add_argument("--executor", choices=["local", "ray"], default="local",
+                       help="run the z optimisation in this process (local) or on Ray "
+                       "workers, each with its own copy of the model (local)")
+    group.add_argument("--ray-workers", type=int, default=2, help="Ray workers (2)")
+    group.add_argument("--ray-address", default="",
+                       help="an existing Ray cluster (auto, ray://head:10001); empty starts "
+                       "Ray on this machine. Workers read --model from their own disk")
+    group.add_argument("--ray-cpus-per-worker", type=float, default=1.0,
+                       help="CPU cores each worker reserves (1)")
+    group.add_argument("--ray-gpus-per-worker", type=float, default=0.0,
+                       help="GPUs each worker reserves; fractions share a GPU (0)")
+
+
+def executor_from_args(args: argparse.Namespace):  # noqa: ANN201
+    """The executor the executor options name (a Ray fleet is started here)."""
+    from factsync.executors.build import build_executor
+    from factsync.executors.settings import ExecutorSettings
+
+    settings = ExecutorSettings(type=args.executor, address=args.ray_address,
+                                workers=args.ray_workers,
+                                cpus_per_worker=args.ray_cpus_per_worker,
+                                gpus_per_worker=args.ray_gpus_per_worker)
+    return build_executor(settings, source=args.model, device=args.device, dtype=args.dtype)
+
+
 def engine_settings(args: argparse.Namespace, *, neighbours: bool):  # noqa: ANN201
     """``EngineSettings`` from parsed engine options."""
     layers = tuple(int(x) for x in args.layers.split(",")) if args.layers else None

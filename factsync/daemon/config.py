@@ -14,6 +14,7 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 from factsync.editing.build import StatisticsSettings
+from factsync.executors.settings import ExecutorSettings
 from factsync.paths import data_home
 from factsync.typed_yaml import Choice, SchemaError, build, load_yaml_file
 
@@ -309,6 +310,8 @@ class DaemonConfig:
         alerts: operator alerts.
         export: exports of the live version and serving engines to notify.
         log: logging.
+        executor: where the z optimisation and KPI scoring run: ``local`` (in the
+            daemon) or ``ray`` (workers on a Ray cluster, each reading ``model.path``).
         min_free_mb: free space kept under the data directory for versions and exports;
             below it no edit job starts and ``FactsyncDataDirUnwritable`` fires.
     """
@@ -325,6 +328,7 @@ class DaemonConfig:
     alerts: AlertsConfig = field(default_factory=AlertsConfig)
     export: ExportConfig = field(default_factory=ExportConfig)
     log: LogConfig = field(default_factory=LogConfig)
+    executor: ExecutorSettings = field(default_factory=ExecutorSettings)
     min_free_mb: float = 100.0
 
     def __post_init__(self) -> None:

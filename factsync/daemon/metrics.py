@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
-from prometheus_client.core import CounterMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from factsync.connectors.base import ConnectorHealth
+from factsync.executors.local import FleetStatus
 from factsync.kpis.report import CANDIDATE_METRICS, KpiReport, KpiValues
 from factsync.store.records import Version
 
@@ -129,6 +130,10 @@ class Metrics:
         self.connector_lag.labels(name).set_function(health.lag_seconds)
         self._connector_health[name] = health
 
+    def watch_fleet(self, status: Callable[[], FleetStatus]) -> None:
+        """Export an executor's workers (``factsync_executor_*``), read at each scrape."""
+        self.registry.register(_Fleet(status))
+
     def record_live(self, version: Version) -> None:
         """Show ``version`` as the live one, with the KPIs it was promoted on."""
         self.live_version.info({"id": version.id, "parent": version.parent_id or ""})
@@ -157,3 +162,22 @@ class _ConnectorErrors(Collector):
             for kind, count in sorted(health.errors.items()):
                 family.add_metric([name, kind], count)
         yield family
+
+
+class _Fleet(Collector):
+    """The executor's live, busy and lost workers."""
+
+    def __init__(self, status: Callable[[], FleetStatus]) -> None:
+        self._status = status
+
+    def collect(self) -> Iterator[GaugeMetricFamily | CounterMetricFamily]:
+        status = self._status()
+        yield GaugeMetricFamily("factsync_executor_workers",
+                                "Executor workers alive (Ray actors holding the model).",
+                                value=status.workers)
+        yield GaugeMetricFamily("factsync_executor_busy_workers",
+                                "Executor workers running a share of a job now.",
+                                value=status.busy)
+        yield CounterMetricFamily("factsync_executor_worker_failures",
+                                  "Executor workers lost: died, hung past the timeout, or "
+                                  "could not follow the live version.", value=status.failures)

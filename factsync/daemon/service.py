@@ -46,6 +46,9 @@ from factsync.editing.cancellation import WorkCancelled
 from factsync.evaluation.fluency import perplexity
 from factsync.evaluation.heldout_text import FLUENCY_TEXTS
 from factsync.evaluation.kpis import Prompted
+from factsync.executors.build import build_executor
+from factsync.executors.local import Executor
+from factsync.executors.settings import ExecutorType
 from factsync.facts.catalog import RelationCatalog
 from factsync.jobs.live import LiveVersion
 from factsync.jobs.model_state import ModelState
@@ -322,6 +325,22 @@ class Daemon:
                               dtype=self.config.model.dtype, probes=probes,
                               tolerance=export.verify_tolerance)
 
+    def _executor(self) -> Executor:
+        """The configured executor, closed with the daemon; a Ray fleet reports its
+        workers in the metrics."""
+        settings = self.config.executor
+        if settings.type is ExecutorType.RAY:
+            self._starting = (f"starting {settings.workers} Ray worker(s) "
+                              f"({settings.address or 'a local Ray instance'})")
+        executor = build_executor(settings, source=str(model_dir(self.config)),
+                                  device=self.config.model.device,
+                                  dtype=self.config.model.dtype)
+        self._closers.append(executor.close)
+        status = getattr(executor, "status", None)
+        if status is not None:
+            self.metrics.watch_fleet(status)
+        return executor
+
     def _full_scan(self, connector: Connector) -> None:
         try:
             connector.scan()
@@ -340,12 +359,13 @@ class Daemon:
             base_perplexity = perplexity(base, list(FLUENCY_TEXTS))
             canaries = choose_canaries(models.work, self.store, self.catalog)  # base weights
             self.metrics.model_load_seconds.set(time.monotonic() - started)
+            executor = self._executor()
             self._starting = "building the edit engine (key statistics, context prefixes)"
             engine = build_engine(  # on the base weights, whichever version is live
                 models.work, self.policy.editing.engine_settings(),
                 self.config.model.statistics(),
                 home=self.config.caches, cancelled=self._stopping.is_set,
-                report=self._report_start,
+                report=self._report_start, optimiser=executor.optimise,
             )
             exports = ExportDir(self.config.state_dir / "exports")
             for leftover in exports.clean():
@@ -360,7 +380,7 @@ class Daemon:
             self.exporter = exporter
             self._closers.append(exporter.close)
             live = LiveVersion(store=self.store, versions=self.versions, models=models,
-                               engine=engine)
+                               engine=engine, executor=executor)
             live.subscribe(LiveReporter(metrics=self.metrics, alerter=self.alerter))
             live.subscribe(lambda change: exporter.request_export(change.event.value))
             checker = LiveChecker(
@@ -377,6 +397,7 @@ class Daemon:
                 stopping=lambda: self.worker is not None and self.worker.stopping.is_set(),
                 on_stage=lambda stage, seconds: self.metrics.stage_seconds.labels(stage)
                 .observe(seconds),
+                executor=executor,
             )
             self.worker = Worker(
                 store=self.store, catalog=self.catalog,

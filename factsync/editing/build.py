@@ -12,6 +12,7 @@ from factsync.editing.covariance import KeyStatistics, layer_key_size
 from factsync.editing.engine import EditEngine, EngineSettings
 from factsync.editing.progress import Progress, silent
 from factsync.editing.stats_cache import CovarianceCache
+from factsync.editing.targets import TargetOptimiser, optimise_targets
 from factsync.models.loading import LoadedModel
 from factsync.paths import data_home
 
@@ -86,10 +87,12 @@ def build_engine(
     home: Path | None = None,
     cancelled: Cancelled = never,
     report: Progress = silent,
+    optimiser: TargetOptimiser = optimise_targets,
 ) -> EditEngine:
     """An engine for ``loaded`` with cached statistics and freshly sampled contexts;
-    ``cancelled`` may stop building it (``WorkCancelled``), ``report`` hears how far."""
+    ``cancelled`` may stop building it (``WorkCancelled``), ``report`` hears how far.
+    ``optimiser`` runs its OPTIMIZATION stage (see ``EditEngine``)."""
     stats = layer_statistics(loaded, settings.edit_layers(loaded),
                              statistics_settings or StatisticsSettings(), home=home,
                              cancelled=cancelled, report=report)
-    return EditEngine(loaded, settings, stats, sample_contexts(loaded))
+    return EditEngine(loaded, settings, stats, sample_contexts(loaded), optimiser=optimiser)

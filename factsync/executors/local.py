@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Protocol
 
 from factsync.editing.cancellation import Cancelled, never
@@ -15,6 +16,26 @@ from factsync.models.loading import LoadedModel
 Chain = Sequence[tuple[str, ModelDelta]]
 """Deltas applied in order on the base weights, each with a label unique in the chain
 (a version id in the daemon)."""
+
+
+class ExecutorError(RuntimeError):
+    """The workers could not finish the work (every attempt of a share failed, or no
+    worker could be started); the job fails and its facts wait for a retry."""
+
+
+@dataclass(frozen=True)
+class FleetStatus:
+    """What the metrics report of the fleet.
+
+    Attributes:
+        workers: live workers.
+        busy: workers running a share now.
+        failures: workers lost so far (died, hung, or could not be brought up to date).
+    """
+
+    workers: int
+    busy: int
+    failures: int
 
 
 class Executor(Protocol):

@@ -19,6 +19,7 @@ fault costs time, never a wrong or half-applied edit.
 from __future__ import annotations
 
 import logging
+import os
 import threading
 import time
 from collections import deque
@@ -33,7 +34,7 @@ from factsync.editing.delta import ModelDelta
 from factsync.editing.requests import EditRequest
 from factsync.editing.targets import TargetResult, TargetSettings
 from factsync.evaluation.kpis import EditCheck, Measurement, Prompted, combine
-from factsync.executors.local import Chain
+from factsync.executors.local import Chain, ExecutorError, FleetStatus
 from factsync.executors.ray_worker import FleetWorker, VersionSkew, chain_key
 from factsync.executors.settings import ExecutorSettings
 from factsync.models.loading import LoadedModel
@@ -42,26 +43,6 @@ log = logging.getLogger(__name__)
 
 POLL_SECONDS = 0.2
 """How often the driver checks for a stop request and for shares past their time."""
-
-
-class ExecutorError(RuntimeError):
-    """The workers could not finish the work (every attempt of a share failed, or no
-    worker could be started); the job fails and its facts wait for a retry."""
-
-
-@dataclass(frozen=True)
-class FleetStatus:
-    """What the metrics report of the fleet.
-
-    Attributes:
-        workers: live workers.
-        busy: workers running a share now.
-        failures: workers lost so far (died, hung, or could not be brought up to date).
-    """
-
-    workers: int
-    busy: int
-    failures: int
 
 
 @dataclass
@@ -82,11 +63,15 @@ class RayExecutor:
 
     def __init__(self, source: str, settings: ExecutorSettings, *, device: str = "auto",
                  dtype: str = "float32") -> None:
+        # Ray's crash handler would take SIGTERM, which the daemon handles itself to
+        # stop cleanly, and make the process abort as it exits.
+        os.environ.setdefault("RAY_DISABLE_FAILURE_SIGNAL_HANDLER", "1")
         import ray
 
         self._ray = ray
         self._settings = settings
-        if not ray.is_initialized():
+        self._owns_ray = not ray.is_initialized()
+        if self._owns_ray:
             if settings.address:
                 ray.init(address=settings.address, logging_level=logging.WARNING)
             else:
@@ -164,10 +149,12 @@ class RayExecutor:
         return combine(parts)
 
     def close(self) -> None:
-        """Kill the workers."""
+        """Kill the workers, and stop Ray if this executor started or joined it."""
         for worker in self._workers:
             self._ray.kill(worker.handle)
         self._workers = []
+        if self._owns_ray:
+            self._ray.shutdown()
 
     def _run(self, shares: list[Callable[[Any], Any]], cancelled: Cancelled) -> list[Any]:
         """Every share's result, in order, each computed by some worker on the
@@ -188,6 +175,8 @@ class RayExecutor:
                 self._set_busy(len(running))
                 if not running:
                     self._top_up()  # every worker was dropped: start new ones
+                    if not self._workers:
+                        raise ExecutorError(f"no Ray worker could start: {self._last_drop}")
                     continue
                 ready, _ = self._ray.wait(list(running), num_returns=1, timeout=POLL_SECONDS)
                 stop_if(cancelled)
@@ -254,7 +243,8 @@ class RayExecutor:
         self._ray.kill(worker.handle)
 
     def _top_up(self) -> None:
-        """Start workers until there are as many as configured, each on the driver's chain."""
+        """Start workers until there are as many as configured, each on the driver's
+        chain; those that fail to start are dropped (and counted) until the next call."""
         missing = self._settings.workers - len(self._workers)
         if missing <= 0:
             return
@@ -269,8 +259,6 @@ class RayExecutor:
         for worker in started:
             self._workers.append(worker)
             self._bring_up_to_date(worker)
-        if not self._workers:
-            raise ExecutorError(f"no Ray worker could start: {self._last_drop}")
 
     def _set_busy(self, busy: int) -> None:
         with self._lock:

@@ -21,6 +21,7 @@ from enum import Enum
 from factsync.editing.delta import ModelDelta
 from factsync.editing.engine import EditEngine, EditResult
 from factsync.editing.engine_state import EngineState
+from factsync.executors.local import Executor, LocalExecutor
 from factsync.failpoints import failpoint
 from factsync.jobs.model_state import ModelState
 from factsync.registry.versions import VersionFiles
@@ -93,14 +94,18 @@ class LiveVersion:
         versions: the version files.
         models: the worker's and the served model.
         engine: the edit engine, whose per-version state follows the live version.
+        executor: where the engine's optimisation and the KPI scoring run; its workers
+            (if any) follow the live version's chain of deltas.
     """
 
     def __init__(self, *, store: StateStore, versions: VersionFiles, models: ModelState,
-                 engine: EditEngine) -> None:
+                 engine: EditEngine, executor: Executor | None = None) -> None:
         self._store = store
         self._versions = versions
         self._models = models
         self._engine = engine
+        self._executor = executor or LocalExecutor()
+        self._chain: list[tuple[str, ModelDelta]] = []
         self._listeners: list[Listener] = []
 
     def subscribe(self, listener: Listener) -> None:
@@ -134,6 +139,8 @@ class LiveVersion:
         failpoint("worker.promoted")
         self._models.promote(result.delta, version_id=version.id)  # the worker has it
         self._engine.remember(result)
+        self._chain.append((version.id, result.delta))
+        self._executor.follow(self._chain)
         self._publish(LiveChanged(LiveEvent.PROMOTED, version, parent,
                                   reason=f"promoted job {promotion.job.id}"))
         return version
@@ -158,8 +165,10 @@ class LiveVersion:
 
     def _rebuild(self, live: Version) -> None:
         lineage = self._store.lineage(version_id=live.id)
-        self._models.rebuild([ModelDelta.load(self._versions.delta_path(v.id))
-                              for v in lineage], version_id=live.id)
+        self._chain = [(v.id, ModelDelta.load(self._versions.delta_path(v.id)))
+                       for v in lineage]
+        self._models.rebuild([delta for _, delta in self._chain], version_id=live.id)
+        self._executor.follow(self._chain)
         self._engine.restore([EngineState.load(self._versions.engine_state_path(v.id))
                               for v in lineage])
 

@@ -6,7 +6,8 @@ a recorded outcome:
 - ``permanent``: the facts themselves cannot be edited as asked; they fail and are
   alerted, and only a new word from the feed (or ``factsync retry``) queues them again.
 - ``temporary``: the job could not finish now for a reason that passes (memory ran out,
-  a device was busy); its facts go back to pending and the worker backs off.
+  a device was busy, no executor worker could do its share); its facts go back to
+  pending and the worker backs off.
 - ``storage``: the disk or the state store failed under the job; as ``temporary``, and
   the operator is told the data directory is the cause.
 
@@ -21,6 +22,7 @@ from enum import Enum
 
 import torch
 
+from factsync.executors.local import ExecutorError
 from factsync.kpis.report import GateResult, KpiReport
 from factsync.store.faults import unwritable_reason
 from factsync.store.records import Job, Version
@@ -47,7 +49,7 @@ def retry_meaning(exc: BaseException) -> RetryMeaning:
     """What ``exc`` means for the facts of the job it stopped."""
     if isinstance(exc, OSError) or unwritable_reason(exc) is not None:
         return RetryMeaning.STORAGE
-    if isinstance(exc, (MemoryError, torch.OutOfMemoryError)):
+    if isinstance(exc, (MemoryError, torch.OutOfMemoryError, ExecutorError)):
         return RetryMeaning.TEMPORARY
     return RetryMeaning.PERMANENT
 

@@ -24,7 +24,8 @@ from dataclasses import replace
 from factsync.editing.cancellation import EditCancelled
 from factsync.editing.delta import AppliedDelta
 from factsync.editing.engine import EditEngine
-from factsync.evaluation.kpis import kpi_report, measure
+from factsync.evaluation.kpis import kpi_report
+from factsync.executors.local import Executor, LocalExecutor
 from factsync.facts.catalog import RelationCatalog
 from factsync.failpoints import failpoint
 from factsync.jobs.live import LiveVersion, Promotion
@@ -76,6 +77,8 @@ class JobRunner:
         stopping: whether the daemon asked to stop (checked between stages and between
             the edit's optimisation steps).
         on_stage: told how long each stage took.
+        executor: where the KPI scoring runs (the engine's optimiser says where the edit
+            runs); in this thread by default.
     """
 
     def __init__(
@@ -84,6 +87,7 @@ class JobRunner:
         fluency_texts: Sequence[str], base_perplexity: float,
         stopping: Callable[[], bool] = lambda: False,
         on_stage: StageTimer = lambda stage, seconds: None,
+        executor: Executor | None = None,
     ) -> None:
         self._store = store
         self._catalog = catalog
@@ -95,6 +99,7 @@ class JobRunner:
         self._base_perplexity = base_perplexity
         self._stopping = stopping
         self._on_stage = on_stage
+        self._executor = executor or LocalExecutor()
 
     def run(self, job: Job) -> JobOutcome:
         """Carry ``job`` to an outcome, recorded in the store before it returns.
@@ -119,7 +124,8 @@ class JobRunner:
                     sample=self._policy.evaluation.retention_sample, seed=job.id,
                 )
                 checks = [p.check for p in prepared]
-                live = measure(self._models.work, checks, retention, self._texts)
+                live = self._executor.measure(self._models.work, checks, retention,
+                                              self._texts)
             with self._stage(job, JOB_EDITING, _describe(prepared)):
                 try:
                     result = self._engine.edit(
@@ -129,7 +135,8 @@ class JobRunner:
                     raise JobInterrupted from None
             with self._stage(job, JOB_EVALUATING, f"IME ran {result.iterations} pass(es)"):
                 handle = result.delta.apply(self._models.work)
-                candidate = measure(self._models.work, checks, retention, self._texts)
+                candidate = self._executor.measure(self._models.work, checks, retention,
+                                                   self._texts, applied=result.delta)
                 measured = kpi_report(checks, live, candidate,
                                       base_perplexity=self._base_perplexity)
                 report = replace(measured, ime_iterations=result.iterations,

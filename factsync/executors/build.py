@@ -1,0 +1,27 @@
+"""``build_executor``: the executor the settings name."""
+
+from __future__ import annotations
+
+from factsync.executors.local import Executor, LocalExecutor
+from factsync.executors.settings import ExecutorSettings, ExecutorType
+
+
+class ExecutorUnavailable(RuntimeError):
+    """The executor asked for cannot run here (Ray is not installed)."""
+
+
+def build_executor(settings: ExecutorSettings, *, source: str, device: str = "auto",
+                   dtype: str = "float32") -> Executor:
+    """The in-process executor, or a Ray fleet whose workers load ``source``.
+
+    Raises:
+        ExecutorUnavailable: Ray is asked for but not installed.
+    """
+    if settings.type is ExecutorType.LOCAL:
+        return LocalExecutor()
+    try:
+        from factsync.executors.ray_fleet import RayExecutor
+    except ImportError as exc:
+        raise ExecutorUnavailable(
+            f"executor type ray needs Ray: pip install 'factsync[ray]' ({exc})") from exc
+    return RayExecutor(source, settings, device=device, dtype=dtype)
