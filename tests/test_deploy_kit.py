@@ -99,3 +99,35 @@ def test_promtool_accepts_the_shipped_prometheus_config():
     result = subprocess.run([promtool, "check", "config", "prometheus.yml"],
                             cwd=DEPLOY / "prometheus", capture_output=True, text=True)
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_the_kuberay_manifest_embeds_the_ray_config_and_its_head_is_the_configured_address(
+        tmp_path, monkeypatch, tiny_model_dir):
+    documents = {d["kind"]: d for d in yaml.safe_load_all((DEPLOY / "k8s/ray-cluster.yaml")
+                                                         .read_text())}
+    data = documents["ConfigMap"]["data"]
+    assert data["factsync.yaml"] == (DEPLOY / "factsync-ray.yaml").read_text()
+    assert data["policy.yaml"] == (ROOT / "policies/default.yaml").read_text()
+    cluster = documents["RayCluster"]
+    assert cluster["spec"]["headGroupSpec"]["rayStartParams"]["num-cpus"] == "0"
+    workers = cluster["spec"]["workerGroupSpecs"][0]["template"]["spec"]["containers"][0]
+    assert workers["resources"]["limits"]["nvidia.com/gpu"] == "1"
+    assert {"mountPath": "/models", "name": "models", "readOnly": True} in workers["volumeMounts"]
+
+    config = yaml.safe_load(data["factsync.yaml"])
+    assert config["model"]["path"].startswith("/models/")  # the workers' shared mount
+    config["model"]["path"] = str(tiny_model_dir)  # the model is not there on this machine
+    config["policy"] = str(ROOT / "policies/default.yaml")
+    config["data_dir"] = str(tmp_path)
+    path = tmp_path / "factsync.yaml"
+    path.write_text(yaml.safe_dump(config))
+    monkeypatch.setenv("FACTSYNC_API_TOKEN", "t")
+    executor = load_config(path).executor
+    assert executor.type == "ray" and executor.gpus_per_worker == 1
+    assert executor.address == f"ray://{cluster['metadata']['name']}-head-svc:10001"
+
+
+def test_the_single_host_multi_gpu_config_starts_ray_here():
+    executor = load_config(DEPLOY / "factsync-multi-gpu.yaml").executor
+    assert executor.type == "ray" and executor.address == ""
+    assert executor.workers * executor.gpus_per_worker == 4
