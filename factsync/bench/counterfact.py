@@ -192,6 +192,22 @@ def format_table(rows: dict[str, MethodRow]) -> str:
     return "\n".join(lines)
 
 
+def format_differences(baseline: dict[str, MethodRow], rows: dict[str, MethodRow]) -> str:
+    """Per method, each KPI's mean in ``rows`` minus its mean in ``baseline`` (the same
+    records), and the largest absolute difference."""
+    columns = [*METRICS, "perplexity_ratio"]
+    lines = [" | ".join(["method", *columns, "largest"]),
+             " | ".join(["---"] * (len(columns) + 2))]
+    for name, row in rows.items():
+        mine, theirs = row.flat(), baseline[name].flat()
+        differences = [None if mine[c] is None or theirs[c] is None else mine[c] - theirs[c]
+                       for c in columns]
+        largest = max((abs(d) for d in differences if d is not None), default=None)
+        lines.append(" | ".join([name, *("-" if d is None else f"{d:+.3f}" for d in differences),
+                                 _cell(largest)]))
+    return "\n".join(lines)
+
+
 def _interval_cell(interval: Interval | None) -> str:
     return "-" if interval is None else format_interval(interval)
 

@@ -28,6 +28,7 @@ from factsync.editing.covariance import compute_key_statistics
 from factsync.editing.engine import EditEngine
 from factsync.editing.requests import EditRequest
 from factsync.models.loading import LoadedModel, resolve_device
+from factsync.models.precision import keep_edit_layers_in_float32
 from factsync.models.synthetic import LLAMA3_8B, LlamaShape, byte_tokenizer, random_llama
 from factsync.policies.schema import Policy
 
@@ -79,6 +80,7 @@ def run_check(shape: LlamaShape, *, device: str, dtype: str, statistics_tokens: 
                     else None, "build_seconds": time.monotonic() - started}
     settings = replace(Policy().editing.engine_settings(), max_iterations=1, neighbours=False)
     layers = settings.edit_layers(loaded)
+    keep_edit_layers_in_float32(loaded, layers)  # the daemon's precision policy
     texts = synthetic_corpus(loaded, statistics_tokens)
     _reset_peak(on)
     started = time.monotonic()

@@ -44,6 +44,9 @@ def register(commands: argparse._SubParsersAction) -> None:
     )
     counterfact.add_argument("--methods", help="comma-separated subset of the methods")
     counterfact.add_argument("--json", type=Path, help="also write the numbers to this file")
+    counterfact.add_argument("--against-dtype", choices=["float32", "bfloat16", "float16"],
+                             help="first run the same records in this dtype, then print "
+                             "how far each method's means in --dtype are from it")
     add_model_options(counterfact)
     add_engine_options(counterfact)
     add_executor_options(counterfact)
@@ -620,16 +623,20 @@ def run_counterfact_bench(args: argparse.Namespace) -> int:
     """Handler of ``factsync bench counterfact``."""
     import torch
 
-    from factsync.bench.counterfact import format_table, run_counterfact, standard_methods, to_json
+    from factsync.bench.counterfact import (
+        format_differences,
+        format_table,
+        run_counterfact,
+        standard_methods,
+        to_json,
+    )
     from factsync.editing.build import build_engine
     from factsync.evaluation.datasets import load_cases
 
-    torch.manual_seed(args.seed)
     # Records past the first n are read as spares that may lend editing neighbours.
     records = load_cases(args.dataset, _counterfact_path(args, args.dataset))
     cases = records[: args.n]
     texts = _fluency_texts(args.fluency)
-    loaded = load(args)
     base = engine_settings(args, neighbours=False)
     methods = standard_methods(base, args.max_iterations)
     if args.methods:
@@ -637,32 +644,36 @@ def run_counterfact_bench(args: argparse.Namespace) -> int:
         if unknown:
             raise ValueError(f"unknown methods {sorted(unknown)}; choose from {sorted(methods)}")
         methods = {k: v for k, v in methods.items() if k in args.methods.split(",")}
-    engine = build_engine(loaded, base, statistics_settings(args))
-    executor = executor_from_args(args)
-    try:
-        rows = run_counterfact(
-            loaded,
-            cases,
-            methods,
-            statistics=engine.statistics,
-            contexts=engine.contexts,
-            fluency_texts=texts,
-            batch_size=args.batch,
-            neighbours_per_fact=args.neighbours,
-            dataset=args.dataset,
-            spare=records[args.n :],
-            executor=executor,
-        )
-    finally:
-        executor.close()
-    print(
-        f"{dataset_spec(args.dataset).title}, {len(cases)} records, batches of {args.batch}, "
-        f"model {loaded.name}, layers {','.join(map(str, engine.layers))}, lambdas "
-        f"{', '.join(f'{v:.0f}' for v in engine.lambdas().values())}"
-    )
-    print(format_table(rows))
+    tables = {}
+    for dtype in filter(None, (args.against_dtype, args.dtype)):
+        torch.manual_seed(args.seed)
+        run_args = argparse.Namespace(**{**vars(args), "dtype": dtype})
+        loaded = load(run_args)
+        engine = build_engine(loaded, base, statistics_settings(args))
+        executor = executor_from_args(run_args)
+        try:
+            tables[dtype] = run_counterfact(
+                loaded, cases, methods, statistics=engine.statistics,
+                contexts=engine.contexts, fluency_texts=texts, batch_size=args.batch,
+                neighbours_per_fact=args.neighbours, dataset=args.dataset,
+                spare=records[args.n :], executor=executor)
+        finally:
+            executor.close()
+        print(f"{dataset_spec(args.dataset).title}, {len(cases)} records, batches of "
+              f"{args.batch}, model {loaded.name} in {dtype}, layers "
+              f"{','.join(map(str, engine.layers))}, lambdas "
+              f"{', '.join(f'{v:.0f}' for v in engine.lambdas().values())}")
+        print(format_table(tables[dtype]))
+        del loaded, engine
+    if args.against_dtype:
+        print(f"\n{args.dtype} against {args.against_dtype}: largest difference of a mean")
+        print(format_differences(tables[args.against_dtype], tables[args.dtype]))
     if args.json:
-        write_json(args.json, to_json(rows, len(cases), dataset=args.dataset))
+        write_json(args.json, to_json(tables[args.dtype], len(cases), dataset=args.dataset)
+                   | {"dtype": args.dtype}
+                   | ({"against": {"dtype": args.against_dtype, **to_json(
+                       tables[args.against_dtype], len(cases), dataset=args.dataset)}}
+                      if args.against_dtype else {}))
     return 0
 
 

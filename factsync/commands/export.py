@@ -13,6 +13,8 @@ from factsync.editing.delta import ModelDelta
 from factsync.jobs.monitoring import choose_canaries
 from factsync.jobs.preparation import retention_probes, states
 from factsync.models.loading import load_model
+from factsync.models.precision import keep_edit_layers_in_float32
+from factsync.policies.schema import Policy, load_policy
 from factsync.registry.exports import ExportDir, adapter_base
 from factsync.registry.versions import VersionFiles
 from factsync.store.store import StateStore
@@ -63,6 +65,8 @@ def run_verify(args: argparse.Namespace) -> int:
     catalog = relation_catalog(config)
     base = model_dir(config)
     model = load_model(base, device=config.model.device, dtype=config.model.dtype)
+    policy = load_policy(config.policy) if config.policy else Policy()
+    keep_edit_layers_in_float32(model, policy.editing.engine_settings().layers)  # as live
     canaries = choose_canaries(model, store, catalog)
     versions = VersionFiles(data_dir / "versions")
     for step in lineage:

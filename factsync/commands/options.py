@@ -81,14 +81,14 @@ def executor_from_args(args: argparse.Namespace):  # noqa: ANN201
                                 workers=args.ray_workers,
                                 cpus_per_worker=args.ray_cpus_per_worker,
                                 gpus_per_worker=args.ray_gpus_per_worker)
-    return build_executor(settings, source=args.model, device=args.device, dtype=args.dtype)
+    return build_executor(settings, source=args.model, device=args.device, dtype=args.dtype,
+                          edit_layers=edit_layers(args))
 
 
 def engine_settings(args: argparse.Namespace, *, neighbours: bool):  # noqa: ANN201
     """``EngineSettings`` from parsed engine options."""
-    layers = tuple(int(x) for x in args.layers.split(",")) if args.layers else None
     return EngineSettings(
-        layers=layers,
+        layers=edit_layers(args),
         max_iterations=args.max_iterations,
         neighbours=neighbours,
         target=TargetSettings(chunk_size=args.chunk_size),
@@ -106,8 +106,18 @@ def statistics_settings(args: argparse.Namespace):  # noqa: ANN201
     return settings
 
 
-def load(args: argparse.Namespace):  # noqa: ANN201
-    """Load the model named by the model options."""
-    from factsync.models.loading import load_model
+def edit_layers(args: argparse.Namespace) -> tuple[int, ...] | None:
+    """``--layers``, or ``None`` for the family's default window."""
+    layers = getattr(args, "layers", None)
+    return tuple(int(x) for x in layers.split(",")) if layers else None
 
-    return load_model(args.model, device=args.device, dtype=args.dtype)
+
+def load(args: argparse.Namespace):  # noqa: ANN201
+    """Load the model named by the model options; in bf16 or fp16, the edit layers'
+    weights stay in float32 (``models.precision``)."""
+    from factsync.models.loading import load_model
+    from factsync.models.precision import keep_edit_layers_in_float32
+
+    loaded = load_model(args.model, device=args.device, dtype=args.dtype)
+    keep_edit_layers_in_float32(loaded, edit_layers(args))
+    return loaded

@@ -56,6 +56,7 @@ from factsync.jobs.monitoring import LiveChecker, choose_canaries
 from factsync.jobs.pipeline import JobRunner
 from factsync.jobs.reconciler import Reconciler
 from factsync.models.loading import default_model_dir, load_model
+from factsync.models.precision import keep_edit_layers_in_float32
 from factsync.policies.schema import OnRollback, Policy, load_policy
 from factsync.registry.exports import ExportDir
 from factsync.registry.serving import (
@@ -334,7 +335,8 @@ class Daemon:
                               f"({settings.address or 'a local Ray instance'})")
         executor = build_executor(settings, source=str(model_dir(self.config)),
                                   device=self.config.model.device,
-                                  dtype=self.config.model.dtype)
+                                  dtype=self.config.model.dtype,
+                                  edit_layers=self.policy.editing.engine_settings().layers)
         self._closers.append(executor.close)
         status = getattr(executor, "status", None)
         if status is not None:
@@ -355,6 +357,7 @@ class Daemon:
                               dtype=self.config.model.dtype, home=self.config.caches,
                               trust_remote_code=self.config.model.trust_remote_code)
             self.health.model_loaded()
+            keep_edit_layers_in_float32(base, self.policy.editing.engine_settings().layers)
             models = ModelState(base)
             base_perplexity = perplexity(base, list(FLUENCY_TEXTS))
             canaries = choose_canaries(models.work, self.store, self.catalog)  # base weights
@@ -386,7 +389,7 @@ class Daemon:
             checker = LiveChecker(
                 store=self.store, catalog=self.catalog, policy=self.policy, models=models,
                 live=live, canaries=canaries, fluency_texts=FLUENCY_TEXTS,
-                base_perplexity=base_perplexity,
+                base_perplexity=base_perplexity, executor=executor,
             )
             self.monitor = Monitor(checker=checker, store=self.store, metrics=self.metrics,
                                    alerter=self.alerter)

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from factsync.evaluation.fluency import text_nll
 from factsync.kpis.report import FACT_METRICS, FactScore, KpiReport, KpiValues, Metric, mean
@@ -56,12 +56,14 @@ class Measurement:
         edit_probability: per check, the probability of the new object on its prompt.
         retention: share of earlier facts still stated.
         perplexity: on the fluency texts.
+        retained: per retention probe, in order, whether the model still states it.
     """
 
     facts: list[dict[Metric, float | None]]
     edit_probability: list[float]
     retention: float | None
     perplexity: float
+    retained: list[bool] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -143,11 +145,13 @@ def combine(parts: Sequence[PartialMeasurement]) -> Measurement:
     tokens = sum(p.text_tokens for p in parts)
     if tokens == 0:
         raise ValueError("no texts to measure perplexity on")
+    retained = [x for p in parts for x in p.retained]
     return Measurement(
         facts=[f for p in parts for f in p.facts],
         edit_probability=[x for p in parts for x in p.edit_probability],
-        retention=mean(x for p in parts for x in p.retained),
+        retention=mean(retained),
         perplexity=math.exp(sum(p.text_nll for p in parts) / tokens),
+        retained=retained,
     )
 
 

@@ -59,10 +59,12 @@ class RayExecutor:
         settings: the ``executor:`` settings (address, workers, resources, timeouts).
         device: the workers' device (``auto`` takes the GPU Ray gives each, if any).
         dtype: the model's dtype.
+        edit_layers: the edit layers, whose weights a bf16 or fp16 model holds in float32
+            (``None``: the family's default window), as the driver's model does.
     """
 
     def __init__(self, source: str, settings: ExecutorSettings, *, device: str = "auto",
-                 dtype: str = "float32") -> None:
+                 dtype: str = "float32", edit_layers: Sequence[int] | None = None) -> None:
         # Ray's crash handler would take SIGTERM, which the daemon handles itself to
         # stop cleanly, and make the process abort as it exits.
         os.environ.setdefault("RAY_DISABLE_FAILURE_SIGNAL_HANDLER", "1")
@@ -80,6 +82,7 @@ class RayExecutor:
             num_cpus=settings.cpus_per_worker, num_gpus=settings.gpus_per_worker,
             max_restarts=0, max_concurrency=1)
         self._source, self._device, self._dtype = str(source), device, dtype
+        self._edit_layers = None if edit_layers is None else list(edit_layers)
         self._labels: list[str] = []
         self._refs: dict[str, Any] = {}  # label -> its delta in the object store
         self._workers: list[_Worker] = []
@@ -88,6 +91,7 @@ class RayExecutor:
         self._started = 0
         self._last_drop = ""
         self._lock = threading.Lock()  # status() reads from other threads
+        self._calls = threading.RLock()  # one call at a time uses the workers
         self._top_up()
 
     def status(self) -> FleetStatus:
@@ -105,11 +109,11 @@ class RayExecutor:
         labels = [label for label, _ in chain]
         if len(set(labels)) != len(labels):
             raise ValueError(f"labels of a chain must be unique, got {labels}")
-        self._refs = {label: self._refs.get(label) or self._ray.put(delta)
-                      for label, delta in chain}
-        self._labels = labels
-        for worker in list(self._workers):
-            self._bring_up_to_date(worker)
+        with self._calls:
+            self._refs = {label: self._refs.get(label) or self._ray.put(delta)
+                          for label, delta in chain}
+            self._labels = labels
+            self._bring_up_to_date(list(self._workers))
 
     def optimise(
         self, loaded: LoadedModel, requests: list[EditRequest], layer: int,
@@ -117,6 +121,13 @@ class RayExecutor:
         cancelled: Cancelled = never, applied: ModelDelta | None = None,
     ) -> TargetResult:
         """``optimise_targets`` with its chunks spread over the workers."""
+        with self._calls:
+            return self._optimise(loaded, requests, layer, contexts, settings,
+                                  use_neighbours, cancelled, applied)
+
+    def _optimise(self, loaded: LoadedModel, requests: list[EditRequest], layer: int,
+                  contexts: list[str], settings: TargetSettings, use_neighbours: bool,
+                  cancelled: Cancelled, applied: ModelDelta | None) -> TargetResult:
         extra = self._ray.put(applied) if applied is not None and applied.layers else None
         chunks = [requests[i : i + settings.chunk_size]
                   for i in range(0, len(requests), settings.chunk_size)]
@@ -138,6 +149,11 @@ class RayExecutor:
         fluency_texts: Sequence[str], *, applied: ModelDelta | None = None,
     ) -> Measurement:
         """``measure`` with the checks, probes and texts sliced over the workers."""
+        with self._calls:
+            return self._measure(checks, retention, fluency_texts, applied)
+
+    def _measure(self, checks: Sequence[EditCheck], retention: Sequence[Prompted],
+                 fluency_texts: Sequence[str], applied: ModelDelta | None) -> Measurement:
         extra = self._ray.put(applied) if applied is not None and applied.layers else None
         slices = max(1, len(self._workers))
         key = chain_key(self._labels)
@@ -210,7 +226,7 @@ class RayExecutor:
             return True
         except VersionSkew as skew:
             log.warning("Ray worker %s: %s; bringing it up to date", worker.name, skew)
-            self._bring_up_to_date(worker)
+            self._bring_up_to_date([worker])
         except (ray.exceptions.RayActorError, ray.exceptions.ActorUnavailableError) as exc:
             self._drop(worker, f"it died ({type(exc).__name__})")
         return False
@@ -221,17 +237,20 @@ class RayExecutor:
                                 f"workers; see the log")
         waiting.appendleft(share)
 
-    def _bring_up_to_date(self, worker: _Worker) -> None:
+    def _bring_up_to_date(self, workers: list[_Worker]) -> None:
+        """Have ``workers`` follow the driver's chain, all at once; drop those that fail."""
         key = chain_key(self._labels)
-        try:
-            got = self._ray.get(
-                worker.handle.follow.remote(self._labels, [self._refs[x] for x in self._labels]),
-                timeout=self._settings.timeout_seconds)
-        except Exception as exc:  # noqa: BLE001 (a worker that cannot follow is dropped)
-            self._drop(worker, f"it could not follow the live version ({exc})")
-            return
-        if got != key:
-            self._drop(worker, f"it carries chain {got} after following {key}")
+        deltas = [self._refs[label] for label in self._labels]
+        calls = [(w, w.handle.follow.remote(self._labels, deltas)) for w in workers]
+        deadline = time.monotonic() + self._settings.timeout_seconds
+        for worker, call in calls:
+            try:
+                got = self._ray.get(call, timeout=max(0.0, deadline - time.monotonic()))
+            except Exception as exc:  # noqa: BLE001 (a worker that cannot follow is dropped)
+                self._drop(worker, f"it could not follow the live version ({exc})")
+                continue
+            if got != key:
+                self._drop(worker, f"it carries chain {got} after following {key}")
 
     def _drop(self, worker: _Worker, why: str) -> None:
         log.warning("Ray worker %s dropped: %s", worker.name, why)
@@ -253,12 +272,11 @@ class RayExecutor:
         for _ in range(missing):
             self._started += 1
             handle = self._actor.remote(self._source, device=self._device, dtype=self._dtype,
-                                        threads=threads)
+                                        threads=threads, edit_layers=self._edit_layers)
             started.append(_Worker(handle, f"#{self._started}"))
         log.info("starting %d Ray worker(s) on %s", len(started), self._source)
-        for worker in started:
-            self._workers.append(worker)
-            self._bring_up_to_date(worker)
+        self._workers += started
+        self._bring_up_to_date(started)
 
     def _set_busy(self, busy: int) -> None:
         with self._lock:

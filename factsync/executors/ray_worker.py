@@ -22,6 +22,7 @@ from factsync.editing.requests import EditRequest
 from factsync.editing.targets import TargetResult, TargetSettings, optimise_targets
 from factsync.evaluation.kpis import EditCheck, PartialMeasurement, Prompted, measure_part
 from factsync.models.loading import load_model
+from factsync.models.precision import keep_edit_layers_in_float32
 
 
 class VersionSkew(RuntimeError):
@@ -41,11 +42,15 @@ class FleetWorker:
         device: where to put the model (``auto`` takes this worker's GPU, if any).
         dtype: the model's weights' dtype.
         threads: torch CPU threads (the cores this worker reserved).
+        edit_layers: the layers whose edited weights the driver holds in float32 (see
+            ``models.precision``); the worker holds the same ones.
     """
 
-    def __init__(self, source: str, *, device: str, dtype: str, threads: int) -> None:
+    def __init__(self, source: str, *, device: str, dtype: str, threads: int,
+                 edit_layers: list[int] | None) -> None:
         torch.set_num_threads(max(1, threads))
         self.loaded = load_model(source, device=device, dtype=dtype)
+        keep_edit_layers_in_float32(self.loaded, edit_layers)
         paths = [self.loaded.spec.mlp_out_path(i) for i in range(self.loaded.num_layers)]
         self._base = {path: self.loaded.model.get_submodule(path).weight.detach().clone()
                       for path in paths}

@@ -12,8 +12,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from factsync.evaluation.fluency import perplexity
 from factsync.evaluation.kpis import Prompted
+from factsync.executors.local import Executor, LocalExecutor
 from factsync.facts.canaries import CANDIDATE_CANARIES
 from factsync.facts.catalog import RelationCatalog
 from factsync.jobs.live import LiveVersion
@@ -72,12 +72,15 @@ class LiveChecker:
         canaries: facts that must never change.
         fluency_texts: held-out text for perplexity.
         base_perplexity: the base model's perplexity on ``fluency_texts``.
+        executor: where the probes and texts are scored (in this thread by default);
+            the retention probes grow with the history of applied facts.
     """
 
     def __init__(
         self, *, store: StateStore, catalog: RelationCatalog, policy: Policy,
         models: ModelState, live: LiveVersion, canaries: list[Prompted],
         fluency_texts: Sequence[str], base_perplexity: float,
+        executor: Executor | None = None,
     ) -> None:
         self._store = store
         self._catalog = catalog
@@ -87,6 +90,7 @@ class LiveChecker:
         self.canaries = canaries
         self._texts = list(fluency_texts)
         self._base_perplexity = base_perplexity
+        self._executor = executor or LocalExecutor()
         self._checks = 0
 
     def check(self) -> CheckOutcome:
@@ -122,9 +126,11 @@ class LiveChecker:
         retention = retention_probes(self._store, self._catalog, exclude=set(),
                                      sample=self._policy.monitor.retention_sample,
                                      seed=self._checks)
+        measured = self._executor.measure(self._models.work, [], retention + self.canaries,
+                                          self._texts)
+        kept = measured.retained
         return KpiValues({
-            Metric.RETENTION: mean(states(self._models.work, retention)),
-            Metric.CANARY: mean(states(self._models.work, self.canaries)),
-            Metric.PERPLEXITY_RATIO:
-                perplexity(self._models.work, self._texts) / self._base_perplexity,
+            Metric.RETENTION: mean(kept[: len(retention)]),
+            Metric.CANARY: mean(kept[len(retention) :]),
+            Metric.PERPLEXITY_RATIO: measured.perplexity / self._base_perplexity,
         })
