@@ -70,6 +70,8 @@ OPENINGS: tuple[str, ...] = (
     "Dear customer,",
     "Chapter 1.",
 )
+OPENING_TOKENS = 16
+"""Tokens a sequence may hold before its sampled ones (the prompt prefix and an opening)."""
 
 
 class CorpusError(ValueError):
@@ -142,6 +144,37 @@ def sample_corpus(
             if on_batch is not None:
                 on_batch(texts)
     return texts
+
+
+CPU_SAMPLING_BATCH = 16
+"""Sequences sampled together on a CPU, and at least on a GPU."""
+MAX_SAMPLING_BATCH = 512
+SAMPLING_MEMORY_SHARE = 0.25
+"""Share of a GPU's free memory a sampling batch may take; the rest is headroom."""
+
+
+def sampling_batch_size(loaded: LoadedModel, sequence_length: int) -> int:
+    """Sequences to sample together: ``CPU_SAMPLING_BATCH`` on a CPU; on a GPU, as many
+    as fit in ``SAMPLING_MEMORY_SHARE`` of its free memory (``batch_for_memory``)."""
+    device = loaded.device
+    if device.type != "cuda":
+        return CPU_SAMPLING_BATCH
+    free, _ = torch.cuda.mem_get_info(device)
+    return batch_for_memory(loaded, sequence_length, int(free * SAMPLING_MEMORY_SHARE))
+
+
+def batch_for_memory(loaded: LoadedModel, sequence_length: int, budget_bytes: int) -> int:
+    """Sequences whose sampling fits in ``budget_bytes``, between ``CPU_SAMPLING_BATCH``
+    and ``MAX_SAMPLING_BATCH``: each holds keys and values of every layer for all its
+    tokens (the prompt's included) and a float32 row of logits per step."""
+    config = loaded.model.config
+    heads = getattr(config, "num_key_value_heads", None) or config.num_attention_heads
+    head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
+    element = next(loaded.model.parameters()).element_size()
+    tokens = sequence_length + OPENING_TOKENS
+    per_sequence = (2 * loaded.num_layers * heads * head_dim * element * tokens
+                    + config.vocab_size * 4)
+    return max(CPU_SAMPLING_BATCH, min(MAX_SAMPLING_BATCH, budget_bytes // per_sequence))
 
 
 def _sequence_generator(seed: int, index: int) -> torch.Generator:
@@ -299,7 +332,7 @@ def model_corpus(
     seed: int = 0,
     cache_dir: Path | None = None,
     sequence_length: int = 128,
-    batch_size: int = 16,
+    batch_size: int | None = None,
     progress: bool = True,
     cancelled: Cancelled = never,
     report: Progress = silent,
@@ -308,7 +341,8 @@ def model_corpus(
 
     The cache file is ``<cache_dir>/<fingerprint>-<num_tokens>-<seed>-len<L>.json`` with
     ``cache_dir`` defaulting to ``data_home()/corpus``; ``L`` is ``sequence_length``,
-    which changes the texts (``batch_size`` does not). The file is written atomically. A
+    which changes the texts (``batch_size`` does not; ``None`` lets
+    ``sampling_batch_size`` choose it). The file is written atomically. A
     cache file that cannot be read, or whose recorded settings or digest do not match,
     is logged at WARNING and sampled again. A corpus shipped with factsync under that
     name (``SHIPPED_CORPORA``) is copied into the cache instead of sampling. While
@@ -331,7 +365,8 @@ def model_corpus(
         "temperature": SAMPLING_TEMPERATURE,
     }
     with computing(path, "the corpus"):
-        return _cached_or_sampled(loaded, path, settings, batch_size=batch_size,
+        batch = batch_size or sampling_batch_size(loaded, sequence_length)
+        return _cached_or_sampled(loaded, path, settings, batch_size=batch,
                                   progress=progress, cancelled=cancelled, report=report)
 
 

@@ -16,10 +16,12 @@ from factsync.editing.corpus import (
     OPENINGS,
     SHIPPED_CORPORA,
     CorpusError,
+    batch_for_memory,
     corpus_digest,
     load_text_files,
     model_corpus,
     sample_corpus,
+    sampling_batch_size,
 )
 from factsync.models.loading import model_fingerprint
 
@@ -65,6 +67,20 @@ def test_sampling_does_not_depend_on_the_batch_size(tiny_loaded, tiny_family):
     # left padding with explicit positions samples as an unpadded row would.
     loaded = tiny_loaded(tiny_family)
     assert sample(loaded, batch_size=1) == sample(loaded, batch_size=5)
+
+
+def test_a_gpu_samples_as_many_sequences_as_its_memory_holds(tiny_loaded, tiny_family):
+    loaded = tiny_loaded(tiny_family)
+    config = loaded.model.config
+    head_dim = config.hidden_size // config.num_attention_heads
+    kv = getattr(config, "num_key_value_heads", None) or config.num_attention_heads
+    per_sequence = (2 * loaded.num_layers * kv * head_dim * 4 * (32 + corpus.OPENING_TOKENS)
+                    + config.vocab_size * 4)
+    assert batch_for_memory(loaded, 32, 100 * per_sequence) == 100
+    assert batch_for_memory(loaded, 32, 100 * per_sequence - 1) == 99
+    assert batch_for_memory(loaded, 32, 0) == corpus.CPU_SAMPLING_BATCH
+    assert batch_for_memory(loaded, 32, 10**15) == corpus.MAX_SAMPLING_BATCH
+    assert sampling_batch_size(loaded, 32) == corpus.CPU_SAMPLING_BATCH  # on the CPU
 
 
 def test_sampling_counts_tokens_per_sequence(tiny_loaded):
