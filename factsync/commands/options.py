@@ -21,6 +21,10 @@ def add_model_options(parser: argparse.ArgumentParser) -> None:
     )
     group.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1... (auto)")
     group.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
+    group.add_argument("--edit-weights", choices=["float32", "model"], default="float32",
+                       help="in a bfloat16 or float16 model, hold the edit layers' weights "
+                       "in float32 as the daemon does (float32), or leave them in the "
+                       "model's dtype to measure what that costs (model) (float32)")
 
 
 def add_engine_options(parser: argparse.ArgumentParser) -> None:
@@ -81,6 +85,8 @@ def executor_from_args(args: argparse.Namespace):  # noqa: ANN201
                                 workers=args.ray_workers,
                                 cpus_per_worker=args.ray_cpus_per_worker,
                                 gpus_per_worker=args.ray_gpus_per_worker)
+    if args.executor == "ray" and args.edit_weights != "float32":
+        raise ValueError("--edit-weights model runs with --executor local only")
     return build_executor(settings, source=args.model, device=args.device, dtype=args.dtype,
                           edit_layers=edit_layers(args))
 
@@ -119,5 +125,6 @@ def load(args: argparse.Namespace):  # noqa: ANN201
     from factsync.models.precision import keep_edit_layers_in_float32
 
     loaded = load_model(args.model, device=args.device, dtype=args.dtype)
-    keep_edit_layers_in_float32(loaded, edit_layers(args))
+    if args.edit_weights == "float32":
+        keep_edit_layers_in_float32(loaded, edit_layers(args))
     return loaded
