@@ -43,6 +43,9 @@ log = logging.getLogger(__name__)
 
 POLL_SECONDS = 0.2
 """How often the driver checks for a stop request and for shares past their time."""
+START_SECONDS = 600.0
+"""A new worker has at least this long to load the model and follow the chain: loading
+a large model takes minutes, far longer than a share of work should."""
 
 
 @dataclass
@@ -237,12 +240,15 @@ class RayExecutor:
                                 f"workers; see the log")
         waiting.appendleft(share)
 
-    def _bring_up_to_date(self, workers: list[_Worker]) -> None:
-        """Have ``workers`` follow the driver's chain, all at once; drop those that fail."""
+    def _bring_up_to_date(self, workers: list[_Worker], *, starting: bool = False) -> None:
+        """Have ``workers`` follow the driver's chain, all at once; drop those that fail
+        or take longer than ``timeout_seconds`` (``START_SECONDS`` at least when
+        ``starting``: they load the model first)."""
         key = chain_key(self._labels)
         deltas = [self._refs[label] for label in self._labels]
         calls = [(w, w.handle.follow.remote(self._labels, deltas)) for w in workers]
-        deadline = time.monotonic() + self._settings.timeout_seconds
+        seconds = self._settings.timeout_seconds
+        deadline = time.monotonic() + (max(seconds, START_SECONDS) if starting else seconds)
         for worker, call in calls:
             try:
                 got = self._ray.get(call, timeout=max(0.0, deadline - time.monotonic()))
@@ -276,7 +282,7 @@ class RayExecutor:
             started.append(_Worker(handle, f"#{self._started}"))
         log.info("starting %d Ray worker(s) on %s", len(started), self._source)
         self._workers += started
-        self._bring_up_to_date(started)
+        self._bring_up_to_date(started, starting=True)
 
     def _set_busy(self, busy: int) -> None:
         with self._lock:

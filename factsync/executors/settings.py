@@ -26,7 +26,9 @@ class ExecutorSettings:
         gpus_per_worker: GPUs each worker reserves (fractions share one GPU).
         cpus_per_worker: CPU cores each worker reserves; torch uses as many threads.
         timeout_seconds: a share of work not back within this is taken from its worker
-            (which is killed as hung) and run again elsewhere.
+            (which is killed as hung) and run again elsewhere; a worker that does not
+            follow a new live version within it is dropped. A new worker has at least
+            ten minutes to load the model.
         attempts: runs of one share at most, across workers, before the work fails.
     """
 

@@ -20,6 +20,7 @@ import torch
 from factsync.editing.engine import EditEngine
 from factsync.editing.requests import EditRequest, Neighbour
 from factsync.evaluation.kpis import EditCheck, measure
+from factsync.executors.local import FleetStatus
 from factsync.executors.settings import ExecutorSettings, ExecutorType
 from factsync.models.loading import load_model
 
@@ -172,3 +173,24 @@ def test_a_worker_on_another_version_is_brought_up_to_date_before_use(setup, ran
     assert "bringing it up to date" in caplog.text
     assert fleet.status().failures == 0
     assert ray.get(stale.key.remote()) == ray.get(fleet._workers[1].handle.key.remote())  # noqa: SLF001
+
+
+def test_a_worker_that_cannot_follow_a_new_version_is_dropped_and_replaced(
+        setup, random_delta, caplog):
+    """A worker hung (SIGSTOP) when the live version moves cannot follow it: it is
+    dropped rather than left on the old version, and the next job runs on a new one."""
+    caplog.set_level(logging.WARNING, logger="factsync.executors.ray_fleet")
+    loaded, local, executor = setup
+    fleet = executor(timeout_seconds=10)
+    victim = fleet.worker_pids()[0]
+    os.kill(victim, signal.SIGSTOP)
+    live = random_delta(loaded, local.layers, scale=0.05)
+    live.apply(loaded)
+    fleet.follow([("v1", live)])
+
+    assert "could not follow the live version" in caplog.text
+    assert fleet.status() == FleetStatus(workers=1, busy=0, failures=1)
+    expected = local.edit(REQUESTS)
+    got = ray_engine(local, fleet).edit(REQUESTS)
+    assert_same_delta(expected.delta, got.delta)
+    assert fleet.status().workers == 2 and victim not in fleet.worker_pids()
