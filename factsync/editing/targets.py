@@ -164,16 +164,8 @@ def optimise_targets(
     if not contexts or contexts[0] != "":
         raise ValueError("contexts must start with the bare context ''")
     parts = [
-        _optimise_chunk(
-            loaded,
-            requests[i : i + settings.chunk_size],
-            layer,
-            contexts,
-            settings,
-            use_neighbours,
-            cancelled,
-        )
-        for i in range(0, len(requests), settings.chunk_size)
+        _optimise_chunk(loaded, chunk, layer, contexts, settings, use_neighbours, cancelled)
+        for chunk in fact_chunks(requests, settings)
     ]
     return TargetResult(
         z=torch.cat([p.z for p in parts]),
@@ -181,6 +173,12 @@ def optimise_targets(
         probability=[x for p in parts for x in p.probability],
         steps=[x for p in parts for x in p.steps],
     )
+
+
+def fact_chunks(requests: list[EditRequest], settings: TargetSettings) -> list[list[EditRequest]]:
+    """``requests`` in the chunks ``optimise_targets`` optimises apart, in order."""
+    size = settings.chunk_size
+    return [requests[i : i + size] for i in range(0, len(requests), size)]
 
 
 def _build_rows(

@@ -32,7 +32,7 @@ import torch
 from factsync.editing.cancellation import Cancelled, never, stop_if
 from factsync.editing.delta import ModelDelta
 from factsync.editing.requests import EditRequest
-from factsync.editing.targets import TargetResult, TargetSettings
+from factsync.editing.targets import TargetResult, TargetSettings, fact_chunks
 from factsync.evaluation.kpis import EditCheck, Measurement, Prompted, combine
 from factsync.executors.local import Chain, ExecutorError, FleetStatus
 from factsync.executors.ray_worker import FleetWorker, VersionSkew, chain_key
@@ -43,6 +43,8 @@ log = logging.getLogger(__name__)
 
 POLL_SECONDS = 0.2
 """How often the driver checks for a stop request and for shares past their time."""
+_FAILED = object()
+"""What ``_collect`` returns for a share that must run again."""
 START_SECONDS = 600.0
 """A new worker has at least this long to load the model and follow the chain: loading
 a large model takes minutes, far longer than a share of work should."""
@@ -132,13 +134,11 @@ class RayExecutor:
                   contexts: list[str], settings: TargetSettings, use_neighbours: bool,
                   cancelled: Cancelled, applied: ModelDelta | None) -> TargetResult:
         extra = self._ray.put(applied) if applied is not None and applied.layers else None
-        chunks = [requests[i : i + settings.chunk_size]
-                  for i in range(0, len(requests), settings.chunk_size)]
         key = chain_key(self._labels)
         parts = self._run([
             lambda w, chunk=chunk: w.optimise.remote(key, chunk, layer, contexts, settings,
                                                      use_neighbours, extra)
-            for chunk in chunks], cancelled)
+            for chunk in fact_chunks(requests, settings)], cancelled)
         device = loaded.device
         return TargetResult(
             z=torch.cat([p.z for p in parts]).to(device),
@@ -201,10 +201,11 @@ class RayExecutor:
                 stop_if(cancelled)
                 for ref in ready:
                     share, worker, _ = running.pop(ref)
-                    if self._collect(ref, worker):
-                        results[share] = self._ray.get(ref)
-                    else:
+                    result = self._collect(ref, worker)
+                    if result is _FAILED:
                         self._retry(share, attempts, waiting)
+                    else:
+                        results[share] = result
                 now = time.monotonic()
                 for ref, (share, worker, deadline) in list(running.items()):
                     if now > deadline:
@@ -221,18 +222,18 @@ class RayExecutor:
         taken = {id(worker) for _, worker, _ in running.values()}
         return [w for w in self._workers if id(w) not in taken]
 
-    def _collect(self, ref: Any, worker: _Worker) -> bool:
-        """Whether ``ref`` holds a result; a failed worker is resynchronised or dropped."""
+    def _collect(self, ref: Any, worker: _Worker) -> Any:
+        """The result ``ref`` holds, or ``_FAILED`` after resynchronising or dropping
+        the worker that failed it."""
         ray = self._ray
         try:
-            ray.get(ref)
-            return True
+            return ray.get(ref)
         except VersionSkew as skew:
             log.warning("Ray worker %s: %s; bringing it up to date", worker.name, skew)
             self._bring_up_to_date([worker])
         except (ray.exceptions.RayActorError, ray.exceptions.ActorUnavailableError) as exc:
             self._drop(worker, f"it died ({type(exc).__name__})")
-        return False
+        return _FAILED
 
     def _retry(self, share: int, attempts: list[int], waiting: deque[int]) -> None:
         if attempts[share] >= self._settings.attempts:
