@@ -73,6 +73,7 @@ def register(commands: argparse._SubParsersAction) -> None:
     _register_lifelong(sub)
     _register_scale(sub)
     _register_serving(sub)
+    _register_solve(sub)
 
 
 def _register_sync(sub: argparse._SubParsersAction) -> None:
@@ -97,7 +98,7 @@ def run_sync_bench(args: argparse.Namespace) -> int:
     """Handler of ``factsync bench sync``."""
     from factsync.bench.sync import format_sync_table, load_rewrites, run_sync_latency
 
-    sizes = [int(x) for x in args.sizes.split(",")]
+    sizes = _positive_list(args.sizes, "--sizes")
     rewrites = load_rewrites(_counterfact_path(args))
     startup, rows = run_sync_latency(rewrites, sizes, fresh_home=args.fresh_home)
     print(format_sync_table(startup, rows, fresh_home=args.fresh_home))
@@ -227,7 +228,7 @@ def run_ingest_bench(args: argparse.Namespace) -> int:
     from factsync.bench.ingest import format_ingest_table
     from factsync.bench.ingest import run_ingest_bench as run
 
-    sizes = [int(x) for x in args.batch_sizes.split(",")]
+    sizes = _positive_list(args.batch_sizes, "--batch-sizes")
     print(format_ingest_table(args.rows, run(args.rows, sizes, repeats=args.repeats)))
     return 0
 
@@ -261,7 +262,7 @@ def run_plan_bench(args: argparse.Namespace) -> int:
     from factsync.models.loading import load_model
 
     loaded = None if args.model == "none" else load_model(args.model, device=args.device)
-    rows = run([int(x) for x in args.sizes.split(",")], repeats=args.repeats, loaded=loaded,
+    rows = run(_positive_list(args.sizes, "--sizes"), repeats=args.repeats, loaded=loaded,
                seed=args.seed, progress=print)
     print(format_plan_table(rows, model=loaded.name if loaded else "none"))
     return 0
@@ -409,9 +410,7 @@ def run_scale_bench(args: argparse.Namespace) -> int:
     from factsync.executors.build import build_executor
     from factsync.executors.settings import ExecutorSettings, ExecutorType
 
-    sizes = [int(x) for x in args.workers.split(",")]
-    if not sizes or min(sizes) < 1:
-        raise ValueError(f"--workers must list fleet sizes of at least 1, got {args.workers}")
+    sizes = _positive_list(args.workers, "--workers")
     torch.manual_seed(args.seed)
     records = load_cases("counterfact", _counterfact_path(args))
     cases = records[: args.n]
@@ -541,7 +540,7 @@ def run_budget_bench(args: argparse.Namespace) -> int:
     from factsync.paths import data_home
 
     torch.manual_seed(args.seed)
-    budgets = [int(x) for x in args.budgets.split(",")]
+    budgets = _positive_list(args.budgets, "--budgets")
     data = _counterfact_path(args)
     cases = load_counterfact(data, limit=args.n)
     fluency = _fluency_texts(args.fluency)
@@ -696,3 +695,53 @@ def run_zopt_bench(args: argparse.Namespace) -> int:
     print(format_timing(timing))
     print(json.dumps(asdict(timing) | {"speedup": timing.speedup}))
     return 0
+
+
+def _register_solve(sub: argparse._SubParsersAction) -> None:
+    solve = sub.add_parser(
+        "solve",
+        help="MEMIT's per-layer solve: cached factor and Woodbury against a fresh solve",
+        description="On a random positive definite system of each key size, time one "
+        "layer's MEMIT solve done afresh (as every IME pass did before the factor was "
+        "cached), the factorisation of lambda C + K_p K_p^T (once per layer and job) and "
+        "one pass through it with the Woodbury identity; print both paths' seconds for a "
+        "job and the largest difference between their deltas. No model is loaded.",
+    )
+    solve.add_argument("--key-sizes", default="1536,14336",
+                       help="comma-separated key sizes: SmolLM2-135M's and an 8B "
+                       "model's (1536,14336)")
+    solve.add_argument("--keys", default="10,64",
+                       help="comma-separated keys per job (10,64)")
+    solve.add_argument("--passes", type=int, default=3, help="IME passes per job (3)")
+    solve.add_argument("--layers", type=int, default=5, help="edit layers per job (5)")
+    solve.add_argument("--device", default="cpu", help="torch device (cpu)")
+    solve.set_defaults(handler=run_solve_bench, computes=True)
+
+
+def run_solve_bench(args: argparse.Namespace) -> int:
+    """Handler of ``factsync bench solve``."""
+    import torch
+    from tqdm import tqdm
+
+    from factsync.bench.spread_solve import format_solve_table, time_solves
+
+    sizes = _positive_list(args.key_sizes, "--key-sizes")
+    counts = _positive_list(args.keys, "--keys")
+    if args.passes < 1 or args.layers < 1:
+        raise ValueError("--passes and --layers must be at least 1")
+    cases = [(size, count) for size in sizes for count in counts]
+    timings = [time_solves(size, count, device=args.device)
+               for size, count in tqdm(cases, desc="solves", unit="case")]
+    print(f"device {args.device}, {torch.get_num_threads()} torch threads, float64")
+    print(format_solve_table(timings, args.passes, args.layers))
+    return 0
+
+
+def _positive_list(text: str, option: str) -> list[int]:
+    try:
+        values = [int(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        raise ValueError(f"{option} must be comma-separated whole numbers, got {text!r}") from None
+    if not values or min(values) < 1:
+        raise ValueError(f"{option} must list numbers of at least 1, got {text!r}")
+    return values
