@@ -19,7 +19,12 @@ from tqdm import tqdm
 from factsync.editing.covariance import KeyStatistics
 from factsync.editing.engine import EditEngine, EngineSettings
 from factsync.evaluation.fluency import perplexity
-from factsync.evaluation.intervals import Interval, bootstrap_interval, format_interval
+from factsync.evaluation.intervals import (
+    Interval,
+    bootstrap_interval,
+    format_interval,
+    paired_difference_interval,
+)
 from factsync.evaluation.record_scores import METRICS
 from factsync.evaluation.suites import EvalCase, Suite, prepare_suite
 from factsync.executors.local import Executor, LocalExecutor
@@ -192,20 +197,58 @@ def format_table(rows: dict[str, MethodRow]) -> str:
     return "\n".join(lines)
 
 
-def format_differences(baseline: dict[str, MethodRow], rows: dict[str, MethodRow]) -> str:
-    """Per method, each KPI's mean in ``rows`` minus its mean in ``baseline`` (the same
-    records), and the largest absolute difference."""
-    columns = [*METRICS, "perplexity_ratio"]
-    lines = [" | ".join(["method", *columns, "largest"]),
-             " | ".join(["---"] * (len(columns) + 2))]
-    for name, row in rows.items():
-        mine, theirs = row.flat(), baseline[name].flat()
-        differences = [None if mine[c] is None or theirs[c] is None else mine[c] - theirs[c]
-                       for c in columns]
-        largest = max((abs(d) for d in differences if d is not None), default=None)
-        lines.append(" | ".join([name, *("-" if d is None else f"{d:+.3f}" for d in differences),
-                                 _cell(largest)]))
+def against_baseline(baseline: dict[str, MethodRow],
+                     rows: dict[str, MethodRow]) -> dict[str, tuple[MethodRow, MethodRow]]:
+    """Each method of ``rows`` with the same method in ``baseline`` (another run over the
+    same records, in another dtype say)."""
+    return {name: (row, baseline[name]) for name, row in rows.items()}
+
+
+def against_method(rows: dict[str, MethodRow],
+                   reference: str) -> dict[str, tuple[MethodRow, MethodRow]]:
+    """Each other method of ``rows`` with the method ``reference`` of the same run.
+    Raises ``ValueError`` for an unknown reference."""
+    if reference not in rows:
+        raise ValueError(f"no method {reference!r} to compare with; the run has "
+                         f"{', '.join(rows)}")
+    return {name: (row, rows[reference]) for name, row in rows.items() if name != reference}
+
+
+def paired_differences(row: MethodRow, reference: MethodRow) -> dict[str, Interval | None]:
+    """Per metric of ``METRICS``: the mean of ``row``'s per-record value minus
+    ``reference``'s over records scored by both, with its paired 95% bootstrap interval,
+    much narrower than either row's own interval because what the records share cancels."""
+    return {metric: paired_difference_interval(row.values[metric], reference.values[metric])
+            for metric in METRICS}
+
+
+def format_differences(pairs: dict[str, tuple[MethodRow, MethodRow]]) -> str:
+    """Per method: each metric's ``paired_differences`` from its reference, the perplexity
+    ratio's difference, and the largest absolute difference of a mean."""
+    lines = [" | ".join(["method", *METRICS, "perplexity_ratio", "largest"]),
+             " | ".join(["---"] * (len(METRICS) + 3))]
+    for name, (row, reference) in pairs.items():
+        differences = paired_differences(row, reference)
+        perplexity = row.perplexity_ratio - reference.perplexity_ratio
+        largest = max([abs(d.mean) for d in differences.values() if d is not None]
+                      + [abs(perplexity)])
+        cells = ["-" if d is None else format_interval(d, signed=True)
+                 for d in differences.values()]
+        lines.append(" | ".join([name, *cells, f"{perplexity:+.3f}", f"{largest:.3f}"]))
     return "\n".join(lines)
+
+
+def differences_json(pairs: dict[str, tuple[MethodRow, MethodRow]]) -> dict:
+    """``format_differences`` as ``{method: {metric: [mean, low, high] or null,
+    "perplexity_ratio": difference}}``."""
+    report = {}
+    for name, (row, reference) in pairs.items():
+        differences = paired_differences(row, reference)
+        report[name] = {
+            metric: None if d is None else [d.mean, d.low, d.high]
+            for metric, d in differences.items()
+        } | {"perplexity_ratio": row.perplexity_ratio - reference.perplexity_ratio}
+    return report
 
 
 def _interval_cell(interval: Interval | None) -> str:

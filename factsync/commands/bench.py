@@ -47,6 +47,11 @@ def register(commands: argparse._SubParsersAction) -> None:
     counterfact.add_argument("--against-dtype", choices=["float32", "bfloat16", "float16"],
                              help="first run the same records in this dtype, then print "
                              "how far each method's means in --dtype are from it")
+    counterfact.add_argument("--paired-against", metavar="METHOD",
+                             help="also print every other method's difference from METHOD "
+                             "on each metric: the mean of per-record differences with its "
+                             "paired 95%% bootstrap interval (e.g. memit+ime, to see what "
+                             "NME changes)")
     add_model_options(counterfact)
     add_engine_options(counterfact)
     add_executor_options(counterfact)
@@ -615,7 +620,12 @@ def _fluency_texts(path: Path | None) -> list[str]:
             )
         path = shared / FLUENCY_FILE
     with open(path, encoding="utf-8") as handle:
-        return [row["Text"] for row in json.load(handle)]
+        rows = json.load(handle)
+    if not isinstance(rows, list) or not all(
+            isinstance(row, dict) and isinstance(row.get("Text"), str) for row in rows):
+        raise ValueError(f"{path}: fluency texts must be a JSON list of objects with a "
+                         "\"Text\" string each")
+    return [row["Text"] for row in rows]
 
 
 def run_counterfact_bench(args: argparse.Namespace) -> int:
@@ -623,6 +633,9 @@ def run_counterfact_bench(args: argparse.Namespace) -> int:
     import torch
 
     from factsync.bench.counterfact import (
+        against_baseline,
+        against_method,
+        differences_json,
         format_differences,
         format_table,
         run_counterfact,
@@ -632,10 +645,6 @@ def run_counterfact_bench(args: argparse.Namespace) -> int:
     from factsync.editing.build import build_engine
     from factsync.evaluation.datasets import load_cases
 
-    # Records past the first n are read as spares that may lend editing neighbours.
-    records = load_cases(args.dataset, _counterfact_path(args, args.dataset))
-    cases = records[: args.n]
-    texts = _fluency_texts(args.fluency)
     base = engine_settings(args, neighbours=False)
     methods = standard_methods(base, args.max_iterations)
     if args.methods:
@@ -643,6 +652,13 @@ def run_counterfact_bench(args: argparse.Namespace) -> int:
         if unknown:
             raise ValueError(f"unknown methods {sorted(unknown)}; choose from {sorted(methods)}")
         methods = {k: v for k, v in methods.items() if k in args.methods.split(",")}
+    if args.paired_against and args.paired_against not in methods:
+        raise ValueError(f"--paired-against {args.paired_against!r} is not among the methods "
+                         f"run: {', '.join(methods)}")
+    # Records past the first n are read as spares that may lend editing neighbours.
+    records = load_cases(args.dataset, _counterfact_path(args, args.dataset))
+    cases = records[: args.n]
+    texts = _fluency_texts(args.fluency)
     tables = {}
     for dtype in filter(None, (args.against_dtype, args.dtype)):
         torch.manual_seed(args.seed)
@@ -664,15 +680,28 @@ def run_counterfact_bench(args: argparse.Namespace) -> int:
               f"{', '.join(f'{v:.0f}' for v in engine.lambdas().values())}")
         print(format_table(tables[dtype]))
         del loaded, engine
+    pairs = {}
     if args.against_dtype:
-        print(f"\n{args.dtype} against {args.against_dtype}: largest difference of a mean")
-        print(format_differences(tables[args.against_dtype], tables[args.dtype]))
+        pairs["against_dtype"] = against_baseline(tables[args.against_dtype], tables[args.dtype])
+        print(f"\n{args.dtype} against {args.against_dtype}, the same records paired: mean "
+              "difference [95% interval], and the largest difference of a mean")
+        print(format_differences(pairs["against_dtype"]))
+    if args.paired_against:
+        pairs["paired_against"] = against_method(tables[args.dtype], args.paired_against)
+        print(f"\nagainst {args.paired_against} in {args.dtype}, the same records paired: "
+              "mean difference [95% interval], and the largest difference of a mean")
+        print(format_differences(pairs["paired_against"]))
     if args.json:
-        write_json(args.json, to_json(tables[args.dtype], len(cases), dataset=args.dataset)
-                   | {"dtype": args.dtype}
-                   | ({"against": {"dtype": args.against_dtype, **to_json(
-                       tables[args.against_dtype], len(cases), dataset=args.dataset)}}
-                      if args.against_dtype else {}))
+        report = to_json(tables[args.dtype], len(cases), dataset=args.dataset) | {
+            "dtype": args.dtype}
+        if args.against_dtype:
+            report["against"] = {"dtype": args.against_dtype, **to_json(
+                tables[args.against_dtype], len(cases), dataset=args.dataset),
+                "differences": differences_json(pairs["against_dtype"])}
+        if args.paired_against:
+            report["paired_against"] = {"method": args.paired_against,
+                                        "differences": differences_json(pairs["paired_against"])}
+        write_json(args.json, report)
     return 0
 
 

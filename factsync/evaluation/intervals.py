@@ -56,6 +56,29 @@ def bootstrap_interval(
     return Interval(mean=float(data.mean()), low=float(low), high=float(high))
 
 
-def format_interval(interval: Interval) -> str:
-    """``interval`` as ``0.962 [0.941, 0.978]``."""
-    return f"{interval.mean:.3f} [{interval.low:.3f}, {interval.high:.3f}]"
+def paired_difference_interval(
+    values: Sequence[float | None], reference: Sequence[float | None], *, level: float = 0.95,
+    resamples: int = 1000, seed: int = 0,
+) -> Interval | None:
+    """The mean of ``values[i] - reference[i]`` over records with both, and its bootstrap
+    interval; ``None`` when no record has both.
+
+    Both runs scored the same records, so resampling records keeps each pair together:
+    what the records share cancels, and the interval is much narrower than either run's
+    own. Raises ``ValueError`` when the two do not have one value per record each.
+    """
+    if len(values) != len(reference):
+        raise ValueError(f"paired values need one per record each, got {len(values)} "
+                         f"and {len(reference)}")
+    differences = [a - b for a, b in zip(values, reference, strict=True)
+                   if a is not None and b is not None]
+    if not differences:
+        return None
+    return bootstrap_interval(differences, level=level, resamples=resamples, seed=seed)
+
+
+def format_interval(interval: Interval, *, signed: bool = False) -> str:
+    """``interval`` as ``0.962 [0.941, 0.978]``, or ``+0.012 [-0.004, +0.028]`` when
+    ``signed`` (a difference)."""
+    spec = "+.3f" if signed else ".3f"
+    return (f"{interval.mean:{spec}} [{interval.low:{spec}}, {interval.high:{spec}}]")

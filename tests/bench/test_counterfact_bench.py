@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import re
 
+import pytest
 import torch
 
 from factsync.bench.budget import format_budget_table, run_budget_study
@@ -181,3 +182,62 @@ def test_budget_study_reports_every_budget_against_the_largest(tiny_loaded, tmp_
     assert rows[-1].moment_error == 0.0 < rows[0].moment_error
     assert all(r.lambda_mean > 0 for r in rows)
     assert len(format_budget_table(rows).splitlines()) == 4
+
+
+def test_methods_are_compared_record_by_record_against_a_named_one(
+    tiny_loaded, tmp_path, monkeypatch, capsys
+):
+    model_dir = tmp_path / "model"
+    loaded = tiny_loaded()
+    loaded.model.save_pretrained(model_dir)
+    loaded.tokenizer.save_pretrained(model_dir)
+    data = tmp_path / "cf.json"
+    data.write_text(json.dumps([RECORD, {**RECORD, "case_id": 8}]))
+    fluency = tmp_path / "texts.json"
+    fluency.write_text(json.dumps([{"Text": text} for text in TEXTS[:2]]))
+    monkeypatch.setenv("FACTSYNC_HOME", str(tmp_path / "home"))
+    report = tmp_path / "report.json"
+    code = main([
+        "bench", "counterfact", "--data", str(data), "--fluency", str(fluency), "--n", "2",
+        "--batch", "1", "--methods", "memit,memit+ime", "--max-iterations", "2",
+        "--paired-against", "memit", "--model", str(model_dir), "--device", "cpu",
+        "--corpus-tokens", "1000", "--json", str(report),
+    ])
+
+    assert code == 0
+    numbers = json.loads(report.read_text())
+    paired = numbers["paired_against"]
+    assert paired["method"] == "memit"
+    assert list(paired["differences"]) == ["unedited", "memit+ime"]
+    for name, differences in paired["differences"].items():
+        for metric in METRICS:
+            mean, low, high = differences[metric]
+            mine = numbers["methods"][name][metric]
+            assert mean == pytest.approx(mine - numbers["methods"]["memit"][metric]), metric
+            assert low <= mean <= high
+    out = capsys.readouterr().out
+    table = out[out.index("against memit in float32"):].splitlines()
+    assert [line.split(" | ")[0] for line in table[3:5]] == ["unedited", "memit+ime"]
+
+
+def test_a_comparison_with_a_method_not_run_is_refused(tmp_path, capsys):
+    data = tmp_path / "cf.json"
+    data.write_text(json.dumps([RECORD]))
+    code = main([
+        "bench", "counterfact", "--data", str(data), "--n", "1",
+        "--methods", "memit", "--paired-against", "memit+ime",
+        "--model", str(tmp_path / "none"),
+    ])
+    assert code == 1
+    assert "--paired-against 'memit+ime' is not among the methods run" in capsys.readouterr().err
+
+
+def test_a_fluency_file_of_another_shape_is_named(tmp_path, capsys):
+    data = tmp_path / "cf.json"
+    data.write_text(json.dumps([RECORD]))
+    code = main([
+        "bench", "counterfact", "--data", str(data), "--fluency", str(data), "--n", "1",
+        "--model", str(tmp_path / "none"),
+    ])
+    assert code == 1
+    assert f"{data}: fluency texts must be a JSON list" in capsys.readouterr().err

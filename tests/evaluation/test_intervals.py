@@ -5,7 +5,12 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from factsync.evaluation.intervals import Interval, bootstrap_interval, format_interval
+from factsync.evaluation.intervals import (
+    Interval,
+    bootstrap_interval,
+    format_interval,
+    paired_difference_interval,
+)
 
 
 def _bernoulli(n: int, p: float, seed: int) -> list[float]:
@@ -73,3 +78,35 @@ def test_bad_input_is_refused(values, options, message):
 
 def test_format_interval():
     assert format_interval(Interval(0.9621, 0.9414, 0.978)) == "0.962 [0.941, 0.978]"
+
+
+def test_a_paired_difference_is_taken_over_records_scored_by_both():
+    interval = paired_difference_interval([1.0, 1.0, 0.0, 1.0], [0.0, 1.0, 0.0, None])
+
+    assert interval is not None
+    assert interval.mean == pytest.approx(1 / 3)
+    assert 0.0 <= interval.low <= interval.mean <= interval.high <= 1.0
+
+
+def test_pairing_cancels_what_the_records_share():
+    # Records differ widely; the second run is the first plus 0.01 on every record.
+    base = [float(i % 10) / 10 for i in range(200)]
+    shifted = [value + 0.01 for value in base]
+
+    paired = paired_difference_interval(shifted, base)
+    apart = bootstrap_interval(shifted)
+
+    assert paired is not None
+    assert paired.mean == pytest.approx(0.01)
+    assert paired.high - paired.low < 1e-9 < apart.high - apart.low
+
+
+def test_a_paired_difference_needs_aligned_records():
+    with pytest.raises(ValueError, match="one per record"):
+        paired_difference_interval([1.0, 0.0], [1.0])
+    assert paired_difference_interval([None, 1.0], [0.0, None]) is None
+
+
+def test_a_signed_interval_shows_its_signs():
+    assert format_interval(Interval(0.012, -0.004, 0.028), signed=True) == \
+        "+0.012 [-0.004, +0.028]"
