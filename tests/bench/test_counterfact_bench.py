@@ -184,9 +184,8 @@ def test_budget_study_reports_every_budget_against_the_largest(tiny_loaded, tmp_
     assert len(format_budget_table(rows).splitlines()) == 4
 
 
-def test_methods_are_compared_record_by_record_against_a_named_one(
-    tiny_loaded, tmp_path, monkeypatch, capsys
-):
+def _bench_counterfact(tiny_loaded, tmp_path, monkeypatch, *options: str) -> dict:
+    """Run ``bench counterfact`` on the tiny model and two records; its JSON report."""
     model_dir = tmp_path / "model"
     loaded = tiny_loaded()
     loaded.model.save_pretrained(model_dir)
@@ -199,13 +198,20 @@ def test_methods_are_compared_record_by_record_against_a_named_one(
     report = tmp_path / "report.json"
     code = main([
         "bench", "counterfact", "--data", str(data), "--fluency", str(fluency), "--n", "2",
-        "--batch", "1", "--methods", "memit,memit+ime", "--max-iterations", "2",
-        "--paired-against", "memit", "--model", str(model_dir), "--device", "cpu",
-        "--corpus-tokens", "1000", "--json", str(report),
+        "--batch", "1", "--model", str(model_dir), "--device", "cpu",
+        "--corpus-tokens", "1000", "--json", str(report), *options,
     ])
-
     assert code == 0
-    numbers = json.loads(report.read_text())
+    return json.loads(report.read_text())
+
+
+def test_methods_are_compared_record_by_record_against_a_named_one(
+    tiny_loaded, tmp_path, monkeypatch, capsys
+):
+    numbers = _bench_counterfact(tiny_loaded, tmp_path, monkeypatch,
+                                 "--methods", "memit,memit+ime", "--max-iterations", "2",
+                                 "--paired-against", "memit")
+
     paired = numbers["paired_against"]
     assert paired["method"] == "memit"
     assert list(paired["differences"]) == ["unedited", "memit+ime"]
@@ -218,6 +224,25 @@ def test_methods_are_compared_record_by_record_against_a_named_one(
     out = capsys.readouterr().out
     table = out[out.index("against memit in float32"):].splitlines()
     assert [line.split(" | ")[0] for line in table[3:5]] == ["unedited", "memit+ime"]
+
+
+def test_a_second_dtype_is_compared_record_by_record_with_the_first(
+    tiny_loaded, tmp_path, monkeypatch, capsys
+):
+    numbers = _bench_counterfact(tiny_loaded, tmp_path, monkeypatch, "--methods", "memit",
+                                 "--dtype", "bfloat16", "--against-dtype", "float32")
+
+    assert numbers["dtype"] == "bfloat16" and numbers["against"]["dtype"] == "float32"
+    differences = numbers["against"]["differences"]
+    assert list(differences) == ["unedited", "memit"]
+    for name, metrics in differences.items():
+        mean, low, high = metrics["efficacy_success"]
+        ours, theirs = (numbers["methods"][name], numbers["against"]["methods"][name])
+        assert mean == pytest.approx(ours["efficacy_success"] - theirs["efficacy_success"])
+        assert low <= mean <= high
+        assert metrics["perplexity_ratio"] == pytest.approx(
+            ours["perplexity_ratio"] - theirs["perplexity_ratio"])
+    assert "bfloat16 against float32, the same records paired" in capsys.readouterr().out
 
 
 def test_a_comparison_with_a_method_not_run_is_refused(tmp_path, capsys):
