@@ -13,6 +13,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import Protocol
 
 from tqdm import tqdm
 
@@ -20,8 +21,9 @@ from factsync.bench.counterfact import standard_methods
 from factsync.bench.lifelong_scoring import Checkpoint, Yardstick
 from factsync.bench.norm_growth import NormGrowth
 from factsync.editing.covariance import KeyStatistics
-from factsync.editing.delta import restored_weights
+from factsync.editing.delta import ModelDelta, restored_weights
 from factsync.editing.engine import EditEngine, EngineSettings
+from factsync.editing.engine_state import EngineState
 from factsync.editing.spread import Algorithm
 from factsync.executors.local import Executor, LocalExecutor
 from factsync.models.loading import LoadedModel
@@ -104,6 +106,39 @@ class MethodRun:
         return self.checkpoints[-1]
 
 
+@dataclass(frozen=True)
+class MethodProgress:
+    """Where one method stood at its latest saved checkpoint.
+
+    Attributes:
+        facts: facts applied.
+        seconds: editing seconds over those facts.
+        delta: every applied job's delta, composed.
+        state: the keys every applied job wrote.
+    """
+
+    facts: int
+    seconds: float
+    delta: ModelDelta
+    state: EngineState
+
+
+class RunStore(Protocol):
+    """Where a run keeps what it needs to continue after being stopped
+    (``lifelong_resume.RunDirectory``)."""
+
+    def load(self) -> LifelongRun | None:
+        """The run as its last saved checkpoint left it; ``None`` when nothing is saved."""
+
+    def progress(self, method: str) -> MethodProgress | None:
+        """``method``'s delta and state at its last saved checkpoint, if any."""
+
+    def save(self, run: LifelongRun, method: str, seconds: float, deltas: list[ModelDelta],
+             states: list[EngineState]) -> None:
+        """Keep ``run`` after a checkpoint of ``method``, with the deltas and states of
+        the method's applied jobs in order."""
+
+
 @dataclass
 class LifelongRun:
     """A whole run: the unedited reference and each method's checkpoints.
@@ -134,30 +169,45 @@ def run_lifelong(
     checkpoint_every: int,
     on_checkpoint: Callable[[LifelongRun], None] | None = None,
     executor: Executor | None = None,
+    store: RunStore | None = None,
 ) -> LifelongRun:
     """Apply every record of ``yardstick.suite`` with each method in turn, job by job.
 
     ``on_checkpoint`` sees the run after each checkpoint (to save it, say). Each method
     starts from the weights the model had at the call, and the model has them again
     when this returns. ``executor`` runs the z optimisation (in this process by
-    default); it must start on the weights the model has at the call.
+    default); it must start on the weights the model has at the call. With a ``store``
+    the run continues from its last saved checkpoint and saves each new one there.
     """
     executor = executor or LocalExecutor()
     requests = yardstick.suite.requests
     n = len(requests)
     due = set(checkpoint_facts(n, batch_size, checkpoint_every))
-    untouched = NormGrowth(loaded, list(edit_layers(loaded, methods)))
-    unedited = yardstick.measure(loaded, n, untouched, 0.0)
-    run = LifelongRun(dataset=yardstick.suite.dataset, n=n, batch=batch_size, unedited=unedited)
+    run = store.load() if store is not None else None
+    if run is None:
+        untouched = NormGrowth(loaded, list(edit_layers(loaded, methods)))
+        run = LifelongRun(dataset=yardstick.suite.dataset, n=n, batch=batch_size,
+                          unedited=yardstick.measure(loaded, n, untouched, 0.0))
     for name, settings in methods.items():
+        saved = store.progress(name) if store is not None else None
+        if saved is not None and saved.facts == n:
+            continue  # finished before the run was stopped
         engine = EditEngine(loaded, settings, statistics, contexts,
                             optimiser=executor.optimise)
         growth = NormGrowth(loaded, engine.layers)
-        seconds, chain = 0.0, []
+        seconds, chain, deltas, states, first = 0.0, [], [], [], 0
         # One snapshot of the edited weights undoes every job, where a handle per job
         # would keep a copy of them per job.
         with restored_weights(loaded, [loaded.spec.mlp_out_path(i) for i in engine.layers]):
-            for start in tqdm(range(0, n, batch_size), desc=name, unit="job"):
+            if saved is not None:
+                saved.delta.apply(loaded)
+                engine.restore([saved.state])
+                seconds, first = saved.seconds, saved.facts
+                deltas, states = [saved.delta], [saved.state]
+                chain.append((f"{name}/0-{first}", saved.delta))
+                executor.follow(chain)
+            for start in tqdm(range(first, n, batch_size), desc=name, unit="job",
+                              initial=first // batch_size, total=-(-n // batch_size)):
                 started = time.monotonic()
                 result = engine.edit(requests[start : start + batch_size])
                 result.delta.apply(loaded)
@@ -165,10 +215,14 @@ def run_lifelong(
                 chain.append((f"{name}/{start}", result.delta))
                 executor.follow(chain)
                 seconds += time.monotonic() - started
+                deltas.append(result.delta)
+                states.append(result.state)
                 applied = min(start + batch_size, n)
                 if applied in due:
                     checkpoint = yardstick.measure(loaded, applied, growth, seconds / applied)
                     run.methods.setdefault(name, MethodRun()).checkpoints.append(checkpoint)
+                    if store is not None:
+                        store.save(run, name, seconds, deltas, states)
                     if on_checkpoint is not None:
                         on_checkpoint(run)
         executor.follow([])

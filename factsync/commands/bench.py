@@ -305,6 +305,11 @@ def _register_lifelong(sub: argparse._SubParsersAction) -> None:
     lifelong.add_argument("--json", type=Path,
                           help="write the numbers to this file after every checkpoint")
     lifelong.add_argument("--plot", type=Path, help="draw the metrics against facts (PNG)")
+    lifelong.add_argument("--state", type=Path, metavar="DIR",
+                          help="keep what the run needs to continue in DIR after every "
+                          "checkpoint (the checkpoints, and each method's applied deltas and "
+                          "engine state); a run stopped midway and started again with the "
+                          "same arguments and DIR goes on from its last checkpoint")
     add_model_options(lifelong)
     add_engine_options(lifelong)
     add_executor_options(lifelong)
@@ -327,6 +332,7 @@ def run_lifelong_bench(args: argparse.Namespace) -> int:
     )
     from factsync.bench.lifelong_plot import draw_plot
     from factsync.bench.lifelong_report import format_table, to_json
+    from factsync.bench.lifelong_resume import RunDirectory
     from factsync.bench.lifelong_scoring import Yardstick
     from factsync.editing.build import build_engine
     from factsync.evaluation.suites import load_cases, prepare_suite
@@ -334,6 +340,10 @@ def run_lifelong_bench(args: argparse.Namespace) -> int:
     checkpoint_facts(args.n, args.batch, args.checkpoint_every)  # bad sizes fail before loading
     if args.canaries < 0:
         raise ValueError(f"--canaries must not be negative, got {args.canaries}")
+    # A saved run with other arguments is refused before the long preparation.
+    store = RunDirectory(args.state, _run_arguments(args)) if args.state else None
+    if store is not None and store.load() is not None:
+        print(f"continuing the run saved in {args.state}", flush=True)
     torch.manual_seed(args.seed)
     data = _counterfact_path(args, args.dataset)
     texts = _fluency_texts(args.fluency)
@@ -366,13 +376,26 @@ def run_lifelong_bench(args: argparse.Namespace) -> int:
         run = run_lifelong(loaded, yardstick, methods, statistics=engine.statistics,
                            contexts=engine.contexts, batch_size=args.batch,
                            checkpoint_every=args.checkpoint_every,
-                           on_checkpoint=save if args.json else None, executor=executor)
+                           on_checkpoint=save if args.json else None, executor=executor,
+                           store=store)
     finally:
         executor.close()
     print(format_table(run))
     if args.plot:
         draw_plot(run, args.plot)
     return 0
+
+
+# Options that change where a run's results go or where its work runs, not the results.
+_NOT_THE_RUN = {"handler", "computes", "json", "plot", "state", "log_level", "log_json",
+                "executor", "ray_workers", "ray_address", "ray_cpus_per_worker",
+                "ray_gpus_per_worker"}
+
+
+def _run_arguments(args: argparse.Namespace) -> dict[str, object]:
+    """The arguments that make two ``bench lifelong`` runs the same run."""
+    return {name: str(value) if isinstance(value, Path) else value
+            for name, value in sorted(vars(args).items()) if name not in _NOT_THE_RUN}
 
 
 def _register_scale(sub: argparse._SubParsersAction) -> None:

@@ -1,0 +1,112 @@
+"""A ``bench lifelong`` run stopped after a checkpoint goes on from it when started again."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from factsync.bench.canary_facts import pick_canaries
+from factsync.bench.lifelong import LifelongRun, run_lifelong
+from factsync.bench.lifelong_resume import INDEX, RunDirectory
+from factsync.bench.lifelong_scoring import METRICS, Yardstick
+from factsync.cli import main
+from factsync.evaluation.suites import load_cases, prepare_suite
+
+FLUENCY = [
+    "Once upon a time, in 1998, scientists found a new city in the north.",
+    "Here is how to write a letter: Dear customer, thank you for your order.",
+]
+ARGUMENTS = {"n": 6, "batch": 2, "methods": "memit,again"}
+
+
+class Stopped(Exception):
+    """The run was stopped (as by a kill) after a checkpoint."""
+
+
+def _run(loaded, engine, yardstick, store, *, stop_after: int | None = None) -> LifelongRun:
+    seen = []
+
+    def stop(run: LifelongRun) -> None:
+        seen.append(run)
+        if len(seen) == stop_after:
+            raise Stopped
+
+    # Two methods, so that one can be finished and the other midway when the run stops.
+    return run_lifelong(
+        loaded, yardstick, {"memit": engine.settings, "again": engine.settings},
+        statistics=engine.statistics, contexts=engine.contexts, batch_size=2,
+        checkpoint_every=2, on_checkpoint=stop, store=store)
+
+
+@pytest.fixture
+def bench(tiny_loaded, tiny_engine, counterfact_file):
+    loaded = tiny_loaded()
+    engine = tiny_engine(loaded)
+    cases = load_cases("counterfact", counterfact_file)
+    suite = prepare_suite(loaded, "counterfact", cases[:6], neighbours_per_fact=1)
+    canaries = pick_canaries(loaded, [case.request for case in cases[6:]])
+    return loaded, engine, Yardstick.prepare(loaded, suite, canaries, FLUENCY)
+
+
+@pytest.mark.parametrize("stop_after", [1, 4])  # in the first method; in the second
+def test_a_stopped_run_goes_on_to_the_scores_of_one_never_stopped(bench, tmp_path, stop_after):
+    loaded, engine, yardstick = bench
+    before = {name: t.clone() for name, t in loaded.model.state_dict().items()}
+    whole = _run(loaded, engine, yardstick, RunDirectory(tmp_path / "whole", ARGUMENTS))
+
+    store = RunDirectory(tmp_path / "stopped", ARGUMENTS)
+    with pytest.raises(Stopped):
+        _run(loaded, engine, yardstick, store, stop_after=stop_after)
+    for name, tensor in loaded.model.state_dict().items():
+        assert torch.equal(tensor, before[name]), name
+    saved = store.load()
+    assert sum(len(m.checkpoints) for m in saved.methods.values()) == stop_after
+    resumed = _run(loaded, engine, yardstick, store)
+
+    for name, tensor in loaded.model.state_dict().items():
+        assert torch.equal(tensor, before[name]), name
+    assert resumed.unedited == whole.unedited  # measured once, read back as it was
+    for name in ("memit", "again"):
+        mine, theirs = resumed.methods[name].checkpoints, whole.methods[name].checkpoints
+        assert [c.facts for c in mine] == [c.facts for c in theirs] == [2, 4, 6]
+        for ours, reference in zip(mine, theirs, strict=True):
+            for metric in set(METRICS) - {"seconds_per_fact"}:
+                # The saved delta is every job's composed; applied at once it rounds
+                # differently from job after job.
+                assert ours.values[metric] == pytest.approx(
+                    reference.values[metric], rel=1e-3, abs=1e-3), (name, ours.facts, metric)
+    kept = sorted(p.name for p in store.path.iterdir())
+    assert kept == ["method0-facts6.delta.safetensors", "method0-facts6.keys.safetensors",
+                    "method1-facts6.delta.safetensors", "method1-facts6.keys.safetensors", INDEX]
+
+
+def test_a_run_saved_with_other_arguments_is_refused(bench, tmp_path):
+    loaded, engine, yardstick = bench
+    with pytest.raises(Stopped):
+        _run(loaded, engine, yardstick, RunDirectory(tmp_path, ARGUMENTS), stop_after=1)
+
+    other = RunDirectory(tmp_path, ARGUMENTS | {"batch": 3, "seed": 1})
+    with pytest.raises(ValueError, match=r"other arguments \(batch, seed\)"):
+        other.load()
+
+
+def test_the_command_refuses_a_saved_run_of_other_arguments_before_loading_anything(
+    tmp_path, counterfact_file, capsys
+):
+    state = tmp_path / "state"
+    state.mkdir()
+    (state / INDEX).write_text(json.dumps({"arguments": {"n": 3}}))
+    code = main([
+        "bench", "lifelong", "--data", str(counterfact_file), "--n", "4", "--batch", "2",
+        "--model", str(tmp_path / "no-model"), "--state", str(state),
+    ])
+    assert code == 1
+    assert f"{state} holds a run with other arguments" in capsys.readouterr().err
+
+
+def test_an_unreadable_saved_run_is_named(tmp_path):
+    (tmp_path / INDEX).write_text("{not json")
+    with pytest.raises(ValueError, match=f"cannot read the saved run {tmp_path / INDEX}"):
+        RunDirectory(tmp_path, ARGUMENTS).load()
