@@ -336,6 +336,7 @@ def run_lifelong_bench(args: argparse.Namespace) -> int:
     from factsync.bench.lifelong_scoring import Yardstick
     from factsync.editing.build import build_engine
     from factsync.evaluation.suites import load_cases, prepare_suite
+    from factsync.models.scoring import scoring_progress
 
     checkpoint_facts(args.n, args.batch, args.checkpoint_every)  # bad sizes fail before loading
     if args.canaries < 0:
@@ -355,14 +356,15 @@ def run_lifelong_bench(args: argparse.Namespace) -> int:
     loaded = load(args)
     layers = edit_layers(loaded, methods)
     engine = build_engine(loaded, replace(base, layers=layers), statistics_settings(args))
-    suite = prepare_suite(loaded, args.dataset, cases[: args.n],
-                          neighbours_per_fact=args.neighbours, spare=cases[args.n :])
-    canaries = pick_canaries(
-        loaded, [case.request for case in cases[args.n : args.n + args.canaries]]
-    )
-    stated = daemon_canaries(loaded)
-    yardstick = Yardstick.prepare(loaded, suite, canaries, texts, seed=args.seed,
-                                  stated_canaries=stated)
+    with scoring_progress("preparing the records"):
+        suite = prepare_suite(loaded, args.dataset, cases[: args.n],
+                              neighbours_per_fact=args.neighbours, spare=cases[args.n :])
+        canaries = pick_canaries(
+            loaded, [case.request for case in cases[args.n : args.n + args.canaries]]
+        )
+        stated = daemon_canaries(loaded)
+        yardstick = Yardstick.prepare(loaded, suite, canaries, texts, seed=args.seed,
+                                      stated_canaries=stated)
 
     def save(run: LifelongRun) -> None:
         write_json(args.json, to_json(run))
@@ -373,11 +375,12 @@ def run_lifelong_bench(args: argparse.Namespace) -> int:
           f"{len(stated)} of the daemon's built-in canaries", flush=True)
     executor = executor_from_args(args)
     try:
-        run = run_lifelong(loaded, yardstick, methods, statistics=engine.statistics,
-                           contexts=engine.contexts, batch_size=args.batch,
-                           checkpoint_every=args.checkpoint_every,
-                           on_checkpoint=save if args.json else None, executor=executor,
-                           store=store)
+        with scoring_progress("scoring"):
+            run = run_lifelong(loaded, yardstick, methods, statistics=engine.statistics,
+                               contexts=engine.contexts, batch_size=args.batch,
+                               checkpoint_every=args.checkpoint_every,
+                               on_checkpoint=save if args.json else None, executor=executor,
+                               store=store)
     finally:
         executor.close()
     print(format_table(run))
@@ -667,6 +670,7 @@ def run_counterfact_bench(args: argparse.Namespace) -> int:
     )
     from factsync.editing.build import build_engine
     from factsync.evaluation.datasets import load_cases
+    from factsync.models.scoring import scoring_progress
 
     base = engine_settings(args, neighbours=False)
     methods = standard_methods(base, args.max_iterations)
@@ -690,11 +694,12 @@ def run_counterfact_bench(args: argparse.Namespace) -> int:
         engine = build_engine(loaded, base, statistics_settings(args))
         executor = executor_from_args(run_args)
         try:
-            tables[dtype] = run_counterfact(
-                loaded, cases, methods, statistics=engine.statistics,
-                contexts=engine.contexts, fluency_texts=texts, batch_size=args.batch,
-                neighbours_per_fact=args.neighbours, dataset=args.dataset,
-                spare=records[args.n :], executor=executor)
+            with scoring_progress("scoring"):
+                tables[dtype] = run_counterfact(
+                    loaded, cases, methods, statistics=engine.statistics,
+                    contexts=engine.contexts, fluency_texts=texts, batch_size=args.batch,
+                    neighbours_per_fact=args.neighbours, dataset=args.dataset,
+                    spare=records[args.n :], executor=executor)
         finally:
             executor.close()
         print(f"{dataset_spec(args.dataset).title}, {len(cases)} records, batches of "

@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import Any
 
 import torch
+from tqdm import tqdm
 
 from factsync.models.loading import LoadedModel
 from factsync.models.text import PromptBatch, PromptSpec, encode
@@ -110,12 +114,32 @@ def batch_scores(
     return BatchScores(nll_sum / lengths, wrong == 0, predicted, log_probs[len(rows) :])
 
 
+# Scoring runs this long or longer shows a progress bar where a caller asked for them.
+_BARS_FROM_BATCHES = 20
+_bar_label: ContextVar[str | None] = ContextVar("scoring_progress", default=None)
+
+
+@contextmanager
+def scoring_progress(label: str) -> Iterator[None]:
+    """Show a progress bar labelled ``label`` on long ``score_targets`` calls made in
+    this block (a benchmark preparing or scoring thousands of prompts, say); calls
+    elsewhere, such as the daemon's, stay quiet."""
+    token = _bar_label.set(label)
+    try:
+        yield
+    finally:
+        _bar_label.reset(token)
+
+
 def score_targets(
     loaded: LoadedModel, rows: list[PromptSpec], *, batch_size: int = 32
 ) -> list[TargetScore]:
     """Score each row's ``target_ids`` after its prompt (no gradients)."""
     scores: list[TargetScore] = []
-    for start in range(0, len(rows), batch_size):
+    label = _bar_label.get()
+    starts = range(0, len(rows), batch_size)
+    for start in tqdm(starts, desc=label, unit="batch", leave=False,
+                      disable=label is None or len(starts) < _BARS_FROM_BATCHES):
         chunk = rows[start : start + batch_size]
         batch = encode(loaded, chunk)
         with torch.no_grad():

@@ -1,0 +1,30 @@
+"""Progress bars on long scoring: where a caller asks for them, and nowhere else."""
+
+from __future__ import annotations
+
+import pytest
+
+from factsync.models.scoring import score_targets, scoring_progress
+from factsync.models.text import PromptSpec, object_ids
+
+
+def _rows(loaded, count: int) -> list[PromptSpec]:
+    return [PromptSpec("{}", f"The capital of France is {i}", object_ids(loaded, "Paris"))
+            for i in range(count)]
+
+
+def test_a_long_scoring_shows_its_bar_inside_the_block(
+    tiny_loaded, capsys: pytest.CaptureFixture[str]
+) -> None:
+    loaded = tiny_loaded()
+    rows = _rows(loaded, 24)
+
+    quiet = score_targets(loaded, rows, batch_size=1)
+    assert "checkpoint" not in capsys.readouterr().err
+    with scoring_progress("checkpoint"):
+        shown = score_targets(loaded, rows, batch_size=1)
+        score_targets(loaded, rows[:3], batch_size=1)  # three batches: too short for a bar
+
+    bars = capsys.readouterr().err
+    assert "checkpoint" in bars and "24/24" in bars and "3/3" not in bars
+    assert shown == quiet
