@@ -304,7 +304,8 @@ def _register_lifelong(sub: argparse._SubParsersAction) -> None:
                           help="records after the edited ones tried as canary facts (50)")
     lifelong.add_argument("--json", type=Path,
                           help="write the numbers to this file after every checkpoint")
-    lifelong.add_argument("--plot", type=Path, help="draw the metrics against facts (PNG)")
+    lifelong.add_argument("--plot", type=Path, help="draw the metrics against facts (PNG), "
+                          "redrawn after every checkpoint")
     lifelong.add_argument("--state", type=Path, metavar="DIR",
                           help="keep what the run needs to continue in DIR after every "
                           "checkpoint (the checkpoints, and each method's applied deltas and "
@@ -367,7 +368,11 @@ def run_lifelong_bench(args: argparse.Namespace) -> int:
                                       stated_canaries=stated)
 
     def save(run: LifelongRun) -> None:
-        write_json(args.json, to_json(run))
+        """Keep the report and plot of every checkpoint so far, so a stopped run has them."""
+        if args.json:
+            write_json(args.json, to_json(run))
+        if args.plot:
+            draw_plot(run, args.plot)
 
     print(f"{args.dataset}, {args.n} records in jobs of {args.batch}, model {loaded.name}, "
           f"layers {','.join(map(str, layers))}, {len(canaries)} canaries from the "
@@ -379,13 +384,11 @@ def run_lifelong_bench(args: argparse.Namespace) -> int:
             run = run_lifelong(loaded, yardstick, methods, statistics=engine.statistics,
                                contexts=engine.contexts, batch_size=args.batch,
                                checkpoint_every=args.checkpoint_every,
-                               on_checkpoint=save if args.json else None, executor=executor,
+                               on_checkpoint=save, executor=executor,
                                store=store)
     finally:
         executor.close()
     print(format_table(run))
-    if args.plot:
-        draw_plot(run, args.plot)
     return 0
 
 
