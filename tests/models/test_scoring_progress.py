@@ -26,5 +26,6 @@ def test_a_long_scoring_shows_its_bar_inside_the_block(
         score_targets(loaded, rows[:3], batch_size=1)  # three batches: too short for a bar
 
     bars = capsys.readouterr().err
-    assert "checkpoint" in bars and "24/24" in bars and "3/3" not in bars
+    # A bar is drawn when it starts; later redraws depend on how fast the batches go.
+    assert "checkpoint:   0%" in bars and "0/24" in bars and "/3" not in bars
     assert shown == quiet
