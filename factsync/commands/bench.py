@@ -79,6 +79,7 @@ def register(commands: argparse._SubParsersAction) -> None:
     _register_scale(sub)
     _register_serving(sub)
     _register_solve(sub)
+    _register_damage(sub)
 
 
 def _register_sync(sub: argparse._SubParsersAction) -> None:
@@ -794,6 +795,50 @@ def run_solve_bench(args: argparse.Namespace) -> int:
                for size, count in tqdm(cases, desc="solves", unit="case")]
     print(f"device {args.device}, {torch.get_num_threads()} torch threads, float64")
     print(format_solve_table(timings, args.passes, args.layers))
+    return 0
+
+
+def _register_damage(sub: argparse._SubParsersAction) -> None:
+    damage = sub.add_parser(
+        "damage",
+        help="where a saved delta's harm to fluency comes from, layer by layer",
+        description="Apply a saved delta (a bench lifelong --state method delta, or any "
+        "delta file) to the unedited model and print per edited layer: its norm growth, "
+        "the energy it adds to the layer's output on the key-statistics corpus (on the "
+        "unedited model's keys, which MEMIT weighs, and on the keys the edited model "
+        "makes), and the perplexity ratio with that layer's delta alone and with every "
+        "other layer's; then the ratio of the whole delta against the product of the "
+        "layers alone.",
+    )
+    damage.add_argument("delta", type=Path, help="the delta file (.safetensors)")
+    _add_fluency_option(damage)
+    damage.add_argument("--json", type=Path, help="also write the numbers to this file")
+    add_model_options(damage)
+    damage.add_argument("--corpus-tokens", type=int, default=None,
+                        help="tokens of model-sampled text behind the key statistics "
+                        "(default: as the engine chooses for the key size)")
+    damage.set_defaults(handler=run_damage_bench, computes=True)
+
+
+def run_damage_bench(args: argparse.Namespace) -> int:
+    """Handler of ``factsync bench damage``."""
+    from factsync.bench.damage import edited_layers, format_damage, measure_damage
+    from factsync.editing.build import layer_statistics, statistics_corpus
+    from factsync.editing.delta import ModelDelta
+
+    delta = ModelDelta.load(args.delta)
+    texts = _fluency_texts(args.fluency)
+    loaded = load(args)
+    layers = list(edited_layers(loaded, delta).values())
+    settings = statistics_settings(args)
+    corpus = statistics_corpus(loaded, layers, settings)
+    report = measure_damage(loaded, delta, layer_statistics(loaded, layers, settings),
+                            corpus.texts, texts, token_budget=corpus.token_budget)
+    print(f"{args.delta} on {loaded.name}: {len(texts)} fluency texts, output changes over "
+          f"{corpus.token_budget} tokens of the key-statistics corpus")
+    print(format_damage(report))
+    if args.json:
+        write_json(args.json, report.to_json())
     return 0
 
 

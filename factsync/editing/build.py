@@ -49,6 +49,39 @@ class StatisticsSettings:
         return self.corpus_tokens or max(MIN_CORPUS_TOKENS, TOKENS_PER_KEY_DIMENSION * key_size)
 
 
+@dataclass(frozen=True)
+class StatisticsCorpus:
+    """The text key statistics are computed over.
+
+    Attributes:
+        texts: the corpus: model-sampled text, or the configured text files'.
+        token_budget: how many of its tokens are counted.
+    """
+
+    texts: list[str]
+    token_budget: int
+
+
+def statistics_corpus(loaded: LoadedModel, layers: list[int], settings: StatisticsSettings, *,
+                      home: Path | None = None, cancelled: Cancelled = never,
+                      report: Progress = silent) -> StatisticsCorpus:
+    """The corpus behind the key statistics of ``layers``: the cached model-sampled
+    text (sampled now if missing) or the configured text files."""
+    home = home or data_home()
+    tokens = settings.tokens_for(max(layer_key_size(loaded, layer) for layer in layers))
+    if settings.text_files:
+        return StatisticsCorpus(load_text_files(list(settings.text_files)), tokens)
+    texts = model_corpus(
+        loaded,
+        num_tokens=tokens,
+        seed=settings.corpus_seed,
+        cache_dir=home / "corpus",
+        cancelled=cancelled,
+        report=report,
+    )
+    return StatisticsCorpus(texts, tokens)
+
+
 def layer_statistics(
     loaded: LoadedModel,
     layers: list[int],
@@ -62,20 +95,10 @@ def layer_statistics(
     stop asked by ``cancelled`` raises ``WorkCancelled`` and keeps what was sampled;
     ``report`` hears the stage and how far it got."""
     home = home or data_home()
-    tokens = settings.tokens_for(max(layer_key_size(loaded, layer) for layer in layers))
-    if settings.text_files:
-        texts = load_text_files(list(settings.text_files))
-    else:
-        texts = model_corpus(
-            loaded,
-            num_tokens=tokens,
-            seed=settings.corpus_seed,
-            cache_dir=home / "corpus",
-            cancelled=cancelled,
-            report=report,
-        )
+    corpus = statistics_corpus(loaded, layers, settings, home=home, cancelled=cancelled,
+                               report=report)
     cache = CovarianceCache(home / "stats")
-    return cache.get_or_compute(loaded, layers, texts, token_budget=tokens,
+    return cache.get_or_compute(loaded, layers, corpus.texts, token_budget=corpus.token_budget,
                                 cancelled=cancelled, report=report)
 
 

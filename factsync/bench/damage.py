@@ -1,0 +1,161 @@
+"""``factsync bench damage``: where a delta's harm to fluency comes from, layer by layer.
+
+MEMIT keeps each layer's update small on ordinary text one layer at a time: its penalty
+is the update's output on the keys the unedited model makes at that layer. Over a long
+stream two things escape that penalty, and this report measures both for a saved delta
+(the composed delta of a ``bench lifelong --state`` run, or any delta file):
+
+- the keys move: edits of lower layers change the keys a layer sees on ordinary text, so
+  each layer's output change is measured on the unedited model's keys and again on the
+  keys the edited model makes;
+- the layers' changes add up: every edited layer writes into the same residual stream,
+  so the perplexity ratio of all layers together is set beside the product of each
+  layer's alone (what it would be if their harms were independent), and each layer is
+  also left out in turn.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+
+import torch
+from tqdm import tqdm
+
+from factsync.editing.covariance import KeyStatistics, compute_key_statistics
+from factsync.editing.delta import DeltaError, ModelDelta, applied
+from factsync.evaluation.fluency import perplexity
+from factsync.models.loading import LoadedModel
+from factsync.models.specs import get_module
+
+
+@dataclass(frozen=True)
+class LayerDamage:
+    """One edited layer's share of the harm.
+
+    Attributes:
+        layer: the decoder layer.
+        norm_growth: ``||D||_F / ||W||_F``, D the layer's delta and W its weight before it.
+        output_change: ``tr(D C D^T) / tr(W C W^T)``: the energy the delta adds to the
+            layer's output on ordinary text against the energy of that output, C the
+            second moment of the layer's keys in the unedited model (what MEMIT weighs).
+        output_change_edited: the same with C of the keys the edited model makes.
+        perplexity_alone: perplexity ratio with only this layer's delta applied.
+        perplexity_without: perplexity ratio with every other layer's delta applied.
+    """
+
+    layer: int
+    norm_growth: float
+    output_change: float
+    output_change_edited: float
+    perplexity_alone: float
+    perplexity_without: float
+
+
+@dataclass(frozen=True)
+class DamageReport:
+    """A delta's harm per layer and whole.
+
+    Attributes:
+        layers: per edited layer, lowest first.
+        perplexity_all: perplexity ratio with the whole delta applied.
+    """
+
+    layers: list[LayerDamage]
+    perplexity_all: float
+
+    @property
+    def perplexity_independent(self) -> float:
+        """The ratio the whole delta would give if the layers' harms were independent:
+        the product of each layer's alone."""
+        return math.prod(row.perplexity_alone for row in self.layers)
+
+    def to_json(self) -> dict:
+        """The report as plain JSON values."""
+        return {"layers": [asdict(row) for row in self.layers],
+                "perplexity_all": self.perplexity_all,
+                "perplexity_independent": self.perplexity_independent}
+
+
+def edited_layers(loaded: LoadedModel, delta: ModelDelta) -> dict[str, int]:
+    """The decoder layer of each module ``delta`` edits, lowest first; ``DeltaError``
+    when a module is not an MLP output projection of ``loaded``."""
+    by_path = {loaded.spec.mlp_out_path(layer): layer for layer in range(loaded.num_layers)}
+    unknown = sorted(set(delta.layers) - set(by_path))
+    if unknown:
+        raise DeltaError(f"the delta edits {', '.join(unknown)}, which are not MLP output "
+                         f"projections of {loaded.name}")
+    return dict(sorted(((path, by_path[path]) for path in delta.layers),
+                       key=lambda item: item[1]))
+
+
+def measure_damage(
+    loaded: LoadedModel,
+    delta: ModelDelta,
+    statistics: dict[int, KeyStatistics],
+    corpus: list[str],
+    texts: list[str],
+    *,
+    token_budget: int,
+) -> DamageReport:
+    """Measure ``delta``'s harm on ``loaded`` (unedited): perplexity on ``texts``, and
+    output changes on the keys of ``corpus`` (``statistics`` are the unedited model's;
+    the edited model's are computed over ``token_budget`` tokens of ``corpus``).
+    Leaves the model as it found it."""
+    layers = edited_layers(loaded, delta)
+    missing = sorted(set(layers.values()) - set(statistics))
+    if missing:
+        raise ValueError(f"no key statistics for edited layers {missing}")
+    base = perplexity(loaded, texts)
+
+    def ratio(paths: list[str]) -> float:
+        part = ModelDelta(layers={path: delta.layers[path] for path in paths},
+                          layout=delta.layout)
+        with applied(loaded, part):
+            return perplexity(loaded, texts) / base
+
+    with applied(loaded, delta):
+        # A layer's own delta does not change its keys, only those of the layers above.
+        moved = compute_key_statistics(loaded, list(layers.values()), corpus,
+                                       token_budget=token_budget)
+        whole = perplexity(loaded, texts) / base
+    rows = []
+    for path, layer in tqdm(layers.items(), desc="perplexity per layer", unit="layer"):
+        change = delta.layers[path].matrix("out_in").double()  # (value, key)
+        weight = get_module(loaded.model, path).weight.detach().double()
+        weight = weight if loaded.spec.weight_layout == "out_in" else weight.T
+        before = statistics[layer].second_moment.double()
+        after = moved[layer].second_moment.double()
+        energy = _output_energy(weight, before)
+        rows.append(LayerDamage(
+            layer=layer,
+            norm_growth=float(torch.linalg.matrix_norm(change) / torch.linalg.matrix_norm(weight)),
+            output_change=_output_energy(change, before) / energy,
+            output_change_edited=_output_energy(change, after) / energy,
+            perplexity_alone=ratio([path]),
+            perplexity_without=ratio([other for other in layers if other != path]),
+        ))
+    return DamageReport(layers=rows, perplexity_all=whole)
+
+
+def _output_energy(matrix: torch.Tensor, second_moment: torch.Tensor) -> float:
+    """``tr(M C M^T)``: the mean squared norm of ``M k`` over keys of second moment C."""
+    return float(((matrix @ second_moment.to(matrix)) * matrix).sum())
+
+
+def format_damage(report: DamageReport) -> str:
+    """The report as a table, then the whole delta against independent layers."""
+    lines = [
+        "layer | norm growth | output change | on moved keys | ppl ratio alone | "
+        "ppl ratio without",
+        "----- | ----------- | ------------- | ------------- | --------------- | "
+        "-----------------",
+    ]
+    for row in report.layers:
+        lines.append(f"{row.layer:<5} | {row.norm_growth:<11.3f} | {row.output_change:<13.4f} | "
+                     f"{row.output_change_edited:<13.4f} | {row.perplexity_alone:<15.4f} | "
+                     f"{row.perplexity_without:.4f}")
+    lines.append(f"all layers: perplexity ratio {report.perplexity_all:.4f}; the product of "
+                 f"the layers alone {report.perplexity_independent:.4f} (independent harms "
+                 "would give that)")
+    return "\n".join(lines)

@@ -1,0 +1,105 @@
+"""``bench damage`` splits a delta's harm by layer on a real (tiny) model."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+import torch
+
+from factsync.bench.damage import edited_layers, measure_damage
+from factsync.cli import main
+from factsync.editing.covariance import compute_key_statistics
+from factsync.editing.delta import DeltaError, LayerDelta, ModelDelta, applied
+from factsync.evaluation.fluency import perplexity
+
+CORPUS = [
+    "The capital of France is Paris and the capital of Italy is Rome.",
+    "LinkedIn is owned by Microsoft, and so is Skype.",
+    "Once upon a time, in 1998, scientists found a new city in the north.",
+] * 8
+FLUENCY = ["Dear customer, thank you for your order from Paris.",
+           "Danielle Darrieux was a French actress whose mother tongue is French."]
+BUDGET = 300
+
+
+@pytest.fixture
+def model_and_delta(tiny_loaded, random_delta):
+    loaded = tiny_loaded()
+    delta = random_delta(loaded, [1, 2], rank=3, scale=0.5)
+    # Layer 3's delta is zero: it must look harmless whatever the others do.
+    path = loaded.spec.mlp_out_path(3)
+    zero = delta.layers[loaded.spec.mlp_out_path(1)]
+    delta.layers[path] = LayerDelta(up=torch.zeros_like(zero.up), down=zero.down.clone())
+    statistics = compute_key_statistics(loaded, [1, 2, 3], CORPUS, token_budget=BUDGET,
+                                        progress=False)
+    return loaded, delta, statistics
+
+
+def test_each_layer_is_measured_alone_and_left_out_and_the_model_is_left_as_it_was(
+        model_and_delta):
+    loaded, delta, statistics = model_and_delta
+    before = {name: t.clone() for name, t in loaded.model.state_dict().items()}
+    report = measure_damage(loaded, delta, statistics, CORPUS, FLUENCY, token_budget=BUDGET)
+    for name, tensor in loaded.model.state_dict().items():
+        assert torch.equal(tensor, before[name]), name
+
+    assert [row.layer for row in report.layers] == [1, 2, 3]
+    base = perplexity(loaded, FLUENCY)
+    with applied(loaded, delta):
+        assert report.perplexity_all == pytest.approx(perplexity(loaded, FLUENCY) / base)
+    first, second, zero = report.layers
+    for row in (first, second):
+        assert row.norm_growth > 0 and row.output_change > 0
+        assert row.perplexity_alone != pytest.approx(1.0)
+    assert zero.norm_growth == zero.output_change == zero.output_change_edited == 0
+    assert zero.perplexity_alone == pytest.approx(1.0)
+    assert zero.perplexity_without == pytest.approx(report.perplexity_all)
+    only_first = ModelDelta(layers={loaded.spec.mlp_out_path(1): delta.layers[
+        loaded.spec.mlp_out_path(1)]}, layout=delta.layout)
+    with applied(loaded, only_first):
+        assert first.perplexity_alone == pytest.approx(perplexity(loaded, FLUENCY) / base)
+    assert report.perplexity_independent == pytest.approx(
+        math.prod(row.perplexity_alone for row in report.layers))
+
+
+def test_only_layers_above_an_edit_see_their_keys_move(model_and_delta):
+    loaded, delta, statistics = model_and_delta
+    report = measure_damage(loaded, delta, statistics, CORPUS, FLUENCY, token_budget=BUDGET)
+    first, second, _ = report.layers
+    # Nothing below layer 1 is edited; layer 1's edit moves the keys of layer 2.
+    assert first.output_change_edited == pytest.approx(first.output_change, rel=1e-6)
+    assert second.output_change_edited != pytest.approx(second.output_change, rel=1e-3)
+
+
+def test_a_delta_of_other_modules_is_refused_by_name(tiny_loaded, random_delta):
+    loaded = tiny_loaded()
+    delta = random_delta(loaded, [1])
+    delta.layers["model.layers.1.self_attn.o_proj"] = delta.layers.pop(
+        loaded.spec.mlp_out_path(1))
+    with pytest.raises(DeltaError, match="self_attn.o_proj, which are not MLP output"):
+        edited_layers(loaded, delta)
+
+
+def test_the_command_prints_the_table_and_writes_json(tiny_loaded, random_delta, tmp_path,
+                                                      monkeypatch, capsys):
+    loaded = tiny_loaded()
+    model_dir = tmp_path / "model"
+    loaded.model.save_pretrained(model_dir)
+    loaded.tokenizer.save_pretrained(model_dir)
+    delta_file = tmp_path / "delta.safetensors"
+    random_delta(loaded, [1, 2], scale=0.5).save(delta_file)
+    fluency = tmp_path / "fluency.json"
+    fluency.write_text(json.dumps([{"Text": text} for text in FLUENCY]))
+    monkeypatch.setenv("FACTSYNC_HOME", str(tmp_path / "home"))
+    report = tmp_path / "damage.json"
+    code = main(["bench", "damage", str(delta_file), "--fluency", str(fluency),
+                 "--model", str(model_dir), "--device", "cpu", "--corpus-tokens", "1000",
+                 "--json", str(report)])
+    assert code == 0
+    printed = capsys.readouterr().out
+    assert "ppl ratio alone" in printed and "all layers: perplexity ratio" in printed
+    data = json.loads(report.read_text())
+    assert [row["layer"] for row in data["layers"]] == [1, 2]
+    assert data["perplexity_all"] > 0 and data["perplexity_independent"] > 0
