@@ -832,8 +832,9 @@ def run_damage_bench(args: argparse.Namespace) -> int:
     layers = list(edited_layers(loaded, delta).values())
     settings = statistics_settings(args)
     corpus = statistics_corpus(loaded, layers, settings)
-    report = measure_damage(loaded, delta, layer_statistics(loaded, layers, settings),
-                            corpus.texts, texts, token_budget=corpus.token_budget)
+    statistics = layer_statistics(loaded, layers, settings, corpus=corpus)
+    report = measure_damage(loaded, delta, statistics, corpus.texts, texts,
+                            token_budget=corpus.token_budget)
     print(f"{args.delta} on {loaded.name}: {len(texts)} fluency texts, output changes over "
           f"{corpus.token_budget} tokens of the key-statistics corpus")
     print(format_damage(report))

@@ -90,13 +90,15 @@ def layer_statistics(
     home: Path | None = None,
     cancelled: Cancelled = never,
     report: Progress = silent,
+    corpus: StatisticsCorpus | None = None,
 ) -> dict[int, KeyStatistics]:
     """Key statistics of ``layers``, from the disk cache or computed and cached; a
     stop asked by ``cancelled`` raises ``WorkCancelled`` and keeps what was sampled;
-    ``report`` hears the stage and how far it got."""
+    ``report`` hears the stage and how far it got. ``corpus`` is ``statistics_corpus``'s
+    answer when the caller already has it."""
     home = home or data_home()
-    corpus = statistics_corpus(loaded, layers, settings, home=home, cancelled=cancelled,
-                               report=report)
+    corpus = corpus or statistics_corpus(loaded, layers, settings, home=home,
+                                         cancelled=cancelled, report=report)
     cache = CovarianceCache(home / "stats")
     return cache.get_or_compute(loaded, layers, corpus.texts, token_budget=corpus.token_budget,
                                 cancelled=cancelled, report=report)
