@@ -2,6 +2,7 @@
 
 - ``counterfact_file``: a COUNTERFACT-format file of ``REWRITES`` in the tiny tokenizer's
   words, each with a paraphrase and the ``NEIGHBOURS`` prompts.
+- ``zsre_file``: the same rewrites as ZsRE records, each with the first neighbour.
 """
 
 from __future__ import annotations
@@ -43,9 +44,32 @@ def _record(case_id: int, subject: str, template: str, new: str, true: str) -> d
     }
 
 
+def _zsre_record(subject: str, template: str, new: str, true: str) -> dict:
+    neighbour_subject, neighbour_template = NEIGHBOURS[0]
+    return {
+        "subject": subject,
+        "src": template.format(subject),
+        "pred": true,
+        "rephrase": f"Dear customer. {template.format(subject)}",
+        "alt": new,
+        "answers": [true],
+        "loc": neighbour_template.format(neighbour_subject),
+        "loc_ans": "France",
+        "neighborhood_samples": [{"subject": neighbour_subject, "prompt": neighbour_template}],
+    }
+
+
 @pytest.fixture
 def counterfact_file(tmp_path):
     """The path of a COUNTERFACT-format file of ``REWRITES``."""
     path = tmp_path / "counterfact.json"
     path.write_text(json.dumps([_record(i, *r) for i, r in enumerate(REWRITES)]))
+    return path
+
+
+@pytest.fixture
+def zsre_file(tmp_path):
+    """The path of a ZsRE-format file of ``REWRITES``."""
+    path = tmp_path / "zsre.json"
+    path.write_text(json.dumps([_zsre_record(*r) for r in REWRITES]))
     return path

@@ -197,3 +197,29 @@ def test_the_command_writes_checkpoints_intervals_aliases_and_a_plot(
     table = capsys.readouterr().out.splitlines()
     assert table[1].split(" | ")[0].strip() == "metric"
     assert {line.split(" | ")[0].strip() for line in table[3:]} == set(METRICS)
+
+
+def test_the_command_runs_zsre_records(tiny_loaded, tmp_path, monkeypatch, zsre_file):
+    model_dir = tmp_path / "model"
+    loaded = tiny_loaded()
+    loaded.model.save_pretrained(model_dir)
+    loaded.tokenizer.save_pretrained(model_dir)
+    fluency = tmp_path / "fluency.json"
+    fluency.write_text(json.dumps([{"Corpus": "test", "Text": t} for t in FLUENCY]))
+    monkeypatch.setenv("FACTSYNC_HOME", str(tmp_path / "home"))
+    report = tmp_path / "lifelong.json"
+    code = main([
+        "bench", "lifelong", "--dataset", "zsre", "--data", str(zsre_file),
+        "--fluency", str(fluency), "--n", "4", "--batch", "2", "--checkpoint-every", "4",
+        "--canaries", "4", "--methods", "memit", "--neighbours", "0",
+        "--model", str(model_dir), "--device", "cpu", "--corpus-tokens", "1000",
+        "--json", str(report),
+    ])
+    assert code == 0
+    data = json.loads(report.read_text())
+    assert (data["n"], data["batch"], data["dataset"]) == (4, 2, "zsre")
+    assert [c["facts"] for c in data["methods"]["memit"]["checkpoints"]] == [4]
+    final = data["methods"]["memit"]["final"]
+    # Every record shares one neighbour prompt; with none used for editing it is scored.
+    assert 0.0 <= final["neighbourhood_accuracy"] <= 1.0
+    assert final["norm_growth_max"] > 0 and final["perplexity_ratio"] != 1.0
