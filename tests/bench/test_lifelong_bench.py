@@ -207,15 +207,16 @@ def test_the_command_runs_zsre_records(tiny_loaded, tmp_path, monkeypatch, zsre_
     fluency = tmp_path / "fluency.json"
     fluency.write_text(json.dumps([{"Corpus": "test", "Text": t} for t in FLUENCY]))
     monkeypatch.setenv("FACTSYNC_HOME", str(tmp_path / "home"))
-    report = tmp_path / "lifelong.json"
+    report, plot = tmp_path / "lifelong.json", tmp_path / "lifelong.png"
     code = main([
         "bench", "lifelong", "--dataset", "zsre", "--data", str(zsre_file),
         "--fluency", str(fluency), "--n", "4", "--batch", "2", "--checkpoint-every", "4",
         "--canaries", "4", "--methods", "memit", "--neighbours", "0",
         "--model", str(model_dir), "--device", "cpu", "--corpus-tokens", "1000",
-        "--json", str(report),
+        "--json", str(report), "--plot", str(plot),
     ])
     assert code == 0
+    assert plot.read_bytes().startswith(PNG_SIGNATURE)
     data = json.loads(report.read_text())
     assert (data["n"], data["batch"], data["dataset"]) == (4, 2, "zsre")
     assert [c["facts"] for c in data["methods"]["memit"]["checkpoints"]] == [4]
