@@ -1,0 +1,154 @@
+"""``factsync bench lifelong``: a long stream of edit jobs on one model."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from factsync.commands.bench.inputs import add_record_options, fluency_texts, records_path
+from factsync.commands.options import (
+    add_engine_options,
+    add_executor_options,
+    add_model_options,
+    engine_settings,
+    executor_from_args,
+    load,
+    statistics_settings,
+)
+from factsync.durable import write_json
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    """Add the lifelong benchmark."""
+    _register_lifelong(sub)
+
+
+def _register_lifelong(sub: argparse._SubParsersAction) -> None:
+    lifelong = sub.add_parser(
+        "lifelong",
+        help="thousands of facts in sequential jobs on one model: what stays kept as they "
+        "pile up",
+        description="Feed --n records to each method in sequential jobs of --batch facts on "
+        "one model, as the daemon applies them (edit, apply, remember), and every "
+        "--checkpoint-every facts (and at the end) score every fact applied so far: "
+        "efficacy and paraphrase (retention), held-out neighbours, perplexity ratio on the "
+        "fluency texts, canary facts (records after the edited ones that the unedited "
+        "model knows, and the daemon's built-in canaries it states), the norm growth of "
+        "each edited weight and editing seconds per fact. "
+        "Prints the final metrics with 95% bootstrap intervals beside the unedited model; "
+        "--json is rewritten after every checkpoint.",
+    )
+    add_record_options(lifelong, records=1000)
+    lifelong.add_argument("--checkpoint-every", type=int, default=100,
+                          help="facts applied between checkpoints (100)")
+    lifelong.add_argument("--methods", default="default,memit",
+                          help="comma-separated methods: default (the daemon's default "
+                          "policy), default+mpes (the same with most-probable early "
+                          "stopping), default+alphaedit (the same, spread by AlphaEdit), "
+                          "default+alphaedit+mpes (both), memit, memit+ime, "
+                          "memit+ime+nme, alphaedit+ime+nme, or the path of a policy "
+                          "file (.yaml) whose editing settings to use (default,memit)")
+    lifelong.add_argument("--neighbours", type=int, default=3,
+                          help="NME neighbours per fact (3)")
+    lifelong.add_argument("--canaries", type=int, default=50,
+                          help="records after the edited ones tried as canary facts (50)")
+    lifelong.add_argument("--json", type=Path,
+                          help="write the numbers to this file after every checkpoint")
+    lifelong.add_argument("--plot", type=Path, help="draw the metrics against facts (PNG), "
+                          "redrawn after every checkpoint")
+    lifelong.add_argument("--state", type=Path, metavar="DIR",
+                          help="keep what the run needs to continue in DIR after every "
+                          "checkpoint (the checkpoints, and each method's applied deltas and "
+                          "engine state); a run stopped midway and started again with the "
+                          "same arguments and DIR goes on from its last checkpoint")
+    add_model_options(lifelong)
+    add_engine_options(lifelong)
+    add_executor_options(lifelong)
+    lifelong.set_defaults(handler=run_lifelong_bench, computes=True)
+
+
+def run_lifelong_bench(args: argparse.Namespace) -> int:
+    """Handler of ``factsync bench lifelong``."""
+    from dataclasses import replace
+
+    import torch
+
+    from factsync.bench.canary_facts import daemon_canaries, pick_canaries
+    from factsync.bench.lifelong import (
+        LifelongRun,
+        checkpoint_facts,
+        chosen_methods,
+        edit_layers,
+        run_lifelong,
+    )
+    from factsync.bench.lifelong_plot import draw_plot
+    from factsync.bench.lifelong_report import format_table, to_json
+    from factsync.bench.lifelong_resume import RunDirectory
+    from factsync.bench.lifelong_scoring import Yardstick
+    from factsync.editing.build import build_engine
+    from factsync.evaluation.suites import load_cases, prepare_suite
+    from factsync.models.scoring import scoring_progress
+
+    checkpoint_facts(args.n, args.batch, args.checkpoint_every)  # bad sizes fail before loading
+    if args.canaries < 0:
+        raise ValueError(f"--canaries must not be negative, got {args.canaries}")
+    # A saved run with other arguments is refused before the long preparation.
+    store = RunDirectory(args.state, _run_arguments(args)) if args.state else None
+    if store is not None and store.load() is not None:
+        print(f"continuing the run saved in {args.state}", flush=True)
+    torch.manual_seed(args.seed)
+    data = records_path(args, args.dataset)
+    texts = fluency_texts(args.fluency)
+    cases = load_cases(args.dataset, data)
+    if len(cases) < args.n:
+        raise ValueError(f"{data} holds {len(cases)} records; --n asks for {args.n}")
+    base = engine_settings(args, neighbours=False)
+    methods = chosen_methods(args.methods, base, args.max_iterations)
+    loaded = load(args)
+    layers = edit_layers(loaded, methods)
+    engine = build_engine(loaded, replace(base, layers=layers), statistics_settings(args))
+    with scoring_progress("preparing the records"):
+        suite = prepare_suite(loaded, args.dataset, cases[: args.n],
+                              neighbours_per_fact=args.neighbours, spare=cases[args.n :])
+        canaries = pick_canaries(
+            loaded, [case.request for case in cases[args.n : args.n + args.canaries]]
+        )
+        stated = daemon_canaries(loaded)
+        yardstick = Yardstick.prepare(loaded, suite, canaries, texts, seed=args.seed,
+                                      stated_canaries=stated)
+
+    def save(run: LifelongRun) -> None:
+        """Keep the report and plot of every checkpoint so far, so a stopped run has them."""
+        if args.json:
+            write_json(args.json, to_json(run))
+        if args.plot:
+            draw_plot(run, args.plot)
+
+    print(f"{args.dataset}, {args.n} records in jobs of {args.batch}, model {loaded.name}, "
+          f"layers {','.join(map(str, layers))}, {len(canaries)} canaries from the "
+          f"{min(args.canaries, len(cases) - args.n)} records after the edited ones and "
+          f"{len(stated)} of the daemon's built-in canaries", flush=True)
+    executor = executor_from_args(args)
+    try:
+        with scoring_progress("scoring"):
+            run = run_lifelong(loaded, yardstick, methods, statistics=engine.statistics,
+                               contexts=engine.contexts, batch_size=args.batch,
+                               checkpoint_every=args.checkpoint_every,
+                               on_checkpoint=save, executor=executor,
+                               store=store)
+    finally:
+        executor.close()
+    print(format_table(run))
+    return 0
+
+
+# Options that change where a run's results go or where its work runs, not the results.
+_NOT_THE_RUN = {"handler", "computes", "json", "plot", "state", "log_level", "log_json",
+                "executor", "ray_workers", "ray_address", "ray_cpus_per_worker",
+                "ray_gpus_per_worker"}
+
+
+def _run_arguments(args: argparse.Namespace) -> dict[str, object]:
+    """The arguments that make two ``bench lifelong`` runs the same run."""
+    return {name: str(value) if isinstance(value, Path) else value
+            for name, value in sorted(vars(args).items()) if name not in _NOT_THE_RUN}
