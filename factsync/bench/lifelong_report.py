@@ -12,6 +12,21 @@ ALIASES = {
 }
 """American spellings that older tools read, each with the value of the metric it names."""
 
+SHORT_NAMES = {
+    "efficacy_success": "eff.succ",
+    "efficacy_accuracy": "eff.acc",
+    "paraphrase_success": "para.succ",
+    "paraphrase_accuracy": "para.acc",
+    "neighbourhood_success": "nbhd.succ",
+    "neighbourhood_accuracy": "nbhd.acc",
+    "perplexity_ratio": "ppl.ratio",
+    "canary": "canary",
+    "norm_growth_max": "norm.max",
+    "norm_growth_mean": "norm.mean",
+    "seconds_per_fact": "s/fact",
+}
+"""Column headers of the checkpoint tables, one per metric of ``METRICS``."""
+
 
 def to_json(run: LifelongRun) -> dict:
     """The run as ``{"n", "batch", "dataset", "unedited", "methods": {name: {"final",
@@ -49,6 +64,27 @@ def format_table(run: LifelongRun) -> str:
     lines = [_line(header, widths), "-|-".join("-" * w for w in widths)]
     lines += [_line(row, widths) for row in rows]
     return "\n".join(lines)
+
+
+def format_checkpoints(run: LifelongRun) -> str:
+    """Per method, one row per checkpoint with the mean of each metric it has: how every
+    fact applied so far, and the model around them, fared as the facts piled up."""
+    blocks = []
+    for name, method in run.methods.items():
+        metrics = [m for m in METRICS
+                   if any(c.values[m] is not None for c in method.checkpoints)]
+        header = ["facts", *(SHORT_NAMES[m] for m in metrics)]
+        rows = [[str(c.facts), *(_mean(c.values[m]) for m in metrics)]
+                for c in method.checkpoints]
+        widths = [max(len(row[i]) for row in [header, *rows]) for i in range(len(header))]
+        lines = [f"{name}, by checkpoint:", _line(header, widths),
+                 "-|-".join("-" * w for w in widths), *(_line(row, widths) for row in rows)]
+        blocks.append("\n".join(lines))
+    return "\n\n".join(blocks)
+
+
+def _mean(value: float | None) -> str:
+    return "-" if value is None else f"{value:.3f}"
 
 
 def _cell(checkpoint: Checkpoint, metric: str) -> str:

@@ -15,7 +15,7 @@ from factsync.bench.canary_facts import (
     pick_canaries,
 )
 from factsync.bench.lifelong import checkpoint_facts, chosen_methods, run_lifelong
-from factsync.bench.lifelong_report import ALIASES
+from factsync.bench.lifelong_report import ALIASES, SHORT_NAMES
 from factsync.bench.lifelong_scoring import METRICS, RECORD_METRICS, Yardstick
 from factsync.bench.norm_growth import NormGrowth, growth_summary
 from factsync.cli import main
@@ -194,12 +194,22 @@ def test_the_command_writes_checkpoints_intervals_aliases_and_a_plot(
         for metric, (low, high) in method["intervals"].items():
             assert low <= method["final"][metric] <= high, metric
     assert plot.read_bytes().startswith(PNG_SIGNATURE)
-    table = capsys.readouterr().out.splitlines()
+    final, *by_checkpoint = capsys.readouterr().out.strip().split("\n\n")
+    table = final.splitlines()
     assert table[1].split(" | ")[0].strip() == "metric"
     assert {line.split(" | ")[0].strip() for line in table[3:]} == set(METRICS)
+    assert [block.splitlines()[0] for block in by_checkpoint] == [
+        "memit, by checkpoint:", "memit+ime, by checkpoint:"]
+    for block, method in zip(by_checkpoint, data["methods"].values(), strict=True):
+        header, _, *rows = block.splitlines()[1:]
+        assert [c.strip() for c in header.split(" | ")] == ["facts", *SHORT_NAMES.values()]
+        for row, checkpoint in zip(rows, method["checkpoints"], strict=True):
+            cells = [c.strip() for c in row.split(" | ")]
+            assert cells[0] == str(checkpoint["facts"])
+            assert cells[1:] == [f"{checkpoint[m]:.3f}" for m in METRICS]
 
 
-def test_the_command_runs_zsre_records(tiny_loaded, tmp_path, monkeypatch, zsre_file):
+def test_the_command_runs_zsre_records(tiny_loaded, tmp_path, monkeypatch, capsys, zsre_file):
     model_dir = tmp_path / "model"
     loaded = tiny_loaded()
     loaded.model.save_pretrained(model_dir)
@@ -224,3 +234,9 @@ def test_the_command_runs_zsre_records(tiny_loaded, tmp_path, monkeypatch, zsre_
     # Every record shares one neighbour prompt; with none used for editing it is scored.
     assert 0.0 <= final["neighbourhood_accuracy"] <= 1.0
     assert final["norm_growth_max"] > 0 and final["perplexity_ratio"] != 1.0
+    # ZsRE has no neighbourhood success, and these records leave no canaries: the
+    # checkpoint table leaves out what was not measured.
+    header = capsys.readouterr().out.strip().split("\n\n")[-1].splitlines()[1]
+    assert [c.strip() for c in header.split(" | ")] == [
+        "facts", *(SHORT_NAMES[m] for m in METRICS
+                   if m not in {"neighbourhood_success", "canary"})]

@@ -82,7 +82,7 @@ def run_lifelong_bench(args: argparse.Namespace) -> int:
         run_lifelong,
     )
     from factsync.bench.lifelong_plot import draw_plot
-    from factsync.bench.lifelong_report import format_table, to_json
+    from factsync.bench.lifelong_report import format_checkpoints, format_table, to_json
     from factsync.bench.lifelong_resume import RunDirectory
     from factsync.bench.lifelong_scoring import Yardstick
     from factsync.editing.build import build_engine
@@ -139,6 +139,8 @@ def run_lifelong_bench(args: argparse.Namespace) -> int:
     finally:
         executor.close()
     print(format_table(run))
+    print()
+    print(format_checkpoints(run))
     return 0
 
 
