@@ -60,10 +60,7 @@ def format_table(run: LifelongRun) -> str:
     columns = {"unedited": run.unedited} | {n: m.final for n, m in run.methods.items()}
     header = ["metric", *columns]
     rows = [[metric, *(_cell(c, metric) for c in columns.values())] for metric in METRICS]
-    widths = [max(len(row[i]) for row in [header, *rows]) for i in range(len(header))]
-    lines = [_line(header, widths), "-|-".join("-" * w for w in widths)]
-    lines += [_line(row, widths) for row in rows]
-    return "\n".join(lines)
+    return _aligned(header, rows)
 
 
 def format_checkpoints(run: LifelongRun) -> str:
@@ -76,10 +73,7 @@ def format_checkpoints(run: LifelongRun) -> str:
         header = ["facts", *(SHORT_NAMES[m] for m in metrics)]
         rows = [[str(c.facts), *(_mean(c.values[m]) for m in metrics)]
                 for c in method.checkpoints]
-        widths = [max(len(row[i]) for row in [header, *rows]) for i in range(len(header))]
-        lines = [f"{name}, by checkpoint:", _line(header, widths),
-                 "-|-".join("-" * w for w in widths), *(_line(row, widths) for row in rows)]
-        blocks.append("\n".join(lines))
+        blocks.append(f"{name}, by checkpoint:\n{_aligned(header, rows)}")
     return "\n\n".join(blocks)
 
 
@@ -93,6 +87,13 @@ def _cell(checkpoint: Checkpoint, metric: str) -> str:
         return "-"
     interval = checkpoint.intervals.get(metric)
     return format_interval(interval) if interval is not None else f"{value:.3f}"
+
+
+def _aligned(header: list[str], rows: list[list[str]]) -> str:
+    """``header`` and ``rows`` as columns padded to their widest cell, a rule under the header."""
+    widths = [max(len(row[i]) for row in [header, *rows]) for i in range(len(header))]
+    lines = [_line(header, widths), "-|-".join("-" * w for w in widths)]
+    return "\n".join([*lines, *(_line(row, widths) for row in rows)])
 
 
 def _line(cells: list[str], widths: list[int]) -> str:
