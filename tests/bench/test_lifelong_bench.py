@@ -157,9 +157,8 @@ def test_each_method_starts_from_the_base_weights_and_leaves_them(
         assert interval.low <= final[metric] <= interval.high, metric
 
 
-def test_the_command_writes_checkpoints_intervals_aliases_and_a_plot(
-    tiny_loaded, tmp_path, monkeypatch, capsys, counterfact_file
-):
+def _command_inputs(tiny_loaded, tmp_path, monkeypatch):
+    """A saved tiny model and a fluency file for the command, with a fresh data home."""
     model_dir = tmp_path / "model"
     loaded = tiny_loaded()
     loaded.model.save_pretrained(model_dir)
@@ -167,6 +166,13 @@ def test_the_command_writes_checkpoints_intervals_aliases_and_a_plot(
     fluency = tmp_path / "fluency.json"
     fluency.write_text(json.dumps([{"Corpus": "test", "Text": t} for t in FLUENCY]))
     monkeypatch.setenv("FACTSYNC_HOME", str(tmp_path / "home"))
+    return model_dir, fluency
+
+
+def test_the_command_writes_checkpoints_intervals_aliases_and_a_plot(
+    tiny_loaded, tmp_path, monkeypatch, capsys, counterfact_file
+):
+    model_dir, fluency = _command_inputs(tiny_loaded, tmp_path, monkeypatch)
     report, plot = tmp_path / "lifelong.json", tmp_path / "lifelong.png"
     code = main([
         "bench", "lifelong", "--data", str(counterfact_file), "--fluency", str(fluency),
@@ -210,13 +216,7 @@ def test_the_command_writes_checkpoints_intervals_aliases_and_a_plot(
 
 
 def test_the_command_runs_zsre_records(tiny_loaded, tmp_path, monkeypatch, capsys, zsre_file):
-    model_dir = tmp_path / "model"
-    loaded = tiny_loaded()
-    loaded.model.save_pretrained(model_dir)
-    loaded.tokenizer.save_pretrained(model_dir)
-    fluency = tmp_path / "fluency.json"
-    fluency.write_text(json.dumps([{"Corpus": "test", "Text": t} for t in FLUENCY]))
-    monkeypatch.setenv("FACTSYNC_HOME", str(tmp_path / "home"))
+    model_dir, fluency = _command_inputs(tiny_loaded, tmp_path, monkeypatch)
     report, plot = tmp_path / "lifelong.json", tmp_path / "lifelong.png"
     code = main([
         "bench", "lifelong", "--dataset", "zsre", "--data", str(zsre_file),
