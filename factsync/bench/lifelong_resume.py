@@ -22,7 +22,7 @@ from factsync.bench.lifelong import LifelongRun, MethodProgress, MethodRun
 from factsync.bench.lifelong_scoring import Checkpoint
 from factsync.durable import write_json
 from factsync.editing.delta import ModelDelta
-from factsync.editing.engine_state import EngineState
+from factsync.editing.engine_state import EngineState, standing
 from factsync.evaluation.intervals import Interval
 
 INDEX = "run.json"
@@ -113,11 +113,12 @@ def _composed(deltas: list[ModelDelta]) -> ModelDelta:
 
 
 def _concatenated(states: list[EngineState]) -> EngineState:
-    layers = sorted({layer for state in states for layer in state.keys})
-    return EngineState(keys={
-        layer: torch.cat([s.keys[layer].float().cpu() for s in states if layer in s.keys],
-                         dim=1)
-        for layer in layers})
+    kept = standing(states)
+    layers = sorted({layer for state in kept for layer in state.keys})
+    return EngineState(
+        keys={layer: torch.cat([s.keys[layer].float().cpu() for s in kept], dim=1)
+              for layer in layers},
+        subjects=tuple(subject for s in kept for subject in s.subjects))
 
 
 def _checkpoint_json(checkpoint: Checkpoint) -> dict:

@@ -22,7 +22,7 @@ from factsync import __version__
 from factsync.editing.cancellation import Cancelled, never, stop_if
 from factsync.editing.covariance import KeyStatistics
 from factsync.editing.delta import ModelDelta, restored_weights
-from factsync.editing.engine_state import EngineState, combined_keys
+from factsync.editing.engine_state import EngineState, combined_keys, key_products, standing
 from factsync.editing.keys import subject_outputs
 from factsync.editing.outcomes import edit_outcomes
 from factsync.editing.requests import EditRequest
@@ -115,6 +115,7 @@ class EditResult:
         records: per request, one record per pass it was optimised in.
         iterations: passes run.
         keys: per layer, the final keys (key, groups) of the edited facts.
+        subjects: the subject of each key group.
         seconds: wall time of the edit.
         timings: per pass, time spent in each stage.
     """
@@ -123,13 +124,14 @@ class EditResult:
     records: list[list[IterationRecord]]
     iterations: int
     keys: dict[int, torch.Tensor]
+    subjects: tuple[str, ...]
     seconds: float
     timings: list[PassTiming]
 
     @property
     def state(self) -> EngineState:
         """What this edit leaves for later edits once applied (see ``EngineState``)."""
-        return EngineState(keys=self.keys)
+        return EngineState(keys=self.keys, subjects=self.subjects)
 
     @property
     def final_probabilities(self) -> list[float]:
@@ -149,8 +151,11 @@ class EditEngine:
     Owns the sampled context prefixes, AlphaEdit's projectors and the running sum
     ``K_p K_p^T`` of keys of facts applied earlier, which the spread holds in place.
     That sum is the live version's state: ``restore`` sets it from the lineage's saved
-    states and ``remember`` adds an applied edit. ``edit`` leaves the model as it found
-    it and returns a delta; callers apply it.
+    states and ``remember`` adds an applied edit. It also keeps each subject's standing
+    keys, so that an edit of a subject written before releases them: the spread would
+    otherwise hold the very key it must move (see ``engine_state``). They take key size
+    x key groups x edit layers floats per subject (about 60 KB on SmolLM2-135M).
+    ``edit`` leaves the model as it found it and returns a delta; callers apply it.
 
     The OPTIMIZATION stage runs through ``optimiser``: in this process by default, or
     fanned out to workers that carry the same model (``factsync.executors``).
@@ -179,6 +184,8 @@ class EditEngine:
         self.layer_contexts = {
             layer: self._layer_context(statistics[layer]) for layer in self.layers
         }
+        self._standing: dict[str, dict[int, torch.Tensor]] = {}
+        self._keeps_keys = any(c.preserved is not None for c in self.layer_contexts.values())
 
     def _layer_context(self, stats: KeyStatistics) -> LayerContext:
         spread_settings = self.settings.spread
@@ -206,20 +213,43 @@ class EditEngine:
         return {layer: c.lam for layer, c in self.layer_contexts.items()}
 
     def remember(self, result: EditResult) -> None:
-        """Record an applied edit's keys, so later edits hold them in place."""
+        """Record an applied edit's keys, so later edits hold them in place; they
+        supersede the keys of its subjects applied earlier."""
+        if not self._keeps_keys:
+            return
+        superseded = self._standing_keys(set(result.subjects))
+        for layer, product in key_products(superseded).items():
+            self.layer_contexts[layer].release(product)
+        for subject in result.subjects:
+            self._standing.pop(subject, None)
         self._preserve(combined_keys([result.state]))
+        self._standing.update({subject: {layer: k.cpu() for layer, k in keys.items()}
+                               for subject, keys in result.state.by_subject().items()})
 
     def restore(self, lineage: list[EngineState]) -> None:
-        """Preserve exactly the keys of ``lineage`` (the live version's states, any
-        order), forgetting everything remembered before."""
+        """Preserve exactly the standing keys of ``lineage`` (the live version's states,
+        oldest first), forgetting everything remembered before."""
         for context in self.layer_contexts.values():
             context.forget_held()
-        self._preserve(combined_keys(lineage))
+        self._standing = {}
+        if not self._keeps_keys:
+            return
+        states = standing(lineage)
+        for state in states:
+            self._standing.update(state.by_subject())
+        self._preserve(combined_keys(states))
 
     def preserved(self) -> dict[int, torch.Tensor]:
         """A copy of ``K_p K_p^T`` per layer (empty when nothing is preserved)."""
         return {layer: c.preserved.clone() for layer, c in self.layer_contexts.items()
                 if c.preserved is not None}
+
+    def _standing_keys(self, subjects: set[str]) -> dict[int, torch.Tensor]:
+        """Per layer, the standing keys (key, m) of ``subjects`` (empty: none stand)."""
+        found = [self._standing[s] for s in sorted(subjects) if s in self._standing]
+        if not found:
+            return {}
+        return {layer: torch.cat([keys[layer] for keys in found], dim=1) for layer in found[0]}
 
     def _preserve(self, products: dict[int, torch.Tensor]) -> None:
         for layer, product in products.items():
@@ -250,7 +280,10 @@ class EditEngine:
         total = ModelDelta(layers={}, layout=loaded.spec.weight_layout, metadata=self._metadata())
         active = list(range(len(requests)))
         keys: dict[int, torch.Tensor] = {}
+        owners = torch.empty(0, dtype=torch.long)
         timings: list[PassTiming] = []
+        # The subjects written again: their earlier keys are no longer held in place.
+        released = self._standing_keys({r.subject for r in requests})
         iteration = 0
         with restored_weights(loaded, paths):
             for iteration in range(1, settings.max_iterations + 1):
@@ -269,7 +302,7 @@ class EditEngine:
                 spread_started = time.monotonic()
                 targets = subject_outputs(loaded, prompts, last)  # pins facts that took
                 targets[active] = optimised.z.to(targets)
-                step, keys = spread(
+                step, keys, owners = spread(
                     loaded,
                     prompts,
                     targets,
@@ -278,6 +311,7 @@ class EditEngine:
                     self.layer_contexts,
                     settings.spread,
                     protected=protected,
+                    released=released,
                 )
                 step.apply(loaded)
                 total = total.compose(step)
@@ -314,6 +348,7 @@ class EditEngine:
             records=records,
             iterations=iteration,
             keys=keys,
+            subjects=tuple(requests[int(fact)].subject for fact in owners),
             seconds=time.monotonic() - started,
             timings=timings,
         )

@@ -1,16 +1,21 @@
 """``EngineState``: what one version's edit leaves for the engine's later edits.
 
-Today that is the keys the edit wrote at each layer: AlphaEdit preserves the keys of
-every fact applied so far (``K_p K_p^T``), so a version's keys belong to it just as its
-weight delta does. The state of a live version is its lineage's states together, so it
-is saved beside each version's delta, rebuilt on start-up and after a rollback, and
-never kept only in memory.
+Today that is the keys the edit wrote at each layer, with the subject each key belongs
+to. The spread holds the keys of facts applied earlier in place (``K_p K_p^T``), so a
+version's keys belong to it just as its weight delta does. The state of a live version
+is its lineage's states together, so it is saved beside each version's delta, rebuilt
+on start-up and after a rollback, and never kept only in memory.
+
+A subject written again supersedes its earlier keys: MEMIT's key is read at the
+subject's last token, before the relation's words, so every fact of a subject shares
+it, and holding the old key in place would fight the new edit of the same key.
 """
 
 from __future__ import annotations
 
+import json
 import logging
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -22,6 +27,7 @@ from factsync.durable import save_tensors
 log = logging.getLogger(__name__)
 
 KEY_PREFIX = "keys.layer"
+SUBJECTS_METADATA = "subjects"
 
 
 class EngineStateError(ValueError):
@@ -30,14 +36,34 @@ class EngineStateError(ValueError):
 
 @dataclass(frozen=True)
 class EngineState:
-    """Per edit layer, the keys (key, n) one version's edit wrote."""
+    """Per edit layer, the keys (key, n) one version's edit wrote.
+
+    Attributes:
+        keys: per layer, one column per key.
+        subjects: the subject of each column, the same at every layer; ``None`` where
+            it is not known (states saved before subjects were recorded): such keys
+            are never superseded.
+    """
 
     keys: dict[int, torch.Tensor]
+    subjects: tuple[str | None, ...]
+
+    def __post_init__(self) -> None:
+        for layer, keys in self.keys.items():
+            if keys.shape[1] != len(self.subjects):
+                raise ValueError(f"layer {layer} has {keys.shape[1]} keys for "
+                                 f"{len(self.subjects)} subjects")
+
+    @classmethod
+    def empty(cls) -> EngineState:
+        """A state that preserves nothing."""
+        return cls(keys={}, subjects=())
 
     def save(self, path: Path) -> None:
         """Write the state as one safetensors file, atomically and durably."""
         save_tensors(path, {f"{KEY_PREFIX}{layer}": k.detach().contiguous().cpu()
-                            for layer, k in self.keys.items()})
+                            for layer, k in self.keys.items()},
+                     metadata={SUBJECTS_METADATA: json.dumps(list(self.subjects))})
 
     @classmethod
     def load(cls, path: Path) -> EngineState:
@@ -45,21 +71,54 @@ class EngineState:
         states were kept) is an empty state; a damaged one raises ``EngineStateError``."""
         if not path.exists():
             log.warning("no engine state at %s (an older version): it preserves no keys", path)
-            return cls(keys={})
+            return cls.empty()
         try:
             with safe_open(str(path), framework="pt") as handle:
                 names = list(handle.keys())
                 keys = {int(n.removeprefix(KEY_PREFIX)): handle.get_tensor(n) for n in names}
+                recorded = (handle.metadata() or {}).get(SUBJECTS_METADATA)
+            columns = next(iter(keys.values())).shape[1] if keys else 0
+            subjects = (tuple(json.loads(recorded)) if recorded is not None
+                        else (None,) * columns)
+            return cls(keys=keys, subjects=subjects)
         except (OSError, ValueError, SafetensorError) as exc:
             raise EngineStateError(f"cannot read engine state file {path}: {exc}") from exc
-        return cls(keys=keys)
+
+    def select(self, columns: list[int]) -> EngineState:
+        """The state with only ``columns``, in that order."""
+        return EngineState(keys={layer: k[:, columns] for layer, k in self.keys.items()},
+                           subjects=tuple(self.subjects[c] for c in columns))
+
+    def by_subject(self) -> dict[str, dict[int, torch.Tensor]]:
+        """Per known subject, its keys (key, m) at each layer."""
+        columns: dict[str, list[int]] = {}
+        for column, subject in enumerate(self.subjects):
+            if subject is not None:
+                columns.setdefault(subject, []).append(column)
+        return {subject: {layer: k[:, index] for layer, k in self.keys.items()}
+                for subject, index in columns.items()}
+
+
+def standing(lineage: Sequence[EngineState]) -> list[EngineState]:
+    """Each state of ``lineage`` (oldest first) with only the keys that still stand: a
+    subject written again by a later state loses its columns in every earlier one."""
+    kept: list[EngineState] = []
+    later: set[str] = set()
+    for state in reversed(lineage):
+        kept.append(state.select([c for c, s in enumerate(state.subjects) if s not in later]))
+        later.update(s for s in state.subjects if s is not None)
+    return kept[::-1]
+
+
+def key_products(keys: dict[int, torch.Tensor]) -> dict[int, torch.Tensor]:
+    """Per layer, ``K K^T`` (key, key) in float64."""
+    return {layer: k.double() @ k.double().T for layer, k in keys.items()}
 
 
 def combined_keys(states: Iterable[EngineState]) -> dict[int, torch.Tensor]:
     """Per layer, ``K K^T`` (key, key) in float64 over every state's keys."""
     total: dict[int, torch.Tensor] = {}
     for state in states:
-        for layer, keys in state.keys.items():
-            k = keys.double()
-            total[layer] = total[layer] + k @ k.T if layer in total else k @ k.T
+        for layer, product in key_products(state.keys).items():
+            total[layer] = total[layer] + product if layer in total else product
     return total

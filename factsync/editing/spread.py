@@ -10,9 +10,9 @@ share R:
 - AlphaEdit: ``dW = R K^T P ((K_p K_p^T + K K^T) P + l2 I)^-1``, P the projector onto the
   null space of C, so the update leaves corpus keys (nearly) untouched.
 
-K_p holds keys whose outputs must not move: those of facts applied earlier (their sum of
-outer products is the live version's state, so memory does not grow with history) and
-those of the job's NME neighbours, read from the model as it is. For MEMIT this is the
+K_p holds keys whose outputs must not move: those of facts applied earlier (the live
+version's state; the spread needs only their sum of outer products) and those of the
+job's NME neighbours, read from the model as it is. For MEMIT this is the
 least-squares update that also asks ``dW k_p = 0`` of every such key; without it, every
 later job is free to overwrite earlier edits.
 
@@ -122,24 +122,30 @@ def memit_update(
     residual: torch.Tensor,
     held: HeldSystem,
     held_keys: torch.Tensor | None = None,
+    released_keys: torch.Tensor | None = None,
 ) -> LayerDelta:
-    """``dW = R K^T (A + H H^T + K K^T)^-1`` as factors, with ``A = lambda C + K_p K_p^T``
-    factored in ``held``.
+    """``dW = R K^T (A + H H^T - E E^T + K K^T)^-1`` as factors, with
+    ``A = lambda C + K_p K_p^T`` factored in ``held``.
 
     keys (key, n), residual (value, n), held_keys H (key, m): more keys to hold in place
-    (a job's NME neighbours), or ``None``. With ``U = [K, H]`` the Woodbury identity
-    gives ``(A + U U^T)^-1 U = A^-1 U (I + U^T A^-1 U)^-1``, so past the cached factor
-    only an (n + m) square system is solved. Float64 throughout.
+    (a job's NME neighbours), or ``None``; released_keys E (key, r): columns of K_p to
+    hold no longer (``None``: none). With ``U = [K, H, E]`` and ``D`` the diagonal of
+    their signs (+1, +1, -1), the Woodbury identity gives
+    ``(A + U D U^T)^-1 U = A^-1 U (D + U^T A^-1 U)^-1 D``, so past the cached factor only
+    an (n + m + r) square system is solved. Float64 throughout.
     """
     device = held.factor.device
-    k = keys.to(device=device, dtype=torch.float64)
-    u = k if held_keys is None else torch.cat(
-        [k, held_keys.to(device=device, dtype=torch.float64)], dim=1)
-    a_inv_u = held.solve(u)  # (key, n + m)
+    parts = [(keys, 1.0), (held_keys, 1.0), (released_keys, -1.0)]
+    u = torch.cat([x.to(device=device, dtype=torch.float64) for x, _ in parts if x is not None],
+                  dim=1)
+    signs = torch.cat([torch.full((x.shape[1],), sign, dtype=torch.float64, device=device)
+                       for x, sign in parts if x is not None])
+    a_inv_u = held.solve(u)  # (key, n + m + r)
+    inner = torch.diag(signs) + u.T @ a_inv_u
+    # Only the columns of K carry a residual: dW = R (S^-1 K)^T with S the whole system,
+    # S^-1 K the first n columns of S^-1 U, where D is +1.
     identity = torch.eye(u.shape[1], dtype=torch.float64, device=device)
-    inner = identity + u.T @ a_inv_u
-    # Only the columns of K carry a residual: dW = R (S^-1 K)^T, S^-1 K the first n of S^-1 U.
-    adjusted = a_inv_u @ torch.linalg.solve(inner, identity[:, : k.shape[1]])  # (key, n)
+    adjusted = a_inv_u @ torch.linalg.solve(inner, identity[:, : keys.shape[1]])  # (key, n)
     return LayerDelta(up=residual.float(), down=adjusted.to(keys.device).float())
 
 
@@ -202,6 +208,12 @@ class LayerContext:
             self.preserved += product.to(self.preserved.device)
             self._system = None
 
+    def release(self, product: torch.Tensor) -> None:
+        """Subtract ``K K^T`` of keys that no longer stand from ``preserved``."""
+        if self.preserved is not None:
+            self.preserved -= product.to(self.preserved.device)
+            self._system = None
+
     def forget_held(self) -> None:
         """Preserve nothing (before the lineage's keys are held again)."""
         if self.preserved is not None:
@@ -219,17 +231,22 @@ def spread(
     settings: SpreadSettings,
     *,
     protected: Sequence[tuple[str, str]] = (),
-) -> tuple[ModelDelta, dict[int, torch.Tensor]]:
+    released: dict[int, torch.Tensor] | None = None,
+) -> tuple[ModelDelta, dict[int, torch.Tensor], torch.Tensor]:
     """Spread targets z (facts, hidden) at ``layers[-1]`` over ``layers``.
 
     ``prompts`` holds each fact's (template, subject); ``protected`` the (template,
-    subject) of facts whose outputs must stay where they are now (NME neighbours).
-    Returns the delta and the keys (key, groups) used at each layer. Leaves the
-    model's weights as it found them.
+    subject) of facts whose outputs must stay where they are now (NME neighbours);
+    ``released`` per layer keys (key, r) among the preserved ones to hold no longer
+    (those of subjects this job writes again).
+    Returns the delta, the keys (key, groups) used at each layer and the fact each key
+    group belongs to (the same at every layer). Leaves the model's weights as it found
+    them.
     """
     paths = [loaded.spec.mlp_out_path(layer) for layer in layers]
     delta = ModelDelta(layers={}, layout=loaded.spec.weight_layout)
     used_keys: dict[int, torch.Tensor] = {}
+    owners = torch.empty(0, dtype=torch.long)
     with restored_weights(loaded, paths):
         for position, (layer, path) in enumerate(zip(layers, paths, strict=True)):
             states = subject_states(loaded, prompts, layer, layers[-1], contexts)
@@ -238,11 +255,12 @@ def spread(
             share = share[states.owners].T  # (hidden, groups): every key of a fact gets its share
             context = layer_contexts[layer]
             neighbours = _protected_keys(loaded, protected, layer)
+            let_go = (released or {}).get(layer)
             if settings.algorithm is Algorithm.MEMIT:
                 update = memit_update(keys, share, context.memit_system(keys.device),
-                                      neighbours)
+                                      neighbours, let_go)
             else:
-                held = _held_in_place(context, neighbours)
+                held = _held_in_place(context, neighbours, let_go)
                 if context.projector is None or held is None:
                     raise ValueError(f"AlphaEdit needs a projector and preserved keys at {layer}")
                 projected = (keys * (context.projector.to(keys) @ keys)).sum(dim=0)  # k^T P k
@@ -253,7 +271,8 @@ def spread(
             step.apply(loaded)  # later layers see this one; restored_weights undoes it
             delta = delta.compose(step)
             used_keys[layer] = keys
-    return delta, used_keys
+            owners = states.owners
+    return delta, used_keys, owners
 
 
 def _protected_keys(loaded: LoadedModel, protected: Sequence[tuple[str, str]],
@@ -264,11 +283,13 @@ def _protected_keys(loaded: LoadedModel, protected: Sequence[tuple[str, str]],
     return subject_states(loaded, protected, layer, layer, [""]).keys
 
 
-def _held_in_place(context: LayerContext, neighbours: torch.Tensor | None) -> torch.Tensor | None:
-    """``K_p K_p^T``: earlier edits' keys plus the protected facts' keys."""
-    if neighbours is None:
-        return context.preserved
-    product = neighbours.double() @ neighbours.double().T
-    return product if context.preserved is None else context.preserved + product.to(
-        context.preserved
-    )
+def _held_in_place(context: LayerContext, neighbours: torch.Tensor | None,
+                   released: torch.Tensor | None) -> torch.Tensor | None:
+    """``K_p K_p^T``: earlier edits' keys less the released ones, plus the protected
+    facts' keys."""
+    held = context.preserved
+    for keys, sign in ((neighbours, 1.0), (released, -1.0)):
+        if keys is not None:
+            product = sign * (keys.double() @ keys.double().T)
+            held = product if held is None else held + product.to(held)
+    return held

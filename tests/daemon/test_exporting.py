@@ -46,7 +46,7 @@ def promote(store, versions, models, delta, subject):  # noqa: ANN001, ANN201
     job = store.create_job(change_ids=[change.id], policy_digest="p")
     live = store.live_version()
     version_id = versions.write(parent_id=live.id, save_delta=delta.save,
-                                save_state=EngineState(keys={}).save,
+                                save_state=EngineState.empty().save,
                                 facts=[{"subject": subject}], manifest={})
     store.promote(job_id=job.id, version_id=version_id, parent_id=live.id, policy_digest="p",
                   report={}, applied={change.id: "Y"}, left_out={})
@@ -230,7 +230,7 @@ def test_export_verify_compares_each_fact_and_flags_a_damaged_adapter(
                                     relation="P36") for prompt, obj in facts]
     job = store.create_job(change_ids=[c.id for c in changes], policy_digest="p")
     version = versions.write(parent_id=store.live_version().id, save_delta=delta.save,
-                             save_state=EngineState(keys={}).save, facts=[], manifest={})
+                             save_state=EngineState.empty().save, facts=[], manifest={})
     store.promote(job_id=job.id, version_id=version, parent_id=store.live_version().id,
                   policy_digest="p", report={}, applied={c.id: None for c in changes},
                   left_out={})

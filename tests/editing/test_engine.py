@@ -10,6 +10,7 @@ import torch
 from factsync.editing.cancellation import EditCancelled
 from factsync.editing.delta import applied
 from factsync.editing.engine import EditEngine, EngineSettings, StopReason
+from factsync.editing.engine_state import combined_keys
 from factsync.editing.keys import subject_outputs
 from factsync.editing.outcomes import edit_outcomes
 from factsync.editing.requests import EditRequest, Neighbour
@@ -100,7 +101,7 @@ def test_spread_carries_the_targets_into_the_weights(
     targets = current + 0.5 * current.norm(dim=1, keepdim=True) * torch.nn.functional.normalize(
         torch.randn(current.shape, generator=generator), dim=1
     )
-    delta, _ = spread(
+    delta, _, owners = spread(
         loaded,
         prompts,
         targets,
@@ -113,6 +114,7 @@ def test_spread_carries_the_targets_into_the_weights(
         moved = subject_outputs(loaded, prompts, last)
     remaining = (targets - moved).norm(dim=1) / (targets - current).norm(dim=1)
     assert torch.all(remaining < 0.5), remaining
+    assert sorted(set(owners.tolist())) == [0, 1, 2]  # every fact owns a key group
 
 
 @pytest.mark.parametrize("algorithm", ["memit", "alphaedit"])
@@ -203,6 +205,29 @@ def test_restore_preserves_exactly_the_keys_of_the_states_given(tiny_engine, tin
     assert all(torch.count_nonzero(m) == 0 for m in engine.preserved().values())
 
 
+@pytest.mark.parametrize("algorithm", ["memit", "alphaedit"])
+def test_a_subject_edited_again_releases_its_earlier_keys(tiny_engine, tiny_loaded, algorithm):
+    engine = _with_spread(tiny_engine(tiny_loaded()), algorithm=algorithm)
+    first = engine.edit(REQUESTS[:2])
+    others = first.state.select([c for c, s in enumerate(first.subjects) if s != "LinkedIn"])
+    assert others.subjects and "LinkedIn" not in others.subjects
+    again = replace(REQUESTS[1], new_object="Google", old_object="Apple")
+    engine.remember(first)
+    released = engine.edit([again])
+    engine.restore([others])  # as if LinkedIn had never been edited
+    fresh = engine.edit([again])
+    for path, layer_delta in fresh.delta.layers.items():
+        layout = engine.loaded.spec.weight_layout
+        assert torch.allclose(released.delta.layers[path].matrix(layout),
+                              layer_delta.matrix(layout), atol=1e-5)
+    engine.restore([first.state])
+    engine.remember(released)  # LinkedIn's new keys supersede its old ones
+    expected = combined_keys([others, released.state])
+    assert all(torch.allclose(engine.preserved()[x], expected[x]) for x in engine.layers)
+    engine.restore([first.state, released.state])
+    assert all(torch.allclose(engine.preserved()[x], expected[x]) for x in engine.layers)
+
+
 def test_settings_are_validated():
     with pytest.raises(ValueError, match="max_iterations must be at least 1"):
         EngineSettings(max_iterations=0)
@@ -255,7 +280,7 @@ def test_nme_neighbours_are_held_in_place_by_the_spread(tiny_engine, tiny_loaded
     targets = current + 0.5 * current.norm(dim=1, keepdim=True)
     moved = {}
     for protected in ([], neighbours):
-        delta, _ = spread(loaded, prompts, targets, engine.layers, engine.contexts,
+        delta, _, _ = spread(loaded, prompts, targets, engine.layers, engine.contexts,
                           engine.layer_contexts, engine.settings.spread, protected=protected)
         before = subject_outputs(loaded, neighbours, last)
         with applied(loaded, delta):

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 
 from factsync.editing.build import StatisticsSettings, build_engine
-from factsync.editing.engine import EngineSettings
+from factsync.editing.engine import EngineSettings, StopReason
 from factsync.editing.requests import EditRequest, Neighbour
 from factsync.models.loading import load_model
 from factsync.models.scoring import score_targets
@@ -77,3 +79,24 @@ def test_three_edits_take_and_generalise_while_a_neighbour_keeps_its_object(load
     finally:
         handle.revert()
     assert all(len(records) <= 3 for records in result.records)
+
+
+def test_a_fact_changed_twice_ends_on_its_latest_object(loaded):
+    settings = EngineSettings(max_iterations=3, neighbours=True)
+    engine = build_engine(loaded, settings, StatisticsSettings(corpus_tokens=20_000))
+    first = engine.edit(FACTS)
+    handles = [first.delta.apply(loaded)]
+    engine.remember(first)
+    changed = replace(FACTS[1], new_object="Google", old_object="Apple")
+    second = engine.edit([changed])
+    handles.append(second.delta.apply(loaded))
+    engine.remember(second)
+    try:
+        for earlier in ("Apple", "Microsoft"):
+            assert _beats(loaded, changed.template, changed.subject, "Google", earlier)
+        for kept in (FACTS[0], FACTS[2]):
+            assert _beats(loaded, kept.template, kept.subject, kept.new_object, kept.old_object)
+    finally:
+        for handle in reversed(handles):
+            handle.revert()
+    assert second.stop_reasons == [StopReason.TOOK]

@@ -103,6 +103,21 @@ def test_memit_through_the_held_factor_equals_the_direct_solve():
                                rtol=1e-4, atol=1e-5)
 
 
+def test_releasing_held_keys_equals_a_solve_that_never_held_them():
+    size = 40
+    covariance = _covariance(size)
+    kept, released = torch.randn(size, 5, dtype=torch.float64), torch.randn(size, 2,
+                                                                           dtype=torch.float64)
+    earlier = torch.cat([kept, released], dim=1)
+    keys, residual = torch.randn(size, 3, dtype=torch.float64), torch.randn(12, 3)
+    held = HeldSystem.factorise(covariance, 0.7, earlier @ earlier.T, CPU)
+    update = memit_update(keys, residual, held, released_keys=released)
+    expected = direct(keys, residual, covariance, 0.7, kept @ kept.T,
+                      torch.zeros(size, 0, dtype=torch.float64))
+    torch.testing.assert_close((update.up @ update.down.T).double(), expected,
+                               rtol=1e-4, atol=1e-5)
+
+
 def test_a_singular_held_system_falls_back_to_lu():
     size = 16
     flat = torch.zeros(size, size)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from factsync.durable import save_tensors
 from factsync.editing.engine_state import EngineState, EngineStateError
 from factsync.jobs.live import LiveChanged, LiveEvent
 
@@ -77,12 +78,16 @@ def test_a_failing_listener_does_not_stop_the_others_or_the_promotion(daemon):
 
 
 def test_engine_state_files_round_trip_and_report_damage(tmp_path):
-    state = EngineState(keys={2: torch.randn(64, 3), 3: torch.randn(64, 5)})
+    state = EngineState(keys={2: torch.randn(64, 3), 3: torch.randn(64, 3)},
+                        subjects=("Paris", "Paris", "Skype"))
     state.save(tmp_path / "state.safetensors")
     loaded = EngineState.load(tmp_path / "state.safetensors")
     assert loaded.keys.keys() == state.keys.keys()
     assert all(torch.equal(loaded.keys[x], state.keys[x]) for x in state.keys)
+    assert loaded.subjects == state.subjects
     assert EngineState.load(tmp_path / "missing.safetensors").keys == {}
+    save_tensors(tmp_path / "older.safetensors", {"keys.layer2": state.keys[2]})
+    assert EngineState.load(tmp_path / "older.safetensors").subjects == (None,) * 3
     (tmp_path / "damaged.safetensors").write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00{")
     with pytest.raises(EngineStateError, match="cannot read engine state file .*damaged"):
         EngineState.load(tmp_path / "damaged.safetensors")
