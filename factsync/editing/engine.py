@@ -271,9 +271,11 @@ class EditEngine:
         started = time.monotonic()
         loaded, settings = self.loaded, self.settings
         prompts = [(r.template, r.subject) for r in requests]
-        protected = [
-            (n.template, n.subject) for r in requests for n in r.neighbours
-        ] if settings.neighbours else []
+        # A neighbour about a subject the job writes shares that subject's key: the spread
+        # cannot hold the key in place and move it, so only the optimisation holds it.
+        edited = {r.subject for r in requests}
+        protected = [(n.template, n.subject) for r in requests for n in r.neighbours
+                     if n.subject not in edited] if settings.neighbours else []
         last = self.layers[-1]
         paths = [loaded.spec.mlp_out_path(layer) for layer in self.layers]
         records: list[list[IterationRecord]] = [[] for _ in requests]

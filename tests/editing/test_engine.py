@@ -228,6 +228,28 @@ def test_a_subject_edited_again_releases_its_earlier_keys(tiny_engine, tiny_load
     assert all(torch.allclose(engine.preserved()[x], expected[x]) for x in engine.layers)
 
 
+def test_a_neighbour_about_an_edited_subject_is_held_by_the_optimisation_only(
+    tiny_engine, tiny_loaded
+):
+    loaded = tiny_loaded()
+    engine = tiny_engine(loaded, max_iterations=1, neighbours=True)
+    sibling = Neighbour("LinkedIn", "{} was founded by", "Reid")
+    request = replace(REQUESTS[1], neighbours=(sibling,))
+    result = engine.edit([request])
+    z = optimise_targets(loaded, [request], engine.layers[-1], engine.contexts,
+                         engine.settings.target, use_neighbours=True).z
+    spread_with = lambda protected: spread(  # noqa: E731
+        loaded, [(request.template, request.subject)], z, engine.layers, engine.contexts,
+        engine.layer_contexts, engine.settings.spread, protected=protected)[0]
+    layout = loaded.spec.weight_layout
+    unheld, held = spread_with([]), spread_with([(sibling.template, sibling.subject)])
+    for path, layer_delta in result.delta.layers.items():
+        assert torch.allclose(layer_delta.matrix(layout), unheld.layers[path].matrix(layout),
+                              atol=1e-5)
+        assert not torch.allclose(layer_delta.matrix(layout), held.layers[path].matrix(layout),
+                                  atol=1e-5)
+
+
 def test_settings_are_validated():
     with pytest.raises(ValueError, match="max_iterations must be at least 1"):
         EngineSettings(max_iterations=0)
