@@ -217,14 +217,14 @@ class EditEngine:
         supersede the keys of its subjects applied earlier."""
         if not self._keeps_keys:
             return
-        superseded = self._standing_keys(set(result.subjects))
-        for layer, product in key_products(superseded).items():
-            self.layer_contexts[layer].release(product)
+        superseded = key_products(self._standing_keys(set(result.subjects)))
+        self._preserve({layer: -product for layer, product in superseded.items()})
         for subject in result.subjects:
             self._standing.pop(subject, None)
-        self._preserve(combined_keys([result.state]))
+        state = result.state
+        self._preserve(combined_keys([state]))
         self._standing.update({subject: {layer: k.cpu() for layer, k in keys.items()}
-                               for subject, keys in result.state.by_subject().items()})
+                               for subject, keys in state.by_subject().items()})
 
     def restore(self, lineage: list[EngineState]) -> None:
         """Preserve exactly the standing keys of ``lineage`` (the live version's states,
@@ -245,11 +245,10 @@ class EditEngine:
                 if c.preserved is not None}
 
     def _standing_keys(self, subjects: set[str]) -> dict[int, torch.Tensor]:
-        """Per layer, the standing keys (key, m) of ``subjects`` (empty: none stand)."""
+        """Per edit layer, the standing keys (key, m) of ``subjects`` (empty: none stand)."""
         found = [self._standing[s] for s in sorted(subjects) if s in self._standing]
-        if not found:
-            return {}
-        return {layer: torch.cat([keys[layer] for keys in found], dim=1) for layer in found[0]}
+        return {layer: torch.cat([keys[layer] for keys in found if layer in keys], dim=1)
+                for layer in self.layers if any(layer in keys for keys in found)}
 
     def _preserve(self, products: dict[int, torch.Tensor]) -> None:
         for layer, product in products.items():

@@ -203,15 +203,10 @@ class LayerContext:
         return self._system
 
     def hold(self, product: torch.Tensor) -> None:
-        """Add ``K K^T`` of newly applied keys to ``preserved``."""
+        """Add ``K K^T`` of newly applied keys to ``preserved`` (``-K K^T`` lets go of
+        keys that no longer stand)."""
         if self.preserved is not None:
             self.preserved += product.to(self.preserved.device)
-            self._system = None
-
-    def release(self, product: torch.Tensor) -> None:
-        """Subtract ``K K^T`` of keys that no longer stand from ``preserved``."""
-        if self.preserved is not None:
-            self.preserved -= product.to(self.preserved.device)
             self._system = None
 
     def forget_held(self) -> None:
