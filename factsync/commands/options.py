@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 from dataclasses import replace
+from pathlib import Path
 
 from factsync.editing.engine import EngineSettings
 from factsync.editing.spread import SpreadSettings
@@ -52,11 +53,27 @@ def add_engine_options(parser: argparse.ArgumentParser) -> None:
         default=TargetSettings.chunk_size,
         help=f"facts per padded batch in the z optimisation ({TargetSettings.chunk_size})",
     )
-    group.add_argument(
+    add_corpus_options(group)
+
+
+def add_corpus_options(parser: argparse.ArgumentParser | argparse._ArgumentGroup) -> None:
+    """``--corpus-tokens`` and ``--corpus-files``: the text behind the key statistics
+    (``statistics_settings`` reads them)."""
+    parser.add_argument(
         "--corpus-tokens",
         type=int,
         default=None,
-        help="tokens of model-sampled text behind the key statistics",
+        help="tokens of corpus text behind the key statistics (default: 10 per key "
+        "dimension, 20,000 at least)",
+    )
+    parser.add_argument(
+        "--corpus-files",
+        type=Path,
+        nargs="+",
+        metavar="FILE",
+        help="compute the key statistics over this text instead of text sampled from the "
+        "model: .txt files (one text per paragraph) or .jsonl files (a 'text' field per "
+        "line)",
     )
 
 
@@ -109,6 +126,8 @@ def statistics_settings(args: argparse.Namespace):  # noqa: ANN201
     settings = StatisticsSettings()
     if args.corpus_tokens:
         settings = replace(settings, corpus_tokens=args.corpus_tokens)
+    if args.corpus_files:
+        settings = replace(settings, text_files=tuple(args.corpus_files))
     return settings
 
 

@@ -19,6 +19,7 @@ from factsync.bench.lifelong_report import ALIASES, SHORT_NAMES
 from factsync.bench.lifelong_scoring import METRICS, RECORD_METRICS, Yardstick
 from factsync.bench.norm_growth import NormGrowth, growth_summary
 from factsync.cli import main
+from factsync.editing.corpus import corpus_digest, load_text_files
 from factsync.editing.engine import EngineSettings
 from factsync.evaluation.suites import load_cases, prepare_suite
 from factsync.models.specs import get_module
@@ -218,14 +219,23 @@ def test_the_command_writes_checkpoints_intervals_aliases_and_a_plot(
 def test_the_command_runs_zsre_records(tiny_loaded, tmp_path, monkeypatch, capsys, zsre_file):
     model_dir, fluency = _command_inputs(tiny_loaded, tmp_path, monkeypatch)
     report, plot = tmp_path / "lifelong.json", tmp_path / "lifelong.png"
+    corpus = tmp_path / "corpus.txt"
+    paragraphs = [f"Paragraph {i} of the operator's own text, about the river number {i} "
+                  f"and its {i * 3} bridges." for i in range(80)]
+    corpus.write_text("\n\n".join(paragraphs))
     code = main([
         "bench", "lifelong", "--dataset", "zsre", "--data", str(zsre_file),
         "--fluency", str(fluency), "--n", "4", "--batch", "2", "--checkpoint-every", "4",
         "--canaries", "4", "--methods", "memit", "--neighbours", "0",
         "--model", str(model_dir), "--device", "cpu", "--corpus-tokens", "1000",
+        "--corpus-files", str(corpus), "--state", str(tmp_path / "state"),
         "--json", str(report), "--plot", str(plot),
     ])
     assert code == 0
+    # The key statistics were computed over the given text, not over sampled text.
+    digest = corpus_digest(load_text_files([corpus]))
+    assert list((tmp_path / "home" / "stats").glob(f"*/layer*-{digest}-1000-*.safetensors"))
+    assert not (tmp_path / "home" / "corpus").exists()
     assert plot.read_bytes().startswith(PNG_SIGNATURE)
     data = json.loads(report.read_text())
     assert (data["n"], data["batch"], data["dataset"]) == (4, 2, "zsre")

@@ -6,7 +6,12 @@ import argparse
 from pathlib import Path
 
 from factsync.commands.bench.inputs import add_data_options, positive_list, records_path
-from factsync.commands.options import add_model_options, load, statistics_settings
+from factsync.commands.options import (
+    add_corpus_options,
+    add_model_options,
+    load,
+    statistics_settings,
+)
 from factsync.daemon.config import ExportConfig
 from factsync.durable import write_json
 
@@ -206,8 +211,7 @@ def _register_serving(sub: argparse._SubParsersAction) -> None:
                          "beside the facts it adds; 0 for all "
                          f"({ExportConfig.verify_sample})")
     serving.add_argument("--work-dir", type=Path, help="keep the data directory here")
-    serving.add_argument("--corpus-tokens", type=int,
-                         help="tokens of model-sampled text behind the key statistics")
+    add_corpus_options(serving)
     serving.add_argument("--json", type=Path, help="write the numbers to this file")
     add_model_options(serving)
     serving.set_defaults(handler=run_serving_bench, computes=True)

@@ -16,6 +16,7 @@ from factsync.commands.bench.inputs import (
     records_path,
 )
 from factsync.commands.options import (
+    add_corpus_options,
     add_engine_options,
     add_executor_options,
     add_model_options,
@@ -293,9 +294,7 @@ def _register_damage(sub: argparse._SubParsersAction) -> None:
     add_fluency_option(damage)
     damage.add_argument("--json", type=Path, help="also write the numbers to this file")
     add_model_options(damage)
-    damage.add_argument("--corpus-tokens", type=int, default=None,
-                        help="tokens of model-sampled text behind the key statistics "
-                        "(default: as the engine chooses for the key size)")
+    add_corpus_options(damage)
     damage.set_defaults(handler=run_damage_bench, computes=True)
 
 

@@ -152,5 +152,14 @@ _NOT_THE_RUN = {"handler", "computes", "json", "plot", "state", "log_level", "lo
 
 def _run_arguments(args: argparse.Namespace) -> dict[str, object]:
     """The arguments that make two ``bench lifelong`` runs the same run."""
-    return {name: str(value) if isinstance(value, Path) else value
-            for name, value in sorted(vars(args).items()) if name not in _NOT_THE_RUN}
+    return {name: _plain(value) for name, value in sorted(vars(args).items())
+            if name not in _NOT_THE_RUN}
+
+
+def _plain(value: object) -> object:
+    """``value`` as JSON can hold it: paths, alone or in a list, as strings."""
+    if isinstance(value, Path):
+        return str(value)
+    if isinstance(value, list):
+        return [_plain(item) for item in value]
+    return value
