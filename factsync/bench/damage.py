@@ -24,7 +24,7 @@ from tqdm import tqdm
 
 from factsync.editing.covariance import KeyStatistics, compute_key_statistics
 from factsync.editing.delta import DeltaError, ModelDelta, applied
-from factsync.evaluation.fluency import perplexity
+from factsync.evaluation.fluency import perplexity, perplexity_ratio, text_nlls
 from factsync.models.loading import LoadedModel
 from factsync.models.specs import get_module
 
@@ -59,10 +59,12 @@ class DamageReport:
     Attributes:
         layers: per edited layer, lowest first.
         perplexity_all: perplexity ratio with the whole delta applied.
+        perplexity_all_interval: its 95% bootstrap interval over the texts (low, high).
     """
 
     layers: list[LayerDamage]
     perplexity_all: float
+    perplexity_all_interval: tuple[float, float]
 
     @property
     def perplexity_independent(self) -> float:
@@ -74,6 +76,7 @@ class DamageReport:
         """The report as plain JSON values."""
         return {"layers": [asdict(row) for row in self.layers],
                 "perplexity_all": self.perplexity_all,
+                "perplexity_all_interval": list(self.perplexity_all_interval),
                 "perplexity_independent": self.perplexity_independent}
 
 
@@ -106,6 +109,7 @@ def measure_damage(
     missing = sorted(set(layers.values()) - set(statistics))
     if missing:
         raise ValueError(f"no key statistics for edited layers {missing}")
+    base_nlls = text_nlls(loaded, texts)
     base = perplexity(loaded, texts)
 
     def ratio(paths: list[str]) -> float:
@@ -118,7 +122,7 @@ def measure_damage(
         # A layer's own delta does not change its keys, only those of the layers above.
         moved = compute_key_statistics(loaded, list(layers.values()), corpus,
                                        token_budget=token_budget)
-        whole = perplexity(loaded, texts) / base
+        whole = perplexity_ratio(text_nlls(loaded, texts), base_nlls)
     rows = []
     for path, layer in tqdm(layers.items(), desc="perplexity per layer", unit="layer"):
         change = delta.layers[path].matrix("out_in").double()  # (value, key)
@@ -135,7 +139,8 @@ def measure_damage(
             perplexity_alone=ratio([path]),
             perplexity_without=ratio([other for other in layers if other != path]),
         ))
-    return DamageReport(layers=rows, perplexity_all=whole)
+    return DamageReport(layers=rows, perplexity_all=whole.mean,
+                        perplexity_all_interval=(whole.low, whole.high))
 
 
 def _output_energy(matrix: torch.Tensor, second_moment: torch.Tensor) -> float:
@@ -155,7 +160,9 @@ def format_damage(report: DamageReport) -> str:
         lines.append(f"{row.layer:<5} | {row.norm_growth:<11.3f} | {row.output_change:<13.4f} | "
                      f"{row.output_change_edited:<13.4f} | {row.perplexity_alone:<15.4f} | "
                      f"{row.perplexity_without:.4f}")
-    lines.append(f"all layers: perplexity ratio {report.perplexity_all:.4f}; the product of "
+    low, high = report.perplexity_all_interval
+    lines.append(f"all layers: perplexity ratio {report.perplexity_all:.4f} [{low:.4f}, "
+                 f"{high:.4f}]; the product of "
                  f"the layers alone {report.perplexity_independent:.4f} (independent harms "
                  "would give that)")
     return "\n".join(lines)

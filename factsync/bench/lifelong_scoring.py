@@ -3,7 +3,8 @@
 Every fact applied so far is scored (efficacy and paraphrase of earlier facts are their
 retention), with its held-out neighbours; then the perplexity ratio on the fluency
 texts, the share of canary facts still held, each edited weight's norm growth and the
-editing seconds per fact. Per-record values give 95% bootstrap intervals.
+editing seconds per fact. Per-record values, and the perplexity ratio over the fluency
+texts, give 95% bootstrap intervals.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from dataclasses import dataclass, field
 from factsync.bench.canary_facts import canaries_stated, canary_holds
 from factsync.bench.norm_growth import NormGrowth, growth_summary
 from factsync.editing.requests import EditRequest
-from factsync.evaluation.fluency import perplexity
+from factsync.evaluation.fluency import perplexity_ratio, text_nlls
 from factsync.evaluation.intervals import Interval, bootstrap_interval
 from factsync.evaluation.kpis import Prompted
 from factsync.evaluation.suites import Suite
@@ -41,8 +42,8 @@ class Checkpoint:
     Attributes:
         facts: facts applied (for the unedited model: records scored).
         values: per metric of ``METRICS``, its value; ``None`` where nothing was scored.
-        intervals: per metric with one value per record or canary, the 95% bootstrap
-            interval of its mean.
+        intervals: the 95% bootstrap interval of each metric with one value per record
+            or canary, and of the perplexity ratio (resampling the fluency texts).
     """
 
     facts: int
@@ -58,7 +59,7 @@ class Yardstick:
         suite: the edited records, their probes and held-out neighbours.
         canaries: record canaries: records the unedited model knows, never edited.
         fluency_texts: held-out text for perplexity.
-        base_perplexity: the unedited model's perplexity on ``fluency_texts``.
+        base_nlls: the unedited model's ``text_nlls`` of ``fluency_texts``.
         seed: seed of the bootstrap resampling.
         stated_canaries: the daemon's built-in canaries the unedited model states.
     """
@@ -66,7 +67,7 @@ class Yardstick:
     suite: Suite
     canaries: list[EditRequest]
     fluency_texts: list[str]
-    base_perplexity: float
+    base_nlls: list[tuple[float, int]]
     seed: int = 0
     stated_canaries: list[Prompted] = field(default_factory=list)
 
@@ -81,8 +82,8 @@ class Yardstick:
         seed: int = 0,
         stated_canaries: list[Prompted] | None = None,
     ) -> Yardstick:
-        """Measure the unedited ``loaded``'s perplexity and hold the rest."""
-        return cls(suite, canaries, fluency_texts, perplexity(loaded, fluency_texts), seed,
+        """Measure the unedited ``loaded`` on the fluency texts and hold the rest."""
+        return cls(suite, canaries, fluency_texts, text_nlls(loaded, fluency_texts), seed,
                    stated_canaries or [])
 
     def measure(
@@ -100,13 +101,15 @@ class Yardstick:
         values: dict[str, float | None] = {
             name: sum(s) / len(s) if s else None for name, s in samples.items()
         }
+        fluency = perplexity_ratio(text_nlls(loaded, self.fluency_texts), self.base_nlls,
+                                   seed=self.seed)
         values |= {
-            "perplexity_ratio": perplexity(loaded, self.fluency_texts) / self.base_perplexity,
+            "perplexity_ratio": fluency.mean,
             "norm_growth_max": growth_max,
             "norm_growth_mean": growth_mean,
             "seconds_per_fact": seconds_per_fact,
         }
         intervals = {
             name: bootstrap_interval(s, seed=self.seed) for name, s in samples.items() if s
-        }
+        } | {"perplexity_ratio": fluency}
         return Checkpoint(facts, {name: values[name] for name in METRICS}, intervals)

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 
 import torch
 
+from factsync.evaluation.intervals import Interval, ratio_of_sums_interval
 from factsync.models.loading import LoadedModel
 
 
@@ -31,9 +33,18 @@ def text_nll(
 ) -> tuple[float, int]:
     """The summed NLL (nats) of ``texts``' tokens and how many tokens were scored, as
     ``perplexity`` counts them: sums over parts of a list add up to the whole list's."""
+    per_text = text_nlls(loaded, texts, batch_size=batch_size, max_length=max_length)
+    return sum(nll for nll, _ in per_text), sum(tokens for _, tokens in per_text)
+
+
+def text_nlls(
+    loaded: LoadedModel, texts: list[str], *, batch_size: int = 8, max_length: int = 256
+) -> list[tuple[float, int]]:
+    """Per text, the summed NLL (nats) of its tokens and how many were scored, as
+    ``perplexity`` counts them."""
     tokenizer = loaded.tokenizer
     prefix = list(loaded.prefix_ids)
-    total_nll, total_tokens = 0.0, 0
+    per_text: list[tuple[float, int]] = []
     for start in range(0, len(texts), batch_size):
         encoded = [
             prefix + tokenizer(t, add_special_tokens=True)["input_ids"][:max_length]
@@ -53,6 +64,24 @@ def text_nll(
         scored = mask[:, 1:].bool()
         if prefix:
             scored[:, : len(prefix) - 1] = False  # the prefix itself is not text
-        total_nll += float(token_nll[scored].sum())
-        total_tokens += int(scored.sum())
-    return total_nll, total_tokens
+        per_text.extend(zip((token_nll * scored).sum(1).tolist(), scored.sum(1).tolist(),
+                            strict=True))
+    return per_text
+
+
+def perplexity_ratio(
+    edited: Sequence[tuple[float, int]], base: Sequence[tuple[float, int]], *, seed: int = 0
+) -> Interval:
+    """The edited model's perplexity over the base model's on the same texts, from each
+    model's ``text_nlls``, with its 95% bootstrap interval over the texts.
+
+    A resample draws each text for both models at once, so the interval says how much
+    the ratio depends on which texts were measured, not how the two models differ on
+    average. Raises ``ValueError`` when the two did not count the same tokens text by
+    text (so they cannot have measured the same texts).
+    """
+    if [tokens for _, tokens in edited] != [tokens for _, tokens in base]:
+        raise ValueError("the two perplexities were measured on different texts")
+    log_ratio = ratio_of_sums_interval([e - b for (e, _), (b, _) in zip(edited, base, strict=True)],
+                                       [tokens for _, tokens in base], seed=seed)
+    return Interval(*(math.exp(v) for v in (log_ratio.mean, log_ratio.low, log_ratio.high)))

@@ -1,8 +1,8 @@
-"""Percentile bootstrap intervals of a mean over benchmark records."""
+"""Percentile bootstrap intervals of statistics over benchmark records."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -40,20 +40,56 @@ def bootstrap_interval(
     data = np.asarray(values, dtype=np.float64)
     if data.size == 0:
         raise ValueError("no values to bootstrap")
+    low, high = _percentile_bounds(data.size, lambda picks: data[picks].mean(axis=1),
+                                   level=level, resamples=resamples, seed=seed)
+    return Interval(mean=float(data.mean()), low=low, high=high)
+
+
+def ratio_of_sums_interval(
+    numerators: Sequence[float], denominators: Sequence[float], *, level: float = 0.95,
+    resamples: int = 1000, seed: int = 0,
+) -> Interval:
+    """``sum(numerators) / sum(denominators)`` over records, with its percentile bootstrap
+    interval at ``level``; a resample draws both values of a record together.
+
+    For a per-token mean over texts of different lengths: the numerator a text's summed
+    loss, the denominator its tokens. Raises ``ValueError`` on no records, lists of
+    different lengths, a denominator that is not positive, or ``bootstrap_interval``'s
+    bad ``level`` and ``resamples``.
+    """
+    top = np.asarray(numerators, dtype=np.float64)
+    bottom = np.asarray(denominators, dtype=np.float64)
+    if top.size == 0 or top.shape != bottom.shape:
+        raise ValueError(f"need one numerator per denominator, got {top.size} and "
+                         f"{bottom.size}")
+    if (bottom <= 0).any():
+        raise ValueError("denominators must be positive")
+    low, high = _percentile_bounds(
+        top.size, lambda picks: top[picks].sum(axis=1) / bottom[picks].sum(axis=1),
+        level=level, resamples=resamples, seed=seed)
+    return Interval(mean=float(top.sum() / bottom.sum()), low=low, high=high)
+
+
+def _percentile_bounds(
+    records: int, statistic: Callable[[np.ndarray], np.ndarray], *, level: float,
+    resamples: int, seed: int,
+) -> tuple[float, float]:
+    """The percentile bounds at ``level`` of ``statistic`` over ``resamples`` draws of
+    ``records`` record indices with replacement; ``statistic`` maps the indices
+    (resamples, records) to one value per resample."""
     if not 0.0 < level < 1.0:
         raise ValueError(f"level must lie in (0, 1), got {level}")
     if resamples < 1:
         raise ValueError(f"resamples must be at least 1, got {resamples}")
     generator = np.random.default_rng(seed)
-    per_chunk = max(1, _CHUNK_VALUES // data.size)
-    means = []
+    per_chunk = max(1, _CHUNK_VALUES // records)
+    values = []
     for start in range(0, resamples, per_chunk):
         count = min(per_chunk, resamples - start)
-        picks = generator.integers(0, data.size, size=(count, data.size))  # (resamples, records)
-        means.append(data[picks].mean(axis=1))
+        values.append(statistic(generator.integers(0, records, size=(count, records))))
     tail = (1.0 - level) / 2.0
-    low, high = np.quantile(np.concatenate(means), [tail, 1.0 - tail])
-    return Interval(mean=float(data.mean()), low=float(low), high=float(high))
+    low, high = np.quantile(np.concatenate(values), [tail, 1.0 - tail])
+    return float(low), float(high)
 
 
 def paired_difference_interval(

@@ -49,6 +49,8 @@ def test_each_layer_is_measured_alone_and_left_out_and_the_model_is_left_as_it_w
     base = perplexity(loaded, FLUENCY)
     with applied(loaded, delta):
         assert report.perplexity_all == pytest.approx(perplexity(loaded, FLUENCY) / base)
+    low, high = report.perplexity_all_interval
+    assert low <= report.perplexity_all <= high and low < high
     first, second, zero = report.layers
     for row in (first, second):
         assert row.norm_growth > 0 and row.output_change > 0
@@ -103,3 +105,6 @@ def test_the_command_prints_the_table_and_writes_json(tiny_loaded, random_delta,
     data = json.loads(report.read_text())
     assert [row["layer"] for row in data["layers"]] == [1, 2]
     assert data["perplexity_all"] > 0 and data["perplexity_independent"] > 0
+    low, high = data["perplexity_all_interval"]
+    assert f"all layers: perplexity ratio {data['perplexity_all']:.4f} [{low:.4f}, {high:.4f}]" \
+        in printed

@@ -194,7 +194,7 @@ def test_the_command_writes_checkpoints_intervals_aliases_and_a_plot(
         assert [c["facts"] for c in checkpoints] == [2, 4, 6]
         assert set(method["final"]) == names
         assert method["final"] == {k: v for k, v in checkpoints[-1].items() if k != "facts"}
-        assert set(RECORD_METRICS) <= set(method["intervals"])
+        assert {*RECORD_METRICS, "perplexity_ratio"} <= set(method["intervals"])
         for values in [data["unedited"], method["final"], method["intervals"], *checkpoints]:
             for alias, name in ALIASES.items():
                 assert values[alias] == values[name], alias

@@ -1,4 +1,5 @@
-"""Perplexity on a tiny model: the definition checked against a direct sum."""
+"""Perplexity on a tiny model: the definition checked against a direct sum, per-text
+losses, and the ratio of two perplexities."""
 
 from __future__ import annotations
 
@@ -7,7 +8,8 @@ import math
 import pytest
 import torch
 
-from factsync.evaluation.fluency import perplexity
+from factsync.evaluation.fluency import perplexity, perplexity_ratio, text_nll, text_nlls
+from factsync.evaluation.intervals import Interval
 
 TEXTS = ["The capital of France is Paris.", "Here is how to write a letter: Dear customer."]
 
@@ -30,3 +32,34 @@ def test_perplexity_is_the_exponent_of_the_mean_token_nll(tiny_loaded):
 def test_perplexity_refuses_no_text(tiny_loaded):
     with pytest.raises(ValueError, match="no texts"):
         perplexity(tiny_loaded(), [])
+
+
+def test_per_text_nlls_add_up_to_the_whole_and_do_not_depend_on_the_batch(tiny_loaded):
+    loaded = tiny_loaded()
+    per_text = text_nlls(loaded, TEXTS, batch_size=2)
+    assert [tokens for _, tokens in per_text] == [
+        len(loaded.tokenizer(t)["input_ids"]) for t in TEXTS]  # the prefix is not text
+    whole = text_nll(loaded, TEXTS, batch_size=2)
+    assert sum(nll for nll, _ in per_text) == pytest.approx(whole[0], rel=1e-6)
+    for (nll, _), (alone, _) in zip(per_text, text_nlls(loaded, TEXTS, batch_size=1),
+                                    strict=True):
+        assert nll == pytest.approx(alone, rel=1e-5)
+
+
+def test_the_perplexity_ratio_is_that_of_the_two_perplexities(tiny_loaded, random_delta):
+    loaded = tiny_loaded()
+    texts = TEXTS * 3
+    base, base_perplexity = text_nlls(loaded, texts), perplexity(loaded, texts)
+    assert perplexity_ratio(base, base) == Interval(1.0, 1.0, 1.0)
+    handle = random_delta(loaded, [1]).apply(loaded)
+    ratio = perplexity_ratio(text_nlls(loaded, texts), base)
+    assert ratio.mean == pytest.approx(perplexity(loaded, texts) / base_perplexity, rel=1e-5)
+    assert ratio.mean != pytest.approx(1.0)
+    assert ratio.low <= ratio.mean <= ratio.high
+    handle.revert()
+
+
+def test_a_perplexity_ratio_needs_the_same_texts(tiny_loaded):
+    loaded = tiny_loaded()
+    with pytest.raises(ValueError, match="different texts"):
+        perplexity_ratio(text_nlls(loaded, TEXTS), text_nlls(loaded, TEXTS[:1]))

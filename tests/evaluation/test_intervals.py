@@ -1,4 +1,5 @@
-"""Bootstrap intervals of a mean over records: coverage of the mean, width, determinism."""
+"""Bootstrap intervals over records: coverage of the mean, width, determinism, and ratios
+of sums."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ from factsync.evaluation.intervals import (
     bootstrap_interval,
     format_interval,
     paired_difference_interval,
+    ratio_of_sums_interval,
 )
 
 
@@ -110,3 +112,39 @@ def test_a_paired_difference_needs_aligned_records():
 def test_a_signed_interval_shows_its_signs():
     assert format_interval(Interval(0.012, -0.004, 0.028), signed=True) == \
         "+0.012 [-0.004, +0.028]"
+
+
+def test_a_ratio_of_sums_weighs_records_by_their_denominators():
+    # Two long texts with low loss and two short ones with high loss: the per-token mean
+    # is the ratio of the sums, not the mean of the per-text ratios.
+    interval = ratio_of_sums_interval([10.0, 10.0, 9.0, 9.0], [100, 100, 10, 10])
+    assert interval.mean == pytest.approx(38 / 220)
+    assert interval.low <= interval.mean <= interval.high
+    assert interval.low >= 0.1 and interval.high <= 0.9  # every record's ratio lies within
+
+
+def test_a_ratio_of_sums_resamples_both_values_of_a_record_together():
+    # Every record has the same ratio, so any draw of whole records gives exactly it.
+    numerators = np.random.default_rng(5).uniform(1, 50, size=40)
+    interval = ratio_of_sums_interval((0.3 * numerators).tolist(), numerators.tolist())
+    assert interval.low == pytest.approx(0.3) and interval.high == pytest.approx(0.3)
+
+
+def test_a_ratio_of_sums_interval_matches_the_mean_interval_for_equal_denominators():
+    values = np.random.default_rng(6).normal(size=80).tolist()
+    assert ratio_of_sums_interval(values, [1.0] * 80, seed=3) == pytest.approx(
+        bootstrap_interval(values, seed=3))
+
+
+@pytest.mark.parametrize(
+    ("numerators", "denominators", "options", "message"),
+    [
+        ([], [], {}, "need one numerator per denominator, got 0 and 0"),
+        ([1.0], [1.0, 2.0], {}, "need one numerator per denominator, got 1 and 2"),
+        ([1.0, 2.0], [1.0, 0.0], {}, "denominators must be positive"),
+        ([1.0], [1.0], {"level": 1.5}, r"level must lie in \(0, 1\), got 1.5"),
+    ],
+)
+def test_a_bad_ratio_of_sums_is_refused(numerators, denominators, options, message):
+    with pytest.raises(ValueError, match=message):
+        ratio_of_sums_interval(numerators, denominators, **options)
