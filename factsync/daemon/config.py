@@ -2,7 +2,8 @@
 
 Every section is a dataclass with typed, documented fields; ``load_config`` rejects
 unknown keys, wrong types and missing files with a message naming the key. Relative
-paths are resolved against the data directory.
+paths are resolved against the data directory, except those of the policy and corpus
+files, which are relative to the config file.
 """
 
 from __future__ import annotations
@@ -32,6 +33,10 @@ class ModelConfig:
         dtype: ``float32``, ``bfloat16`` or ``float16``.
         corpus_tokens: tokens of text behind the key statistics; unset scales them with
             the model's key size (20,000 at least).
+        corpus_files: text to compute the key statistics over instead of text sampled
+            from the model, relative to the config file: ``.txt`` files (one text per
+            paragraph) or ``.jsonl`` files (a ``"text"`` field per line). Text like what
+            the model serves describes its keys best (see the README).
         trust_remote_code: let a model directory run its own Python code. Off by
             default: only architectures that transformers itself ships can load.
     """
@@ -40,6 +45,7 @@ class ModelConfig:
     device: str = "auto"
     dtype: str = "float32"
     corpus_tokens: int | None = None
+    corpus_files: tuple[Path, ...] = ()
     trust_remote_code: bool = False
 
     def __post_init__(self) -> None:
@@ -51,7 +57,8 @@ class ModelConfig:
 
     def statistics(self) -> StatisticsSettings:
         """Where the engine's key statistics come from."""
-        return StatisticsSettings(corpus_tokens=self.corpus_tokens)
+        return StatisticsSettings(corpus_tokens=self.corpus_tokens,
+                                  text_files=self.corpus_files)
 
 
 class ConnectorType(Choice):
@@ -361,12 +368,11 @@ def load_config(path: Path | None) -> DaemonConfig:
     """
     config = DaemonConfig() if path is None else build(DaemonConfig, load_yaml_file(path), "config")
     if config.policy is not None:
-        policy = config.policy
-        if not policy.is_absolute() and path is not None:
-            policy = path.parent / policy
-        if not policy.is_file():
-            raise SchemaError(f"config.policy: no such file {policy}")
-        config = replace(config, policy=policy)
+        config = replace(config, policy=_existing_file(config.policy, path, "config.policy"))
+    if config.model.corpus_files:
+        corpus = tuple(_existing_file(file, path, f"config.model.corpus_files[{index}]")
+                       for index, file in enumerate(config.model.corpus_files))
+        config = replace(config, model=replace(config.model, corpus_files=corpus))
     token = os.environ.get(TOKEN_ENV)
     if token:
         config = replace(config, api=replace(config.api, token=token))
@@ -376,6 +382,16 @@ def load_config(path: Path | None) -> DaemonConfig:
             f"machine; set api.token (or {TOKEN_ENV}) first"
         )
     return config
+
+
+def _existing_file(file: Path, config_path: Path | None, key: str) -> Path:
+    """``file`` resolved against the config file's directory; ``SchemaError`` naming
+    ``key`` when there is no such file."""
+    if not file.is_absolute() and config_path is not None:
+        file = config_path.parent / file
+    if not file.is_file():
+        raise SchemaError(f"{key}: no such file {file}")
+    return file
 
 
 def _is_loopback(host: str) -> bool:

@@ -71,3 +71,21 @@ def test_the_policy_path_is_relative_to_the_config_and_the_token_comes_from_the_
     config = load_config(write(tmp_path, {"policy": "strict.yaml", "api": {"token": "file"}}))
     assert config.policy == tmp_path / "strict.yaml"
     assert config.api.token == "from-env"
+
+
+def test_corpus_files_are_relative_to_the_config_and_feed_the_key_statistics(tmp_path):
+    (tmp_path / "domain.txt").write_text("A paragraph of the operator's own text.\n")
+    (tmp_path / "more.jsonl").write_text('{"text": "Another."}\n')
+    config = load_config(write(tmp_path, {"model": {"corpus_files": [
+        "domain.txt", str(tmp_path / "more.jsonl")]}}))
+    expected = (tmp_path / "domain.txt", tmp_path / "more.jsonl")
+    assert config.model.corpus_files == expected
+    assert config.model.statistics().text_files == expected
+    assert load_config(None).model.statistics().text_files == ()
+
+
+def test_a_missing_corpus_file_stops_loading_with_its_key(tmp_path):
+    (tmp_path / "domain.txt").write_text("text\n")
+    with pytest.raises(SchemaError, match=r"config.model.corpus_files\[1\]: no such file "
+                       f"{tmp_path}/missing.txt"):
+        load_config(write(tmp_path, {"model": {"corpus_files": ["domain.txt", "missing.txt"]}}))
