@@ -25,6 +25,7 @@ from tqdm import tqdm
 from factsync.editing.covariance import KeyStatistics, compute_key_statistics
 from factsync.editing.delta import DeltaError, ModelDelta, applied
 from factsync.evaluation.fluency import perplexity, perplexity_ratio, text_nlls
+from factsync.evaluation.intervals import Interval
 from factsync.models.loading import LoadedModel
 from factsync.models.specs import get_module
 
@@ -141,6 +142,19 @@ def measure_damage(
         ))
     return DamageReport(layers=rows, perplexity_all=whole.mean,
                         perplexity_all_interval=(whole.low, whole.high))
+
+
+def perplexity_against(loaded: LoadedModel, delta: ModelDelta, other: ModelDelta,
+                       texts: list[str]) -> Interval:
+    """The perplexity on ``texts`` with ``delta`` applied over that with ``other``
+    applied, each alone on the unedited ``loaded``, with its paired 95% bootstrap
+    interval over the texts: whether two runs' deltas harm fluency differently, beyond
+    which texts happen to be measured. Leaves the model as it found it."""
+    with applied(loaded, other):
+        reference = text_nlls(loaded, texts)
+    with applied(loaded, delta):
+        measured = text_nlls(loaded, texts)
+    return perplexity_ratio(measured, reference)
 
 
 def _output_energy(matrix: torch.Tensor, second_moment: torch.Tensor) -> float:

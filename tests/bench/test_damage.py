@@ -8,11 +8,12 @@ import math
 import pytest
 import torch
 
-from factsync.bench.damage import edited_layers, measure_damage
+from factsync.bench.damage import edited_layers, measure_damage, perplexity_against
 from factsync.cli import main
 from factsync.editing.covariance import compute_key_statistics
 from factsync.editing.delta import DeltaError, LayerDelta, ModelDelta, applied
 from factsync.evaluation.fluency import perplexity
+from factsync.evaluation.intervals import Interval
 
 CORPUS = [
     "The capital of France is Paris and the capital of Italy is Rome.",
@@ -66,6 +67,19 @@ def test_each_layer_is_measured_alone_and_left_out_and_the_model_is_left_as_it_w
         math.prod(row.perplexity_alone for row in report.layers))
 
 
+def test_a_delta_against_another_is_the_ratio_of_their_perplexities(model_and_delta):
+    loaded, delta, _ = model_and_delta
+    assert perplexity_against(loaded, delta, delta, FLUENCY) == Interval(1.0, 1.0, 1.0)
+    empty = ModelDelta(layers={}, layout=delta.layout)
+    with applied(loaded, delta):
+        edited = perplexity(loaded, FLUENCY)
+    against = perplexity_against(loaded, delta, empty, FLUENCY)
+    assert against.mean == pytest.approx(edited / perplexity(loaded, FLUENCY), rel=1e-5)
+    assert against.low <= against.mean <= against.high
+    reverse = perplexity_against(loaded, empty, delta, FLUENCY)
+    assert reverse.mean == pytest.approx(1 / against.mean, rel=1e-5)
+
+
 def test_only_layers_above_an_edit_see_their_keys_move(model_and_delta):
     loaded, delta, statistics = model_and_delta
     report = measure_damage(loaded, delta, statistics, CORPUS, FLUENCY, token_budget=BUDGET)
@@ -95,10 +109,12 @@ def test_the_command_prints_the_table_and_writes_json(tiny_loaded, random_delta,
     fluency = tmp_path / "fluency.json"
     fluency.write_text(json.dumps([{"Text": text} for text in FLUENCY]))
     monkeypatch.setenv("FACTSYNC_HOME", str(tmp_path / "home"))
+    other_file = tmp_path / "other.safetensors"
+    random_delta(loaded, [2], scale=0.2).save(other_file)
     report = tmp_path / "damage.json"
     code = main(["bench", "damage", str(delta_file), "--fluency", str(fluency),
                  "--model", str(model_dir), "--device", "cpu", "--corpus-tokens", "1000",
-                 "--json", str(report)])
+                 "--against", str(other_file), "--json", str(report)])
     assert code == 0
     printed = capsys.readouterr().out
     assert "ppl ratio alone" in printed and "all layers: perplexity ratio" in printed
@@ -107,4 +123,8 @@ def test_the_command_prints_the_table_and_writes_json(tiny_loaded, random_delta,
     assert data["perplexity_all"] > 0 and data["perplexity_independent"] > 0
     low, high = data["perplexity_all_interval"]
     assert f"all layers: perplexity ratio {data['perplexity_all']:.4f} [{low:.4f}, {high:.4f}]" \
+        in printed
+    against = data["against"]
+    assert against["delta"] == str(other_file)
+    assert f"against {other_file}: perplexity ratio {against['perplexity_ratio'][0]:.3f}" \
         in printed

@@ -288,9 +288,12 @@ def _register_damage(sub: argparse._SubParsersAction) -> None:
         "unedited model's keys, which MEMIT weighs, and on the keys the edited model "
         "makes), and the perplexity ratio with that layer's delta alone and with every "
         "other layer's; then the ratio of the whole delta against the product of the "
-        "layers alone.",
+        "layers alone, and with --against, against another delta.",
     )
     damage.add_argument("delta", type=Path, help="the delta file (.safetensors)")
+    damage.add_argument("--against", type=Path, metavar="DELTA",
+                        help="also print the perplexity with the delta over that with this "
+                        "other delta file, paired over the fluency texts (two runs compared)")
     add_fluency_option(damage)
     damage.add_argument("--json", type=Path, help="also write the numbers to this file")
     add_model_options(damage)
@@ -300,11 +303,18 @@ def _register_damage(sub: argparse._SubParsersAction) -> None:
 
 def run_damage_bench(args: argparse.Namespace) -> int:
     """Handler of ``factsync bench damage``."""
-    from factsync.bench.damage import edited_layers, format_damage, measure_damage
+    from factsync.bench.damage import (
+        edited_layers,
+        format_damage,
+        measure_damage,
+        perplexity_against,
+    )
     from factsync.editing.build import layer_statistics, statistics_corpus
     from factsync.editing.delta import ModelDelta
+    from factsync.evaluation.intervals import format_interval
 
     delta = ModelDelta.load(args.delta)
+    other = ModelDelta.load(args.against) if args.against else None
     texts = fluency_texts(args.fluency)
     loaded = load(args)
     layers = list(edited_layers(loaded, delta).values())
@@ -316,6 +326,13 @@ def run_damage_bench(args: argparse.Namespace) -> int:
     print(f"{args.delta} on {loaded.name}: {len(texts)} fluency texts, output changes over "
           f"{corpus.token_budget} tokens of the key-statistics corpus")
     print(format_damage(report))
+    numbers = report.to_json()
+    if other is not None:
+        against = perplexity_against(loaded, delta, other, texts)
+        print(f"against {args.against}: perplexity ratio {format_interval(against)} "
+              "(paired over the fluency texts)")
+        numbers["against"] = {"delta": str(args.against),
+                              "perplexity_ratio": [against.mean, against.low, against.high]}
     if args.json:
-        write_json(args.json, report.to_json())
+        write_json(args.json, numbers)
     return 0
