@@ -18,12 +18,13 @@ from typing import Protocol
 from tqdm import tqdm
 
 from factsync.bench.counterfact import standard_methods
-from factsync.bench.lifelong_scoring import Checkpoint, Yardstick
+from factsync.bench.lifelong_scoring import ChangedBack, Checkpoint, Yardstick
 from factsync.bench.norm_growth import NormGrowth
 from factsync.editing.covariance import KeyStatistics
 from factsync.editing.delta import ModelDelta, restored_weights
-from factsync.editing.engine import EditEngine, EngineSettings
+from factsync.editing.engine import EditEngine, EditResult, EngineSettings
 from factsync.editing.engine_state import EngineState
+from factsync.editing.requests import EditRequest
 from factsync.editing.spread import Algorithm
 from factsync.executors.local import Executor, LocalExecutor
 from factsync.models.loading import LoadedModel
@@ -34,8 +35,9 @@ def lifelong_methods(base: EngineSettings, max_iterations: int) -> dict[str, Eng
     """``default``, the engine settings of the daemon's default policy, and variants of
     it: ``default+mpes`` stops the z optimisation at the most probable point,
     ``default+alphaedit`` spreads with AlphaEdit's null-space projection, and
-    ``default+alphaedit+mpes`` does both. Then the methods of ``bench counterfact``
-    built on ``base``."""
+    ``default+alphaedit+mpes`` does both, and ``default+hold-superseded`` keeps holding a
+    subject's earlier keys in place when it is written again. Then the methods of
+    ``bench counterfact`` built on ``base``."""
     default = Policy().editing.engine_settings()
     mpes = replace(default.target, most_probable_stop=True)
     alphaedit = replace(default.spread, algorithm=Algorithm.ALPHAEDIT)
@@ -44,6 +46,7 @@ def lifelong_methods(base: EngineSettings, max_iterations: int) -> dict[str, Eng
         "default+mpes": replace(default, target=mpes),
         "default+alphaedit": replace(default, spread=alphaedit),
         "default+alphaedit+mpes": replace(default, spread=alphaedit, target=mpes),
+        "default+hold-superseded": replace(default, release_superseded=False),
     }
     return variants | standard_methods(base, max_iterations)
 
@@ -96,9 +99,11 @@ def checkpoint_facts(n: int, batch: int, every: int) -> list[int]:
 
 @dataclass
 class MethodRun:
-    """One method's checkpoints so far (at least one), the last being its final state."""
+    """One method's checkpoints so far (at least one), the last being the final state of
+    its stream; then, when the run changes facts back, the model after that."""
 
     checkpoints: list[Checkpoint] = field(default_factory=list)
+    changed_back: ChangedBack | None = None
 
     @property
     def final(self) -> Checkpoint:
@@ -170,6 +175,7 @@ def run_lifelong(
     on_checkpoint: Callable[[LifelongRun], None] | None = None,
     executor: Executor | None = None,
     store: RunStore | None = None,
+    change_back: int = 0,
 ) -> LifelongRun:
     """Apply every record of ``yardstick.suite`` with each method in turn, job by job.
 
@@ -178,10 +184,18 @@ def run_lifelong(
     when this returns. ``executor`` runs the z optimisation (in this process by
     default); it must start on the weights the model has at the call. With a ``store``
     the run continues from its last saved checkpoint and saves each new one there.
+    ``change_back`` facts, those of the first records, are then changed back to their
+    old objects in jobs of ``batch_size``, as a feed that reverts them would, and the
+    model is measured once more (``Yardstick.measure_changed_back``); a saved run does
+    not keep that measurement, so it cannot be combined with a ``store``.
     """
     executor = executor or LocalExecutor()
     requests = yardstick.suite.requests
     n = len(requests)
+    if not 0 <= change_back <= n:
+        raise ValueError(f"change_back must be between 0 and the {n} records, got {change_back}")
+    if change_back and store is not None:
+        raise ValueError("changing facts back cannot be combined with a saved run (--state)")
     due = set(checkpoint_facts(n, batch_size, checkpoint_every))
     run = store.load() if store is not None else None
     if run is None:
@@ -208,13 +222,9 @@ def run_lifelong(
                 executor.follow(chain)
             for start in tqdm(range(first, n, batch_size), desc=name, unit="job",
                               initial=first // batch_size, total=-(-n // batch_size)):
-                started = time.monotonic()
-                result = engine.edit(requests[start : start + batch_size])
-                result.delta.apply(loaded)
-                engine.remember(result)
-                chain.append((f"{name}/{start}", result.delta))
-                executor.follow(chain)
-                seconds += time.monotonic() - started
+                result, took = _apply_job(engine, requests[start : start + batch_size],
+                                          executor, chain, f"{name}/{start}")
+                seconds += took
                 deltas.append(result.delta)
                 states.append(result.state)
                 applied = min(start + batch_size, n)
@@ -225,5 +235,40 @@ def run_lifelong(
                         store.save(run, name, seconds, deltas, states)
                     if on_checkpoint is not None:
                         on_checkpoint(run)
+            if change_back:
+                run.methods[name].changed_back = _change_back(
+                    engine, yardstick, growth, requests[:change_back], batch_size=batch_size,
+                    executor=executor, chain=chain, name=name)
+                if on_checkpoint is not None:
+                    on_checkpoint(run)
         executor.follow([])
     return run
+
+
+def _change_back(engine: EditEngine, yardstick: Yardstick, growth: NormGrowth,
+                 requests: list[EditRequest], *, batch_size: int, executor: Executor,
+                 chain: list[tuple[str, ModelDelta]], name: str) -> ChangedBack:
+    """Change the facts of ``requests`` (applied earlier) back to their old objects in
+    jobs of ``batch_size``, then measure the model."""
+    reverted = [request.reverted() for request in requests]
+    seconds = 0.0
+    for start in tqdm(range(0, len(reverted), batch_size), desc=f"{name}, changing back",
+                      unit="job"):
+        seconds += _apply_job(engine, reverted[start : start + batch_size], executor, chain,
+                              f"{name}/back-{start}")[1]
+    return yardstick.measure_changed_back(engine.loaded, len(reverted), growth,
+                                          seconds / len(reverted))
+
+
+def _apply_job(engine: EditEngine, requests: list[EditRequest], executor: Executor,
+               chain: list[tuple[str, ModelDelta]], label: str) -> tuple[EditResult, float]:
+    """Edit ``requests``, apply the delta and remember the edit, as the daemon does, and
+    let the executor follow (``chain`` gains the delta under ``label``); the edit's
+    result and its seconds."""
+    started = time.monotonic()
+    result = engine.edit(requests)
+    result.delta.apply(engine.loaded)
+    engine.remember(result)
+    chain.append((label, result.delta))
+    executor.follow(chain)
+    return result, time.monotonic() - started

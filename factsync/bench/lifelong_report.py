@@ -42,12 +42,23 @@ def to_json(run: LifelongRun) -> dict:
 
 def _method_json(method: MethodRun) -> dict:
     final = method.final
-    bounds = {name: [i.low, i.high] for name, i in final.intervals.items()}
-    return {
+    numbers = {
         "final": _with_aliases(final.values),
-        "intervals": _with_aliases(bounds),
+        "intervals": _bounds(final),
         "checkpoints": [{"facts": c.facts} | _with_aliases(c.values) for c in method.checkpoints],
     }
+    if method.changed_back is not None:
+        changed, rest = method.changed_back.changed, method.changed_back.rest
+        numbers["changed_back"] = {
+            "facts": changed.facts,
+            "changed": _with_aliases(changed.values), "changed_intervals": _bounds(changed),
+            "rest": _with_aliases(rest.values), "rest_intervals": _bounds(rest),
+        }
+    return numbers
+
+
+def _bounds(checkpoint: Checkpoint) -> dict:
+    return _with_aliases({name: [i.low, i.high] for name, i in checkpoint.intervals.items()})
 
 
 def _with_aliases(values: dict) -> dict:
@@ -57,7 +68,27 @@ def _with_aliases(values: dict) -> dict:
 def format_table(run: LifelongRun) -> str:
     """One row per metric, one column per model: the unedited one, then each method's
     final checkpoint, with the 95% interval where there is one."""
-    columns = {"unedited": run.unedited} | {n: m.final for n, m in run.methods.items()}
+    return _metric_table({"unedited": run.unedited} | {n: m.final for n, m in run.methods.items()})
+
+
+def format_changed_back(run: LifelongRun) -> str:
+    """Per method that changed facts back, a column for the changed-back records (against
+    their old objects; the seconds are the change-back jobs') and one for the others and
+    the model as a whole; empty when no method did."""
+    columns: dict[str, Checkpoint] = {}
+    for name, method in run.methods.items():
+        if method.changed_back is not None:
+            count = method.changed_back.changed.facts
+            columns[f"{name}: the {count} changed back"] = method.changed_back.changed
+            columns[f"{name}: the rest"] = method.changed_back.rest
+    if not columns:
+        return ""
+    return "after changing back the first facts:\n" + _metric_table(columns)
+
+
+def _metric_table(columns: dict[str, Checkpoint]) -> str:
+    """One row per metric, one column per checkpoint, with the 95% interval where there
+    is one."""
     header = ["metric", *columns]
     rows = [[metric, *(_cell(c, metric) for c in columns.values())] for metric in METRICS]
     return _aligned(header, rows)

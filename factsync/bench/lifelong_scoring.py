@@ -87,20 +87,19 @@ class Yardstick:
                    stated_canaries or [])
 
     def measure(
-        self, loaded: LoadedModel, facts: int, growth: NormGrowth, seconds_per_fact: float
+        self, loaded: LoadedModel, facts: int, growth: NormGrowth,
+        seconds_per_fact: float | None, *, first: int = 0,
     ) -> Checkpoint:
-        """Score the first ``facts`` records of the suite and the model as it is now."""
-        per_record = self.suite.score(loaded, list(range(facts)))
+        """Score records ``first`` to ``facts`` of the suite and the model as it is now."""
+        per_record = self.suite.score(loaded, list(range(first, facts)))
         samples = {
             name: [v for v in per_record[name] if v is not None] for name in RECORD_METRICS
         }
         samples["canary"] = canary_holds(loaded, self.canaries) + canaries_stated(
             loaded, self.stated_canaries
         )
+        values, intervals = _summarised(samples, self.seed)
         growth_max, growth_mean = growth_summary(growth.measure(loaded))
-        values: dict[str, float | None] = {
-            name: sum(s) / len(s) if s else None for name, s in samples.items()
-        }
         fluency = perplexity_ratio(text_nlls(loaded, self.fluency_texts), self.base_nlls,
                                    seed=self.seed)
         values |= {
@@ -109,7 +108,47 @@ class Yardstick:
             "norm_growth_mean": growth_mean,
             "seconds_per_fact": seconds_per_fact,
         }
-        intervals = {
-            name: bootstrap_interval(s, seed=self.seed) for name, s in samples.items() if s
-        } | {"perplexity_ratio": fluency}
+        intervals["perplexity_ratio"] = fluency
         return Checkpoint(facts, {name: values[name] for name in METRICS}, intervals)
+
+    def measure_changed_back(
+        self, loaded: LoadedModel, changed: int, growth: NormGrowth, seconds_per_fact: float
+    ) -> ChangedBack:
+        """After the whole suite was applied and then its first ``changed`` facts were
+        changed back to their old objects: those records as ``Suite.score_changed_back``
+        scores them, with the change-back jobs' ``seconds_per_fact``, and the model with
+        the other records as ``measure`` scores it."""
+        own = self.suite.score_changed_back(loaded, list(range(changed)))
+        values, intervals = _summarised(
+            {name: [v for v in own[name] if v is not None] for name in RECORD_METRICS},
+            self.seed)
+        values["seconds_per_fact"] = seconds_per_fact
+        rest = self.measure(loaded, len(self.suite.cases), growth, None, first=changed)
+        return ChangedBack(
+            changed=Checkpoint(changed, {name: values.get(name) for name in METRICS}, intervals),
+            rest=rest)
+
+
+@dataclass(frozen=True)
+class ChangedBack:
+    """The model after the facts of a stream's first records were changed back.
+
+    Attributes:
+        changed: the changed-back records against their old objects (``facts`` is how
+            many), with the change-back jobs' editing seconds per fact.
+        rest: every other record, and the model as a whole, as a checkpoint scores them.
+    """
+
+    changed: Checkpoint
+    rest: Checkpoint
+
+
+def _summarised(
+    samples: dict[str, list[float]], seed: int
+) -> tuple[dict[str, float | None], dict[str, Interval]]:
+    """Per metric, the mean of its samples (``None`` without any) and the 95% bootstrap
+    interval of that mean."""
+    values: dict[str, float | None] = {
+        name: sum(s) / len(s) if s else None for name, s in samples.items()
+    }
+    return values, {name: bootstrap_interval(s, seed=seed) for name, s in samples.items() if s}

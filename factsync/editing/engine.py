@@ -51,6 +51,10 @@ class EngineSettings:
             and in the spread.
         target: OPTIMIZATION-stage settings.
         spread: SPREAD-stage settings.
+        release_superseded: a subject written again lets go of its earlier keys, which
+            the spread held in place (``engine_state``). ``False`` keeps holding them, as
+            the engine did before it knew keys' subjects, so benches can set the two
+            side by side.
     """
 
     layers: tuple[int, ...] | None = None
@@ -58,6 +62,7 @@ class EngineSettings:
     neighbours: bool = True
     target: TargetSettings = field(default_factory=TargetSettings)
     spread: SpreadSettings = field(default_factory=SpreadSettings)
+    release_superseded: bool = True
 
     def __post_init__(self) -> None:
         if self.max_iterations < 1:
@@ -217,14 +222,15 @@ class EditEngine:
         supersede the keys of its subjects applied earlier."""
         if not self._keeps_keys:
             return
-        superseded = key_products(self._standing_keys(set(result.subjects)))
-        self._preserve({layer: -product for layer, product in superseded.items()})
-        for subject in result.subjects:
-            self._standing.pop(subject, None)
         state = result.state
+        if self.settings.release_superseded:
+            superseded = key_products(self._standing_keys(set(result.subjects)))
+            self._preserve({layer: -product for layer, product in superseded.items()})
+            for subject in result.subjects:
+                self._standing.pop(subject, None)
+            self._standing.update({subject: {layer: k.cpu() for layer, k in keys.items()}
+                                   for subject, keys in state.by_subject().items()})
         self._preserve(combined_keys([state]))
-        self._standing.update({subject: {layer: k.cpu() for layer, k in keys.items()}
-                               for subject, keys in state.by_subject().items()})
 
     def restore(self, lineage: list[EngineState]) -> None:
         """Preserve exactly the standing keys of ``lineage`` (the live version's states,
@@ -234,9 +240,11 @@ class EditEngine:
         self._standing = {}
         if not self._keeps_keys:
             return
-        states = standing(lineage)
-        for state in states:
-            self._standing.update(state.by_subject())
+        states = lineage
+        if self.settings.release_superseded:
+            states = standing(lineage)
+            for state in states:
+                self._standing.update(state.by_subject())
         self._preserve(combined_keys(states))
 
     def preserved(self) -> dict[int, torch.Tensor]:
@@ -283,7 +291,8 @@ class EditEngine:
         keys: dict[int, torch.Tensor] = {}
         owners = torch.empty(0, dtype=torch.long)
         timings: list[PassTiming] = []
-        # The subjects written again: their earlier keys are no longer held in place.
+        # The subjects written again: their earlier keys are no longer held in place
+        # (none are known without release_superseded).
         released = self._standing_keys({r.subject for r in requests})
         iteration = 0
         with restored_weights(loaded, paths):

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 
 @dataclass(frozen=True)
@@ -51,3 +51,10 @@ class EditRequest:
     def prompt(self) -> str:
         """The edit prompt with the subject filled in."""
         return self.template.format(self.subject)
+
+    def reverted(self) -> EditRequest:
+        """The request that changes the fact back: the new and old objects swapped, the
+        same neighbours. Raises ``ValueError`` when the old object is not known."""
+        if self.old_object is None:
+            raise ValueError(f"the fact about {self.subject!r} has no old object to go back to")
+        return replace(self, new_object=self.old_object, old_object=self.new_object)

@@ -82,6 +82,19 @@ class Suite:
         probes = [self.probes[i] for i in chosen]
         return score_records(loaded, probes, dataset_spec(self.dataset), self.reference)
 
+    def score_changed_back(
+        self, loaded: LoadedModel, indices: Sequence[int]
+    ) -> dict[str, list[float | None]]:
+        """``score`` for the cases at ``indices`` after their facts were changed back to
+        their old objects: prompts and paraphrases are scored with the two objects
+        swapped, the neighbourhood as before (it must still keep what it knew)."""
+        as_before = self.score(loaded, indices)
+        swapped = [RecordProbe(self.probes[i].request.reverted(), self.probes[i].paraphrases)
+                   for i in indices]
+        own = score_records(loaded, swapped, dataset_spec(self.dataset), self.reference)
+        return {metric: values if metric.startswith("neighbourhood") else own[metric]
+                for metric, values in as_before.items()}
+
     def metrics(self) -> tuple[str, ...]:
         """The metric names this dataset reports."""
         return dataset_spec(self.dataset).metrics

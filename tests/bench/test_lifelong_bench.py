@@ -180,7 +180,7 @@ def test_the_command_writes_checkpoints_intervals_aliases_and_a_plot(
         "--n", "6", "--batch", "2", "--checkpoint-every", "2", "--canaries", "4",
         "--methods", "memit,memit+ime", "--max-iterations", "2", "--neighbours", "1",
         "--model", str(model_dir), "--device", "cpu", "--corpus-tokens", "1000",
-        "--json", str(report), "--plot", str(plot),
+        "--change-back", "2", "--json", str(report), "--plot", str(plot),
     ])
     assert code == 0
     data = json.loads(report.read_text())
@@ -201,7 +201,7 @@ def test_the_command_writes_checkpoints_intervals_aliases_and_a_plot(
         for metric, (low, high) in method["intervals"].items():
             assert low <= method["final"][metric] <= high, metric
     assert plot.read_bytes().startswith(PNG_SIGNATURE)
-    final, *by_checkpoint = capsys.readouterr().out.strip().split("\n\n")
+    final, *by_checkpoint, changed_back = capsys.readouterr().out.strip().split("\n\n")
     table = final.splitlines()
     assert table[1].split(" | ")[0].strip() == "metric"
     assert {line.split(" | ")[0].strip() for line in table[3:]} == set(METRICS)
@@ -214,6 +214,19 @@ def test_the_command_writes_checkpoints_intervals_aliases_and_a_plot(
             cells = [c.strip() for c in row.split(" | ")]
             assert cells[0] == str(checkpoint["facts"])
             assert cells[1:] == [f"{checkpoint[m]:.3f}" for m in METRICS]
+    title, header, _, *rows = changed_back.splitlines()
+    assert title == "after changing back the first facts:"
+    assert [c.strip() for c in header.split(" | ")] == [
+        "metric", "memit: the 2 changed back", "memit: the rest",
+        "memit+ime: the 2 changed back", "memit+ime: the rest"]
+    assert [row.split(" | ")[0].strip() for row in rows] == list(METRICS)
+    for method in data["methods"].values():
+        numbers = method["changed_back"]
+        assert numbers["facts"] == 2
+        assert numbers["changed"]["seconds_per_fact"] > 0
+        assert numbers["changed"]["perplexity_ratio"] is None
+        assert numbers["rest"]["perplexity_ratio"] > 0
+        assert set(RECORD_METRICS) <= set(numbers["changed_intervals"])
 
 
 def test_the_command_runs_zsre_records(tiny_loaded, tmp_path, monkeypatch, capsys, zsre_file):
@@ -250,3 +263,49 @@ def test_the_command_runs_zsre_records(tiny_loaded, tmp_path, monkeypatch, capsy
     assert [c.strip() for c in header.split(" | ")] == [
         "facts", *(SHORT_NAMES[m] for m in METRICS
                    if m not in {"neighbourhood_success", "canary"})]
+
+
+def test_a_fact_changed_back_is_scored_against_its_old_object(tiny_loaded, counterfact_file):
+    loaded = tiny_loaded()
+    suite = prepare_suite(loaded, "counterfact", load_cases("counterfact", counterfact_file)[:4],
+                          neighbours_per_fact=1)
+    as_edited, changed_back = suite.score(loaded, [0, 2]), suite.score_changed_back(loaded, [0, 2])
+    for metric in ("efficacy_success", "paraphrase_success"):  # the two objects swapped
+        assert changed_back[metric] == [1.0 - v for v in as_edited[metric]], metric
+    for metric in ("neighbourhood_success", "neighbourhood_accuracy"):
+        assert changed_back[metric] == as_edited[metric], metric
+    request = suite.requests[0]
+    assert request.reverted().new_object == request.old_object
+    assert request.reverted().reverted() == request
+    with pytest.raises(ValueError, match="no old object to go back to"):
+        replace(request, old_object=None).reverted()
+
+
+def test_facts_changed_back_after_the_stream_are_measured_apart_from_the_rest(
+    tiny_loaded, tiny_engine, counterfact_file
+):
+    loaded = tiny_loaded()
+    before = {name: t.clone() for name, t in loaded.model.state_dict().items()}
+    engine = tiny_engine(loaded)
+    suite = prepare_suite(loaded, "counterfact", load_cases("counterfact", counterfact_file)[:4],
+                          neighbours_per_fact=1)
+    yardstick = Yardstick.prepare(loaded, suite, [], FLUENCY)
+    unedited = suite.score(loaded, [0, 1])
+    options = {"statistics": engine.statistics, "contexts": engine.contexts,
+               "batch_size": 2, "checkpoint_every": 4}
+    run = run_lifelong(loaded, yardstick, {"memit": engine.settings}, change_back=2, **options)
+    for name, tensor in loaded.model.state_dict().items():
+        assert torch.equal(tensor, before[name]), name
+    back = run.methods["memit"].changed_back
+    assert (back.changed.facts, back.rest.facts) == (2, 4)
+    changed, rest = back.changed.values, back.rest.values
+    # The unedited model preferred the old object of both records; it does so again.
+    assert unedited["efficacy_success"] == [0.0, 0.0] and changed["efficacy_success"] == 1.0
+    assert changed["seconds_per_fact"] > 0 and rest["seconds_per_fact"] is None
+    assert changed["perplexity_ratio"] is None and rest["perplexity_ratio"] is not None
+    assert run.methods["memit"].final.facts == 4
+    with pytest.raises(ValueError, match="change_back must be between 0 and the 4 records"):
+        run_lifelong(loaded, yardstick, {"memit": engine.settings}, change_back=5, **options)
+    with pytest.raises(ValueError, match="cannot be combined with a saved run"):
+        run_lifelong(loaded, yardstick, {"memit": engine.settings}, change_back=1,
+                     store=object(), **options)

@@ -228,6 +228,28 @@ def test_a_subject_edited_again_releases_its_earlier_keys(tiny_engine, tiny_load
     assert all(torch.allclose(engine.preserved()[x], expected[x]) for x in engine.layers)
 
 
+@pytest.mark.parametrize("algorithm", ["memit", "alphaedit"])
+def test_without_release_a_subject_edited_again_keeps_its_earlier_keys_held(
+    tiny_engine, tiny_loaded, algorithm
+):
+    releasing = _with_spread(tiny_engine(tiny_loaded()), algorithm=algorithm)
+    holding = EditEngine(releasing.loaded, replace(releasing.settings, release_superseded=False),
+                         releasing.statistics, releasing.contexts)
+    first = holding.edit(REQUESTS[:2])
+    again = replace(REQUESTS[1], new_object="Google", old_object="Apple")
+    releasing.remember(first)
+    holding.remember(first)
+    held, released = holding.edit([again]), releasing.edit([again])
+    layout = holding.loaded.spec.weight_layout
+    assert not all(torch.allclose(held.delta.layers[path].matrix(layout), delta.matrix(layout),
+                                  atol=1e-5) for path, delta in released.delta.layers.items())
+    holding.remember(held)
+    expected = combined_keys([first.state, held.state])  # the old keys stay beside the new
+    assert all(torch.allclose(holding.preserved()[x], expected[x]) for x in holding.layers)
+    holding.restore([first.state, held.state])
+    assert all(torch.allclose(holding.preserved()[x], expected[x]) for x in holding.layers)
+
+
 def test_a_neighbour_about_an_edited_subject_is_held_by_the_optimisation_only(
     tiny_engine, tiny_loaded
 ):

@@ -45,7 +45,8 @@ def _register_lifelong(sub: argparse._SubParsersAction) -> None:
                           help="comma-separated methods: default (the daemon's default "
                           "policy), default+mpes (the same with most-probable early "
                           "stopping), default+alphaedit (the same, spread by AlphaEdit), "
-                          "default+alphaedit+mpes (both), memit, memit+ime, "
+                          "default+alphaedit+mpes (both), default+hold-superseded (holding "
+                          "a subject's earlier keys when it is written again), memit, memit+ime, "
                           "memit+ime+nme, alphaedit+ime+nme, or the path of a policy "
                           "file (.yaml) whose editing settings to use (default,memit)")
     lifelong.add_argument("--neighbours", type=int, default=3,
@@ -56,6 +57,13 @@ def _register_lifelong(sub: argparse._SubParsersAction) -> None:
                           help="write the numbers to this file after every checkpoint")
     lifelong.add_argument("--plot", type=Path, help="draw the metrics against facts (PNG), "
                           "redrawn after every checkpoint")
+    lifelong.add_argument("--change-back", type=int, default=0, metavar="N",
+                          help="after the stream, change the facts of the first N records "
+                          "back to their old objects, in jobs of --batch, as a feed reverting "
+                          "them would, and measure those records against their old objects "
+                          "and the rest as a checkpoint does; default+hold-superseded sets "
+                          "the engine before it let go of a subject's earlier keys beside it "
+                          "(0: none; not with --state)")
     lifelong.add_argument("--state", type=Path, metavar="DIR",
                           help="keep what the run needs to continue in DIR after every "
                           "checkpoint (the checkpoints, and each method's applied deltas and "
@@ -82,7 +90,12 @@ def run_lifelong_bench(args: argparse.Namespace) -> int:
         run_lifelong,
     )
     from factsync.bench.lifelong_plot import draw_plot
-    from factsync.bench.lifelong_report import format_checkpoints, format_table, to_json
+    from factsync.bench.lifelong_report import (
+        format_changed_back,
+        format_checkpoints,
+        format_table,
+        to_json,
+    )
     from factsync.bench.lifelong_resume import RunDirectory
     from factsync.bench.lifelong_scoring import Yardstick
     from factsync.editing.build import build_engine
@@ -92,6 +105,12 @@ def run_lifelong_bench(args: argparse.Namespace) -> int:
     checkpoint_facts(args.n, args.batch, args.checkpoint_every)  # bad sizes fail before loading
     if args.canaries < 0:
         raise ValueError(f"--canaries must not be negative, got {args.canaries}")
+    if not 0 <= args.change_back <= args.n:
+        raise ValueError(f"--change-back must be between 0 and --n ({args.n}), "
+                         f"got {args.change_back}")
+    if args.change_back and args.state:
+        raise ValueError("--change-back cannot be combined with --state: a saved run does "
+                         "not keep the measurement after changing facts back")
     # A saved run with other arguments is refused before the long preparation.
     store = RunDirectory(args.state, _run_arguments(args)) if args.state else None
     if store is not None and store.load() is not None:
@@ -135,12 +154,15 @@ def run_lifelong_bench(args: argparse.Namespace) -> int:
                                contexts=engine.contexts, batch_size=args.batch,
                                checkpoint_every=args.checkpoint_every,
                                on_checkpoint=save, executor=executor,
-                               store=store)
+                               store=store, change_back=args.change_back)
     finally:
         executor.close()
     print(format_table(run))
     print()
     print(format_checkpoints(run))
+    if args.change_back:
+        print()
+        print(format_changed_back(run))
     return 0
 
 
