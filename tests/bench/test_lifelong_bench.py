@@ -76,9 +76,13 @@ def test_default_is_the_shipped_default_policy_beside_the_counterfact_methods():
     assert methods["memit+ime"].max_iterations == 2 and not methods["memit+ime"].neighbours
     both = chosen_methods("default+alphaedit+mpes", EngineSettings(), 2)["default+alphaedit+mpes"]
     assert both == replace(alpha, target=mpes.target)
+    held = chosen_methods("default+hold-superseded", EngineSettings(), 2)["default+hold-superseded"]
+    assert methods["default"].release_superseded and not held.release_superseded
+    assert replace(held, release_superseded=True) == methods["default"]
     with pytest.raises(ValueError, match=r"unknown methods \['rome'\] in 'memit,rome'; "
                        "choose from default, default\\+mpes, default\\+alphaedit, "
-                       r"default\+alphaedit\+mpes, memit.* or a policy file \(\.yaml\)"):
+                       r"default\+alphaedit\+mpes, default\+hold-superseded, memit.* or a "
+                       r"policy file \(\.yaml\)"):
         chosen_methods("memit,rome", EngineSettings(), 2)
 
 
