@@ -12,6 +12,7 @@ import os
 from pathlib import Path
 
 import pytest
+from selenium.common.exceptions import WebDriverException
 from selenium.webdriver.common.by import By
 from selenium.webdriver.support.expected_conditions import staleness_of
 from selenium.webdriver.support.ui import Select, WebDriverWait
@@ -46,10 +47,15 @@ def versions_by_seq(daemon) -> dict[int, dict]:  # noqa: ANN001
 
 def follow(browser, click) -> None:  # noqa: ANN001
     """Run ``click`` (a link, a form's button, going back) and wait until the page it
-    leads to has replaced this one: reading sooner finds the old page's elements."""
+    leads to has replaced this one: reading sooner finds the old page's elements.
+
+    Asked about the old page in the middle of the navigation, Chromium may answer with an
+    inspector error ("Node with given id does not belong to the document") instead of a
+    stale element; the wait asks again rather than failing."""
     page = browser.find_element(By.TAG_NAME, "html")
     click()
-    WebDriverWait(browser, 30).until(staleness_of(page))
+    WebDriverWait(browser, 30, ignored_exceptions=(WebDriverException,)).until(
+        staleness_of(page))
 
 
 def heading(browser) -> str:  # noqa: ANN001
