@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 
 import torch
@@ -22,7 +23,14 @@ from factsync import __version__
 from factsync.editing.cancellation import Cancelled, never, stop_if
 from factsync.editing.covariance import KeyStatistics
 from factsync.editing.delta import ModelDelta, restored_weights
-from factsync.editing.engine_state import EngineState, combined_keys, key_products, standing
+from factsync.editing.engine_state import (
+    EngineState,
+    KeySource,
+    StateFile,
+    combined_keys,
+    key_products,
+    read_state,
+)
 from factsync.editing.keys import subject_outputs
 from factsync.editing.outcomes import edit_outcomes
 from factsync.editing.requests import EditRequest
@@ -189,7 +197,8 @@ class EditEngine:
         self.layer_contexts = {
             layer: self._layer_context(statistics[layer]) for layer in self.layers
         }
-        self._standing: dict[str, dict[int, torch.Tensor]] = {}
+        # subject -> where its standing keys are: a state (or its file) and the columns
+        self._standing: dict[str, tuple[KeySource, list[int]]] = {}
         self._keeps_keys = any(c.preserved is not None for c in self.layer_contexts.values())
 
     def _layer_context(self, stats: KeyStatistics) -> LayerContext:
@@ -217,45 +226,67 @@ class EditEngine:
         """MEMIT's lambda per edit layer, as derived or configured."""
         return {layer: c.lam for layer, c in self.layer_contexts.items()}
 
-    def remember(self, result: EditResult) -> None:
+    def remember(self, result: EditResult, saved: StateFile | None = None) -> None:
         """Record an applied edit's keys, so later edits hold them in place; they
-        supersede the keys of its subjects applied earlier."""
+        supersede the keys of its subjects applied earlier. With ``saved``, the file of
+        ``result.state``, the engine reads the keys from there when it needs them again
+        instead of keeping them."""
         if not self._keeps_keys:
             return
         state = result.state
         if self.settings.release_superseded:
             superseded = key_products(self._standing_keys(set(result.subjects)))
             self._preserve({layer: -product for layer, product in superseded.items()})
-            for subject in result.subjects:
-                self._standing.pop(subject, None)
-            self._standing.update({subject: {layer: k.cpu() for layer, k in keys.items()}
-                                   for subject, keys in state.by_subject().items()})
+            self._stand(saved if saved is not None else state, state.subjects, later=set())
         self._preserve(combined_keys([state]))
 
-    def restore(self, lineage: list[EngineState]) -> None:
-        """Preserve exactly the standing keys of ``lineage`` (the live version's states,
-        oldest first), forgetting everything remembered before."""
+    def restore(self, lineage: Sequence[KeySource]) -> None:
+        """Preserve exactly the standing keys of ``lineage`` (the live version's states
+        or their files, oldest first), forgetting everything remembered before. The
+        states are read one at a time, newest first."""
         for context in self.layer_contexts.values():
             context.forget_held()
         self._standing = {}
         if not self._keeps_keys:
             return
-        states = lineage
-        if self.settings.release_superseded:
-            states = standing(lineage)
-            for state in states:
-                self._standing.update(state.by_subject())
-        self._preserve(combined_keys(states))
+        if not self.settings.release_superseded:
+            self._preserve(combined_keys(read_state(source) for source in lineage))
+            return
+        later: set[str] = set()
+        for source in reversed(lineage):
+            state = read_state(source)
+            columns = self._stand(source, state.subjects, later)
+            self._preserve(key_products(state.select(columns).keys))
+            later.update(s for s in state.subjects if s is not None)
 
     def preserved(self) -> dict[int, torch.Tensor]:
         """A copy of ``K_p K_p^T`` per layer (empty when nothing is preserved)."""
         return {layer: c.preserved.clone() for layer, c in self.layer_contexts.items()
                 if c.preserved is not None}
 
+    def _stand(self, source: KeySource, subjects: Sequence[str | None],
+               later: set[str]) -> list[int]:
+        """Record that the keys of ``subjects`` (the columns of ``source``), except those
+        of subjects in ``later``, stand and are found in ``source``; their columns."""
+        columns: dict[str, list[int]] = {}
+        for column, subject in enumerate(subjects):
+            if subject is None or subject not in later:
+                columns.setdefault(subject, []).append(column)
+        for subject, where in columns.items():
+            if subject is not None:
+                self._standing[subject] = (source, where)
+        return sorted(c for where in columns.values() for c in where)
+
     def _standing_keys(self, subjects: set[str]) -> dict[int, torch.Tensor]:
-        """Per edit layer, the standing keys (key, m) of ``subjects`` (empty: none stand)."""
-        found = [self._standing[s] for s in sorted(subjects) if s in self._standing]
-        return {layer: torch.cat([keys[layer] for keys in found if layer in keys], dim=1)
+        """Per edit layer, the standing keys (key, m) of ``subjects`` (empty: none stand),
+        each state they are in read once."""
+        by_source: dict[int, tuple[KeySource, list[int]]] = {}
+        for subject in sorted(subjects & self._standing.keys()):
+            source, columns = self._standing[subject]
+            by_source.setdefault(id(source), (source, []))[1].extend(columns)
+        found = [read_state(source).select(columns).keys
+                 for source, columns in by_source.values()]
+        return {layer: torch.cat([keys[layer].cpu() for keys in found if layer in keys], dim=1)
                 for layer in self.layers if any(layer in keys for keys in found)}
 
     def _preserve(self, products: dict[int, torch.Tensor]) -> None:

@@ -9,6 +9,10 @@ on start-up and after a rollback, and never kept only in memory.
 A subject written again supersedes its earlier keys: MEMIT's key is read at the
 subject's last token, before the relation's words, so every fact of a subject shares
 it, and holding the old key in place would fight the new edit of the same key.
+
+A long-lived daemon's history is thousands of edits, so its engine does not hold the
+keys that still stand: a ``StateFile`` names where a version's keys are on disk and is
+read only when a subject of it is written again.
 """
 
 from __future__ import annotations
@@ -76,10 +80,7 @@ class EngineState:
             with safe_open(str(path), framework="pt") as handle:
                 names = list(handle.keys())
                 keys = {int(n.removeprefix(KEY_PREFIX)): handle.get_tensor(n) for n in names}
-                recorded = (handle.metadata() or {}).get(SUBJECTS_METADATA)
-            columns = next(iter(keys.values())).shape[1] if keys else 0
-            subjects = (tuple(json.loads(recorded)) if recorded is not None
-                        else (None,) * columns)
+                subjects = _recorded_subjects(handle)
             return cls(keys=keys, subjects=subjects)
         except (OSError, ValueError, SafetensorError) as exc:
             raise EngineStateError(f"cannot read engine state file {path}: {exc}") from exc
@@ -97,6 +98,57 @@ class EngineState:
                 columns.setdefault(subject, []).append(column)
         return {subject: {layer: k[:, index] for layer, k in self.keys.items()}
                 for subject, index in columns.items()}
+
+
+class StateFile:
+    """A version's engine state on disk, read only when its keys are needed.
+
+    Its subjects (the file's metadata) are read at once, so a missing or damaged file
+    is reported where the lineage is restored, not in the middle of a later edit.
+
+    Raises:
+        EngineStateError: the file exists but cannot be read.
+    """
+
+    def __init__(self, path: Path) -> None:
+        self.path = Path(path)
+        self.subjects = _subjects_of(self.path)
+
+    def read(self) -> EngineState:
+        """The state, as ``EngineState.load`` reads it."""
+        return EngineState.load(self.path)
+
+    def __repr__(self) -> str:
+        return f"StateFile({str(self.path)!r})"
+
+
+KeySource = EngineState | StateFile
+"""Where an engine keeps the keys of a state: in memory, or in its file."""
+
+
+def read_state(source: KeySource) -> EngineState:
+    """The state ``source`` holds or names."""
+    return source.read() if isinstance(source, StateFile) else source
+
+
+def _subjects_of(path: Path) -> tuple[str | None, ...]:
+    if not path.exists():
+        return ()
+    try:
+        with safe_open(str(path), framework="pt") as handle:
+            return _recorded_subjects(handle)
+    except (OSError, ValueError, SafetensorError) as exc:
+        raise EngineStateError(f"cannot read engine state file {path}: {exc}") from exc
+
+
+def _recorded_subjects(handle: safe_open) -> tuple[str | None, ...]:
+    """The subjects an open state file records; unknown ones for a file saved before
+    subjects were, one per key column."""
+    recorded = (handle.metadata() or {}).get(SUBJECTS_METADATA)
+    if recorded is not None:
+        return tuple(json.loads(recorded))
+    names = list(handle.keys())
+    return (None,) * (handle.get_slice(names[0]).get_shape()[1] if names else 0)
 
 
 def standing(lineage: Sequence[EngineState]) -> list[EngineState]:

@@ -20,7 +20,7 @@ from enum import Enum
 
 from factsync.editing.delta import ModelDelta
 from factsync.editing.engine import EditEngine, EditResult
-from factsync.editing.engine_state import EngineState
+from factsync.editing.engine_state import StateFile
 from factsync.executors.local import Executor, LocalExecutor
 from factsync.failpoints import failpoint
 from factsync.jobs.model_state import ModelState
@@ -138,7 +138,7 @@ class LiveVersion:
         )
         failpoint("worker.promoted")
         self._models.promote(result.delta, version_id=version.id)  # the worker has it
-        self._engine.remember(result)
+        self._engine.remember(result, StateFile(self._versions.engine_state_path(version.id)))
         self._chain.append((version.id, result.delta))
         self._executor.follow(self._chain)
         self._publish(LiveChanged(LiveEvent.PROMOTED, version, parent,
@@ -169,7 +169,7 @@ class LiveVersion:
                        for v in lineage]
         self._models.rebuild([delta for _, delta in self._chain], version_id=live.id)
         self._executor.follow(self._chain)
-        self._engine.restore([EngineState.load(self._versions.engine_state_path(v.id))
+        self._engine.restore([StateFile(self._versions.engine_state_path(v.id))
                               for v in lineage])
 
     def _publish(self, change: LiveChanged) -> LiveChanged:

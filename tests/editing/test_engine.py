@@ -10,7 +10,7 @@ import torch
 from factsync.editing.cancellation import EditCancelled
 from factsync.editing.delta import applied
 from factsync.editing.engine import EditEngine, EngineSettings, StopReason
-from factsync.editing.engine_state import combined_keys
+from factsync.editing.engine_state import StateFile, combined_keys
 from factsync.editing.keys import subject_outputs
 from factsync.editing.outcomes import edit_outcomes
 from factsync.editing.requests import EditRequest, Neighbour
@@ -226,6 +226,30 @@ def test_a_subject_edited_again_releases_its_earlier_keys(tiny_engine, tiny_load
     assert all(torch.allclose(engine.preserved()[x], expected[x]) for x in engine.layers)
     engine.restore([first.state, released.state])
     assert all(torch.allclose(engine.preserved()[x], expected[x]) for x in engine.layers)
+
+
+def test_keys_left_in_state_files_are_read_back_as_if_they_were_kept(
+    tiny_engine, tiny_loaded, tmp_path
+):
+    kept = _with_spread(tiny_engine(tiny_loaded()), algorithm="memit")
+    filed = EditEngine(kept.loaded, kept.settings, kept.statistics, kept.contexts)
+    first = kept.edit(REQUESTS[:2])
+    first.state.save(tmp_path / "first.safetensors")
+    kept.remember(first)
+    filed.remember(first, StateFile(tmp_path / "first.safetensors"))
+    again = replace(REQUESTS[1], new_object="Google", old_object="Apple")
+    from_memory, from_file = kept.edit([again]), filed.edit([again])
+    layout = kept.loaded.spec.weight_layout
+    for path, layer_delta in from_file.delta.layers.items():  # LinkedIn's old keys released
+        assert torch.allclose(from_memory.delta.layers[path].matrix(layout),
+                              layer_delta.matrix(layout), atol=1e-6)
+    from_file.state.save(tmp_path / "again.safetensors")
+    kept.remember(from_memory)
+    filed.remember(from_file, StateFile(tmp_path / "again.safetensors"))
+    assert all(torch.allclose(filed.preserved()[x], kept.preserved()[x]) for x in kept.layers)
+    filed.restore([StateFile(tmp_path / "first.safetensors"),
+                   StateFile(tmp_path / "again.safetensors")])
+    assert all(torch.allclose(filed.preserved()[x], kept.preserved()[x]) for x in kept.layers)
 
 
 @pytest.mark.parametrize("algorithm", ["memit", "alphaedit"])

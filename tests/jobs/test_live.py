@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from factsync.durable import save_tensors
-from factsync.editing.engine_state import EngineState, EngineStateError
+from factsync.editing.engine_state import EngineState, EngineStateError, StateFile
 from factsync.jobs.live import LiveChanged, LiveEvent
 
 
@@ -91,3 +91,17 @@ def test_engine_state_files_round_trip_and_report_damage(tmp_path):
     (tmp_path / "damaged.safetensors").write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00{")
     with pytest.raises(EngineStateError, match="cannot read engine state file .*damaged"):
         EngineState.load(tmp_path / "damaged.safetensors")
+
+
+def test_a_state_file_knows_its_subjects_before_its_keys_are_read(tmp_path):
+    state = EngineState(keys={2: torch.randn(64, 2)}, subjects=("Paris", "Skype"))
+    state.save(tmp_path / "state.safetensors")
+    saved = StateFile(tmp_path / "state.safetensors")
+    assert saved.subjects == ("Paris", "Skype")
+    assert torch.equal(saved.read().keys[2], state.keys[2])
+    assert StateFile(tmp_path / "missing.safetensors").subjects == ()
+    save_tensors(tmp_path / "older.safetensors", {"keys.layer2": state.keys[2]})
+    assert StateFile(tmp_path / "older.safetensors").subjects == (None, None)
+    (tmp_path / "damaged.safetensors").write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00{")
+    with pytest.raises(EngineStateError, match="cannot read engine state file .*damaged"):
+        StateFile(tmp_path / "damaged.safetensors")
