@@ -26,6 +26,7 @@ from factsync.editing.engine import EditEngine, EditResult, EngineSettings
 from factsync.editing.engine_state import EngineState
 from factsync.editing.requests import EditRequest
 from factsync.editing.spread import Algorithm
+from factsync.executors.chain import DeltaChain
 from factsync.executors.local import Executor, LocalExecutor
 from factsync.models.loading import LoadedModel
 from factsync.policies.schema import Policy, load_policy
@@ -209,7 +210,7 @@ def run_lifelong(
         engine = EditEngine(loaded, settings, statistics, contexts,
                             optimiser=executor.optimise)
         growth = NormGrowth(loaded, engine.layers)
-        seconds, chain, deltas, states, first = 0.0, [], [], [], 0
+        seconds, chain, deltas, states, first = 0.0, DeltaChain(), [], [], 0
         # One snapshot of the edited weights undoes every job, where a handle per job
         # would keep a copy of them per job.
         with restored_weights(loaded, [loaded.spec.mlp_out_path(i) for i in engine.layers]):
@@ -218,8 +219,8 @@ def run_lifelong(
                 engine.restore([saved.state])
                 seconds, first = saved.seconds, saved.facts
                 deltas, states = [saved.delta], [saved.state]
-                chain.append((f"{name}/0-{first}", saved.delta))
-                executor.follow(chain)
+                chain.append(f"{name}/0-{first}", saved.delta)
+                executor.follow(chain.steps)
             for start in tqdm(range(first, n, batch_size), desc=name, unit="job",
                               initial=first // batch_size, total=-(-n // batch_size)):
                 result, took = _apply_job(engine, requests[start : start + batch_size],
@@ -247,7 +248,7 @@ def run_lifelong(
 
 def _change_back(engine: EditEngine, yardstick: Yardstick, growth: NormGrowth,
                  requests: list[EditRequest], *, batch_size: int, executor: Executor,
-                 chain: list[tuple[str, ModelDelta]], name: str) -> ChangedBack:
+                 chain: DeltaChain, name: str) -> ChangedBack:
     """Change the facts of ``requests`` (applied earlier) back to their old objects in
     jobs of ``batch_size``, then measure the model."""
     reverted = [request.reverted() for request in requests]
@@ -261,7 +262,7 @@ def _change_back(engine: EditEngine, yardstick: Yardstick, growth: NormGrowth,
 
 
 def _apply_job(engine: EditEngine, requests: list[EditRequest], executor: Executor,
-               chain: list[tuple[str, ModelDelta]], label: str) -> tuple[EditResult, float]:
+               chain: DeltaChain, label: str) -> tuple[EditResult, float]:
     """Edit ``requests``, apply the delta and remember the edit, as the daemon does, and
     let the executor follow (``chain`` gains the delta under ``label``); the edit's
     result and its seconds."""
@@ -269,6 +270,6 @@ def _apply_job(engine: EditEngine, requests: list[EditRequest], executor: Execut
     result = engine.edit(requests)
     result.delta.apply(engine.loaded)
     engine.remember(result)
-    chain.append((label, result.delta))
-    executor.follow(chain)
+    chain.append(label, result.delta)
+    executor.follow(chain.steps)
     return result, time.monotonic() - started

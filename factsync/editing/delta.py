@@ -98,6 +98,31 @@ class ModelDelta:
             )
         return ModelDelta(layers=merged, layout=self.layout, metadata=dict(self.metadata))
 
+    def compacted(self) -> ModelDelta:
+        """The same update with no layer's rank above its weight's smaller side.
+
+        Composing concatenates factors, so a long history's rank grows past the size of
+        the weight itself; such a layer becomes its dense matrix times an identity
+        factor, exact up to one float64 product's rounding.
+        """
+        layers = {}
+        for path, update in self.layers.items():
+            values, keys = update.up.shape[0], update.down.shape[0]
+            if update.rank <= min(values, keys):
+                layers[path] = update
+                continue
+            dense = (update.up.double() @ update.down.double().T).to(update.up.dtype)
+            identity = torch.eye(min(values, keys), dtype=update.up.dtype,
+                                 device=update.up.device)
+            layers[path] = (LayerDelta(up=identity, down=dense.T.contiguous()) if values <= keys
+                            else LayerDelta(up=dense, down=identity))
+        return ModelDelta(layers=layers, layout=self.layout, metadata=dict(self.metadata))
+
+    @property
+    def size(self) -> int:
+        """The number of factor entries it holds."""
+        return sum(u.up.numel() + u.down.numel() for u in self.layers.values())
+
     def apply(self, loaded: LoadedModel) -> AppliedDelta:
         """Add this delta to the model's weights; the handle reverts it bit for bit.
 

@@ -14,13 +14,14 @@ a crash anywhere leaves the store's live version whole and rebuildable.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from enum import Enum
 
 from factsync.editing.delta import ModelDelta
 from factsync.editing.engine import EditEngine, EditResult
 from factsync.editing.engine_state import StateFile
+from factsync.executors.chain import DeltaChain
 from factsync.executors.local import Executor, LocalExecutor
 from factsync.failpoints import failpoint
 from factsync.jobs.model_state import ModelState
@@ -105,7 +106,7 @@ class LiveVersion:
         self._models = models
         self._engine = engine
         self._executor = executor or LocalExecutor()
-        self._chain: list[tuple[str, ModelDelta]] = []
+        self._chain = DeltaChain()
         self._listeners: list[Listener] = []
 
     def subscribe(self, listener: Listener) -> None:
@@ -139,8 +140,8 @@ class LiveVersion:
         failpoint("worker.promoted")
         self._models.promote(result.delta, version_id=version.id)  # the worker has it
         self._engine.remember(result, StateFile(self._versions.engine_state_path(version.id)))
-        self._chain.append((version.id, result.delta))
-        self._executor.follow(self._chain)
+        self._chain.append(version.id, result.delta)
+        self._executor.follow(self._chain.steps)
         self._publish(LiveChanged(LiveEvent.PROMOTED, version, parent,
                                   reason=f"promoted job {promotion.job.id}"))
         return version
@@ -165,10 +166,16 @@ class LiveVersion:
 
     def _rebuild(self, live: Version) -> None:
         lineage = self._store.lineage(version_id=live.id)
-        self._chain = [(v.id, ModelDelta.load(self._versions.delta_path(v.id)))
-                       for v in lineage]
-        self._models.rebuild([delta for _, delta in self._chain], version_id=live.id)
-        self._executor.follow(self._chain)
+        self._chain = DeltaChain()
+
+        def read_and_followed() -> Iterator[ModelDelta]:
+            for version in lineage:
+                delta = ModelDelta.load(self._versions.delta_path(version.id))
+                self._chain.append(version.id, delta)
+                yield delta
+
+        self._models.rebuild(read_and_followed(), version_id=live.id)
+        self._executor.follow(self._chain.steps)
         self._engine.restore([StateFile(self._versions.engine_state_path(v.id))
                               for v in lineage])
 

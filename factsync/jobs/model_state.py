@@ -2,7 +2,8 @@
 
 The worker edits and scores candidates on its own copy while the API keeps answering
 from the live version on a second copy, which changes only when a version is promoted.
-Both are rebuilt exactly from the base weights plus the live version's chain of deltas.
+Both are rebuilt exactly from the base weights plus the live version's chain of deltas:
+the worker's by applying them, the served copy by taking the worker's weights.
 The served copy knows which version it carries, so a reader can tell it is reading the
 version it expects.
 """
@@ -12,7 +13,7 @@ from __future__ import annotations
 import copy
 import hashlib
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager, nullcontext
 from pathlib import Path
 
@@ -45,13 +46,19 @@ class ModelState:
             path: base.model.get_submodule(path).weight.detach().clone() for path in self._paths
         }
 
-    def rebuild(self, chain: list[ModelDelta], *, version_id: str) -> None:
+    def rebuild(self, chain: Iterable[ModelDelta], *, version_id: str) -> None:
         """Set both models to the base weights plus ``chain`` (the lineage of
-        ``version_id``) applied in order."""
-        _rebuild(self.work, self._base, chain)
-        with self._serving_lock:
-            _rebuild(self.serving, self._base, chain)
-            self._serving_version = version_id
+        ``version_id``) applied in order, taking one delta of it at a time."""
+        with torch.no_grad():
+            for path, weight in self._base.items():
+                self.work.model.get_submodule(path).weight.copy_(weight)
+            for delta in chain:
+                delta.apply(self.work)
+            with self._serving_lock:
+                for path in self._paths:
+                    self.serving.model.get_submodule(path).weight.copy_(
+                        self.work.model.get_submodule(path).weight)
+                self._serving_version = version_id
 
     def promote(self, delta: ModelDelta, *, version_id: str) -> None:
         """Apply the delta of ``version_id``, just promoted, to the served model (the
@@ -92,12 +99,3 @@ class ModelState:
                 weight = loaded.model.get_submodule(path).weight.detach()
                 digest.update(weight.cpu().contiguous().view(torch.uint8).numpy().tobytes())
         return digest.hexdigest()
-
-
-def _rebuild(loaded: LoadedModel, base: dict[str, torch.Tensor], chain: list[ModelDelta]) -> None:
-    with torch.no_grad():
-        for path, weight in base.items():
-            loaded.model.get_submodule(path).weight.copy_(weight)
-    for delta in chain:
-        delta.apply(loaded)
-

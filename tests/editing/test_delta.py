@@ -114,3 +114,23 @@ def test_damaged_file_gives_a_clear_error(tmp_path, tiny_loaded, random_delta):
     path.write_bytes(path.read_bytes()[:40])
     with pytest.raises(DeltaError, match="cannot read delta file"):
         ModelDelta.load(path)
+
+
+def test_compacting_keeps_the_update_and_bounds_its_rank(tiny_loaded, random_delta):
+    loaded = tiny_loaded()
+    path = loaded.spec.mlp_out_path(1)
+    narrow = random_delta(loaded, [1], rank=3, seed=1)
+    assert narrow.compacted().layers[path] is narrow.layers[path]  # already small: kept
+    wide = narrow.compose(random_delta(loaded, [1], rank=40, seed=2))
+    compacted = wide.compacted()
+    values, keys = wide.layers[path].up.shape[0], wide.layers[path].down.shape[0]
+    assert wide.layers[path].rank == 43 > min(values, keys)
+    assert compacted.layers[path].rank == min(values, keys)
+    assert compacted.size < wide.size
+    layout = loaded.spec.weight_layout
+    assert torch.allclose(compacted.layers[path].matrix(layout), wide.layers[path].matrix(layout),
+                          atol=1e-6)
+    with applied(loaded, wide):
+        expected = logits(loaded)
+    with applied(loaded, compacted):
+        assert torch.allclose(logits(loaded), expected, atol=1e-5)

@@ -20,6 +20,7 @@ import torch
 from factsync.editing.engine import EditEngine
 from factsync.editing.requests import EditRequest, Neighbour
 from factsync.evaluation.kpis import EditCheck, measure
+from factsync.executors.chain import DeltaChain
 from factsync.executors.local import FleetStatus
 from factsync.executors.settings import ExecutorSettings, ExecutorType
 from factsync.models.loading import load_model
@@ -105,6 +106,25 @@ def test_an_edit_through_ray_equals_the_local_edit_on_a_live_chain(setup, random
     assert_same_delta(expected.delta, got.delta)
     assert [len(r) for r in expected.records] == [len(r) for r in got.records]
     assert fleet.status().workers == 2 and fleet.status().failures == 0
+
+
+def test_workers_follow_a_chain_that_folded_and_edit_as_the_local_model_does(setup,
+                                                                            random_delta):
+    loaded, local, executor = setup
+    fleet = executor()
+    chain = DeltaChain()
+    for n in range(12):
+        delta = random_delta(loaded, local.layers, rank=8, scale=0.01, seed=n)
+        delta.apply(loaded)
+        chain.append(f"v{n}", delta)
+        fleet.follow(chain.steps)
+    assert chain.steps[0][0].startswith("up to"), "the chain folded"
+
+    expected = local.edit(REQUESTS)
+    got = ray_engine(local, fleet).edit(REQUESTS)
+
+    assert_same_delta(expected.delta, got.delta)
+    assert fleet.status().failures == 0
 
 
 def test_scoring_through_ray_equals_local_scoring_with_a_candidate(setup, random_delta):
