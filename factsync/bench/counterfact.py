@@ -18,7 +18,7 @@ from tqdm import tqdm
 
 from factsync.editing.covariance import KeyStatistics
 from factsync.editing.engine import EditEngine, EngineSettings
-from factsync.evaluation.fluency import perplexity
+from factsync.evaluation.fluency import perplexity_ratio, text_nlls
 from factsync.evaluation.intervals import (
     Interval,
     bootstrap_interval,
@@ -55,15 +55,23 @@ class MethodRow:
     Attributes:
         values: per metric of ``METRICS``, its value for each record (``None`` where the
             record has nothing of that kind).
-        perplexity_ratio: perplexity on the fluency texts against the unedited model's.
+        fluency: per fluency text, its summed NLL and scored tokens (``text_nlls``).
+        perplexity: perplexity on the fluency texts against the unedited model's, with
+            its 95% bootstrap interval over the texts.
         iterations_mean: IME passes per fact, on average.
         seconds: editing time over every batch.
     """
 
     values: dict[str, list[float | None]]
-    perplexity_ratio: float
+    fluency: list[tuple[float, int]]
+    perplexity: Interval
     iterations_mean: float
     seconds: float
+
+    @property
+    def perplexity_ratio(self) -> float:
+        """Perplexity on the fluency texts against the unedited model's."""
+        return self.perplexity.mean
 
     def mean(self, metric: str) -> float | None:
         """Mean of ``metric`` over the records that have a value; ``None`` if none has."""
@@ -111,8 +119,8 @@ def run_counterfact(
     executor = executor or LocalExecutor()
     suite = prepare_suite(loaded, dataset, cases, neighbours_per_fact=neighbours_per_fact,
                           spare=spare)
-    base_perplexity = perplexity(loaded, fluency_texts)
-    rows = {"unedited": _row(loaded, suite, base_perplexity, fluency_texts, 0.0, 0.0)}
+    base_nlls = text_nlls(loaded, fluency_texts)
+    rows = {"unedited": _row(loaded, suite, base_nlls, fluency_texts, 0.0, 0.0)}
     requests = suite.requests
     for name, settings in methods.items():
         engine = EditEngine(loaded, settings, statistics, contexts,
@@ -137,7 +145,7 @@ def run_counterfact(
             rows[name] = _row(
                 loaded,
                 suite,
-                base_perplexity,
+                base_nlls,
                 fluency_texts,
                 sum(passes) / len(passes),
                 seconds,
@@ -158,14 +166,16 @@ def run_counterfact(
 def _row(
     loaded: LoadedModel,
     suite: Suite,
-    base_perplexity: float,
+    base_nlls: list[tuple[float, int]],
     texts: list[str],
     iterations: float,
     seconds: float,
 ) -> MethodRow:
+    fluency = text_nlls(loaded, texts)
     return MethodRow(
         values=suite.score(loaded),
-        perplexity_ratio=perplexity(loaded, texts) / base_perplexity,
+        fluency=fluency,
+        perplexity=perplexity_ratio(fluency, base_nlls),
         iterations_mean=iterations,
         seconds=seconds,
     )
@@ -192,7 +202,8 @@ def format_table(rows: dict[str, MethodRow]) -> str:
     for name, row in rows.items():
         flat = row.flat()
         cells = [_interval_cell(row.interval(metric)) for metric in METRICS]
-        cells += [_cell(flat[column]) for column in COLUMNS[len(METRICS) :]]
+        cells += [_interval_cell(row.perplexity), _cell(flat["iterations_mean"]),
+                  _cell(flat["seconds"])]
         lines.append(" | ".join([name, *cells]))
     return "\n".join(lines)
 
@@ -222,11 +233,19 @@ def paired_differences(row: MethodRow, reference: MethodRow) -> dict[str, Interv
             for metric in METRICS}
 
 
+def perplexity_over_reference(row: MethodRow, reference: MethodRow) -> Interval:
+    """``row``'s perplexity over ``reference``'s on the fluency texts, with its 95%
+    bootstrap interval paired over the texts."""
+    return perplexity_ratio(row.fluency, reference.fluency)
+
+
 def format_differences(pairs: dict[str, tuple[MethodRow, MethodRow]]) -> str:
     """Per method: each metric's ``paired_differences`` from its reference, the perplexity
-    ratio's difference, and the largest absolute difference of a mean."""
-    lines = [" | ".join(["method", *METRICS, "perplexity_ratio", "largest"]),
-             " | ".join(["---"] * (len(METRICS) + 3))]
+    ratio's difference, its perplexity over the reference's (paired), and the largest
+    absolute difference of a mean."""
+    lines = [" | ".join(["method", *METRICS, "perplexity_ratio", "perplexity_over_reference",
+                         "largest"]),
+             " | ".join(["---"] * (len(METRICS) + 4))]
     for name, (row, reference) in pairs.items():
         differences = paired_differences(row, reference)
         perplexity = row.perplexity_ratio - reference.perplexity_ratio
@@ -234,20 +253,22 @@ def format_differences(pairs: dict[str, tuple[MethodRow, MethodRow]]) -> str:
                       + [abs(perplexity)])
         cells = ["-" if d is None else format_interval(d, signed=True)
                  for d in differences.values()]
-        lines.append(" | ".join([name, *cells, f"{perplexity:+.3f}", f"{largest:.3f}"]))
+        over = format_interval(perplexity_over_reference(row, reference))
+        lines.append(" | ".join([name, *cells, f"{perplexity:+.3f}", over, f"{largest:.3f}"]))
     return "\n".join(lines)
 
 
 def differences_json(pairs: dict[str, tuple[MethodRow, MethodRow]]) -> dict:
     """``format_differences`` as ``{method: {metric: [mean, low, high] or null,
-    "perplexity_ratio": difference}}``."""
+    "perplexity_ratio": difference, "perplexity_over_reference": [mean, low, high]}}``."""
     report = {}
     for name, (row, reference) in pairs.items():
         differences = paired_differences(row, reference)
         report[name] = {
-            metric: None if d is None else [d.mean, d.low, d.high]
+            metric: None if d is None else d.as_list()
             for metric, d in differences.items()
-        } | {"perplexity_ratio": row.perplexity_ratio - reference.perplexity_ratio}
+        } | {"perplexity_ratio": row.perplexity_ratio - reference.perplexity_ratio,
+             "perplexity_over_reference": perplexity_over_reference(row, reference).as_list()}
     return report
 
 
@@ -263,11 +284,13 @@ def to_json(rows: dict[str, MethodRow], n: int, *, dataset: str) -> dict:
     """The numbers as ``{"dataset": D, "n": N, "methods": {name: {column: value}}}``.
 
     Each method also has ``"intervals": {metric: [low, high]}``, the 95% bootstrap
-    interval of each metric's mean over records (``null`` when no record has a value).
+    interval of each metric's mean over records (``null`` when no record has a value),
+    and of the perplexity ratio over the fluency texts.
     """
     methods = {}
     for name, row in rows.items():
         intervals = {metric: row.interval(metric) for metric in METRICS}
+        intervals["perplexity_ratio"] = row.perplexity
         methods[name] = row.flat() | {
             "intervals": {
                 metric: None if i is None else [i.low, i.high] for metric, i in intervals.items()

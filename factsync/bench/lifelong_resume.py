@@ -123,8 +123,7 @@ def _concatenated(states: list[EngineState]) -> EngineState:
 
 def _checkpoint_json(checkpoint: Checkpoint) -> dict:
     return {"facts": checkpoint.facts, "values": checkpoint.values,
-            "intervals": {name: [i.mean, i.low, i.high]
-                          for name, i in checkpoint.intervals.items()}}
+            "intervals": {name: i.as_list() for name, i in checkpoint.intervals.items()}}
 
 
 def _checkpoint(saved: dict) -> Checkpoint:

@@ -26,6 +26,10 @@ class Interval:
     low: float
     high: float
 
+    def as_list(self) -> list[float]:
+        """``[mean, low, high]``, as JSON reports write an interval."""
+        return [self.mean, self.low, self.high]
+
 
 def bootstrap_interval(
     values: Sequence[float], *, level: float = 0.95, resamples: int = 1000, seed: int = 0

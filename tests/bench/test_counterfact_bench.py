@@ -104,14 +104,14 @@ def test_every_method_gets_a_row_and_the_model_is_restored(tiny_loaded, tmp_path
     assert (report["dataset"], report["n"]) == ("counterfact", 2)
     for method in report["methods"].values():
         assert set(method) == {*COLUMNS, "intervals"}
-        assert list(method["intervals"]) == list(METRICS)
+        assert list(method["intervals"]) == [*METRICS, "perplexity_ratio"]
         for metric, (low, high) in method["intervals"].items():
             assert low <= method[metric] <= high, metric
     table = format_table(rows).splitlines()
     assert len(table) == 2 + len(rows) and table[2].startswith("unedited | ")
     cells = table[2].split(" | ")
     assert len(cells) == 1 + len(COLUMNS)
-    assert all(CELL.match(cell) for cell in cells[1 : 1 + len(METRICS)]), cells
+    assert all(CELL.match(cell) for cell in cells[1 : 2 + len(METRICS)]), cells
 
 
 def test_zsre_records_run_through_the_bench(tiny_loaded, tmp_path):
@@ -221,6 +221,9 @@ def test_methods_are_compared_record_by_record_against_a_named_one(
             mine = numbers["methods"][name][metric]
             assert mean == pytest.approx(mine - numbers["methods"]["memit"][metric]), metric
             assert low <= mean <= high
+        mean, low, high = differences["perplexity_over_reference"]  # paired over the texts
+        mine, theirs = (numbers["methods"][m]["perplexity_ratio"] for m in (name, "memit"))
+        assert mean == pytest.approx(mine / theirs) and low <= mean <= high
     out = capsys.readouterr().out
     table = out[out.index("against memit in float32"):].splitlines()
     assert [line.split(" | ")[0] for line in table[3:5]] == ["unedited", "memit+ime"]

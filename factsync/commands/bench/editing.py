@@ -332,7 +332,7 @@ def run_damage_bench(args: argparse.Namespace) -> int:
         print(f"against {args.against}: perplexity ratio {format_interval(against)} "
               "(paired over the fluency texts)")
         numbers["against"] = {"delta": str(args.against),
-                              "perplexity_ratio": [against.mean, against.low, against.high]}
+                              "perplexity_ratio": against.as_list()}
     if args.json:
         write_json(args.json, numbers)
     return 0
