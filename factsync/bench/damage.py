@@ -24,7 +24,7 @@ from tqdm import tqdm
 
 from factsync.editing.covariance import KeyStatistics, compute_key_statistics
 from factsync.editing.delta import DeltaError, ModelDelta, applied
-from factsync.evaluation.fluency import perplexity, perplexity_ratio, text_nlls
+from factsync.evaluation.fluency import perplexity_ratio, text_nlls
 from factsync.evaluation.intervals import Interval
 from factsync.models.loading import LoadedModel
 from factsync.models.specs import get_module
@@ -111,13 +111,12 @@ def measure_damage(
     if missing:
         raise ValueError(f"no key statistics for edited layers {missing}")
     base_nlls = text_nlls(loaded, texts)
-    base = perplexity(loaded, texts)
 
     def ratio(paths: list[str]) -> float:
         part = ModelDelta(layers={path: delta.layers[path] for path in paths},
                           layout=delta.layout)
         with applied(loaded, part):
-            return perplexity(loaded, texts) / base
+            return perplexity_ratio(text_nlls(loaded, texts), base_nlls).mean
 
     with applied(loaded, delta):
         # A layer's own delta does not change its keys, only those of the layers above.
