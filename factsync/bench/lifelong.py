@@ -23,7 +23,7 @@ from factsync.bench.norm_growth import NormGrowth
 from factsync.editing.covariance import KeyStatistics
 from factsync.editing.delta import ModelDelta, restored_weights
 from factsync.editing.engine import EditEngine, EditResult, EngineSettings
-from factsync.editing.engine_state import EngineState
+from factsync.editing.engine_state import EngineState, concatenated
 from factsync.editing.requests import EditRequest
 from factsync.editing.spread import Algorithm
 from factsync.executors.chain import DeltaChain
@@ -114,7 +114,7 @@ class MethodRun:
 
 @dataclass(frozen=True)
 class MethodProgress:
-    """Where one method stood at its latest saved checkpoint.
+    """Where one method stood after its latest saved job.
 
     Attributes:
         facts: facts applied.
@@ -134,15 +134,13 @@ class RunStore(Protocol):
     (``lifelong_resume.RunDirectory``)."""
 
     def load(self) -> LifelongRun | None:
-        """The run as its last saved checkpoint left it; ``None`` when nothing is saved."""
+        """The run as its last saved job left it; ``None`` when nothing is saved."""
 
     def progress(self, method: str) -> MethodProgress | None:
-        """``method``'s delta and state at its last saved checkpoint, if any."""
+        """``method``'s delta and state after its last saved job, if any."""
 
-    def save(self, run: LifelongRun, method: str, seconds: float, deltas: list[ModelDelta],
-             states: list[EngineState]) -> None:
-        """Keep ``run`` after a checkpoint of ``method``, with the deltas and states of
-        the method's applied jobs in order."""
+    def save(self, run: LifelongRun, method: str, progress: MethodProgress) -> None:
+        """Keep ``run`` and where ``method`` stands after one of its jobs."""
 
 
 @dataclass
@@ -184,7 +182,7 @@ def run_lifelong(
     starts from the weights the model had at the call, and the model has them again
     when this returns. ``executor`` runs the z optimisation (in this process by
     default); it must start on the weights the model has at the call. With a ``store``
-    the run continues from its last saved checkpoint and saves each new one there.
+    the run continues from its last saved job and saves after each one there.
     ``change_back`` facts, those of the first records, are then changed back to their
     old objects in jobs of ``batch_size``, as a feed that reverts them would, and the
     model is measured once more (``Yardstick.measure_changed_back``); a saved run does
@@ -210,15 +208,14 @@ def run_lifelong(
         engine = EditEngine(loaded, settings, statistics, contexts,
                             optimiser=executor.optimise)
         growth = NormGrowth(loaded, engine.layers)
-        seconds, chain, deltas, states, first = 0.0, DeltaChain(), [], [], 0
+        seconds, chain, kept, first = 0.0, DeltaChain(), EngineState.empty(), 0
         # One snapshot of the edited weights undoes every job, where a handle per job
         # would keep a copy of them per job.
         with restored_weights(loaded, [loaded.spec.mlp_out_path(i) for i in engine.layers]):
             if saved is not None:
                 saved.delta.apply(loaded)
                 engine.restore([saved.state])
-                seconds, first = saved.seconds, saved.facts
-                deltas, states = [saved.delta], [saved.state]
+                seconds, first, kept = saved.seconds, saved.facts, saved.state
                 chain.append(f"{name}/0-{first}", saved.delta)
                 executor.follow(chain.steps)
             for start in tqdm(range(first, n, batch_size), desc=name, unit="job",
@@ -226,16 +223,15 @@ def run_lifelong(
                 result, took = _apply_job(engine, requests[start : start + batch_size],
                                           executor, chain, f"{name}/{start}")
                 seconds += took
-                deltas.append(result.delta)
-                states.append(result.state)
                 applied = min(start + batch_size, n)
                 if applied in due:
                     checkpoint = yardstick.measure(loaded, applied, growth, seconds / applied)
                     run.methods.setdefault(name, MethodRun()).checkpoints.append(checkpoint)
-                    if store is not None:
-                        store.save(run, name, seconds, deltas, states)
-                    if on_checkpoint is not None:
-                        on_checkpoint(run)
+                if store is not None:
+                    kept = concatenated([kept, result.state])
+                    store.save(run, name, MethodProgress(applied, seconds, chain.whole(), kept))
+                if applied in due and on_checkpoint is not None:
+                    on_checkpoint(run)
             if change_back:
                 run.methods[name].changed_back = _change_back(
                     engine, yardstick, growth, requests[:change_back], batch_size=batch_size,

@@ -1,14 +1,14 @@
 """A ``bench lifelong`` run that survives being stopped: its state after each checkpoint.
 
-A stream of a thousand facts runs for hours. After every checkpoint the run directory
-gets what continuing needs: every checkpoint measured so far, and per method the
-composed delta of its applied jobs with the keys they wrote (the engine's per-version
-state). A later run with the same arguments starts from there: finished methods are not
-run again, and an unfinished one applies its saved delta, restores its engine state and
-goes on with the next job. The unedited model is not measured again either.
+A stream of a thousand facts runs for hours. After every job the run directory gets
+what continuing needs: every checkpoint measured so far, and per method the composed
+delta of its applied jobs with the keys they wrote (the engine's per-version state). A
+later run with the same arguments starts from there: finished methods are not run
+again, and an unfinished one applies its saved delta, restores its engine state and goes
+on with the next job. The unedited model is not measured again either.
 
 Files are written before the index that names them, and the index is replaced
-atomically, so a run stopped at any moment leaves the last checkpoint it completed.
+atomically, so a run stopped at any moment loses at most the job it was running.
 """
 
 from __future__ import annotations
@@ -16,13 +16,11 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import torch
-
 from factsync.bench.lifelong import LifelongRun, MethodProgress, MethodRun
 from factsync.bench.lifelong_scoring import Checkpoint
 from factsync.durable import write_json
 from factsync.editing.delta import ModelDelta
-from factsync.editing.engine_state import EngineState, standing
+from factsync.editing.engine_state import EngineState
 from factsync.evaluation.intervals import Interval
 
 INDEX = "run.json"
@@ -41,7 +39,7 @@ class RunDirectory:
         self.arguments = arguments
 
     def load(self) -> LifelongRun | None:
-        """The run as its last checkpoint left it, or ``None`` for an empty directory.
+        """The run as its last saved job left it, or ``None`` for an empty directory.
 
         Raises ``ValueError`` when the directory holds a run with other arguments or an
         index that cannot be read.
@@ -62,38 +60,41 @@ class RunDirectory:
         run = LifelongRun(dataset=saved["dataset"], n=saved["n"], batch=saved["batch"],
                           unedited=_checkpoint(saved["unedited"]))
         for name, method in saved["methods"].items():
-            run.methods[name] = MethodRun([_checkpoint(c) for c in method["checkpoints"]])
+            if method["checkpoints"]:  # a method not yet at its first checkpoint has none
+                run.methods[name] = MethodRun([_checkpoint(c) for c in method["checkpoints"]])
         return run
 
     def progress(self, method: str) -> MethodProgress | None:
-        """``method``'s delta and state at its latest checkpoint, if it has one."""
+        """``method``'s delta and state after its latest saved job, if it has one."""
         entry = self._index().get("methods", {}).get(method)
         if entry is None:
             return None
+        # Directories saved before every job was have the facts of the last checkpoint.
+        facts = entry["facts"] if "facts" in entry else entry["checkpoints"][-1]["facts"]
         return MethodProgress(
-            facts=entry["checkpoints"][-1]["facts"], seconds=entry["seconds"],
+            facts=facts, seconds=entry["seconds"],
             delta=ModelDelta.load(self.path / entry["delta"]),
             state=EngineState.load(self.path / entry["state"]))
 
-    def save(self, run: LifelongRun, method: str, seconds: float, deltas: list[ModelDelta],
-             states: list[EngineState]) -> None:
-        """Record ``run`` after a checkpoint of ``method``, with the method's editing
-        seconds and the deltas and states of its applied jobs, in order."""
+    def save(self, run: LifelongRun, method: str, progress: MethodProgress) -> None:
+        """Record ``run`` and where ``method`` stands after one of its jobs."""
         self.path.mkdir(parents=True, exist_ok=True)
-        previous = self._index()
-        facts = run.methods[method].final.facts
-        position = list(run.methods).index(method)
-        delta_name = f"method{position}-facts{facts}.delta.safetensors"
-        state_name = f"method{position}-facts{facts}.keys.safetensors"
-        _composed(deltas).save(self.path / delta_name)
-        _concatenated(states).save(self.path / state_name)
-        entries = previous.get("methods", {})
-        entries[method] = {"seconds": seconds, "delta": delta_name, "state": state_name}
+        entries = self._index().get("methods", {})
+        entries.setdefault(method, {})
+        position = list(entries).index(method)
+        delta_name = f"method{position}-facts{progress.facts}.delta.safetensors"
+        state_name = f"method{position}-facts{progress.facts}.keys.safetensors"
+        progress.delta.save(self.path / delta_name)
+        progress.state.save(self.path / state_name)
+        entries[method] = {"facts": progress.facts, "seconds": progress.seconds,
+                           "delta": delta_name, "state": state_name}
+        checkpoints = {name: m.checkpoints for name, m in run.methods.items()}
         write_json(self.path / INDEX, {
             "arguments": self.arguments, "dataset": run.dataset, "n": run.n,
             "batch": run.batch, "unedited": _checkpoint_json(run.unedited),
-            "methods": {name: entries[name] | {"checkpoints": [
-                _checkpoint_json(c) for c in m.checkpoints]} for name, m in run.methods.items()},
+            "methods": {name: entry | {"checkpoints": [
+                _checkpoint_json(c) for c in checkpoints.get(name, [])]}
+                for name, entry in entries.items()},
         })
         kept = {entry[kind] for entry in entries.values() for kind in ("delta", "state")}
         for stale in self.path.glob("method*.safetensors"):
@@ -103,22 +104,6 @@ class RunDirectory:
     def _index(self) -> dict:
         index = self.path / INDEX
         return json.loads(index.read_text(encoding="utf-8")) if index.exists() else {}
-
-
-def _composed(deltas: list[ModelDelta]) -> ModelDelta:
-    total = deltas[0]
-    for delta in deltas[1:]:
-        total = total.compose(delta)
-    return total
-
-
-def _concatenated(states: list[EngineState]) -> EngineState:
-    kept = standing(states)
-    layers = sorted({layer for state in kept for layer in state.keys})
-    return EngineState(
-        keys={layer: torch.cat([s.keys[layer].float().cpu() for s in kept], dim=1)
-              for layer in layers},
-        subjects=tuple(subject for s in kept for subject in s.subjects))
 
 
 def _checkpoint_json(checkpoint: Checkpoint) -> dict:

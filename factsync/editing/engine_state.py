@@ -162,6 +162,17 @@ def standing(lineage: Sequence[EngineState]) -> list[EngineState]:
     return kept[::-1]
 
 
+def concatenated(lineage: Sequence[EngineState]) -> EngineState:
+    """The standing keys of ``lineage`` (oldest first) as one state."""
+    kept = standing(lineage)
+    layers = sorted({layer for state in kept for layer in state.keys})
+    return EngineState(
+        keys={layer: torch.cat([s.keys[layer].float().cpu() for s in kept if layer in s.keys],
+                               dim=1)
+              for layer in layers},
+        subjects=tuple(subject for s in kept for subject in s.subjects))
+
+
 def key_products(keys: dict[int, torch.Tensor]) -> dict[int, torch.Tensor]:
     """Per layer, ``K K^T`` (key, key) in float64."""
     return {layer: k.double() @ k.double().T for layer, k in keys.items()}

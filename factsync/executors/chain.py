@@ -40,10 +40,20 @@ class DeltaChain:
             raise ValueError(f"label {label!r} is already in the chain")
         self._steps.append((label, delta))
         if len(self._steps) > 1 and self._size() > 2 * self._full_rank_size():
-            folded = self._steps[0][1]
-            for _, step in self._steps[1:]:
-                folded = folded.compose(step)
-            self._steps = [(FOLD_LABEL.format(label), folded.compacted())]
+            self._steps = [(FOLD_LABEL.format(label), self.whole())]
+
+    def whole(self) -> ModelDelta:
+        """Every step composed into one delta, no layer above full rank.
+
+        Raises:
+            ValueError: the chain is empty.
+        """
+        if not self._steps:
+            raise ValueError("an empty chain has no delta")
+        whole = self._steps[0][1]
+        for _, step in self._steps[1:]:
+            whole = whole.compose(step)
+        return whole.compacted()
 
     def _size(self) -> int:
         return sum(delta.size for _, delta in self._steps)

@@ -25,7 +25,8 @@ class Stopped(Exception):
     """The run was stopped (as by a kill) after a checkpoint."""
 
 
-def _run(loaded, engine, yardstick, store, *, stop_after: int | None = None) -> LifelongRun:
+def _run(loaded, engine, yardstick, store, *, stop_after: int | None = None,
+         checkpoint_every: int = 2) -> LifelongRun:
     seen = []
 
     def stop(run: LifelongRun) -> None:
@@ -37,7 +38,7 @@ def _run(loaded, engine, yardstick, store, *, stop_after: int | None = None) -> 
     return run_lifelong(
         loaded, yardstick, {"memit": engine.settings, "again": engine.settings},
         statistics=engine.statistics, contexts=engine.contexts, batch_size=2,
-        checkpoint_every=2, on_checkpoint=stop, store=store)
+        checkpoint_every=checkpoint_every, on_checkpoint=stop, store=store)
 
 
 @pytest.fixture
@@ -80,6 +81,42 @@ def test_a_stopped_run_goes_on_to_the_scores_of_one_never_stopped(bench, tmp_pat
     kept = sorted(p.name for p in store.path.iterdir())
     assert kept == ["method0-facts6.delta.safetensors", "method0-facts6.keys.safetensors",
                     "method1-facts6.delta.safetensors", "method1-facts6.keys.safetensors", INDEX]
+
+
+class KilledAfterSaving(RunDirectory):
+    """A run directory whose run is stopped (as by a kill) right after its nth save."""
+
+    def __init__(self, path, arguments, *, saves: int) -> None:  # noqa: ANN001
+        super().__init__(path, arguments)
+        self.saves = saves
+
+    def save(self, run, method, progress) -> None:  # noqa: ANN001
+        super().save(run, method, progress)
+        self.saves -= 1
+        if self.saves == 0:
+            raise Stopped
+
+
+def test_a_run_stopped_between_checkpoints_loses_only_the_job_it_was_running(bench, tmp_path):
+    loaded, engine, yardstick = bench
+    whole = _run(loaded, engine, yardstick, RunDirectory(tmp_path / "whole", ARGUMENTS),
+                 checkpoint_every=4)
+    killed = KilledAfterSaving(tmp_path / "stopped", ARGUMENTS, saves=1)
+    with pytest.raises(Stopped):
+        _run(loaded, engine, yardstick, killed, checkpoint_every=4)
+    store = RunDirectory(tmp_path / "stopped", ARGUMENTS)
+    assert store.load().methods == {}  # no checkpoint yet, but the first job is kept
+    assert store.progress("memit").facts == 2
+
+    resumed = _run(loaded, engine, yardstick, store, checkpoint_every=4)
+
+    assert resumed.unedited == whole.unedited
+    for name in ("memit", "again"):
+        mine, theirs = resumed.methods[name].checkpoints, whole.methods[name].checkpoints
+        assert [c.facts for c in mine] == [c.facts for c in theirs] == [4, 6]
+        for metric in set(METRICS) - {"seconds_per_fact"}:
+            assert mine[-1].values[metric] == pytest.approx(
+                theirs[-1].values[metric], rel=1e-3, abs=1e-3), (name, metric)
 
 
 def test_a_run_saved_with_other_arguments_is_refused(bench, tmp_path):

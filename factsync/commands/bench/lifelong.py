@@ -66,9 +66,9 @@ def _register_lifelong(sub: argparse._SubParsersAction) -> None:
                           "(0: none; not with --state)")
     lifelong.add_argument("--state", type=Path, metavar="DIR",
                           help="keep what the run needs to continue in DIR after every "
-                          "checkpoint (the checkpoints, and each method's applied deltas and "
+                          "job (the checkpoints so far, and each method's applied deltas and "
                           "engine state); a run stopped midway and started again with the "
-                          "same arguments and DIR goes on from its last checkpoint")
+                          "same arguments and DIR goes on from the last job it saved")
     add_model_options(lifelong)
     add_engine_options(lifelong)
     add_executor_options(lifelong)
