@@ -48,16 +48,24 @@ class ModelState:
 
     def rebuild(self, chain: Iterable[ModelDelta], *, version_id: str) -> None:
         """Set both models to the base weights plus ``chain`` (the lineage of
-        ``version_id``) applied in order, taking one delta of it at a time."""
+        ``version_id``) applied in order, taking one delta of it at a time.
+
+        If ``chain`` raises (a delta file that cannot be read, say), the worker's model
+        takes the served model's weights back, so both still carry the version they
+        carried before, and the error propagates.
+        """
         with torch.no_grad():
-            for path, weight in self._base.items():
-                self.work.model.get_submodule(path).weight.copy_(weight)
-            for delta in chain:
-                delta.apply(self.work)
+            try:
+                for path, weight in self._base.items():
+                    self.work.model.get_submodule(path).weight.copy_(weight)
+                for delta in chain:
+                    delta.apply(self.work)
+            except BaseException:
+                with self._serving_lock:
+                    _copy_weights(self.serving, self.work, self._paths)
+                raise
             with self._serving_lock:
-                for path in self._paths:
-                    self.serving.model.get_submodule(path).weight.copy_(
-                        self.work.model.get_submodule(path).weight)
+                _copy_weights(self.work, self.serving, self._paths)
                 self._serving_version = version_id
 
     def promote(self, delta: ModelDelta, *, version_id: str) -> None:
@@ -99,3 +107,8 @@ class ModelState:
                 weight = loaded.model.get_submodule(path).weight.detach()
                 digest.update(weight.cpu().contiguous().view(torch.uint8).numpy().tobytes())
         return digest.hexdigest()
+
+
+def _copy_weights(source: LoadedModel, target: LoadedModel, paths: list[str]) -> None:
+    for path in paths:
+        target.model.get_submodule(path).weight.copy_(source.model.get_submodule(path).weight)
