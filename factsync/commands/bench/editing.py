@@ -26,7 +26,7 @@ from factsync.commands.options import (
     statistics_settings,
 )
 from factsync.durable import write_json
-from factsync.evaluation.datasets import dataset_spec
+from factsync.evaluation.datasets import DATASETS, dataset_spec
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -36,6 +36,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     _register_budget(sub)
     _register_solve(sub)
     _register_damage(sub)
+    _register_shifts(sub)
 
 
 def _register_counterfact(sub: argparse._SubParsersAction) -> None:
@@ -336,3 +337,69 @@ def run_damage_bench(args: argparse.Namespace) -> int:
     if args.json:
         write_json(args.json, numbers)
     return 0
+
+
+def _register_shifts(sub: argparse._SubParsersAction) -> None:
+    shifts = sub.add_parser(
+        "shifts",
+        help="the target shifts z - h the optimisation asks for, as edits pile up",
+        description="Optimise the targets of the same records on the model as loaded and "
+        "with each --delta applied (a bench lifelong --state delta, say), and print per "
+        "model the median |h| and |z - h| at the last edit layer, the mean cosine between "
+        "two facts' shifts (with its 95% interval over facts), the share of their energy "
+        "along their mean direction, and the optimisation's steps and reached "
+        "probability. Nothing is edited.",
+    )
+    shifts.add_argument("--dataset", choices=DATASETS, default="counterfact",
+                        help="record format of --data (counterfact)")
+    add_data_options(shifts)
+    shifts.add_argument("--n", type=int, default=24, help="records to optimise (24)")
+    shifts.add_argument("--method", default="default",
+                        help="whose target settings, named as bench lifelong --methods "
+                        "names them (default)")
+    shifts.add_argument("--delta", type=Path, action="append", default=[], metavar="FILE",
+                        help="also measure with this saved delta applied (repeatable)")
+    shifts.add_argument("--json", type=Path, help="also write the numbers to this file")
+    add_model_options(shifts)
+    add_engine_options(shifts)
+    shifts.set_defaults(handler=run_shifts_bench, computes=True)
+
+
+def run_shifts_bench(args: argparse.Namespace) -> int:
+    """Handler of ``factsync bench shifts``."""
+    import torch
+
+    from factsync.bench.lifelong import chosen_methods
+    from factsync.bench.target_shifts import ShiftReport, format_shifts, measure_shifts
+    from factsync.editing.contexts import sample_contexts
+    from factsync.editing.delta import ModelDelta, applied
+    from factsync.evaluation.suites import load_cases
+
+    if args.n < 2:
+        raise ValueError(f"--n must be at least 2 (shifts are compared between facts), "
+                         f"got {args.n}")
+    (settings,) = chosen_methods(args.method, engine_settings(args, neighbours=False),
+                                 args.max_iterations).values()
+    deltas = [(str(path), ModelDelta.load(path)) for path in args.delta]
+    torch.manual_seed(args.seed)
+    cases = load_cases(args.dataset, records_path(args, args.dataset))[: args.n]
+    loaded = load(args)
+    layer = settings.edit_layers(loaded)[-1]
+    contexts = sample_contexts(loaded)
+    requests = [case.request for case in cases]
+
+    def measured(label: str) -> ShiftReport:
+        return measure_shifts(loaded, requests, layer, contexts, settings.target, label=label)
+
+    reports = [measured("unedited")]
+    for label, delta in deltas:
+        with applied(loaded, delta):
+            reports.append(measured(label))
+    print(f"{args.dataset}, {len(requests)} records, {args.method} targets at layer {layer} "
+          f"of {loaded.name}")
+    print(format_shifts(reports))
+    if args.json:
+        write_json(args.json, {"dataset": args.dataset, "n": len(requests), "layer": layer,
+                               "models": [r.to_json() for r in reports]})
+    return 0
+

@@ -1,0 +1,99 @@
+"""``factsync bench shifts``: the target shifts the OPTIMIZATION stage asks for.
+
+For each fact the optimisation moves the residual at the subject's last token of the
+last edit layer from h to its target z. Two questions about a long stream turn on
+these shifts:
+- Do they grow as edits pile up? Locate-and-edit methods can feed back on themselves:
+  larger weights give larger hidden states, which ask for larger shifts, which give
+  larger weights. Measured with saved deltas applied, the shifts say whether that loop
+  runs on this model.
+- Do different facts' shifts share a direction? The spread turns each shift into a
+  weight update; what their shifts share, every job adds again, so its harm to other
+  text grows with the square of the stream's length, not with its length.
+
+The model is measured as loaded and with each given delta applied; it is left as found.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+
+import torch
+
+from factsync.editing.requests import EditRequest
+from factsync.editing.targets import TargetSettings, optimise_targets
+from factsync.evaluation.intervals import Interval, bootstrap_interval, format_interval
+from factsync.models.loading import LoadedModel
+
+
+@dataclass(frozen=True)
+class ShiftReport:
+    """The shifts ``z - h`` of a set of facts on one model.
+
+    Attributes:
+        label: which model (``unedited`` or a delta file).
+        hidden_norm: median ``|h|``.
+        shift_norm: median ``|z - h|``.
+        shift_ratio: median ``|z - h| / |h|``.
+        cosine: the mean cosine between two different facts' shifts, with its 95%
+            bootstrap interval over facts (each fact's mean cosine with the others).
+        shared_energy: the share of the shifts' summed squared norm along their mean
+            direction (about 1 / facts when they share nothing).
+        steps: median optimisation steps.
+        probability: median probability of the new object the optimisation reached.
+    """
+
+    label: str
+    hidden_norm: float
+    shift_norm: float
+    shift_ratio: float
+    cosine: Interval
+    shared_energy: float
+    steps: float
+    probability: float
+
+    def to_json(self) -> dict:
+        """The report as JSON numbers, the cosine as ``[mean, low, high]``."""
+        return asdict(self) | {"cosine": self.cosine.as_list()}
+
+
+def measure_shifts(loaded: LoadedModel, requests: Sequence[EditRequest], layer: int,
+                   contexts: list[str], settings: TargetSettings, *,
+                   label: str) -> ShiftReport:
+    """Optimise the targets of ``requests`` at ``layer`` on ``loaded`` as it is, and
+    describe their shifts. Raises ``ValueError`` for fewer than two requests."""
+    if len(requests) < 2:
+        raise ValueError("shifts are compared between facts: give at least two")
+    result = optimise_targets(loaded, list(requests), layer, contexts, settings,
+                              use_neighbours=False)
+    initial, shifts = result.initial.double(), (result.z - result.initial).double()
+    norms = shifts.norm(dim=1)
+    directions = shifts / norms.unsqueeze(1)
+    cosines = directions @ directions.T
+    others = ~torch.eye(len(requests), dtype=torch.bool)
+    per_fact = [float(cosines[i][others[i]].mean()) for i in range(len(requests))]
+    mean_direction = shifts.mean(dim=0)
+    along = shifts @ (mean_direction / mean_direction.norm())
+    return ShiftReport(
+        label=label,
+        hidden_norm=float(initial.norm(dim=1).median()),
+        shift_norm=float(norms.median()),
+        shift_ratio=float((norms / initial.norm(dim=1)).median()),
+        cosine=bootstrap_interval(per_fact),
+        shared_energy=float((along**2).sum() / (norms**2).sum()),
+        steps=float(torch.tensor(result.steps, dtype=torch.float64).median()),
+        probability=float(torch.tensor(result.probability, dtype=torch.float64).median()),
+    )
+
+
+def format_shifts(reports: Sequence[ShiftReport]) -> str:
+    """One row per model."""
+    lines = ["model | |h| | |z-h| | |z-h|/|h| | cosine between facts | shared energy | "
+             "steps | probability",
+             " | ".join(["---"] * 8)]
+    for r in reports:
+        lines.append(f"{r.label} | {r.hidden_norm:.2f} | {r.shift_norm:.2f} | "
+                     f"{r.shift_ratio:.3f} | {format_interval(r.cosine)} | "
+                     f"{r.shared_energy:.3f} | {r.steps:.0f} | {r.probability:.3f}")
+    return "\n".join(lines)

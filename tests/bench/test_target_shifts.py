@@ -1,0 +1,66 @@
+"""``bench shifts``: the sizes and shared direction of the optimisation's target shifts."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from factsync.bench.target_shifts import measure_shifts
+from factsync.cli import main
+from factsync.editing.requests import EditRequest
+
+PARIS = EditRequest("Paris", "The capital of {} is", "Rome", "France")
+SKYPE = EditRequest("Skype", "{} is owned by", "Apple", "Microsoft")
+
+
+def _measure(engine, requests, label="unedited"):  # noqa: ANN001, ANN202
+    return measure_shifts(engine.loaded, requests, engine.layers[-1], engine.contexts,
+                          engine.settings.target, label=label)
+
+
+def test_one_fact_asked_three_times_shifts_along_one_direction(tiny_loaded, tiny_engine):
+    engine = tiny_engine(tiny_loaded())
+    same = _measure(engine, [PARIS, PARIS, PARIS])
+    assert same.cosine.mean == pytest.approx(1.0, abs=1e-4)
+    assert same.shared_energy == pytest.approx(1.0, abs=1e-4)
+    different = _measure(engine, [PARIS, SKYPE])
+    assert different.cosine.mean < 0.99 and different.shared_energy < 0.999
+    assert different.shift_norm > 0 and different.hidden_norm > 0
+    assert different.shift_ratio == pytest.approx(different.shift_norm / different.hidden_norm,
+                                                  rel=0.5)
+
+
+def test_shifts_need_two_facts(tiny_loaded, tiny_engine):
+    with pytest.raises(ValueError, match="at least two"):
+        _measure(tiny_engine(tiny_loaded()), [PARIS])
+
+
+def test_the_command_measures_the_model_as_loaded_and_with_each_delta(
+    tiny_loaded, random_delta, tmp_path, monkeypatch, capsys, counterfact_file
+):
+    loaded = tiny_loaded()
+    model_dir = tmp_path / "model"
+    loaded.model.save_pretrained(model_dir)
+    loaded.tokenizer.save_pretrained(model_dir)
+    monkeypatch.setenv("FACTSYNC_HOME", str(tmp_path / "home"))
+    delta = tmp_path / "edits.delta.safetensors"
+    random_delta(loaded, range(loaded.num_layers), rank=4, scale=0.3).save(delta)
+    report = tmp_path / "shifts.json"
+
+    code = main(["bench", "shifts", "--data", str(counterfact_file), "--n", "4",
+                 "--method", "memit", "--model", str(model_dir), "--device", "cpu",
+                 "--delta", str(delta), "--json", str(report)])
+
+    assert code == 0
+    numbers = json.loads(report.read_text())
+    assert numbers["n"] == 4
+    unedited, edited = numbers["models"]
+    assert (unedited["label"], edited["label"]) == ("unedited", str(delta))
+    assert unedited["hidden_norm"] != edited["hidden_norm"]  # the delta was applied
+    for model in numbers["models"]:
+        mean, low, high = model["cosine"]
+        assert -1 <= low <= mean <= high <= 1
+        assert 0 < model["shared_energy"] <= 1
+    out = capsys.readouterr().out
+    assert out.splitlines()[1].startswith("model | |h| | |z-h|")
