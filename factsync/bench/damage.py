@@ -12,6 +12,9 @@ stream two things escape that penalty, and this report measures both for a saved
   so the perplexity ratio of all layers together is set beside the product of each
   layer's alone (what it would be if their harms were independent), and each layer is
   also left out in turn.
+
+``interaction_since`` asks the same of a stream's jobs: whether the harm of what a
+stream added after an earlier delta of it compounds with the harm of that delta.
 """
 
 from __future__ import annotations
@@ -24,7 +27,7 @@ from tqdm import tqdm
 
 from factsync.editing.covariance import KeyStatistics, compute_key_statistics
 from factsync.editing.delta import DeltaError, ModelDelta, applied
-from factsync.evaluation.fluency import perplexity_ratio, text_nlls
+from factsync.evaluation.fluency import perplexity_change, perplexity_ratio, text_nlls
 from factsync.evaluation.intervals import Interval
 from factsync.models.loading import LoadedModel
 from factsync.models.specs import get_module
@@ -154,6 +157,51 @@ def perplexity_against(loaded: LoadedModel, delta: ModelDelta, other: ModelDelta
     with applied(loaded, delta):
         measured = text_nlls(loaded, texts)
     return perplexity_ratio(measured, reference)
+
+
+@dataclass(frozen=True)
+class StreamInteraction:
+    """How the harm of a stream's later jobs combines with the harm of its earlier ones.
+
+    Each is a perplexity ratio against the unedited model with its 95% bootstrap
+    interval over the texts.
+
+    Attributes:
+        earlier: with the earlier delta alone.
+        later: with the part added since alone (the whole delta less the earlier).
+        whole: with the whole delta.
+        interaction: ``whole / (earlier * later)``, paired over the texts: 1 when the
+            two parts' harms add in log perplexity, above 1 when they compound.
+    """
+
+    earlier: Interval
+    later: Interval
+    whole: Interval
+    interaction: Interval
+
+    def to_json(self) -> dict:
+        """Each ratio as ``[mean, low, high]``."""
+        return {name: getattr(self, name).as_list()
+                for name in ("earlier", "later", "whole", "interaction")}
+
+
+def interaction_since(loaded: LoadedModel, delta: ModelDelta, earlier: ModelDelta,
+                      texts: list[str]) -> StreamInteraction:
+    """Split ``delta`` (a stream's composed delta) at ``earlier`` (the same stream's at
+    an earlier job) and measure on ``texts`` whether the two parts' harms add or
+    compound. Leaves the model as it found it."""
+    later = delta.compose(earlier.negated())
+    base = text_nlls(loaded, texts)
+    measured = {}
+    for name, part in (("earlier", earlier), ("later", later), ("whole", delta)):
+        with applied(loaded, part):
+            measured[name] = text_nlls(loaded, texts)
+    tokens = [count for _, count in base]
+    crossed = [w - e - la + b for (w, _), (e, _), (la, _), (b, _) in zip(
+        measured["whole"], measured["earlier"], measured["later"], base, strict=True)]
+    return StreamInteraction(
+        **{name: perplexity_ratio(nlls, base) for name, nlls in measured.items()},
+        interaction=perplexity_change(crossed, tokens))
 
 
 def _output_energy(matrix: torch.Tensor, second_moment: torch.Tensor) -> float:

@@ -98,6 +98,12 @@ class ModelDelta:
             )
         return ModelDelta(layers=merged, layout=self.layout, metadata=dict(self.metadata))
 
+    def negated(self) -> ModelDelta:
+        """The update that undoes this one: composed after it, the two sum to zero."""
+        return ModelDelta(layers={path: LayerDelta(up=-u.up, down=u.down)
+                                  for path, u in self.layers.items()},
+                          layout=self.layout, metadata=dict(self.metadata))
+
     def compacted(self) -> ModelDelta:
         """The same update with no layer's rank above its weight's smaller side.
 

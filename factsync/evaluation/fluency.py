@@ -82,6 +82,13 @@ def perplexity_ratio(
     """
     if [tokens for _, tokens in edited] != [tokens for _, tokens in base]:
         raise ValueError("the two perplexities were measured on different texts")
-    log_ratio = ratio_of_sums_interval([e - b for (e, _), (b, _) in zip(edited, base, strict=True)],
-                                       [tokens for _, tokens in base], seed=seed)
+    return perplexity_change([e - b for (e, _), (b, _) in zip(edited, base, strict=True)],
+                             [tokens for _, tokens in base], seed=seed)
+
+
+def perplexity_change(nll_changes: Sequence[float], tokens: Sequence[int], *,
+                      seed: int = 0) -> Interval:
+    """``exp(sum(nll_changes) / sum(tokens))``, the factor by which per-text changes of
+    summed NLL change the perplexity, with its 95% bootstrap interval over the texts."""
+    log_ratio = ratio_of_sums_interval(nll_changes, tokens, seed=seed)
     return Interval(*(math.exp(v) for v in (log_ratio.mean, log_ratio.low, log_ratio.high)))

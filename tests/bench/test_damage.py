@@ -8,7 +8,12 @@ import math
 import pytest
 import torch
 
-from factsync.bench.damage import edited_layers, measure_damage, perplexity_against
+from factsync.bench.damage import (
+    edited_layers,
+    interaction_since,
+    measure_damage,
+    perplexity_against,
+)
 from factsync.cli import main
 from factsync.editing.covariance import compute_key_statistics
 from factsync.editing.delta import DeltaError, LayerDelta, ModelDelta, applied
@@ -80,6 +85,28 @@ def test_a_delta_against_another_is_the_ratio_of_their_perplexities(model_and_de
     assert reverse.mean == pytest.approx(1 / against.mean, rel=1e-5)
 
 
+def test_a_stream_split_at_an_earlier_delta_says_whether_its_harms_compound(model_and_delta,
+                                                                           random_delta):
+    loaded, delta, _ = model_and_delta
+    before = {name: t.clone() for name, t in loaded.model.state_dict().items()}
+    nothing_since = interaction_since(loaded, delta, delta, FLUENCY)
+    assert nothing_since.later.mean == pytest.approx(1.0, abs=1e-5)
+    assert nothing_since.interaction.mean == pytest.approx(1.0, abs=1e-5)
+    assert nothing_since.earlier == nothing_since.whole
+
+    later = random_delta(loaded, [2], rank=2, scale=0.5, seed=7)
+    split = interaction_since(loaded, delta.compose(later), delta, FLUENCY)
+    with applied(loaded, later):
+        alone = perplexity(loaded, FLUENCY)
+    assert split.later.mean == pytest.approx(alone / perplexity(loaded, FLUENCY), rel=1e-4)
+    assert split.whole.mean == pytest.approx(
+        split.earlier.mean * split.later.mean * split.interaction.mean, rel=1e-6)
+    assert split.interaction.low <= split.interaction.mean <= split.interaction.high
+    assert split.interaction.mean != pytest.approx(1.0, abs=1e-4)  # these two do interact
+    for name, tensor in loaded.model.state_dict().items():
+        assert torch.equal(tensor, before[name]), name
+
+
 def test_only_layers_above_an_edit_see_their_keys_move(model_and_delta):
     loaded, delta, statistics = model_and_delta
     report = measure_damage(loaded, delta, statistics, CORPUS, FLUENCY, token_budget=BUDGET)
@@ -114,7 +141,8 @@ def test_the_command_prints_the_table_and_writes_json(tiny_loaded, random_delta,
     report = tmp_path / "damage.json"
     code = main(["bench", "damage", str(delta_file), "--fluency", str(fluency),
                  "--model", str(model_dir), "--device", "cpu", "--corpus-tokens", "1000",
-                 "--against", str(other_file), "--json", str(report)])
+                 "--against", str(other_file), "--since", str(other_file),
+                 "--json", str(report)])
     assert code == 0
     printed = capsys.readouterr().out
     assert "ppl ratio alone" in printed and "all layers: perplexity ratio" in printed
@@ -128,3 +156,7 @@ def test_the_command_prints_the_table_and_writes_json(tiny_loaded, random_delta,
     assert against["delta"] == str(other_file)
     assert f"against {other_file}: perplexity ratio {against['perplexity_ratio'][0]:.3f}" \
         in printed
+    since = data["since"]
+    assert since["delta"] == str(other_file)
+    assert set(since) == {"delta", "earlier", "later", "whole", "interaction"}
+    assert f"the whole over the product of the parts {since['interaction'][0]:.3f}" in printed

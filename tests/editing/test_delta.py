@@ -134,3 +134,12 @@ def test_compacting_keeps_the_update_and_bounds_its_rank(tiny_loaded, random_del
         expected = logits(loaded)
     with applied(loaded, compacted):
         assert torch.allclose(logits(loaded), expected, atol=1e-5)
+
+
+def test_a_delta_composed_with_its_negation_is_no_update(tiny_loaded, random_delta):
+    loaded = tiny_loaded()
+    delta = random_delta(loaded, [1, 2], rank=3, seed=4)
+    undone = delta.compose(delta.negated())
+    for path, update in undone.layers.items():
+        assert torch.allclose(update.matrix(delta.layout), torch.zeros_like(
+            delta.layers[path].matrix(delta.layout)), atol=1e-6), path

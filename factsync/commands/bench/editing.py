@@ -295,6 +295,13 @@ def _register_damage(sub: argparse._SubParsersAction) -> None:
     damage.add_argument("--against", type=Path, metavar="DELTA",
                         help="also print the perplexity with the delta over that with this "
                         "other delta file, paired over the fluency texts (two runs compared)")
+    damage.add_argument("--since", type=Path, metavar="EARLIER",
+                        help="also split the delta at this earlier delta of the same stream "
+                        "(its --state delta at an earlier job) and print the perplexity "
+                        "ratio of each part alone, of the whole, and the whole over the "
+                        "product of the parts, paired over the fluency texts: 1 when the "
+                        "harms of the earlier and the later jobs add, above 1 when they "
+                        "compound")
     add_fluency_option(damage)
     damage.add_argument("--json", type=Path, help="also write the numbers to this file")
     add_model_options(damage)
@@ -307,6 +314,7 @@ def run_damage_bench(args: argparse.Namespace) -> int:
     from factsync.bench.damage import (
         edited_layers,
         format_damage,
+        interaction_since,
         measure_damage,
         perplexity_against,
     )
@@ -316,6 +324,7 @@ def run_damage_bench(args: argparse.Namespace) -> int:
 
     delta = ModelDelta.load(args.delta)
     other = ModelDelta.load(args.against) if args.against else None
+    earlier = ModelDelta.load(args.since) if args.since else None
     texts = fluency_texts(args.fluency)
     loaded = load(args)
     layers = list(edited_layers(loaded, delta).values())
@@ -334,6 +343,14 @@ def run_damage_bench(args: argparse.Namespace) -> int:
               "(paired over the fluency texts)")
         numbers["against"] = {"delta": str(args.against),
                               "perplexity_ratio": against.as_list()}
+    if earlier is not None:
+        split = interaction_since(loaded, delta, earlier, texts)
+        print(f"since {args.since}: perplexity ratio of the earlier delta "
+              f"{format_interval(split.earlier)}, of the part since "
+              f"{format_interval(split.later)}, of the whole {format_interval(split.whole)}; "
+              f"the whole over the product of the parts {format_interval(split.interaction)} "
+              "(paired over the fluency texts; 1 when their harms add)")
+        numbers["since"] = {"delta": str(args.since)} | split.to_json()
     if args.json:
         write_json(args.json, numbers)
     return 0
