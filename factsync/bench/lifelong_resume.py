@@ -9,6 +9,9 @@ on with the next job. The unedited model is not measured again either.
 
 Files are written before the index that names them, and the index is replaced
 atomically, so a run stopped at any moment loses at most the job it was running.
+Asked to, the directory also keeps each method's composed delta every so many facts in
+``kept/``, so that how the stream's harm grew can be measured afterwards
+(``bench damage --since``).
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ from factsync.editing.engine_state import EngineState
 from factsync.evaluation.intervals import Interval
 
 INDEX = "run.json"
+KEPT = "kept"
 
 
 class RunDirectory:
@@ -31,12 +35,15 @@ class RunDirectory:
 
     ``arguments`` are what makes two runs the same run (records, methods, sizes, model,
     engine settings); a directory saved with other arguments is refused rather than
-    continued with the wrong ones.
+    continued with the wrong ones. With ``keep_every``, a method's composed delta after
+    every multiple of that many facts stays in ``kept/`` under the same name.
     """
 
-    def __init__(self, path: Path, arguments: dict[str, object]) -> None:
+    def __init__(self, path: Path, arguments: dict[str, object], *,
+                 keep_every: int | None = None) -> None:
         self.path = Path(path)
         self.arguments = arguments
+        self.keep_every = keep_every
 
     def load(self) -> LifelongRun | None:
         """The run as its last saved job left it, or ``None`` for an empty directory.
@@ -86,6 +93,9 @@ class RunDirectory:
         state_name = f"method{position}-facts{progress.facts}.keys.safetensors"
         progress.delta.save(self.path / delta_name)
         progress.state.save(self.path / state_name)
+        if self.keep_every and progress.facts % self.keep_every == 0:
+            (self.path / KEPT).mkdir(exist_ok=True)
+            progress.delta.save(self.path / KEPT / delta_name)
         entries[method] = {"facts": progress.facts, "seconds": progress.seconds,
                            "delta": delta_name, "state": state_name}
         checkpoints = {name: m.checkpoints for name, m in run.methods.items()}

@@ -9,9 +9,10 @@ import torch
 
 from factsync.bench.canary_facts import pick_canaries
 from factsync.bench.lifelong import LifelongRun, run_lifelong
-from factsync.bench.lifelong_resume import INDEX, RunDirectory
+from factsync.bench.lifelong_resume import INDEX, KEPT, RunDirectory
 from factsync.bench.lifelong_scoring import METRICS, Yardstick
 from factsync.cli import main
+from factsync.editing.delta import ModelDelta
 from factsync.evaluation.suites import load_cases, prepare_suite
 
 FLUENCY = [
@@ -117,6 +118,27 @@ def test_a_run_stopped_between_checkpoints_loses_only_the_job_it_was_running(ben
         for metric in set(METRICS) - {"seconds_per_fact"}:
             assert mine[-1].values[metric] == pytest.approx(
                 theirs[-1].values[metric], rel=1e-3, abs=1e-3), (name, metric)
+
+
+def test_a_run_directory_keeps_the_delta_every_so_many_facts_when_asked(bench, tmp_path):
+    loaded, engine, yardstick = bench
+    store = RunDirectory(tmp_path, ARGUMENTS, keep_every=4)
+    _run(loaded, engine, yardstick, store)
+    kept = sorted(p.name for p in (tmp_path / KEPT).iterdir())
+    assert kept == ["method0-facts4.delta.safetensors", "method1-facts4.delta.safetensors"]
+    at_four = ModelDelta.load(tmp_path / KEPT / kept[0])
+    final = ModelDelta.load(tmp_path / "method0-facts6.delta.safetensors")
+    assert at_four.layers.keys() == final.layers.keys()
+    layout = final.layout
+    assert not all(torch.allclose(at_four.layers[path].matrix(layout), update.matrix(layout))
+                   for path, update in final.layers.items())
+
+
+def test_keeping_deltas_needs_a_saved_run(tmp_path, counterfact_file, capsys):
+    code = main(["bench", "lifelong", "--data", str(counterfact_file), "--n", "4",
+                 "--batch", "2", "--model", str(tmp_path / "no-model"), "--keep-every", "2"])
+    assert code == 1
+    assert "--keep-every needs --state" in capsys.readouterr().err
 
 
 def test_a_run_saved_with_other_arguments_is_refused(bench, tmp_path):

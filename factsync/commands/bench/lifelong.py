@@ -69,6 +69,10 @@ def _register_lifelong(sub: argparse._SubParsersAction) -> None:
                           "job (the checkpoints so far, and each method's applied deltas and "
                           "engine state); a run stopped midway and started again with the "
                           "same arguments and DIR goes on from the last job it saved")
+    lifelong.add_argument("--keep-every", type=int, metavar="FACTS",
+                          help="with --state, also keep each method's composed delta every "
+                          "FACTS facts in DIR/kept, for bench damage --since (default: only "
+                          "the latest)")
     add_model_options(lifelong)
     add_engine_options(lifelong)
     add_executor_options(lifelong)
@@ -112,7 +116,10 @@ def run_lifelong_bench(args: argparse.Namespace) -> int:
         raise ValueError("--change-back cannot be combined with --state: a saved run does "
                          "not keep the measurement after changing facts back")
     # A saved run with other arguments is refused before the long preparation.
-    store = RunDirectory(args.state, _run_arguments(args)) if args.state else None
+    if args.keep_every is not None and (args.keep_every < 1 or not args.state):
+        raise ValueError("--keep-every needs --state and a positive number of facts")
+    store = (RunDirectory(args.state, _run_arguments(args), keep_every=args.keep_every)
+             if args.state else None)
     if store is not None and store.load() is not None:
         print(f"continuing the run saved in {args.state}", flush=True)
     torch.manual_seed(args.seed)
@@ -167,7 +174,8 @@ def run_lifelong_bench(args: argparse.Namespace) -> int:
 
 
 # Options that change where a run's results go or where its work runs, not the results.
-_NOT_THE_RUN = {"handler", "computes", "json", "plot", "state", "log_level", "log_json",
+_NOT_THE_RUN = {"handler", "computes", "json", "plot", "state", "keep_every", "log_level",
+                "log_json",
                 "executor", "ray_workers", "ray_address", "ray_cpus_per_worker",
                 "ray_gpus_per_worker"}
 
