@@ -1,4 +1,4 @@
-"""A ``bench lifelong`` run that survives being stopped: its state after each checkpoint.
+"""A ``bench lifelong`` run that survives being stopped: its state after each job.
 
 A stream of a thousand facts runs for hours. After every job the run directory gets
 what continuing needs: every checkpoint measured so far, and per method the composed

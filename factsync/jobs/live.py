@@ -166,15 +166,16 @@ class LiveVersion:
 
     def _rebuild(self, live: Version) -> None:
         lineage = self._store.lineage(version_id=live.id)
-        self._chain = DeltaChain()
+        chain = DeltaChain()
 
         def read_and_followed() -> Iterator[ModelDelta]:
             for version in lineage:
                 delta = ModelDelta.load(self._versions.delta_path(version.id))
-                self._chain.append(version.id, delta)
+                chain.append(version.id, delta)
                 yield delta
 
         self._models.rebuild(read_and_followed(), version_id=live.id)
+        self._chain = chain  # only once the models carry all of it
         self._executor.follow(self._chain.steps)
         self._engine.restore([StateFile(self._versions.engine_state_path(v.id))
                               for v in lineage])

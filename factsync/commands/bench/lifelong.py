@@ -175,8 +175,7 @@ def run_lifelong_bench(args: argparse.Namespace) -> int:
 
 # Options that change where a run's results go or where its work runs, not the results.
 _NOT_THE_RUN = {"handler", "computes", "json", "plot", "state", "keep_every", "log_level",
-                "log_json",
-                "executor", "ray_workers", "ray_address", "ray_cpus_per_worker",
+                "log_json", "executor", "ray_workers", "ray_address", "ray_cpus_per_worker",
                 "ray_gpus_per_worker"}
 
 
