@@ -37,7 +37,9 @@ class ShiftReport:
         shift_norm: median ``|z - h|``.
         shift_ratio: median ``|z - h| / |h|``.
         cosine: the mean cosine between two different facts' shifts, with its 95%
-            bootstrap interval over facts (each fact's mean cosine with the others).
+            bootstrap interval over facts (each fact's mean cosine with the others);
+            a fact the model already answered as asked has no shift and no direction,
+            and is left out.
         shared_energy: the share of the shifts' summed squared norm along their mean
             direction (about 1 / facts when they share nothing).
         steps: median optimisation steps.
@@ -69,10 +71,13 @@ def measure_shifts(loaded: LoadedModel, requests: Sequence[EditRequest], layer: 
                               use_neighbours=False)
     initial, shifts = result.initial.double(), (result.z - result.initial).double()
     norms = shifts.norm(dim=1)
-    directions = shifts / norms.unsqueeze(1)
+    moved = norms > 0
+    if int(moved.sum()) < 2:
+        raise ValueError("fewer than two facts needed a shift: nothing to compare")
+    directions = shifts[moved] / norms[moved].unsqueeze(1)
     cosines = directions @ directions.T
-    others = ~torch.eye(len(requests), dtype=torch.bool)
-    per_fact = [float(cosines[i][others[i]].mean()) for i in range(len(requests))]
+    others = ~torch.eye(len(directions), dtype=torch.bool)
+    per_fact = [float(cosines[i][others[i]].mean()) for i in range(len(directions))]
     mean_direction = shifts.mean(dim=0)
     along = shifts @ (mean_direction / mean_direction.norm())
     return ShiftReport(

@@ -35,8 +35,16 @@ from factsync.models.loading import LoadedModel
 from factsync.models.prefix import align_at_subject, full_forward, prefix_states, suffix_forward
 from factsync.models.scoring import batch_scores
 from factsync.models.text import PromptSpec, encode, object_ids
+from factsync.typed_yaml import Choice
 
 KL_TEMPLATE = "{} is a"
+
+
+class StepRule(Choice):
+    """How each gradient step moves a fact's delta."""
+
+    ADAM = "adam"
+    NORMALISED = "normalised"
 
 
 @dataclass(frozen=True)
@@ -45,7 +53,8 @@ class TargetSettings:
 
     Attributes:
         steps: gradient steps per fact at most.
-        learning_rate: Adam learning rate on the delta.
+        learning_rate: Adam's learning rate on the delta; under the ``normalised`` step
+            rule, the length of each step as a fraction of ``|h|``.
         kl_factor: weight of the KL term that keeps "{subject} is a" stable.
         weight_decay: weight of ``|delta|^2 / |h|^2``.
         clamp_norm_factor: the delta's norm is kept at most this times ``|h|``.
@@ -66,6 +75,11 @@ class TargetSettings:
             steps pushing on only overfits the rewrite; the spread holds neighbours too.
         chunk_size: facts per padded batch (about 10 is fastest on CPU).
         replay_frozen: compute the layers below the edit point once per chunk.
+        step_rule: ``adam``, or ``normalised``: each fact's delta moves a fixed length
+            along its own gradient. Adam moves every coordinate by about the learning
+            rate whatever its gradient, so its delta drifts along directions that do
+            little for the loss and ends longer than it needs to be; the spread then
+            writes all of that length into the weights, where it harms unrelated text.
     """
 
     steps: int = 25
@@ -79,8 +93,10 @@ class TargetSettings:
     patience: int = 3
     chunk_size: int = 10
     replay_frozen: bool = True
+    step_rule: StepRule = StepRule.ADAM
 
     def __post_init__(self) -> None:
+        object.__setattr__(self, "step_rule", StepRule.parse(self.step_rule, "step_rule"))
         if self.patience < 0:
             raise ValueError(f"patience must not be negative, got {self.patience}")
         for name in ("steps", "chunk_size"):
@@ -242,6 +258,7 @@ def _optimise_chunk(
     facts = len(requests)
     delta = torch.zeros_like(initial, requires_grad=True)  # (facts, hidden): z - initial
     optimiser = torch.optim.Adam([delta], lr=settings.learning_rate)
+    step_length = settings.learning_rate * initial.norm(dim=1)  # per fact, normalised rule
     max_norm = settings.clamp_norm_factor * initial.norm(dim=1)
     active = torch.arange(facts, device=device)  # facts still optimised
     probability = torch.zeros(facts, device=device)
@@ -319,12 +336,17 @@ def _optimise_chunk(
             optimiser.zero_grad(set_to_none=True)
             losses[~finished].sum().backward()
             with torch.no_grad():
-                # Adam's momentum would move facts that are done: they keep their values.
-                before = delta.detach().clone()
-                optimiser.step()
-                done = torch.ones(facts, dtype=torch.bool, device=device)
-                done[still] = False
-                delta[done] = before[done]
+                if settings.step_rule is StepRule.ADAM:
+                    # Adam's momentum would move facts that are done: they keep their values.
+                    before = delta.detach().clone()
+                    optimiser.step()
+                    done = torch.ones(facts, dtype=torch.bool, device=device)
+                    done[still] = False
+                    delta[done] = before[done]
+                else:
+                    gradient = delta.grad[still]
+                    lengths = gradient.norm(dim=1, keepdim=True).clamp(min=1e-12)
+                    delta[still] -= step_length[still].unsqueeze(1) * gradient / lengths
                 norms = delta[still].norm(dim=1)
                 over = norms > max_norm[still]
                 scale = torch.where(over, max_norm[still] / norms, torch.ones_like(norms))

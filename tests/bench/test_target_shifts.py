@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 
 import pytest
 
@@ -34,6 +35,14 @@ def test_one_fact_asked_three_times_shifts_along_one_direction(tiny_loaded, tiny
 def test_shifts_need_two_facts(tiny_loaded, tiny_engine):
     with pytest.raises(ValueError, match="at least two"):
         _measure(tiny_engine(tiny_loaded()), [PARIS])
+
+
+def test_facts_that_needed_no_shift_have_no_direction_to_compare(tiny_loaded, tiny_engine):
+    engine = tiny_engine(tiny_loaded())
+    reached = replace(engine.settings.target, stop_nll=1e6)  # every target likely at once
+    with pytest.raises(ValueError, match="needed a shift"):
+        measure_shifts(engine.loaded, [PARIS, SKYPE], engine.layers[-1], engine.contexts,
+                       reached, label="unedited")
 
 
 def test_the_command_measures_the_model_as_loaded_and_with_each_delta(

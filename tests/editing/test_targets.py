@@ -28,3 +28,24 @@ def test_a_fact_that_stops_early_ends_where_it_would_alone(tiny_loaded, tiny_eng
         assert alone.steps == [together.steps[position]]
         # Alone its prompts are padded differently: equal up to float rounding.
         torch.testing.assert_close(alone.z[0], together.z[position], atol=1e-4, rtol=1e-3)
+
+
+def test_the_normalised_rule_steps_a_fixed_share_of_the_hidden_norm(tiny_loaded, tiny_engine):
+    engine = tiny_engine(tiny_loaded("llama"))
+    layer = engine.layers[-1]
+    one_step = replace(engine.settings.target, steps=1, stop_nll=1e-6, learning_rate=0.05,
+                       step_rule="normalised", weight_decay=0.0)
+    result = optimise_targets(engine.loaded, [QUICK, SLOW], layer, engine.contexts, one_step,
+                              use_neighbours=False)
+    lengths = (result.z - result.initial).norm(dim=1)
+    torch.testing.assert_close(lengths, 0.05 * result.initial.norm(dim=1))
+
+
+def test_the_normalised_rule_reaches_the_stop_loss(tiny_loaded, tiny_engine):
+    engine = tiny_engine(tiny_loaded("llama"))
+    layer = engine.layers[-1]
+    settings = replace(engine.settings.target, steps=80, stop_nll=5.5, learning_rate=0.1,
+                       step_rule="normalised")
+    result = optimise_targets(engine.loaded, [QUICK], layer, engine.contexts, settings,
+                              use_neighbours=False)
+    assert 0 < result.steps[0] < 80  # it had to move, and it got there
