@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import torch
 
@@ -37,14 +38,30 @@ def text_nll(
     return sum(nll for nll, _ in per_text), sum(tokens for _, tokens in per_text)
 
 
-def text_nlls(
+@dataclass(frozen=True)
+class ScoredText:
+    """One text's tokens as ``perplexity`` scores them.
+
+    Attributes:
+        ids: (scored tokens,) the whole encoded text, prompt prefix included; the
+            scored ones are ``ids[first:]``.
+        nlls: (scored tokens,) each scored token's NLL (nats) given the tokens before it.
+        first: index in ``ids`` of the first scored token.
+    """
+
+    ids: list[int]
+    nlls: torch.Tensor
+    first: int
+
+
+def token_nlls(
     loaded: LoadedModel, texts: list[str], *, batch_size: int = 8, max_length: int = 256
-) -> list[tuple[float, int]]:
-    """Per text, the summed NLL (nats) of its tokens and how many were scored, as
-    ``perplexity`` counts them."""
+) -> list[ScoredText]:
+    """Per text, the NLL of every token ``perplexity`` scores."""
     tokenizer = loaded.tokenizer
     prefix = list(loaded.prefix_ids)
-    per_text: list[tuple[float, int]] = []
+    first = max(len(prefix), 1)  # the prefix is not text; the very first token has no context
+    scored_texts: list[ScoredText] = []
     for start in range(0, len(texts), batch_size):
         encoded = [
             prefix + tokenizer(t, add_special_tokens=True)["input_ids"][:max_length]
@@ -60,13 +77,20 @@ def text_nlls(
         with torch.no_grad():
             logits = loaded.model(input_ids=input_ids, attention_mask=mask).logits.float()
         log_probs = torch.log_softmax(logits[:, :-1], dim=-1)  # (batch, tokens-1, vocab)
-        token_nll = -log_probs.gather(2, input_ids[:, 1:, None]).squeeze(2)
-        scored = mask[:, 1:].bool()
-        if prefix:
-            scored[:, : len(prefix) - 1] = False  # the prefix itself is not text
-        per_text.extend(zip((token_nll * scored).sum(1).tolist(), scored.sum(1).tolist(),
-                            strict=True))
-    return per_text
+        token_nll = -log_probs.gather(2, input_ids[:, 1:, None]).squeeze(2).cpu()
+        for row, ids in enumerate(encoded):
+            # token_nll[:, j] scores token j + 1
+            scored_texts.append(ScoredText(ids, token_nll[row, first - 1 : len(ids) - 1], first))
+    return scored_texts
+
+
+def text_nlls(
+    loaded: LoadedModel, texts: list[str], *, batch_size: int = 8, max_length: int = 256
+) -> list[tuple[float, int]]:
+    """Per text, the summed NLL (nats) of its tokens and how many were scored, as
+    ``perplexity`` counts them."""
+    return [(float(text.nlls.sum()), len(text.nlls))
+            for text in token_nlls(loaded, texts, batch_size=batch_size, max_length=max_length)]
 
 
 def perplexity_ratio(

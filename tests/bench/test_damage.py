@@ -142,7 +142,7 @@ def test_the_command_prints_the_table_and_writes_json(tiny_loaded, random_delta,
     code = main(["bench", "damage", str(delta_file), "--fluency", str(fluency),
                  "--model", str(model_dir), "--device", "cpu", "--corpus-tokens", "1000",
                  "--against", str(other_file), "--since", str(other_file),
-                 "--json", str(report)])
+                 "--tokens", "4", "--json", str(report)])
     assert code == 0
     printed = capsys.readouterr().out
     assert "ppl ratio alone" in printed and "all layers: perplexity ratio" in printed
@@ -160,3 +160,6 @@ def test_the_command_prints_the_table_and_writes_json(tiny_loaded, random_delta,
     assert since["delta"] == str(other_file)
     assert set(since) == {"delta", "earlier", "later", "whole", "interaction"}
     assert f"the whole over the product of the parts {since['interaction'][0]:.3f}" in printed
+    tokens = data["tokens"]
+    assert len(tokens["largest"]) == 4 and set(tokens["share_carried"]) == {"5", "10", "20", "50"}
+    assert f"{tokens['tokens']} scored tokens, net NLL change" in printed

@@ -8,7 +8,13 @@ import math
 import pytest
 import torch
 
-from factsync.evaluation.fluency import perplexity, perplexity_ratio, text_nll, text_nlls
+from factsync.evaluation.fluency import (
+    perplexity,
+    perplexity_ratio,
+    text_nll,
+    text_nlls,
+    token_nlls,
+)
 from factsync.evaluation.intervals import Interval
 
 TEXTS = ["The capital of France is Paris.", "Here is how to write a letter: Dear customer."]
@@ -63,3 +69,17 @@ def test_a_perplexity_ratio_needs_the_same_texts(tiny_loaded):
     loaded = tiny_loaded()
     with pytest.raises(ValueError, match="different texts"):
         perplexity_ratio(text_nlls(loaded, TEXTS), text_nlls(loaded, TEXTS[:1]))
+
+
+def test_token_nlls_are_the_tokens_perplexity_scores_one_by_one(tiny_loaded):
+    loaded = tiny_loaded()
+    scored = token_nlls(loaded, TEXTS, batch_size=2)  # the shorter text is padded
+    for text, mine, (summed, count) in zip(TEXTS, scored, text_nlls(loaded, TEXTS),
+                                           strict=True):
+        ids = torch.tensor([loaded.prefix_ids + loaded.tokenizer(text)["input_ids"]])
+        assert mine.ids == ids[0].tolist()
+        with torch.no_grad():
+            log_probs = torch.log_softmax(loaded.model(input_ids=ids).logits[0, :-1], -1)
+        direct = -log_probs.gather(1, ids[0, 1:, None]).squeeze(1)[mine.first - 1:]
+        torch.testing.assert_close(mine.nlls, direct, atol=1e-4, rtol=1e-4)
+        assert len(mine.nlls) == count and float(mine.nlls.sum()) == pytest.approx(summed)

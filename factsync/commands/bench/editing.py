@@ -302,11 +302,18 @@ def _register_damage(sub: argparse._SubParsersAction) -> None:
                         "product of the parts, paired over the fluency texts: 1 when the "
                         "harms of the earlier and the later jobs add, above 1 when they "
                         "compound")
+    damage.add_argument("--tokens", type=int, default=0, metavar="K",
+                        help="also print the K fluency-text tokens whose NLL the delta raised "
+                        "most, and the share of the net NLL change the top 5, 10, 20 and 50 "
+                        "carry: whether a few tokens make the perplexity ratio (0: no)")
     add_fluency_option(damage)
     damage.add_argument("--json", type=Path, help="also write the numbers to this file")
     add_model_options(damage)
     add_corpus_options(damage)
     damage.set_defaults(handler=run_damage_bench, computes=True)
+
+
+TOKEN_SHARES = (5, 10, 20, 50)
 
 
 def run_damage_bench(args: argparse.Namespace) -> int:
@@ -318,10 +325,17 @@ def run_damage_bench(args: argparse.Namespace) -> int:
         measure_damage,
         perplexity_against,
     )
+    from factsync.bench.token_damage import (
+        format_token_damage,
+        token_changes,
+        token_damage_json,
+    )
     from factsync.editing.build import layer_statistics, statistics_corpus
     from factsync.editing.delta import ModelDelta
     from factsync.evaluation.intervals import format_interval
 
+    if args.tokens < 0:
+        raise ValueError(f"--tokens must not be negative, got {args.tokens}")
     delta = ModelDelta.load(args.delta)
     other = ModelDelta.load(args.against) if args.against else None
     earlier = ModelDelta.load(args.since) if args.since else None
@@ -351,6 +365,10 @@ def run_damage_bench(args: argparse.Namespace) -> int:
               f"the whole over the product of the parts {format_interval(split.interaction)} "
               "(paired over the fluency texts; 1 when their harms add)")
         numbers["since"] = {"delta": str(args.since)} | split.to_json()
+    if args.tokens:
+        changes = token_changes(loaded, delta, texts)
+        print(format_token_damage(changes, TOKEN_SHARES, args.tokens))
+        numbers["tokens"] = token_damage_json(changes, TOKEN_SHARES, args.tokens)
     if args.json:
         write_json(args.json, numbers)
     return 0
