@@ -43,7 +43,7 @@ class ScoredText:
     """One text's tokens as ``perplexity`` scores them.
 
     Attributes:
-        ids: (scored tokens,) the whole encoded text, prompt prefix included; the
+        ids: the token ids of the whole encoded text, prompt prefix included; the
             scored ones are ``ids[first:]``.
         nlls: (scored tokens,) each scored token's NLL (nats) given the tokens before it.
         first: index in ``ids`` of the first scored token.
