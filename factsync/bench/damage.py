@@ -20,14 +20,22 @@ stream added after an earlier delta of it compounds with the harm of that delta.
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
 
 import torch
 from tqdm import tqdm
 
 from factsync.editing.covariance import KeyStatistics, compute_key_statistics
 from factsync.editing.delta import DeltaError, ModelDelta, applied
-from factsync.evaluation.fluency import perplexity_change, perplexity_ratio, text_nlls
+from factsync.evaluation.fluency import (
+    ScoredText,
+    perplexity_change,
+    perplexity_ratio,
+    summed_nlls,
+    text_nlls,
+    token_nlls,
+)
 from factsync.evaluation.intervals import Interval
 from factsync.models.loading import LoadedModel
 from factsync.models.specs import get_module
@@ -64,11 +72,16 @@ class DamageReport:
         layers: per edited layer, lowest first.
         perplexity_all: perplexity ratio with the whole delta applied.
         perplexity_all_interval: its 95% bootstrap interval over the texts (low, high).
+        unedited_tokens: the fluency texts' ``token_nlls`` on the unedited model.
+        edited_tokens: the same with the whole delta applied. These two let further
+            comparisons of the same texts skip passes already made.
     """
 
     layers: list[LayerDamage]
     perplexity_all: float
     perplexity_all_interval: tuple[float, float]
+    unedited_tokens: list[ScoredText] = field(default_factory=list, repr=False, compare=False)
+    edited_tokens: list[ScoredText] = field(default_factory=list, repr=False, compare=False)
 
     @property
     def perplexity_independent(self) -> float:
@@ -113,7 +126,8 @@ def measure_damage(
     missing = sorted(set(layers.values()) - set(statistics))
     if missing:
         raise ValueError(f"no key statistics for edited layers {missing}")
-    base_nlls = text_nlls(loaded, texts)
+    unedited_tokens = token_nlls(loaded, texts)
+    base_nlls = summed_nlls(unedited_tokens)
 
     def ratio(paths: list[str]) -> float:
         part = ModelDelta(layers={path: delta.layers[path] for path in paths},
@@ -125,7 +139,8 @@ def measure_damage(
         # A layer's own delta does not change its keys, only those of the layers above.
         moved = compute_key_statistics(loaded, list(layers.values()), corpus,
                                        token_budget=token_budget)
-        whole = perplexity_ratio(text_nlls(loaded, texts), base_nlls)
+        edited_tokens = token_nlls(loaded, texts)
+    whole = perplexity_ratio(summed_nlls(edited_tokens), base_nlls)
     rows = []
     for path, layer in tqdm(layers.items(), desc="perplexity per layer", unit="layer"):
         change = delta.layers[path].matrix("out_in").double()  # (value, key)
@@ -143,20 +158,20 @@ def measure_damage(
             perplexity_without=ratio([other for other in layers if other != path]),
         ))
     return DamageReport(layers=rows, perplexity_all=whole.mean,
-                        perplexity_all_interval=(whole.low, whole.high))
+                        perplexity_all_interval=(whole.low, whole.high),
+                        unedited_tokens=unedited_tokens, edited_tokens=edited_tokens)
 
 
-def perplexity_against(loaded: LoadedModel, delta: ModelDelta, other: ModelDelta,
-                       texts: list[str]) -> Interval:
-    """The perplexity on ``texts`` with ``delta`` applied over that with ``other``
-    applied, each alone on the unedited ``loaded``, with its paired 95% bootstrap
-    interval over the texts: whether two runs' deltas harm fluency differently, beyond
-    which texts happen to be measured. Leaves the model as it found it."""
+def perplexity_against(loaded: LoadedModel, edited: Sequence[tuple[float, int]],
+                       other: ModelDelta, texts: list[str]) -> Interval:
+    """The perplexity on ``texts`` of a delta whose ``text_nlls`` are ``edited`` over
+    that with ``other`` applied alone on the unedited ``loaded``, with its paired 95%
+    bootstrap interval over the texts: whether two runs' deltas harm fluency
+    differently, beyond which texts happen to be measured. Leaves the model as it found
+    it."""
     with applied(loaded, other):
         reference = text_nlls(loaded, texts)
-    with applied(loaded, delta):
-        measured = text_nlls(loaded, texts)
-    return perplexity_ratio(measured, reference)
+    return perplexity_ratio(edited, reference)
 
 
 @dataclass(frozen=True)
@@ -186,14 +201,15 @@ class StreamInteraction:
 
 
 def interaction_since(loaded: LoadedModel, delta: ModelDelta, earlier: ModelDelta,
-                      texts: list[str]) -> StreamInteraction:
+                      texts: list[str], *, base: Sequence[tuple[float, int]],
+                      whole: Sequence[tuple[float, int]]) -> StreamInteraction:
     """Split ``delta`` (a stream's composed delta) at ``earlier`` (the same stream's at
     an earlier job) and measure on ``texts`` whether the two parts' harms add or
-    compound. Leaves the model as it found it."""
+    compound. ``base`` and ``whole`` are the ``text_nlls`` of ``texts`` on the unedited
+    model and with ``delta``. Leaves the model as it found it."""
     later = delta.compose(earlier.negated())
-    base = text_nlls(loaded, texts)
-    measured = {}
-    for name, part in (("earlier", earlier), ("later", later), ("whole", delta)):
+    measured = {"whole": whole}
+    for name, part in (("earlier", earlier), ("later", later)):
         with applied(loaded, part):
             measured[name] = text_nlls(loaded, texts)
     tokens = [count for _, count in base]

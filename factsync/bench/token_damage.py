@@ -10,8 +10,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 
-from factsync.editing.delta import ModelDelta, applied
-from factsync.evaluation.fluency import token_nlls
+from factsync.evaluation.fluency import ScoredText
 from factsync.models.loading import LoadedModel
 
 CONTEXT_TOKENS = 6
@@ -41,11 +40,10 @@ class TokenChange:
         return self.after - self.before
 
 
-def token_changes(loaded: LoadedModel, delta: ModelDelta, texts: list[str]) -> list[TokenChange]:
-    """Every scored token of ``texts`` before and after ``delta``, largest rise first."""
-    before = token_nlls(loaded, texts)
-    with applied(loaded, delta):
-        after = token_nlls(loaded, texts)
+def token_changes(loaded: LoadedModel, before: Sequence[ScoredText],
+                  after: Sequence[ScoredText]) -> list[TokenChange]:
+    """Every scored token of the same texts before and after a delta (each the texts'
+    ``token_nlls``), largest rise first; ``loaded``'s tokenizer names the tokens."""
     decode = loaded.tokenizer.decode
     changes = []
     for index, (old, new) in enumerate(zip(before, after, strict=True)):

@@ -89,8 +89,12 @@ def text_nlls(
 ) -> list[tuple[float, int]]:
     """Per text, the summed NLL (nats) of its tokens and how many were scored, as
     ``perplexity`` counts them."""
-    return [(float(text.nlls.sum()), len(text.nlls))
-            for text in token_nlls(loaded, texts, batch_size=batch_size, max_length=max_length)]
+    return summed_nlls(token_nlls(loaded, texts, batch_size=batch_size, max_length=max_length))
+
+
+def summed_nlls(scored: Sequence[ScoredText]) -> list[tuple[float, int]]:
+    """``token_nlls`` summed per text, as ``text_nlls`` gives them."""
+    return [(float(text.nlls.sum()), len(text.nlls)) for text in scored]
 
 
 def perplexity_ratio(

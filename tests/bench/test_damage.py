@@ -17,7 +17,7 @@ from factsync.bench.damage import (
 from factsync.cli import main
 from factsync.editing.covariance import compute_key_statistics
 from factsync.editing.delta import DeltaError, LayerDelta, ModelDelta, applied
-from factsync.evaluation.fluency import perplexity
+from factsync.evaluation.fluency import perplexity, summed_nlls, text_nlls
 from factsync.evaluation.intervals import Interval
 
 CORPUS = [
@@ -70,18 +70,21 @@ def test_each_layer_is_measured_alone_and_left_out_and_the_model_is_left_as_it_w
         assert first.perplexity_alone == pytest.approx(perplexity(loaded, FLUENCY) / base)
     assert report.perplexity_independent == pytest.approx(
         math.prod(row.perplexity_alone for row in report.layers))
+    assert summed_nlls(report.unedited_tokens) == text_nlls(loaded, FLUENCY)
+    with applied(loaded, delta):
+        assert summed_nlls(report.edited_tokens) == text_nlls(loaded, FLUENCY)
 
 
 def test_a_delta_against_another_is_the_ratio_of_their_perplexities(model_and_delta):
     loaded, delta, _ = model_and_delta
-    assert perplexity_against(loaded, delta, delta, FLUENCY) == Interval(1.0, 1.0, 1.0)
-    empty = ModelDelta(layers={}, layout=delta.layout)
     with applied(loaded, delta):
-        edited = perplexity(loaded, FLUENCY)
-    against = perplexity_against(loaded, delta, empty, FLUENCY)
+        edited, edited_nlls = perplexity(loaded, FLUENCY), text_nlls(loaded, FLUENCY)
+    assert perplexity_against(loaded, edited_nlls, delta, FLUENCY) == Interval(1.0, 1.0, 1.0)
+    empty = ModelDelta(layers={}, layout=delta.layout)
+    against = perplexity_against(loaded, edited_nlls, empty, FLUENCY)
     assert against.mean == pytest.approx(edited / perplexity(loaded, FLUENCY), rel=1e-5)
     assert against.low <= against.mean <= against.high
-    reverse = perplexity_against(loaded, empty, delta, FLUENCY)
+    reverse = perplexity_against(loaded, text_nlls(loaded, FLUENCY), delta, FLUENCY)
     assert reverse.mean == pytest.approx(1 / against.mean, rel=1e-5)
 
 
@@ -89,13 +92,20 @@ def test_a_stream_split_at_an_earlier_delta_says_whether_its_harms_compound(mode
                                                                            random_delta):
     loaded, delta, _ = model_and_delta
     before = {name: t.clone() for name, t in loaded.model.state_dict().items()}
-    nothing_since = interaction_since(loaded, delta, delta, FLUENCY)
+    base = text_nlls(loaded, FLUENCY)
+
+    def split_at(whole: ModelDelta, earlier: ModelDelta):
+        with applied(loaded, whole):
+            measured = text_nlls(loaded, FLUENCY)
+        return interaction_since(loaded, whole, earlier, FLUENCY, base=base, whole=measured)
+
+    nothing_since = split_at(delta, delta)
     assert nothing_since.later.mean == pytest.approx(1.0, abs=1e-5)
     assert nothing_since.interaction.mean == pytest.approx(1.0, abs=1e-5)
     assert nothing_since.earlier == nothing_since.whole
 
     later = random_delta(loaded, [2], rank=2, scale=0.5, seed=7)
-    split = interaction_since(loaded, delta.compose(later), delta, FLUENCY)
+    split = split_at(delta.compose(later), delta)
     with applied(loaded, later):
         alone = perplexity(loaded, FLUENCY)
     assert split.later.mean == pytest.approx(alone / perplexity(loaded, FLUENCY), rel=1e-4)

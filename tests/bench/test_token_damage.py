@@ -12,17 +12,24 @@ from factsync.bench.token_damage import (
     token_changes,
     token_damage_json,
 )
-from factsync.editing.delta import applied
-from factsync.evaluation.fluency import perplexity_ratio, text_nlls
+from factsync.editing.delta import ModelDelta, applied
+from factsync.evaluation.fluency import perplexity_ratio, text_nlls, token_nlls
 
 TEXTS = ["Dear customer, thank you for your order from Paris.",
          "Danielle Darrieux was a French actress whose mother tongue is French."]
 
 
+def changes_of(loaded, delta: ModelDelta):
+    """``token_changes`` of ``delta`` on ``TEXTS``."""
+    before = token_nlls(loaded, TEXTS)
+    with applied(loaded, delta):
+        return token_changes(loaded, before, token_nlls(loaded, TEXTS))
+
+
 def test_the_token_changes_add_up_to_the_perplexity_ratio(tiny_loaded, random_delta):
     loaded = tiny_loaded()
     delta = random_delta(loaded, [1, 2], rank=3, scale=0.5)
-    changes = token_changes(loaded, delta, TEXTS)
+    changes = changes_of(loaded, delta)
     base = text_nlls(loaded, TEXTS)
     with applied(loaded, delta):
         ratio = perplexity_ratio(text_nlls(loaded, TEXTS), base)
@@ -38,7 +45,7 @@ def test_the_token_changes_add_up_to_the_perplexity_ratio(tiny_loaded, random_de
 
 def test_the_report_names_the_largest_rises(tiny_loaded, random_delta):
     loaded = tiny_loaded()
-    changes = token_changes(loaded, random_delta(loaded, [1], scale=0.5), TEXTS)
+    changes = changes_of(loaded, random_delta(loaded, [1], scale=0.5))
     printed = format_token_damage(changes, [5], shown=3)
     assert f"{len(changes)} scored tokens" in printed
     assert f"{changes[0].change:+.2f} | {changes[0].before:.2f}" in printed
@@ -50,7 +57,7 @@ def test_the_report_names_the_largest_rises(tiny_loaded, random_delta):
 
 def test_a_delta_that_changes_nothing_has_no_share_to_give(tiny_loaded, random_delta):
     loaded = tiny_loaded()
-    changes = token_changes(loaded, random_delta(loaded, [1], scale=0.0), TEXTS)
+    changes = changes_of(loaded, random_delta(loaded, [1], scale=0.0))
     assert all(c.change == 0 for c in changes)
     with pytest.raises(ValueError, match="no token"):
         share_carried(changes, [5])

@@ -332,6 +332,7 @@ def run_damage_bench(args: argparse.Namespace) -> int:
     )
     from factsync.editing.build import layer_statistics, statistics_corpus
     from factsync.editing.delta import ModelDelta
+    from factsync.evaluation.fluency import summed_nlls
     from factsync.evaluation.intervals import format_interval
 
     if args.tokens < 0:
@@ -351,14 +352,15 @@ def run_damage_bench(args: argparse.Namespace) -> int:
           f"{corpus.token_budget} tokens of the key-statistics corpus")
     print(format_damage(report))
     numbers = report.to_json()
+    unedited, edited = summed_nlls(report.unedited_tokens), summed_nlls(report.edited_tokens)
     if other is not None:
-        against = perplexity_against(loaded, delta, other, texts)
+        against = perplexity_against(loaded, edited, other, texts)
         print(f"against {args.against}: perplexity ratio {format_interval(against)} "
               "(paired over the fluency texts)")
         numbers["against"] = {"delta": str(args.against),
                               "perplexity_ratio": against.as_list()}
     if earlier is not None:
-        split = interaction_since(loaded, delta, earlier, texts)
+        split = interaction_since(loaded, delta, earlier, texts, base=unedited, whole=edited)
         print(f"since {args.since}: perplexity ratio of the earlier delta "
               f"{format_interval(split.earlier)}, of the part since "
               f"{format_interval(split.later)}, of the whole {format_interval(split.whole)}; "
@@ -366,7 +368,7 @@ def run_damage_bench(args: argparse.Namespace) -> int:
               "(paired over the fluency texts; 1 when their harms add)")
         numbers["since"] = {"delta": str(args.since)} | split.to_json()
     if args.tokens:
-        changes = token_changes(loaded, delta, texts)
+        changes = token_changes(loaded, report.unedited_tokens, report.edited_tokens)
         print(format_token_damage(changes, TOKEN_SHARES, args.tokens))
         numbers["tokens"] = token_damage_json(changes, TOKEN_SHARES, args.tokens)
     if args.json:
