@@ -255,14 +255,16 @@ class MonitorPolicy:
 
     Attributes:
         interval_seconds: time between checks (seconds).
-        retention_sample: applied facts re-checked each time; 0 checks them all.
+        retention_sample: applied facts re-checked each time, a fresh random draw per
+            check so that every fact is re-checked over many checks; 0 checks them all,
+            which costs a check time in proportion to every fact ever applied.
         rules: rollback rules; any one broken ``consecutive`` times rolls back.
         on_rollback: what happens to the facts of rolled-back versions: ``quarantine``
             (an operator decides) or ``requeue`` (edited again).
     """
 
     interval_seconds: float = 300.0
-    retention_sample: int = 0
+    retention_sample: int = 500
     rules: tuple[RollbackRule, ...] = field(default_factory=_default_rules)
     on_rollback: OnRollback = OnRollback.QUARANTINE
 
