@@ -69,14 +69,13 @@ def compare_fluency(loaded: LoadedModel, deltas: Sequence[Path],
     if not deltas:
         raise ValueError("no deltas to compare")
     base = text_nlls(loaded, texts)
-    first: list[tuple[float, int]] | None = None
-    rows = []
+    passes = []
     for path in tqdm(deltas, desc="deltas", unit="delta"):
         with applied(loaded, ModelDelta.load(path)):
-            measured = text_nlls(loaded, texts)
-        first = first or measured
-        rows.append(DeltaFluency(path, perplexity_ratio(measured, base),
-                                 perplexity_ratio(measured, first)))
+            passes.append(text_nlls(loaded, texts))
+    rows = [DeltaFluency(path, perplexity_ratio(measured, base),
+                         perplexity_ratio(measured, passes[0]))
+            for path, measured in zip(deltas, passes, strict=True)]
     return FluencyComparison(len(texts), sum(tokens for _, tokens in base), rows)
 
 
