@@ -67,6 +67,11 @@ class TargetSettings:
             early stopping (ENCORE): targets pushed no further than that ask for smaller
             weight updates, so the edited weights' norms grow more slowly over a long
             stream of edits.
+        stop_margin: with ``most_probable_stop``, every new-object token must also lead
+            the best other token by at least this many nats of log-probability on every
+            rewrite prompt (0: winning is enough). A step rule that lands just past the
+            stop leaves edits that hold on the rewrite prompts but not always on
+            paraphrases; a margin asks for some headroom instead.
         neighbour_weight: weight of the neighbours' KL term when NME is on; 1/7 weighs
             it like one prompt among the six rewrite prompts and itself.
         patience: steps a fact whose target is likely keeps optimising while its
@@ -91,6 +96,7 @@ class TargetSettings:
     clamp_norm_factor: float = 4.0
     stop_nll: float = 0.1
     most_probable_stop: bool = False
+    stop_margin: float = 0.0
     neighbour_weight: float = 1 / 7
     patience: int = 3
     chunk_size: int = 10
@@ -99,6 +105,10 @@ class TargetSettings:
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "step_rule", StepRule.parse(self.step_rule, "step_rule"))
+        if self.stop_margin < 0:
+            raise ValueError(f"stop_margin must not be negative, got {self.stop_margin}")
+        if self.stop_margin > 0 and not self.most_probable_stop:
+            raise ValueError("stop_margin applies to most_probable_stop: set it as well")
         if self.patience < 0:
             raise ValueError(f"patience must not be negative, got {self.patience}")
         for name in ("steps", "chunk_size"):
@@ -322,7 +332,7 @@ def _optimise_chunk(
             )
             neighbours_moved = _mean_per_fact(moved, masks["neighbour"], row_slot, len(active))
             if settings.most_probable_stop:
-                wrong = (~scores.exact).float()
+                wrong = ((~scores.exact) | (scores.margin < settings.stop_margin)).float()
                 likely = _mean_per_fact(wrong, masks["rewrite"], row_slot, len(active)) == 0
             else:
                 likely = rewrite_nll < settings.stop_nll

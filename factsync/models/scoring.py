@@ -61,6 +61,9 @@ class BatchScores:
     Attributes:
         nll: (batch,) mean NLL per target token of each row; 0 for rows without targets.
         exact: (batch,) every target token of the row is the argmax at its position.
+        margin: (batch,) the row's smallest lead of a target token's log-probability
+            over the best other token's at its position (negative where another token
+            wins); ``inf`` for rows without targets.
         predicted: (targets,) the argmax id at each target token, in row order.
         next_token: (watched, vocab) next-token log-probabilities after the prompt of
             each watched row.
@@ -68,6 +71,7 @@ class BatchScores:
 
     nll: torch.Tensor
     exact: torch.Tensor
+    margin: torch.Tensor
     predicted: torch.Tensor
     next_token: torch.Tensor
 
@@ -111,7 +115,12 @@ def batch_scores(
     nll_sum = torch.zeros(size, device=device).index_add(0, rows, token_nll)
     wrong = torch.zeros(size, device=device).index_add(0, rows, (predicted != targets).float())
     lengths = batch.target_lengths.clamp(min=1).to(nll_sum)
-    return BatchScores(nll_sum / lengths, wrong == 0, predicted, log_probs[len(rows) :])
+    others = target_log_probs.detach().scatter(1, targets[:, None], float("-inf"))
+    token_margin = -token_nll.detach() - others.max(dim=-1).values
+    margin = torch.full((size,), float("inf"), device=device).scatter_reduce(
+        0, rows, token_margin, "amin"
+    )
+    return BatchScores(nll_sum / lengths, wrong == 0, margin, predicted, log_probs[len(rows) :])
 
 
 # Scoring runs this long or longer shows a progress bar where a caller asked for them.

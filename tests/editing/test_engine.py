@@ -16,8 +16,8 @@ from factsync.editing.outcomes import edit_outcomes
 from factsync.editing.requests import EditRequest, Neighbour
 from factsync.editing.spread import spread
 from factsync.editing.targets import TargetSettings, optimise_targets
-from factsync.models.scoring import score_targets
-from factsync.models.text import PromptSpec, object_ids
+from factsync.models.scoring import batch_scores, score_targets
+from factsync.models.text import PromptSpec, encode, object_ids
 
 REQUESTS = [
     EditRequest(
@@ -371,6 +371,26 @@ def test_most_probable_stop_ends_a_fact_once_its_object_is_the_greedy_answer(
     by_nll = replace(mpes, most_probable_stop=False)
     result = optimise_targets(loaded, requests, layer, [""], by_nll, use_neighbours=False)
     assert result.steps == [mpes.steps] * 2
+
+
+def test_a_stop_margin_optimises_a_greedy_answer_until_it_leads_by_that_margin(
+    tiny_engine, tiny_loaded
+):
+    loaded = tiny_loaded()
+    engine = tiny_engine(loaded)
+    layer = loaded.spec.default_layers(loaded.num_layers)[-1]
+    known = _request_for_greedy_answer(loaded, REQUESTS[2])
+    spec = PromptSpec(known.template, known.subject, object_ids(loaded, known.new_object))
+    lead = batch_scores(loaded, encode(loaded, [spec])).margin.item()
+    mpes = replace(engine.settings.target, steps=80, most_probable_stop=True)
+    assert optimise_targets(loaded, [known], layer, [""], mpes, use_neighbours=False).steps == [0]
+    wider = replace(mpes, stop_margin=lead + 1.0)
+    result = optimise_targets(loaded, [known], layer, [""], wider, use_neighbours=False)
+    assert 0 < result.steps[0] < 80  # it had to move, and it got there
+    with pytest.raises(ValueError, match="stop_margin must not be negative"):
+        replace(mpes, stop_margin=-1.0)
+    with pytest.raises(ValueError, match="stop_margin applies to most_probable_stop"):
+        replace(mpes, most_probable_stop=False, stop_margin=1.0)
 
 
 def _request_for_greedy_answer(loaded, request: EditRequest) -> EditRequest:
