@@ -20,6 +20,7 @@ SHORT_NAMES = {
     "neighbourhood_success": "nbhd.succ",
     "neighbourhood_accuracy": "nbhd.acc",
     "perplexity_ratio": "ppl.ratio",
+    "held_out_perplexity_ratio": "ppl.held",
     "canary": "canary",
     "norm_growth_max": "norm.max",
     "norm_growth_mean": "norm.mean",

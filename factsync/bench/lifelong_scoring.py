@@ -2,9 +2,10 @@
 
 Every fact applied so far is scored (efficacy and paraphrase of earlier facts are their
 retention), with its held-out neighbours; then the perplexity ratio on the fluency
-texts, the share of canary facts still held, each edited weight's norm growth and the
-editing seconds per fact. Per-record values, and the perplexity ratio over the fluency
-texts, give 95% bootstrap intervals.
+texts (and, where given, on a larger held-out set of ordinary text), the share of
+canary facts still held, each edited weight's norm growth and the editing seconds per
+fact. Per-record values, and the perplexity ratios over their texts, give 95%
+bootstrap intervals.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ RECORD_METRICS = tuple(metric.value for metric in FACT_METRICS)
 METRICS = (
     *RECORD_METRICS,
     "perplexity_ratio",
+    "held_out_perplexity_ratio",
     "canary",
     "norm_growth_max",
     "norm_growth_mean",
@@ -43,7 +45,7 @@ class Checkpoint:
         facts: facts applied (for the unedited model: records scored).
         values: per metric of ``METRICS``, its value; ``None`` where nothing was scored.
         intervals: the 95% bootstrap interval of each metric with one value per record
-            or canary, and of the perplexity ratio (resampling the fluency texts).
+            or canary, and of the perplexity ratios (resampling the texts).
     """
 
     facts: int
@@ -62,6 +64,9 @@ class Yardstick:
         base_nlls: the unedited model's ``text_nlls`` of ``fluency_texts``.
         seed: seed of the bootstrap resampling.
         stated_canaries: the daemon's built-in canaries the unedited model states.
+        held_out_texts: more ordinary text for a tighter perplexity ratio (none: not
+            measured).
+        held_out_base_nlls: the unedited model's ``text_nlls`` of ``held_out_texts``.
     """
 
     suite: Suite
@@ -70,6 +75,8 @@ class Yardstick:
     base_nlls: list[tuple[float, int]]
     seed: int = 0
     stated_canaries: list[Prompted] = field(default_factory=list)
+    held_out_texts: list[str] = field(default_factory=list)
+    held_out_base_nlls: list[tuple[float, int]] = field(default_factory=list)
 
     @classmethod
     def prepare(
@@ -81,10 +88,13 @@ class Yardstick:
         *,
         seed: int = 0,
         stated_canaries: list[Prompted] | None = None,
+        held_out_texts: list[str] | None = None,
     ) -> Yardstick:
-        """Measure the unedited ``loaded`` on the fluency texts and hold the rest."""
+        """Measure the unedited ``loaded`` on the fluency and held-out texts and hold the
+        rest."""
+        held_out = held_out_texts or []
         return cls(suite, canaries, fluency_texts, text_nlls(loaded, fluency_texts), seed,
-                   stated_canaries or [])
+                   stated_canaries or [], held_out, text_nlls(loaded, held_out))
 
     def measure(
         self, loaded: LoadedModel, facts: int, growth: NormGrowth,
@@ -102,13 +112,19 @@ class Yardstick:
         growth_max, growth_mean = growth_summary(growth.measure(loaded))
         fluency = perplexity_ratio(text_nlls(loaded, self.fluency_texts), self.base_nlls,
                                    seed=self.seed)
+        intervals["perplexity_ratio"] = fluency
+        held_out = None
+        if self.held_out_texts:
+            held_out = perplexity_ratio(text_nlls(loaded, self.held_out_texts),
+                                        self.held_out_base_nlls, seed=self.seed)
+            intervals["held_out_perplexity_ratio"] = held_out
         values |= {
             "perplexity_ratio": fluency.mean,
+            "held_out_perplexity_ratio": held_out.mean if held_out else None,
             "norm_growth_max": growth_max,
             "norm_growth_mean": growth_mean,
             "seconds_per_fact": seconds_per_fact,
         }
-        intervals["perplexity_ratio"] = fluency
         return Checkpoint(facts, {name: values[name] for name in METRICS}, intervals)
 
     def measure_changed_back(

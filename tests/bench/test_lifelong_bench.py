@@ -147,6 +147,7 @@ def test_each_method_starts_from_the_base_weights_and_leaves_them(
     assert run.n == 4 and run.batch == 2 and run.dataset == "counterfact"
     unedited = run.unedited.values
     assert unedited["perplexity_ratio"] == 1.0
+    assert unedited["held_out_perplexity_ratio"] is None  # no held-out texts given
     assert unedited["norm_growth_max"] == unedited["norm_growth_mean"] == 0.0
     assert unedited["canary"] == (1.0 if canaries else None)
     first, second = run.methods["memit"], run.methods["again"]
@@ -178,9 +179,12 @@ def test_the_command_writes_checkpoints_intervals_aliases_and_a_plot(
     tiny_loaded, tmp_path, monkeypatch, capsys, counterfact_file
 ):
     model_dir, fluency = _command_inputs(tiny_loaded, tmp_path, monkeypatch)
+    held_out = tmp_path / "held-out.json"
+    held_out.write_text(json.dumps([{"Text": f"{t} {t.lower()}"} for t in FLUENCY]))
     report, plot = tmp_path / "lifelong.json", tmp_path / "lifelong.png"
     code = main([
         "bench", "lifelong", "--data", str(counterfact_file), "--fluency", str(fluency),
+        "--held-out-fluency", str(held_out),
         "--n", "6", "--batch", "2", "--checkpoint-every", "2", "--canaries", "4",
         "--methods", "memit,memit+ime", "--max-iterations", "2", "--neighbours", "1",
         "--model", str(model_dir), "--device", "cpu", "--corpus-tokens", "1000",
@@ -192,13 +196,16 @@ def test_the_command_writes_checkpoints_intervals_aliases_and_a_plot(
     names = set(METRICS) | set(ALIASES)
     assert set(data["unedited"]) == names
     assert data["unedited"]["canary"] == 1.0
+    assert data["unedited"]["held_out_perplexity_ratio"] == 1.0
     assert list(data["methods"]) == ["memit", "memit+ime"]
     for method in data["methods"].values():
         checkpoints = method["checkpoints"]
         assert [c["facts"] for c in checkpoints] == [2, 4, 6]
         assert set(method["final"]) == names
         assert method["final"] == {k: v for k, v in checkpoints[-1].items() if k != "facts"}
-        assert {*RECORD_METRICS, "perplexity_ratio"} <= set(method["intervals"])
+        assert {*RECORD_METRICS, "perplexity_ratio", "held_out_perplexity_ratio"} <= set(
+            method["intervals"])
+        assert method["final"]["held_out_perplexity_ratio"] != 1.0
         for values in [data["unedited"], method["final"], method["intervals"], *checkpoints]:
             for alias, name in ALIASES.items():
                 assert values[alias] == values[name], alias
@@ -261,12 +268,12 @@ def test_the_command_runs_zsre_records(tiny_loaded, tmp_path, monkeypatch, capsy
     # Every record shares one neighbour prompt; with none used for editing it is scored.
     assert 0.0 <= final["neighbourhood_accuracy"] <= 1.0
     assert final["norm_growth_max"] > 0 and final["perplexity_ratio"] != 1.0
-    # ZsRE has no neighbourhood success, and these records leave no canaries: the
-    # checkpoint table leaves out what was not measured.
+    # ZsRE has no neighbourhood success, these records leave no canaries, and no
+    # held-out texts were given: the checkpoint table leaves out what was not measured.
     header = capsys.readouterr().out.strip().split("\n\n")[-1].splitlines()[1]
     assert [c.strip() for c in header.split(" | ")] == [
         "facts", *(SHORT_NAMES[m] for m in METRICS
-                   if m not in {"neighbourhood_success", "canary"})]
+                   if m not in {"neighbourhood_success", "canary", "held_out_perplexity_ratio"})]
 
 
 def test_a_fact_changed_back_is_scored_against_its_old_object(tiny_loaded, counterfact_file):
