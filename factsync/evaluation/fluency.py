@@ -10,6 +10,7 @@ import torch
 
 from factsync.evaluation.intervals import Interval, ratio_of_sums_interval
 from factsync.models.loading import LoadedModel
+from factsync.models.scoring import scoring_batches
 
 
 def perplexity(
@@ -62,7 +63,7 @@ def token_nlls(
     prefix = list(loaded.prefix_ids)
     first = max(len(prefix), 1)  # the prefix is not text; the very first token has no context
     scored_texts: list[ScoredText] = []
-    for start in range(0, len(texts), batch_size):
+    for start in scoring_batches(range(0, len(texts), batch_size)):
         encoded = [
             prefix + tokenizer(t, add_special_tokens=True)["input_ids"][:max_length]
             for t in texts[start : start + batch_size]

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass
@@ -140,15 +140,20 @@ def scoring_progress(label: str) -> Iterator[None]:
         _bar_label.reset(token)
 
 
+def scoring_batches(starts: range) -> Iterable[int]:
+    """``starts``, the first item of each batch of a scoring pass, under a progress bar
+    where a caller asked for one (``scoring_progress``) and the pass is long."""
+    label = _bar_label.get()
+    return tqdm(starts, desc=label, unit="batch", leave=False,
+                disable=label is None or len(starts) < _BARS_FROM_BATCHES)
+
+
 def score_targets(
     loaded: LoadedModel, rows: list[PromptSpec], *, batch_size: int = 32
 ) -> list[TargetScore]:
     """Score each row's ``target_ids`` after its prompt (no gradients)."""
     scores: list[TargetScore] = []
-    label = _bar_label.get()
-    starts = range(0, len(rows), batch_size)
-    for start in tqdm(starts, desc=label, unit="batch", leave=False,
-                      disable=label is None or len(starts) < _BARS_FROM_BATCHES):
+    for start in scoring_batches(range(0, len(rows), batch_size)):
         chunk = rows[start : start + batch_size]
         batch = encode(loaded, chunk)
         with torch.no_grad():
