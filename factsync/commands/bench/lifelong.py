@@ -34,8 +34,7 @@ def _register_lifelong(sub: argparse._SubParsersAction) -> None:
         "efficacy and paraphrase (retention), held-out neighbours, perplexity ratio on the "
         "fluency texts (and on --held-out-fluency), canary facts (records after the edited "
         "ones that the unedited model knows, and the daemon's built-in canaries it states), "
-        "the norm growth of "
-        "each edited weight and editing seconds per fact. "
+        "the norm growth of each edited weight and editing seconds per fact. "
         "Prints the final metrics with 95% bootstrap intervals beside the unedited model; "
         "--json is rewritten after every checkpoint.",
     )
