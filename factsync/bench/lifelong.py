@@ -178,6 +178,9 @@ def run_lifelong(
 ) -> LifelongRun:
     """Apply every record of ``yardstick.suite`` with each method in turn, job by job.
 
+    ``loaded`` must have the weights ``yardstick`` was prepared on: they are the
+    unedited reference, and its text NLLs are not measured twice.
+
     ``on_checkpoint`` sees the run after each checkpoint (to save it, say). Each method
     starts from the weights the model had at the call, and the model has them again
     when this returns. ``executor`` runs the z optimisation (in this process by
@@ -200,7 +203,8 @@ def run_lifelong(
     if run is None:
         untouched = NormGrowth(loaded, list(edit_layers(loaded, methods)))
         run = LifelongRun(dataset=yardstick.suite.dataset, n=n, batch=batch_size,
-                          unedited=yardstick.measure(loaded, n, untouched, 0.0))
+                          unedited=yardstick.measure(loaded, n, untouched, 0.0,
+                                                     unedited=True))
     for name, settings in methods.items():
         saved = store.progress(name) if store is not None else None
         if saved is not None and saved.facts == n:

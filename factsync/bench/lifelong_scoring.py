@@ -98,9 +98,13 @@ class Yardstick:
 
     def measure(
         self, loaded: LoadedModel, facts: int, growth: NormGrowth,
-        seconds_per_fact: float | None, *, first: int = 0,
+        seconds_per_fact: float | None, *, first: int = 0, unedited: bool = False,
     ) -> Checkpoint:
-        """Score records ``first`` to ``facts`` of the suite and the model as it is now."""
+        """Score records ``first`` to ``facts`` of the suite and the model as it is now.
+
+        ``unedited`` says the model is still the one ``prepare`` measured, whose text
+        NLLs are then reused instead of measured again (a held-out pass takes minutes).
+        """
         per_record = self.suite.score(loaded, list(range(first, facts)))
         samples = {
             name: [v for v in per_record[name] if v is not None] for name in RECORD_METRICS
@@ -110,13 +114,12 @@ class Yardstick:
         )
         values, intervals = _summarised(samples, self.seed)
         growth_max, growth_mean = growth_summary(growth.measure(loaded))
-        fluency = perplexity_ratio(text_nlls(loaded, self.fluency_texts), self.base_nlls,
-                                   seed=self.seed)
+        fluency = self._ratio(loaded, self.fluency_texts, self.base_nlls, unedited)
         intervals["perplexity_ratio"] = fluency
         held_out = None
         if self.held_out_texts:
-            held_out = perplexity_ratio(text_nlls(loaded, self.held_out_texts),
-                                        self.held_out_base_nlls, seed=self.seed)
+            held_out = self._ratio(loaded, self.held_out_texts, self.held_out_base_nlls,
+                                   unedited)
             intervals["held_out_perplexity_ratio"] = held_out
         values |= {
             "perplexity_ratio": fluency.mean,
@@ -126,6 +129,11 @@ class Yardstick:
             "seconds_per_fact": seconds_per_fact,
         }
         return Checkpoint(facts, {name: values[name] for name in METRICS}, intervals)
+
+    def _ratio(self, loaded: LoadedModel, texts: list[str],
+               base_nlls: list[tuple[float, int]], unedited: bool) -> Interval:
+        nlls = base_nlls if unedited else text_nlls(loaded, texts)
+        return perplexity_ratio(nlls, base_nlls, seed=self.seed)
 
     def measure_changed_back(
         self, loaded: LoadedModel, changed: int, growth: NormGrowth, seconds_per_fact: float
