@@ -359,10 +359,7 @@ def test_nme_neighbours_are_held_in_place_by_the_spread(tiny_engine, tiny_loaded
 def test_most_probable_stop_ends_a_fact_once_its_object_is_the_greedy_answer(
     tiny_engine, tiny_loaded
 ):
-    loaded = tiny_loaded()
-    engine = tiny_engine(loaded)
-    layer = loaded.spec.default_layers(loaded.num_layers)[-1]
-    known = _request_for_greedy_answer(loaded, REQUESTS[2])
+    loaded, engine, layer, known = _greedy_answer_case(tiny_engine, tiny_loaded)
     requests = [known, REQUESTS[1]]
     mpes = replace(engine.settings.target, stop_nll=1e-9, most_probable_stop=True)
     result = optimise_targets(loaded, requests, layer, [""], mpes, use_neighbours=False)
@@ -376,10 +373,7 @@ def test_most_probable_stop_ends_a_fact_once_its_object_is_the_greedy_answer(
 def test_a_stop_margin_optimises_a_greedy_answer_until_it_leads_by_that_margin(
     tiny_engine, tiny_loaded
 ):
-    loaded = tiny_loaded()
-    engine = tiny_engine(loaded)
-    layer = loaded.spec.default_layers(loaded.num_layers)[-1]
-    known = _request_for_greedy_answer(loaded, REQUESTS[2])
+    loaded, engine, layer, known = _greedy_answer_case(tiny_engine, tiny_loaded)
     spec = PromptSpec(known.template, known.subject, object_ids(loaded, known.new_object))
     lead = batch_scores(loaded, encode(loaded, [spec])).margin.item()
     mpes = replace(engine.settings.target, steps=80, most_probable_stop=True)
@@ -391,6 +385,15 @@ def test_a_stop_margin_optimises_a_greedy_answer_until_it_leads_by_that_margin(
         replace(mpes, stop_margin=-1.0)
     with pytest.raises(ValueError, match="stop_margin applies to most_probable_stop"):
         replace(mpes, most_probable_stop=False, stop_margin=1.0)
+
+
+def _greedy_answer_case(tiny_engine, tiny_loaded):  # noqa: ANN001, ANN202
+    """A tiny model, its engine, its last edit layer and a request the model already
+    answers greedily."""
+    loaded = tiny_loaded()
+    engine = tiny_engine(loaded)
+    layer = loaded.spec.default_layers(loaded.num_layers)[-1]
+    return loaded, engine, layer, _request_for_greedy_answer(loaded, REQUESTS[2])
 
 
 def _request_for_greedy_answer(loaded, request: EditRequest) -> EditRequest:
