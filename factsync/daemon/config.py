@@ -145,6 +145,7 @@ class RelationConfig:
     paraphrases: tuple[str, ...] = ()
     question: str = ""
     alias: str | None = None
+    phrasings: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)

@@ -31,6 +31,9 @@ class EditRequest:
         old_object: what it predicted before, when known (used for scoring only).
         neighbours: facts that must keep their objects; they join the target-vector
             optimisation when neighbour assistance (NME) is on.
+        phrasings: other templates for the same fact, e.g. ``"{} is a product of"``;
+            the target-vector optimisation also trains on them when
+            ``target.train_phrasings`` is on.
     """
 
     subject: str
@@ -38,10 +41,12 @@ class EditRequest:
     new_object: str
     old_object: str | None = None
     neighbours: tuple[Neighbour, ...] = ()
+    phrasings: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
-        if "{}" not in self.template:
-            raise ValueError(f"template {self.template!r} has no '{{}}' for the subject")
+        for template in (self.template, *self.phrasings):
+            if "{}" not in template:
+                raise ValueError(f"template {template!r} has no '{{}}' for the subject")
         if not self.subject.strip():
             raise ValueError("subject is empty")
         if not self.new_object.strip():

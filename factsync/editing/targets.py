@@ -5,7 +5,9 @@ last edit layer is optimised so the model predicts the new object after the prom
 (under every context prefix), keeps its "{subject} is a" distribution (KL term) and,
 with neighbour assistance (NME), keeps each neighbour's next-token distribution as it
 was before the edit (a KL term at about the weight of one rewrite prompt among seven)
-when the same delta sits at the neighbour's subject. The target is ``z = h + delta``.
+when the same delta sits at the neighbour's subject. With ``train_phrasings``, the
+request's other phrasings of its relation are rewrite prompts too (without context
+prefix), so the delta is not fitted to one wording alone. The target is ``z = h + delta``.
 The vocabulary projection runs only where a logit is read: on the new object's tokens
 of rewrite prompts, and after the prompts the KL terms watch.
 
@@ -80,6 +82,10 @@ class TargetSettings:
             steps pushing on only overfits the rewrite; the spread holds neighbours too.
         chunk_size: facts per padded batch (about 10 is fastest on CPU).
         replay_frozen: compute the layers below the edit point once per chunk.
+        train_phrasings: each request's ``phrasings`` are rewrite prompts as well
+            (without context prefix). A delta fitted to one wording reaches the others
+            only by chance: under the normalised rule, a 1-nat stop margin on that
+            wording did nothing for paraphrase success (bench/README.md).
         step_rule: ``adam``, or ``normalised``: each fact's delta moves a fixed length
             along its own gradient. Adam moves every coordinate by about the learning
             rate whatever its gradient, so its delta drifts along directions that do
@@ -101,6 +107,7 @@ class TargetSettings:
     patience: int = 3
     chunk_size: int = 10
     replay_frozen: bool = True
+    train_phrasings: bool = False
     step_rule: StepRule = StepRule.ADAM
 
     def __post_init__(self) -> None:
@@ -210,7 +217,8 @@ def fact_chunks(requests: list[EditRequest], settings: TargetSettings) -> list[l
 
 
 def _build_rows(
-    loaded: LoadedModel, requests: list[EditRequest], contexts: list[str], use_neighbours: bool
+    loaded: LoadedModel, requests: list[EditRequest], contexts: list[str], use_neighbours: bool,
+    train_phrasings: bool,
 ) -> _Rows:
     rows = _Rows(specs=[], fact=[], kind=[], bare=[])
 
@@ -224,6 +232,9 @@ def _build_rows(
         rows.bare.append(len(rows.specs))
         for context in contexts:
             add(PromptSpec(request.template, request.subject, new_ids, context), fact, "rewrite")
+        if train_phrasings:
+            for phrasing in request.phrasings:
+                add(PromptSpec(phrasing, request.subject, new_ids), fact, "rewrite")
         add(PromptSpec(KL_TEMPLATE, request.subject), fact, "kl")
         if use_neighbours:
             for neighbour in request.neighbours:
@@ -241,7 +252,7 @@ def _optimise_chunk(
     cancelled: Cancelled,
 ) -> TargetResult:
     device = loaded.device
-    rows = _build_rows(loaded, requests, contexts, use_neighbours)
+    rows = _build_rows(loaded, requests, contexts, use_neighbours, settings.train_phrasings)
     aligned = align_at_subject(encode(loaded, rows.specs))
     split = aligned.split
     fact_of_row = torch.tensor(rows.fact, device=device)

@@ -95,6 +95,7 @@ def prepare_job(
             new_object=change.object,
             old_object=old,
             neighbours=tuple(Neighbour(s, t, o) for s, t, o in editing),
+            phrasings=relation.phrasings,
         )
         check = EditCheck(
             change_id=change.id,
