@@ -8,6 +8,9 @@ import torch
 
 from factsync.editing.requests import EditRequest
 from factsync.editing.targets import optimise_targets
+from factsync.models.hooks import add_at_positions
+from factsync.models.scoring import batch_scores
+from factsync.models.text import PromptSpec, encode, object_ids
 
 QUICK = EditRequest("Danielle Darrieux", "The mother tongue of {} is", "Italy", "French")
 SLOW = EditRequest("LinkedIn", "{} is owned by", "Apple", "Microsoft")
@@ -49,3 +52,42 @@ def test_the_normalised_rule_reaches_the_stop_loss(tiny_loaded, tiny_engine):
     result = optimise_targets(engine.loaded, [QUICK], layer, engine.contexts, settings,
                               use_neighbours=False)
     assert 0 < result.steps[0] < 80  # it had to move, and it got there
+
+
+def _nll_with_shift(loaded, layer: int, request: EditRequest, template: str,
+                    shift: torch.Tensor) -> float:
+    """Mean NLL of the new object after ``template``, ``shift`` added at the subject."""
+    batch = encode(loaded, [PromptSpec(template, request.subject,
+                                       object_ids(loaded, request.new_object))])
+    where = (torch.tensor([0]), batch.subject_last, shift.unsqueeze(0))
+    with torch.no_grad(), add_at_positions(loaded, layer, lambda: where):
+        return batch_scores(loaded, batch).nll.item()
+
+
+def test_training_on_phrasings_carries_the_edit_to_them(tiny_loaded, tiny_engine):
+    engine = tiny_engine(tiny_loaded("llama"))
+    layer = engine.layers[-1]
+    phrasing = "The first language spoken by {} was"
+    request = replace(QUICK, phrasings=(phrasing,))
+    fixed = replace(engine.settings.target, steps=30, stop_nll=1e-6, learning_rate=0.1,
+                    step_rule="normalised")
+    nll = {}
+    for trained in (False, True):
+        result = optimise_targets(engine.loaded, [request], layer, engine.contexts,
+                                  replace(fixed, train_phrasings=trained), use_neighbours=False)
+        shift = result.z[0] - result.initial[0]
+        nll[trained] = _nll_with_shift(engine.loaded, layer, request, phrasing, shift)
+    unedited = _nll_with_shift(engine.loaded, layer, request, phrasing,
+                               torch.zeros_like(result.z[0]))
+    assert nll[True] < nll[False] and nll[True] < unedited
+
+
+def test_phrasings_are_left_out_unless_asked_for(tiny_loaded, tiny_engine):
+    engine = tiny_engine(tiny_loaded("llama"))
+    settings = replace(engine.settings.target, steps=5)
+    layer = engine.layers[-1]
+    plain = optimise_targets(engine.loaded, [QUICK], layer, engine.contexts, settings,
+                             use_neighbours=False)
+    ignored = optimise_targets(engine.loaded, [replace(QUICK, phrasings=("{} spoke",))], layer,
+                               engine.contexts, settings, use_neighbours=False)
+    torch.testing.assert_close(ignored.z, plain.z)

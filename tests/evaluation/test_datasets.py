@@ -8,6 +8,7 @@ import logging
 import pytest
 
 from factsync.evaluation.suites import DATASETS, default_dataset_path, load_cases
+from factsync.facts.catalog import RelationCatalog
 
 ZSRE_RECORDS = [
     {
@@ -138,6 +139,21 @@ def test_a_counterfact_record_keeps_its_true_object_for_the_neighbourhood(tmp_pa
     assert [(n.subject, n.template, n.object) for n in case.neighbourhood_facts()] == [
         ("Lyon", "{} is near", "Paris")
     ]
+
+
+def test_a_counterfact_request_carries_its_relations_phrasings_and_none_is_scored(tmp_path):
+    capital = RelationCatalog.built_in().resolve("P36")
+    trained = "In the news today: " + capital.phrasings[0].format("France")
+    record = {**COUNTERFACT_RECORD,
+              "requested_rewrite": {**COUNTERFACT_RECORD["requested_rewrite"],
+                                    "relation_id": "P36"},
+              "paraphrase_prompts": ["France's capital city is", trained]}
+    unknown = {**record, "case_id": 8,
+               "requested_rewrite": {**record["requested_rewrite"], "relation_id": "P0"}}
+    with_phrasings, without = load_cases("counterfact", _write(tmp_path, [record, unknown]))
+    assert with_phrasings.request.phrasings == capital.phrasings
+    assert with_phrasings.paraphrases == ("France's capital city is",)
+    assert without.request.phrasings == () and len(without.paraphrases) == 2
 
 
 def test_a_malformed_counterfact_record_is_named(tmp_path):

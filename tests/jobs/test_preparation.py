@@ -52,6 +52,9 @@ def test_neighbours_come_from_the_store_are_right_now_and_editing_and_scoring_se
     assert all(n.object in ("French", "France") for n in prepared.request.neighbours)
     assert prepared.check.paraphrases and all("Danielle Darrieux" in p
                                               for p in prepared.check.paraphrases)
+    # the edit may train on the relation's phrasings, never on what it is scored on
+    phrasings = {p.format("Danielle Darrieux") for p in prepared.request.phrasings}
+    assert phrasings and not phrasings & set(prepared.check.paraphrases)
     store.close()
 
 
