@@ -86,6 +86,8 @@ class TargetSettings:
             (without context prefix). A delta fitted to one wording reaches the others
             only by chance: under the normalised rule, a 1-nat stop margin on that
             wording did nothing for paraphrase success (bench/README.md).
+        phrasing_contexts: with ``train_phrasings``, every phrasing is a rewrite prompt
+            under every context prefix, as the edit template is, instead of bare only.
         step_rule: ``adam``, or ``normalised``: each fact's delta moves a fixed length
             along its own gradient. Adam moves every coordinate by about the learning
             rate whatever its gradient, so its delta drifts along directions that do
@@ -108,6 +110,7 @@ class TargetSettings:
     chunk_size: int = 10
     replay_frozen: bool = True
     train_phrasings: bool = False
+    phrasing_contexts: bool = False
     step_rule: StepRule = StepRule.ADAM
 
     def __post_init__(self) -> None:
@@ -116,6 +119,8 @@ class TargetSettings:
             raise ValueError(f"stop_margin must not be negative, got {self.stop_margin}")
         if self.stop_margin > 0 and not self.most_probable_stop:
             raise ValueError("stop_margin applies to most_probable_stop: set it as well")
+        if self.phrasing_contexts and not self.train_phrasings:
+            raise ValueError("phrasing_contexts applies to train_phrasings: set it as well")
         if self.patience < 0:
             raise ValueError(f"patience must not be negative, got {self.patience}")
         for name in ("steps", "chunk_size"):
@@ -218,7 +223,7 @@ def fact_chunks(requests: list[EditRequest], settings: TargetSettings) -> list[l
 
 def _build_rows(
     loaded: LoadedModel, requests: list[EditRequest], contexts: list[str], use_neighbours: bool,
-    train_phrasings: bool,
+    settings: TargetSettings,
 ) -> _Rows:
     rows = _Rows(specs=[], fact=[], kind=[], bare=[])
 
@@ -232,9 +237,10 @@ def _build_rows(
         rows.bare.append(len(rows.specs))
         for context in contexts:
             add(PromptSpec(request.template, request.subject, new_ids, context), fact, "rewrite")
-        if train_phrasings:
+        if settings.train_phrasings:
             for phrasing in request.phrasings:
-                add(PromptSpec(phrasing, request.subject, new_ids), fact, "rewrite")
+                for context in contexts if settings.phrasing_contexts else [""]:
+                    add(PromptSpec(phrasing, request.subject, new_ids, context), fact, "rewrite")
         add(PromptSpec(KL_TEMPLATE, request.subject), fact, "kl")
         if use_neighbours:
             for neighbour in request.neighbours:
@@ -252,7 +258,7 @@ def _optimise_chunk(
     cancelled: Cancelled,
 ) -> TargetResult:
     device = loaded.device
-    rows = _build_rows(loaded, requests, contexts, use_neighbours, settings.train_phrasings)
+    rows = _build_rows(loaded, requests, contexts, use_neighbours, settings)
     aligned = align_at_subject(encode(loaded, rows.specs))
     split = aligned.split
     fact_of_row = torch.tensor(rows.fact, device=device)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import replace
 
+import pytest
 import torch
 
 from factsync.editing.requests import EditRequest
@@ -55,10 +56,11 @@ def test_the_normalised_rule_reaches_the_stop_loss(tiny_loaded, tiny_engine):
 
 
 def _nll_with_shift(loaded, layer: int, request: EditRequest, template: str,
-                    shift: torch.Tensor) -> float:
-    """Mean NLL of the new object after ``template``, ``shift`` added at the subject."""
+                    shift: torch.Tensor, context: str = "") -> float:
+    """Mean NLL of the new object after ``context`` and ``template``, ``shift`` added at
+    the subject."""
     batch = encode(loaded, [PromptSpec(template, request.subject,
-                                       object_ids(loaded, request.new_object))])
+                                       object_ids(loaded, request.new_object), context)])
     where = (torch.tensor([0]), batch.subject_last, shift.unsqueeze(0))
     with torch.no_grad(), add_at_positions(loaded, layer, lambda: where):
         return batch_scores(loaded, batch).nll.item()
@@ -80,6 +82,31 @@ def test_training_on_phrasings_carries_the_edit_to_them(tiny_loaded, tiny_engine
     unedited = _nll_with_shift(engine.loaded, layer, request, phrasing,
                                torch.zeros_like(result.z[0]))
     assert nll[True] < nll[False] and nll[True] < unedited
+
+
+def test_phrasings_under_context_prefixes_carry_the_edit_to_prefixed_phrasings(
+        tiny_loaded, tiny_engine):
+    engine = tiny_engine(tiny_loaded("llama"))
+    layer = engine.layers[-1]
+    phrasing = "The first language spoken by {} was"
+    request = replace(QUICK, phrasings=(phrasing,))
+    fixed = replace(engine.settings.target, steps=30, stop_nll=1e-6, learning_rate=0.1,
+                    step_rule="normalised", train_phrasings=True)
+    context = engine.contexts[-1]
+    nll = {}
+    for prefixed in (False, True):
+        result = optimise_targets(engine.loaded, [request], layer, engine.contexts,
+                                  replace(fixed, phrasing_contexts=prefixed),
+                                  use_neighbours=False)
+        nll[prefixed] = _nll_with_shift(engine.loaded, layer, request, phrasing,
+                                        result.z[0] - result.initial[0], context)
+    assert nll[True] < nll[False]
+
+
+def test_phrasing_contexts_without_training_phrasings_is_refused(tiny_loaded, tiny_engine):
+    engine = tiny_engine(tiny_loaded("llama"))
+    with pytest.raises(ValueError, match="phrasing_contexts applies to train_phrasings"):
+        replace(engine.settings.target, phrasing_contexts=True)
 
 
 def test_phrasings_are_left_out_unless_asked_for(tiny_loaded, tiny_engine):
