@@ -28,6 +28,7 @@ from factsync.evaluation.intervals import Interval
 
 INDEX = "run.json"
 KEPT = "kept"
+_RUN_KEYS = ("dataset", "n", "batch", "unedited", "methods")
 
 
 class RunDirectory:
@@ -51,25 +52,16 @@ class RunDirectory:
         Raises ``ValueError`` when the directory holds a run with other arguments or an
         index that cannot be read.
         """
-        index = self.path / INDEX
-        if not index.exists():
+        if not (self.path / INDEX).exists():
             return None
-        try:
-            saved = json.loads(index.read_text(encoding="utf-8"))
-            arguments = saved["arguments"]
-        except (OSError, ValueError, KeyError, TypeError) as exc:
-            raise ValueError(f"cannot read the saved run {index}: {exc}") from exc
+        saved = _read_index(self.path)
+        arguments = saved["arguments"]
         if arguments != self.arguments:
             differing = sorted(k for k in arguments.keys() | self.arguments.keys()
                                if arguments.get(k) != self.arguments.get(k))
             raise ValueError(f"{self.path} holds a run with other arguments ({', '.join(differing)}"
                              "); continue it with the same ones or give another directory")
-        run = LifelongRun(dataset=saved["dataset"], n=saved["n"], batch=saved["batch"],
-                          unedited=_checkpoint(saved["unedited"]))
-        for name, method in saved["methods"].items():
-            if method["checkpoints"]:  # a method not yet at its first checkpoint has none
-                run.methods[name] = MethodRun([_checkpoint(c) for c in method["checkpoints"]])
-        return run
+        return _run(saved, self.path / INDEX)
 
     def progress(self, method: str) -> MethodProgress | None:
         """``method``'s delta and state after its latest saved job, if it has one."""
@@ -114,6 +106,41 @@ class RunDirectory:
     def _index(self) -> dict:
         index = self.path / INDEX
         return json.loads(index.read_text(encoding="utf-8")) if index.exists() else {}
+
+
+def read_run(path: Path) -> LifelongRun:
+    """The run saved in directory ``path`` as its last saved job left it, whatever its
+    arguments: every method that reached a checkpoint, stopped or finished.
+
+    Raises ``ValueError`` naming the directory when it holds no saved run or one that
+    cannot be read.
+    """
+    if not (Path(path) / INDEX).exists():
+        raise ValueError(f"{path} holds no saved bench lifelong run (no {INDEX})")
+    return _run(_read_index(Path(path)), Path(path) / INDEX)
+
+
+def _read_index(path: Path) -> dict:
+    index = path / INDEX
+    try:
+        saved = json.loads(index.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise ValueError(f"cannot read the saved run {index}: {exc}") from exc
+    if not isinstance(saved, dict) or "arguments" not in saved:
+        raise ValueError(f"cannot read the saved run {index}: it names no arguments")
+    return saved
+
+
+def _run(saved: dict, index: Path) -> LifelongRun:
+    missing = [key for key in _RUN_KEYS if key not in saved]
+    if missing:
+        raise ValueError(f"cannot read the saved run {index}: it lacks {', '.join(missing)}")
+    run = LifelongRun(dataset=saved["dataset"], n=saved["n"], batch=saved["batch"],
+                      unedited=_checkpoint(saved["unedited"]))
+    for name, method in saved["methods"].items():
+        if method["checkpoints"]:  # a method not yet at its first checkpoint has none
+            run.methods[name] = MethodRun([_checkpoint(c) for c in method["checkpoints"]])
+    return run
 
 
 def _checkpoint_json(checkpoint: Checkpoint) -> dict:

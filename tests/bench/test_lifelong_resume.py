@@ -9,7 +9,9 @@ import torch
 
 from factsync.bench.canary_facts import pick_canaries
 from factsync.bench.lifelong import LifelongRun, run_lifelong
-from factsync.bench.lifelong_resume import INDEX, KEPT, RunDirectory
+from factsync.bench.lifelong_merge import merge_runs
+from factsync.bench.lifelong_report import to_json
+from factsync.bench.lifelong_resume import INDEX, KEPT, RunDirectory, read_run
 from factsync.bench.lifelong_scoring import METRICS, Yardstick
 from factsync.cli import main
 from factsync.editing.delta import ModelDelta
@@ -172,3 +174,73 @@ def test_an_unreadable_saved_run_is_named(tmp_path):
     (tmp_path / INDEX).write_text("{not json")
     with pytest.raises(ValueError, match=f"cannot read the saved run {tmp_path / INDEX}"):
         RunDirectory(tmp_path, ARGUMENTS).load()
+    (tmp_path / INDEX).write_text(json.dumps({"arguments": {}, "n": 6}))
+    with pytest.raises(ValueError, match="it lacks dataset, batch, unedited, methods"):
+        read_run(tmp_path)
+    with pytest.raises(ValueError, match=f"{tmp_path / 'empty'} holds no saved bench"):
+        read_run(tmp_path / "empty")
+
+
+def test_runs_of_the_same_records_make_one_report(bench, tmp_path, capsys):
+    loaded, engine, yardstick = bench
+    first, later = tmp_path / "first", tmp_path / "later"
+    with pytest.raises(Stopped):  # memit's stream saved, the second method not begun
+        _run(loaded, engine, yardstick, RunDirectory(first, ARGUMENTS), stop_after=1,
+             checkpoint_every=6)
+    _saved_copy(first, later, _renamed("later"))  # as a later run of another method
+    report, plot = tmp_path / "report.json", tmp_path / "report.png"
+
+    code = main(["bench", "lifelong-report", str(first), str(later),
+                 "--json", str(report), "--plot", str(plot)])
+
+    assert code == 0
+    printed = capsys.readouterr().out
+    assert "memit, by checkpoint" in printed and "later, by checkpoint" in printed
+    numbers = json.loads(report.read_text())
+    alone = to_json(read_run(first))
+    assert numbers["unedited"] == alone["unedited"]
+    assert list(numbers["methods"]) == ["memit", "later"]
+    assert numbers["methods"]["memit"] == numbers["methods"]["later"] == alone["methods"]["memit"]
+    assert [c["facts"] for c in alone["methods"]["memit"]["checkpoints"]] == [6]
+    assert plot.read_bytes().startswith(b"\x89PNG")
+
+
+def _renamed(name: str):  # noqa: ANN202
+    """A change to a saved index: its first method under ``name``, the rest dropped."""
+    def change(saved: dict) -> None:
+        saved["methods"] = {name: next(iter(saved["methods"].values()))}
+    return change
+
+
+def _saved_copy(source, target, change) -> None:  # noqa: ANN001
+    """A copy of the saved run in ``source`` with its index changed by ``change``."""
+    target.mkdir()
+    saved = json.loads((source / INDEX).read_text())
+    change(saved)
+    (target / INDEX).write_text(json.dumps(saved))
+
+
+def test_runs_of_other_records_are_not_one_report(bench, tmp_path):
+    loaded, engine, yardstick = bench
+    first = tmp_path / "first"
+    with pytest.raises(Stopped):
+        _run(loaded, engine, yardstick, RunDirectory(first, ARGUMENTS), stop_after=1)
+
+    def other_n(saved: dict) -> None:
+        _renamed("other")(saved)
+        saved["n"] = 8
+
+    def other_unedited(saved: dict) -> None:
+        _renamed("other")(saved)
+        saved["unedited"]["values"]["efficacy_success"] += 0.1
+
+    for name, change in [("n", other_n), ("unedited", other_unedited),
+                         ("same", lambda saved: None)]:
+        _saved_copy(first, tmp_path / name, change)
+    runs = {str(first): read_run(first)}
+    with pytest.raises(ValueError, match=r"n 8 against 6"):
+        merge_runs(runs | {"n": read_run(tmp_path / "n")})
+    with pytest.raises(ValueError, match=r"not a run of the same records .*unedited efficacy"):
+        merge_runs(runs | {"unedited": read_run(tmp_path / "unedited")})
+    with pytest.raises(ValueError, match="method memit is in more than one run"):
+        merge_runs(runs | {"same": read_run(tmp_path / "same")})

@@ -19,8 +19,9 @@ from factsync.durable import write_json
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    """Add the lifelong benchmark."""
+    """Add the lifelong benchmark and its report of saved runs."""
     _register_lifelong(sub)
+    _register_report(sub)
 
 
 def _register_lifelong(sub: argparse._SubParsersAction) -> None:
@@ -178,6 +179,45 @@ def run_lifelong_bench(args: argparse.Namespace) -> int:
     if args.change_back:
         print()
         print(format_changed_back(run))
+    return 0
+
+
+def _register_report(sub: argparse._SubParsersAction) -> None:
+    report = sub.add_parser(
+        "lifelong-report",
+        help="the tables, JSON and plot of runs saved by bench lifelong --state",
+        description="Print the report bench lifelong prints at its end from one or more "
+        "run directories it saved (--state), stopped or finished: every method that "
+        "reached a checkpoint. Several directories are one report when they are runs of "
+        "the same records (the same dataset, --n and --batch, and an equal unedited "
+        "measurement), such as a later run of a new method beside an earlier run's; "
+        "anything else is refused. Runs no model.",
+    )
+    report.add_argument("runs", type=Path, nargs="+", metavar="DIR",
+                        help="a directory bench lifelong --state saved a run in")
+    report.add_argument("--json", type=Path, help="write the numbers to this file, in "
+                        "bench lifelong --json's shape")
+    report.add_argument("--plot", type=Path, help="draw the metrics against facts (PNG)")
+    report.set_defaults(handler=run_lifelong_report)
+
+
+def run_lifelong_report(args: argparse.Namespace) -> int:
+    """Handler of ``factsync bench lifelong-report``."""
+    from factsync.bench.lifelong_merge import merge_runs
+    from factsync.bench.lifelong_plot import draw_plot
+    from factsync.bench.lifelong_report import format_checkpoints, format_table, to_json
+    from factsync.bench.lifelong_resume import read_run
+
+    run = merge_runs({str(path): read_run(path) for path in args.runs})
+    if not run.methods:
+        raise ValueError("no method in these runs has reached a checkpoint yet")
+    print(format_table(run))
+    print()
+    print(format_checkpoints(run))
+    if args.json:
+        write_json(args.json, to_json(run))
+    if args.plot:
+        draw_plot(run, args.plot)
     return 0
 
 

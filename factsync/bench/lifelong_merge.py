@@ -1,0 +1,62 @@
+"""Several saved ``bench lifelong`` runs of the same records as one report.
+
+A run's methods go one after another, so a comparison that grows later (a new method
+beside ones already measured) is a second run on the same records. Its unedited model is
+measured again; when that measurement equals the first run's, the two runs scored the
+same records the same way and their methods belong in one table.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+
+from factsync.bench.lifelong import LifelongRun
+
+TOLERANCE = 1e-6
+"""Relative difference allowed between two runs' unedited metrics: the same records
+scored by the same code agree to rounding."""
+
+
+def merge_runs(runs: Mapping[str, LifelongRun]) -> LifelongRun:
+    """One run holding every method of ``runs`` (keyed by where each was read from), in
+    order.
+
+    Raises ``ValueError`` naming the first run and the one that differs when their
+    dataset, sizes or unedited measurement differ, or when a method name is in two runs.
+    """
+    if not runs:
+        raise ValueError("no runs to merge")
+    (first_source, first), *others = runs.items()
+    merged = LifelongRun(dataset=first.dataset, n=first.n, batch=first.batch,
+                         unedited=first.unedited, methods=dict(first.methods))
+    for source, run in others:
+        difference = _difference(first, run)
+        if difference:
+            raise ValueError(f"{source} is not a run of the same records as {first_source}: "
+                             f"{difference}")
+        for name, method in run.methods.items():
+            if name in merged.methods:
+                raise ValueError(f"method {name} is in more than one run ({source})")
+            merged.methods[name] = method
+    return merged
+
+
+def _difference(first: LifelongRun, other: LifelongRun) -> str:
+    """What tells ``other`` apart from ``first`` as a measurement, or ``""``."""
+    for field in ("dataset", "n", "batch"):
+        if getattr(first, field) != getattr(other, field):
+            return f"{field} {getattr(other, field)} against {getattr(first, field)}"
+    ours, theirs = first.unedited.values, other.unedited.values
+    if ours.keys() != theirs.keys():
+        return f"unedited metrics {sorted(theirs)} against {sorted(ours)}"
+    for metric, value in ours.items():
+        if not _same(value, theirs[metric]):
+            return f"unedited {metric} {theirs[metric]} against {value}"
+    return ""
+
+
+def _same(a: float | None, b: float | None) -> bool:
+    if a is None or b is None:
+        return a is b
+    return math.isclose(a, b, rel_tol=TOLERANCE, abs_tol=TOLERANCE)
