@@ -384,7 +384,7 @@ def _register_fluency(sub: argparse._SubParsersAction) -> None:
         help="saved deltas' perplexity ratios side by side, paired against the first",
         description="Apply each saved delta alone to the unedited model and print its "
         "perplexity on the fluency texts over the unedited model's and, paired text by "
-        "text, over the first delta's, each with its 95%% bootstrap interval over the "
+        "text, over the first delta's, each with its 95% bootstrap interval over the "
         "texts. With many texts (scripts/fortunes-corpus --held-out writes 50,000 tokens "
         "of them), this tells two runs apart early in a stream.",
     )
