@@ -2,24 +2,26 @@
 
 from __future__ import annotations
 
+import argparse
 import subprocess
 import sys
 
 import pytest
 
-from factsync.cli import main
+from factsync.cli import build_parser, main
 from factsync.commands.edit import read_facts_file
 
-COMMANDS = [
-    [],
-    ["edit"],
-    ["bench"],
-    ["bench", "counterfact"],
-    ["bench", "zopt"],
-    ["bench", "budget"],
-    ["model"],
-    ["model", "info"],
-]
+
+def _commands(parser: argparse.ArgumentParser, prefix: tuple[str, ...] = ()):  # noqa: ANN202
+    """Every command and subcommand ``parser`` offers, as argument prefixes."""
+    yield list(prefix)
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for name, sub in action.choices.items():
+                yield from _commands(sub, (*prefix, name))
+
+
+COMMANDS = list(_commands(build_parser()))
 
 
 @pytest.mark.parametrize("command", COMMANDS, ids=lambda c: " ".join(c) or "factsync")
@@ -27,7 +29,9 @@ def test_every_command_explains_itself(command, capsys):
     with pytest.raises(SystemExit) as exit_info:
         main([*command, "--help"])
     assert exit_info.value.code == 0
-    assert "usage: factsync" in capsys.readouterr().out
+    shown = capsys.readouterr().out
+    assert "usage: factsync" in shown
+    assert "%%" not in shown  # a description, unlike an option's help, is not %-formatted
 
 
 def test_console_script_runs():
