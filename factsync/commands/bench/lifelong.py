@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from factsync.commands.bench.inputs import add_record_options, fluency_texts, records_path
 from factsync.commands.options import (
@@ -16,6 +17,9 @@ from factsync.commands.options import (
     statistics_settings,
 )
 from factsync.durable import write_json
+
+if TYPE_CHECKING:
+    from factsync.bench.lifelong import LifelongRun
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -95,18 +99,15 @@ def run_lifelong_bench(args: argparse.Namespace) -> int:
 
     from factsync.bench.canary_facts import daemon_canaries, pick_canaries
     from factsync.bench.lifelong import (
-        LifelongRun,
         checkpoint_facts,
         chosen_methods,
         edit_layers,
         run_lifelong,
     )
-    from factsync.bench.lifelong_plot import draw_plot
     from factsync.bench.lifelong_report import (
         format_changed_back,
         format_checkpoints,
         format_table,
-        to_json,
     )
     from factsync.bench.lifelong_resume import RunDirectory
     from factsync.bench.lifelong_scoring import Yardstick
@@ -154,10 +155,7 @@ def run_lifelong_bench(args: argparse.Namespace) -> int:
 
     def save(run: LifelongRun) -> None:
         """Keep the report and plot of every checkpoint so far, so a stopped run has them."""
-        if args.json:
-            write_json(args.json, to_json(run))
-        if args.plot:
-            draw_plot(run, args.plot)
+        _write_report(run, args.json, args.plot)
 
     print(f"{args.dataset}, {args.n} records in jobs of {args.batch}, model {loaded.name}, "
           f"layers {','.join(map(str, layers))}, {len(canaries)} canaries from the "
@@ -204,8 +202,7 @@ def _register_report(sub: argparse._SubParsersAction) -> None:
 def run_lifelong_report(args: argparse.Namespace) -> int:
     """Handler of ``factsync bench lifelong-report``."""
     from factsync.bench.lifelong_merge import merge_runs
-    from factsync.bench.lifelong_plot import draw_plot
-    from factsync.bench.lifelong_report import format_checkpoints, format_table, to_json
+    from factsync.bench.lifelong_report import format_checkpoints, format_table
     from factsync.bench.lifelong_resume import read_run
 
     run = merge_runs({str(path): read_run(path) for path in args.runs})
@@ -214,11 +211,19 @@ def run_lifelong_report(args: argparse.Namespace) -> int:
     print(format_table(run))
     print()
     print(format_checkpoints(run))
-    if args.json:
-        write_json(args.json, to_json(run))
-    if args.plot:
-        draw_plot(run, args.plot)
+    _write_report(run, args.json, args.plot)
     return 0
+
+
+def _write_report(run: LifelongRun, json_path: Path | None, plot_path: Path | None) -> None:
+    """Write ``run``'s JSON report and its plot where asked."""
+    from factsync.bench.lifelong_plot import draw_plot
+    from factsync.bench.lifelong_report import to_json
+
+    if json_path:
+        write_json(json_path, to_json(run))
+    if plot_path:
+        draw_plot(run, plot_path)
 
 
 # Options that change where a run's results go or where its work runs, not the results.
