@@ -15,6 +15,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Protocol
 
+import torch
 from tqdm import tqdm
 
 from factsync.bench.counterfact import standard_methods
@@ -175,6 +176,7 @@ def run_lifelong(
     executor: Executor | None = None,
     store: RunStore | None = None,
     change_back: int = 0,
+    sensitivity: torch.Tensor | None = None,
 ) -> LifelongRun:
     """Apply every record of ``yardstick.suite`` with each method in turn, job by job.
 
@@ -190,6 +192,7 @@ def run_lifelong(
     old objects in jobs of ``batch_size``, as a feed that reverts them would, and the
     model is measured once more (``Yardstick.measure_changed_back``); a saved run does
     not keep that measurement, so it cannot be combined with a ``store``.
+    ``sensitivity`` is the last edit layer's, for methods of the ``natural`` step rule.
     """
     executor = executor or LocalExecutor()
     requests = yardstick.suite.requests
@@ -210,7 +213,7 @@ def run_lifelong(
         if saved is not None and saved.facts == n:
             continue  # finished before the run was stopped
         engine = EditEngine(loaded, settings, statistics, contexts,
-                            optimiser=executor.optimise)
+                            optimiser=executor.optimise, sensitivity=sensitivity)
         growth = NormGrowth(loaded, engine.layers)
         seconds, chain, kept, first = 0.0, DeltaChain(), EngineState.empty(), 0
         # One snapshot of the edited weights undoes every job, where a handle per job

@@ -5,14 +5,17 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+import torch
+
 from factsync.editing.cancellation import Cancelled, never
 from factsync.editing.contexts import sample_contexts
 from factsync.editing.corpus import load_text_files, model_corpus
 from factsync.editing.covariance import KeyStatistics, layer_key_size
 from factsync.editing.engine import EditEngine, EngineSettings
 from factsync.editing.progress import Progress, silent
+from factsync.editing.sensitivity import sensitivity_for
 from factsync.editing.stats_cache import CovarianceCache
-from factsync.editing.targets import TargetOptimiser, optimise_targets
+from factsync.editing.targets import StepRule, TargetOptimiser, optimise_targets
 from factsync.models.loading import LoadedModel
 from factsync.paths import data_home
 
@@ -104,6 +107,18 @@ def layer_statistics(
                                 cancelled=cancelled, report=report)
 
 
+def layer_sensitivity(loaded: LoadedModel, layer: int, corpus: StatisticsCorpus, *,
+                      home: Path | None = None) -> torch.Tensor:
+    """The sensitivity of ``layer`` over the key statistics' corpus (the ``natural``
+    step rule's metric), cached beside the key statistics."""
+    return sensitivity_for(loaded, layer, corpus.texts, (home or data_home()) / "stats")
+
+
+def needs_sensitivity(methods: list[EngineSettings]) -> bool:
+    """Whether any of ``methods`` optimises its targets by the ``natural`` step rule."""
+    return any(m.target.step_rule is StepRule.NATURAL for m in methods)
+
+
 def build_engine(
     loaded: LoadedModel,
     settings: EngineSettings,
@@ -116,8 +131,16 @@ def build_engine(
 ) -> EditEngine:
     """An engine for ``loaded`` with cached statistics and freshly sampled contexts;
     ``cancelled`` may stop building it (``WorkCancelled``), ``report`` hears how far.
-    ``optimiser`` runs its OPTIMIZATION stage (see ``EditEngine``)."""
-    stats = layer_statistics(loaded, settings.edit_layers(loaded),
-                             statistics_settings or StatisticsSettings(), home=home,
-                             cancelled=cancelled, report=report)
-    return EditEngine(loaded, settings, stats, sample_contexts(loaded), optimiser=optimiser)
+    ``optimiser`` runs its OPTIMIZATION stage (see ``EditEngine``). The ``natural``
+    step rule's sensitivity comes from the statistics' corpus.
+    """
+    layers = settings.edit_layers(loaded)
+    statistics_settings = statistics_settings or StatisticsSettings()
+    corpus = statistics_corpus(loaded, layers, statistics_settings, home=home,
+                               cancelled=cancelled, report=report)
+    stats = layer_statistics(loaded, layers, statistics_settings, home=home,
+                             cancelled=cancelled, report=report, corpus=corpus)
+    sensitivity = (layer_sensitivity(loaded, layers[-1], corpus, home=home)
+                   if needs_sensitivity([settings]) else None)
+    return EditEngine(loaded, settings, stats, sample_contexts(loaded), optimiser=optimiser,
+                      sensitivity=sensitivity)

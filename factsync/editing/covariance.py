@@ -196,7 +196,7 @@ def compute_key_statistics(
         cancelled: asked before every batch; when it answers yes, ``WorkCancelled``.
         report: told the share of ``token_budget`` counted after every batch.
     """
-    lead = _lead_ids(loaded)
+    lead = lead_ids(loaded)
     _check_arguments(loaded, layers, texts, token_budget, batch_size, max_length, len(lead))
     layers = sorted(set(layers))
     device = loaded.device
@@ -210,7 +210,7 @@ def compute_key_statistics(
     generator = torch.Generator().manual_seed(seed)
     counted = 0
     with tqdm(total=token_budget, unit="tok", desc="key statistics", disable=not progress) as bar:
-        for batch in _batches(_windows(loaded, texts, lead, max_length), batch_size):
+        for batch in window_batches(token_windows(loaded, texts, lead, max_length), batch_size):
             if cancelled():
                 raise WorkCancelled("computing key statistics was stopped")
             keys = _batch_keys(loaded, layers, batch, len(lead))
@@ -274,7 +274,7 @@ def _check_arguments(
         )
 
 
-def _lead_ids(loaded: LoadedModel) -> list[int]:
+def lead_ids(loaded: LoadedModel) -> list[int]:
     """Tokens leading every window: the prefix, or the tokenizer's own start tokens."""
     if loaded.prefix_ids:
         return list(loaded.prefix_ids)
@@ -290,7 +290,7 @@ def layer_key_size(loaded: LoadedModel, layer: int) -> int:
     return key_value_dims(loaded.spec, module)[0]
 
 
-def _windows(
+def token_windows(
     loaded: LoadedModel, texts: list[str], lead: list[int], max_length: int
 ) -> Iterator[list[int]]:
     """Yield token-id windows: ``lead`` then up to ``max_length - len(lead)`` text tokens."""
@@ -301,7 +301,7 @@ def _windows(
             yield lead + list(ids[start : start + room])
 
 
-def _batches(windows: Iterable[list[int]], batch_size: int) -> Iterator[list[list[int]]]:
+def window_batches(windows: Iterable[list[int]], batch_size: int) -> Iterator[list[list[int]]]:
     """Group an iterable of windows into lists of ``batch_size`` (the last may be shorter)."""
     batch: list[list[int]] = []
     for window in windows:
@@ -313,11 +313,10 @@ def _batches(windows: Iterable[list[int]], batch_size: int) -> Iterator[list[lis
         yield batch
 
 
-@torch.no_grad()
-def _batch_keys(
-    loaded: LoadedModel, layers: list[int], batch: list[list[int]], lead_length: int
-) -> dict[int, torch.Tensor]:
-    """Keys of every counted token of ``batch``: layer -> (tokens, key), in text order."""
+def padded_windows(loaded: LoadedModel, batch: list[list[int]],
+                   lead_length: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``batch`` right-padded: (input ids, attention mask, counted), each (windows,
+    longest). Counted are the tokens after the ``lead_length`` leading ones, not padding."""
     width = max(len(window) for window in batch)
     pad = loaded.tokenizer.pad_token_id
     pad = pad if pad is not None else 0
@@ -326,9 +325,18 @@ def _batch_keys(
     for row, window in enumerate(batch):
         input_ids[row, : len(window)] = torch.tensor(window)
         mask[row, : len(window)] = 1
-    # Right padding: default positions are right. Leading tokens and padding are not counted.
+    # Right padding: default positions are right.
     counted = mask.bool()
     counted[:, :lead_length] = False
+    return input_ids, mask, counted
+
+
+@torch.no_grad()
+def _batch_keys(
+    loaded: LoadedModel, layers: list[int], batch: list[list[int]], lead_length: int
+) -> dict[int, torch.Tensor]:
+    """Keys of every counted token of ``batch``: layer -> (tokens, key), in text order."""
+    input_ids, mask, counted = padded_windows(loaded, batch, lead_length)
     device = loaded.device
     last = loaded.spec.mlp_out_path(max(layers))
 

@@ -41,7 +41,12 @@ from factsync.editing.spread import (
     nullspace_projector,
     spread,
 )
-from factsync.editing.targets import TargetOptimiser, TargetSettings, optimise_targets
+from factsync.editing.targets import (
+    StepRule,
+    TargetOptimiser,
+    TargetSettings,
+    optimise_targets,
+)
 from factsync.models.loading import LoadedModel
 from factsync.typed_yaml import Choice
 
@@ -171,7 +176,9 @@ class EditEngine:
     ``edit`` leaves the model as it found it and returns a delta; callers apply it.
 
     The OPTIMIZATION stage runs through ``optimiser``: in this process by default, or
-    fanned out to workers that carry the same model (``factsync.executors``).
+    fanned out to workers that carry the same model (``factsync.executors``). The
+    ``natural`` step rule needs ``sensitivity``, the last edit layer's
+    (``editing.sensitivity``).
     """
 
     def __init__(
@@ -182,8 +189,12 @@ class EditEngine:
         contexts: list[str],
         *,
         optimiser: TargetOptimiser = optimise_targets,
+        sensitivity: torch.Tensor | None = None,
     ) -> None:
+        if settings.target.step_rule is StepRule.NATURAL and sensitivity is None:
+            raise ValueError("the natural step rule needs the last edit layer's sensitivity")
         self.loaded = loaded
+        self.sensitivity = sensitivity
         self.settings = settings
         self.optimiser = optimiser
         self.layers = settings.edit_layers(loaded)
@@ -338,6 +349,7 @@ class EditEngine:
                     use_neighbours=settings.neighbours,
                     cancelled=cancelled,
                     applied=total,
+                    sensitivity=self.sensitivity,
                 )
                 stop_if(cancelled)
                 spread_started = time.monotonic()

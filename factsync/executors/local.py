@@ -6,6 +6,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
+import torch
+
 from factsync.editing.cancellation import Cancelled, never
 from factsync.editing.delta import ModelDelta
 from factsync.editing.requests import EditRequest
@@ -53,6 +55,7 @@ class Executor(Protocol):
         self, loaded: LoadedModel, requests: list[EditRequest], layer: int,
         contexts: list[str], settings: TargetSettings, *, use_neighbours: bool,
         cancelled: Cancelled = never, applied: ModelDelta | None = None,
+        sensitivity: torch.Tensor | None = None,
     ) -> TargetResult:
         """``optimise_targets`` on the model as the caller has it (a ``TargetOptimiser``)."""
 
@@ -76,10 +79,12 @@ class LocalExecutor:
         self, loaded: LoadedModel, requests: list[EditRequest], layer: int,
         contexts: list[str], settings: TargetSettings, *, use_neighbours: bool,
         cancelled: Cancelled = never, applied: ModelDelta | None = None,
+        sensitivity: torch.Tensor | None = None,
     ) -> TargetResult:
         """``optimise_targets`` on ``loaded``."""
         return optimise_targets(loaded, requests, layer, contexts, settings,
-                                use_neighbours=use_neighbours, cancelled=cancelled)
+                                use_neighbours=use_neighbours, cancelled=cancelled,
+                                sensitivity=sensitivity)
 
     def measure(
         self, loaded: LoadedModel, checks: Sequence[EditCheck], retention: Sequence[Prompted],

@@ -124,20 +124,23 @@ class RayExecutor:
         self, loaded: LoadedModel, requests: list[EditRequest], layer: int,
         contexts: list[str], settings: TargetSettings, *, use_neighbours: bool,
         cancelled: Cancelled = never, applied: ModelDelta | None = None,
+        sensitivity: torch.Tensor | None = None,
     ) -> TargetResult:
         """``optimise_targets`` with its chunks spread over the workers."""
         with self._calls:
             return self._optimise(loaded, requests, layer, contexts, settings,
-                                  use_neighbours, cancelled, applied)
+                                  use_neighbours, cancelled, applied, sensitivity)
 
     def _optimise(self, loaded: LoadedModel, requests: list[EditRequest], layer: int,
                   contexts: list[str], settings: TargetSettings, use_neighbours: bool,
-                  cancelled: Cancelled, applied: ModelDelta | None) -> TargetResult:
+                  cancelled: Cancelled, applied: ModelDelta | None,
+                  sensitivity: torch.Tensor | None) -> TargetResult:
         extra = self._ray.put(applied) if applied is not None and applied.layers else None
+        metric = self._ray.put(sensitivity.cpu()) if sensitivity is not None else None
         key = chain_key(self._labels)
         parts = self._run([
             lambda w, chunk=chunk: w.optimise.remote(key, chunk, layer, contexts, settings,
-                                                     use_neighbours, extra)
+                                                     use_neighbours, extra, metric)
             for chunk in fact_chunks(requests, settings)], cancelled)
         device = loaded.device
         return TargetResult(

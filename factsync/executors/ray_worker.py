@@ -82,12 +82,13 @@ class FleetWorker:
 
     def optimise(self, key: str, requests: list[EditRequest], layer: int, contexts: list[str],
                  settings: TargetSettings, use_neighbours: bool,
-                 extra: ModelDelta | None) -> TargetResult:
+                 extra: ModelDelta | None,
+                 sensitivity: torch.Tensor | None = None) -> TargetResult:
         """``optimise_targets`` for ``requests`` on the chain ``key`` plus ``extra``."""
         self._check(key)
         with self._applied(extra):
             result = optimise_targets(self.loaded, requests, layer, contexts, settings,
-                                      use_neighbours=use_neighbours)
+                                      use_neighbours=use_neighbours, sensitivity=sensitivity)
         return TargetResult(z=result.z.cpu(), initial=result.initial.cpu(),
                             probability=result.probability, steps=result.steps)
 
