@@ -57,7 +57,8 @@ from factsync.bench.live_daemon import DaemonProcess, free_port
 from factsync.editing.covariance import compute_key_statistics
 from factsync.editing.delta import LayerDelta, ModelDelta
 from factsync.editing.engine import EditEngine, EngineSettings
-from factsync.editing.targets import TargetSettings
+from factsync.editing.sensitivity import compute_sensitivity
+from factsync.editing.targets import StepRule, TargetSettings
 from factsync.models.loading import LoadedModel, model_fingerprint, prompt_prefix_ids
 from factsync.models.specs import check_layout, get_module, key_value_dims, spec_for
 from factsync.models.synthetic import byte_tokenizer
@@ -226,7 +227,10 @@ def _tiny_engine(loaded: LoadedModel, **changes: object) -> EditEngine:
     layers = settings.edit_layers(loaded)
     stats = compute_key_statistics(loaded, layers, ENGINE_TEXTS, token_budget=400,
                                    progress=False)
-    return EditEngine(loaded, settings, stats, ENGINE_CONTEXTS)
+    sensitivity = (compute_sensitivity(loaded, layers[-1], ENGINE_TEXTS, token_budget=400,
+                                       progress=False)
+                   if settings.target.step_rule is StepRule.NATURAL else None)
+    return EditEngine(loaded, settings, stats, ENGINE_CONTEXTS, sensitivity=sensitivity)
 
 
 class Clock:

@@ -7,6 +7,7 @@ from dataclasses import replace
 import pytest
 import torch
 
+from factsync.editing.engine import EditEngine
 from factsync.editing.requests import EditRequest
 from factsync.editing.targets import optimise_targets
 from factsync.models.hooks import add_at_positions
@@ -118,3 +119,49 @@ def test_phrasings_are_left_out_unless_asked_for(tiny_loaded, tiny_engine):
     ignored = optimise_targets(engine.loaded, [replace(QUICK, phrasings=("{} spoke",))], layer,
                                engine.contexts, settings, use_neighbours=False)
     torch.testing.assert_close(ignored.z, plain.z)
+
+
+def _energy_share(shift: torch.Tensor, dims: slice) -> float:
+    return float((shift[:, dims] ** 2).sum() / (shift**2).sum())
+
+
+def test_the_natural_rule_keeps_the_shift_out_of_directions_ordinary_text_feels(
+        tiny_loaded, tiny_engine):
+    engine = tiny_engine(tiny_loaded("llama"))
+    layer = engine.layers[-1]
+    size = engine.loaded.model.config.hidden_size
+    felt = slice(0, size // 2)
+    # Ordinary text feels the first half of the hidden state a hundred times more.
+    sensitivity = torch.diag(torch.cat([torch.full((size // 2,), 100.0),
+                                        torch.ones(size - size // 2)])).double()
+    fixed = replace(engine.settings.target, steps=10, stop_nll=1e-6, learning_rate=0.05,
+                    weight_decay=0.0, sensitivity_shrinkage=0.0)
+    share = {}
+    for rule in ("normalised", "natural"):
+        result = optimise_targets(engine.loaded, [QUICK, SLOW], layer, engine.contexts,
+                                  replace(fixed, step_rule=rule), use_neighbours=False,
+                                  sensitivity=sensitivity)
+        share[rule] = _energy_share(result.z - result.initial, felt)
+    assert share["natural"] < share["normalised"] / 10
+
+
+def test_the_natural_rule_reaches_the_stop_loss(tiny_loaded, tiny_engine):
+    loaded = tiny_loaded("llama")
+    usual = tiny_engine(loaded).settings.target
+    engine = tiny_engine(loaded, target=replace(usual, step_rule="natural", learning_rate=0.1,
+                                                steps=80, stop_nll=5.5))
+    result = optimise_targets(engine.loaded, [QUICK], engine.layers[-1], engine.contexts,
+                              engine.settings.target, use_neighbours=False,
+                              sensitivity=engine.sensitivity)
+    assert 0 < result.steps[0] < 80
+
+
+def test_the_natural_rule_without_a_sensitivity_is_refused(tiny_loaded, tiny_engine):
+    engine = tiny_engine(tiny_loaded("llama"))
+    natural = replace(engine.settings.target, step_rule="natural")
+    with pytest.raises(ValueError, match="needs the layer's sensitivity"):
+        optimise_targets(engine.loaded, [QUICK], engine.layers[-1], engine.contexts, natural,
+                         use_neighbours=False)
+    with pytest.raises(ValueError, match="needs the last edit layer's sensitivity"):
+        EditEngine(engine.loaded, replace(engine.settings, target=natural), engine.statistics,
+                   engine.contexts)

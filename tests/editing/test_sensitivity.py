@@ -1,0 +1,96 @@
+"""Ordinary text's sensitivity to a layer's hidden state, and its cache."""
+
+from __future__ import annotations
+
+import logging
+
+import pytest
+import torch
+
+from factsync.editing.sensitivity import compute_sensitivity, sensitivity_for
+from factsync.models.hooks import forward_hooks, hidden_of, with_hidden
+
+TEXTS = [
+    "The capital of France is Paris and the capital of Italy is Rome.",
+    "Danielle Darrieux was a French actress whose mother tongue is French.",
+    "LinkedIn is owned by Microsoft, and so is Skype.",
+    "Once upon a time, in 1998, scientists found a new city in the north.",
+] * 12
+
+
+def _mean_kl_with_shift(loaded, layer: int, shift: torch.Tensor) -> float:
+    """Mean KL of the next-token distributions over ``TEXTS`` from the model's own when
+    ``shift`` is added to ``layer``'s output at every token."""
+    batch = loaded.tokenizer(TEXTS, return_tensors="pt", padding=True)
+
+    def shifted(_module, _args, output):
+        return with_hidden(output, hidden_of(output) + shift)
+
+    with torch.no_grad():
+        before = torch.log_softmax(loaded.model(**batch).logits, dim=-1)
+        with forward_hooks(loaded.model, {loaded.spec.layer_path(layer): shifted}):
+            after = torch.log_softmax(loaded.model(**batch).logits, dim=-1)
+    kl = (before.exp() * (before - after)).sum(dim=-1)
+    return float(kl[batch["attention_mask"].bool()].mean())
+
+
+def test_half_the_squared_shift_in_the_metric_predicts_the_cost_to_ordinary_text(
+        tiny_loaded):
+    loaded = tiny_loaded("llama")
+    layer = 1
+    sensitivity = compute_sensitivity(loaded, layer, TEXTS, progress=False)
+    values, vectors = torch.linalg.eigh(sensitivity)
+    length = 0.2 * float(loaded.model.config.hidden_size) ** 0.5
+    cost = {}
+    for which in (0, -1):  # the least and the most felt direction
+        cost[which] = _mean_kl_with_shift(loaded, layer, length * vectors[:, which].float())
+        predicted = 0.5 * length**2 * float(values[which])
+        assert 0.5 < cost[which] / predicted < 2
+    assert cost[-1] > 3 * cost[0]
+
+
+def test_the_sensitivity_is_a_symmetric_positive_semidefinite_mean(tiny_loaded):
+    loaded = tiny_loaded("llama")
+    sensitivity = compute_sensitivity(loaded, 2, TEXTS, token_budget=300, progress=False)
+    size = loaded.model.config.hidden_size
+    assert sensitivity.shape == (size, size) and sensitivity.dtype == torch.float64
+    torch.testing.assert_close(sensitivity, sensitivity.T)
+    assert torch.linalg.eigvalsh(sensitivity).min() > -1e-12
+    # Other sampled labels: another estimate of the same expectation.
+    again = compute_sensitivity(loaded, 2, TEXTS, token_budget=300, seed=1, progress=False)
+    assert not torch.equal(sensitivity, again)
+    assert float((sensitivity - again).norm() / sensitivity.norm()) < 0.5
+
+
+def test_the_model_is_left_as_found(tiny_loaded):
+    loaded = tiny_loaded("llama")
+    before = {name: p.detach().clone() for name, p in loaded.model.named_parameters()}
+    flags = {name: p.requires_grad for name, p in loaded.model.named_parameters()}
+    compute_sensitivity(loaded, 1, TEXTS, token_budget=100, progress=False)
+    for name, parameter in loaded.model.named_parameters():
+        assert torch.equal(parameter, before[name]) and parameter.grad is None
+        assert parameter.requires_grad == flags[name]
+    assert not any(m._forward_hooks for m in loaded.model.modules())
+
+
+def test_bad_arguments_are_refused(tiny_loaded):
+    loaded = tiny_loaded("llama")
+    with pytest.raises(ValueError, match="outside the model"):
+        compute_sensitivity(loaded, 99, TEXTS, progress=False)
+    with pytest.raises(ValueError, match="token_budget must be positive"):
+        compute_sensitivity(loaded, 1, TEXTS, token_budget=0, progress=False)
+    with pytest.raises(ValueError, match="no tokens"):
+        compute_sensitivity(loaded, 1, [""], progress=False)
+
+
+def test_the_cache_computes_once_and_recomputes_a_damaged_file(tiny_loaded, tmp_path, caplog):
+    loaded = tiny_loaded("llama")
+    caplog.set_level(logging.INFO, logger="factsync.editing.sensitivity")
+    first = sensitivity_for(loaded, 1, TEXTS, tmp_path, token_budget=200)
+    (path,) = (tmp_path / loaded.fingerprint).glob("sensitivity-layer1-*.safetensors")
+    second = sensitivity_for(loaded, 1, TEXTS, tmp_path, token_budget=200)
+    assert torch.equal(first, second) and "reusing" in caplog.text
+    path.write_bytes(b"not a safetensors file")
+    caplog.clear()
+    third = sensitivity_for(loaded, 1, TEXTS, tmp_path, token_budget=200)
+    assert "unreadable" in caplog.text and torch.equal(first, third)
