@@ -14,6 +14,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 
+import torch
 from tqdm import tqdm
 
 from factsync.editing.covariance import KeyStatistics
@@ -109,12 +110,14 @@ def run_counterfact(
     dataset: str = "counterfact",
     spare: Sequence[EvalCase] = (),
     executor: Executor | None = None,
+    sensitivity: torch.Tensor | None = None,
 ) -> dict[str, MethodRow]:
     """Edit ``cases`` of ``dataset`` with each method and score them.
 
     ``spare`` records may lend editing neighbours (see ``prepare_suite``). The model is
     restored after each method. ``executor`` runs the z optimisation (in this process
-    by default).
+    by default). ``sensitivity`` is the last edit layer's, for methods of the ``natural``
+    step rule.
     """
     executor = executor or LocalExecutor()
     suite = prepare_suite(loaded, dataset, cases, neighbours_per_fact=neighbours_per_fact,
@@ -124,7 +127,7 @@ def run_counterfact(
     requests = suite.requests
     for name, settings in methods.items():
         engine = EditEngine(loaded, settings, statistics, contexts,
-                            optimiser=executor.optimise)
+                            optimiser=executor.optimise, sensitivity=sensitivity)
         handles, passes, seconds, chain = [], [], 0.0, []
         by_pass: list[float] = []  # optimisation seconds of pass i, summed over batches
         batches = range(0, len(requests), batch_size)

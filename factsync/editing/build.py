@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -107,16 +108,18 @@ def layer_statistics(
                                 cancelled=cancelled, report=report)
 
 
-def layer_sensitivity(loaded: LoadedModel, layer: int, corpus: StatisticsCorpus, *,
-                      home: Path | None = None) -> torch.Tensor:
-    """The sensitivity of ``layer`` over the key statistics' corpus (the ``natural``
-    step rule's metric), cached beside the key statistics."""
-    return sensitivity_for(loaded, layer, corpus.texts, (home or data_home()) / "stats")
-
-
-def needs_sensitivity(methods: list[EngineSettings]) -> bool:
-    """Whether any of ``methods`` optimises its targets by the ``natural`` step rule."""
-    return any(m.target.step_rule is StepRule.NATURAL for m in methods)
+def methods_sensitivity(loaded: LoadedModel, methods: Iterable[EngineSettings],
+                        layers: list[int], settings: StatisticsSettings, *,
+                        home: Path | None = None,
+                        corpus: StatisticsCorpus | None = None) -> torch.Tensor | None:
+    """The sensitivity of the last of ``layers`` over the key statistics' corpus (cached
+    beside them) when any of ``methods`` steps by the ``natural`` rule, else ``None``.
+    ``corpus`` is ``statistics_corpus``'s answer when the caller already has it."""
+    if not any(m.target.step_rule is StepRule.NATURAL for m in methods):
+        return None
+    home = home or data_home()
+    corpus = corpus or statistics_corpus(loaded, layers, settings, home=home)
+    return sensitivity_for(loaded, layers[-1], corpus.texts, home / "stats")
 
 
 def build_engine(
@@ -140,7 +143,7 @@ def build_engine(
                                cancelled=cancelled, report=report)
     stats = layer_statistics(loaded, layers, statistics_settings, home=home,
                              cancelled=cancelled, report=report, corpus=corpus)
-    sensitivity = (layer_sensitivity(loaded, layers[-1], corpus, home=home)
-                   if needs_sensitivity([settings]) else None)
+    sensitivity = methods_sensitivity(loaded, [settings], layers, statistics_settings, home=home,
+                                      corpus=corpus)
     return EditEngine(loaded, settings, stats, sample_contexts(loaded), optimiser=optimiser,
                       sensitivity=sensitivity)

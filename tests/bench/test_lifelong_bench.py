@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import replace
+from pathlib import Path
 
 import pytest
 import torch
@@ -240,13 +241,40 @@ def test_the_command_writes_checkpoints_intervals_aliases_and_a_plot(
         assert set(RECORD_METRICS) <= set(numbers["changed_intervals"])
 
 
-def test_the_command_runs_zsre_records(tiny_loaded, tmp_path, monkeypatch, capsys, zsre_file):
-    model_dir, fluency = _command_inputs(tiny_loaded, tmp_path, monkeypatch)
-    report, plot = tmp_path / "lifelong.json", tmp_path / "lifelong.png"
+def _operator_corpus(tmp_path: Path) -> Path:
+    """A text file of the operator's own, for the key statistics."""
     corpus = tmp_path / "corpus.txt"
     paragraphs = [f"Paragraph {i} of the operator's own text, about the river number {i} "
                   f"and its {i * 3} bridges." for i in range(80)]
     corpus.write_text("\n\n".join(paragraphs))
+    return corpus
+
+
+def test_a_natural_rule_method_gets_the_sensitivity_of_the_statistics_corpus(
+        tiny_loaded, tmp_path, monkeypatch, counterfact_file):
+    model_dir, fluency = _command_inputs(tiny_loaded, tmp_path, monkeypatch)
+    corpus = _operator_corpus(tmp_path)
+    policy = tmp_path / "natural.yaml"
+    policy.write_text("editing:\n  target: {step_rule: natural, learning_rate: 0.1}\n")
+    report = tmp_path / "lifelong.json"
+    code = main([
+        "bench", "lifelong", "--data", str(counterfact_file), "--fluency", str(fluency),
+        "--n", "4", "--batch", "2", "--checkpoint-every", "4", "--canaries", "0",
+        "--methods", f"memit,{policy}", "--neighbours", "0", "--model", str(model_dir),
+        "--device", "cpu", "--corpus-tokens", "1000", "--corpus-files", str(corpus),
+        "--json", str(report),
+    ])
+    assert code == 0
+    digest = corpus_digest(load_text_files([corpus]))
+    assert list((tmp_path / "home" / "stats").glob(f"*/sensitivity-layer*-{digest}-*"))
+    methods = json.loads(report.read_text())["methods"]
+    assert methods[str(policy)]["final"]["norm_growth_max"] > 0
+
+
+def test_the_command_runs_zsre_records(tiny_loaded, tmp_path, monkeypatch, capsys, zsre_file):
+    model_dir, fluency = _command_inputs(tiny_loaded, tmp_path, monkeypatch)
+    report, plot = tmp_path / "lifelong.json", tmp_path / "lifelong.png"
+    corpus = _operator_corpus(tmp_path)
     code = main([
         "bench", "lifelong", "--dataset", "zsre", "--data", str(zsre_file),
         "--fluency", str(fluency), "--n", "4", "--batch", "2", "--checkpoint-every", "4",

@@ -85,7 +85,7 @@ def run_counterfact_bench(args: argparse.Namespace) -> int:
         standard_methods,
         to_json,
     )
-    from factsync.editing.build import build_engine
+    from factsync.editing.build import build_engine, methods_sensitivity
     from factsync.evaluation.datasets import load_cases
     from factsync.models.scoring import scoring_progress
 
@@ -109,6 +109,8 @@ def run_counterfact_bench(args: argparse.Namespace) -> int:
         run_args = argparse.Namespace(**{**vars(args), "dtype": dtype})
         loaded = load(run_args)
         engine = build_engine(loaded, base, statistics_settings(args))
+        sensitivity = methods_sensitivity(loaded, methods.values(), engine.layers,
+                                          statistics_settings(args))
         executor = executor_from_args(run_args)
         try:
             with scoring_progress("scoring"):
@@ -116,7 +118,7 @@ def run_counterfact_bench(args: argparse.Namespace) -> int:
                     loaded, cases, methods, statistics=engine.statistics,
                     contexts=engine.contexts, fluency_texts=texts, batch_size=args.batch,
                     neighbours_per_fact=args.neighbours, dataset=args.dataset,
-                    spare=records[args.n :], executor=executor)
+                    spare=records[args.n :], executor=executor, sensitivity=sensitivity)
         finally:
             executor.close()
         print(f"{dataset_spec(args.dataset).title}, {len(cases)} records, batches of "

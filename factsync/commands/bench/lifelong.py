@@ -111,12 +111,7 @@ def run_lifelong_bench(args: argparse.Namespace) -> int:
     )
     from factsync.bench.lifelong_resume import RunDirectory
     from factsync.bench.lifelong_scoring import Yardstick
-    from factsync.editing.build import (
-        build_engine,
-        layer_sensitivity,
-        needs_sensitivity,
-        statistics_corpus,
-    )
+    from factsync.editing.build import build_engine, methods_sensitivity
     from factsync.evaluation.suites import load_cases, prepare_suite
     from factsync.models.scoring import scoring_progress
 
@@ -148,10 +143,7 @@ def run_lifelong_bench(args: argparse.Namespace) -> int:
     loaded = load(args)
     layers = edit_layers(loaded, methods)
     engine = build_engine(loaded, replace(base, layers=layers), statistics_settings(args))
-    sensitivity = None
-    if needs_sensitivity(list(methods.values())):
-        corpus = statistics_corpus(loaded, layers, statistics_settings(args))
-        sensitivity = layer_sensitivity(loaded, layers[-1], corpus)
+    sensitivity = methods_sensitivity(loaded, methods.values(), layers, statistics_settings(args))
     with scoring_progress("preparing the records"):
         suite = prepare_suite(loaded, args.dataset, cases[: args.n],
                               neighbours_per_fact=args.neighbours, spare=cases[args.n :])
