@@ -44,6 +44,10 @@ class ShiftReport:
             direction (about 1 / facts when they share nothing).
         steps: median optimisation steps.
         probability: median probability of the new object the optimisation reached.
+        felt: median ``s^T F s / 2`` of the shifts s, F the unedited model's sensitivity
+            at the layer (``editing.sensitivity``): to second order, the nats per token
+            ordinary text would lose with the shift added at every token; ``None``
+            when no sensitivity was given.
     """
 
     label: str
@@ -54,6 +58,7 @@ class ShiftReport:
     shared_energy: float
     steps: float
     probability: float
+    felt: float | None = None
 
     def to_json(self) -> dict:
         """The report as JSON numbers, the cosine as ``[mean, low, high]``."""
@@ -61,14 +66,16 @@ class ShiftReport:
 
 
 def measure_shifts(loaded: LoadedModel, requests: Sequence[EditRequest], layer: int,
-                   contexts: list[str], settings: TargetSettings, *,
-                   label: str) -> ShiftReport:
+                   contexts: list[str], settings: TargetSettings, *, label: str,
+                   sensitivity: torch.Tensor | None = None) -> ShiftReport:
     """Optimise the targets of ``requests`` at ``layer`` on ``loaded`` as it is, and
-    describe their shifts. Raises ``ValueError`` for fewer than two requests."""
+    describe their shifts, in the metric of ``sensitivity`` as well when it is given
+    (the ``natural`` step rule needs it). Raises ``ValueError`` for fewer than two
+    requests."""
     if len(requests) < 2:
         raise ValueError("shifts are compared between facts: give at least two")
     result = optimise_targets(loaded, list(requests), layer, contexts, settings,
-                              use_neighbours=False)
+                              use_neighbours=False, sensitivity=sensitivity)
     initial, shifts = result.initial.double(), (result.z - result.initial).double()
     norms = shifts.norm(dim=1)
     moved = norms > 0
@@ -80,6 +87,9 @@ def measure_shifts(loaded: LoadedModel, requests: Sequence[EditRequest], layer: 
     per_fact = [float(cosines[i][others[i]].mean()) for i in range(len(directions))]
     mean_direction = shifts.mean(dim=0)
     along = shifts @ (mean_direction / mean_direction.norm())
+    felt = None
+    if sensitivity is not None:
+        felt = float((0.5 * ((shifts @ sensitivity.double()) * shifts).sum(dim=1)).median())
     return ShiftReport(
         label=label,
         hidden_norm=float(initial.norm(dim=1).median()),
@@ -89,16 +99,21 @@ def measure_shifts(loaded: LoadedModel, requests: Sequence[EditRequest], layer: 
         shared_energy=float((along**2).sum() / (norms**2).sum()),
         steps=float(torch.tensor(result.steps, dtype=torch.float64).median()),
         probability=float(torch.tensor(result.probability, dtype=torch.float64).median()),
+        felt=felt,
     )
 
 
 def format_shifts(reports: Sequence[ShiftReport]) -> str:
-    """One row per model."""
+    """One row per model; the ``s^T F s / 2`` column when the reports have it."""
+    felt = any(r.felt is not None for r in reports)
     lines = ["model | |h| | |z-h| | |z-h|/|h| | cosine between facts | shared energy | "
-             "steps | probability",
-             " | ".join(["---"] * 8)]
+             "steps | probability" + (" | s^T F s / 2" if felt else ""),
+             " | ".join(["---"] * (9 if felt else 8))]
     for r in reports:
-        lines.append(f"{r.label} | {r.hidden_norm:.2f} | {r.shift_norm:.2f} | "
-                     f"{r.shift_ratio:.3f} | {format_interval(r.cosine)} | "
-                     f"{r.shared_energy:.3f} | {r.steps:.0f} | {r.probability:.3f}")
+        row = (f"{r.label} | {r.hidden_norm:.2f} | {r.shift_norm:.2f} | "
+               f"{r.shift_ratio:.3f} | {format_interval(r.cosine)} | "
+               f"{r.shared_energy:.3f} | {r.steps:.0f} | {r.probability:.3f}")
+        if felt:
+            row += " | " + ("-" if r.felt is None else f"{r.felt:.4f}")
+        lines.append(row)
     return "\n".join(lines)

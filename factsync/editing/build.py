@@ -117,6 +117,14 @@ def methods_sensitivity(loaded: LoadedModel, methods: Iterable[EngineSettings],
     ``corpus`` is ``statistics_corpus``'s answer when the caller already has it."""
     if not any(m.target.step_rule is StepRule.NATURAL for m in methods):
         return None
+    return layer_sensitivity(loaded, layers, settings, home=home, corpus=corpus)
+
+
+def layer_sensitivity(loaded: LoadedModel, layers: list[int], settings: StatisticsSettings, *,
+                      home: Path | None = None,
+                      corpus: StatisticsCorpus | None = None) -> torch.Tensor:
+    """The sensitivity of the last of ``layers`` over the key statistics' corpus, cached
+    beside them; ``corpus`` as for ``methods_sensitivity``."""
     home = home or data_home()
     corpus = corpus or statistics_corpus(loaded, layers, settings, home=home)
     return sensitivity_for(loaded, layers[-1], corpus.texts, home / "stats")

@@ -6,6 +6,7 @@ import json
 from dataclasses import replace
 
 import pytest
+import torch
 
 from factsync.bench.target_shifts import measure_shifts
 from factsync.cli import main
@@ -73,3 +74,34 @@ def test_the_command_measures_the_model_as_loaded_and_with_each_delta(
         assert 0 < model["shared_energy"] <= 1
     out = capsys.readouterr().out
     assert out.splitlines()[1].startswith("model | |h| | |z-h|")
+
+
+def test_the_felt_cost_is_half_the_squared_shift_in_the_sensitivity_metric(
+        tiny_loaded, tiny_engine):
+    engine = tiny_engine(tiny_loaded())
+    size = engine.loaded.model.config.hidden_size
+    report = measure_shifts(engine.loaded, [PARIS, SKYPE, PARIS], engine.layers[-1],
+                            engine.contexts, engine.settings.target, label="unedited",
+                            sensitivity=3 * torch.eye(size, dtype=torch.float64))
+    assert report.felt == pytest.approx(0.5 * 3 * report.shift_norm**2, rel=1e-4)
+    assert _measure(engine, [PARIS, SKYPE]).felt is None
+
+
+def test_the_command_reports_the_felt_cost_over_the_statistics_corpus(
+        tiny_loaded, tmp_path, monkeypatch, capsys, counterfact_file):
+    loaded = tiny_loaded()
+    model_dir = tmp_path / "model"
+    loaded.model.save_pretrained(model_dir)
+    loaded.tokenizer.save_pretrained(model_dir)
+    monkeypatch.setenv("FACTSYNC_HOME", str(tmp_path / "home"))
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text("\n\n".join(f"Text {i} about the city number {i}." for i in range(100)))
+
+    code = main(["bench", "shifts", "--data", str(counterfact_file), "--n", "3",
+                 "--method", "memit", "--model", str(model_dir), "--device", "cpu",
+                 "--corpus-files", str(corpus), "--sensitivity"])
+
+    assert code == 0
+    assert list((tmp_path / "home" / "stats").glob("*/sensitivity-layer*"))
+    header, _, row = capsys.readouterr().out.splitlines()[1:4]
+    assert header.endswith("| s^T F s / 2") and float(row.split(" | ")[-1]) > 0

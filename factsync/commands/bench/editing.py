@@ -435,6 +435,12 @@ def _register_shifts(sub: argparse._SubParsersAction) -> None:
                         "names them (default)")
     shifts.add_argument("--delta", type=Path, action="append", default=[], metavar="FILE",
                         help="also measure with this saved delta applied (repeatable)")
+    shifts.add_argument("--sensitivity", action="store_true",
+                        help="also report the median s^T F s / 2 of the shifts s, F the "
+                        "unedited model's sensitivity at the layer over the key statistics' "
+                        "corpus (computed once and cached): to second order, the nats per "
+                        "token ordinary text would lose with a shift added at every token. "
+                        "A method of the natural step rule needs it anyway")
     shifts.add_argument("--json", type=Path, help="also write the numbers to this file")
     add_model_options(shifts)
     add_engine_options(shifts)
@@ -447,8 +453,10 @@ def run_shifts_bench(args: argparse.Namespace) -> int:
 
     from factsync.bench.lifelong import chosen_methods
     from factsync.bench.target_shifts import ShiftReport, format_shifts, measure_shifts
+    from factsync.editing.build import layer_sensitivity
     from factsync.editing.contexts import sample_contexts
     from factsync.editing.delta import ModelDelta, applied
+    from factsync.editing.targets import StepRule
     from factsync.evaluation.suites import load_cases
 
     if args.n < 2:
@@ -460,12 +468,17 @@ def run_shifts_bench(args: argparse.Namespace) -> int:
     torch.manual_seed(args.seed)
     cases = load_cases(args.dataset, records_path(args, args.dataset))[: args.n]
     loaded = load(args)
-    layer = settings.edit_layers(loaded)[-1]
+    layers = settings.edit_layers(loaded)
+    layer = layers[-1]
     contexts = sample_contexts(loaded)
     requests = [case.request for case in cases]
+    natural = settings.target.step_rule is StepRule.NATURAL
+    sensitivity = (layer_sensitivity(loaded, layers, statistics_settings(args))
+                   if args.sensitivity or natural else None)
 
     def measured(label: str) -> ShiftReport:
-        return measure_shifts(loaded, requests, layer, contexts, settings.target, label=label)
+        return measure_shifts(loaded, requests, layer, contexts, settings.target, label=label,
+                              sensitivity=sensitivity)
 
     reports = [measured("unedited")]
     for label, delta in deltas:
