@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import replace
+from pathlib import Path
 
 import pytest
 import torch
@@ -46,14 +47,20 @@ def test_facts_that_needed_no_shift_have_no_direction_to_compare(tiny_loaded, ti
                        reached, label="unedited")
 
 
-def test_the_command_measures_the_model_as_loaded_and_with_each_delta(
-    tiny_loaded, random_delta, tmp_path, monkeypatch, capsys, counterfact_file
-):
-    loaded = tiny_loaded()
+def _saved_model(loaded, tmp_path: Path, monkeypatch) -> Path:  # noqa: ANN001
+    """``loaded`` saved as a model directory, with FACTSYNC_HOME in ``tmp_path``."""
     model_dir = tmp_path / "model"
     loaded.model.save_pretrained(model_dir)
     loaded.tokenizer.save_pretrained(model_dir)
     monkeypatch.setenv("FACTSYNC_HOME", str(tmp_path / "home"))
+    return model_dir
+
+
+def test_the_command_measures_the_model_as_loaded_and_with_each_delta(
+    tiny_loaded, random_delta, tmp_path, monkeypatch, capsys, counterfact_file
+):
+    loaded = tiny_loaded()
+    model_dir = _saved_model(loaded, tmp_path, monkeypatch)
     delta = tmp_path / "edits.delta.safetensors"
     random_delta(loaded, range(loaded.num_layers), rank=4, scale=0.3).save(delta)
     report = tmp_path / "shifts.json"
@@ -89,11 +96,7 @@ def test_the_felt_cost_is_half_the_squared_shift_in_the_sensitivity_metric(
 
 def test_the_command_reports_the_felt_cost_over_the_statistics_corpus(
         tiny_loaded, tmp_path, monkeypatch, capsys, counterfact_file):
-    loaded = tiny_loaded()
-    model_dir = tmp_path / "model"
-    loaded.model.save_pretrained(model_dir)
-    loaded.tokenizer.save_pretrained(model_dir)
-    monkeypatch.setenv("FACTSYNC_HOME", str(tmp_path / "home"))
+    model_dir = _saved_model(tiny_loaded(), tmp_path, monkeypatch)
     corpus = tmp_path / "corpus.txt"
     corpus.write_text("\n\n".join(f"Text {i} about the city number {i}." for i in range(100)))
 
