@@ -58,7 +58,7 @@ from factsync.editing.covariance import compute_key_statistics
 from factsync.editing.delta import LayerDelta, ModelDelta
 from factsync.editing.engine import EditEngine, EngineSettings
 from factsync.editing.sensitivity import compute_sensitivity
-from factsync.editing.targets import StepRule, TargetSettings
+from factsync.editing.targets import TargetSettings
 from factsync.models.loading import LoadedModel, model_fingerprint, prompt_prefix_ids
 from factsync.models.specs import check_layout, get_module, key_value_dims, spec_for
 from factsync.models.synthetic import byte_tokenizer
@@ -229,7 +229,7 @@ def _tiny_engine(loaded: LoadedModel, **changes: object) -> EditEngine:
                                    progress=False)
     sensitivity = (compute_sensitivity(loaded, layers[-1], ENGINE_TEXTS, token_budget=400,
                                        progress=False)
-                   if settings.target.step_rule is StepRule.NATURAL else None)
+                   if settings.target.needs_sensitivity else None)
     return EditEngine(loaded, settings, stats, ENGINE_CONTEXTS, sensitivity=sensitivity)
 
 

@@ -16,7 +16,7 @@ from factsync.editing.engine import EditEngine, EngineSettings
 from factsync.editing.progress import Progress, silent
 from factsync.editing.sensitivity import sensitivity_for
 from factsync.editing.stats_cache import CovarianceCache
-from factsync.editing.targets import StepRule, TargetOptimiser, optimise_targets
+from factsync.editing.targets import TargetOptimiser, optimise_targets
 from factsync.models.loading import LoadedModel
 from factsync.paths import data_home
 
@@ -115,7 +115,7 @@ def methods_sensitivity(loaded: LoadedModel, methods: Iterable[EngineSettings],
     """The sensitivity of the last of ``layers`` over the key statistics' corpus (cached
     beside them) when any of ``methods`` steps by the ``natural`` rule, else ``None``.
     ``corpus`` is ``statistics_corpus``'s answer when the caller already has it."""
-    if not any(m.target.step_rule is StepRule.NATURAL for m in methods):
+    if not any(m.target.needs_sensitivity for m in methods):
         return None
     return layer_sensitivity(loaded, layers, settings, home=home, corpus=corpus)
 

@@ -41,12 +41,7 @@ from factsync.editing.spread import (
     nullspace_projector,
     spread,
 )
-from factsync.editing.targets import (
-    StepRule,
-    TargetOptimiser,
-    TargetSettings,
-    optimise_targets,
-)
+from factsync.editing.targets import TargetOptimiser, TargetSettings, optimise_targets
 from factsync.models.loading import LoadedModel
 from factsync.typed_yaml import Choice
 
@@ -191,7 +186,7 @@ class EditEngine:
         optimiser: TargetOptimiser = optimise_targets,
         sensitivity: torch.Tensor | None = None,
     ) -> None:
-        if settings.target.step_rule is StepRule.NATURAL and sensitivity is None:
+        if settings.target.needs_sensitivity and sensitivity is None:
             raise ValueError("the natural step rule needs the last edit layer's sensitivity")
         self.loaded = loaded
         self.sensitivity = sensitivity

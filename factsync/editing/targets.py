@@ -124,6 +124,11 @@ class TargetSettings:
     step_rule: StepRule = StepRule.ADAM
     sensitivity_shrinkage: float = 0.1
 
+    @property
+    def needs_sensitivity(self) -> bool:
+        """Whether these settings' step rule needs the layer's sensitivity."""
+        return self.step_rule is StepRule.NATURAL
+
     def __post_init__(self) -> None:
         object.__setattr__(self, "step_rule", StepRule.parse(self.step_rule, "step_rule"))
         if self.stop_margin < 0:
@@ -223,7 +228,7 @@ def optimise_targets(
     if not contexts or contexts[0] != "":
         raise ValueError("contexts must start with the bare context ''")
     metric = None
-    if settings.step_rule is StepRule.NATURAL:
+    if settings.needs_sensitivity:
         if sensitivity is None:
             raise ValueError("the natural step rule needs the layer's sensitivity")
         metric = _inverse_metric(sensitivity, settings.sensitivity_shrinkage).to(loaded.device)

@@ -456,7 +456,6 @@ def run_shifts_bench(args: argparse.Namespace) -> int:
     from factsync.editing.build import layer_sensitivity
     from factsync.editing.contexts import sample_contexts
     from factsync.editing.delta import ModelDelta, applied
-    from factsync.editing.targets import StepRule
     from factsync.evaluation.suites import load_cases
 
     if args.n < 2:
@@ -472,9 +471,8 @@ def run_shifts_bench(args: argparse.Namespace) -> int:
     layer = layers[-1]
     contexts = sample_contexts(loaded)
     requests = [case.request for case in cases]
-    natural = settings.target.step_rule is StepRule.NATURAL
     sensitivity = (layer_sensitivity(loaded, layers, statistics_settings(args))
-                   if args.sensitivity or natural else None)
+                   if args.sensitivity or settings.target.needs_sensitivity else None)
 
     def measured(label: str) -> ShiftReport:
         return measure_shifts(loaded, requests, layer, contexts, settings.target, label=label,
