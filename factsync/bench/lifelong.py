@@ -177,6 +177,7 @@ def run_lifelong(
     store: RunStore | None = None,
     change_back: int = 0,
     sensitivity: torch.Tensor | None = None,
+    unedited: Checkpoint | None = None,
 ) -> LifelongRun:
     """Apply every record of ``yardstick.suite`` with each method in turn, job by job.
 
@@ -193,6 +194,8 @@ def run_lifelong(
     model is measured once more (``Yardstick.measure_changed_back``); a saved run does
     not keep that measurement, so it cannot be combined with a ``store``.
     ``sensitivity`` is the last edit layer's, for methods of the ``natural`` step rule.
+    ``unedited`` is ``measure_unedited``'s measurement when it is known already (from an
+    earlier run of the same records, say); a new run measures it otherwise.
     """
     executor = executor or LocalExecutor()
     requests = yardstick.suite.requests
@@ -204,10 +207,8 @@ def run_lifelong(
     due = set(checkpoint_facts(n, batch_size, checkpoint_every))
     run = store.load() if store is not None else None
     if run is None:
-        untouched = NormGrowth(loaded, list(edit_layers(loaded, methods)))
         run = LifelongRun(dataset=yardstick.suite.dataset, n=n, batch=batch_size,
-                          unedited=yardstick.measure(loaded, n, untouched, 0.0,
-                                                     unedited=True))
+                          unedited=unedited or measure_unedited(loaded, yardstick, methods))
     for name, settings in methods.items():
         saved = store.progress(name) if store is not None else None
         if saved is not None and saved.facts == n:
@@ -247,6 +248,15 @@ def run_lifelong(
                     on_checkpoint(run)
         executor.follow([])
     return run
+
+
+def measure_unedited(loaded: LoadedModel, yardstick: Yardstick,
+                     methods: dict[str, EngineSettings]) -> Checkpoint:
+    """The unedited model, which ``yardstick`` was prepared on, measured over every record
+    (its weights, those ``methods`` edit, have grown by nothing)."""
+    untouched = NormGrowth(loaded, list(edit_layers(loaded, methods)))
+    return yardstick.measure(loaded, len(yardstick.suite.requests), untouched, 0.0,
+                             unedited=True)
 
 
 def _change_back(engine: EditEngine, yardstick: Yardstick, growth: NormGrowth,

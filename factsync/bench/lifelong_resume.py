@@ -24,7 +24,6 @@ from factsync.bench.lifelong_scoring import Checkpoint
 from factsync.durable import write_json
 from factsync.editing.delta import ModelDelta
 from factsync.editing.engine_state import EngineState
-from factsync.evaluation.intervals import Interval
 
 INDEX = "run.json"
 KEPT = "kept"
@@ -93,9 +92,9 @@ class RunDirectory:
         checkpoints = {name: m.checkpoints for name, m in run.methods.items()}
         write_json(self.path / INDEX, {
             "arguments": self.arguments, "dataset": run.dataset, "n": run.n,
-            "batch": run.batch, "unedited": _checkpoint_json(run.unedited),
+            "batch": run.batch, "unedited": run.unedited.to_json(),
             "methods": {name: entry | {"checkpoints": [
-                _checkpoint_json(c) for c in checkpoints.get(name, [])]}
+                c.to_json() for c in checkpoints.get(name, [])]}
                 for name, entry in entries.items()},
         })
         kept = {entry[kind] for entry in entries.values() for kind in ("delta", "state")}
@@ -136,19 +135,10 @@ def _run(saved: dict, index: Path) -> LifelongRun:
     if missing:
         raise ValueError(f"cannot read the saved run {index}: it lacks {', '.join(missing)}")
     run = LifelongRun(dataset=saved["dataset"], n=saved["n"], batch=saved["batch"],
-                      unedited=_checkpoint(saved["unedited"]))
+                      unedited=Checkpoint.from_json(saved["unedited"]))
     for name, method in saved["methods"].items():
         if method["checkpoints"]:  # a method not yet at its first checkpoint has none
-            run.methods[name] = MethodRun([_checkpoint(c) for c in method["checkpoints"]])
+            run.methods[name] = MethodRun(
+                [Checkpoint.from_json(c) for c in method["checkpoints"]])
     return run
 
-
-def _checkpoint_json(checkpoint: Checkpoint) -> dict:
-    return {"facts": checkpoint.facts, "values": checkpoint.values,
-            "intervals": {name: i.as_list() for name, i in checkpoint.intervals.items()}}
-
-
-def _checkpoint(saved: dict) -> Checkpoint:
-    return Checkpoint(facts=saved["facts"], values=saved["values"],
-                      intervals={name: Interval(*bounds)
-                                 for name, bounds in saved["intervals"].items()})

@@ -52,6 +52,18 @@ class Checkpoint:
     values: dict[str, float | None]
     intervals: dict[str, Interval]
 
+    def to_json(self) -> dict:
+        """The checkpoint as JSON can hold it (``from_json`` reads it back)."""
+        return {"facts": self.facts, "values": self.values,
+                "intervals": {name: i.as_list() for name, i in self.intervals.items()}}
+
+    @classmethod
+    def from_json(cls, saved: dict) -> Checkpoint:
+        """The checkpoint ``to_json`` wrote."""
+        return cls(facts=saved["facts"], values=saved["values"],
+                   intervals={name: Interval(*bounds)
+                              for name, bounds in saved["intervals"].items()})
+
 
 @dataclass(frozen=True)
 class Yardstick:

@@ -29,7 +29,7 @@ from factsync.evaluation.datasets import (
     default_dataset_path,
     load_cases,
 )
-from factsync.evaluation.neighbours import split_neighbours
+from factsync.evaluation.neighbours import NeighbourSplit, split_neighbours
 from factsync.evaluation.record_scores import (
     RecordProbe,
     Reference,
@@ -42,6 +42,7 @@ __all__ = [
     "DATASETS",
     "EvalCase",
     "Suite",
+    "assemble_suite",
     "default_dataset_path",
     "load_cases",
     "prepare_suite",
@@ -99,6 +100,12 @@ class Suite:
         """The metric names this dataset reports."""
         return dataset_spec(self.dataset).metrics
 
+    @property
+    def split(self) -> NeighbourSplit:
+        """Per case, the neighbours it edits with and the neighbourhood it is scored on."""
+        return NeighbourSplit(editing=[request.neighbours for request in self.requests],
+                              scored=[probe.neighbourhood for probe in self.probes])
+
 
 def prepare_suite(
     loaded: LoadedModel,
@@ -117,14 +124,6 @@ def prepare_suite(
     if not cases:
         raise ValueError("no cases to prepare")
     split = split_neighbours(loaded, cases, _donors(spec, cases, spare), neighbours_per_fact)
-    requests = [
-        replace(case.request, neighbours=chosen)
-        for case, chosen in zip(cases, split.editing, strict=True)
-    ]
-    probes = [
-        RecordProbe(case.request, case.paraphrases, scored)
-        for case, scored in zip(cases, split.scored, strict=True)
-    ]
     offered = sum(len({t.format(s) for s, t in case.neighbourhood}) for case in cases)
     log.info(
         "%s: %d of %d cases edit with a neighbour the unedited model gets right; "
@@ -135,7 +134,28 @@ def prepare_suite(
         sum(len(scored) for scored in split.scored),
         offered,
     )
-    reference = neighbourhood_reference(loaded, probes) if spec.neighbourhood_reference else {}
+    suite = assemble_suite(dataset, cases, split, {})
+    if spec.neighbourhood_reference:
+        suite.reference = neighbourhood_reference(loaded, suite.probes)
+    return suite
+
+
+def assemble_suite(
+    dataset: str, cases: list[EvalCase], split: NeighbourSplit, reference: Reference
+) -> Suite:
+    """The suite of ``cases`` with the neighbours and the unedited predictions that
+    ``prepare_suite`` chose (``Suite.split`` and ``Suite.reference`` of a prepared one)."""
+    if not len(cases) == len(split.editing) == len(split.scored):
+        raise ValueError(f"{len(cases)} cases but neighbours of {len(split.editing)} and "
+                         f"a neighbourhood of {len(split.scored)}")
+    requests = [
+        replace(case.request, neighbours=tuple(chosen))
+        for case, chosen in zip(cases, split.editing, strict=True)
+    ]
+    probes = [
+        RecordProbe(case.request, case.paraphrases, tuple(scored))
+        for case, scored in zip(cases, split.scored, strict=True)
+    ]
     return Suite(dataset, cases, requests, probes, reference)
 
 

@@ -271,6 +271,29 @@ def test_a_natural_rule_method_gets_the_sensitivity_of_the_statistics_corpus(
     assert methods[str(policy)]["final"]["norm_growth_max"] > 0
 
 
+def test_a_later_run_of_the_same_records_reuses_their_preparation(
+        tiny_loaded, tmp_path, monkeypatch, capsys, counterfact_file):
+    model_dir, fluency = _command_inputs(tiny_loaded, tmp_path, monkeypatch)
+
+    def run(methods: str, report: Path) -> dict:
+        code = main([
+            "bench", "lifelong", "--data", str(counterfact_file), "--fluency", str(fluency),
+            "--n", "4", "--batch", "2", "--checkpoint-every", "4", "--canaries", "2",
+            "--methods", methods, "--neighbours", "1", "--model", str(model_dir),
+            "--device", "cpu", "--corpus-tokens", "1000", "--json", str(report),
+        ])
+        assert code == 0
+        return json.loads(report.read_text())
+
+    first = run("memit", tmp_path / "first.json")
+    assert len(list((tmp_path / "home" / "bench" / "prepared").glob("*.json"))) == 1
+    capsys.readouterr()
+    second = run("memit+ime", tmp_path / "second.json")
+    assert "reusing the records prepared on the unedited model" in capsys.readouterr().err
+    assert second["unedited"] == first["unedited"]
+    assert list(second["methods"]) == ["memit+ime"]
+
+
 def test_the_command_runs_zsre_records(tiny_loaded, tmp_path, monkeypatch, capsys, zsre_file):
     model_dir, fluency = _command_inputs(tiny_loaded, tmp_path, monkeypatch)
     report, plot = tmp_path / "lifelong.json", tmp_path / "lifelong.png"

@@ -41,7 +41,10 @@ def _register_lifelong(sub: argparse._SubParsersAction) -> None:
         "ones that the unedited model knows, and the daemon's built-in canaries it states), "
         "the norm growth of each edited weight and editing seconds per fact. "
         "Prints the final metrics with 95% bootstrap intervals beside the unedited model; "
-        "--json is rewritten after every checkpoint.",
+        "--json is rewritten after every checkpoint. The records prepared on the unedited "
+        "model and its measurement are kept in $FACTSYNC_HOME/bench/prepared, so a later "
+        "run of the same records and texts (other methods, or one continued) starts at its "
+        "first job.",
     )
     add_record_options(lifelong, records=1000)
     lifelong.add_argument("--checkpoint-every", type=int, default=100,
@@ -102,6 +105,7 @@ def run_lifelong_bench(args: argparse.Namespace) -> int:
         checkpoint_facts,
         chosen_methods,
         edit_layers,
+        measure_unedited,
         run_lifelong,
     )
     from factsync.bench.lifelong_report import (
@@ -111,6 +115,7 @@ def run_lifelong_bench(args: argparse.Namespace) -> int:
     )
     from factsync.bench.lifelong_resume import RunDirectory
     from factsync.bench.lifelong_scoring import Yardstick
+    from factsync.bench.prepared_runs import Preparation, PreparationInputs, PreparedRuns
     from factsync.editing.build import build_engine, methods_sensitivity
     from factsync.evaluation.suites import load_cases, prepare_suite
     from factsync.models.scoring import scoring_progress
@@ -144,24 +149,38 @@ def run_lifelong_bench(args: argparse.Namespace) -> int:
     layers = edit_layers(loaded, methods)
     engine = build_engine(loaded, replace(base, layers=layers), statistics_settings(args))
     sensitivity = methods_sensitivity(loaded, methods.values(), layers, statistics_settings(args))
-    with scoring_progress("preparing the records"):
-        suite = prepare_suite(loaded, args.dataset, cases[: args.n],
-                              neighbours_per_fact=args.neighbours, spare=cases[args.n :])
-        canaries = pick_canaries(
-            loaded, [case.request for case in cases[args.n : args.n + args.canaries]]
-        )
-        stated = daemon_canaries(loaded)
-        yardstick = Yardstick.prepare(loaded, suite, canaries, texts, seed=args.seed,
-                                      stated_canaries=stated, held_out_texts=held_out)
+    inputs = PreparationInputs(
+        fingerprint=loaded.fingerprint, device=loaded.device.type, dtype=args.dtype,
+        dataset=args.dataset, cases=cases[: args.n], neighbours=args.neighbours,
+        canary_candidates=[case.request for case in cases[args.n : args.n + args.canaries]],
+        fluency_texts=texts, held_out_texts=held_out, seed=args.seed)
+    preparations = PreparedRuns()
+    preparation = preparations.load(inputs)
+    if preparation is None:
+        with scoring_progress("preparing the records"):
+            suite = prepare_suite(loaded, args.dataset, inputs.cases,
+                                  neighbours_per_fact=args.neighbours, spare=cases[args.n :])
+            yardstick = Yardstick.prepare(
+                loaded, suite, pick_canaries(loaded, inputs.canary_candidates), texts,
+                seed=args.seed, stated_canaries=daemon_canaries(loaded), held_out_texts=held_out)
+        saved = store.load() if store is not None else None
+        if saved is not None:
+            unedited = saved.unedited
+        else:
+            with scoring_progress("measuring the unedited model"):
+                unedited = measure_unedited(loaded, yardstick, methods)
+        preparation = Preparation(yardstick, unedited)
+        preparations.save(inputs, preparation)
+    yardstick = preparation.yardstick
 
     def save(run: LifelongRun) -> None:
         """Keep the report and plot of every checkpoint so far, so a stopped run has them."""
         _write_report(run, args.json, args.plot)
 
     print(f"{args.dataset}, {args.n} records in jobs of {args.batch}, model {loaded.name}, "
-          f"layers {','.join(map(str, layers))}, {len(canaries)} canaries from the "
-          f"{min(args.canaries, len(cases) - args.n)} records after the edited ones and "
-          f"{len(stated)} of the daemon's built-in canaries", flush=True)
+          f"layers {','.join(map(str, layers))}, {len(yardstick.canaries)} canaries from the "
+          f"{len(inputs.canary_candidates)} records after the edited ones and "
+          f"{len(yardstick.stated_canaries)} of the daemon's built-in canaries", flush=True)
     executor = executor_from_args(args)
     try:
         with scoring_progress("scoring"):
@@ -170,7 +189,7 @@ def run_lifelong_bench(args: argparse.Namespace) -> int:
                                checkpoint_every=args.checkpoint_every,
                                on_checkpoint=save, executor=executor,
                                store=store, change_back=args.change_back,
-                               sensitivity=sensitivity)
+                               sensitivity=sensitivity, unedited=preparation.unedited)
     finally:
         executor.close()
     print(format_table(run))
