@@ -35,7 +35,7 @@ from factsync.editing.requests import EditRequest
 from factsync.models.hooks import add_at_positions, capture_hidden, frozen_parameters, replay_below
 from factsync.models.loading import LoadedModel
 from factsync.models.prefix import align_at_subject, full_forward, prefix_states, suffix_forward
-from factsync.models.scoring import batch_scores
+from factsync.models.scoring import BatchScores, batch_scores
 from factsync.models.text import PromptSpec, encode, object_ids
 from factsync.typed_yaml import Choice
 
@@ -105,6 +105,12 @@ class TargetSettings:
         sensitivity_shrinkage: under the ``natural`` rule, the sensitivity is blended
             toward isotropy by this weight (as ``second_moment_shrinkage`` blends C), so
             directions the corpus hardly measured are not taken for free.
+        refine_steps: a fact whose last step made its target likely (and stopped it) is
+            moved back along that step to the shortest point that keeps it likely, found
+            by this many bisections, each one forward pass over its rewrite rows (0: it
+            stays where the step left it). A shift then overshoots the stop by at most
+            ``2**-refine_steps`` of a step, so longer steps, which need fewer passes, cost
+            no longer shifts.
     """
 
     steps: int = 25
@@ -123,6 +129,7 @@ class TargetSettings:
     phrasing_contexts: bool = False
     step_rule: StepRule = StepRule.ADAM
     sensitivity_shrinkage: float = 0.1
+    refine_steps: int = 0
 
     @property
     def needs_sensitivity(self) -> bool:
@@ -142,6 +149,8 @@ class TargetSettings:
                 f"sensitivity_shrinkage must be in [0, 1], got {self.sensitivity_shrinkage}")
         if self.patience < 0:
             raise ValueError(f"patience must not be negative, got {self.patience}")
+        if self.refine_steps < 0:
+            raise ValueError(f"refine_steps must not be negative, got {self.refine_steps}")
         for name in ("steps", "chunk_size"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
@@ -317,6 +326,7 @@ def _optimise_chunk(
 
     facts = len(requests)
     delta = torch.zeros_like(initial, requires_grad=True)  # (facts, hidden): z - initial
+    before_step = torch.zeros_like(initial)  # each fact's delta before its latest step
     optimiser = torch.optim.Adam([delta], lr=settings.learning_rate)
     step_length = settings.learning_rate * initial.norm(dim=1)  # per fact, fixed-length rules
     max_norm = settings.clamp_norm_factor * initial.norm(dim=1)
@@ -324,10 +334,53 @@ def _optimise_chunk(
     probability = torch.zeros(facts, device=device)
     steps = torch.zeros(facts, dtype=torch.long, device=device)
     waited = torch.zeros(facts, dtype=torch.long, device=device)  # steps since likely
+    reached = torch.zeros(facts, dtype=torch.bool, device=device)  # likely by its last step
     state: dict[str, torch.Tensor] = {}
 
     def deltas_for_rows() -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         return state["rows"], state["positions"], state["vectors"]
+
+    def run_rows(of: torch.Tensor, vectors: torch.Tensor,
+                 rows: torch.Tensor | None = None) -> _Forward:
+        """One pass over the rows of facts ``of`` (those in the mask ``rows``, if given),
+        ``vectors[i]`` added at the subject of fact ``of[i]``'s rows."""
+        wanted = torch.isin(fact_of_row, of)
+        chosen = torch.nonzero(wanted if rows is None else wanted & rows).squeeze(1)
+        slot = torch.full((facts,), -1, dtype=torch.long, device=device)
+        slot[of] = torch.arange(len(of), device=device)
+        row_slot = slot[fact_of_row[chosen]]  # (chosen rows,) index into ``of``
+        if replay is not None:
+            sub = suffix.select(chosen)
+            labels = aligned.labels[chosen, split:]
+            arguments = suffix_forward(aligned, prefix, chosen)
+            replay.replay = hidden[chosen, split:]
+        else:
+            sub = aligned.full.select(chosen)
+            labels = aligned.labels[chosen]
+            arguments = {"position_ids": aligned.positions[chosen]}
+        state["rows"] = torch.arange(len(chosen), device=device)
+        state["positions"] = sub.subject_last
+        state["vectors"] = vectors[row_slot]
+        watching = watched[chosen]
+        scores = batch_scores(loaded, sub, watching, labels=labels, **arguments)
+        masks = {name: mask[chosen] for name, mask in kind.items()}
+        return _Forward(chosen, row_slot, watching, masks, scores, len(of))
+
+    def target_reached(passed: _Forward) -> torch.Tensor:
+        """(facts of the pass,) whether each fact's target is as likely as its stop asks."""
+        rewrite = passed.masks["rewrite"]
+        if settings.most_probable_stop:
+            scores = passed.scores
+            wrong = ((~scores.exact) | (scores.margin < settings.stop_margin)).float()
+            return passed.per_fact(wrong, rewrite) == 0
+        return passed.per_fact(passed.scores.nll, rewrite) < settings.stop_nll
+
+    def bare_probability(passed: _Forward) -> torch.Tensor:
+        """(facts of the pass,) the new object's per-token probability on the bare prompt."""
+        on_bare = bare[passed.chosen]
+        nll = torch.zeros(passed.facts, device=device).index_add(
+            0, passed.row_slot[on_bare], passed.scores.nll[on_bare])
+        return torch.exp(-nll).detach()
 
     with ExitStack() as stack:
         stack.enter_context(frozen_parameters(loaded.model))
@@ -337,26 +390,10 @@ def _optimise_chunk(
         stack.enter_context(add_at_positions(loaded, layer, deltas_for_rows))
         for step in range(settings.steps + 1):
             stop_if(cancelled)
-            chosen = torch.nonzero(torch.isin(fact_of_row, active)).squeeze(1)  # (active rows,)
-            slot = torch.full((facts,), -1, dtype=torch.long, device=device)
-            slot[active] = torch.arange(len(active), device=device)
-            row_slot = slot[fact_of_row[chosen]]  # (active rows,) index into ``active``
-            if replay is not None:
-                sub = suffix.select(chosen)
-                labels = aligned.labels[chosen, split:]
-                arguments = suffix_forward(aligned, prefix, chosen)
-                replay.replay = hidden[chosen, split:]
-            else:
-                sub = aligned.full.select(chosen)
-                labels = aligned.labels[chosen]
-                arguments = {"position_ids": aligned.positions[chosen]}
-            state["rows"] = torch.arange(len(chosen), device=device)
-            state["positions"] = sub.subject_last
             vectors = delta[active]  # (active, hidden): finished facts get no gradient
-            state["vectors"] = vectors[row_slot]
-            watching = watched[chosen]
-            scores = batch_scores(loaded, sub, watching, labels=labels, **arguments)
-            nll, log_probs = scores.nll, scores.next_token
+            passed = run_rows(active, vectors)
+            scores, watching, chosen = passed.scores, passed.watching, passed.chosen
+            log_probs = scores.next_token
             was = reference[watched_index[chosen[watching]]]
             kl = torch.zeros(len(chosen), device=device)
             kl[watching] = (was.exp() * (was - log_probs)).sum(dim=-1)
@@ -365,44 +402,38 @@ def _optimise_chunk(
                 log_probs.argmax(dim=-1) != predicted[watched_index[chosen[watching]]]
             ).float()
 
-            masks = {name: mask[chosen] for name, mask in kind.items()}
-            rewrite_nll = _mean_per_fact(nll, masks["rewrite"], row_slot, len(active))
-            neighbour_kl = _mean_per_fact(kl, masks["neighbour"], row_slot, len(active))
+            masks = passed.masks
+            neighbour_kl = passed.per_fact(kl, masks["neighbour"])
             decay = vectors.norm(dim=1) ** 2 / initial[active].norm(dim=1) ** 2
             losses = (
-                rewrite_nll
-                + settings.kl_factor * _mean_per_fact(kl, masks["kl"], row_slot, len(active))
+                passed.per_fact(scores.nll, masks["rewrite"])
+                + settings.kl_factor * passed.per_fact(kl, masks["kl"])
                 + settings.neighbour_weight * neighbour_kl
                 + settings.weight_decay * decay
             )
-            bare_nll = torch.zeros(len(active), device=device).index_add(
-                0, row_slot[bare[chosen]], nll[bare[chosen]]
-            )
-            neighbours_moved = _mean_per_fact(moved, masks["neighbour"], row_slot, len(active))
-            if settings.most_probable_stop:
-                wrong = ((~scores.exact) | (scores.margin < settings.stop_margin)).float()
-                likely = _mean_per_fact(wrong, masks["rewrite"], row_slot, len(active)) == 0
-            else:
-                likely = rewrite_nll < settings.stop_nll
-            probability[active] = torch.exp(-bare_nll).detach()
+            neighbours_moved = passed.per_fact(moved, masks["neighbour"])
+            likely = target_reached(passed)
+            probability[active] = bare_probability(passed)
             steps[active] = step
             waited[active] = torch.where(likely, waited[active] + 1, 0)
             # Once the target is likely, neighbours get a few steps to come back.
             settled = (neighbours_moved == 0) | (waited[active] > settings.patience)
             finished = (likely & settled) | (step == settings.steps)
+            reached[active] = likely
             still = active[~finished]
             if len(still) == 0:  # the step's one wait for the device
                 break
             optimiser.zero_grad(set_to_none=True)
             losses[~finished].sum().backward()
             with torch.no_grad():
+                before_step[still] = delta[still]
                 if settings.step_rule is StepRule.ADAM:
-                    # Adam's momentum would move facts that are done: they keep their values.
-                    before = delta.detach().clone()
+                    current = delta.detach().clone()
                     optimiser.step()
+                    # Adam's momentum would move facts that are done: they keep their values.
                     done = torch.ones(facts, dtype=torch.bool, device=device)
                     done[still] = False
-                    delta[done] = before[done]
+                    delta[done] = current[done]
                 else:
                     gradient = delta.grad[still]
                     if inverse_metric is not None:
@@ -415,9 +446,53 @@ def _optimise_chunk(
                 delta[still] *= scale.unsqueeze(1)
             active = still
 
+        # Facts whose last step made their target likely go back along that step.
+        refined = torch.nonzero(reached & (waited == 1) & (steps > 0)).squeeze(1)
+        if settings.refine_steps and len(refined):
+            with torch.no_grad():
+                start, end = before_step[refined], delta[refined].detach()
+                low = torch.zeros(len(refined), device=device)  # not likely there
+                high = torch.ones(len(refined), device=device)  # likely there
+                for _ in range(settings.refine_steps):
+                    stop_if(cancelled)
+                    middle = (low + high) / 2
+                    passed = run_rows(refined, start + middle.unsqueeze(1) * (end - start),
+                                      kind["rewrite"])
+                    likely = target_reached(passed)
+                    high = torch.where(likely, middle, high)
+                    low = torch.where(likely, low, middle)
+                    kept = refined[likely]
+                    probability[kept] = bare_probability(passed)[likely]
+                delta[refined] = start + high.unsqueeze(1) * (end - start)
+
     z = initial + delta.detach()
     return TargetResult(z=z, initial=initial, probability=probability.tolist(),
                         steps=steps.tolist())
+
+
+@dataclass
+class _Forward:
+    """One forward pass of ``_optimise_chunk`` over the rows of some of its facts.
+
+    Attributes:
+        chosen: (rows,) the rows passed, as indices into the chunk's batch.
+        row_slot: (rows,) each row's fact, as an index into the facts of the pass.
+        watching: (rows,) rows whose next-token distribution was read.
+        masks: per row kind ("rewrite", "kl", "neighbour"), which rows are of it.
+        scores: what the pass says about the rows.
+        facts: facts in the pass.
+    """
+
+    chosen: torch.Tensor
+    row_slot: torch.Tensor
+    watching: torch.Tensor
+    masks: dict[str, torch.Tensor]
+    scores: BatchScores
+    facts: int
+
+    def per_fact(self, values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """(facts,) the mean of ``values`` over each fact's rows in ``mask``."""
+        return _mean_per_fact(values, mask, self.row_slot, self.facts)
 
 
 def _inverse_metric(sensitivity: torch.Tensor, shrinkage: float) -> torch.Tensor:

@@ -67,6 +67,57 @@ def _nll_with_shift(loaded, layer: int, request: EditRequest, template: str,
         return batch_scores(loaded, batch).nll.item()
 
 
+def _mean_rewrite_nll(engine, layer: int, shift: torch.Tensor) -> float:
+    """QUICK's stop loss with ``shift`` at its subject: the mean over its context prefixes."""
+    return sum(_nll_with_shift(engine.loaded, layer, QUICK, QUICK.template, shift, context)
+               for context in engine.contexts) / len(engine.contexts)
+
+
+def test_refining_the_last_step_ends_the_shift_just_past_the_stop(tiny_loaded, tiny_engine):
+    engine = tiny_engine(tiny_loaded("llama"))
+    layer = engine.layers[-1]
+    # Long steps: the last one overshoots the stop loss by far.
+    coarse = replace(engine.settings.target, steps=80, stop_nll=5.5, learning_rate=0.5,
+                     step_rule="normalised", weight_decay=0.0)
+
+    def shift(settings) -> tuple[torch.Tensor, int]:
+        result = optimise_targets(engine.loaded, [QUICK], layer, engine.contexts, settings,
+                                  use_neighbours=False)
+        return result.z[0] - result.initial[0], result.steps[0]
+
+    end, steps = shift(coarse)
+    refined, refined_steps = shift(replace(coarse, refine_steps=6))
+    # The same path one step shorter: where the last step started.
+    start, _ = shift(replace(coarse, steps=steps - 1, stop_nll=1e-6))
+    assert refined_steps == steps > 0
+    along = end - start
+    share = float((refined - start) @ along / (along @ along))
+    torch.testing.assert_close(refined, start + share * along, atol=1e-4, rtol=1e-4)
+    assert 0 < share < 1
+    assert _mean_rewrite_nll(engine, layer, refined) < 5.5
+    assert _mean_rewrite_nll(engine, layer, start + (share - 2**-6) * along) >= 5.5
+    assert _mean_rewrite_nll(engine, layer, start) >= 5.5
+
+
+def test_refining_leaves_facts_that_never_reach_the_stop_where_they_end(
+        tiny_loaded, tiny_engine):
+    engine = tiny_engine(tiny_loaded("llama"))
+    settings = replace(engine.settings.target, steps=6, stop_nll=1e-6, learning_rate=0.1,
+                       step_rule="normalised")
+    layer = engine.layers[-1]
+    plain = optimise_targets(engine.loaded, [QUICK, SLOW], layer, engine.contexts, settings,
+                             use_neighbours=False)
+    refined = optimise_targets(engine.loaded, [QUICK, SLOW], layer, engine.contexts,
+                               replace(settings, refine_steps=4), use_neighbours=False)
+    torch.testing.assert_close(refined.z, plain.z)
+
+
+def test_negative_refine_steps_are_refused(tiny_loaded, tiny_engine):
+    engine = tiny_engine(tiny_loaded("llama"))
+    with pytest.raises(ValueError, match="refine_steps must not be negative"):
+        replace(engine.settings.target, refine_steps=-1)
+
+
 def test_training_on_phrasings_carries_the_edit_to_them(tiny_loaded, tiny_engine):
     engine = tiny_engine(tiny_loaded("llama"))
     layer = engine.layers[-1]
