@@ -16,6 +16,7 @@ The model is measured as loaded and with each given delta applied; it is left as
 
 from __future__ import annotations
 
+import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 
@@ -48,6 +49,7 @@ class ShiftReport:
             at the layer (``editing.sensitivity``): to second order, the nats per token
             ordinary text would lose with the shift added at every token; ``None``
             when no sensitivity was given.
+        seconds_per_fact: wall seconds of the optimisation per fact.
     """
 
     label: str
@@ -59,6 +61,7 @@ class ShiftReport:
     steps: float
     probability: float
     felt: float | None = None
+    seconds_per_fact: float = 0.0
 
     def to_json(self) -> dict:
         """The report as JSON numbers, the cosine as ``[mean, low, high]``."""
@@ -74,8 +77,10 @@ def measure_shifts(loaded: LoadedModel, requests: Sequence[EditRequest], layer: 
     requests."""
     if len(requests) < 2:
         raise ValueError("shifts are compared between facts: give at least two")
+    started = time.perf_counter()
     result = optimise_targets(loaded, list(requests), layer, contexts, settings,
                               use_neighbours=False, sensitivity=sensitivity)
+    seconds = time.perf_counter() - started
     initial, shifts = result.initial.double(), (result.z - result.initial).double()
     norms = shifts.norm(dim=1)
     moved = norms > 0
@@ -100,6 +105,7 @@ def measure_shifts(loaded: LoadedModel, requests: Sequence[EditRequest], layer: 
         steps=float(torch.tensor(result.steps, dtype=torch.float64).median()),
         probability=float(torch.tensor(result.probability, dtype=torch.float64).median()),
         felt=felt,
+        seconds_per_fact=seconds / len(requests),
     )
 
 
@@ -107,12 +113,13 @@ def format_shifts(reports: Sequence[ShiftReport]) -> str:
     """One row per model; the ``s^T F s / 2`` column when the reports have it."""
     felt = any(r.felt is not None for r in reports)
     lines = ["model | |h| | |z-h| | |z-h|/|h| | cosine between facts | shared energy | "
-             "steps | probability" + (" | s^T F s / 2" if felt else ""),
-             " | ".join(["---"] * (9 if felt else 8))]
+             "steps | probability | s/fact" + (" | s^T F s / 2" if felt else ""),
+             " | ".join(["---"] * (10 if felt else 9))]
     for r in reports:
         row = (f"{r.label} | {r.hidden_norm:.2f} | {r.shift_norm:.2f} | "
                f"{r.shift_ratio:.3f} | {format_interval(r.cosine)} | "
-               f"{r.shared_energy:.3f} | {r.steps:.0f} | {r.probability:.3f}")
+               f"{r.shared_energy:.3f} | {r.steps:.0f} | {r.probability:.3f} | "
+               f"{r.seconds_per_fact:.2f}")
         if felt:
             row += " | " + ("-" if r.felt is None else f"{r.felt:.4f}")
         lines.append(row)

@@ -83,6 +83,27 @@ def test_the_command_measures_the_model_as_loaded_and_with_each_delta(
     assert out.splitlines()[1].startswith("model | |h| | |z-h|")
 
 
+def test_the_command_measures_several_methods_side_by_side(
+        tiny_loaded, tmp_path, monkeypatch, capsys, counterfact_file):
+    model_dir = _saved_model(tiny_loaded(), tmp_path, monkeypatch)
+    policy = tmp_path / "long-steps.yaml"
+    policy.write_text("editing:\n  target: {step_rule: normalised, learning_rate: 0.5, "
+                      "refine_steps: 4}\n")
+    report = tmp_path / "shifts.json"
+
+    code = main(["bench", "shifts", "--data", str(counterfact_file), "--n", "3",
+                 "--method", f"memit,{policy}", "--model", str(model_dir), "--device", "cpu",
+                 "--json", str(report)])
+
+    assert code == 0
+    models = json.loads(report.read_text())["models"]
+    assert [m["label"] for m in models] == ["memit, unedited", f"{policy}, unedited"]
+    assert models[0]["shift_norm"] != models[1]["shift_norm"]
+    assert all(m["seconds_per_fact"] > 0 for m in models)
+    rows = capsys.readouterr().out.splitlines()[3:]
+    assert [row.split(" | ")[0] for row in rows] == ["memit, unedited", f"{policy}, unedited"]
+
+
 def test_the_felt_cost_is_half_the_squared_shift_in_the_sensitivity_metric(
         tiny_loaded, tiny_engine):
     engine = tiny_engine(tiny_loaded())

@@ -423,8 +423,9 @@ def _register_shifts(sub: argparse._SubParsersAction) -> None:
         "with each --delta applied (a bench lifelong --state delta, say), and print per "
         "model the median |h| and |z - h| at the last edit layer, the mean cosine between "
         "two facts' shifts (with its 95% interval over facts), the share of their energy "
-        "along their mean direction, and the optimisation's steps and reached "
-        "probability. Nothing is edited.",
+        "along their mean direction, and the optimisation's steps, reached "
+        "probability and seconds per fact. Several methods are measured side by side, "
+        "one row per method and model. Nothing is edited.",
     )
     shifts.add_argument("--dataset", choices=DATASETS, default="counterfact",
                         help="record format of --data (counterfact)")
@@ -432,7 +433,8 @@ def _register_shifts(sub: argparse._SubParsersAction) -> None:
     shifts.add_argument("--n", type=int, default=24, help="records to optimise (24)")
     shifts.add_argument("--method", default="default",
                         help="whose target settings, named as bench lifelong --methods "
-                        "names them (default)")
+                        "names them; several, comma-separated, are measured in turn on "
+                        "each model (default)")
     shifts.add_argument("--delta", type=Path, action="append", default=[], metavar="FILE",
                         help="also measure with this saved delta applied (repeatable)")
     shifts.add_argument("--sensitivity", action="store_true",
@@ -461,27 +463,34 @@ def run_shifts_bench(args: argparse.Namespace) -> int:
     if args.n < 2:
         raise ValueError(f"--n must be at least 2 (shifts are compared between facts), "
                          f"got {args.n}")
-    (settings,) = chosen_methods(args.method, engine_settings(args, neighbours=False),
-                                 args.max_iterations).values()
+    methods = chosen_methods(args.method, engine_settings(args, neighbours=False),
+                             args.max_iterations)
     deltas = [(str(path), ModelDelta.load(path)) for path in args.delta]
     torch.manual_seed(args.seed)
     cases = load_cases(args.dataset, records_path(args, args.dataset))[: args.n]
     loaded = load(args)
-    layers = settings.edit_layers(loaded)
+    edited = {tuple(settings.edit_layers(loaded)) for settings in methods.values()}
+    if len(edited) > 1:
+        raise ValueError(f"the methods {args.method!r} edit different layers; compare "
+                         "them apart")
+    (layers,) = edited
     layer = layers[-1]
     contexts = sample_contexts(loaded)
     requests = [case.request for case in cases]
-    sensitivity = (layer_sensitivity(loaded, layers, statistics_settings(args))
-                   if args.sensitivity or settings.target.needs_sensitivity else None)
+    wanted = args.sensitivity or any(s.target.needs_sensitivity for s in methods.values())
+    sensitivity = (layer_sensitivity(loaded, list(layers), statistics_settings(args))
+                   if wanted else None)
 
-    def measured(label: str) -> ShiftReport:
-        return measure_shifts(loaded, requests, layer, contexts, settings.target, label=label,
-                              sensitivity=sensitivity)
+    def measured(label: str) -> list[ShiftReport]:
+        return [measure_shifts(loaded, requests, layer, contexts, settings.target,
+                               label=label if len(methods) == 1 else f"{name}, {label}",
+                               sensitivity=sensitivity)
+                for name, settings in methods.items()]
 
-    reports = [measured("unedited")]
+    reports = measured("unedited")
     for label, delta in deltas:
         with applied(loaded, delta):
-            reports.append(measured(label))
+            reports += measured(label)
     print(f"{args.dataset}, {len(requests)} records, {args.method} targets at layer {layer} "
           f"of {loaded.name}")
     print(format_shifts(reports))
