@@ -134,7 +134,8 @@ def run_lifelong_bench(args: argparse.Namespace) -> int:
         raise ValueError("--keep-every needs --state and a positive number of facts")
     store = (RunDirectory(args.state, _run_arguments(args), keep_every=args.keep_every)
              if args.state else None)
-    if store is not None and store.load() is not None:
+    saved = store.load() if store is not None else None
+    if saved is not None:
         print(f"continuing the run saved in {args.state}", flush=True)
     torch.manual_seed(args.seed)
     data = records_path(args, args.dataset)
@@ -163,7 +164,6 @@ def run_lifelong_bench(args: argparse.Namespace) -> int:
             yardstick = Yardstick.prepare(
                 loaded, suite, pick_canaries(loaded, inputs.canary_candidates), texts,
                 seed=args.seed, stated_canaries=daemon_canaries(loaded), held_out_texts=held_out)
-        saved = store.load() if store is not None else None
         if saved is not None:
             unedited = saved.unedited
         else:
