@@ -17,6 +17,7 @@ from factsync.bench.canary_facts import (
 )
 from factsync.bench.lifelong import checkpoint_facts, chosen_methods, run_lifelong
 from factsync.bench.lifelong_report import ALIASES, SHORT_NAMES
+from factsync.bench.lifelong_resume import INDEX
 from factsync.bench.lifelong_scoring import METRICS, RECORD_METRICS, Yardstick
 from factsync.bench.norm_growth import NormGrowth, growth_summary
 from factsync.cli import main
@@ -292,6 +293,47 @@ def test_a_later_run_of_the_same_records_reuses_their_preparation(
     assert "reusing the records prepared on the unedited model" in capsys.readouterr().err
     assert second["unedited"] == first["unedited"]
     assert list(second["methods"]) == ["memit+ime"]
+
+
+def test_skipping_records_runs_the_stream_of_the_records_after_them(
+        tiny_loaded, tmp_path, monkeypatch, counterfact_file):
+    model_dir, fluency = _command_inputs(tiny_loaded, tmp_path, monkeypatch)
+    later = tmp_path / "later.json"
+    later.write_text(json.dumps(json.loads(counterfact_file.read_text())[2:]))
+
+    def run(data: Path, skip: int, name: str) -> tuple[dict, dict]:
+        report, state = tmp_path / f"{name}.json", tmp_path / f"{name}-state"
+        code = main([
+            "bench", "lifelong", "--data", str(data), "--skip", str(skip),
+            "--fluency", str(fluency), "--n", "2", "--batch", "2", "--checkpoint-every", "2",
+            "--canaries", "2", "--methods", "memit", "--neighbours", "1",
+            "--model", str(model_dir), "--device", "cpu", "--corpus-tokens", "1000",
+            "--json", str(report), "--state", str(state),
+        ])
+        assert code == 0
+        return (json.loads(report.read_text()),
+                json.loads((state / INDEX).read_text())["arguments"])
+
+    skipped, skipped_arguments = run(counterfact_file, 2, "skipped")
+    sliced, sliced_arguments = run(later, 0, "sliced")
+    assert skipped["unedited"] == sliced["unedited"]
+    measured = {k: v for k, v in sliced["methods"]["memit"]["final"].items()
+                if k != "seconds_per_fact"}
+    assert measured.items() <= skipped["methods"]["memit"]["final"].items()
+    # Runs saved before --skip existed name no skip, and must still be continued.
+    assert skipped_arguments["skip"] == 2 and "skip" not in sliced_arguments
+
+
+def test_more_records_than_the_file_holds_are_refused(
+        tiny_loaded, tmp_path, monkeypatch, capsys, counterfact_file):
+    model_dir, fluency = _command_inputs(tiny_loaded, tmp_path, monkeypatch)
+    held = len(json.loads(counterfact_file.read_text()))
+    code = main(["bench", "lifelong", "--data", str(counterfact_file), "--skip", "2",
+                 "--n", str(held - 1), "--batch", "1", "--fluency", str(fluency),
+                 "--model", str(model_dir)])
+    assert code == 1
+    assert (f"holds {held} records; --skip 2 and --n {held - 1} ask for {held + 1}"
+            in capsys.readouterr().err)
 
 
 def test_the_command_runs_zsre_records(tiny_loaded, tmp_path, monkeypatch, capsys, zsre_file):

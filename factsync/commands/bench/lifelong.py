@@ -47,6 +47,11 @@ def _register_lifelong(sub: argparse._SubParsersAction) -> None:
         "first job.",
     )
     add_record_options(lifelong, records=1000)
+    lifelong.add_argument("--skip", type=int, default=0, metavar="N",
+                          help="leave out the first N records of --data, so the stream is "
+                          "records N+1 to N+--n: the same facts at the start of a stream as "
+                          "they had later in another, to tell harder records from a longer "
+                          "history (0)")
     lifelong.add_argument("--checkpoint-every", type=int, default=100,
                           help="facts applied between checkpoints (100)")
     lifelong.add_argument("--methods", default="default,memit",
@@ -123,6 +128,8 @@ def run_lifelong_bench(args: argparse.Namespace) -> int:
     checkpoint_facts(args.n, args.batch, args.checkpoint_every)  # bad sizes fail before loading
     if args.canaries < 0:
         raise ValueError(f"--canaries must not be negative, got {args.canaries}")
+    if args.skip < 0:
+        raise ValueError(f"--skip must not be negative, got {args.skip}")
     if not 0 <= args.change_back <= args.n:
         raise ValueError(f"--change-back must be between 0 and --n ({args.n}), "
                          f"got {args.change_back}")
@@ -141,9 +148,11 @@ def run_lifelong_bench(args: argparse.Namespace) -> int:
     data = records_path(args, args.dataset)
     texts = fluency_texts(args.fluency)
     held_out = fluency_texts(args.held_out_fluency) if args.held_out_fluency else []
-    cases = load_cases(args.dataset, data)
-    if len(cases) < args.n:
-        raise ValueError(f"{data} holds {len(cases)} records; --n asks for {args.n}")
+    records = load_cases(args.dataset, data)
+    if len(records) < args.skip + args.n:
+        raise ValueError(f"{data} holds {len(records)} records; --skip {args.skip} and "
+                         f"--n {args.n} ask for {args.skip + args.n}")
+    cases = records[args.skip :]
     base = engine_settings(args, neighbours=False)
     methods = chosen_methods(args.methods, base, args.max_iterations)
     loaded = load(args)
@@ -253,10 +262,16 @@ _NOT_THE_RUN = {"handler", "computes", "json", "plot", "state", "keep_every", "l
                 "ray_gpus_per_worker"}
 
 
+# Options added after runs were saved, with the value those runs had: left out at that
+# value, so a run saved before the option existed can still be continued.
+_ADDED_LATER = {"skip": 0}
+
+
 def _run_arguments(args: argparse.Namespace) -> dict[str, object]:
     """The arguments that make two ``bench lifelong`` runs the same run."""
     return {name: _plain(value) for name, value in sorted(vars(args).items())
-            if name not in _NOT_THE_RUN}
+            if name not in _NOT_THE_RUN
+            and not (name in _ADDED_LATER and value == _ADDED_LATER[name])}
 
 
 def _plain(value: object) -> object:
