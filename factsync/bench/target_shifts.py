@@ -16,6 +16,7 @@ The model is measured as loaded and with each given delta applied; it is left as
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
@@ -26,6 +27,8 @@ from factsync.editing.requests import EditRequest
 from factsync.editing.targets import TargetSettings, optimise_targets
 from factsync.evaluation.intervals import Interval, bootstrap_interval, format_interval
 from factsync.models.loading import LoadedModel
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -81,6 +84,7 @@ def measure_shifts(loaded: LoadedModel, requests: Sequence[EditRequest], layer: 
     result = optimise_targets(loaded, list(requests), layer, contexts, settings,
                               use_neighbours=False, sensitivity=sensitivity)
     seconds = time.perf_counter() - started
+    log.info("%s: optimised %d targets in %.0f s", label, len(requests), seconds)
     initial, shifts = result.initial.double(), (result.z - result.initial).double()
     norms = shifts.norm(dim=1)
     moved = norms > 0
