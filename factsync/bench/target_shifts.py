@@ -52,6 +52,12 @@ class ShiftReport:
             at the layer (``editing.sensitivity``): to second order, the nats per token
             ordinary text would lose with the shift added at every token; ``None``
             when no sensitivity was given.
+        felt_mean: mean ``s^T F s / 2``: what a stream of these facts costs per fact
+            on average, where the median says what a usual fact costs.
+        felt_top_share: the share of the summed ``s^T F s / 2`` that the costliest
+            tenth of the facts (at least one) carries: about 0.1 when every fact
+            costs the same, near 1 when a few facts carry the cost.
+        felt_per_fact: each fact's ``s^T F s / 2``, in the order of the requests.
         seconds_per_fact: wall seconds of the optimisation per fact.
     """
 
@@ -64,6 +70,9 @@ class ShiftReport:
     steps: float
     probability: float
     felt: float | None = None
+    felt_mean: float | None = None
+    felt_top_share: float | None = None
+    felt_per_fact: list[float] | None = None
     seconds_per_fact: float = 0.0
 
     def to_json(self) -> dict:
@@ -96,9 +105,8 @@ def measure_shifts(loaded: LoadedModel, requests: Sequence[EditRequest], layer: 
     per_fact = [float(cosines[i][others[i]].mean()) for i in range(len(directions))]
     mean_direction = shifts.mean(dim=0)
     along = shifts @ (mean_direction / mean_direction.norm())
-    felt = None
-    if sensitivity is not None:
-        felt = float((0.5 * ((shifts @ sensitivity.double()) * shifts).sum(dim=1)).median())
+    felt = (0.5 * ((shifts @ sensitivity.double()) * shifts).sum(dim=1)
+            if sensitivity is not None else None)
     return ShiftReport(
         label=label,
         hidden_norm=float(initial.norm(dim=1).median()),
@@ -108,23 +116,35 @@ def measure_shifts(loaded: LoadedModel, requests: Sequence[EditRequest], layer: 
         shared_energy=float((along**2).sum() / (norms**2).sum()),
         steps=float(torch.tensor(result.steps, dtype=torch.float64).median()),
         probability=float(torch.tensor(result.probability, dtype=torch.float64).median()),
-        felt=felt,
+        felt=None if felt is None else float(felt.median()),
+        felt_mean=None if felt is None else float(felt.mean()),
+        felt_top_share=None if felt is None else _top_share(felt),
+        felt_per_fact=None if felt is None else felt.tolist(),
         seconds_per_fact=seconds / len(requests),
     )
 
 
+def _top_share(costs: torch.Tensor) -> float:
+    """The share of ``costs``' sum that its largest tenth (at least one) holds."""
+    top = max(1, len(costs) // 10)
+    return float(costs.topk(top).values.sum() / costs.sum())
+
+
 def format_shifts(reports: Sequence[ShiftReport]) -> str:
-    """One row per model; the ``s^T F s / 2`` column when the reports have it."""
+    """One row per model; the ``s^T F s / 2`` columns (median, mean, the costliest
+    tenth's share) when the reports have them."""
     felt = any(r.felt is not None for r in reports)
     lines = ["model | |h| | |z-h| | |z-h|/|h| | cosine between facts | shared energy | "
-             "steps | probability | s/fact" + (" | s^T F s / 2" if felt else ""),
-             " | ".join(["---"] * (10 if felt else 9))]
+             "steps | probability | s/fact"
+             + (" | s^T F s / 2 | mean | top tenth's share" if felt else ""),
+             " | ".join(["---"] * (12 if felt else 9))]
     for r in reports:
         row = (f"{r.label} | {r.hidden_norm:.2f} | {r.shift_norm:.2f} | "
                f"{r.shift_ratio:.3f} | {format_interval(r.cosine)} | "
                f"{r.shared_energy:.3f} | {r.steps:.0f} | {r.probability:.3f} | "
                f"{r.seconds_per_fact:.2f}")
         if felt:
-            row += " | " + ("-" if r.felt is None else f"{r.felt:.4f}")
+            row += (" | - | - | -" if r.felt is None else
+                    f" | {r.felt:.4f} | {r.felt_mean:.4f} | {r.felt_top_share:.3f}")
         lines.append(row)
     return "\n".join(lines)

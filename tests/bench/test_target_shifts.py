@@ -112,7 +112,12 @@ def test_the_felt_cost_is_half_the_squared_shift_in_the_sensitivity_metric(
                             engine.contexts, engine.settings.target, label="unedited",
                             sensitivity=3 * torch.eye(size, dtype=torch.float64))
     assert report.felt == pytest.approx(0.5 * 3 * report.shift_norm**2, rel=1e-4)
-    assert _measure(engine, [PARIS, SKYPE]).felt is None
+    paris, skype, paris_again = report.felt_per_fact
+    assert paris == pytest.approx(paris_again, rel=1e-4) and paris != skype
+    assert report.felt_mean == pytest.approx((paris + skype + paris_again) / 3)
+    assert report.felt_top_share == pytest.approx(max(paris, skype) / (2 * paris + skype))
+    unmeasured = _measure(engine, [PARIS, SKYPE])
+    assert (unmeasured.felt, unmeasured.felt_mean, unmeasured.felt_per_fact) == (None,) * 3
 
 
 def test_the_command_reports_the_felt_cost_over_the_statistics_corpus(
@@ -128,4 +133,27 @@ def test_the_command_reports_the_felt_cost_over_the_statistics_corpus(
     assert code == 0
     assert list((tmp_path / "home" / "stats").glob("*/sensitivity-layer*"))
     header, _, row = capsys.readouterr().out.splitlines()[1:4]
-    assert header.endswith("| s^T F s / 2") and float(row.split(" | ")[-1]) > 0
+    assert header.endswith("| s^T F s / 2 | mean | top tenth's share")
+    median, mean, share = (float(cell) for cell in row.split(" | ")[-3:])
+    assert median > 0 and mean > 0 and 1 / 3 <= share <= 1  # the top tenth is one of three
+
+
+def test_skipped_records_are_left_out_of_the_command(
+        tiny_loaded, tmp_path, monkeypatch, capsys, counterfact_file):
+    model_dir = _saved_model(tiny_loaded(), tmp_path, monkeypatch)
+
+    def shifts(skip: int) -> dict:
+        report = tmp_path / f"skip{skip}.json"
+        assert main(["bench", "shifts", "--data", str(counterfact_file), "--n", "2",
+                     "--skip", str(skip), "--method", "memit", "--model", str(model_dir),
+                     "--device", "cpu", "--json", str(report)]) == 0
+        return json.loads(report.read_text())
+
+    first, later = shifts(0), shifts(2)
+    assert (first["skip"], later["skip"]) == (0, 2)
+    assert first["models"][0]["hidden_norm"] != later["models"][0]["hidden_norm"]
+    assert "records 3-4, memit targets" in capsys.readouterr().out
+    held = len(json.loads(counterfact_file.read_text()))
+    assert main(["bench", "shifts", "--data", str(counterfact_file), "--n", "2",
+                 "--skip", str(held - 1), "--model", str(model_dir)]) == 1
+    assert f"--skip {held - 1} and --n 2 ask for {held + 1}" in capsys.readouterr().err

@@ -11,8 +11,10 @@ from factsync.commands.bench.inputs import (
     add_data_options,
     add_fluency_option,
     add_record_options,
+    add_skip_option,
     fluency_texts,
     positive_list,
+    records_after_skip,
     records_path,
 )
 from factsync.commands.options import (
@@ -431,6 +433,7 @@ def _register_shifts(sub: argparse._SubParsersAction) -> None:
                         help="record format of --data (counterfact)")
     add_data_options(shifts)
     shifts.add_argument("--n", type=int, default=24, help="records to optimise (24)")
+    add_skip_option(shifts)
     shifts.add_argument("--method", default="default",
                         help="whose target settings, named as bench lifelong --methods "
                         "names them; several, comma-separated, are measured in turn on "
@@ -467,7 +470,8 @@ def run_shifts_bench(args: argparse.Namespace) -> int:
                              args.max_iterations)
     deltas = [(str(path), ModelDelta.load(path)) for path in args.delta]
     torch.manual_seed(args.seed)
-    cases = load_cases(args.dataset, records_path(args, args.dataset))[: args.n]
+    data = records_path(args, args.dataset)
+    cases = records_after_skip(load_cases(args.dataset, data), args.skip, args.n, data)[: args.n]
     loaded = load(args)
     edited = {tuple(settings.edit_layers(loaded)) for settings in methods.values()}
     if len(edited) > 1:
@@ -491,11 +495,12 @@ def run_shifts_bench(args: argparse.Namespace) -> int:
     for label, delta in deltas:
         with applied(loaded, delta):
             reports += measured(label)
-    print(f"{args.dataset}, {len(requests)} records, {args.method} targets at layer {layer} "
-          f"of {loaded.name}")
+    print(f"{args.dataset}, records {args.skip + 1}-{args.skip + len(requests)}, "
+          f"{args.method} targets at layer {layer} of {loaded.name}")
     print(format_shifts(reports))
     if args.json:
-        write_json(args.json, {"dataset": args.dataset, "n": len(requests), "layer": layer,
+        write_json(args.json, {"dataset": args.dataset, "n": len(requests), "skip": args.skip,
+                               "layer": layer,
                                "models": [r.to_json() for r in reports]})
     return 0
 

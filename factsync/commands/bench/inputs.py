@@ -32,6 +32,24 @@ def add_data_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed", type=int, default=0, help="random seed (0)")
 
 
+def add_skip_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--skip", type=int, default=0, metavar="N",
+                        help="leave out the first N records of --data, so the records used "
+                        "are N+1 to N+--n: the same facts at the start of a stream as they "
+                        "had later in another, to tell harder records from a longer "
+                        "history (0)")
+
+
+def records_after_skip(records: list, skip: int, n: int, data: Path) -> list:
+    """``records`` from the ``skip``-th on, refused when that leaves fewer than ``n``."""
+    if skip < 0:
+        raise ValueError(f"--skip must not be negative, got {skip}")
+    if len(records) < skip + n:
+        raise ValueError(f"{data} holds {len(records)} records; --skip {skip} and "
+                         f"--n {n} ask for {skip + n}")
+    return records[skip:]
+
+
 def add_fluency_option(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--fluency",

@@ -6,7 +6,13 @@ import argparse
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from factsync.commands.bench.inputs import add_record_options, fluency_texts, records_path
+from factsync.commands.bench.inputs import (
+    add_record_options,
+    add_skip_option,
+    fluency_texts,
+    records_after_skip,
+    records_path,
+)
 from factsync.commands.options import (
     add_engine_options,
     add_executor_options,
@@ -47,11 +53,7 @@ def _register_lifelong(sub: argparse._SubParsersAction) -> None:
         "first job.",
     )
     add_record_options(lifelong, records=1000)
-    lifelong.add_argument("--skip", type=int, default=0, metavar="N",
-                          help="leave out the first N records of --data, so the stream is "
-                          "records N+1 to N+--n: the same facts at the start of a stream as "
-                          "they had later in another, to tell harder records from a longer "
-                          "history (0)")
+    add_skip_option(lifelong)
     lifelong.add_argument("--checkpoint-every", type=int, default=100,
                           help="facts applied between checkpoints (100)")
     lifelong.add_argument("--methods", default="default,memit",
@@ -128,8 +130,6 @@ def run_lifelong_bench(args: argparse.Namespace) -> int:
     checkpoint_facts(args.n, args.batch, args.checkpoint_every)  # bad sizes fail before loading
     if args.canaries < 0:
         raise ValueError(f"--canaries must not be negative, got {args.canaries}")
-    if args.skip < 0:
-        raise ValueError(f"--skip must not be negative, got {args.skip}")
     if not 0 <= args.change_back <= args.n:
         raise ValueError(f"--change-back must be between 0 and --n ({args.n}), "
                          f"got {args.change_back}")
@@ -148,11 +148,7 @@ def run_lifelong_bench(args: argparse.Namespace) -> int:
     data = records_path(args, args.dataset)
     texts = fluency_texts(args.fluency)
     held_out = fluency_texts(args.held_out_fluency) if args.held_out_fluency else []
-    records = load_cases(args.dataset, data)
-    if len(records) < args.skip + args.n:
-        raise ValueError(f"{data} holds {len(records)} records; --skip {args.skip} and "
-                         f"--n {args.n} ask for {args.skip + args.n}")
-    cases = records[args.skip :]
+    cases = records_after_skip(load_cases(args.dataset, data), args.skip, args.n, data)
     base = engine_settings(args, neighbours=False)
     methods = chosen_methods(args.methods, base, args.max_iterations)
     loaded = load(args)
