@@ -9,7 +9,7 @@ from pathlib import Path
 import torch
 
 from factsync.editing.cancellation import Cancelled, never
-from factsync.editing.contexts import sample_contexts
+from factsync.editing.contexts import contexts_for
 from factsync.editing.corpus import load_text_files, model_corpus
 from factsync.editing.covariance import KeyStatistics, layer_key_size
 from factsync.editing.engine import EditEngine, EngineSettings
@@ -130,6 +130,12 @@ def layer_sensitivity(loaded: LoadedModel, layers: list[int], settings: Statisti
     return sensitivity_for(loaded, layers[-1], corpus.texts, home / "stats")
 
 
+def engine_contexts(loaded: LoadedModel, *, home: Path | None = None) -> list[str]:
+    """The context prefixes an engine for ``loaded`` uses, cached beside the key
+    statistics (``contexts_for``)."""
+    return contexts_for(loaded, (home or data_home()) / "stats")
+
+
 def build_engine(
     loaded: LoadedModel,
     settings: EngineSettings,
@@ -140,7 +146,7 @@ def build_engine(
     report: Progress = silent,
     optimiser: TargetOptimiser = optimise_targets,
 ) -> EditEngine:
-    """An engine for ``loaded`` with cached statistics and freshly sampled contexts;
+    """An engine for ``loaded`` with cached statistics and context prefixes;
     ``cancelled`` may stop building it (``WorkCancelled``), ``report`` hears how far.
     ``optimiser`` runs its OPTIMIZATION stage (see ``EditEngine``). The ``natural``
     step rule's sensitivity comes from the statistics' corpus.
@@ -153,5 +159,5 @@ def build_engine(
                              cancelled=cancelled, report=report, corpus=corpus)
     sensitivity = methods_sensitivity(loaded, [settings], layers, statistics_settings, home=home,
                                       corpus=corpus)
-    return EditEngine(loaded, settings, stats, sample_contexts(loaded), optimiser=optimiser,
-                      sensitivity=sensitivity)
+    return EditEngine(loaded, settings, stats, engine_contexts(loaded, home=home),
+                      optimiser=optimiser, sensitivity=sensitivity)

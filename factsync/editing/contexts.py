@@ -1,14 +1,24 @@
 """Context prefixes: short texts put before edit prompts so an edit generalises.
 
 They are sampled from the model itself (top-k sampling from a few common openings), so
-they need no data and read like the model's own text.
+they need no data and read like the model's own text. Sampling them takes seconds of
+generation on a CPU at every engine build, so ``contexts_for`` keeps them on disk beside
+the key statistics, once per model.
 """
 
 from __future__ import annotations
 
+import json
+import logging
+from pathlib import Path
+
 import torch
 
+from factsync.cache_lock import computing
+from factsync.durable import write_json
 from factsync.models.loading import LoadedModel
+
+log = logging.getLogger(__name__)
 
 OPENINGS = ("The", "Therefore", "Because", "I", "You")
 
@@ -41,4 +51,40 @@ def sample_contexts(
             text = tokenizer.decode(sequence[0, len(loaded.prefix_ids) :], skip_special_tokens=True)
             cleaned = " ".join(text.replace("{", " ").replace("}", " ").split())
             contexts.append(cleaned + ". ")
+    return contexts
+
+
+def contexts_for(loaded: LoadedModel, directory: Path) -> list[str]:
+    """``sample_contexts(loaded)``, read from ``directory`` when it holds them for this
+    model (its fingerprint and dtype), else sampled and stored there. A damaged file, or
+    one sampled from other openings, is sampled again."""
+    dtype = str(loaded.model.dtype).removeprefix("torch.")
+    path = directory / loaded.fingerprint / f"contexts-{dtype}.json"
+    with computing(path, "the context prefixes"):
+        found = _read_contexts(path)
+        if found is not None:
+            return found
+        contexts = sample_contexts(loaded)
+        write_json(path, {"openings": list(OPENINGS), "contexts": contexts})
+        return contexts
+
+
+def _read_contexts(path: Path) -> list[str] | None:
+    """The stored contexts, or ``None`` when there are none or they cannot be used
+    (logged at WARNING)."""
+    if not path.exists():
+        return None
+    try:
+        stored = json.loads(path.read_text(encoding="utf-8"))
+        contexts, openings = stored["contexts"], stored["openings"]
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        log.warning("context prefixes %s are unreadable (%s); sampling them again", path, exc)
+        return None
+    usable = (openings == list(OPENINGS) and isinstance(contexts, list)
+              and len(contexts) == len(OPENINGS) + 1 and contexts[0] == ""
+              and all(isinstance(c, str) for c in contexts))
+    if not usable:
+        log.warning("context prefixes %s were not sampled as they are now; sampling them "
+                    "again", path)
+        return None
     return contexts

@@ -174,7 +174,7 @@ def run_zopt_bench(args: argparse.Namespace) -> int:
     import torch
 
     from factsync.bench.zopt import format_timing, time_zopt
-    from factsync.editing.contexts import sample_contexts
+    from factsync.editing.build import engine_contexts
     from factsync.evaluation.counterfact import load_counterfact
 
     torch.manual_seed(args.seed)
@@ -183,7 +183,7 @@ def run_zopt_bench(args: argparse.Namespace) -> int:
     settings = engine_settings(args, neighbours=False)
     layers = settings.edit_layers(loaded)
     timing = time_zopt(
-        loaded, [c.request for c in cases], layers[-1], sample_contexts(loaded), settings.target
+        loaded, [c.request for c in cases], layers[-1], engine_contexts(loaded), settings.target
     )
     print(format_timing(timing))
     print(json.dumps(asdict(timing) | {"speedup": timing.speedup}))
@@ -218,7 +218,7 @@ def run_budget_bench(args: argparse.Namespace) -> int:
     import torch
 
     from factsync.bench.budget import format_budget_table, run_budget_study
-    from factsync.editing.contexts import sample_contexts
+    from factsync.editing.build import engine_contexts
     from factsync.editing.corpus import model_corpus
     from factsync.evaluation.counterfact import load_counterfact
     from factsync.paths import data_home
@@ -236,7 +236,7 @@ def run_budget_bench(args: argparse.Namespace) -> int:
         budgets,
         texts=texts,
         settings=engine_settings(args, neighbours=False),
-        contexts=sample_contexts(loaded),
+        contexts=engine_contexts(loaded),
         fluency_texts=fluency,
         batch_size=args.batch,
     )
@@ -458,8 +458,7 @@ def run_shifts_bench(args: argparse.Namespace) -> int:
 
     from factsync.bench.lifelong import chosen_methods
     from factsync.bench.target_shifts import ShiftReport, format_shifts, measure_shifts
-    from factsync.editing.build import layer_sensitivity
-    from factsync.editing.contexts import sample_contexts
+    from factsync.editing.build import engine_contexts, layer_sensitivity
     from factsync.editing.delta import ModelDelta, applied
     from factsync.evaluation.suites import load_cases
 
@@ -479,7 +478,7 @@ def run_shifts_bench(args: argparse.Namespace) -> int:
                          "them apart")
     (layers,) = edited
     layer = layers[-1]
-    contexts = sample_contexts(loaded)
+    contexts = engine_contexts(loaded)
     requests = [case.request for case in cases]
     wanted = args.sensitivity or any(s.target.needs_sensitivity for s in methods.values())
     sensitivity = (layer_sensitivity(loaded, list(layers), statistics_settings(args))

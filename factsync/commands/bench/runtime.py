@@ -86,7 +86,7 @@ def run_scale_bench(args: argparse.Namespace) -> int:
     import torch
 
     from factsync.bench.scale import ScaleWork, format_table, run_scale
-    from factsync.editing.contexts import sample_contexts
+    from factsync.editing.build import engine_contexts
     from factsync.evaluation.datasets import load_cases
     from factsync.executors.build import build_executor
     from factsync.executors.settings import ExecutorSettings, ExecutorType
@@ -99,7 +99,7 @@ def run_scale_bench(args: argparse.Namespace) -> int:
     settings = engine_settings(args, neighbours=False)
     work = ScaleWork(
         loaded=loaded, cases=cases, layer=settings.edit_layers(loaded)[-1],
-        contexts=sample_contexts(loaded), settings=settings.target,
+        contexts=engine_contexts(loaded), settings=settings.target,
         retention=[(c.request.prompt, c.request.old_object)
                    for c in records[args.n : args.n + args.retention]],
         texts=fluency_texts(args.fluency))
