@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 
 import torch
@@ -58,6 +58,10 @@ class ShiftReport:
             tenth of the facts (at least one) carries: about 0.1 when every fact
             costs the same, near 1 when a few facts carry the cost.
         felt_per_fact: each fact's ``s^T F s / 2``, in the order of the requests.
+        harm: median cost to ordinary text of each fact's edit applied alone, nats per
+            token to second order (``fact_harm``); ``None`` when not measured.
+        harm_mean: its mean.
+        harm_per_fact: each fact's, in the order of the requests.
         seconds_per_fact: wall seconds of the optimisation per fact.
     """
 
@@ -73,6 +77,9 @@ class ShiftReport:
     felt_mean: float | None = None
     felt_top_share: float | None = None
     felt_per_fact: list[float] | None = None
+    harm: float | None = None
+    harm_mean: float | None = None
+    harm_per_fact: list[float] | None = None
     seconds_per_fact: float = 0.0
 
     def to_json(self) -> dict:
@@ -82,11 +89,14 @@ class ShiftReport:
 
 def measure_shifts(loaded: LoadedModel, requests: Sequence[EditRequest], layer: int,
                    contexts: list[str], settings: TargetSettings, *, label: str,
-                   sensitivity: torch.Tensor | None = None) -> ShiftReport:
+                   sensitivity: torch.Tensor | None = None,
+                   harm_of: Callable[[list[EditRequest], torch.Tensor], list[float]] | None
+                   = None) -> ShiftReport:
     """Optimise the targets of ``requests`` at ``layer`` on ``loaded`` as it is, and
     describe their shifts, in the metric of ``sensitivity`` as well when it is given
-    (the ``natural`` step rule needs it). Raises ``ValueError`` for fewer than two
-    requests."""
+    (the ``natural`` step rule needs it), and each fact's cost to ordinary text when
+    ``harm_of`` (requests, targets -> per-fact cost) is given. Raises ``ValueError`` for
+    fewer than two requests."""
     if len(requests) < 2:
         raise ValueError("shifts are compared between facts: give at least two")
     started = time.perf_counter()
@@ -107,6 +117,8 @@ def measure_shifts(loaded: LoadedModel, requests: Sequence[EditRequest], layer: 
     along = shifts @ (mean_direction / mean_direction.norm())
     felt = (0.5 * ((shifts @ sensitivity.double()) * shifts).sum(dim=1)
             if sensitivity is not None else None)
+    harms = (torch.tensor(harm_of(list(requests), result.z), dtype=torch.float64)
+             if harm_of is not None else None)
     return ShiftReport(
         label=label,
         hidden_norm=float(initial.norm(dim=1).median()),
@@ -120,6 +132,9 @@ def measure_shifts(loaded: LoadedModel, requests: Sequence[EditRequest], layer: 
         felt_mean=None if felt is None else float(felt.mean()),
         felt_top_share=None if felt is None else _top_share(felt),
         felt_per_fact=None if felt is None else felt.tolist(),
+        harm=None if harms is None else float(harms.median()),
+        harm_mean=None if harms is None else float(harms.mean()),
+        harm_per_fact=None if harms is None else harms.tolist(),
         seconds_per_fact=seconds / len(requests),
     )
 
@@ -132,12 +147,14 @@ def _top_share(costs: torch.Tensor) -> float:
 
 def format_shifts(reports: Sequence[ShiftReport]) -> str:
     """One row per model; the ``s^T F s / 2`` columns (median, mean, the costliest
-    tenth's share) when the reports have them."""
+    tenth's share) and the harm columns (median, mean) when the reports have them."""
     felt = any(r.felt is not None for r in reports)
+    harm = any(r.harm is not None for r in reports)
     lines = ["model | |h| | |z-h| | |z-h|/|h| | cosine between facts | shared energy | "
              "steps | probability | s/fact"
-             + (" | s^T F s / 2 | mean | top tenth's share" if felt else ""),
-             " | ".join(["---"] * (12 if felt else 9))]
+             + (" | s^T F s / 2 | mean | top tenth's share" if felt else "")
+             + (" | harm alone | mean" if harm else ""),
+             " | ".join(["---"] * (9 + 3 * felt + 2 * harm))]
     for r in reports:
         row = (f"{r.label} | {r.hidden_norm:.2f} | {r.shift_norm:.2f} | "
                f"{r.shift_ratio:.3f} | {format_interval(r.cosine)} | "
@@ -146,5 +163,7 @@ def format_shifts(reports: Sequence[ShiftReport]) -> str:
         if felt:
             row += (" | - | - | -" if r.felt is None else
                     f" | {r.felt:.4f} | {r.felt_mean:.4f} | {r.felt_top_share:.3f}")
+        if harm:
+            row += (" | - | -" if r.harm is None else f" | {r.harm:.2e} | {r.harm_mean:.2e}")
         lines.append(row)
     return "\n".join(lines)

@@ -446,6 +446,14 @@ def _register_shifts(sub: argparse._SubParsersAction) -> None:
                         "corpus (computed once and cached): to second order, the nats per "
                         "token ordinary text would lose with a shift added at every token. "
                         "A method of the natural step rule needs it anyway")
+    shifts.add_argument("--harm", action="store_true",
+                        help="also spread each fact's target alone with the method's spread "
+                        "and report the median and mean d^T F d / 2 of the change d it makes "
+                        "to the last edit layer's output on ordinary text (the end of the key "
+                        "statistics' corpus): to second order, the nats per token that fact's "
+                        "edit costs ordinary text. Needs the key statistics and F")
+    shifts.add_argument("--harm-tokens", type=int, default=4096, metavar="N",
+                        help="ordinary-text tokens --harm averages over (4096)")
     shifts.add_argument("--json", type=Path, help="also write the numbers to this file")
     add_model_options(shifts)
     add_engine_options(shifts)
@@ -456,9 +464,15 @@ def run_shifts_bench(args: argparse.Namespace) -> int:
     """Handler of ``factsync bench shifts``."""
     import torch
 
+    from factsync.bench.fact_harm import TextProbe, fact_harms
     from factsync.bench.lifelong import chosen_methods
     from factsync.bench.target_shifts import ShiftReport, format_shifts, measure_shifts
-    from factsync.editing.build import engine_contexts, layer_sensitivity
+    from factsync.editing.build import (
+        build_engine,
+        engine_contexts,
+        layer_sensitivity,
+        statistics_corpus,
+    )
     from factsync.editing.delta import ModelDelta, applied
     from factsync.evaluation.suites import load_cases
 
@@ -480,14 +494,24 @@ def run_shifts_bench(args: argparse.Namespace) -> int:
     layer = layers[-1]
     contexts = engine_contexts(loaded)
     requests = [case.request for case in cases]
-    wanted = args.sensitivity or any(s.target.needs_sensitivity for s in methods.values())
+    wanted = (args.sensitivity or args.harm
+              or any(s.target.needs_sensitivity for s in methods.values()))
     sensitivity = (layer_sensitivity(loaded, list(layers), statistics_settings(args))
                    if wanted else None)
+    harm_of = {name: None for name in methods}
+    if args.harm:
+        corpus = statistics_corpus(loaded, list(layers), statistics_settings(args))
+        # From the corpus's end: F was measured on tokens from its start.
+        probe = TextProbe(loaded, layer, corpus.texts[::-1], token_budget=args.harm_tokens)
+        for name, settings in methods.items():
+            engine = build_engine(loaded, settings, statistics_settings(args))
+            harm_of[name] = (lambda requests, targets, engine=engine:
+                             fact_harms(engine, requests, targets, probe, sensitivity))
 
     def measured(label: str) -> list[ShiftReport]:
         return [measure_shifts(loaded, requests, layer, contexts, settings.target,
                                label=label if len(methods) == 1 else f"{name}, {label}",
-                               sensitivity=sensitivity)
+                               sensitivity=sensitivity, harm_of=harm_of[name])
                 for name, settings in methods.items()]
 
     reports = measured("unedited")
