@@ -14,6 +14,7 @@ second order, without the noise of a perplexity measurement.
 from __future__ import annotations
 
 import torch
+from tqdm.auto import tqdm
 
 from factsync.editing.covariance import lead_ids, padded_windows, token_windows, window_batches
 from factsync.editing.delta import applied
@@ -64,7 +65,8 @@ class TextProbe:
 
 
 def fact_harms(engine: EditEngine, requests: list[EditRequest], targets: torch.Tensor,
-               probe: TextProbe, sensitivity: torch.Tensor) -> list[float]:
+               probe: TextProbe, sensitivity: torch.Tensor, *,
+               progress: bool = True) -> list[float]:
     """Per request, ``mean_t d_t^T F d_t / 2`` of its target (a row of ``targets``, at
     the engine's last edit layer) spread alone with the engine's settings, F =
     ``sensitivity`` of the probe's layer. The model is left as found."""
@@ -75,7 +77,9 @@ def fact_harms(engine: EditEngine, requests: list[EditRequest], targets: torch.T
     metric = sensitivity.to(device=loaded.device, dtype=torch.float64)
     before = probe.hidden()
     harms = []
-    for request, target in zip(requests, targets, strict=True):
+    pairs = zip(requests, targets, strict=True)
+    for request, target in tqdm(pairs, total=len(requests), unit="fact",
+                                desc="each fact's edit alone", disable=not progress):
         update, _, _ = spread(loaded, [(request.template, request.subject)],
                               target.unsqueeze(0), engine.layers, engine.contexts,
                               engine.layer_contexts, engine.settings.spread)
