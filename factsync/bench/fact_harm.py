@@ -8,7 +8,9 @@ target is spread alone over the edit layers (nothing else held in place), and th
 ``h_t`` of the last edit layer is read on ordinary-text tokens with and without the
 update. With ``d_t`` the change and F the layer's sensitivity, ``d_t^T F d_t / 2``
 averaged over the tokens is the nats per token the fact's edit costs ordinary text, to
-second order, without the noise of a perplexity measurement.
+second order, without the noise of a perplexity measurement. Spreading a job's facts
+together instead says how far their updates add up on ordinary text beyond the sum of
+their costs alone.
 """
 
 from __future__ import annotations
@@ -64,25 +66,30 @@ class TextProbe:
         return torch.cat(parts)[: self.token_budget]
 
 
-def fact_harms(engine: EditEngine, requests: list[EditRequest], targets: torch.Tensor,
-               probe: TextProbe, sensitivity: torch.Tensor, *,
+def edit_harms(engine: EditEngine, requests: list[EditRequest], targets: torch.Tensor,
+               probe: TextProbe, sensitivity: torch.Tensor, *, together: int = 1,
                progress: bool = True) -> list[float]:
-    """Per request, ``mean_t d_t^T F d_t / 2`` of its target (a row of ``targets``, at
-    the engine's last edit layer) spread alone with the engine's settings, F =
-    ``sensitivity`` of the probe's layer. The model is left as found."""
+    """Per group of ``together`` consecutive requests (the last may be smaller), the
+    ``mean_t d_t^T F d_t / 2`` of their targets (rows of ``targets``, at the engine's
+    last edit layer) spread together with the engine's settings, F = ``sensitivity`` of
+    the probe's layer: with ``together=1``, each fact's edit alone; with a job's size,
+    each job's. The model is left as found."""
     if probe.layer != engine.layers[-1]:
         raise ValueError(f"the probe reads layer {probe.layer}, the targets are at layer "
                          f"{engine.layers[-1]}")
+    if together < 1:
+        raise ValueError(f"together must be at least 1, got {together}")
     loaded = engine.loaded
     metric = sensitivity.to(device=loaded.device, dtype=torch.float64)
     before = probe.hidden()
     harms = []
-    pairs = zip(requests, targets, strict=True)
-    for request, target in tqdm(pairs, total=len(requests), unit="fact",
-                                desc="each fact's edit alone", disable=not progress):
-        update, _, _ = spread(loaded, [(request.template, request.subject)],
-                              target.unsqueeze(0), engine.layers, engine.contexts,
-                              engine.layer_contexts, engine.settings.spread)
+    starts = range(0, len(requests), together)
+    for start in tqdm(starts, unit="edit", disable=not progress,
+                      desc="each fact's edit alone" if together == 1 else "each job's edit"):
+        group = requests[start : start + together]
+        update, _, _ = spread(loaded, [(r.template, r.subject) for r in group],
+                              targets[start : start + together], engine.layers,
+                              engine.contexts, engine.layer_contexts, engine.settings.spread)
         with applied(loaded, update):
             change = probe.hidden() - before
         harms.append(float(0.5 * ((change @ metric) * change).sum(dim=1).mean()))

@@ -62,6 +62,10 @@ class ShiftReport:
             token to second order (``fact_harm``); ``None`` when not measured.
         harm_mean: its mean.
         harm_per_fact: each fact's, in the order of the requests.
+        job_harm_per_job: the cost of each job's facts spread together (``batch``
+            consecutive facts), in order.
+        jobs_over_alone: the jobs' summed cost over their facts' summed costs alone:
+            above 1 when facts spread together add up on ordinary text.
         seconds_per_fact: wall seconds of the optimisation per fact.
     """
 
@@ -80,6 +84,8 @@ class ShiftReport:
     harm: float | None = None
     harm_mean: float | None = None
     harm_per_fact: list[float] | None = None
+    job_harm_per_job: list[float] | None = None
+    jobs_over_alone: float | None = None
     seconds_per_fact: float = 0.0
 
     def to_json(self) -> dict:
@@ -90,12 +96,14 @@ class ShiftReport:
 def measure_shifts(loaded: LoadedModel, requests: Sequence[EditRequest], layer: int,
                    contexts: list[str], settings: TargetSettings, *, label: str,
                    sensitivity: torch.Tensor | None = None,
-                   harm_of: Callable[[list[EditRequest], torch.Tensor], list[float]] | None
-                   = None) -> ShiftReport:
+                   harm_of: Callable[[list[EditRequest], torch.Tensor],
+                                     tuple[list[float], list[float]]] | None = None,
+                   ) -> ShiftReport:
     """Optimise the targets of ``requests`` at ``layer`` on ``loaded`` as it is, and
     describe their shifts, in the metric of ``sensitivity`` as well when it is given
-    (the ``natural`` step rule needs it), and each fact's cost to ordinary text when
-    ``harm_of`` (requests, targets -> per-fact cost) is given. Raises ``ValueError`` for
+    (the ``natural`` step rule needs it), and each fact's and each job's cost to
+    ordinary text when ``harm_of`` (requests, targets -> costs alone per fact, costs
+    per job) is given. Raises ``ValueError`` for
     fewer than two requests."""
     if len(requests) < 2:
         raise ValueError("shifts are compared between facts: give at least two")
@@ -117,8 +125,10 @@ def measure_shifts(loaded: LoadedModel, requests: Sequence[EditRequest], layer: 
     along = shifts @ (mean_direction / mean_direction.norm())
     felt = (0.5 * ((shifts @ sensitivity.double()) * shifts).sum(dim=1)
             if sensitivity is not None else None)
-    harms = (torch.tensor(harm_of(list(requests), result.z), dtype=torch.float64)
-             if harm_of is not None else None)
+    harms = jobs = None
+    if harm_of is not None:
+        alone, jobs = harm_of(list(requests), result.z)
+        harms = torch.tensor(alone, dtype=torch.float64)
     return ShiftReport(
         label=label,
         hidden_norm=float(initial.norm(dim=1).median()),
@@ -135,6 +145,8 @@ def measure_shifts(loaded: LoadedModel, requests: Sequence[EditRequest], layer: 
         harm=None if harms is None else float(harms.median()),
         harm_mean=None if harms is None else float(harms.mean()),
         harm_per_fact=None if harms is None else harms.tolist(),
+        job_harm_per_job=jobs,
+        jobs_over_alone=None if harms is None else float(sum(jobs) / harms.sum()),
         seconds_per_fact=seconds / len(requests),
     )
 
@@ -153,8 +165,8 @@ def format_shifts(reports: Sequence[ShiftReport]) -> str:
     lines = ["model | |h| | |z-h| | |z-h|/|h| | cosine between facts | shared energy | "
              "steps | probability | s/fact"
              + (" | s^T F s / 2 | mean | top tenth's share" if felt else "")
-             + (" | harm alone | mean" if harm else ""),
-             " | ".join(["---"] * (9 + 3 * felt + 2 * harm))]
+             + (" | harm alone | mean | jobs over alone" if harm else ""),
+             " | ".join(["---"] * (9 + 3 * felt + 3 * harm))]
     for r in reports:
         row = (f"{r.label} | {r.hidden_norm:.2f} | {r.shift_norm:.2f} | "
                f"{r.shift_ratio:.3f} | {format_interval(r.cosine)} | "
@@ -164,6 +176,7 @@ def format_shifts(reports: Sequence[ShiftReport]) -> str:
             row += (" | - | - | -" if r.felt is None else
                     f" | {r.felt:.4f} | {r.felt_mean:.4f} | {r.felt_top_share:.3f}")
         if harm:
-            row += (" | - | -" if r.harm is None else f" | {r.harm:.2e} | {r.harm_mean:.2e}")
+            row += (" | - | - | -" if r.harm is None else
+                    f" | {r.harm:.2e} | {r.harm_mean:.2e} | {r.jobs_over_alone:.3f}")
         lines.append(row)
     return "\n".join(lines)

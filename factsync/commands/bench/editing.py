@@ -451,7 +451,11 @@ def _register_shifts(sub: argparse._SubParsersAction) -> None:
                         "and report the median and mean d^T F d / 2 of the change d it makes "
                         "to the last edit layer's output on ordinary text (the end of the key "
                         "statistics' corpus): to second order, the nats per token that fact's "
-                        "edit costs ordinary text. Needs the key statistics and F")
+                        "edit costs ordinary text; and the same for each job of --batch "
+                        "consecutive facts spread together, against the sum of its facts' "
+                        "costs alone. Needs the key statistics and F")
+    shifts.add_argument("--batch", type=int, default=10,
+                        help="facts per job that --harm spreads together (10)")
     shifts.add_argument("--harm-tokens", type=int, default=4096, metavar="N",
                         help="ordinary-text tokens --harm averages over (4096)")
     shifts.add_argument("--json", type=Path, help="also write the numbers to this file")
@@ -464,7 +468,7 @@ def run_shifts_bench(args: argparse.Namespace) -> int:
     """Handler of ``factsync bench shifts``."""
     import torch
 
-    from factsync.bench.fact_harm import TextProbe, fact_harms
+    from factsync.bench.fact_harm import TextProbe, edit_harms
     from factsync.bench.lifelong import chosen_methods
     from factsync.bench.target_shifts import ShiftReport, format_shifts, measure_shifts
     from factsync.editing.build import (
@@ -476,6 +480,8 @@ def run_shifts_bench(args: argparse.Namespace) -> int:
     from factsync.editing.delta import ModelDelta, applied
     from factsync.evaluation.suites import load_cases
 
+    if args.batch < 1:
+        raise ValueError(f"--batch must be at least 1, got {args.batch}")
     if args.n < 2:
         raise ValueError(f"--n must be at least 2 (shifts are compared between facts), "
                          f"got {args.n}")
@@ -505,8 +511,10 @@ def run_shifts_bench(args: argparse.Namespace) -> int:
         probe = TextProbe(loaded, layer, corpus.texts[::-1], token_budget=args.harm_tokens)
         for name, settings in methods.items():
             engine = build_engine(loaded, settings, statistics_settings(args))
-            harm_of[name] = (lambda requests, targets, engine=engine:
-                             fact_harms(engine, requests, targets, probe, sensitivity))
+            harm_of[name] = (lambda requests, targets, engine=engine: (
+                edit_harms(engine, requests, targets, probe, sensitivity),
+                edit_harms(engine, requests, targets, probe, sensitivity,
+                           together=args.batch)))
 
     def measured(label: str) -> list[ShiftReport]:
         return [measure_shifts(loaded, requests, layer, contexts, settings.target,
