@@ -68,12 +68,13 @@ class TextProbe:
 
 def edit_harms(engine: EditEngine, requests: list[EditRequest], targets: torch.Tensor,
                probe: TextProbe, sensitivity: torch.Tensor, *, together: int = 1,
-               progress: bool = True) -> list[float]:
+               before: torch.Tensor | None = None, progress: bool = True) -> list[float]:
     """Per group of ``together`` consecutive requests (the last may be smaller), the
     ``mean_t d_t^T F d_t / 2`` of their targets (rows of ``targets``, at the engine's
     last edit layer) spread together with the engine's settings, F = ``sensitivity`` of
     the probe's layer: with ``together=1``, each fact's edit alone; with a job's size,
-    each job's. The model is left as found."""
+    each job's. ``before`` is ``probe.hidden()`` on the model as it is, when the caller
+    already read it for another grouping. The model is left as found."""
     if probe.layer != engine.layers[-1]:
         raise ValueError(f"the probe reads layer {probe.layer}, the targets are at layer "
                          f"{engine.layers[-1]}")
@@ -81,7 +82,7 @@ def edit_harms(engine: EditEngine, requests: list[EditRequest], targets: torch.T
         raise ValueError(f"together must be at least 1, got {together}")
     loaded = engine.loaded
     metric = sensitivity.to(device=loaded.device, dtype=torch.float64)
-    before = probe.hidden()
+    before = probe.hidden() if before is None else before
     harms = []
     starts = range(0, len(requests), together)
     for start in tqdm(starts, unit="edit", disable=not progress,

@@ -103,8 +103,7 @@ def measure_shifts(loaded: LoadedModel, requests: Sequence[EditRequest], layer: 
     describe their shifts, in the metric of ``sensitivity`` as well when it is given
     (the ``natural`` step rule needs it), and each fact's and each job's cost to
     ordinary text when ``harm_of`` (requests, targets -> costs alone per fact, costs
-    per job) is given. Raises ``ValueError`` for
-    fewer than two requests."""
+    per job) is given. Raises ``ValueError`` for fewer than two requests."""
     if len(requests) < 2:
         raise ValueError("shifts are compared between facts: give at least two")
     started = time.perf_counter()

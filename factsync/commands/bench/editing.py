@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 from dataclasses import asdict
+from functools import partial
 from pathlib import Path
 
 from factsync.commands.bench.inputs import (
@@ -478,6 +479,8 @@ def run_shifts_bench(args: argparse.Namespace) -> int:
         statistics_corpus,
     )
     from factsync.editing.delta import ModelDelta, applied
+    from factsync.editing.engine import EditEngine
+    from factsync.editing.requests import EditRequest
     from factsync.evaluation.suites import load_cases
 
     if args.batch < 1:
@@ -509,12 +512,17 @@ def run_shifts_bench(args: argparse.Namespace) -> int:
         corpus = statistics_corpus(loaded, list(layers), statistics_settings(args))
         # From the corpus's end: F was measured on tokens from its start.
         probe = TextProbe(loaded, layer, corpus.texts[::-1], token_budget=args.harm_tokens)
+
+        def harms(engine: EditEngine, requests: list[EditRequest],
+                  targets: torch.Tensor) -> tuple[list[float], list[float]]:
+            before = probe.hidden()  # one read of the model serves both groupings
+            return (edit_harms(engine, requests, targets, probe, sensitivity, before=before),
+                    edit_harms(engine, requests, targets, probe, sensitivity, before=before,
+                               together=args.batch))
+
         for name, settings in methods.items():
-            engine = build_engine(loaded, settings, statistics_settings(args))
-            harm_of[name] = (lambda requests, targets, engine=engine: (
-                edit_harms(engine, requests, targets, probe, sensitivity),
-                edit_harms(engine, requests, targets, probe, sensitivity,
-                           together=args.batch)))
+            harm_of[name] = partial(harms, build_engine(loaded, settings,
+                                                        statistics_settings(args)))
 
     def measured(label: str) -> list[ShiftReport]:
         return [measure_shifts(loaded, requests, layer, contexts, settings.target,
@@ -531,7 +539,6 @@ def run_shifts_bench(args: argparse.Namespace) -> int:
     print(format_shifts(reports))
     if args.json:
         write_json(args.json, {"dataset": args.dataset, "n": len(requests), "skip": args.skip,
-                               "layer": layer,
-                               "models": [r.to_json() for r in reports]})
+                               "layer": layer, "models": [r.to_json() for r in reports]})
     return 0
 
