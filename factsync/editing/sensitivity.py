@@ -19,13 +19,11 @@ import logging
 from pathlib import Path
 
 import torch
-from safetensors import SafetensorError, safe_open
 from tqdm.auto import tqdm
 
-from factsync.cache_lock import computing
-from factsync.durable import save_tensors
 from factsync.editing.corpus import corpus_digest
 from factsync.editing.covariance import lead_ids, padded_windows, token_windows, window_batches
+from factsync.editing.tensor_cache import cached_tensor
 from factsync.models.hooks import forward_hooks, frozen_parameters, hidden_of, with_hidden
 from factsync.models.loading import LoadedModel
 
@@ -110,33 +108,9 @@ def sensitivity_for(loaded: LoadedModel, layer: int, texts: list[str], directory
     expected = {"format": SENSITIVITY_FORMAT, "fingerprint": loaded.fingerprint,
                 "layer": str(layer), "corpus_digest": digest,
                 "token_budget": str(token_budget), "max_length": str(max_length)}
-    with computing(path, f"the sensitivity of layer {layer}"):
-        found = _read(path, expected)
-        if found is not None:
-            log.info("reusing the sensitivity of layer %d from %s", layer, path)
-            return found
-        log.info("computing the sensitivity of layer %d of %s over %d tokens (corpus %s)",
-                 layer, loaded.name, token_budget, digest)
-        sensitivity = compute_sensitivity(loaded, layer, texts, token_budget=token_budget,
-                                          max_length=max_length)
-        save_tensors(path, {"sensitivity": sensitivity.contiguous()}, expected)
-        return sensitivity
-
-
-def _read(path: Path, expected: dict[str, str]) -> torch.Tensor | None:
-    """The stored sensitivity, or ``None`` when there is none or it is damaged or
-    another (logged at WARNING: it is computed again)."""
-    if not path.exists():
-        return None
-    try:
-        with safe_open(str(path), framework="pt") as handle:
-            metadata = handle.metadata() or {}
-            sensitivity = handle.get_tensor("sensitivity")
-    except (OSError, SafetensorError, KeyError, RuntimeError) as exc:
-        log.warning("sensitivity file %s is unreadable (%s); computing it again", path, exc)
-        return None
-    if any(metadata.get(k) != v for k, v in expected.items()) or not torch.isfinite(
-            sensitivity).all():
-        log.warning("sensitivity file %s is not what its name says; computing it again", path)
-        return None
-    return sensitivity
+    return cached_tensor(
+        path, "sensitivity", expected,
+        f"the sensitivity of layer {layer} of {loaded.name} over {token_budget} tokens "
+        f"(corpus {digest})",
+        lambda: compute_sensitivity(loaded, layer, texts, token_budget=token_budget,
+                                    max_length=max_length))

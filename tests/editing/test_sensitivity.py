@@ -85,7 +85,7 @@ def test_bad_arguments_are_refused(tiny_loaded):
 
 def test_the_cache_computes_once_and_recomputes_a_damaged_file(tiny_loaded, tmp_path, caplog):
     loaded = tiny_loaded("llama")
-    caplog.set_level(logging.INFO, logger="factsync.editing.sensitivity")
+    caplog.set_level(logging.INFO, logger="factsync.editing.tensor_cache")
     first = sensitivity_for(loaded, 1, TEXTS, tmp_path, token_budget=200)
     (path,) = (tmp_path / loaded.fingerprint).glob("sensitivity-layer1-*.safetensors")
     second = sensitivity_for(loaded, 1, TEXTS, tmp_path, token_budget=200)
