@@ -213,7 +213,7 @@ def compute_key_statistics(
         for batch in window_batches(token_windows(loaded, texts, lead, max_length), batch_size):
             if cancelled():
                 raise WorkCancelled("computing key statistics was stopped")
-            keys = _batch_keys(loaded, layers, batch, len(lead))
+            keys = batch_keys(loaded, layers, batch, len(lead))
             taken = min(token_budget - counted, next(iter(keys.values())).shape[0])
             # Uniform sample without replacement: keep the keys of smallest random priority.
             priorities = torch.cat([priorities, torch.rand(taken, generator=generator)])
@@ -332,7 +332,7 @@ def padded_windows(loaded: LoadedModel, batch: list[list[int]],
 
 
 @torch.no_grad()
-def _batch_keys(
+def batch_keys(
     loaded: LoadedModel, layers: list[int], batch: list[list[int]], lead_length: int
 ) -> dict[int, torch.Tensor]:
     """Keys of every counted token of ``batch``: layer -> (tokens, key), in text order."""

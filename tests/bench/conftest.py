@@ -3,6 +3,8 @@
 - ``counterfact_file``: a COUNTERFACT-format file of ``REWRITES`` in the tiny tokenizer's
   words, each with a paraphrase and the ``NEIGHBOURS`` prompts.
 - ``zsre_file``: the same rewrites as ZsRE records, each with the first neighbour.
+- ``engine_cli``: a saved tiny model, a small text corpus and a fresh ``FACTSYNC_HOME``
+  for commands that build an engine.
 """
 
 from __future__ import annotations
@@ -73,3 +75,17 @@ def zsre_file(tmp_path):
     path = tmp_path / "zsre.json"
     path.write_text(json.dumps([_zsre_record(*r) for r in REWRITES]))
     return path
+
+
+@pytest.fixture
+def engine_cli(tiny_loaded, tmp_path, monkeypatch):
+    """``(model_dir, corpus)``: the tiny llama saved where ``--model`` can load it, and
+    a text file for ``--corpus-files``; ``FACTSYNC_HOME`` is a fresh folder."""
+    loaded = tiny_loaded()
+    model_dir = tmp_path / "model"
+    loaded.model.save_pretrained(model_dir)
+    loaded.tokenizer.save_pretrained(model_dir)
+    monkeypatch.setenv("FACTSYNC_HOME", str(tmp_path / "home"))
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text("\n\n".join(f"Text {i} about the city number {i}." for i in range(100)))
+    return model_dir, corpus

@@ -68,15 +68,8 @@ def test_the_model_is_left_as_found_and_layers_must_match(tiny_loaded, tiny_engi
         TextProbe(engine.loaded, engine.layers[-1], [""], token_budget=50)
 
 
-def test_the_command_reports_each_facts_harm(
-        tiny_loaded, tmp_path, monkeypatch, capsys, counterfact_file):
-    loaded = tiny_loaded()
-    model_dir = tmp_path / "model"
-    loaded.model.save_pretrained(model_dir)
-    loaded.tokenizer.save_pretrained(model_dir)
-    monkeypatch.setenv("FACTSYNC_HOME", str(tmp_path / "home"))
-    corpus = tmp_path / "corpus.txt"
-    corpus.write_text("\n\n".join(f"Text {i} about the city number {i}." for i in range(100)))
+def test_the_command_reports_each_facts_harm(engine_cli, tmp_path, capsys, counterfact_file):
+    model_dir, corpus = engine_cli
     report = tmp_path / "shifts.json"
 
     code = main(["bench", "shifts", "--data", str(counterfact_file), "--n", "3",

@@ -1,0 +1,168 @@
+"""A spread that solves every edit layer's update at once, over their joint key statistics.
+
+MEMIT's spread (``spread``) solves each edit layer alone: layer l gets the update that
+fits its share of the residual while moving ordinary text's keys least, measured by
+that layer's C_l. On ordinary text, though, all the layers' changes land in the same
+residual stream and add up, and one token's keys at different layers are correlated:
+no layer's solve sees what the others add.
+
+Stacking the layers' keys ``k~ = [k_a; ...; k_b]`` and their updates
+``dW~ = [dW_a ... dW_b]`` makes the stream's change on a token ``dW~ k~``, to first
+order (a lower layer's change reaches the last edit layer's output along the residual
+path). ``dW~ = R K~^T (lambda C~ + K~ K~^T)^-1``, with C~ the second moment of the
+stacked keys over the corpus, cross-layer blocks included, fits the whole residual
+while moving ordinary text's stream least. C~ is (sum of key sizes) square: about 0.24
+GB in float32 for SmolLM2-135M's five edit layers, far too large for an 8B model's.
+
+``bench coupling`` compares it with the per-layer spread; the engine does not use it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from tqdm.auto import tqdm
+
+from factsync.editing.corpus import corpus_digest
+from factsync.editing.covariance import (
+    KeyStatistics,
+    batch_keys,
+    layer_key_size,
+    lead_ids,
+    token_windows,
+    window_batches,
+)
+from factsync.editing.delta import LayerDelta, ModelDelta
+from factsync.editing.keys import subject_states
+from factsync.editing.spread import HeldSystem, memit_update
+from factsync.editing.tensor_cache import cached_tensor
+from factsync.models.loading import LoadedModel
+
+JOINT_TOKENS = 100_000
+"""Corpus tokens behind C~ by default: about 13 per dimension of five stacked layers."""
+JOINT_FORMAT = "1"
+
+
+def joint_second_moment(loaded: LoadedModel, layers: list[int], texts: list[str], *,
+                        token_budget: int = JOINT_TOKENS, batch_size: int = 8,
+                        max_length: int = 256, progress: bool = True) -> torch.Tensor:
+    """(sum of key sizes, same) float32 mean of ``k~ k~^T`` over the counted tokens of
+    ``texts`` (windowed as ``compute_key_statistics`` does), the layers in ascending
+    order. Accumulated in float64."""
+    if token_budget <= 0:
+        raise ValueError(f"token_budget must be positive, got {token_budget}")
+    layers = sorted(set(layers))
+    lead = lead_ids(loaded)
+    size = sum(layer_key_size(loaded, layer) for layer in layers)
+    total = torch.zeros((size, size), dtype=torch.float64, device=loaded.device)
+    counted = 0
+    windows = window_batches(token_windows(loaded, texts, lead, max_length), batch_size)
+    with tqdm(total=token_budget, unit="tok", desc="joint key statistics",
+              disable=not progress) as bar:
+        for batch in windows:
+            keys = batch_keys(loaded, layers, batch, len(lead))
+            stacked = torch.cat([keys[layer] for layer in layers], dim=1)
+            stacked = stacked[: token_budget - counted].float()
+            total += (stacked.T @ stacked).double()  # float32 products, float64 sums
+            counted += len(stacked)
+            bar.update(len(stacked))
+            if counted >= token_budget:
+                break
+    if counted == 0:
+        raise ValueError("the corpus holds no tokens to compute joint key statistics over")
+    return (total / counted).float().cpu()
+
+
+def joint_moment_for(loaded: LoadedModel, layers: list[int], texts: list[str],
+                     directory: Path, *, token_budget: int = JOINT_TOKENS,
+                     max_length: int = 256) -> torch.Tensor:
+    """``joint_second_moment``'s answer, kept in ``directory`` beside the key statistics."""
+    layers = sorted(set(layers))
+    digest = corpus_digest(texts)
+    names = "-".join(str(layer) for layer in layers)
+    path = (directory / loaded.fingerprint
+            / f"joint-layers{names}-{digest}-{token_budget}-len{max_length}.safetensors")
+    expected = {"format": JOINT_FORMAT, "fingerprint": loaded.fingerprint, "layers": names,
+                "corpus_digest": digest, "token_budget": str(token_budget),
+                "max_length": str(max_length)}
+    return cached_tensor(
+        path, "second_moment", expected,
+        f"the joint key statistics of layers {names} over {token_budget} tokens "
+        f"(corpus {digest})",
+        lambda: joint_second_moment(loaded, layers, texts, token_budget=token_budget,
+                                    max_length=max_length))
+
+
+def shrunk_blocks(moment: torch.Tensor, sizes: list[int], weight: float) -> torch.Tensor:
+    """``moment`` blended toward isotropy layer by layer, as ``KeyStatistics.shrunk``
+    blends one layer's C: ``(1 - w) C~ + w m_l I`` on layer l's diagonal block, m_l that
+    block's mean eigenvalue. Float64."""
+    if not 0 <= weight < 1:
+        raise ValueError(f"shrinkage weight must be in [0, 1), got {weight}")
+    if sum(sizes) != moment.shape[0]:
+        raise ValueError(f"layer sizes {sizes} do not add up to the moment's {moment.shape[0]}")
+    blended = (1 - weight) * moment.to(torch.float64)
+    start = 0
+    for size in sizes:
+        block = slice(start, start + size)
+        blended[block, block].diagonal().add_(weight * float(moment[block, block].diagonal()
+                                                              .double().mean()))
+        start += size
+    return blended
+
+
+@dataclass(frozen=True)
+class JointSpread:
+    """The joint update for one lambda, its fixed part ``lambda C~`` factored once.
+
+    Attributes:
+        layers: the edit layers, ascending.
+        sizes: their key sizes.
+        lam: lambda.
+        system: ``lambda C~`` factored.
+    """
+
+    layers: list[int]
+    sizes: list[int]
+    lam: float
+    system: HeldSystem
+
+    @classmethod
+    def build(cls, loaded: LoadedModel, layers: list[int], moment: torch.Tensor,
+              lam: float) -> JointSpread:
+        """Factor ``lam * moment`` (already shrunk, if wanted) for ``layers``."""
+        layers = sorted(set(layers))
+        sizes = [layer_key_size(loaded, layer) for layer in layers]
+        return cls(layers, sizes, lam,
+                   HeldSystem.factorise(moment, lam, None, torch.device(loaded.device)))
+
+    def delta(self, loaded: LoadedModel, prompts: list[tuple[str, str]],
+              targets: torch.Tensor, contexts: list[str]) -> ModelDelta:
+        """The update carrying the last edit layer's outputs on ``prompts`` (template,
+        subject) to ``targets`` (facts, hidden), keys read from the model as it is."""
+        states = [subject_states(loaded, prompts, layer, self.layers[-1], contexts)
+                  for layer in self.layers]
+        last = states[-1]
+        residual = (targets.to(last.outputs) - last.outputs)[last.owners].T  # (hidden, groups)
+        stacked = memit_update(torch.cat([s.keys for s in states]), residual, self.system)
+        parts = stacked.down.split(self.sizes)
+        return ModelDelta(
+            layers={loaded.spec.mlp_out_path(layer): LayerDelta(up=stacked.up,
+                                                                down=part.contiguous())
+                    for layer, part in zip(self.layers, parts, strict=True)},
+            layout=loaded.spec.weight_layout)
+
+
+def joint_lambda(statistics: dict[int, KeyStatistics], moment: torch.Tensor,
+                 update_fraction: float) -> float:
+    """Lambda moving a typical stacked key by ``update_fraction`` of its residual, as
+    the per-layer spread derives its own: ``q (1 - f) / f``, q the median of
+    ``k~^T C~^-1 k~`` over the statistics' sampled keys (the same tokens at every
+    layer), stacked."""
+    layers = sorted(statistics)
+    sample = torch.cat([statistics[layer].sample for layer in layers], dim=1)
+    stacked = KeyStatistics(second_moment=moment.double(), count=1, sample=sample)
+    q = float(torch.quantile(stacked.mahalanobis(), 0.5))
+    return q * (1 - update_fraction) / update_fraction
