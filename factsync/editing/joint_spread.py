@@ -120,13 +120,11 @@ class JointSpread:
     Attributes:
         layers: the edit layers, ascending.
         sizes: their key sizes.
-        lam: lambda.
         system: ``lambda C~`` factored.
     """
 
     layers: list[int]
     sizes: list[int]
-    lam: float
     system: HeldSystem
 
     @classmethod
@@ -135,7 +133,7 @@ class JointSpread:
         """Factor ``lam * moment`` (already shrunk, if wanted) for ``layers``."""
         layers = sorted(set(layers))
         sizes = [layer_key_size(loaded, layer) for layer in layers]
-        return cls(layers, sizes, lam,
+        return cls(layers, sizes,
                    HeldSystem.factorise(moment, lam, None, torch.device(loaded.device)))
 
     def delta(self, loaded: LoadedModel, prompts: list[tuple[str, str]],
@@ -164,5 +162,4 @@ def joint_lambda(statistics: dict[int, KeyStatistics], moment: torch.Tensor,
     layers = sorted(statistics)
     sample = torch.cat([statistics[layer].sample for layer in layers], dim=1)
     stacked = KeyStatistics(second_moment=moment.double(), count=1, sample=sample)
-    q = float(torch.quantile(stacked.mahalanobis(), 0.5))
-    return q * (1 - update_fraction) / update_fraction
+    return stacked.median_mahalanobis() * (1 - update_fraction) / update_fraction

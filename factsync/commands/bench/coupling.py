@@ -99,7 +99,9 @@ def run_coupling_bench(args: argparse.Namespace) -> int:
     engine = build_engine(loaded, settings, stats_settings)
     layers = engine.layers
     corpus = statistics_corpus(loaded, layers, stats_settings)
-    sensitivity = layer_sensitivity(loaded, layers, stats_settings, corpus=corpus)
+    # The engine already holds F when its step rule needs it.
+    sensitivity = (engine.sensitivity if engine.sensitivity is not None
+                   else layer_sensitivity(loaded, layers, stats_settings, corpus=corpus))
     requests = [case.request for case in cases]
     prompts = [(r.template, r.subject) for r in requests]
     targets = optimise_targets(loaded, requests, layers[-1], engine.contexts, settings.target,
