@@ -63,6 +63,7 @@ from factsync.bench.live_daemon import DaemonProcess, free_port
 from factsync.editing.covariance import compute_key_statistics
 from factsync.editing.delta import LayerDelta, ModelDelta
 from factsync.editing.engine import EditEngine, EngineSettings
+from factsync.editing.joint_spread import joint_second_moment
 from factsync.editing.sensitivity import compute_sensitivity
 from factsync.editing.targets import TargetSettings
 from factsync.models.loading import LoadedModel, model_fingerprint, prompt_prefix_ids
@@ -250,7 +251,11 @@ def _tiny_engine(loaded: LoadedModel, **changes: object) -> EditEngine:
     sensitivity = (compute_sensitivity(loaded, layers[-1], ENGINE_TEXTS, token_budget=400,
                                        progress=False)
                    if settings.target.needs_sensitivity else None)
-    return EditEngine(loaded, settings, stats, ENGINE_CONTEXTS, sensitivity=sensitivity)
+    joint_moment = (joint_second_moment(loaded, layers, ENGINE_TEXTS, token_budget=400,
+                                        progress=False)
+                    if settings.spread.joint_layers else None)
+    return EditEngine(loaded, settings, stats, ENGINE_CONTEXTS, sensitivity=sensitivity,
+                      joint_moment=joint_moment)
 
 
 class Clock:

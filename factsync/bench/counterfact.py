@@ -111,13 +111,15 @@ def run_counterfact(
     spare: Sequence[EvalCase] = (),
     executor: Executor | None = None,
     sensitivity: torch.Tensor | None = None,
+    joint_moment: torch.Tensor | None = None,
 ) -> dict[str, MethodRow]:
     """Edit ``cases`` of ``dataset`` with each method and score them.
 
     ``spare`` records may lend editing neighbours (see ``prepare_suite``). The model is
     restored after each method. ``executor`` runs the z optimisation (in this process
     by default). ``sensitivity`` is the last edit layer's, for methods of the ``natural``
-    step rule.
+    step rule; ``joint_moment`` the edit layers' joint key statistics, for methods that
+    spread over them jointly.
     """
     executor = executor or LocalExecutor()
     suite = prepare_suite(loaded, dataset, cases, neighbours_per_fact=neighbours_per_fact,
@@ -127,7 +129,8 @@ def run_counterfact(
     requests = suite.requests
     for name, settings in methods.items():
         engine = EditEngine(loaded, settings, statistics, contexts,
-                            optimiser=executor.optimise, sensitivity=sensitivity)
+                            optimiser=executor.optimise, sensitivity=sensitivity,
+                            joint_moment=joint_moment)
         handles, passes, seconds, chain = [], [], 0.0, []
         by_pass: list[float] = []  # optimisation seconds of pass i, summed over batches
         batches = range(0, len(requests), batch_size)

@@ -177,6 +177,7 @@ def run_lifelong(
     store: RunStore | None = None,
     change_back: int = 0,
     sensitivity: torch.Tensor | None = None,
+    joint_moment: torch.Tensor | None = None,
     unedited: Checkpoint | None = None,
 ) -> LifelongRun:
     """Apply every record of ``yardstick.suite`` with each method in turn, job by job.
@@ -193,7 +194,9 @@ def run_lifelong(
     old objects in jobs of ``batch_size``, as a feed that reverts them would, and the
     model is measured once more (``Yardstick.measure_changed_back``); a saved run does
     not keep that measurement, so it cannot be combined with a ``store``.
-    ``sensitivity`` is the last edit layer's, for methods of the ``natural`` step rule.
+    ``sensitivity`` is the last edit layer's, for methods of the ``natural`` step rule;
+    ``joint_moment`` the edit layers' joint key statistics, for methods that spread over
+    them jointly.
     ``unedited`` is ``measure_unedited``'s measurement when it is known already (from an
     earlier run of the same records, say); a new run measures it otherwise.
     """
@@ -214,7 +217,8 @@ def run_lifelong(
         if saved is not None and saved.facts == n:
             continue  # finished before the run was stopped
         engine = EditEngine(loaded, settings, statistics, contexts,
-                            optimiser=executor.optimise, sensitivity=sensitivity)
+                            optimiser=executor.optimise, sensitivity=sensitivity,
+                            joint_moment=joint_moment)
         growth = NormGrowth(loaded, engine.layers)
         seconds, chain, kept, first = 0.0, DeltaChain(), EngineState.empty(), 0
         # One snapshot of the edited weights undoes every job, where a handle per job

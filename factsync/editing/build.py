@@ -13,6 +13,7 @@ from factsync.editing.contexts import contexts_for
 from factsync.editing.corpus import load_text_files, model_corpus
 from factsync.editing.covariance import KeyStatistics, layer_key_size
 from factsync.editing.engine import EditEngine, EngineSettings
+from factsync.editing.joint_spread import joint_moment_for, stacked_key_size
 from factsync.editing.progress import Progress, silent
 from factsync.editing.sensitivity import sensitivity_for
 from factsync.editing.stats_cache import CovarianceCache
@@ -130,6 +131,21 @@ def layer_sensitivity(loaded: LoadedModel, layers: list[int], settings: Statisti
     return sensitivity_for(loaded, layers[-1], corpus.texts, home / "stats")
 
 
+def methods_joint_moment(loaded: LoadedModel, methods: Iterable[EngineSettings],
+                         layers: list[int], settings: StatisticsSettings, *,
+                         home: Path | None = None,
+                         corpus: StatisticsCorpus | None = None) -> torch.Tensor | None:
+    """The joint key statistics of ``layers`` over the key statistics' corpus (cached
+    beside them) when any of ``methods`` spreads over them jointly, else ``None``;
+    ``corpus`` as for ``methods_sensitivity``."""
+    if not any(m.spread.joint_layers for m in methods):
+        return None
+    home = home or data_home()
+    stacked_key_size(loaded, layers)  # refuse a too-large system before sampling text
+    corpus = corpus or statistics_corpus(loaded, layers, settings, home=home)
+    return joint_moment_for(loaded, layers, corpus.texts, home / "stats")
+
+
 def engine_contexts(loaded: LoadedModel, *, home: Path | None = None) -> list[str]:
     """The context prefixes an engine for ``loaded`` uses, cached beside the key
     statistics (``contexts_for``)."""
@@ -149,7 +165,8 @@ def build_engine(
     """An engine for ``loaded`` with cached statistics and context prefixes;
     ``cancelled`` may stop building it (``WorkCancelled``), ``report`` hears how far.
     ``optimiser`` runs its OPTIMIZATION stage (see ``EditEngine``). The ``natural``
-    step rule's sensitivity comes from the statistics' corpus.
+    step rule's sensitivity and the joint spread's statistics come from the statistics'
+    corpus.
     """
     layers = settings.edit_layers(loaded)
     statistics_settings = statistics_settings or StatisticsSettings()
@@ -159,5 +176,7 @@ def build_engine(
                              cancelled=cancelled, report=report, corpus=corpus)
     sensitivity = methods_sensitivity(loaded, [settings], layers, statistics_settings, home=home,
                                       corpus=corpus)
+    joint_moment = methods_joint_moment(loaded, [settings], layers, statistics_settings,
+                                        home=home, corpus=corpus)
     return EditEngine(loaded, settings, stats, engine_contexts(loaded, home=home),
-                      optimiser=optimiser, sensitivity=sensitivity)
+                      optimiser=optimiser, sensitivity=sensitivity, joint_moment=joint_moment)

@@ -27,10 +27,10 @@ from factsync.editing.engine_state import (
     EngineState,
     KeySource,
     StateFile,
-    combined_keys,
     key_products,
     read_state,
 )
+from factsync.editing.joint_spread import JointSpread, joint_lambda, shrunk_blocks
 from factsync.editing.keys import subject_outputs
 from factsync.editing.outcomes import edit_outcomes
 from factsync.editing.requests import EditRequest
@@ -173,7 +173,9 @@ class EditEngine:
     The OPTIMIZATION stage runs through ``optimiser``: in this process by default, or
     fanned out to workers that carry the same model (``factsync.executors``). The
     ``natural`` step rule needs ``sensitivity``, the last edit layer's
-    (``editing.sensitivity``).
+    (``editing.sensitivity``); ``joint_layers`` needs ``joint_moment``, the edit layers'
+    joint key statistics (``joint_spread.joint_moment_for``), and then holds earlier
+    edits' keys stacked over the layers instead of layer by layer.
     """
 
     def __init__(
@@ -185,9 +187,12 @@ class EditEngine:
         *,
         optimiser: TargetOptimiser = optimise_targets,
         sensitivity: torch.Tensor | None = None,
+        joint_moment: torch.Tensor | None = None,
     ) -> None:
         if settings.target.needs_sensitivity and sensitivity is None:
             raise ValueError("the natural step rule needs the last edit layer's sensitivity")
+        if settings.spread.joint_layers and joint_moment is None:
+            raise ValueError("joint_layers needs the edit layers' joint key statistics")
         self.loaded = loaded
         self.sensitivity = sensitivity
         self.settings = settings
@@ -203,9 +208,11 @@ class EditEngine:
         self.layer_contexts = {
             layer: self._layer_context(statistics[layer]) for layer in self.layers
         }
+        self.joint = self._joint_spread(joint_moment)
         # subject -> where its standing keys are: a state (or its file) and the columns
         self._standing: dict[str, tuple[KeySource, list[int]]] = {}
-        self._keeps_keys = any(c.preserved is not None for c in self.layer_contexts.values())
+        self._keeps_keys = any(c.preserved is not None for c in self.layer_contexts.values()) or (
+            self.joint is not None and self.joint.context.preserved is not None)
 
     def _layer_context(self, stats: KeyStatistics) -> LayerContext:
         spread_settings = self.settings.spread
@@ -223,13 +230,27 @@ class EditEngine:
             context.projector = stats.remembered(
                 f"nullspace_projector/threshold={threshold}",
                 lambda: nullspace_projector(stats.second_moment.to(device), threshold))
-        if alphaedit or spread_settings.preserve_applied:
+        if alphaedit or (spread_settings.preserve_applied and not spread_settings.joint_layers):
             size = stats.second_moment.shape[0]
             context.preserved = torch.zeros(size, size, dtype=torch.float64)
         return context
 
+    def _joint_spread(self, moment: torch.Tensor | None) -> JointSpread | None:
+        """The spread over every edit layer at once, when the settings ask for it."""
+        spread_settings = self.settings.spread
+        if not spread_settings.joint_layers or moment is None:
+            return None
+        sizes = [self.statistics[layer].key_size for layer in self.layers]
+        shrunk = shrunk_blocks(moment, sizes, spread_settings.second_moment_shrinkage)
+        lam = spread_settings.mom2_update_weight or joint_lambda(
+            {layer: self.statistics[layer] for layer in self.layers}, shrunk,
+            spread_settings.update_fraction)
+        return JointSpread.build(self.loaded, self.layers, shrunk.float(), lam,
+                                 preserve=spread_settings.preserve_applied)
+
     def lambdas(self) -> dict[int, float]:
-        """MEMIT's lambda per edit layer, as derived or configured."""
+        """MEMIT's lambda per edit layer, as derived or configured (the joint spread's
+        is ``joint.context.lam``)."""
         return {layer: c.lam for layer, c in self.layer_contexts.items()}
 
     def remember(self, result: EditResult, saved: StateFile | None = None) -> None:
@@ -241,32 +262,33 @@ class EditEngine:
             return
         state = result.state
         if self.settings.release_superseded:
-            superseded = key_products(self._standing_keys(set(result.subjects)))
-            self._preserve({layer: -product for layer, product in superseded.items()})
+            self._hold(self._standing_keys(set(result.subjects)), -1.0)
             self._stand(saved if saved is not None else state, state.subjects, later=set())
-        self._preserve(combined_keys([state]))
+        self._hold(state.keys)
 
     def restore(self, lineage: Sequence[KeySource]) -> None:
         """Preserve exactly the standing keys of ``lineage`` (the live version's states
         or their files, oldest first), forgetting everything remembered before. The
         states are read one at a time, newest first."""
-        for context in self.layer_contexts.values():
+        for context in self._held_contexts():
             context.forget_held()
         self._standing = {}
         if not self._keeps_keys:
             return
         if not self.settings.release_superseded:
-            self._preserve(combined_keys(read_state(source) for source in lineage))
+            for source in lineage:
+                self._hold(read_state(source).keys)
             return
         later: set[str] = set()
         for source in reversed(lineage):
             state = read_state(source)
             columns = self._stand(source, state.subjects, later)
-            self._preserve(key_products(state.select(columns).keys))
+            self._hold(state.select(columns).keys)
             later.update(s for s in state.subjects if s is not None)
 
     def preserved(self) -> dict[int, torch.Tensor]:
-        """A copy of ``K_p K_p^T`` per layer (empty when nothing is preserved)."""
+        """A copy of ``K_p K_p^T`` per layer (empty when nothing is preserved, and for
+        the joint spread, which holds ``joint.context.preserved``)."""
         return {layer: c.preserved.clone() for layer, c in self.layer_contexts.items()
                 if c.preserved is not None}
 
@@ -295,14 +317,24 @@ class EditEngine:
         return {layer: torch.cat([keys[layer].cpu() for keys in found if layer in keys], dim=1)
                 for layer in self.layers if any(layer in keys for keys in found)}
 
-    def _preserve(self, products: dict[int, torch.Tensor]) -> None:
-        for layer, product in products.items():
+    def _held_contexts(self) -> list[LayerContext]:
+        """Every system that holds keys in place: the joint one, or each layer's."""
+        if self.joint is not None:
+            return [self.joint.context]
+        return list(self.layer_contexts.values())
+
+    def _hold(self, keys: dict[int, torch.Tensor], sign: float = 1.0) -> None:
+        """Hold per-layer ``keys`` in place (``sign`` -1: let go of them)."""
+        if self.joint is not None:
+            self.joint.hold(keys, sign)
+            return
+        for layer, product in key_products(keys).items():
             context = self.layer_contexts.get(layer)
             if context is None:
                 log.warning("preserved keys of layer %d ignored: it is not an edit layer "
                             "(the edit layers changed since they were saved)", layer)
             else:
-                context.hold(product)
+                context.hold(sign * product)
 
     def edit(self, requests: list[EditRequest], *, cancelled: Cancelled = never) -> EditResult:
         """Run IME (and NME when enabled) for ``requests``; the model is left unchanged.
@@ -350,17 +382,7 @@ class EditEngine:
                 spread_started = time.monotonic()
                 targets = subject_outputs(loaded, prompts, last)  # pins facts that took
                 targets[active] = optimised.z.to(targets)
-                step, keys, owners = spread(
-                    loaded,
-                    prompts,
-                    targets,
-                    self.layers,
-                    self.contexts,
-                    self.layer_contexts,
-                    settings.spread,
-                    protected=protected,
-                    released=released,
-                )
+                step, keys, owners = self._spread(prompts, targets, protected, released)
                 step.apply(loaded)
                 total = total.compose(step)
                 timings.append(
@@ -401,12 +423,24 @@ class EditEngine:
             timings=timings,
         )
 
+    def _spread(self, prompts: list[tuple[str, str]], targets: torch.Tensor,
+                protected: list[tuple[str, str]], released: dict[int, torch.Tensor],
+                ) -> tuple[ModelDelta, dict[int, torch.Tensor], torch.Tensor]:
+        """One pass's SPREAD: jointly over the edit layers, or layer by layer."""
+        if self.joint is not None:
+            return self.joint.spread(self.loaded, prompts, targets, self.contexts,
+                                     protected=protected, released=released)
+        return spread(self.loaded, prompts, targets, self.layers, self.contexts,
+                      self.layer_contexts, self.settings.spread, protected=protected,
+                      released=released)
+
     def _metadata(self) -> dict[str, str]:
         return {
             "factsync_version": __version__,
             "model": self.loaded.name,
             "model_fingerprint": self.loaded.fingerprint,
             "layers": ",".join(map(str, self.layers)),
-            "lambdas": ",".join(f"{v:.1f}" for v in self.lambdas().values()),
+            "lambdas": (f"joint {self.joint.context.lam:.1f}" if self.joint is not None
+                        else ",".join(f"{v:.1f}" for v in self.lambdas().values())),
             "settings": repr(asdict(self.settings)),
         }

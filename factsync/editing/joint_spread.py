@@ -14,11 +14,15 @@ stacked keys over the corpus, cross-layer blocks included, fits the whole residu
 while moving ordinary text's stream least. C~ is (sum of key sizes) square: about 0.24
 GB in float32 for SmolLM2-135M's five edit layers, far too large for an 8B model's.
 
-``bench coupling`` compares it with the per-layer spread; the engine does not use it.
+The engine uses it when ``SpreadSettings.joint_layers`` is set; it then holds earlier
+edits' stacked keys ``K~_p K~_p^T``, cross-layer blocks included. ``bench coupling``
+compares it with the per-layer spread fact by fact.
 """
 
 from __future__ import annotations
 
+import logging
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -36,13 +40,31 @@ from factsync.editing.covariance import (
 )
 from factsync.editing.delta import LayerDelta, ModelDelta
 from factsync.editing.keys import subject_states
-from factsync.editing.spread import HeldSystem, memit_update
+from factsync.editing.spread import LayerContext, memit_update, protected_keys
 from factsync.editing.tensor_cache import cached_tensor
 from factsync.models.loading import LoadedModel
+
+log = logging.getLogger(__name__)
 
 JOINT_TOKENS = 100_000
 """Corpus tokens behind C~ by default: about 13 per dimension of five stacked layers."""
 JOINT_FORMAT = "1"
+JOINT_MAX_SIZE = 16_384
+"""The largest stacked key size solved jointly: at this size C~, the held product and
+the factor take 2 GB each in float64."""
+
+
+def stacked_key_size(loaded: LoadedModel, layers: list[int]) -> int:
+    """The sum of ``layers``' key sizes; ``ValueError`` above ``JOINT_MAX_SIZE``, before
+    anything of that size is allocated."""
+    size = sum(layer_key_size(loaded, layer) for layer in set(layers))
+    if size > JOINT_MAX_SIZE:
+        raise ValueError(
+            f"the joint spread over layers {sorted(set(layers))} of {loaded.name} would solve "
+            f"over {size} stacked key dimensions ({size * size * 8 / 1e9:.1f} GB per matrix), "
+            f"more than the {JOINT_MAX_SIZE} it allows: edit fewer layers or set "
+            "joint_layers: false")
+    return size
 
 
 def joint_second_moment(loaded: LoadedModel, layers: list[int], texts: list[str], *,
@@ -55,7 +77,7 @@ def joint_second_moment(loaded: LoadedModel, layers: list[int], texts: list[str]
         raise ValueError(f"token_budget must be positive, got {token_budget}")
     layers = sorted(set(layers))
     lead = lead_ids(loaded)
-    size = sum(layer_key_size(loaded, layer) for layer in layers)
+    size = stacked_key_size(loaded, layers)
     total = torch.zeros((size, size), dtype=torch.float64, device=loaded.device)
     counted = 0
     windows = window_batches(token_windows(loaded, texts, lead, max_length), batch_size)
@@ -72,6 +94,9 @@ def joint_second_moment(loaded: LoadedModel, layers: list[int], texts: list[str]
                 break
     if counted == 0:
         raise ValueError("the corpus holds no tokens to compute joint key statistics over")
+    if counted < token_budget:
+        log.warning("the corpus held %d of the %d tokens asked for the joint key statistics "
+                    "of %d dimensions: they are noisier", counted, token_budget, size)
     return (total / counted).float().cpu()
 
 
@@ -80,6 +105,7 @@ def joint_moment_for(loaded: LoadedModel, layers: list[int], texts: list[str],
                      max_length: int = 256) -> torch.Tensor:
     """``joint_second_moment``'s answer, kept in ``directory`` beside the key statistics."""
     layers = sorted(set(layers))
+    stacked_key_size(loaded, layers)
     digest = corpus_digest(texts)
     names = "-".join(str(layer) for layer in layers)
     path = (directory / loaded.fingerprint
@@ -115,42 +141,87 @@ def shrunk_blocks(moment: torch.Tensor, sizes: list[int], weight: float) -> torc
 
 @dataclass(frozen=True)
 class JointSpread:
-    """The joint update for one lambda, its fixed part ``lambda C~`` factored once.
+    """The joint update for one lambda, over the edit layers' stacked keys.
 
     Attributes:
         layers: the edit layers, ascending.
         sizes: their key sizes.
-        system: ``lambda C~`` factored.
+        context: ``lambda C~`` and, when earlier edits are preserved, the stacked
+            ``K~_p K~_p^T`` of their keys, factored once until it changes.
     """
 
     layers: list[int]
     sizes: list[int]
-    system: HeldSystem
+    context: LayerContext
 
     @classmethod
-    def build(cls, loaded: LoadedModel, layers: list[int], moment: torch.Tensor,
-              lam: float) -> JointSpread:
-        """Factor ``lam * moment`` (already shrunk, if wanted) for ``layers``."""
+    def build(cls, loaded: LoadedModel, layers: list[int], moment: torch.Tensor, lam: float,
+              *, preserve: bool = False) -> JointSpread:
+        """The spread over ``layers`` with C~ ``moment`` (already shrunk, if wanted);
+        ``preserve`` starts an empty stacked product of held keys."""
         layers = sorted(set(layers))
         sizes = [layer_key_size(loaded, layer) for layer in layers]
-        return cls(layers, sizes,
-                   HeldSystem.factorise(moment, lam, None, torch.device(loaded.device)))
+        if sum(sizes) != moment.shape[0]:
+            raise ValueError(f"a joint moment of size {moment.shape[0]} does not fit layers "
+                             f"{layers} of key sizes {sizes}")
+        size = moment.shape[0]
+        preserved = torch.zeros(size, size, dtype=torch.float64) if preserve else None
+        return cls(layers, sizes, LayerContext(second_moment=moment, lam=lam,
+                                               preserved=preserved))
 
-    def delta(self, loaded: LoadedModel, prompts: list[tuple[str, str]],
-              targets: torch.Tensor, contexts: list[str]) -> ModelDelta:
+    def stacked(self, keys: dict[int, torch.Tensor]) -> torch.Tensor | None:
+        """Per-layer keys (key, n) of the same groups, stacked (sum of key sizes, n);
+        ``None`` when a layer's keys are missing."""
+        if any(layer not in keys for layer in self.layers):
+            return None
+        return torch.cat([keys[layer].to(keys[self.layers[0]].device) for layer in self.layers])
+
+    def hold(self, keys: dict[int, torch.Tensor], sign: float = 1.0) -> None:
+        """Add ``sign K~ K~^T`` of per-layer ``keys`` to the held product (``-1`` lets go
+        of keys held before)."""
+        if self.context.preserved is None or not keys:
+            return
+        stacked = self.stacked(keys)
+        if stacked is None:
+            log.warning("keys of layers %s ignored: the joint spread holds keys of every "
+                        "edit layer %s (the edit layers changed since they were saved)",
+                        sorted(keys), self.layers)
+            return
+        stacked = stacked.double()
+        self.context.hold(sign * (stacked @ stacked.T))
+
+    def spread(self, loaded: LoadedModel, prompts: list[tuple[str, str]],
+               targets: torch.Tensor, contexts: list[str], *,
+               protected: Sequence[tuple[str, str]] = (),
+               released: dict[int, torch.Tensor] | None = None,
+               ) -> tuple[ModelDelta, dict[int, torch.Tensor], torch.Tensor]:
         """The update carrying the last edit layer's outputs on ``prompts`` (template,
-        subject) to ``targets`` (facts, hidden), keys read from the model as it is."""
+        subject) to ``targets`` (facts, hidden), keys read from the model as it is.
+
+        ``protected`` and ``released`` are as for ``spread.spread``, whose answer this
+        has the form of: the delta, the keys used at each layer and each key group's fact.
+        """
         states = [subject_states(loaded, prompts, layer, self.layers[-1], contexts)
                   for layer in self.layers]
         last = states[-1]
         residual = (targets.to(last.outputs) - last.outputs)[last.owners].T  # (hidden, groups)
-        stacked = memit_update(torch.cat([s.keys for s in states]), residual, self.system)
-        parts = stacked.down.split(self.sizes)
-        return ModelDelta(
-            layers={loaded.spec.mlp_out_path(layer): LayerDelta(up=stacked.up,
+        keys = {layer: state.keys for layer, state in zip(self.layers, states, strict=True)}
+        neighbours = ({layer: protected_keys(loaded, protected, layer) for layer in self.layers}
+                      if protected else {})
+        let_go = self.stacked(released) if released else None
+        if released and let_go is None:
+            log.warning("released keys of layers %s ignored: the joint spread needs those of "
+                        "every edit layer %s", sorted(released), self.layers)
+        system = self.context.memit_system(last.keys.device)
+        update = memit_update(self.stacked(keys), residual, system, self.stacked(neighbours),
+                              let_go)
+        parts = update.down.split(self.sizes)
+        delta = ModelDelta(
+            layers={loaded.spec.mlp_out_path(layer): LayerDelta(up=update.up,
                                                                 down=part.contiguous())
                     for layer, part in zip(self.layers, parts, strict=True)},
             layout=loaded.spec.weight_layout)
+        return delta, keys, last.owners
 
 
 def joint_lambda(statistics: dict[int, KeyStatistics], moment: torch.Tensor,

@@ -60,6 +60,9 @@ class SpreadSettings:
             SmolLM2-135M, ordinary text has about 2.5 times that corpus's variance along
             C's weakest third of directions, which an unshrunk C marks as cheap to change.
             0 uses C as sampled.
+        joint_layers: MEMIT solves every edit layer's update at once over the joint
+            second moment of their stacked keys (``joint_spread``), instead of layer by
+            layer. Its lambda comes from ``update_fraction`` over the stacked keys.
     """
 
     algorithm: Algorithm = Algorithm.MEMIT
@@ -68,6 +71,7 @@ class SpreadSettings:
     nullspace_threshold: float = 1e-2
     preserve_applied: bool = True
     second_moment_shrinkage: float = 0.0
+    joint_layers: bool = False
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "algorithm", Algorithm.parse(self.algorithm, "algorithm"))
@@ -78,6 +82,8 @@ class SpreadSettings:
                              f"got {self.second_moment_shrinkage}")
         if self.mom2_update_weight is not None and self.mom2_update_weight <= 0:
             raise ValueError(f"mom2_update_weight must be positive, got {self.mom2_update_weight}")
+        if self.joint_layers and self.algorithm is not Algorithm.MEMIT:
+            raise ValueError("joint_layers solves MEMIT's update; AlphaEdit spreads layer by layer")
 
 
 @dataclass(frozen=True)
@@ -249,7 +255,7 @@ def spread(
             share = (targets.to(states.outputs) - states.outputs) / (len(layers) - position)
             share = share[states.owners].T  # (hidden, groups): every key of a fact gets its share
             context = layer_contexts[layer]
-            neighbours = _protected_keys(loaded, protected, layer)
+            neighbours = protected_keys(loaded, protected, layer)
             let_go = (released or {}).get(layer)
             if settings.algorithm is Algorithm.MEMIT:
                 update = memit_update(keys, share, context.memit_system(keys.device),
@@ -270,7 +276,7 @@ def spread(
     return delta, used_keys, owners
 
 
-def _protected_keys(loaded: LoadedModel, protected: Sequence[tuple[str, str]],
+def protected_keys(loaded: LoadedModel, protected: Sequence[tuple[str, str]],
                     layer: int) -> torch.Tensor | None:
     """Keys (key, m) at ``layer`` of the facts whose outputs must stay (``None``: none)."""
     if not protected:

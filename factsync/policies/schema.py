@@ -128,6 +128,9 @@ class EditingPolicy:
             eigenvalue is below this fraction of the largest.
         second_moment_shrinkage: MEMIT blends the key second moment toward isotropy by
             this weight (0 to below 1; 0 uses it as sampled).
+        joint_layers: MEMIT solves every edit layer's update at once, over the joint
+            second moment of their stacked keys, instead of layer by layer (small
+            models only: the stacked key size must be at most 16,384).
         target: the z optimisation (steps, learning rate, KL and norm terms, chunk size).
     """
 
@@ -141,6 +144,7 @@ class EditingPolicy:
     mom2_update_weight: float | None = None
     nullspace_threshold: float = SpreadSettings.nullspace_threshold
     second_moment_shrinkage: float = SpreadSettings.second_moment_shrinkage
+    joint_layers: bool = SpreadSettings.joint_layers
     target: TargetSettings = field(default_factory=TargetSettings)
 
     def __post_init__(self) -> None:
@@ -160,7 +164,8 @@ class EditingPolicy:
                                   mom2_update_weight=self.mom2_update_weight,
                                   nullspace_threshold=self.nullspace_threshold,
                                   preserve_applied=self.preserve_applied,
-                                  second_moment_shrinkage=self.second_moment_shrinkage),
+                                  second_moment_shrinkage=self.second_moment_shrinkage,
+                                  joint_layers=self.joint_layers),
         )
 
 

@@ -123,9 +123,9 @@ def run_coupling_bench(args: argparse.Namespace) -> int:
     for scale in scales:
         joint = JointSpread.build(loaded, layers, moment, lam * scale)
         spreads[f"joint, lambda x{scale:g}"] = (
-            lambda prompt, target, joint=joint: joint.delta(loaded, [prompt],
-                                                            target.unsqueeze(0),
-                                                            engine.contexts))
+            lambda prompt, target, joint=joint: joint.spread(loaded, [prompt],
+                                                             target.unsqueeze(0),
+                                                             engine.contexts)[0])
     # From the corpus's end: F and the statistics were measured on tokens from its start.
     probe = TextProbe(loaded, layers[-1], corpus.texts[::-1], token_budget=args.harm_tokens)
     costs = spread_costs(loaded, prompts, targets, probe, sensitivity, spreads)

@@ -88,7 +88,7 @@ def run_counterfact_bench(args: argparse.Namespace) -> int:
         standard_methods,
         to_json,
     )
-    from factsync.editing.build import build_engine, methods_sensitivity
+    from factsync.editing.build import build_engine, methods_joint_moment, methods_sensitivity
     from factsync.evaluation.datasets import load_cases
     from factsync.models.scoring import scoring_progress
 
@@ -114,6 +114,8 @@ def run_counterfact_bench(args: argparse.Namespace) -> int:
         engine = build_engine(loaded, base, statistics_settings(args))
         sensitivity = methods_sensitivity(loaded, methods.values(), engine.layers,
                                           statistics_settings(args))
+        joint_moment = methods_joint_moment(loaded, methods.values(), engine.layers,
+                                            statistics_settings(args))
         executor = executor_from_args(run_args)
         try:
             with scoring_progress("scoring"):
@@ -121,7 +123,8 @@ def run_counterfact_bench(args: argparse.Namespace) -> int:
                     loaded, cases, methods, statistics=engine.statistics,
                     contexts=engine.contexts, fluency_texts=texts, batch_size=args.batch,
                     neighbours_per_fact=args.neighbours, dataset=args.dataset,
-                    spare=records[args.n :], executor=executor, sensitivity=sensitivity)
+                    spare=records[args.n :], executor=executor, sensitivity=sensitivity,
+                    joint_moment=joint_moment)
         finally:
             executor.close()
         print(f"{dataset_spec(args.dataset).title}, {len(cases)} records, batches of "
