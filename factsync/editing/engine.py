@@ -27,7 +27,6 @@ from factsync.editing.engine_state import (
     EngineState,
     KeySource,
     StateFile,
-    key_products,
     read_state,
 )
 from factsync.editing.joint_spread import JointSpread, joint_lambda, shrunk_blocks
@@ -328,13 +327,13 @@ class EditEngine:
         if self.joint is not None:
             self.joint.hold(keys, sign)
             return
-        for layer, product in key_products(keys).items():
+        for layer, layer_keys in keys.items():
             context = self.layer_contexts.get(layer)
             if context is None:
                 log.warning("preserved keys of layer %d ignored: it is not an edit layer "
                             "(the edit layers changed since they were saved)", layer)
             else:
-                context.hold(sign * product)
+                context.hold(layer_keys, sign)
 
     def edit(self, requests: list[EditRequest], *, cancelled: Cancelled = never) -> EditResult:
         """Run IME (and NME when enabled) for ``requests``; the model is left unchanged.

@@ -187,8 +187,7 @@ class JointSpread:
                         "edit layer %s (the edit layers changed since they were saved)",
                         sorted(keys), self.layers)
             return
-        stacked = stacked.double()
-        self.context.hold(sign * (stacked @ stacked.T))
+        self.context.hold(stacked, sign)
 
     def spread(self, loaded: LoadedModel, prompts: list[tuple[str, str]],
                targets: torch.Tensor, contexts: list[str], *,

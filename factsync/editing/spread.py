@@ -208,11 +208,12 @@ class LayerContext:
                                                 self.preserved, torch.device(device))
         return self._system
 
-    def hold(self, product: torch.Tensor) -> None:
-        """Add ``K K^T`` of newly applied keys to ``preserved`` (``-K K^T`` lets go of
-        keys that no longer stand)."""
+    def hold(self, keys: torch.Tensor, sign: float = 1.0) -> None:
+        """Add ``K K^T`` of newly applied keys (key, n) to ``preserved``; ``sign`` -1
+        lets go of keys that no longer stand. In place: ``preserved`` may be large."""
         if self.preserved is not None:
-            self.preserved += product.to(self.preserved.device)
+            held = keys.to(device=self.preserved.device, dtype=torch.float64)
+            self.preserved.addmm_(held, held.T, alpha=sign)
             self._system = None
 
     def forget_held(self) -> None:

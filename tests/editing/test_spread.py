@@ -136,10 +136,13 @@ def test_the_held_factor_is_made_again_only_after_the_held_keys_change():
     first = context.memit_system(CPU)
     assert context.memit_system(CPU) is first
     earlier = torch.randn(size, 2, dtype=torch.float64)
-    context.hold(earlier @ earlier.T)
+    context.hold(earlier)
     second = context.memit_system(CPU)
     assert second is not first
     torch.testing.assert_close(second.factor @ second.factor.T,
                                _covariance(size).double() + earlier @ earlier.T)
+    context.hold(earlier, -1.0)  # the keys no longer stand
+    torch.testing.assert_close(context.memit_system(CPU).factor, first.factor)
+    context.hold(earlier)
     context.forget_held()
     torch.testing.assert_close(context.memit_system(CPU).factor, first.factor)
