@@ -145,6 +145,8 @@ def test_every_engine_knob_is_reachable_from_the_policy(tmp_path):
         spread=SpreadSettings(algorithm="alphaedit", update_fraction=0.4,
                               mom2_update_weight=900.0, nullspace_threshold=0.05,
                               preserve_applied=False, second_moment_shrinkage=0.2))
+    joint = load_policy(write(tmp_path, {"editing": {"joint_layers": True}}))  # MEMIT only
+    assert joint.editing.engine_settings().spread == SpreadSettings(joint_layers=True)
 
 
 @pytest.mark.parametrize(("editing", "message"), [
@@ -152,6 +154,8 @@ def test_every_engine_knob_is_reachable_from_the_policy(tmp_path):
     ({"target": {"step": 3}}, r"policy.yaml.editing.target: unknown key\(s\) step"),
     ({"layers": [3, 2]}, r"policy.yaml.editing: layers must be distinct and increasing"),
     ({"update_fraction": 1.5}, r"policy.yaml.editing: update_fraction must be in \(0, 1\)"),
+    ({"algorithm": "alphaedit", "joint_layers": True},
+     r"policy.yaml.editing: joint_layers solves MEMIT's update"),
 ])
 def test_a_wrong_engine_knob_is_reported_with_its_key(tmp_path, editing, message):
     with pytest.raises(SchemaError, match=message):
