@@ -210,8 +210,7 @@ class EditEngine:
         self.joint = self._joint_spread(joint_moment)
         # subject -> where its standing keys are: a state (or its file) and the columns
         self._standing: dict[str, tuple[KeySource, list[int]]] = {}
-        self._keeps_keys = any(c.preserved is not None for c in self.layer_contexts.values()) or (
-            self.joint is not None and self.joint.context.preserved is not None)
+        self._keeps_keys = any(c.preserved is not None for c in self._held_contexts())
 
     def _layer_context(self, stats: KeyStatistics) -> LayerContext:
         spread_settings = self.settings.spread

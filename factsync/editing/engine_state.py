@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -171,17 +171,3 @@ def concatenated(lineage: Sequence[EngineState]) -> EngineState:
                                dim=1)
               for layer in layers},
         subjects=tuple(subject for s in kept for subject in s.subjects))
-
-
-def key_products(keys: dict[int, torch.Tensor]) -> dict[int, torch.Tensor]:
-    """Per layer, ``K K^T`` (key, key) in float64."""
-    return {layer: k.double() @ k.double().T for layer, k in keys.items()}
-
-
-def combined_keys(states: Iterable[EngineState]) -> dict[int, torch.Tensor]:
-    """Per layer, ``K K^T`` (key, key) in float64 over every state's keys."""
-    total: dict[int, torch.Tensor] = {}
-    for state in states:
-        for layer, product in key_products(state.keys).items():
-            total[layer] = total[layer] + product if layer in total else product
-    return total

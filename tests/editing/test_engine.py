@@ -10,7 +10,7 @@ import torch
 from factsync.editing.cancellation import EditCancelled
 from factsync.editing.delta import applied
 from factsync.editing.engine import EditEngine, EngineSettings, StopReason
-from factsync.editing.engine_state import StateFile, combined_keys
+from factsync.editing.engine_state import EngineState, StateFile
 from factsync.editing.keys import subject_outputs
 from factsync.editing.outcomes import edit_outcomes
 from factsync.editing.requests import EditRequest, Neighbour
@@ -31,6 +31,14 @@ REQUESTS = [
     EditRequest("Paris", "The capital of {} is", "Rome", "France"),
 ]
 
+
+def held_product(states: list[EngineState]) -> dict[int, torch.Tensor]:
+    """Per layer, ``K K^T`` in float64 over every state's keys: what an engine holding
+    exactly ``states`` should hold."""
+    layers = {layer for state in states for layer in state.keys}
+    return {layer: sum(state.keys[layer].double() @ state.keys[layer].double().T
+                       for state in states if layer in state.keys)
+            for layer in layers}
 
 def _state(loaded) -> dict[str, torch.Tensor]:
     return {k: v.clone() for k, v in loaded.model.state_dict().items()}
@@ -222,7 +230,7 @@ def test_a_subject_edited_again_releases_its_earlier_keys(tiny_engine, tiny_load
                               layer_delta.matrix(layout), atol=1e-5)
     engine.restore([first.state])
     engine.remember(released)  # LinkedIn's new keys supersede its old ones
-    expected = combined_keys([others, released.state])
+    expected = held_product([others, released.state])
     assert all(torch.allclose(engine.preserved()[x], expected[x]) for x in engine.layers)
     engine.restore([first.state, released.state])
     assert all(torch.allclose(engine.preserved()[x], expected[x]) for x in engine.layers)
@@ -268,7 +276,7 @@ def test_without_release_a_subject_edited_again_keeps_its_earlier_keys_held(
     assert not all(torch.allclose(held.delta.layers[path].matrix(layout), delta.matrix(layout),
                                   atol=1e-5) for path, delta in released.delta.layers.items())
     holding.remember(held)
-    expected = combined_keys([first.state, held.state])  # the old keys stay beside the new
+    expected = held_product([first.state, held.state])  # the old keys stay beside the new
     assert all(torch.allclose(holding.preserved()[x], expected[x]) for x in holding.layers)
     holding.restore([first.state, held.state])
     assert all(torch.allclose(holding.preserved()[x], expected[x]) for x in holding.layers)
