@@ -11,7 +11,8 @@ prefix), so the delta is not fitted to one wording alone. The target is ``z = h 
 The vocabulary projection runs only where a logit is read: on the new object's tokens
 of rewrite prompts, and after the prompts the KL terms watch.
 
-All facts of a chunk share one padded batch with one delta per fact; the per-fact losses
+All facts of a chunk share each step's passes with one delta per fact (rows of like
+width run together, so short rows are not padded to the longest); the per-fact losses
 are summed, so each fact's gradient is the one it would get alone. A fact stops as soon
 as its target is likely enough and its neighbours still predict what they predicted
 before the edit (their most likely next token), or have not come back within
@@ -34,12 +35,23 @@ from factsync.editing.delta import ModelDelta
 from factsync.editing.requests import EditRequest
 from factsync.models.hooks import add_at_positions, capture_hidden, frozen_parameters, replay_below
 from factsync.models.loading import LoadedModel
-from factsync.models.prefix import align_at_subject, full_forward, prefix_states, suffix_forward
+from factsync.models.prefix import (
+    align_at_subject,
+    full_forward,
+    prefix_states,
+    suffix_forward,
+    width_groups,
+)
 from factsync.models.scoring import BatchScores, batch_scores
 from factsync.models.text import PromptSpec, encode, object_ids
 from factsync.typed_yaml import Choice
 
 KL_TEMPLATE = "{} is a"
+GROUP_OVERHEAD = 96
+"""What one more pass costs, in padded token rows, when a step splits its rows into
+groups of like width (``models.prefix.width_groups``). Timed on the first 10 COUNTERFACT
+dev facts under the natural-phrasings policy on a 2-core CPU, one run each: 8, 32, 64,
+96 and 160 took 66, 56, 56, 53 and 61 s, one padded batch 67 s."""
 
 
 class StepRule(Choice):
@@ -83,6 +95,9 @@ class TargetSettings:
             steps pushing on only overfits the rewrite; the spread holds neighbours too.
         chunk_size: facts per padded batch (about 10 is fastest on CPU).
         replay_frozen: compute the layers below the edit point once per chunk.
+        group_by_width: with ``replay_frozen``, each step runs rows of like suffix width
+            as separate batches (``models.prefix.width_groups``), so short rows are not
+            padded to the longest. The results are the same up to float rounding.
         train_phrasings: each request's ``phrasings`` are rewrite prompts as well
             (without context prefix). A delta fitted to one wording reaches the others
             only by chance: under the normalised rule, a 1-nat stop margin on that
@@ -125,6 +140,7 @@ class TargetSettings:
     patience: int = 3
     chunk_size: int = 10
     replay_frozen: bool = True
+    group_by_width: bool = True
     train_phrasings: bool = False
     phrasing_contexts: bool = False
     step_rule: StepRule = StepRule.ADAM
@@ -322,6 +338,7 @@ def _optimise_chunk(
     hidden = captured[layer].detach()  # (rows, tokens, hidden)
     prefix = prefix_states(cache, split)
     suffix = aligned.suffix()
+    suffix_widths = suffix.read_widths()
     initial = hidden[torch.tensor(rows.bare, device=device), split].float()
 
     facts = len(requests)
@@ -340,31 +357,43 @@ def _optimise_chunk(
     def deltas_for_rows() -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         return state["rows"], state["positions"], state["vectors"]
 
-    def run_rows(of: torch.Tensor, vectors: torch.Tensor,
-                 rows: torch.Tensor | None = None) -> _Forward:
-        """One pass over the rows of facts ``of`` (those in the mask ``rows``, if given),
-        ``vectors[i]`` added at the subject of fact ``of[i]``'s rows."""
-        wanted = torch.isin(fact_of_row, of)
-        chosen = torch.nonzero(wanted if rows is None else wanted & rows).squeeze(1)
-        slot = torch.full((facts,), -1, dtype=torch.long, device=device)
-        slot[of] = torch.arange(len(of), device=device)
-        row_slot = slot[fact_of_row[chosen]]  # (chosen rows,) index into ``of``
+    def score_rows(chosen: torch.Tensor, vectors: torch.Tensor) -> BatchScores:
+        """One forward pass over rows ``chosen``, ``vectors[i]`` added at row i's subject."""
         if replay is not None:
-            sub = suffix.select(chosen)
+            width = int(suffix_widths[chosen].max())
+            sub = suffix.select(chosen).first_columns(width)
             labels = aligned.labels[chosen, split:]
-            arguments = suffix_forward(aligned, prefix, chosen)
-            replay.replay = hidden[chosen, split:]
+            arguments = suffix_forward(aligned, prefix, chosen, width)
+            replay.replay = hidden[chosen, split : split + width]
         else:
             sub = aligned.full.select(chosen)
             labels = aligned.labels[chosen]
             arguments = {"position_ids": aligned.positions[chosen]}
         state["rows"] = torch.arange(len(chosen), device=device)
         state["positions"] = sub.subject_last
-        state["vectors"] = vectors[row_slot]
-        watching = watched[chosen]
-        scores = batch_scores(loaded, sub, watching, labels=labels, **arguments)
+        state["vectors"] = vectors
+        return batch_scores(loaded, sub, watched[chosen], labels=labels, **arguments)
+
+    def run_rows(of: torch.Tensor, vectors: torch.Tensor,
+                 rows: torch.Tensor | None = None) -> _Forward:
+        """The rows of facts ``of`` (those in the mask ``rows``, if given) run with
+        ``vectors[i]`` added at the subject of fact ``of[i]``'s rows."""
+        wanted = torch.isin(fact_of_row, of)
+        chosen = torch.nonzero(wanted if rows is None else wanted & rows).squeeze(1)
+        groups = [(0, len(chosen))]
+        if replay is not None and settings.group_by_width:
+            # Rows of like suffix width run together, so short rows pad less.
+            chosen = chosen[torch.argsort(suffix_widths[chosen], stable=True)]
+            groups = width_groups(suffix_widths[chosen].tolist(), overhead=GROUP_OVERHEAD)
+        slot = torch.full((facts,), -1, dtype=torch.long, device=device)
+        slot[of] = torch.arange(len(of), device=device)
+        row_slot = slot[fact_of_row[chosen]]  # (chosen rows,) index into ``of``
+        row_vectors = vectors[row_slot]
+        scores = BatchScores.concatenated([
+            score_rows(chosen[start:end], row_vectors[start:end]) for start, end in groups
+        ])
         masks = {name: mask[chosen] for name, mask in kind.items()}
-        return _Forward(chosen, row_slot, watching, masks, scores, len(of))
+        return _Forward(chosen, row_slot, watched[chosen], masks, scores, len(of))
 
     def target_reached(passed: _Forward) -> torch.Tensor:
         """(facts of the pass,) whether each fact's target is as likely as its stop asks."""

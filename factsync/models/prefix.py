@@ -14,6 +14,7 @@ last one whose logit is read are dropped: a row's final target token is only a l
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -113,18 +114,46 @@ def suffix_forward(
     aligned: AlignedBatch,
     prefix: list[tuple[torch.Tensor, torch.Tensor]],
     rows: torch.Tensor,
+    width: int | None = None,
 ) -> dict[str, Any]:
     """Keyword arguments that run only the suffix of ``rows`` over their cached prefix.
 
-    Use them with ``aligned.suffix().select(rows)``. The cache is built afresh from
+    Use them with ``aligned.suffix().select(rows)``, or with its ``first_columns(width)``
+    when ``width`` suffix columns are all those rows read. The cache is built afresh from
     ``prefix`` on every call, so the stored prefix never grows.
     """
-    split, width = aligned.split, aligned.full.input_ids.shape[1]
+    split = aligned.split
+    end = aligned.full.input_ids.shape[1] if width is None else split + width
     cache = DynamicCache([(keys[rows], values[rows]) for keys, values in prefix])
     return {
-        "attention_mask": aligned.full.attention_mask[rows],
-        "position_ids": aligned.positions[rows, split:],
+        "attention_mask": aligned.full.attention_mask[rows, :end],
+        "position_ids": aligned.positions[rows, split:end],
         "cache": cache,
-        "cache_position": torch.arange(split, width, device=rows.device),
+        "cache_position": torch.arange(split, end, device=rows.device),
         "use_cache": True,
     }
+
+
+def width_groups(widths: Sequence[int], *, overhead: int) -> list[tuple[int, int]]:
+    """Contiguous ``(start, end)`` groups of ascending row ``widths`` to run apart.
+
+    A group runs padded to its widest row, and every pass costs ``overhead`` token
+    columns' worth besides (launching each layer's work): the groups chosen make the
+    summed ``rows * widest + overhead`` least. Short rows then stop paying for the
+    columns of long ones.
+    """
+    if list(widths) != sorted(widths):
+        raise ValueError("widths must be ascending")
+    # Groups only ever end where the width changes (or at the last row).
+    ends = [i + 1 for i in range(len(widths)) if i + 1 == len(widths) or widths[i + 1] != widths[i]]
+    best = {0: (0, 0)}  # end -> (least cost of the rows before it, start of its last group)
+    for end in ends:
+        best[end] = min((best[start][0] + (end - start) * widths[end - 1] + overhead, start)
+                        for start in best)
+    groups: list[tuple[int, int]] = []
+    end = len(widths)
+    while end:
+        start = best[end][1]
+        groups.append((start, end))
+        end = start
+    return groups[::-1]

@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from contextvars import ContextVar
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from typing import Any
 
 import torch
@@ -74,6 +74,12 @@ class BatchScores:
     margin: torch.Tensor
     predicted: torch.Tensor
     next_token: torch.Tensor
+
+    @classmethod
+    def concatenated(cls, parts: Sequence[BatchScores]) -> BatchScores:
+        """The scores of batches run one after the other, as one batch of all their rows."""
+        return cls(**{field.name: torch.cat([getattr(part, field.name) for part in parts])
+                      for field in fields(cls)})
 
 
 def batch_scores(

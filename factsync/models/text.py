@@ -8,7 +8,7 @@ in the final string.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 
@@ -65,6 +65,15 @@ class PromptBatch:
     def select(self, rows: torch.Tensor) -> PromptBatch:
         """The sub-batch of ``rows`` (a 1-D index tensor)."""
         return PromptBatch(*(t.index_select(0, rows) for t in vars(self).values()))
+
+    def first_columns(self, width: int) -> PromptBatch:
+        """This batch cut to its first ``width`` columns (positions stay as they are)."""
+        return replace(self, input_ids=self.input_ids[:, :width],
+                       attention_mask=self.attention_mask[:, :width])
+
+    def read_widths(self) -> torch.Tensor:
+        """(batch,) columns each row needs: up to the last one whose logit is read."""
+        return self.prompt_last + (self.target_lengths - 1).clamp(min=0) + 1
 
     def subject_tokens(self, row: int) -> tuple[int, ...]:
         """The token ids of ``row``'s subject."""

@@ -7,6 +7,7 @@ from dataclasses import replace
 import pytest
 import torch
 
+from factsync.editing import targets
 from factsync.editing.engine import EditEngine
 from factsync.editing.requests import EditRequest
 from factsync.editing.targets import optimise_targets
@@ -153,6 +154,25 @@ def test_phrasings_under_context_prefixes_carry_the_edit_to_prefixed_phrasings(
         nll[prefixed] = _nll_with_shift(engine.loaded, layer, request, phrasing,
                                         result.z[0] - result.initial[0], context)
     assert nll[True] < nll[False]
+
+
+def test_rows_grouped_by_width_reach_the_targets_of_one_padded_batch(
+        tiny_loaded, tiny_engine, monkeypatch):
+    # Free passes: every width runs as its own group.
+    monkeypatch.setattr(targets, "GROUP_OVERHEAD", 0)
+    engine = tiny_engine(tiny_loaded("llama"))
+    layer = engine.layers[-1]
+    # Phrasings that end soon after the subject and long after it: rows of many widths.
+    requests = [replace(QUICK, phrasings=("{} spoke", "The first language that {} ever spoke was")),
+                replace(SLOW, phrasings=("{} belongs to",))]
+    settings = replace(engine.settings.target, steps=12, stop_nll=1e-6, learning_rate=0.1,
+                       step_rule="normalised", train_phrasings=True, phrasing_contexts=True)
+    results = [optimise_targets(engine.loaded, requests, layer, engine.contexts,
+                                replace(settings, group_by_width=grouped), use_neighbours=False)
+               for grouped in (True, False)]
+    assert results[0].steps == results[1].steps
+    torch.testing.assert_close(results[0].z, results[1].z, atol=1e-4, rtol=1e-3)
+    assert results[0].probability == pytest.approx(results[1].probability, abs=1e-4)
 
 
 def test_phrasing_contexts_without_training_phrasings_is_refused(tiny_loaded, tiny_engine):
