@@ -44,7 +44,7 @@ def subject_states(
     tokenises. A subject at the start of a text ("LinkedIn" -> Link|ed|In) and after a
     prefix (" LinkedIn", one token) can give nearly orthogonal keys, and an update
     fitted to their average moves neither. Outputs are read on the bare prompts. The
-    pass stops at the higher of the two layers.
+    pass stops at the higher of the two layers and at the last subject token.
     """
     if not contexts or contexts[0] != "":
         raise ValueError("contexts must start with the bare context ''")
@@ -52,14 +52,16 @@ def subject_states(
     keys, outputs, tokens = [], [], []
     for start in range(0, len(rows), batch_size):
         batch = encode(loaded, rows[start : start + batch_size])
+        # Attention is causal: the tokens after every row's subject change nothing read here.
+        through = int(batch.subject_last.max()) + 1
         with capture_keys(loaded, [key_layer]) as captured_keys, capture_hidden(
             loaded, [output_layer]
         ) as captured_hidden, torch.no_grad():
             forward_through(
                 loaded,
                 max(key_layer, output_layer),
-                input_ids=batch.input_ids,
-                attention_mask=batch.attention_mask,
+                input_ids=batch.input_ids[:, :through],
+                attention_mask=batch.attention_mask[:, :through],
             )
         keys.append(_at_subject(captured_keys[key_layer], batch))
         outputs.append(_at_subject(captured_hidden[output_layer], batch))
