@@ -157,37 +157,24 @@ def scoring_batches(starts: range) -> Iterable[int]:
 def score_targets(
     loaded: LoadedModel, rows: list[PromptSpec], *, batch_size: int = 32
 ) -> list[TargetScore]:
-    """Score each row's ``target_ids`` after its prompt (no gradients), in row order.
-
-    Rows run in batches of like length, so a short row is not padded to a long one.
-    """
-    order = _by_length(loaded, rows)
-    scores: dict[int, TargetScore] = {}
+    """Score each row's ``target_ids`` after its prompt (no gradients)."""
+    scores: list[TargetScore] = []
     for start in scoring_batches(range(0, len(rows), batch_size)):
-        chosen = order[start : start + batch_size]
-        chunk = [rows[index] for index in chosen]
+        chunk = rows[start : start + batch_size]
         batch = encode(loaded, chunk)
         with torch.no_grad():
             scores_of_batch = batch_scores(loaded, batch)
         nll, exact = scores_of_batch.nll, scores_of_batch.exact
         predicted = scores_of_batch.predicted.tolist()
         cursor = 0
-        for position, (index, row) in enumerate(zip(chosen, chunk, strict=True)):
+        for index, row in enumerate(chunk):
             length = len(row.target_ids)
-            scores[index] = TargetScore(
-                mean_nll=float(nll[position]),
-                exact=bool(exact[position]),
-                predicted=tuple(predicted[cursor : cursor + length]),
+            scores.append(
+                TargetScore(
+                    mean_nll=float(nll[index]),
+                    exact=bool(exact[index]),
+                    predicted=tuple(predicted[cursor : cursor + length]),
+                )
             )
             cursor += length
-    return [scores[index] for index in range(len(rows))]
-
-
-def _by_length(loaded: LoadedModel, rows: list[PromptSpec]) -> list[int]:
-    """Indices of ``rows``, shortest (in tokens, prompt and target) first."""
-    if not rows:
-        return []
-    prompts = loaded.tokenizer([row.text for row in rows], add_special_tokens=False)
-    lengths = [len(ids) + len(row.target_ids)
-               for ids, row in zip(prompts["input_ids"], rows, strict=True)]
-    return sorted(range(len(rows)), key=lengths.__getitem__)
+    return scores
