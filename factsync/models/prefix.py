@@ -75,7 +75,7 @@ def align_at_subject(batch: PromptBatch) -> AlignedBatch:
         positions[row, shift : shift + length] = torch.arange(length, device=device)
     offset = torch.tensor(shifts, device=device)
     prompt_last = batch.prompt_last + offset
-    read = int((prompt_last + (batch.target_lengths - 1).clamp(min=0)).max()) + 1
+    read = int((batch.read_widths() + offset).max())
     full = PromptBatch(
         input_ids=input_ids[:, :read],
         attention_mask=attention_mask[:, :read],
