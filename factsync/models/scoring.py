@@ -157,10 +157,17 @@ def scoring_batches(starts: range) -> Iterable[int]:
 def score_targets(
     loaded: LoadedModel, rows: list[PromptSpec], *, batch_size: int = 32
 ) -> list[TargetScore]:
-    """Score each row's ``target_ids`` after its prompt (no gradients)."""
-    scores: list[TargetScore] = []
-    for start in scoring_batches(range(0, len(rows), batch_size)):
-        chunk = rows[start : start + batch_size]
+    """Score each row's ``target_ids`` after its prompt (no gradients), in row order.
+
+    Each distinct row is scored once, so rows that are equal get equal scores: a
+    comparison between two of them is an exact tie, whatever batch they would have
+    shared. Rows run in batches of like token length, so a short row is not padded
+    to a long one.
+    """
+    distinct = _shortest_first(loaded, list(dict.fromkeys(rows)))
+    scores: dict[PromptSpec, TargetScore] = {}
+    for start in scoring_batches(range(0, len(distinct), batch_size)):
+        chunk = distinct[start : start + batch_size]
         batch = encode(loaded, chunk)
         with torch.no_grad():
             scores_of_batch = batch_scores(loaded, batch)
@@ -169,12 +176,20 @@ def score_targets(
         cursor = 0
         for index, row in enumerate(chunk):
             length = len(row.target_ids)
-            scores.append(
-                TargetScore(
-                    mean_nll=float(nll[index]),
-                    exact=bool(exact[index]),
-                    predicted=tuple(predicted[cursor : cursor + length]),
-                )
+            scores[row] = TargetScore(
+                mean_nll=float(nll[index]),
+                exact=bool(exact[index]),
+                predicted=tuple(predicted[cursor : cursor + length]),
             )
             cursor += length
-    return scores
+    return [scores[row] for row in rows]
+
+
+def _shortest_first(loaded: LoadedModel, rows: list[PromptSpec]) -> list[PromptSpec]:
+    """``rows`` sorted by token length, prompt and target together; stable on ties."""
+    if not rows:
+        return []
+    prompts = loaded.tokenizer([row.text for row in rows], add_special_tokens=False)
+    lengths = [len(ids) + len(row.target_ids)
+               for ids, row in zip(prompts["input_ids"], rows, strict=True)]
+    return [rows[index] for index in sorted(range(len(rows)), key=lengths.__getitem__)]
