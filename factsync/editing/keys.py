@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+from contextlib import ExitStack
 from dataclasses import dataclass
 
 import torch
 
-from factsync.models.hooks import capture_hidden, capture_keys, forward_through
+from factsync.models.hooks import capture_hidden, capture_keys, forward_through, replay_below
 from factsync.models.loading import LoadedModel
 from factsync.models.text import PromptBatch, PromptSpec, encode
 
@@ -26,6 +27,36 @@ class SubjectStates:
     outputs: torch.Tensor
 
 
+@dataclass(frozen=True)
+class FrozenStates:
+    """The output of decoder ``layer`` on every batch ``subject_states`` runs.
+
+    While layers ``0..layer`` stay as they are (the spread changes only the layers above
+    them), ``subject_states`` replays these instead of running those layers again.
+    """
+
+    layer: int
+    batches: list[torch.Tensor]
+
+
+def frozen_states(
+    loaded: LoadedModel,
+    prompts: list[tuple[str, str]],
+    layer: int,
+    contexts: list[str],
+    *,
+    batch_size: int = 64,
+) -> FrozenStates:
+    """The output of decoder ``layer`` for ``subject_states`` on the same arguments."""
+    batches = []
+    for batch, through in _subject_batches(loaded, prompts, contexts, batch_size):
+        with capture_hidden(loaded, [layer]) as captured, torch.no_grad():
+            forward_through(loaded, layer, input_ids=batch.input_ids[:, :through],
+                            attention_mask=batch.attention_mask[:, :through])
+        batches.append(captured[layer])
+    return FrozenStates(layer=layer, batches=batches)
+
+
 def subject_states(
     loaded: LoadedModel,
     prompts: list[tuple[str, str]],
@@ -34,6 +65,7 @@ def subject_states(
     contexts: list[str],
     *,
     batch_size: int = 64,
+    frozen: FrozenStates | None = None,
 ) -> SubjectStates:
     """Keys at ``key_layer`` and hidden outputs of ``output_layer``, in one pass.
 
@@ -44,19 +76,23 @@ def subject_states(
     tokenises. A subject at the start of a text ("LinkedIn" -> Link|ed|In) and after a
     prefix (" LinkedIn", one token) can give nearly orthogonal keys, and an update
     fitted to their average moves neither. Outputs are read on the bare prompts. The
-    pass stops at the higher of the two layers and at the last subject token.
+    pass stops at the higher of the two layers and at the last subject token, and starts
+    above ``frozen.layer`` when ``frozen`` (``frozen_states`` of the same arguments) is
+    given.
     """
-    if not contexts or contexts[0] != "":
-        raise ValueError("contexts must start with the bare context ''")
-    rows = [PromptSpec(t, s, context=c) for t, s in prompts for c in contexts]
+    if frozen is not None and min(key_layer, output_layer) <= frozen.layer:
+        raise ValueError(f"layers {key_layer} and {output_layer} must be above the frozen "
+                         f"layer {frozen.layer}")
     keys, outputs, tokens = [], [], []
-    for start in range(0, len(rows), batch_size):
-        batch = encode(loaded, rows[start : start + batch_size])
-        # Attention is causal: the tokens after every row's subject change nothing read here.
-        through = int(batch.subject_last.max()) + 1
-        with capture_keys(loaded, [key_layer]) as captured_keys, capture_hidden(
-            loaded, [output_layer]
-        ) as captured_hidden, torch.no_grad():
+    batches = _subject_batches(loaded, prompts, contexts, batch_size)
+    for index, (batch, through) in enumerate(batches):
+        with ExitStack() as stack:
+            if frozen is not None:
+                stack.enter_context(replay_below(loaded, frozen.layer)).replay = (
+                    frozen.batches[index])
+            captured_keys = stack.enter_context(capture_keys(loaded, [key_layer]))
+            captured_hidden = stack.enter_context(capture_hidden(loaded, [output_layer]))
+            stack.enter_context(torch.no_grad())
             forward_through(
                 loaded,
                 max(key_layer, output_layer),
@@ -75,6 +111,22 @@ def subject_states(
     owners = torch.tensor([fact for fact, _, _ in groups], device=flat.device)
     bare = torch.cat(outputs)[:: len(contexts)]  # the bare context is each fact's first row
     return SubjectStates(keys=averaged.T.contiguous(), owners=owners, outputs=bare)
+
+
+def _subject_batches(
+    loaded: LoadedModel, prompts: list[tuple[str, str]], contexts: list[str], batch_size: int
+) -> list[tuple[PromptBatch, int]]:
+    """Every prompt under every context, encoded in batches, each with the number of
+    columns a pass must run: through the last subject token of its rows. Attention is
+    causal, so the tokens after a row's subject change nothing read there."""
+    if not contexts or contexts[0] != "":
+        raise ValueError("contexts must start with the bare context ''")
+    rows = [PromptSpec(t, s, context=c) for t, s in prompts for c in contexts]
+    batches = []
+    for start in range(0, len(rows), batch_size):
+        batch = encode(loaded, rows[start : start + batch_size])
+        batches.append((batch, int(batch.subject_last.max()) + 1))
+    return batches
 
 
 def subject_outputs(

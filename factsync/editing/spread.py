@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 import torch
 
 from factsync.editing.delta import LayerDelta, ModelDelta, restored_weights
-from factsync.editing.keys import subject_states
+from factsync.editing.keys import FrozenStates, frozen_states, subject_states
 from factsync.models.loading import LoadedModel
 from factsync.typed_yaml import Choice
 
@@ -250,13 +250,18 @@ def spread(
     used_keys: dict[int, torch.Tensor] = {}
     owners = torch.empty(0, dtype=torch.long)
     with restored_weights(loaded, paths):
+        # The updates change layers[0] and above: what runs below it is read once.
+        below = layers[0] - 1
+        frozen = frozen_states(loaded, prompts, below, contexts) if below >= 0 else None
+        frozen_protected = (frozen_states(loaded, protected, below, [""])
+                            if below >= 0 and protected else None)
         for position, (layer, path) in enumerate(zip(layers, paths, strict=True)):
-            states = subject_states(loaded, prompts, layer, layers[-1], contexts)
+            states = subject_states(loaded, prompts, layer, layers[-1], contexts, frozen=frozen)
             keys = states.keys  # (key, groups)
             share = (targets.to(states.outputs) - states.outputs) / (len(layers) - position)
             share = share[states.owners].T  # (hidden, groups): every key of a fact gets its share
             context = layer_contexts[layer]
-            neighbours = protected_keys(loaded, protected, layer)
+            neighbours = protected_keys(loaded, protected, layer, frozen=frozen_protected)
             let_go = (released or {}).get(layer)
             if settings.algorithm is Algorithm.MEMIT:
                 update = memit_update(keys, share, context.memit_system(keys.device),
@@ -278,11 +283,14 @@ def spread(
 
 
 def protected_keys(loaded: LoadedModel, protected: Sequence[tuple[str, str]],
-                    layer: int) -> torch.Tensor | None:
-    """Keys (key, m) at ``layer`` of the facts whose outputs must stay (``None``: none)."""
+                   layer: int, *, frozen: FrozenStates | None = None) -> torch.Tensor | None:
+    """Keys (key, m) at ``layer`` of the facts whose outputs must stay (``None``: none).
+
+    ``frozen``: ``frozen_states`` of ``protected`` (bare context) below ``layer``, if any.
+    """
     if not protected:
         return None
-    return subject_states(loaded, protected, layer, layer, [""]).keys
+    return subject_states(loaded, list(protected), layer, layer, [""], frozen=frozen).keys
 
 
 def _held_in_place(context: LayerContext, neighbours: torch.Tensor | None,

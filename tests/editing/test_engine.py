@@ -7,6 +7,7 @@ from dataclasses import replace
 import pytest
 import torch
 
+from factsync.editing import spread as spread_module
 from factsync.editing.cancellation import EditCancelled
 from factsync.editing.delta import applied
 from factsync.editing.engine import EditEngine, EngineSettings, StopReason
@@ -123,6 +124,31 @@ def test_spread_carries_the_targets_into_the_weights(
     remaining = (targets - moved).norm(dim=1) / (targets - current).norm(dim=1)
     assert torch.all(remaining < 0.5), remaining
     assert sorted(set(owners.tolist())) == [0, 1, 2]  # every fact owns a key group
+
+
+@pytest.mark.parametrize("algorithm", ["memit", "alphaedit"])
+def test_the_spread_reads_the_layers_below_its_own_once_with_the_same_result(
+    tiny_engine, tiny_loaded, algorithm, monkeypatch
+):
+    loaded = tiny_loaded()
+    engine = _with_spread(tiny_engine(loaded, layers=(2, 3)), algorithm=algorithm)
+    prompts = [(r.template, r.subject) for r in REQUESTS]
+    targets = 1.2 * subject_outputs(loaded, prompts, engine.layers[-1])
+    protected = [(n.template, n.subject) for r in REQUESTS for n in r.neighbours]
+    assert protected
+
+    def run() -> tuple:
+        return spread(loaded, prompts, targets, engine.layers, engine.contexts,
+                      engine.layer_contexts, engine.settings.spread, protected=protected)
+
+    replayed = run()
+    monkeypatch.setattr(spread_module, "frozen_states", lambda *args, **kwargs: None)
+    run_through = run()
+    for path, update in replayed[0].layers.items():
+        assert torch.equal(update.up, run_through[0].layers[path].up)
+        assert torch.equal(update.down, run_through[0].layers[path].down)
+    for layer, keys in replayed[1].items():
+        assert torch.equal(keys, run_through[1][layer])
 
 
 @pytest.mark.parametrize("algorithm", ["memit", "alphaedit"])

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 
-from factsync.editing.keys import subject_states
+from factsync.editing.delta import restored_weights
+from factsync.editing.keys import frozen_states, subject_states
 from factsync.models.hooks import capture_hidden, capture_keys
 from factsync.models.text import PromptSpec, encode
 
@@ -31,3 +33,39 @@ def test_states_read_up_to_the_subjects_equal_those_of_the_whole_prompts(tiny_lo
     # One context besides the bare one: every row's key is a group of its own.
     assert states.owners.tolist() == [0, 0, 1, 1]
     torch.testing.assert_close(states.keys.T, whole_keys)
+
+
+def test_states_replayed_below_an_edited_layer_equal_those_run_through_it(tiny_loaded):
+    loaded = tiny_loaded()
+    frozen = frozen_states(loaded, PROMPTS, 0, CONTEXTS, batch_size=3)
+    assert len(frozen.batches) == 2  # four rows in batches of three: both are replayed
+    path = loaded.spec.mlp_out_path(1)
+    with restored_weights(loaded, [path]):
+        weight = loaded.model.get_parameter(f"{path}.weight")
+        with torch.no_grad():
+            weight.mul_(1.5)  # an edit above the frozen layer, as the spread makes
+        replayed = subject_states(loaded, PROMPTS, 1, 2, CONTEXTS, batch_size=3, frozen=frozen)
+        run = subject_states(loaded, PROMPTS, 1, 2, CONTEXTS, batch_size=3)
+    assert torch.equal(replayed.keys, run.keys)
+    assert torch.equal(replayed.outputs, run.outputs)
+
+
+def test_states_cannot_be_replayed_at_or_above_the_layers_they_read(tiny_loaded):
+    loaded = tiny_loaded()
+    frozen = frozen_states(loaded, PROMPTS, 1, CONTEXTS)
+    with pytest.raises(ValueError, match="above the frozen layer 1"):
+        subject_states(loaded, PROMPTS, 1, 2, CONTEXTS, frozen=frozen)
+
+
+def test_replayed_states_are_read_once_so_later_changes_below_them_are_not_seen(tiny_loaded):
+    loaded = tiny_loaded()
+    before = subject_states(loaded, PROMPTS, 1, 2, CONTEXTS)
+    frozen = frozen_states(loaded, PROMPTS, 0, CONTEXTS)
+    path = loaded.spec.mlp_out_path(0)
+    with restored_weights(loaded, [path]):
+        with torch.no_grad():
+            loaded.model.get_parameter(f"{path}.weight").mul_(1.5)
+        replayed = subject_states(loaded, PROMPTS, 1, 2, CONTEXTS, frozen=frozen)
+        run = subject_states(loaded, PROMPTS, 1, 2, CONTEXTS)
+    assert torch.equal(replayed.outputs, before.outputs)
+    assert not torch.allclose(run.outputs, before.outputs)
