@@ -104,6 +104,11 @@ class TargetSettings:
             wording did nothing for paraphrase success (bench/README.md).
         phrasing_contexts: with ``train_phrasings``, every phrasing is a rewrite prompt
             under every context prefix, as the edit template is, instead of bare only.
+        deal_phrasing_contexts: with ``phrasing_contexts``, the context prefixes are
+            dealt out among a fact's phrasings instead of given to each: every phrasing
+            runs bare, and prefix i after phrasing i modulo their number. Each prefix
+            still meets the fact under a second wording, at fewer rows per step (13
+            instead of 18 with two phrasings and five prefixes).
         step_rule: ``adam``, or ``normalised``: each fact's delta moves a fixed length
             along its own gradient. Adam moves every coordinate by about the learning
             rate whatever its gradient, so its delta drifts along directions that do
@@ -143,6 +148,7 @@ class TargetSettings:
     group_by_width: bool = True
     train_phrasings: bool = False
     phrasing_contexts: bool = False
+    deal_phrasing_contexts: bool = False
     step_rule: StepRule = StepRule.ADAM
     sensitivity_shrinkage: float = 0.1
     refine_steps: int = 0
@@ -160,6 +166,8 @@ class TargetSettings:
             raise ValueError("stop_margin applies to most_probable_stop: set it as well")
         if self.phrasing_contexts and not self.train_phrasings:
             raise ValueError("phrasing_contexts applies to train_phrasings: set it as well")
+        if self.deal_phrasing_contexts and not self.phrasing_contexts:
+            raise ValueError("deal_phrasing_contexts applies to phrasing_contexts: set it as well")
         if not 0 <= self.sensitivity_shrinkage <= 1:
             raise ValueError(
                 f"sensitivity_shrinkage must be in [0, 1], got {self.sensitivity_shrinkage}")
@@ -293,14 +301,26 @@ def _build_rows(
         for context in contexts:
             add(PromptSpec(request.template, request.subject, new_ids, context), fact, "rewrite")
         if settings.train_phrasings:
-            for phrasing in request.phrasings:
-                for context in contexts if settings.phrasing_contexts else [""]:
-                    add(PromptSpec(phrasing, request.subject, new_ids, context), fact, "rewrite")
+            for phrasing, context in phrasing_rows(request.phrasings, contexts, settings):
+                add(PromptSpec(phrasing, request.subject, new_ids, context), fact, "rewrite")
         add(PromptSpec(KL_TEMPLATE, request.subject), fact, "kl")
         if use_neighbours:
             for neighbour in request.neighbours:
                 add(PromptSpec(neighbour.template, neighbour.subject), fact, "neighbour")
     return rows
+
+
+def phrasing_rows(phrasings: tuple[str, ...], contexts: list[str],
+                  settings: TargetSettings) -> list[tuple[str, str]]:
+    """The (phrasing, context) pairs a fact's phrasings are trained under, phrasing by
+    phrasing; ``contexts`` starts with the bare context."""
+    if not settings.phrasing_contexts:
+        return [(phrasing, "") for phrasing in phrasings]
+    if not settings.deal_phrasing_contexts:
+        return [(phrasing, context) for phrasing in phrasings for context in contexts]
+    return [(phrasing, context)
+            for index, phrasing in enumerate(phrasings)
+            for context in ["", *contexts[1:][index :: len(phrasings)]]]
 
 
 def _optimise_chunk(

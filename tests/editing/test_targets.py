@@ -10,7 +10,7 @@ import torch
 from factsync.editing import targets
 from factsync.editing.engine import EditEngine
 from factsync.editing.requests import EditRequest
-from factsync.editing.targets import optimise_targets
+from factsync.editing.targets import TargetSettings, optimise_targets, phrasing_rows
 from factsync.models.hooks import add_at_positions
 from factsync.models.scoring import batch_scores
 from factsync.models.text import PromptSpec, encode, object_ids
@@ -173,6 +173,28 @@ def test_rows_grouped_by_width_reach_the_targets_of_one_padded_batch(
     assert results[0].steps == results[1].steps
     torch.testing.assert_close(results[0].z, results[1].z, atol=1e-4, rtol=1e-3)
     assert results[0].probability == pytest.approx(results[1].probability, abs=1e-4)
+
+
+def test_dealt_prefixes_meet_every_phrasing_bare_and_each_prefix_once():
+    contexts = ["", "A. ", "B. ", "C. ", "D. ", "E. "]
+    settings = TargetSettings(train_phrasings=True, phrasing_contexts=True,
+                              deal_phrasing_contexts=True)
+    rows = phrasing_rows(("{} spoke", "{} talked"), contexts, settings)
+    assert rows == [("{} spoke", ""), ("{} spoke", "A. "), ("{} spoke", "C. "),
+                    ("{} spoke", "E. "), ("{} talked", ""), ("{} talked", "B. "),
+                    ("{} talked", "D. ")]
+    many = phrasing_rows(tuple(f"{{}} said {n}" for n in range(7)), contexts, settings)
+    assert sorted(context for _, context in many) == [""] * 7 + contexts[1:]
+    assert phrasing_rows((), contexts, settings) == []
+    every = replace(settings, deal_phrasing_contexts=False)
+    assert len(phrasing_rows(("{} spoke", "{} talked"), contexts, every)) == 12
+    bare = replace(every, phrasing_contexts=False)
+    assert phrasing_rows(("{} spoke",), contexts, bare) == [("{} spoke", "")]
+
+
+def test_dealing_prefixes_without_phrasing_contexts_is_refused():
+    with pytest.raises(ValueError, match="deal_phrasing_contexts applies to phrasing_contexts"):
+        TargetSettings(train_phrasings=True, deal_phrasing_contexts=True)
 
 
 def test_phrasing_contexts_without_training_phrasings_is_refused(tiny_loaded, tiny_engine):
