@@ -88,8 +88,8 @@ def subject_states(
     for index, (batch, through) in enumerate(batches):
         with ExitStack() as stack:
             if frozen is not None:
-                stack.enter_context(replay_below(loaded, frozen.layer)).replay = (
-                    frozen.batches[index])
+                replay = stack.enter_context(replay_below(loaded, frozen.layer))
+                replay.replay = frozen.batches[index]
             captured_keys = stack.enter_context(capture_keys(loaded, [key_layer]))
             captured_hidden = stack.enter_context(capture_hidden(loaded, [output_layer]))
             stack.enter_context(torch.no_grad())
