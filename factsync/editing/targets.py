@@ -122,10 +122,6 @@ class TargetSettings:
             held-out perplexity cost is under half of Adam's and two thirds of the
             normalised rule's, at the normalised rule's paraphrase success
             (bench/README.md).
-        rest_won_rows: with ``most_probable_stop``, a rewrite row on which the new object
-            won at the last step (by ``stop_margin``) runs without gradient: the fact's
-            step follows only its rows still lost (and its KL terms), and the won rows'
-            backward pass is saved. A row that is lost again gets its gradient back.
         sensitivity_shrinkage: under the ``natural`` rule, the sensitivity is blended
             toward isotropy by this weight (as ``second_moment_shrinkage`` blends C), so
             directions the corpus hardly measured are not taken for free.
@@ -153,7 +149,6 @@ class TargetSettings:
     train_phrasings: bool = False
     phrasing_contexts: bool = False
     deal_phrasing_contexts: bool = False
-    rest_won_rows: bool = False
     step_rule: StepRule = StepRule.ADAM
     sensitivity_shrinkage: float = 0.1
     refine_steps: int = 0
@@ -171,8 +166,6 @@ class TargetSettings:
             raise ValueError("stop_margin applies to most_probable_stop: set it as well")
         if self.phrasing_contexts and not self.train_phrasings:
             raise ValueError("phrasing_contexts applies to train_phrasings: set it as well")
-        if self.rest_won_rows and not self.most_probable_stop:
-            raise ValueError("rest_won_rows applies to most_probable_stop: set it as well")
         if self.deal_phrasing_contexts and not self.phrasing_contexts:
             raise ValueError("deal_phrasing_contexts applies to phrasing_contexts: set it as well")
         if not 0 <= self.sensitivity_shrinkage <= 1:
@@ -379,7 +372,6 @@ def _optimise_chunk(
     steps = torch.zeros(facts, dtype=torch.long, device=device)
     waited = torch.zeros(facts, dtype=torch.long, device=device)  # steps since likely
     reached = torch.zeros(facts, dtype=torch.bool, device=device)  # likely by its last step
-    won = torch.zeros(len(rows.specs), dtype=torch.bool, device=device)  # by the last pass
     state: dict[str, torch.Tensor] = {}
 
     def deltas_for_rows() -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -402,46 +394,34 @@ def _optimise_chunk(
         state["vectors"] = vectors
         return batch_scores(loaded, sub, watched[chosen], labels=labels, **arguments)
 
-    def run_rows(of: torch.Tensor, vectors: torch.Tensor, rows: torch.Tensor | None = None,
-                 resting: torch.Tensor | None = None) -> _Forward:
+    def run_rows(of: torch.Tensor, vectors: torch.Tensor,
+                 rows: torch.Tensor | None = None) -> _Forward:
         """The rows of facts ``of`` (those in the mask ``rows``, if given) run with
-        ``vectors[i]`` added at the subject of fact ``of[i]``'s rows; rows in the mask
-        ``resting`` run without gradient."""
+        ``vectors[i]`` added at the subject of fact ``of[i]``'s rows."""
         wanted = torch.isin(fact_of_row, of)
         chosen = torch.nonzero(wanted if rows is None else wanted & rows).squeeze(1)
-        parts = [(chosen, True)]
-        if resting is not None:
-            parts = [(chosen[~resting[chosen]], True), (chosen[resting[chosen]], False)]
+        groups = [(0, len(chosen))]
+        if replay is not None and settings.group_by_width:
+            # Rows of like suffix width run together, so short rows pad less.
+            chosen = chosen[torch.argsort(suffix_widths[chosen], stable=True)]
+            groups = width_groups(suffix_widths[chosen].tolist(), overhead=GROUP_OVERHEAD)
         slot = torch.full((facts,), -1, dtype=torch.long, device=device)
         slot[of] = torch.arange(len(of), device=device)
-        ordered, pieces = [], []
-        for part, gradient in parts:
-            groups = [(0, len(part))]
-            if replay is not None and settings.group_by_width:
-                # Rows of like suffix width run together, so short rows pad less.
-                part = part[torch.argsort(suffix_widths[part], stable=True)]
-                groups = width_groups(suffix_widths[part].tolist(), overhead=GROUP_OVERHEAD)
-            part_vectors = vectors[slot[fact_of_row[part]]]
-            with torch.set_grad_enabled(gradient and torch.is_grad_enabled()):
-                pieces.extend(score_rows(part[start:end], part_vectors[start:end])
-                              for start, end in groups if end > start)
-            ordered.append(part)
-        chosen = torch.cat(ordered)
         row_slot = slot[fact_of_row[chosen]]  # (chosen rows,) index into ``of``
+        row_vectors = vectors[row_slot]
+        scores = BatchScores.concatenated([
+            score_rows(chosen[start:end], row_vectors[start:end]) for start, end in groups
+        ])
         masks = {name: mask[chosen] for name, mask in kind.items()}
-        return _Forward(chosen, row_slot, watched[chosen], masks,
-                        BatchScores.concatenated(pieces), len(of))
-
-    def won_rows(passed: _Forward) -> torch.Tensor:
-        """(rows of the pass,) rewrite rows on which the new object wins as the stop asks."""
-        scores = passed.scores
-        return passed.masks["rewrite"] & scores.exact & (scores.margin >= settings.stop_margin)
+        return _Forward(chosen, row_slot, watched[chosen], masks, scores, len(of))
 
     def target_reached(passed: _Forward) -> torch.Tensor:
         """(facts of the pass,) whether each fact's target is as likely as its stop asks."""
         rewrite = passed.masks["rewrite"]
         if settings.most_probable_stop:
-            return passed.per_fact((~won_rows(passed)).float(), rewrite) == 0
+            scores = passed.scores
+            wrong = ((~scores.exact) | (scores.margin < settings.stop_margin)).float()
+            return passed.per_fact(wrong, rewrite) == 0
         return passed.per_fact(passed.scores.nll, rewrite) < settings.stop_nll
 
     def bare_probability(passed: _Forward) -> torch.Tensor:
@@ -460,8 +440,7 @@ def _optimise_chunk(
         for step in range(settings.steps + 1):
             stop_if(cancelled)
             vectors = delta[active]  # (active, hidden): finished facts get no gradient
-            passed = run_rows(active, vectors, resting=won if settings.rest_won_rows else None)
-            won[passed.chosen] = won_rows(passed)
+            passed = run_rows(active, vectors)
             scores, watching, chosen = passed.scores, passed.watching, passed.chosen
             log_probs = scores.next_token
             was = reference[watched_index[chosen[watching]]]

@@ -197,32 +197,6 @@ def test_dealing_prefixes_without_phrasing_contexts_is_refused():
         TargetSettings(train_phrasings=True, deal_phrasing_contexts=True)
 
 
-def test_rows_already_won_rest_without_gradient(tiny_loaded, tiny_engine, monkeypatch):
-    engine = tiny_engine(tiny_loaded("llama"))
-    passes: list[tuple[int, bool]] = []  # (rows, with gradient) of every forward pass
-
-    def recording(loaded, batch, *args, **kwargs):  # noqa: ANN001, ANN202
-        passes.append((len(batch.input_ids), torch.is_grad_enabled()))
-        return batch_scores(loaded, batch, *args, **kwargs)
-
-    monkeypatch.setattr(targets, "batch_scores", recording)
-    # On this tiny model one of SLOW's prefixed prompts is won and lost again, step by
-    # step, while the others stay lost: the fact runs all its steps.
-    settings = replace(engine.settings.target, steps=40, learning_rate=1.0,
-                       step_rule="normalised", most_probable_stop=True)
-    rows = len(engine.contexts) + 1  # one rewrite row per context, one KL row
-    for rest in (False, True):
-        passes.clear()
-        optimise_targets(engine.loaded, [SLOW], engine.layers[-1], engine.contexts,
-                         replace(settings, rest_won_rows=rest), use_neighbours=False)
-        steps = passes[1:]  # after the reference pass
-        resting = [size for size, gradient in steps if not gradient]
-        assert bool(resting) == rest
-        assert sum(size for size, _ in steps) > 40 * rows  # won rows are still run
-    with pytest.raises(ValueError, match="rest_won_rows applies to most_probable_stop"):
-        replace(settings, most_probable_stop=False, rest_won_rows=True)
-
-
 def test_phrasing_contexts_without_training_phrasings_is_refused(tiny_loaded, tiny_engine):
     engine = tiny_engine(tiny_loaded("llama"))
     with pytest.raises(ValueError, match="phrasing_contexts applies to train_phrasings"):
