@@ -5,7 +5,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from factsync.policies.schema import OnFailure, OnRollback, Policy, load_policy
+from factsync.editing.outcomes import TookRule
+from factsync.policies.schema import EditingPolicy, OnFailure, OnRollback, Policy, load_policy
 
 
 def register(commands: argparse._SubParsersAction) -> None:
@@ -31,6 +32,15 @@ def run_check(args: argparse.Namespace) -> int:
     return 0
 
 
+def _took_sentence(editing: EditingPolicy) -> str:
+    """When a fact leaves IME, in words."""
+    test = ("beats the old one" if editing.took_rule is TookRule.WINS
+            else "beats the old one and is the greedy answer")
+    where = ("the bare prompt, every context prefix and every phrasing"
+             if editing.took_phrasings else "the bare prompt and every context prefix")
+    return f"- A fact leaves IME once its new object {test} on {where}."
+
+
 def explain(policy: Policy) -> list[str]:
     """The policy in plain sentences."""
     batch, editing, evaluation = policy.batch, policy.editing, policy.evaluation
@@ -41,6 +51,7 @@ def explain(policy: Policy) -> list[str]:
         f"pass(es)" + (f" and NME with up to {editing.max_neighbours} neighbour(s) per fact"
                        if editing.neighbours else ", without NME")
         + f", update fraction {editing.update_fraction:g}.",
+        _took_sentence(editing),
         f"- Each candidate is scored on {evaluation.held_out_neighbours} held-out "
         "neighbour(s) per fact and on "
         + (f"a sample of {evaluation.retention_sample}" if evaluation.retention_sample

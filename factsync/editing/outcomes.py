@@ -6,8 +6,16 @@ from dataclasses import dataclass
 
 from factsync.editing.requests import EditRequest
 from factsync.models.loading import LoadedModel
-from factsync.models.scoring import score_targets
+from factsync.models.scoring import TargetScore, score_targets
 from factsync.models.text import PromptSpec, object_ids
+from factsync.typed_yaml import Choice
+
+
+class TookRule(Choice):
+    """What an edit must do on each prompt it is checked on to have taken."""
+
+    WINS = "wins"
+    MOST_PROBABLE = "most_probable"
 
 
 @dataclass(frozen=True)
@@ -15,7 +23,8 @@ class EditOutcomes:
     """Per request, in order.
 
     Attributes:
-        took: the new object wins on the bare prompt and under every context prefix.
+        took: the new object passes the took rule on the bare prompt and under every
+            context prefix (and on every phrasing, when they are checked).
         probability: the new object's per-token probability on the bare prompt.
     """
 
@@ -24,35 +33,58 @@ class EditOutcomes:
 
 
 def edit_outcomes(
-    loaded: LoadedModel, requests: list[EditRequest], contexts: list[str]
+    loaded: LoadedModel, requests: list[EditRequest], contexts: list[str],
+    rule: TookRule = TookRule.WINS, phrasings: bool = False,
 ) -> EditOutcomes:
     """Score ``requests`` on the model as it is now.
 
-    The new object wins a prompt when its mean per-token NLL is below the old object's;
-    with no old object known, when every one of its tokens is the model's argmax.
+    Under ``TookRule.WINS`` the new object wins a prompt when its mean per-token NLL is
+    below the old object's; with no old object known, when every one of its tokens is
+    the model's argmax. ``TookRule.MOST_PROBABLE`` asks for both: every new-object token
+    the argmax, and a lower NLL than the old object's when it is known.
+    ``phrasings`` checks each request's phrasings, bare, as well.
     ``contexts`` must start with the bare context ``""``.
     """
     if not contexts or contexts[0] != "":
         raise ValueError("contexts must start with the bare context ''")
     rows: list[PromptSpec] = []
+    counts: list[int] = []
     for request in requests:
         objects = [request.new_object] + ([request.old_object] if request.old_object else [])
-        for context in contexts:
+        prompts = _checked_prompts(request, contexts, phrasings)
+        counts.append(len(prompts))
+        for template, context in prompts:
             for obj in objects:
                 rows.append(
-                    PromptSpec(request.template, request.subject, object_ids(loaded, obj), context)
+                    PromptSpec(template, request.subject, object_ids(loaded, obj), context)
                 )
     scores = iter(score_targets(loaded, rows))
     took, probability = [], []
-    for request in requests:
+    for request, count in zip(requests, counts, strict=True):
         wins = []
-        for context in contexts:
+        for index in range(count):
             new = next(scores)
-            if request.old_object:
-                wins.append(new.mean_nll < next(scores).mean_nll)
-            else:
-                wins.append(new.exact)
-            if context == "":
+            old = next(scores) if request.old_object else None
+            wins.append(_passes(new, old, rule))
+            if index == 0:
                 probability.append(new.probability)
         took.append(all(wins))
     return EditOutcomes(took=took, probability=probability)
+
+
+def _checked_prompts(request: EditRequest, contexts: list[str],
+                     phrasings: bool) -> list[tuple[str, str]]:
+    """(template, context) pairs a request is checked on, the bare prompt first."""
+    prompts = [(request.template, context) for context in contexts]
+    if phrasings:
+        prompts += [(phrasing, "") for phrasing in request.phrasings]
+    return prompts
+
+
+def _passes(new: TargetScore, old: TargetScore | None, rule: TookRule) -> bool:
+    if old is None:
+        return new.exact
+    beats_old = new.mean_nll < old.mean_nll
+    if rule is TookRule.MOST_PROBABLE:
+        return beats_old and new.exact
+    return beats_old

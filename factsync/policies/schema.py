@@ -15,6 +15,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from factsync.editing.engine import EngineSettings
+from factsync.editing.outcomes import TookRule
 from factsync.editing.spread import Algorithm, SpreadSettings
 from factsync.editing.targets import TargetSettings
 from factsync.kpis.report import (
@@ -131,6 +132,10 @@ class EditingPolicy:
         joint_layers: MEMIT solves every edit layer's update at once, over the joint
             second moment of their stacked keys, instead of layer by layer (small
             models only: the stacked key size must be at most 16,384).
+        took_rule: ``wins``: a fact leaves IME once its new object beats the old one on
+            the bare prompt and under every context prefix; ``most_probable``: once it
+            is also the greedy answer there.
+        took_phrasings: the fact's phrasings must pass the took rule too.
         target: the z optimisation (steps, learning rate, KL and norm terms, chunk size).
     """
 
@@ -145,6 +150,8 @@ class EditingPolicy:
     nullspace_threshold: float = SpreadSettings.nullspace_threshold
     second_moment_shrinkage: float = SpreadSettings.second_moment_shrinkage
     joint_layers: bool = SpreadSettings.joint_layers
+    took_rule: TookRule = EngineSettings.took_rule
+    took_phrasings: bool = EngineSettings.took_phrasings
     target: TargetSettings = field(default_factory=TargetSettings)
 
     def __post_init__(self) -> None:
@@ -159,6 +166,8 @@ class EditingPolicy:
             max_iterations=self.max_iterations,
             neighbours=self.neighbours,
             target=self.target,
+            took_rule=self.took_rule,
+            took_phrasings=self.took_phrasings,
             spread=SpreadSettings(algorithm=self.algorithm,
                                   update_fraction=self.update_fraction,
                                   mom2_update_weight=self.mom2_update_weight,

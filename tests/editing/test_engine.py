@@ -13,7 +13,7 @@ from factsync.editing.delta import applied
 from factsync.editing.engine import EditEngine, EngineSettings, StopReason
 from factsync.editing.engine_state import EngineState, StateFile
 from factsync.editing.keys import subject_outputs
-from factsync.editing.outcomes import edit_outcomes
+from factsync.editing.outcomes import TookRule, edit_outcomes
 from factsync.editing.requests import EditRequest, Neighbour
 from factsync.editing.spread import spread
 from factsync.editing.targets import TargetSettings, optimise_targets
@@ -185,11 +185,12 @@ def test_single_pass_runs_once_and_records_both_stages(tiny_engine, tiny_loaded)
         assert 0 <= record.optimisation_probability <= 1
 
 
-def test_facts_leave_ime_when_their_edit_took_and_only_then(tiny_engine, tiny_loaded):
+@pytest.mark.parametrize("rule", list(TookRule))
+def test_facts_leave_ime_when_their_edit_took_and_only_then(tiny_engine, tiny_loaded, rule):
     loaded = tiny_loaded()
-    result = tiny_engine(loaded, max_iterations=3).edit(REQUESTS)
+    result = tiny_engine(loaded, max_iterations=3, took_rule=rule).edit(REQUESTS)
     with applied(loaded, result.delta):
-        took = edit_outcomes(loaded, REQUESTS, tiny_engine(loaded).contexts).took
+        took = edit_outcomes(loaded, REQUESTS, tiny_engine(loaded).contexts, rule).took
     for records, reason, now in zip(result.records, result.stop_reasons, took, strict=True):
         assert [r.took for r in records[:-1]] == [False] * (len(records) - 1)
         if records[-1].took:

@@ -10,6 +10,7 @@ import yaml
 from factsync.cli import build_parser
 from factsync.commands.options import engine_settings
 from factsync.editing.engine import EngineSettings
+from factsync.editing.outcomes import TookRule
 from factsync.editing.spread import SpreadSettings
 from factsync.editing.targets import TargetSettings
 from factsync.kpis.report import KpiReport, KpiValues, Metric
@@ -136,11 +137,13 @@ def test_every_engine_knob_is_reachable_from_the_policy(tmp_path):
     editing = {"algorithm": "alphaedit", "max_iterations": 5, "neighbours": False,
                "update_fraction": 0.4, "layers": [1, 2], "preserve_applied": False,
                "mom2_update_weight": 900.0, "nullspace_threshold": 0.05,
-               "second_moment_shrinkage": 0.2,
+               "second_moment_shrinkage": 0.2, "took_rule": "most_probable",
+               "took_phrasings": True,
                "target": {"steps": 7, "chunk_size": 4, "kl_factor": 0.1}}
     settings = load_policy(write(tmp_path, {"editing": editing})).editing.engine_settings()
     assert settings == EngineSettings(
         layers=(1, 2), max_iterations=5, neighbours=False,
+        took_rule=TookRule.MOST_PROBABLE, took_phrasings=True,
         target=TargetSettings(steps=7, chunk_size=4, kl_factor=0.1),
         spread=SpreadSettings(algorithm="alphaedit", update_fraction=0.4,
                               mom2_update_weight=900.0, nullspace_threshold=0.05,
@@ -156,6 +159,8 @@ def test_every_engine_knob_is_reachable_from_the_policy(tmp_path):
     ({"update_fraction": 1.5}, r"policy.yaml.editing: update_fraction must be in \(0, 1\)"),
     ({"algorithm": "alphaedit", "joint_layers": True},
      r"policy.yaml.editing: joint_layers solves MEMIT's update"),
+    ({"took_rule": "greedy"},
+     r"policy.yaml.editing.took_rule must be one of wins, most_probable, got 'greedy'"),
 ])
 def test_a_wrong_engine_knob_is_reported_with_its_key(tmp_path, editing, message):
     with pytest.raises(SchemaError, match=message):
