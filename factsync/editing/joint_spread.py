@@ -39,8 +39,8 @@ from factsync.editing.covariance import (
     window_batches,
 )
 from factsync.editing.delta import LayerDelta, ModelDelta
-from factsync.editing.keys import subject_states
-from factsync.editing.spread import LayerContext, memit_update, protected_keys
+from factsync.editing.keys import subject_states_by_layer
+from factsync.editing.spread import LayerContext, memit_update
 from factsync.editing.tensor_cache import cached_tensor
 from factsync.models.loading import LoadedModel
 
@@ -200,12 +200,15 @@ class JointSpread:
         ``protected`` and ``released`` are as for ``spread.spread``, whose answer this
         has the form of: the delta, the keys used at each layer and each key group's fact.
         """
-        states = [subject_states(loaded, prompts, layer, self.layers[-1], contexts)
-                  for layer in self.layers]
-        last = states[-1]
+        # The model does not change while the joint spread reads it: one pass reads
+        # every layer's keys.
+        states = subject_states_by_layer(loaded, prompts, self.layers, self.layers[-1],
+                                         contexts)
+        last = states[self.layers[-1]]
         residual = (targets.to(last.outputs) - last.outputs)[last.owners].T  # (hidden, groups)
-        keys = {layer: state.keys for layer, state in zip(self.layers, states, strict=True)}
-        neighbours = ({layer: protected_keys(loaded, protected, layer) for layer in self.layers}
+        keys = {layer: state.keys for layer, state in states.items()}
+        neighbours = ({layer: state.keys for layer, state in subject_states_by_layer(
+                          loaded, list(protected), self.layers, self.layers[-1], [""]).items()}
                       if protected else {})
         let_go = self.stacked(released) if released else None
         if released and let_go is None:

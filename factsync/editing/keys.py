@@ -80,37 +80,59 @@ def subject_states(
     above ``frozen.layer`` when ``frozen`` (``frozen_states`` of the same arguments) is
     given.
     """
-    if frozen is not None and min(key_layer, output_layer) <= frozen.layer:
-        raise ValueError(f"layers {key_layer} and {output_layer} must be above the frozen "
+    return subject_states_by_layer(loaded, prompts, [key_layer], output_layer, contexts,
+                                   batch_size=batch_size, frozen=frozen)[key_layer]
+
+
+def subject_states_by_layer(
+    loaded: LoadedModel,
+    prompts: list[tuple[str, str]],
+    key_layers: list[int],
+    output_layer: int,
+    contexts: list[str],
+    *,
+    batch_size: int = 64,
+    frozen: FrozenStates | None = None,
+) -> dict[int, SubjectStates]:
+    """``subject_states`` at every one of ``key_layers``, all read in the same pass (the
+    model must not change between the layers' reads, as it does in MEMIT's layer by
+    layer spread); every answer carries the same owners and outputs."""
+    if frozen is not None and min(*key_layers, output_layer) <= frozen.layer:
+        raise ValueError(f"layers {key_layers} and {output_layer} must be above the frozen "
                          f"layer {frozen.layer}")
-    keys, outputs, tokens = [], [], []
+    keys: dict[int, list[torch.Tensor]] = {layer: [] for layer in key_layers}
+    outputs, tokens = [], []
     batches = _subject_batches(loaded, prompts, contexts, batch_size)
     for index, (batch, through) in enumerate(batches):
         with ExitStack() as stack:
             if frozen is not None:
                 replay = stack.enter_context(replay_below(loaded, frozen.layer))
                 replay.replay = frozen.batches[index]
-            captured_keys = stack.enter_context(capture_keys(loaded, [key_layer]))
+            captured_keys = stack.enter_context(capture_keys(loaded, key_layers))
             captured_hidden = stack.enter_context(capture_hidden(loaded, [output_layer]))
             stack.enter_context(torch.no_grad())
             forward_through(
                 loaded,
-                max(key_layer, output_layer),
+                max(*key_layers, output_layer),
                 input_ids=batch.input_ids[:, :through],
                 attention_mask=batch.attention_mask[:, :through],
             )
-        keys.append(_at_subject(captured_keys[key_layer], batch))
+        for layer in key_layers:
+            keys[layer].append(_at_subject(captured_keys[layer], batch))
         outputs.append(_at_subject(captured_hidden[output_layer], batch))
         tokens.extend(batch.subject_tokens(row) for row in range(len(batch.input_ids)))
-    flat = torch.cat(keys)  # (facts * contexts, key)
     groups: dict[tuple[int, bool, tuple[int, ...]], list[int]] = {}
     for row, subject_tokens in enumerate(tokens):
         fact, context = divmod(row, len(contexts))
         groups.setdefault((fact, contexts[context] == "", subject_tokens), []).append(row)
-    averaged = torch.stack([flat[members].mean(dim=0) for members in groups.values()])
-    owners = torch.tensor([fact for fact, _, _ in groups], device=flat.device)
+    owners = torch.tensor([fact for fact, _, _ in groups], device=outputs[0].device)
     bare = torch.cat(outputs)[:: len(contexts)]  # the bare context is each fact's first row
-    return SubjectStates(keys=averaged.T.contiguous(), owners=owners, outputs=bare)
+    states = {}
+    for layer in key_layers:
+        flat = torch.cat(keys[layer])  # (facts * contexts, key)
+        averaged = torch.stack([flat[members].mean(dim=0) for members in groups.values()])
+        states[layer] = SubjectStates(keys=averaged.T.contiguous(), owners=owners, outputs=bare)
+    return states
 
 
 def _subject_batches(

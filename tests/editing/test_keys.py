@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from factsync.editing.delta import restored_weights
-from factsync.editing.keys import frozen_states, subject_states
+from factsync.editing.keys import frozen_states, subject_states, subject_states_by_layer
 from factsync.models.hooks import capture_hidden, capture_keys
 from factsync.models.text import PromptSpec, encode
 
@@ -33,6 +33,19 @@ def test_states_read_up_to_the_subjects_equal_those_of_the_whole_prompts(tiny_lo
     # One context besides the bare one: every row's key is a group of its own.
     assert states.owners.tolist() == [0, 0, 1, 1]
     torch.testing.assert_close(states.keys.T, whole_keys)
+
+
+def test_every_layer_read_in_one_pass_equals_that_layer_read_alone(tiny_loaded):
+    loaded = tiny_loaded()
+    layers = [0, 1, 2]
+    together = subject_states_by_layer(loaded, PROMPTS, layers, 2, CONTEXTS, batch_size=3)
+    assert sorted(together) == layers
+    for layer in layers:
+        alone = subject_states(loaded, PROMPTS, layer, 2, CONTEXTS, batch_size=3)
+        assert torch.equal(together[layer].keys, alone.keys)
+        assert torch.equal(together[layer].owners, alone.owners)
+        assert torch.equal(together[layer].outputs, alone.outputs)
+    assert not torch.allclose(together[0].keys, together[1].keys)
 
 
 def test_states_replayed_below_an_edited_layer_equal_those_run_through_it(tiny_loaded):
