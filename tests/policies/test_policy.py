@@ -9,6 +9,7 @@ import yaml
 
 from factsync.cli import build_parser
 from factsync.commands.options import engine_settings
+from factsync.commands.policy import explain
 from factsync.editing.engine import EngineSettings
 from factsync.editing.outcomes import TookRule
 from factsync.editing.spread import SpreadSettings
@@ -165,3 +166,13 @@ def test_every_engine_knob_is_reachable_from_the_policy(tmp_path):
 def test_a_wrong_engine_knob_is_reported_with_its_key(tmp_path, editing, message):
     with pytest.raises(SchemaError, match=message):
         load_policy(write(tmp_path, {"editing": editing}))
+
+
+def test_policy_check_says_when_a_fact_leaves_ime(tmp_path):
+    default = explain(load_policy(write(tmp_path, {})))
+    assert ("- A fact leaves IME once its new object beats the old one on the bare prompt "
+            "and every context prefix.") in default
+    strict = explain(load_policy(write(tmp_path, {"editing": {
+        "took_rule": "most_probable", "took_phrasings": True}})))
+    assert ("- A fact leaves IME once its new object beats the old one and is the greedy "
+            "answer on the bare prompt, every context prefix and every phrasing.") in strict
