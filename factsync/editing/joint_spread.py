@@ -207,9 +207,11 @@ class JointSpread:
         last = states[self.layers[-1]]
         residual = (targets.to(last.outputs) - last.outputs)[last.owners].T  # (hidden, groups)
         keys = {layer: state.keys for layer, state in states.items()}
-        neighbours = ({layer: state.keys for layer, state in subject_states_by_layer(
-                          loaded, list(protected), self.layers, self.layers[-1], [""]).items()}
-                      if protected else {})
+        neighbours: dict[int, torch.Tensor] = {}
+        if protected:
+            read = subject_states_by_layer(loaded, list(protected), self.layers,
+                                           self.layers[-1], [""])
+            neighbours = {layer: state.keys for layer, state in read.items()}
         let_go = self.stacked(released) if released else None
         if released and let_go is None:
             log.warning("released keys of layers %s ignored: the joint spread needs those of "
