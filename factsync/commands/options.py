@@ -28,9 +28,14 @@ def add_model_options(parser: argparse.ArgumentParser) -> None:
                        "model's dtype to measure what that costs (model) (float32)")
 
 
-def add_engine_options(parser: argparse.ArgumentParser) -> None:
-    """Options that shape the edit engine."""
-    group = parser.add_argument_group("engine")
+POLICY_METHODS_NOTE = ("these shape the built-in methods; a method named by a policy file "
+                       "takes all its editing settings (layers included) from that file")
+"""The engine group's description in commands whose methods may be policy files."""
+
+
+def add_engine_options(parser: argparse.ArgumentParser, description: str | None = None) -> None:
+    """Options that shape the edit engine, under ``description`` when given."""
+    group = parser.add_argument_group("engine", description)
     group.add_argument("--algorithm", choices=["memit", "alphaedit"],
                        default=SpreadSettings.algorithm)
     group.add_argument("--layers", help="comma-separated edit layers (default: by family)")

@@ -12,6 +12,7 @@ from factsync.commands.bench.inputs import (
     records_path,
 )
 from factsync.commands.options import (
+    POLICY_METHODS_NOTE,
     add_engine_options,
     add_model_options,
     engine_settings,
@@ -56,7 +57,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                           help="ordinary-text tokens the cost is averaged over (4096)")
     coupling.add_argument("--json", type=Path, help="also write the numbers to this file")
     add_model_options(coupling)
-    add_engine_options(coupling)
+    add_engine_options(coupling, POLICY_METHODS_NOTE)
     coupling.set_defaults(handler=run_coupling_bench, computes=True)
 
 

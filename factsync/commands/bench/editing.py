@@ -19,6 +19,7 @@ from factsync.commands.bench.inputs import (
     records_path,
 )
 from factsync.commands.options import (
+    POLICY_METHODS_NOTE,
     add_corpus_options,
     add_engine_options,
     add_executor_options,
@@ -464,7 +465,7 @@ def _register_shifts(sub: argparse._SubParsersAction) -> None:
                         help="ordinary-text tokens --harm averages over (4096)")
     shifts.add_argument("--json", type=Path, help="also write the numbers to this file")
     add_model_options(shifts)
-    add_engine_options(shifts)
+    add_engine_options(shifts, POLICY_METHODS_NOTE)
     shifts.set_defaults(handler=run_shifts_bench, computes=True)
 
 

@@ -14,6 +14,7 @@ from factsync.commands.bench.inputs import (
     records_path,
 )
 from factsync.commands.options import (
+    POLICY_METHODS_NOTE,
     add_engine_options,
     add_executor_options,
     add_model_options,
@@ -96,7 +97,7 @@ def _register_lifelong(sub: argparse._SubParsersAction) -> None:
                           "FACTS facts in DIR/kept, for bench damage --since (default: only "
                           "the latest)")
     add_model_options(lifelong)
-    add_engine_options(lifelong)
+    add_engine_options(lifelong, POLICY_METHODS_NOTE)
     add_executor_options(lifelong)
     lifelong.set_defaults(handler=run_lifelong_bench, computes=True)
 
