@@ -134,3 +134,18 @@ def coupling_json(costs: dict[str, list[SpreadCost]], rows: list[CouplingRow]) -
     """The per-fact costs and the summaries, for ``--json``."""
     return {"spreads": [{**asdict(row), "against_first": row.against_first.as_list(),
                          "per_fact": [asdict(c) for c in costs[row.name]]} for row in rows]}
+
+
+def saved_method_costs(runs: dict[str, dict]) -> dict[str, list[SpreadCost]]:
+    """Per saved ``--json`` answer (label -> answer), its method's own spread (the first)
+    fact by fact, ready for ``coupling_rows``: so methods measured in separate runs (other
+    edit layers, other targets) are compared on the same facts. Raises ``ValueError``
+    when the answers are not of the same records."""
+    if not runs:
+        raise ValueError("no saved runs to compare")
+    records = {label: (run["dataset"], run["skip"], run["n"]) for label, run in runs.items()}
+    if len(set(records.values())) > 1:
+        raise ValueError("the runs measured different records (dataset, skip, n): "
+                         + ", ".join(f"{label} {key}" for label, key in records.items()))
+    return {label: [SpreadCost(**cost) for cost in run["spreads"][0]["per_fact"]]
+            for label, run in runs.items()}

@@ -9,7 +9,12 @@ import pytest
 import torch
 
 from factsync.bench.fact_harm import TextProbe
-from factsync.bench.layer_coupling import SpreadCost, coupling_rows, spread_costs
+from factsync.bench.layer_coupling import (
+    SpreadCost,
+    coupling_rows,
+    saved_method_costs,
+    spread_costs,
+)
 from factsync.cli import main
 from factsync.editing.delta import ModelDelta
 from factsync.editing.keys import subject_outputs
@@ -80,3 +85,41 @@ def test_the_command_prints_a_row_per_spread_and_writes_each_facts_costs(
     assert all(w["achieved"] < s["achieved"] for w, s in zip(weak, strong, strict=True))
     assert "joint, lambda x4" in capsys.readouterr().out
     assert main([*arguments[:-2], "--scales", "0"]) == 1  # refused with a clear error
+
+    own_only = tmp_path / "own-only.json"
+    assert main([*arguments[:-2], "--scales", "none", "--json", str(own_only)]) == 0
+    alone = json.loads(own_only.read_text())
+    assert [s["name"] for s in alone["spreads"]] == ["memit, layer by layer"]
+    assert alone["joint_lambda"] is None
+    assert alone["spreads"][0]["per_fact"] == written["spreads"][0]["per_fact"]
+
+    capsys.readouterr()
+    assert main(["bench", "coupling-report", str(report), str(own_only)]) == 0
+    table = capsys.readouterr().out
+    assert f"{own_only} | " in table and "1.000 [1.000, 1.000]" in table
+
+
+def _saved_run(costs: list[SpreadCost], *, skip: int = 0) -> dict:
+    return {"dataset": "counterfact", "skip": skip, "n": len(costs), "layers": [4, 5],
+            "spreads": [{"name": "m, layer by layer",
+                         "per_fact": [{"harm": c.harm, "achieved": c.achieved} for c in costs]},
+                        {"name": "joint, lambda x1", "per_fact": [{"harm": 1.0, "achieved": 1.0}]
+                         * len(costs)}]}
+
+
+def test_saved_runs_are_compared_on_their_methods_own_spread_fact_by_fact():
+    first = [SpreadCost(1e-4, 0.5), SpreadCost(2e-4, 1.0)]
+    later_layers = [SpreadCost(3 * c.harm, c.achieved) for c in first]
+    costs = saved_method_costs({"a.json": _saved_run(first),
+                                "b.json": _saved_run(later_layers)})
+    assert costs == {"a.json": first, "b.json": later_layers}
+    rows = coupling_rows(costs)
+    assert rows[1].against_first.mean == pytest.approx(3.0)
+
+
+def test_saved_runs_of_other_records_are_refused():
+    costs = [SpreadCost(1e-4, 0.5)]
+    with pytest.raises(ValueError, match="different records.*b.json"):
+        saved_method_costs({"a.json": _saved_run(costs), "b.json": _saved_run(costs, skip=250)})
+    with pytest.raises(ValueError, match="no saved runs"):
+        saved_method_costs({})

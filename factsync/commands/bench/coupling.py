@@ -50,7 +50,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                           "bench lifelong --methods names them (default)")
     coupling.add_argument("--scales", default="0.5,1,2,4",
                           help="multiples of the joint spread's derived lambda to measure, "
-                          "comma-separated (0.5,1,2,4)")
+                          "comma-separated, or 'none' to measure the method's own spread "
+                          "only (0.5,1,2,4)")
     coupling.add_argument("--joint-tokens", type=int, default=100_000, metavar="N",
                           help="corpus tokens behind the joint key statistics (100000)")
     coupling.add_argument("--harm-tokens", type=int, default=4096, metavar="N",
@@ -59,6 +60,20 @@ def register(sub: argparse._SubParsersAction) -> None:
     add_model_options(coupling)
     add_engine_options(coupling, POLICY_METHODS_NOTE)
     coupling.set_defaults(handler=run_coupling_bench, computes=True)
+
+    report = sub.add_parser(
+        "coupling-report",
+        help="methods from separate bench coupling runs, fact by fact",
+        description="Read bench coupling --json answers of the same records and compare "
+        "each run's method spread (its first row) with the first run's, fact by fact: "
+        "the median cost to ordinary text, the median achieved share, and the cost per "
+        "squared share over the first run's as a geometric mean over facts with its 95% "
+        "bootstrap interval. For methods one run cannot hold together, such as other "
+        "edit layers (another probe layer and F) or other targets.",
+    )
+    report.add_argument("runs", nargs="+", type=Path, metavar="JSON",
+                        help="bench coupling --json answers; the first is the reference")
+    report.set_defaults(handler=run_coupling_report)
 
 
 def run_coupling_bench(args: argparse.Namespace) -> int:
@@ -83,9 +98,10 @@ def run_coupling_bench(args: argparse.Namespace) -> int:
     from factsync.evaluation.suites import load_cases
     from factsync.paths import data_home
 
-    scales = [float(x) for x in args.scales.split(",") if x.strip()]
-    if not scales or any(s <= 0 for s in scales):
-        raise ValueError(f"--scales must be positive numbers, got {args.scales!r}")
+    scales = ([] if args.scales.strip() == "none"
+              else [float(x) for x in args.scales.split(",") if x.strip()])
+    if (not scales and args.scales.strip() != "none") or any(s <= 0 for s in scales):
+        raise ValueError(f"--scales must be positive numbers or 'none', got {args.scales!r}")
     if args.n < 1:
         raise ValueError(f"--n must be at least 1, got {args.n}")
     methods = chosen_methods(args.method, engine_settings(args, neighbours=False),
@@ -107,13 +123,7 @@ def run_coupling_bench(args: argparse.Namespace) -> int:
     prompts = [(r.template, r.subject) for r in requests]
     targets = optimise_targets(loaded, requests, layers[-1], engine.contexts, settings.target,
                                use_neighbours=False, sensitivity=sensitivity).z
-    moment = joint_moment_for(loaded, layers, corpus.texts, data_home() / "stats",
-                              token_budget=args.joint_tokens)
     spread_settings = settings.spread
-    moment = shrunk_blocks(moment, [engine.statistics[layer].key_size for layer in layers],
-                           spread_settings.second_moment_shrinkage)
-    lam = joint_lambda({layer: engine.statistics[layer] for layer in layers}, moment,
-                       spread_settings.update_fraction)
 
     def per_layer(prompt: tuple[str, str], target):  # noqa: ANN001, ANN202
         update, _, _ = spread(loaded, [prompt], target.unsqueeze(0), layers, engine.contexts,
@@ -121,6 +131,14 @@ def run_coupling_bench(args: argparse.Namespace) -> int:
         return update
 
     spreads = {f"{name}, layer by layer": per_layer}
+    lam = None
+    if scales:
+        moment = joint_moment_for(loaded, layers, corpus.texts, data_home() / "stats",
+                                  token_budget=args.joint_tokens)
+        moment = shrunk_blocks(moment, [engine.statistics[layer].key_size for layer in layers],
+                               spread_settings.second_moment_shrinkage)
+        lam = joint_lambda({layer: engine.statistics[layer] for layer in layers}, moment,
+                           spread_settings.update_fraction)
     for scale in scales:
         joint = JointSpread.build(loaded, layers, moment, lam * scale)
         spreads[f"joint, lambda x{scale:g}"] = (
@@ -131,12 +149,29 @@ def run_coupling_bench(args: argparse.Namespace) -> int:
     probe = TextProbe(loaded, layers[-1], corpus.texts[::-1], token_budget=args.harm_tokens)
     costs = spread_costs(loaded, prompts, targets, probe, sensitivity, spreads)
     rows = coupling_rows(costs)
+    joint = f"; joint lambda {lam:.4g}" if lam is not None else ""
     print(f"{args.dataset}, records {args.skip + 1}-{args.skip + len(requests)}, each fact "
-          f"spread alone at layers {layers[0]}-{layers[-1]} of {loaded.name}; joint lambda "
-          f"{lam:.4g}")
+          f"spread alone at layers {layers[0]}-{layers[-1]} of {loaded.name}{joint}")
     print(format_coupling(rows))
     if args.json:
         write_json(args.json, {"dataset": args.dataset, "n": len(requests), "skip": args.skip,
                                "layers": layers, "joint_lambda": lam,
                                **coupling_json(costs, rows)})
+    return 0
+
+
+def run_coupling_report(args: argparse.Namespace) -> int:
+    """Handler of ``factsync bench coupling-report``."""
+    import json
+
+    from factsync.bench.layer_coupling import coupling_rows, format_coupling, saved_method_costs
+
+    labels = [str(path) for path in args.runs]
+    if len(set(labels)) != len(labels):
+        raise ValueError(f"a run is named twice: {labels}")
+    runs = {label: json.loads(path.read_text()) for label, path in zip(labels, args.runs,
+                                                                        strict=True)}
+    for label, run in runs.items():
+        print(f"{label}: {run['spreads'][0]['name']}, layers {run['layers']}")
+    print(format_coupling(coupling_rows(saved_method_costs(runs))))
     return 0
