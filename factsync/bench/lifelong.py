@@ -10,7 +10,7 @@ back at its base weights before the next method starts.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Protocol
@@ -176,8 +176,8 @@ def run_lifelong(
     executor: Executor | None = None,
     store: RunStore | None = None,
     change_back: int = 0,
-    sensitivity: torch.Tensor | None = None,
-    joint_moment: torch.Tensor | None = None,
+    sensitivities: Mapping[str, torch.Tensor | None] | None = None,
+    joint_moments: Mapping[str, torch.Tensor | None] | None = None,
     unedited: Checkpoint | None = None,
 ) -> LifelongRun:
     """Apply every record of ``yardstick.suite`` with each method in turn, job by job.
@@ -194,9 +194,9 @@ def run_lifelong(
     old objects in jobs of ``batch_size``, as a feed that reverts them would, and the
     model is measured once more (``Yardstick.measure_changed_back``); a saved run does
     not keep that measurement, so it cannot be combined with a ``store``.
-    ``sensitivity`` is the last edit layer's, for methods of the ``natural`` step rule;
-    ``joint_moment`` the edit layers' joint key statistics, for methods that spread over
-    them jointly.
+    ``sensitivities`` holds, per method of the ``natural`` step rule, its last edit
+    layer's sensitivity; ``joint_moments``, per method that spreads over its edit layers
+    jointly, their joint key statistics (``editing.build.per_method_inputs``).
     ``unedited`` is ``measure_unedited``'s measurement when it is known already (from an
     earlier run of the same records, say); a new run measures it otherwise.
     """
@@ -217,8 +217,9 @@ def run_lifelong(
         if saved is not None and saved.facts == n:
             continue  # finished before the run was stopped
         engine = EditEngine(loaded, settings, statistics, contexts,
-                            optimiser=executor.optimise, sensitivity=sensitivity,
-                            joint_moment=joint_moment)
+                            optimiser=executor.optimise,
+                            sensitivity=(sensitivities or {}).get(name),
+                            joint_moment=(joint_moments or {}).get(name))
         growth = NormGrowth(loaded, engine.layers)
         seconds, chain, kept, first = 0.0, DeltaChain(), EngineState.empty(), 0
         # One snapshot of the edited weights undoes every job, where a handle per job

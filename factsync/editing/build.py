@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -144,6 +144,20 @@ def methods_joint_moment(loaded: LoadedModel, methods: Iterable[EngineSettings],
     stacked_key_size(loaded, layers)  # refuse a too-large system before sampling text
     corpus = corpus or statistics_corpus(loaded, layers, settings, home=home)
     return joint_moment_for(loaded, layers, corpus.texts, home / "stats")
+
+
+def per_method_inputs(loaded: LoadedModel, methods: Mapping[str, EngineSettings],
+                      settings: StatisticsSettings, *, home: Path | None = None,
+                      ) -> tuple[dict[str, torch.Tensor | None], dict[str, torch.Tensor | None]]:
+    """Per method, ``methods_sensitivity`` and ``methods_joint_moment`` over its own edit
+    layers, as ``build_engine`` would give it: methods of other layer windows side by
+    side each get their own last layer's F and their own layers' joint statistics."""
+    sensitivities, joint_moments = {}, {}
+    for name, method in methods.items():
+        layers = method.edit_layers(loaded)
+        sensitivities[name] = methods_sensitivity(loaded, [method], layers, settings, home=home)
+        joint_moments[name] = methods_joint_moment(loaded, [method], layers, settings, home=home)
+    return sensitivities, joint_moments
 
 
 def engine_contexts(loaded: LoadedModel, *, home: Path | None = None) -> list[str]:

@@ -251,25 +251,31 @@ def _operator_corpus(tmp_path: Path) -> Path:
     return corpus
 
 
-def test_a_natural_rule_method_gets_the_sensitivity_of_the_statistics_corpus(
+def test_each_natural_rule_method_gets_the_sensitivity_of_its_own_last_layer(
         tiny_loaded, tmp_path, monkeypatch, counterfact_file):
     model_dir, fluency = _command_inputs(tiny_loaded, tmp_path, monkeypatch)
     corpus = _operator_corpus(tmp_path)
-    policy = tmp_path / "natural.yaml"
-    policy.write_text("editing:\n  target: {step_rule: natural, learning_rate: 0.1}\n")
+    policies = []
+    for layer in (1, 2):
+        policy = tmp_path / f"natural-{layer}.yaml"
+        policy.write_text(f"editing:\n  layers: [{layer}]\n"
+                          "  target: {step_rule: natural, learning_rate: 0.1}\n")
+        policies.append(policy)
     report = tmp_path / "lifelong.json"
     code = main([
         "bench", "lifelong", "--data", str(counterfact_file), "--fluency", str(fluency),
         "--n", "4", "--batch", "2", "--checkpoint-every", "4", "--canaries", "0",
-        "--methods", f"memit,{policy}", "--neighbours", "0", "--model", str(model_dir),
-        "--device", "cpu", "--corpus-tokens", "1000", "--corpus-files", str(corpus),
-        "--json", str(report),
+        "--methods", f"memit,{policies[0]},{policies[1]}", "--neighbours", "0",
+        "--model", str(model_dir), "--device", "cpu", "--corpus-tokens", "1000",
+        "--corpus-files", str(corpus), "--json", str(report),
     ])
     assert code == 0
     digest = corpus_digest(load_text_files([corpus]))
-    assert list((tmp_path / "home" / "stats").glob(f"*/sensitivity-layer*-{digest}-*"))
+    computed = {path.name.split("-")[1] for path in
+                (tmp_path / "home" / "stats").glob(f"*/sensitivity-layer*-{digest}-*.safetensors")}
+    assert computed == {"layer1", "layer2"}  # not only the last layer of all the methods
     methods = json.loads(report.read_text())["methods"]
-    assert methods[str(policy)]["final"]["norm_growth_max"] > 0
+    assert all(methods[str(p)]["final"]["norm_growth_max"] > 0 for p in policies)
 
 
 def test_a_later_run_of_the_same_records_reuses_their_preparation(

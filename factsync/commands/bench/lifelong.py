@@ -124,7 +124,7 @@ def run_lifelong_bench(args: argparse.Namespace) -> int:
     from factsync.bench.lifelong_resume import RunDirectory
     from factsync.bench.lifelong_scoring import Yardstick
     from factsync.bench.prepared_runs import Preparation, PreparationInputs, PreparedRuns
-    from factsync.editing.build import build_engine, methods_joint_moment, methods_sensitivity
+    from factsync.editing.build import build_engine, per_method_inputs
     from factsync.evaluation.suites import load_cases, prepare_suite
     from factsync.models.scoring import scoring_progress
 
@@ -155,9 +155,7 @@ def run_lifelong_bench(args: argparse.Namespace) -> int:
     loaded = load(args)
     layers = edit_layers(loaded, methods)
     engine = build_engine(loaded, replace(base, layers=layers), statistics_settings(args))
-    sensitivity = methods_sensitivity(loaded, methods.values(), layers, statistics_settings(args))
-    joint_moment = methods_joint_moment(loaded, methods.values(), layers,
-                                        statistics_settings(args))
+    sensitivities, joint_moments = per_method_inputs(loaded, methods, statistics_settings(args))
     inputs = PreparationInputs(
         fingerprint=loaded.fingerprint, device=loaded.device.type, dtype=args.dtype,
         dataset=args.dataset, cases=cases[: args.n], neighbours=args.neighbours,
@@ -197,7 +195,7 @@ def run_lifelong_bench(args: argparse.Namespace) -> int:
                                checkpoint_every=args.checkpoint_every,
                                on_checkpoint=save, executor=executor,
                                store=store, change_back=args.change_back,
-                               sensitivity=sensitivity, joint_moment=joint_moment,
+                               sensitivities=sensitivities, joint_moments=joint_moments,
                                unedited=preparation.unedited)
     finally:
         executor.close()
