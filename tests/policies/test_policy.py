@@ -20,6 +20,7 @@ from factsync.policies.schema import Gate, Policy, RelationPolicy, load_policy
 from factsync.typed_yaml import SchemaError
 
 SHIPPED = Path(__file__).resolve().parents[2] / "policies"
+BENCH = Path(__file__).resolve().parents[2] / "bench" / "policies"
 
 
 def write(tmp_path, document) -> Path:  # noqa: ANN001
@@ -34,6 +35,13 @@ def test_the_shipped_default_file_is_the_built_in_default():
 
 def test_every_shipped_policy_loads():
     for path in SHIPPED.glob("*.yaml"):
+        assert load_policy(path).name == path.stem
+
+
+def test_every_bench_policy_loads_so_the_commands_recorded_with_it_still_run():
+    paths = sorted(BENCH.rglob("*.yaml"))
+    assert len(paths) > 20
+    for path in paths:
         assert load_policy(path).name == path.stem
 
 
