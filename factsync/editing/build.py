@@ -151,12 +151,18 @@ def per_method_inputs(loaded: LoadedModel, methods: Mapping[str, EngineSettings]
                       ) -> tuple[dict[str, torch.Tensor | None], dict[str, torch.Tensor | None]]:
     """Per method, ``methods_sensitivity`` and ``methods_joint_moment`` over its own edit
     layers, as ``build_engine`` would give it: methods of other layer windows side by
-    side each get their own last layer's F and their own layers' joint statistics."""
+    side each get their own last layer's F and their own layers' joint statistics. Methods
+    that need the same are given one copy, read once."""
+    shared: dict[tuple, tuple[torch.Tensor | None, torch.Tensor | None]] = {}
     sensitivities, joint_moments = {}, {}
     for name, method in methods.items():
         layers = method.edit_layers(loaded)
-        sensitivities[name] = methods_sensitivity(loaded, [method], layers, settings, home=home)
-        joint_moments[name] = methods_joint_moment(loaded, [method], layers, settings, home=home)
+        need = (tuple(layers), method.target.needs_sensitivity, method.spread.joint_layers)
+        if need not in shared:
+            shared[need] = (
+                methods_sensitivity(loaded, [method], layers, settings, home=home),
+                methods_joint_moment(loaded, [method], layers, settings, home=home))
+        sensitivities[name], joint_moments[name] = shared[need]
     return sensitivities, joint_moments
 
 

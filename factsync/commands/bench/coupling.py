@@ -98,9 +98,9 @@ def run_coupling_bench(args: argparse.Namespace) -> int:
     from factsync.evaluation.suites import load_cases
     from factsync.paths import data_home
 
-    scales = ([] if args.scales.strip() == "none"
-              else [float(x) for x in args.scales.split(",") if x.strip()])
-    if (not scales and args.scales.strip() != "none") or any(s <= 0 for s in scales):
+    own_only = args.scales.strip() == "none"
+    scales = [] if own_only else [float(x) for x in args.scales.split(",") if x.strip()]
+    if (not scales and not own_only) or any(s <= 0 for s in scales):
         raise ValueError(f"--scales must be positive numbers or 'none', got {args.scales!r}")
     if args.n < 1:
         raise ValueError(f"--n must be at least 1, got {args.n}")
