@@ -47,6 +47,7 @@ class PreparationInputs:
         fluency_texts: the texts of the perplexity ratio.
         held_out_texts: the texts of the held-out perplexity ratio (may be none).
         seed: the bootstrap seed of the intervals.
+        contrast: contrast neighbours per fact (``evaluation.contrast``).
     """
 
     fingerprint: str
@@ -59,6 +60,7 @@ class PreparationInputs:
     fluency_texts: list[str]
     held_out_texts: list[str]
     seed: int
+    contrast: int = 0
 
     def key(self) -> dict[str, object]:
         """What a kept preparation must match, with the records and texts as digests."""
@@ -66,6 +68,7 @@ class PreparationInputs:
             "format": FORMAT, "fingerprint": self.fingerprint, "device": self.device,
             "dtype": self.dtype,
             "dataset": self.dataset, "n": len(self.cases), "neighbours": self.neighbours,
+            "contrast": self.contrast,
             "seed": self.seed, "records": _digest(repr(self.cases)),
             "canary_candidates": _digest(repr(self.canary_candidates)),
             "fluency_texts": _digest(json.dumps(self.fluency_texts)),

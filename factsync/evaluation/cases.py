@@ -25,6 +25,8 @@ class EvalCase:
         neighbourhood_objects: the object of each neighbourhood prompt (ZsRE: the
             ``loc_ans`` answer), or ``None`` when every one is ``request.old_object``
             (COUNTERFACT: other subjects with the same true object).
+        relation: the fact's relation id where the dataset names it (COUNTERFACT's
+            ``relation_id``, e.g. ``"P37"``), else ``None``.
     """
 
     case_id: int
@@ -32,6 +34,7 @@ class EvalCase:
     paraphrases: tuple[str, ...]
     neighbourhood: tuple[tuple[str, str], ...]
     neighbourhood_objects: tuple[str, ...] | None = None
+    relation: str | None = None
 
     def __post_init__(self) -> None:
         if self.request.old_object is None:

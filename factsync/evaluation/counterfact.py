@@ -57,6 +57,7 @@ def load_counterfact(path: Path, *, limit: int | None = None) -> list[EvalCase]:
                     paraphrases=tuple(p for p in record["paraphrase_prompts"]
                                       if not p.endswith(trained)),
                     neighbourhood=samples,
+                    relation=rewrite.get("relation_id") or None,
                 )
             )
         except (KeyError, TypeError, ValueError) as exc:

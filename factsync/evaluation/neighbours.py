@@ -42,20 +42,27 @@ def split_neighbours(
     donors: Sequence[EvalCase | None],
     per_fact: int,
     *,
+    contrast: Sequence[Sequence[Neighbour]] = (),
+    contrast_per_fact: int = 0,
     batch_size: int = 32,
 ) -> NeighbourSplit:
     """Choose up to ``per_fact`` editing neighbours per case and what is left to score.
 
     ``donors[i]`` is the case whose neighbourhood offers case ``i`` its neighbours (it
-    may be case ``i`` itself; ``None``: no neighbours). Call on the unedited model.
+    may be case ``i`` itself; ``None``: no neighbours). ``contrast[i]``, when given,
+    offers case ``i`` further candidates (``contrast.contrast_offers``), of which it
+    edits with up to ``contrast_per_fact`` more. Call on the unedited model.
     """
     if len(donors) != len(cases):
         raise ValueError(f"{len(donors)} donors for {len(cases)} cases")
+    if contrast and len(contrast) != len(cases):
+        raise ValueError(f"contrast offers for {len(contrast)} of {len(cases)} cases")
     offers = [() if donor is None else donor.neighbourhood_facts() for donor in donors]
+    contrasts = list(contrast) if contrast else [()] * len(cases)
     rows = [
         PromptSpec(fact.template, fact.subject, object_ids(loaded, obj))
-        for case, facts in zip(cases, offers, strict=True)
-        for fact in facts
+        for case, mine, theirs in zip(cases, offers, contrasts, strict=True)
+        for fact in (*mine, *theirs)
         for obj in (fact.object, case.request.new_object)
     ]
     scores = score_targets(loaded, rows, batch_size=batch_size) if rows else []
@@ -63,12 +70,15 @@ def split_neighbours(
         keep.mean_nll < new.mean_nll for keep, new in zip(scores[::2], scores[1::2], strict=True)
     )
     editing = []
-    for facts in offers:
+    for mine, theirs in zip(offers, contrasts, strict=True):
         chosen: dict[str, Neighbour] = {}
-        for fact in facts:
-            prompt = fact.template.format(fact.subject)
-            if next(knows) and len(chosen) < per_fact:
-                chosen.setdefault(prompt, fact)
+        for facts, wanted in ((mine, per_fact), (theirs, contrast_per_fact)):
+            taken = 0
+            for fact in facts:
+                prompt = fact.template.format(fact.subject)
+                if next(knows) and taken < wanted and prompt not in chosen:
+                    chosen[prompt] = fact
+                    taken += 1
         editing.append(tuple(chosen.values()))
     used = {n.template.format(n.subject) for neighbours in editing for n in neighbours}
     scored = []

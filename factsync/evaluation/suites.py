@@ -22,6 +22,7 @@ from dataclasses import dataclass, field, replace
 
 from factsync.editing.requests import EditRequest
 from factsync.evaluation.cases import EvalCase
+from factsync.evaluation.contrast import contrast_offers
 from factsync.evaluation.datasets import (
     DATASETS,
     Dataset,
@@ -49,6 +50,10 @@ __all__ = [
 ]
 
 log = logging.getLogger(__name__)
+
+CONTRAST_CANDIDATES = 4
+"""Contrast candidates tried per contrast neighbour wanted: some are facts the unedited
+model gets wrong."""
 
 
 @dataclass
@@ -113,17 +118,23 @@ def prepare_suite(
     cases: list[EvalCase],
     *,
     neighbours_per_fact: int = 1,
+    contrast_per_fact: int = 0,
     spare: Sequence[EvalCase] = (),
 ) -> Suite:
     """Prepare ``cases`` of ``dataset`` on the unedited model ``loaded``.
 
     ``spare`` are records of the same file that are neither edited nor scored; datasets
-    that borrow editing neighbours take them from these.
+    that borrow editing neighbours take them from these. Each case also edits with up
+    to ``contrast_per_fact`` contrast neighbours (``contrast``), lent by the spare
+    records first and then by the other cases.
     """
     spec = dataset_spec(dataset)
     if not cases:
         raise ValueError("no cases to prepare")
-    split = split_neighbours(loaded, cases, _donors(spec, cases, spare), neighbours_per_fact)
+    offers = (contrast_offers(cases, [*spare, *cases], CONTRAST_CANDIDATES * contrast_per_fact)
+              if contrast_per_fact else [])
+    split = split_neighbours(loaded, cases, _donors(spec, cases, spare), neighbours_per_fact,
+                             contrast=offers, contrast_per_fact=contrast_per_fact)
     offered = sum(len({t.format(s) for s, t in case.neighbourhood}) for case in cases)
     log.info(
         "%s: %d of %d cases edit with a neighbour the unedited model gets right; "

@@ -74,6 +74,10 @@ def _register_lifelong(sub: argparse._SubParsersAction) -> None:
                           "not measured)")
     lifelong.add_argument("--neighbours", type=int, default=3,
                           help="NME neighbours per fact (3)")
+    lifelong.add_argument("--contrast", type=int, default=0, metavar="N",
+                          help="also hold N contrast neighbours per fact: facts of its "
+                          "relation with another object, lent by other records' "
+                          "neighbourhoods (spare records first) and then not scored (0)")
     lifelong.add_argument("--canaries", type=int, default=50,
                           help="records after the edited ones tried as canary facts (50)")
     lifelong.add_argument("--json", type=Path,
@@ -159,6 +163,7 @@ def run_lifelong_bench(args: argparse.Namespace) -> int:
     inputs = PreparationInputs(
         fingerprint=loaded.fingerprint, device=loaded.device.type, dtype=args.dtype,
         dataset=args.dataset, cases=cases[: args.n], neighbours=args.neighbours,
+        contrast=args.contrast,
         canary_candidates=[case.request for case in cases[args.n : args.n + args.canaries]],
         fluency_texts=texts, held_out_texts=held_out, seed=args.seed)
     preparations = PreparedRuns()
@@ -166,7 +171,8 @@ def run_lifelong_bench(args: argparse.Namespace) -> int:
     if preparation is None:
         with scoring_progress("preparing the records"):
             suite = prepare_suite(loaded, args.dataset, inputs.cases,
-                                  neighbours_per_fact=args.neighbours, spare=cases[args.n :])
+                                  neighbours_per_fact=args.neighbours,
+                                  contrast_per_fact=args.contrast, spare=cases[args.n :])
             yardstick = Yardstick.prepare(
                 loaded, suite, pick_canaries(loaded, inputs.canary_candidates), texts,
                 seed=args.seed, stated_canaries=daemon_canaries(loaded), held_out_texts=held_out)
@@ -262,7 +268,7 @@ _NOT_THE_RUN = {"handler", "computes", "json", "plot", "state", "keep_every", "l
 
 # Options added after runs were saved, with the value those runs had: left out at that
 # value, so a run saved before the option existed can still be continued.
-_ADDED_LATER = {"skip": 0}
+_ADDED_LATER = {"skip": 0, "contrast": 0}
 
 
 def _run_arguments(args: argparse.Namespace) -> dict[str, object]:
