@@ -281,24 +281,29 @@ def test_each_natural_rule_method_gets_the_sensitivity_of_its_own_last_layer(
 def test_a_later_run_of_the_same_records_reuses_their_preparation(
         tiny_loaded, tmp_path, monkeypatch, capsys, counterfact_file):
     model_dir, fluency = _command_inputs(tiny_loaded, tmp_path, monkeypatch)
+    prepared = tmp_path / "home" / "bench" / "prepared"
 
-    def run(methods: str, report: Path) -> dict:
+    def run(methods: str, report: Path, *extra: str) -> dict:
         code = main([
             "bench", "lifelong", "--data", str(counterfact_file), "--fluency", str(fluency),
             "--n", "4", "--batch", "2", "--checkpoint-every", "4", "--canaries", "2",
             "--methods", methods, "--neighbours", "1", "--model", str(model_dir),
-            "--device", "cpu", "--corpus-tokens", "1000", "--json", str(report),
+            "--device", "cpu", "--corpus-tokens", "1000", "--json", str(report), *extra,
         ])
         assert code == 0
         return json.loads(report.read_text())
 
     first = run("memit", tmp_path / "first.json")
-    assert len(list((tmp_path / "home" / "bench" / "prepared").glob("*.json"))) == 1
+    assert len(list(prepared.glob("*.json"))) == 1
     capsys.readouterr()
     second = run("memit+ime", tmp_path / "second.json")
     assert "reusing the records prepared on the unedited model" in capsys.readouterr().err
     assert second["unedited"] == first["unedited"]
     assert list(second["methods"]) == ["memit+ime"]
+    # Contrast neighbours change what is prepared: the records are prepared again.
+    run("memit", tmp_path / "third.json", "--contrast", "2")
+    assert "reusing the records prepared" not in capsys.readouterr().err
+    assert len(list(prepared.glob("*.json"))) == 2
 
 
 def test_skipping_records_runs_the_stream_of_the_records_after_them(
