@@ -29,6 +29,7 @@ from factsync.facts.catalog import RelationCatalog
 from factsync.facts.records import FactRecord
 from factsync.jobs.preparation import (
     CANDIDATES_PER_SLOT,
+    contrast_candidates,
     neighbour_candidates,
     prepare_job,
     retention_probes,
@@ -164,8 +165,9 @@ def _prepare_store_side(
     limit = CANDIDATES_PER_SLOT * (editing + policy.evaluation.held_out_neighbours)
     for change in changes:
         applied = store.applied_fact(subject=change.subject, relation=change.relation)
-        neighbour_candidates(store, change, applied.object if applied else None,
-                             limit=limit, exclude=in_job)
+        old = applied.object if applied else None
+        neighbour_candidates(store, change, old, limit=limit, exclude=in_job)
+        contrast_candidates(store, change, old, policy, exclude=in_job)
 
 
 def run_plan_bench(

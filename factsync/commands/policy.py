@@ -49,6 +49,8 @@ def explain(policy: Policy) -> list[str]:
         f"{batch.coalesce_seconds:g}s for later changes to the same fact.",
         f"- Edits use {editing.algorithm.upper()} with up to {editing.max_iterations} IME "
         f"pass(es)" + (f" and NME with up to {editing.max_neighbours} neighbour(s) per fact"
+                       + (f" and {editing.contrast_neighbours} of its relation with other "
+                          "objects" if editing.contrast_neighbours else "")
                        if editing.neighbours else ", without NME")
         + f", update fraction {editing.update_fraction:g}.",
         _took_sentence(editing),

@@ -4,7 +4,8 @@ For each fact the old object is what the live model answers now. Neighbours come
 the store: facts with the same relation whose object is this fact's old object, and
 other facts about the same subject. Only those the live model gets right are kept; they
 are split into disjoint sets, one joins the edit (NME) and the other is held out to
-score neighbourhood preservation.
+score neighbourhood preservation. With ``editing.contrast_neighbours`` the edit also
+holds facts of its relation with other objects (``evaluation.contrast``'s reasoning).
 
 The store is asked only about the facts at hand (a bounded page of same-object
 candidates, the subject's other facts, a drawn sample of applied facts), so preparing a
@@ -89,6 +90,8 @@ def prepare_job(
         old = short_answer(greedy(loaded, prompt, ANSWER_TOKENS)) or None
         candidates = neighbour_candidates(store, change, old, limit=limit, exclude=in_job)
         editing, held_out = _neighbours(loaded, catalog, policy, candidates)
+        contrast = contrast_candidates(store, change, old, policy, exclude=in_job)
+        editing += _known(loaded, catalog, contrast)[: policy.editing.contrast_neighbours]
         request = EditRequest(
             subject=change.subject,
             template=relation.template,
@@ -162,6 +165,22 @@ def neighbour_candidates(
     return _interleave(same_object, same_subject)[:limit]
 
 
+def contrast_candidates(
+    store: StateStore, change: FactChange, old: str | None, policy: Policy, *,
+    exclude: set[tuple[str, str]],
+) -> list[KnownFact]:
+    """Facts to try as contrast neighbours of ``change``: of its relation, one per
+    object other than ``old`` and the new object, from the store only; none when the
+    policy holds no contrast neighbours."""
+    wanted = policy.editing.contrast_neighbours if policy.editing.neighbours else 0
+    if not wanted:
+        return []
+    return store.facts_with_other_objects(
+        relation=change.relation, objects=[o for o in (old, change.object) if o],
+        after=change.object, limit=CANDIDATES_PER_SLOT * wanted,
+        exclude=exclude | {(change.subject, change.relation)})
+
+
 def _relation(catalog: RelationCatalog, relation_id: str) -> Relation:
     relation = catalog.resolve(relation_id)
     if relation is None:
@@ -179,15 +198,9 @@ def _neighbours(
     the live model gets right, split between the two."""
     editing_wanted = policy.editing.max_neighbours if policy.editing.neighbours else 0
     held_wanted = policy.evaluation.held_out_neighbours
-    with_templates = []
-    for fact in candidates:
-        relation = catalog.resolve(fact.relation)
-        if relation is not None:
-            with_templates.append((fact.subject, relation.template, fact.object))
-    right = states(loaded, [(t.format(s), o) for s, t, o in with_templates])
-    correct = [c for c, ok in zip(with_templates, right, strict=True) if ok]
     editing, held_out = [], []
-    for index, candidate in enumerate(correct):  # alternate, so both sets get both kinds
+    # alternate, so both sets get both kinds
+    for index, candidate in enumerate(_known(loaded, catalog, candidates)):
         wants_edit = len(editing) < editing_wanted
         wants_held = len(held_out) < held_wanted
         if wants_edit and (index % 2 == 0 or not wants_held):
@@ -195,6 +208,19 @@ def _neighbours(
         elif wants_held:
             held_out.append(candidate)
     return editing, held_out
+
+
+def _known(loaded: LoadedModel, catalog: RelationCatalog,
+           facts: Sequence[KnownFact]) -> list[tuple[str, str, str]]:
+    """The ``facts`` of catalogued relations the live model gets right, as (subject,
+    template, object)."""
+    with_templates = []
+    for fact in facts:
+        relation = catalog.resolve(fact.relation)
+        if relation is not None:
+            with_templates.append((fact.subject, relation.template, fact.object))
+    right = states(loaded, [(t.format(s), o) for s, t, o in with_templates])
+    return [c for c, ok in zip(with_templates, right, strict=True) if ok]
 
 
 def _interleave(first: list, second: list) -> list:

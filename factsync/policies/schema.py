@@ -120,6 +120,9 @@ class EditingPolicy:
         max_iterations: IME passes at most (1 turns IME off).
         neighbours: use NME neighbours from the fact store.
         max_neighbours: NME neighbours per fact at most.
+        contrast_neighbours: NME also holds up to this many facts per fact of its
+            relation with other objects (one per object), which the fact's own
+            neighbours, sharing its old object, do not cover (0: none).
         update_fraction: share of each requested change one layer's update carries.
         layers: decoder layers to edit; unset takes the model family's default window.
         preserve_applied: MEMIT holds the keys of facts applied earlier in place
@@ -143,6 +146,7 @@ class EditingPolicy:
     max_iterations: int = EngineSettings.max_iterations
     neighbours: bool = EngineSettings.neighbours
     max_neighbours: int = 2
+    contrast_neighbours: int = 0
     update_fraction: float = SpreadSettings.update_fraction
     layers: tuple[int, ...] | None = None
     preserve_applied: bool = SpreadSettings.preserve_applied
@@ -155,8 +159,9 @@ class EditingPolicy:
     target: TargetSettings = field(default_factory=TargetSettings)
 
     def __post_init__(self) -> None:
-        if self.max_neighbours < 0:
-            raise ValueError(f"max_neighbours must not be negative, got {self.max_neighbours}")
+        for name in ("max_neighbours", "contrast_neighbours"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must not be negative, got {getattr(self, name)}")
         self.engine_settings()  # the engine's own checks, named by field
 
     def engine_settings(self) -> EngineSettings:

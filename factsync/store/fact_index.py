@@ -110,6 +110,45 @@ class FactQueries:
         objects.update({row["relation"]: row["object"] for row in applied})
         return [KnownFact(subject, relation, objects[relation]) for relation in sorted(objects)]
 
+    def facts_with_other_objects(
+        self, *, relation: str, objects: Collection[str], after: str, limit: int,
+        exclude: Collection[Key] = (),
+    ) -> list[KnownFact]:
+        """Up to ``limit`` facts of ``relation``, no two with one object and none with any
+        of ``objects`` (case-folded): the first usable fact (``facts_with_object``) of each
+        object in turn, starting after ``after`` and wrapping around.
+
+        Each object is found by one index seek per table, so the cost follows ``limit``
+        and not how many facts the relation has; different ``after`` values spread the
+        facts chosen over the relation's objects.
+        """
+        skipped = {object_key(obj) for obj in objects}
+        start = object_key(after)
+        found: list[KnownFact] = []
+        for low, high in ((start, None), ("", start)):  # the keys above start, then the rest
+            current = low
+            while len(found) < limit:
+                key = self._next_object_key(relation, current)
+                if key is None or (high is not None and key > high):
+                    break
+                current = key
+                if key not in skipped:
+                    found.extend(self.facts_with_object(relation=relation, object=key, limit=1,
+                                                        exclude=exclude))
+        return found
+
+    def _next_object_key(self, relation: str, after: str) -> str | None:
+        """The smallest object key of ``relation`` above ``after`` among applied facts and
+        desired facts not deleted, or ``None``."""
+        with self._lock:
+            keys = [self._db.execute(
+                f"SELECT MIN(object_key) FROM {table} WHERE relation = ? AND object_key > ?"
+                f"{condition}", (relation, after)).fetchone()[0]
+                for table, condition in (("applied_facts", ""),
+                                         ("desired_facts", " AND deleted = 0"))]
+        present = [key for key in keys if key is not None]
+        return min(present) if present else None
+
     def facts_with_object(
         self, *, relation: str, object: str, limit: int, exclude: Collection[Key] = (),
     ) -> list[KnownFact]:

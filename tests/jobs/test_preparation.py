@@ -6,7 +6,7 @@ import pytest
 
 from factsync.facts.catalog import RelationCatalog
 from factsync.facts.records import FactRecord
-from factsync.jobs.preparation import prepare_job, retention_probes
+from factsync.jobs.preparation import prepare_job, retention_probes, states
 from factsync.models.loading import load_model
 from factsync.policies.schema import EditingPolicy, EvaluationPolicy, Policy
 from factsync.store.store import StateStore
@@ -55,6 +55,35 @@ def test_neighbours_come_from_the_store_are_right_now_and_editing_and_scoring_se
     # the edit may train on the relation's phrasings, never on what it is scored on
     phrasings = {p.format("Danielle Darrieux") for p in prepared.request.phrasings}
     assert phrasings and not phrasings & set(prepared.check.paraphrases)
+    store.close()
+
+
+def test_contrast_neighbours_hold_facts_of_the_relation_with_other_objects(loaded, tmp_path):
+    store = StateStore(tmp_path / "state.sqlite")
+    others = [("Sophia Loren", "Italian"), ("Penélope Cruz", "Spanish"),
+              ("Angela Merkel", "German"), ("Vladimir Putin", "Russian")]
+    for subject, relation, obj in [*KNOWN, *((s, "P103", o) for s, o in others)]:
+        store.record_desired(record=FactRecord(subject, relation, obj, "t", "x"),
+                             relation=relation)
+    change = store.record_desired(
+        record=FactRecord("Danielle Darrieux", "P103", "English", "t", "x"), relation="P103")
+    catalog = RelationCatalog.built_in()
+
+    def neighbours(contrast: int) -> list[tuple[str, str]]:
+        policy = Policy(editing=EditingPolicy(max_neighbours=1, contrast_neighbours=contrast))
+        [prepared] = prepare_job(loaded, store, catalog, policy, [change])
+        return [(n.subject, n.object) for n in prepared.request.neighbours]
+
+    plain = neighbours(0)
+    assert [obj for _, obj in plain] == ["French"]
+    template = catalog.resolve("P103").template
+    known = [(s, o) for s, o in [("Charles Aznavour", "Armenian"), *others]
+             if states(loaded, [(template.format(s), o)])[0]]
+    assert len(known) >= 2, "the model should know two of these, or this tests nothing"
+    # One per object, in the objects' order after the new one (English), wrapping around.
+    by_object = sorted(known, key=lambda fact: (fact[1].casefold() <= "english",
+                                                fact[1].casefold()))
+    assert neighbours(2) == plain + by_object[:2]
     store.close()
 
 

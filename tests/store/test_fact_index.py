@@ -64,6 +64,27 @@ def test_facts_with_an_object_match_case_folded_by_subject_up_to_the_limit(store
     assert store.facts_with_object(relation="P36", object="strasse", limit=0) == []
 
 
+def test_facts_with_other_objects_take_one_per_object_from_a_start_and_wrap_around(store):
+    for subject, obj in [("France", "Paris"), ("Gaul", "paris"), ("Italy", "Rome"),
+                         ("Spain", "Madrid"), ("Peru", "Lima"), ("Chile", "Santiago")]:
+        apply(store, subject, "P36", obj)
+    desire(store, "Japan", "P36", "Tokyo")  # only desired: counts
+    desire(store, "Mali", "P36", "", deleted=True)
+    apply(store, "Kenya", "P17", "Nairobi")  # another relation
+
+    def found(**kwargs):  # noqa: ANN003, ANN202
+        return [(f.subject, f.object) for f in store.facts_with_other_objects(
+            relation="P36", objects=["ROME", "Lima"], after="Madrid", **kwargs)]
+
+    # The objects after Madrid's, then from the first up to Madrid's own; Rome and Lima
+    # are the edit's own objects, and Paris counts once.
+    assert found(limit=10) == [("France", "Paris"), ("Chile", "Santiago"), ("Japan", "Tokyo"),
+                               ("Spain", "Madrid")]
+    assert found(limit=2) == [("France", "Paris"), ("Chile", "Santiago")]
+    assert found(limit=1, exclude={("France", "P36")}) == [("Gaul", "paris")]
+    assert found(limit=0) == []
+
+
 def test_applied_rows_come_by_key_and_keep_their_rowid_when_updated(store, tmp_path):
     apply(store, "France", "P36", "Paris")
     apply(store, "Italy", "P36", "Rome")
