@@ -118,9 +118,10 @@ class FactQueries:
         of ``objects`` (case-folded): the first usable fact (``facts_with_object``) of each
         object in turn, starting after ``after`` and wrapping around.
 
-        Each object is found by one index seek per table, so the cost follows ``limit``
-        and not how many facts the relation has; different ``after`` values spread the
-        facts chosen over the relation's objects.
+        Each next object is found by one index seek per table, so the cost follows the
+        objects visited (``limit``, plus any whose facts are all excluded or shadowed),
+        not how many facts the relation has; different ``after`` values spread the facts
+        chosen over the relation's objects.
         """
         skipped = {object_key(obj) for obj in objects}
         start = object_key(after)
