@@ -51,6 +51,8 @@ def explain(policy: Policy) -> list[str]:
         f"pass(es)" + (f" and NME with up to {editing.max_neighbours} neighbour(s) per fact"
                        + (f" and {editing.contrast_neighbours} of its relation with other "
                           "objects" if editing.contrast_neighbours else "")
+                       + (", held in place in later jobs too" if editing.keep_neighbours_held
+                          else "")
                        if editing.neighbours else ", without NME")
         + f", update fraction {editing.update_fraction:g}.",
         _took_sentence(editing),

@@ -30,7 +30,7 @@ from factsync.editing.engine_state import (
     read_state,
 )
 from factsync.editing.joint_spread import JointSpread, joint_lambda, shrunk_blocks
-from factsync.editing.keys import subject_outputs
+from factsync.editing.keys import subject_outputs, subject_states_by_layer
 from factsync.editing.outcomes import TookRule, edit_outcomes
 from factsync.editing.requests import EditRequest
 from factsync.editing.spread import (
@@ -69,6 +69,10 @@ class EngineSettings:
             ``most_probable`` sends those through another pass, which lifted it to 0.90
             at the per-layer spread's held-out harm and twice its time (bench/README.md).
         took_phrasings: the request's phrasings, bare, must pass the took rule too.
+        keep_neighbours_held: NME neighbours stay held in place in later jobs, like the
+            keys of applied facts, until their subject is written; the edit's state
+            carries their keys, read from the edited model. A neighbour whose subject
+            already stands is not held twice.
     """
 
     layers: tuple[int, ...] | None = None
@@ -79,6 +83,7 @@ class EngineSettings:
     release_superseded: bool = True
     took_rule: TookRule = TookRule.WINS
     took_phrasings: bool = False
+    keep_neighbours_held: bool = False
 
     def __post_init__(self) -> None:
         if self.max_iterations < 1:
@@ -135,7 +140,8 @@ class EditResult:
         delta: the combined update of all passes.
         records: per request, one record per pass it was optimised in.
         iterations: passes run.
-        keys: per layer, the final keys (key, groups) of the edited facts.
+        keys: per layer, the final keys (key, groups) of the edited facts, then those
+            of the neighbours that stay held (``keep_neighbours_held``).
         subjects: the subject of each key group.
         seconds: wall time of the edit.
         timings: per pass, time spent in each stage.
@@ -421,15 +427,33 @@ class EditEngine:
                 )
                 if not active:
                     break
+            subjects = tuple(requests[int(fact)].subject for fact in owners)
+            if settings.keep_neighbours_held:
+                keys, subjects = self._with_lasting_neighbours(keys, subjects, protected)
         return EditResult(
             delta=total,
             records=records,
             iterations=iteration,
             keys=keys,
-            subjects=tuple(requests[int(fact)].subject for fact in owners),
+            subjects=subjects,
             seconds=time.monotonic() - started,
             timings=timings,
         )
+
+    def _with_lasting_neighbours(
+        self, keys: dict[int, torch.Tensor], subjects: tuple[str, ...],
+        protected: list[tuple[str, str]],
+    ) -> tuple[dict[int, torch.Tensor], tuple[str, ...]]:
+        """``keys`` and ``subjects`` with the keys, read from the model as it is now
+        edited, of the ``protected`` neighbours to hold in later jobs: one per distinct
+        prompt, none of a subject that already stands."""
+        lasting = [p for p in dict.fromkeys(protected) if p[1] not in self._standing]
+        if not lasting:
+            return keys, subjects
+        read = subject_states_by_layer(self.loaded, lasting, self.layers, self.layers[-1], [""])
+        return ({layer: torch.cat([keys[layer], read[layer].keys.to(keys[layer])], dim=1)
+                 for layer in keys},
+                subjects + tuple(subject for _, subject in lasting))
 
     def _spread(self, prompts: list[tuple[str, str]], targets: torch.Tensor,
                 protected: list[tuple[str, str]], released: dict[int, torch.Tensor],

@@ -139,6 +139,8 @@ class EditingPolicy:
             the bare prompt and under every context prefix; ``most_probable``: once it
             is also the greedy answer there.
         took_phrasings: the fact's phrasings must pass the took rule too.
+        keep_neighbours_held: NME neighbours stay held in place in later jobs, like the
+            facts applied earlier, until their subject is written.
         target: the z optimisation (steps, learning rate, KL and norm terms, chunk size).
     """
 
@@ -156,6 +158,7 @@ class EditingPolicy:
     joint_layers: bool = SpreadSettings.joint_layers
     took_rule: TookRule = EngineSettings.took_rule
     took_phrasings: bool = EngineSettings.took_phrasings
+    keep_neighbours_held: bool = EngineSettings.keep_neighbours_held
     target: TargetSettings = field(default_factory=TargetSettings)
 
     def __post_init__(self) -> None:
@@ -173,6 +176,7 @@ class EditingPolicy:
             target=self.target,
             took_rule=self.took_rule,
             took_phrasings=self.took_phrasings,
+            keep_neighbours_held=self.keep_neighbours_held,
             spread=SpreadSettings(algorithm=self.algorithm,
                                   update_fraction=self.update_fraction,
                                   mom2_update_weight=self.mom2_update_weight,

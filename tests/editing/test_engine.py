@@ -12,7 +12,7 @@ from factsync.editing.cancellation import EditCancelled
 from factsync.editing.delta import applied
 from factsync.editing.engine import EditEngine, EngineSettings, StopReason
 from factsync.editing.engine_state import EngineState, StateFile
-from factsync.editing.keys import subject_outputs
+from factsync.editing.keys import subject_outputs, subject_states_by_layer
 from factsync.editing.outcomes import TookRule, edit_outcomes
 from factsync.editing.requests import EditRequest, Neighbour
 from factsync.editing.spread import spread
@@ -329,6 +329,52 @@ def test_a_neighbour_about_an_edited_subject_is_held_by_the_optimisation_only(
                               atol=1e-5)
         assert not torch.allclose(layer_delta.matrix(layout), held.layers[path].matrix(layout),
                                   atol=1e-5)
+
+
+def test_kept_neighbours_stay_held_until_their_subject_is_written(tiny_engine, tiny_loaded):
+    loaded = tiny_loaded()
+    engine = tiny_engine(loaded, neighbours=True, keep_neighbours_held=True)
+    skype = REQUESTS[0].neighbours[0]
+    first = engine.edit(REQUESTS[:1])
+    assert first.subjects[-1] == "Skype" and first.subjects.count("Skype") == 1
+    with applied(loaded, first.delta):  # the key as later jobs will find it
+        read = subject_states_by_layer(loaded, [(skype.template, "Skype")], engine.layers,
+                                       engine.layers[-1], [""])
+    for layer in engine.layers:
+        assert torch.allclose(first.keys[layer][:, -1:], read[layer].keys, atol=1e-6)
+    engine.remember(first)
+    expected = held_product([first.state])
+    assert all(torch.allclose(engine.preserved()[x], expected[x]) for x in engine.layers)
+    again = engine.edit([replace(REQUESTS[1], neighbours=(skype,))])
+    assert "Skype" not in again.subjects  # it already stands: not held twice
+    written = engine.edit([EditRequest("Skype", skype.template, "German", "French")])
+    engine.remember(written)  # the edit of Skype itself lets go of the neighbour's key
+    others = first.state.select([c for c, s in enumerate(first.subjects) if s != "Skype"])
+    expected = held_product([others, written.state])
+    assert all(torch.allclose(engine.preserved()[x], expected[x]) for x in engine.layers)
+
+
+def test_a_kept_neighbour_moves_less_under_later_jobs(tiny_engine, tiny_loaded):
+    loaded = tiny_loaded()
+    plain = tiny_engine(loaded, neighbours=True)
+    keeping = EditEngine(loaded, replace(plain.settings, keep_neighbours_held=True),
+                         plain.statistics, plain.contexts)
+    first = {engine: engine.edit(REQUESTS[:1]) for engine in (plain, keeping)}
+    skype = [(REQUESTS[0].neighbours[0].template, "Skype")]
+    later = [EditRequest("Lyon", "The mother tongue of {} is", "Dutch", "French")]
+    last = plain.layers[-1]
+    moved = {}
+    layout = loaded.spec.weight_layout
+    assert all(torch.allclose(first[keeping].delta.layers[path].matrix(layout),
+                              layer_delta.matrix(layout))  # only the states differ
+               for path, layer_delta in first[plain].delta.layers.items())
+    with applied(loaded, first[plain].delta):
+        for engine in (plain, keeping):
+            engine.remember(first[engine])
+            before = subject_outputs(loaded, skype, last)
+            with applied(loaded, engine.edit(later).delta):
+                moved[engine] = (subject_outputs(loaded, skype, last) - before).norm()
+    assert moved[keeping] < 0.75 * moved[plain]
 
 
 def test_settings_are_validated():

@@ -147,12 +147,12 @@ def test_every_engine_knob_is_reachable_from_the_policy(tmp_path):
                "update_fraction": 0.4, "layers": [1, 2], "preserve_applied": False,
                "mom2_update_weight": 900.0, "nullspace_threshold": 0.05,
                "second_moment_shrinkage": 0.2, "took_rule": "most_probable",
-               "took_phrasings": True,
+               "took_phrasings": True, "keep_neighbours_held": True,
                "target": {"steps": 7, "chunk_size": 4, "kl_factor": 0.1}}
     settings = load_policy(write(tmp_path, {"editing": editing})).editing.engine_settings()
     assert settings == EngineSettings(
         layers=(1, 2), max_iterations=5, neighbours=False,
-        took_rule=TookRule.MOST_PROBABLE, took_phrasings=True,
+        took_rule=TookRule.MOST_PROBABLE, took_phrasings=True, keep_neighbours_held=True,
         target=TargetSettings(steps=7, chunk_size=4, kl_factor=0.1),
         spread=SpreadSettings(algorithm="alphaedit", update_fraction=0.4,
                               mom2_update_weight=900.0, nullspace_threshold=0.05,
@@ -184,3 +184,11 @@ def test_policy_check_says_when_a_fact_leaves_ime(tmp_path):
         "took_rule": "most_probable", "took_phrasings": True}})))
     assert ("- A fact leaves IME once its new object beats the old one and is the greedy "
             "answer on the bare prompt, every context prefix and every phrasing.") in strict
+
+
+def test_policy_check_says_whether_neighbours_stay_held(tmp_path):
+    default = " ".join(explain(load_policy(write(tmp_path, {}))))
+    kept = " ".join(explain(load_policy(write(tmp_path, {"editing": {
+        "keep_neighbours_held": True}}))))
+    assert "held in place in later jobs too" in kept
+    assert "later jobs" not in default
