@@ -24,6 +24,7 @@ import torch
 from tqdm.auto import tqdm
 
 from factsync.bench.fact_harm import TextProbe
+from factsync.bench.tables import aligned
 from factsync.editing.delta import ModelDelta, applied
 from factsync.editing.keys import subject_outputs
 from factsync.evaluation.intervals import Interval, bootstrap_interval
@@ -123,11 +124,7 @@ def format_coupling(rows: list[CouplingRow]) -> str:
     body = [(r.name, f"{r.harm:.3e}", f"{r.achieved:.3f}",
              f"{r.against_first.mean:.3f} [{r.against_first.low:.3f}, "
              f"{r.against_first.high:.3f}]", str(r.facts)) for r in rows]
-    widths = [max(len(line[i]) for line in (head, *body)) for i in range(len(head))]
-    lines = [" | ".join(cell.ljust(width) for cell, width in zip(line, widths, strict=True))
-             for line in (head, *body)]
-    lines.insert(1, "-|-".join("-" * width for width in widths))
-    return "\n".join(line.rstrip() for line in lines)
+    return aligned(head, body)
 
 
 def coupling_json(costs: dict[str, list[SpreadCost]], rows: list[CouplingRow]) -> dict:

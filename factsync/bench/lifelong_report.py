@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from factsync.bench.lifelong import LifelongRun, MethodRun
 from factsync.bench.lifelong_scoring import METRICS, Checkpoint
+from factsync.bench.tables import aligned
 from factsync.evaluation.intervals import format_interval
 
 ALIASES = {
@@ -92,7 +93,7 @@ def _metric_table(columns: dict[str, Checkpoint]) -> str:
     is one."""
     header = ["metric", *columns]
     rows = [[metric, *(_cell(c, metric) for c in columns.values())] for metric in METRICS]
-    return _aligned(header, rows)
+    return aligned(header, rows)
 
 
 def format_checkpoints(run: LifelongRun) -> str:
@@ -105,7 +106,7 @@ def format_checkpoints(run: LifelongRun) -> str:
         header = ["facts", *(SHORT_NAMES[m] for m in metrics)]
         rows = [[str(c.facts), *(_mean(c.values[m]) for m in metrics)]
                 for c in method.checkpoints]
-        blocks.append(f"{name}, by checkpoint:\n{_aligned(header, rows)}")
+        blocks.append(f"{name}, by checkpoint:\n{aligned(header, rows)}")
     return "\n\n".join(blocks)
 
 
@@ -119,14 +120,3 @@ def _cell(checkpoint: Checkpoint, metric: str) -> str:
         return "-"
     interval = checkpoint.intervals.get(metric)
     return format_interval(interval) if interval is not None else f"{value:.3f}"
-
-
-def _aligned(header: list[str], rows: list[list[str]]) -> str:
-    """``header`` and ``rows`` as columns padded to their widest cell, a rule under the header."""
-    widths = [max(len(row[i]) for row in [header, *rows]) for i in range(len(header))]
-    lines = [_line(header, widths), "-|-".join("-" * w for w in widths)]
-    return "\n".join([*lines, *(_line(row, widths) for row in rows)])
-
-
-def _line(cells: list[str], widths: list[int]) -> str:
-    return " | ".join(cell.ljust(width) for cell, width in zip(cells, widths, strict=True))
