@@ -17,6 +17,7 @@ Asked to, the directory also keeps each method's composed delta every so many fa
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 from factsync.bench.lifelong import LifelongRun, MethodProgress, MethodRun
@@ -67,10 +68,8 @@ class RunDirectory:
         entry = self._index().get("methods", {}).get(method)
         if entry is None:
             return None
-        # Directories saved before every job was have the facts of the last checkpoint.
-        facts = entry["facts"] if "facts" in entry else entry["checkpoints"][-1]["facts"]
         return MethodProgress(
-            facts=facts, seconds=entry["seconds"],
+            facts=_entry_facts(entry), seconds=entry["seconds"],
             delta=ModelDelta.load(self.path / entry["delta"]),
             state=EngineState.load(self.path / entry["state"]))
 
@@ -117,6 +116,32 @@ def read_run(path: Path) -> LifelongRun:
     if not (Path(path) / INDEX).exists():
         raise ValueError(f"{path} holds no saved bench lifelong run (no {INDEX})")
     return _run(_read_index(Path(path)), Path(path) / INDEX)
+
+
+def saved_deltas(path: Path) -> dict[str, list[tuple[int, Path]]]:
+    """Per method of the run saved in directory ``path``, its composed deltas on disk as
+    (facts applied, file), fewest facts first: those kept in ``kept/`` and the latest.
+
+    Raises ``ValueError`` like ``read_run``.
+    """
+    if not (Path(path) / INDEX).exists():
+        raise ValueError(f"{path} holds no saved bench lifelong run (no {INDEX})")
+    deltas: dict[str, list[tuple[int, Path]]] = {}
+    for position, (name, entry) in enumerate(_read_index(Path(path))["methods"].items()):
+        found = {int(match.group(1)): file
+                 for file in (Path(path) / KEPT).glob(f"method{position}-facts*.delta.safetensors")
+                 if (match := re.fullmatch(rf"method{position}-facts(\d+)\.delta\.safetensors",
+                                           file.name))}
+        if "delta" in entry:
+            found.setdefault(_entry_facts(entry), Path(path) / entry["delta"])
+        deltas[name] = sorted(found.items())
+    return deltas
+
+
+def _entry_facts(entry: dict) -> int:
+    """Facts a method's index entry has applied."""
+    # Directories saved before every job was have the facts of the last checkpoint.
+    return entry["facts"] if "facts" in entry else entry["checkpoints"][-1]["facts"]
 
 
 def _read_index(path: Path) -> dict:

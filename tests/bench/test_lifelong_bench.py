@@ -335,6 +335,29 @@ def test_skipping_records_runs_the_stream_of_the_records_after_them(
     assert skipped_arguments["skip"] == 2 and "skip" not in sliced_arguments
 
 
+def test_the_canaries_of_a_saved_run_are_read_at_every_saved_delta(
+        tiny_loaded, tmp_path, monkeypatch, capsys, counterfact_file):
+    model_dir, fluency = _command_inputs(tiny_loaded, tmp_path, monkeypatch)
+    state, report = tmp_path / "state", tmp_path / "canaries.json"
+    assert main([
+        "bench", "lifelong", "--data", str(counterfact_file), "--fluency", str(fluency),
+        "--n", "6", "--batch", "2", "--checkpoint-every", "6", "--canaries", "0",
+        "--methods", "memit", "--neighbours", "1", "--model", str(model_dir),
+        "--device", "cpu", "--corpus-tokens", "1000", "--state", str(state),
+        "--keep-every", "4",
+    ]) == 0
+    capsys.readouterr()
+    assert main(["bench", "lifelong-canaries", str(state), "--model", str(model_dir),
+                 "--device", "cpu", "--json", str(report)]) == 0
+    title, header, *_ = capsys.readouterr().out.splitlines()
+    assert title.startswith("memit, mean NLL of each canary's object by facts applied")
+    assert [cell.strip() for cell in header.split(" | ")] == ["canary", "0", "4", "6"]
+    assert [r["facts"] for r in json.loads(report.read_text())["methods"]["memit"]] == [0, 4, 6]
+    assert main(["bench", "lifelong-canaries", str(state), "--method", "nope",
+                 "--model", str(model_dir)]) == 1
+    assert "has no method 'nope'; it has memit" in capsys.readouterr().err
+
+
 def test_more_records_than_the_file_holds_are_refused(
         tiny_loaded, tmp_path, monkeypatch, capsys, counterfact_file):
     model_dir, fluency = _command_inputs(tiny_loaded, tmp_path, monkeypatch)

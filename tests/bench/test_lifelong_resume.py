@@ -11,7 +11,7 @@ from factsync.bench.canary_facts import pick_canaries
 from factsync.bench.lifelong import LifelongRun, run_lifelong
 from factsync.bench.lifelong_merge import merge_runs
 from factsync.bench.lifelong_report import to_json
-from factsync.bench.lifelong_resume import INDEX, KEPT, RunDirectory, read_run
+from factsync.bench.lifelong_resume import INDEX, KEPT, RunDirectory, read_run, saved_deltas
 from factsync.bench.lifelong_scoring import METRICS, Yardstick
 from factsync.cli import main
 from factsync.editing.delta import ModelDelta
@@ -137,6 +137,17 @@ def test_a_run_directory_keeps_the_delta_every_so_many_facts_when_asked(bench, t
     layout = final.layout
     assert not all(torch.allclose(at_four.layers[path].matrix(layout), update.matrix(layout))
                    for path, update in final.layers.items())
+
+
+def test_saved_deltas_are_the_kept_ones_and_the_latest_per_method(bench, tmp_path):
+    loaded, engine, yardstick = bench
+    _run(loaded, engine, yardstick, RunDirectory(tmp_path, ARGUMENTS, keep_every=4))
+    assert saved_deltas(tmp_path) == {
+        name: [(4, tmp_path / KEPT / f"method{i}-facts4.delta.safetensors"),
+               (6, tmp_path / f"method{i}-facts6.delta.safetensors")]
+        for i, name in enumerate(["memit", "again"])}
+    with pytest.raises(ValueError, match="holds no saved bench lifelong run"):
+        saved_deltas(tmp_path / KEPT)
 
 
 def test_keeping_deltas_needs_a_saved_run(tmp_path, counterfact_file, capsys):

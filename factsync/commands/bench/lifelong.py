@@ -33,6 +33,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     """Add the lifelong benchmark and its report of saved runs."""
     _register_lifelong(sub)
     _register_report(sub)
+    _register_canaries(sub)
 
 
 def _register_lifelong(sub: argparse._SubParsersAction) -> None:
@@ -246,6 +247,50 @@ def run_lifelong_report(args: argparse.Namespace) -> int:
     print()
     print(format_checkpoints(run))
     _write_report(run, args.json, args.plot)
+    return 0
+
+
+def _register_canaries(sub: argparse._SubParsersAction) -> None:
+    canaries = sub.add_parser(
+        "lifelong-canaries",
+        help="the daemon's canaries after each delta a bench lifelong run kept",
+        description="Apply each composed delta a bench lifelong --state run saved (those "
+        "--keep-every kept and the latest), one at a time, and print per daemon canary "
+        "(the built-in facts the unedited model states) the mean NLL of its object, "
+        "starred where the model no longer states it: which canary a stream lost, when, "
+        "and whether at once or by a slow drift. Load the model the run edited.",
+    )
+    canaries.add_argument("run", type=Path, metavar="DIR",
+                          help="a directory bench lifelong --state saved a run in")
+    canaries.add_argument("--method", help="the method to read (default: every method "
+                          "of the run, one table each)")
+    canaries.add_argument("--json", type=Path, help="also write the readings to this file")
+    add_model_options(canaries)
+    canaries.set_defaults(handler=run_lifelong_canaries, computes=True)
+
+
+def run_lifelong_canaries(args: argparse.Namespace) -> int:
+    """Handler of ``factsync bench lifelong-canaries``."""
+    from factsync.bench.canary_facts import daemon_canaries
+    from factsync.bench.canary_trajectory import canary_trajectory, format_trajectory
+    from factsync.bench.lifelong_resume import saved_deltas
+
+    deltas = saved_deltas(args.run)
+    if args.method is not None:
+        if args.method not in deltas:
+            raise ValueError(f"{args.run} has no method {args.method!r}; it has "
+                             f"{', '.join(deltas) or 'none'}")
+        deltas = {args.method: deltas[args.method]}
+    loaded = load(args)
+    canaries = daemon_canaries(loaded)
+    numbers = {"canaries": [list(pair) for pair in canaries], "methods": {}}
+    for name, files in deltas.items():
+        readings = canary_trajectory(loaded, canaries, files)
+        print(f"{name}, mean NLL of each canary's object by facts applied (* no longer "
+              f"stated):\n{format_trajectory(canaries, readings)}\n", flush=True)
+        numbers["methods"][name] = [reading.to_json() for reading in readings]
+    if args.json:
+        write_json(args.json, numbers)
     return 0
 
 
