@@ -5,7 +5,7 @@ from __future__ import annotations
 from factsync.bench.lifelong import LifelongRun, MethodRun
 from factsync.bench.lifelong_scoring import METRICS, Checkpoint
 from factsync.bench.tables import aligned
-from factsync.evaluation.intervals import format_interval
+from factsync.evaluation.intervals import Interval, format_interval
 
 ALIASES = {
     "neighborhood_success": "neighbourhood_success",
@@ -31,15 +31,46 @@ SHORT_NAMES = {
 
 
 def to_json(run: LifelongRun) -> dict:
-    """The run as ``{"n", "batch", "dataset", "unedited", "methods": {name: {"final",
-    "intervals", "checkpoints"}}}``, every metric also under its alias."""
+    """The run as ``{"n", "batch", "dataset", "unedited", "unedited_intervals", "methods":
+    {name: {"final", "intervals", "checkpoints"}}}``, every metric also under its alias
+    (``from_json`` reads it back, less the intervals of checkpoints before the last)."""
     return {
         "n": run.n,
         "batch": run.batch,
         "dataset": run.dataset,
         "unedited": _with_aliases(run.unedited.values),
+        "unedited_intervals": _bounds(run.unedited),
         "methods": {name: _method_json(method) for name, method in run.methods.items()},
     }
+
+
+def from_json(report: dict) -> LifelongRun:
+    """The run a ``to_json`` report holds: every checkpoint's values, the final
+    checkpoint's intervals and the unedited model's (none in reports written before
+    they were). Facts changed back are left out.
+
+    Raises ``ValueError`` naming what the report lacks.
+    """
+    try:
+        n = report["n"]
+        run = LifelongRun(dataset=report.get("dataset", "counterfact"), n=n,
+                          batch=report["batch"],
+                          unedited=_checkpoint(n, report["unedited"],
+                                               report.get("unedited_intervals", {})))
+        for name, method in report["methods"].items():
+            *earlier, last = method["checkpoints"]
+            run.methods[name] = MethodRun(
+                [_checkpoint(c["facts"], c, {}) for c in earlier]
+                + [_checkpoint(last["facts"], last, method.get("intervals", {}))])
+    except (KeyError, TypeError, ValueError) as exc:
+        raise ValueError(f"not a bench lifelong report: it lacks {exc}") from exc
+    return run
+
+
+def _checkpoint(facts: int, values: dict, bounds: dict) -> Checkpoint:
+    return Checkpoint(facts=facts, values={m: values.get(m) for m in METRICS},
+                      intervals={m: Interval(values[m], *bounds[m])
+                                 for m in METRICS if m in bounds and values.get(m) is not None})
 
 
 def _method_json(method: MethodRun) -> dict:

@@ -10,7 +10,7 @@ import torch
 from factsync.bench.canary_facts import pick_canaries
 from factsync.bench.lifelong import LifelongRun, run_lifelong
 from factsync.bench.lifelong_merge import merge_runs
-from factsync.bench.lifelong_report import to_json
+from factsync.bench.lifelong_report import from_json, to_json
 from factsync.bench.lifelong_resume import INDEX, KEPT, RunDirectory, read_run, saved_deltas
 from factsync.bench.lifelong_scoring import METRICS, Yardstick
 from factsync.cli import main
@@ -214,6 +214,26 @@ def test_runs_of_the_same_records_make_one_report(bench, tmp_path, capsys):
     assert numbers["methods"]["memit"] == numbers["methods"]["later"] == alone["methods"]["memit"]
     assert [c["facts"] for c in alone["methods"]["memit"]["checkpoints"]] == [6]
     assert plot.read_bytes().startswith(b"\x89PNG")
+
+
+def test_a_report_a_run_wrote_stands_for_the_run(bench, tmp_path, capsys):
+    loaded, engine, yardstick = bench
+    directory, later = tmp_path / "run", tmp_path / "later"
+    run = _run(loaded, engine, yardstick, RunDirectory(directory, ARGUMENTS))
+    written = tmp_path / "written.json"
+    written.write_text(json.dumps(to_json(run)))
+    read = from_json(json.loads(written.read_text()))
+    assert read.unedited == run.unedited
+    for name, method in run.methods.items():
+        assert read.methods[name].final == method.final  # intervals included
+        assert ([c.values for c in read.methods[name].checkpoints]
+                == [c.values for c in method.checkpoints])
+    _saved_copy(directory, later, _renamed("later"))
+    assert main(["bench", "lifelong-report", str(written), str(later)]) == 0
+    assert "later, by checkpoint" in capsys.readouterr().out
+    written.write_text(json.dumps({"n": 6}))
+    assert main(["bench", "lifelong-report", str(written)]) == 1
+    assert "cannot read the report" in capsys.readouterr().err
 
 
 def _renamed(name: str):  # noqa: ANN202

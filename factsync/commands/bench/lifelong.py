@@ -220,14 +220,16 @@ def _register_report(sub: argparse._SubParsersAction) -> None:
         "lifelong-report",
         help="the tables, JSON and plot of runs saved by bench lifelong --state",
         description="Print the report bench lifelong prints at its end from one or more "
-        "run directories it saved (--state), stopped or finished: every method that "
-        "reached a checkpoint. Several directories are one report when they are runs of "
-        "the same records (the same dataset, --n and --batch, and an equal unedited "
-        "measurement), such as a later run of a new method beside an earlier run's; "
-        "anything else is refused. Runs no model.",
+        "run directories it saved (--state), stopped or finished, or reports it wrote "
+        "(--json): every method that reached a checkpoint. Several runs are one report "
+        "when they are runs of the same records (the same dataset, --n and --batch, and "
+        "an equal unedited measurement), such as a later run of a new method beside an "
+        "earlier run's; anything else is refused. A --json report keeps the intervals of "
+        "its final checkpoint only. Runs no model.",
     )
-    report.add_argument("runs", type=Path, nargs="+", metavar="DIR",
-                        help="a directory bench lifelong --state saved a run in")
+    report.add_argument("runs", type=Path, nargs="+", metavar="RUN",
+                        help="a directory bench lifelong --state saved a run in, or a "
+                        "report file bench lifelong --json wrote")
     report.add_argument("--json", type=Path, help="write the numbers to this file, in "
                         "bench lifelong --json's shape")
     report.add_argument("--plot", type=Path, help="draw the metrics against facts (PNG)")
@@ -240,7 +242,8 @@ def run_lifelong_report(args: argparse.Namespace) -> int:
     from factsync.bench.lifelong_report import format_checkpoints, format_table
     from factsync.bench.lifelong_resume import read_run
 
-    run = merge_runs({str(path): read_run(path) for path in args.runs})
+    run = merge_runs({str(path): read_run(path) if path.is_dir() else _read_report(path)
+                      for path in args.runs})
     if not run.methods:
         raise ValueError("no method in these runs has reached a checkpoint yet")
     print(format_table(run))
@@ -292,6 +295,18 @@ def run_lifelong_canaries(args: argparse.Namespace) -> int:
     if args.json:
         write_json(args.json, numbers)
     return 0
+
+
+def _read_report(path: Path) -> LifelongRun:
+    """The run in a ``bench lifelong --json`` report file."""
+    import json
+
+    from factsync.bench.lifelong_report import from_json
+
+    try:
+        return from_json(json.loads(path.read_text(encoding="utf-8")))
+    except (OSError, ValueError) as exc:
+        raise ValueError(f"cannot read the report {path}: {exc}") from exc
 
 
 def _write_report(run: LifelongRun, json_path: Path | None, plot_path: Path | None) -> None:
