@@ -9,7 +9,10 @@ holds while the model's greedy answer is still its object, the monitor's own tes
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 from factsync.editing.requests import EditRequest
+from factsync.evaluation.cases import EvalCase
 from factsync.evaluation.kpis import Prompted
 from factsync.facts.canaries import CANDIDATE_CANARIES
 from factsync.facts.catalog import RelationCatalog
@@ -38,15 +41,26 @@ def pick_canaries(loaded: LoadedModel, requests: list[EditRequest]) -> list[Edit
     return [request for request, held in zip(requests, holds, strict=True) if held]
 
 
-def daemon_canaries(loaded: LoadedModel) -> list[Prompted]:
-    """The daemon's built-in canaries, as (prompt, object), that ``loaded`` states."""
+def daemon_canaries(loaded: LoadedModel, edited: Sequence[EvalCase] = ()) -> list[Prompted]:
+    """The daemon's built-in canaries, as (prompt, object), that ``loaded`` states and
+    no case of ``edited`` rewrites (``unrewritten``)."""
     catalog = RelationCatalog.built_in()
     pairs = []
-    for subject, relation_id, obj in CANDIDATE_CANARIES:
+    for subject, relation_id, obj in unrewritten(CANDIDATE_CANARIES, edited):
         relation = catalog.resolve(relation_id)
         if relation is not None:
             pairs.append((relation.template.format(subject), obj))
     return [pair for pair, stated in zip(pairs, states(loaded, pairs), strict=True) if stated]
+
+
+def unrewritten(candidates: Sequence[tuple[str, str, str]],
+                edited: Sequence[EvalCase]) -> list[tuple[str, str, str]]:
+    """The (subject, relation id, object) ``candidates`` no case of ``edited`` rewrites,
+    as the daemon leaves out the canaries its feed changes: a case rewrites those of its
+    subject and relation, or of its subject alone where its dataset names no relation."""
+    rewritten = {(case.request.subject, case.relation) for case in edited}
+    return [(subject, relation, obj) for subject, relation, obj in candidates
+            if not {(subject, relation), (subject, None)} & rewritten]
 
 
 def canaries_stated(loaded: LoadedModel, pairs: list[Prompted]) -> list[float]:

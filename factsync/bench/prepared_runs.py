@@ -27,7 +27,7 @@ from factsync.paths import data_home
 
 log = logging.getLogger(__name__)
 
-FORMAT = 1
+FORMAT = 2
 """The kind of file written; raise it when what preparing chooses changes, so that files
 of the old kind are prepared again instead of read."""
 

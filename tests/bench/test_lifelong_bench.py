@@ -14,6 +14,7 @@ from factsync.bench.canary_facts import (
     canary_holds,
     daemon_canaries,
     pick_canaries,
+    unrewritten,
 )
 from factsync.bench.lifelong import checkpoint_facts, chosen_methods, run_lifelong
 from factsync.bench.lifelong_report import ALIASES, SHORT_NAMES
@@ -23,6 +24,8 @@ from factsync.bench.norm_growth import NormGrowth, growth_summary
 from factsync.cli import main
 from factsync.editing.corpus import corpus_digest, load_text_files
 from factsync.editing.engine import EngineSettings
+from factsync.editing.requests import EditRequest
+from factsync.evaluation.cases import EvalCase
 from factsync.evaluation.suites import load_cases, prepare_suite
 from factsync.models.specs import get_module
 from factsync.policies.schema import load_policy, shipped_policy_dir
@@ -117,6 +120,19 @@ def test_daemon_canaries_are_those_the_model_states(tiny_loaded):
     # The tiny random model states none of the built-in canaries, nor "Paris" here.
     assert daemon_canaries(loaded) == []
     assert canaries_stated(loaded, [("The capital of France is", "Paris")]) == [0.0]
+
+
+def test_canaries_a_stream_rewrites_are_left_out():
+    # COUNTERFACT names relations: only a canary of the same subject and relation goes.
+    japan = EvalCase(0, EditRequest("Japan", "The law in {} declares the language",
+                                    "Italian", "Japanese"), (), (), relation="P37")
+    candidates = [("Japan", "P37", "Japanese"), ("Japan", "P36", "Tokyo"),
+                  ("France", "P37", "French")]
+    assert unrewritten(candidates, [japan]) == candidates[1:]
+    # ZsRE names none: every canary of the subject goes.
+    asked = replace(japan, relation=None)
+    assert unrewritten(candidates, [asked]) == candidates[2:]
+    assert unrewritten(candidates, []) == candidates
 
 
 def test_each_method_starts_from_the_base_weights_and_leaves_them(

@@ -176,7 +176,8 @@ def run_lifelong_bench(args: argparse.Namespace) -> int:
                                   contrast_per_fact=args.contrast, spare=cases[args.n :])
             yardstick = Yardstick.prepare(
                 loaded, suite, pick_canaries(loaded, inputs.canary_candidates), texts,
-                seed=args.seed, stated_canaries=daemon_canaries(loaded), held_out_texts=held_out)
+                seed=args.seed, stated_canaries=daemon_canaries(loaded, inputs.cases),
+                held_out_texts=held_out)
         if saved is not None:
             unedited = saved.unedited
         else:
@@ -259,7 +260,8 @@ def _register_canaries(sub: argparse._SubParsersAction) -> None:
         help="the daemon's canaries after each delta a bench lifelong run kept",
         description="Apply each composed delta a bench lifelong --state run saved (those "
         "--keep-every kept and the latest), one at a time, and print per daemon canary "
-        "(the built-in facts the unedited model states) the mean NLL of its object, "
+        "(the built-in facts the unedited model states, those the stream rewrites included, "
+        "which bench lifelong leaves out of its canary row) the mean NLL of its object, "
         "starred where the model no longer states it: which canary a stream lost, when, "
         "and whether at once or by a slow drift. Load the model the run edited.",
     )
