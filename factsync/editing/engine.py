@@ -71,8 +71,9 @@ class EngineSettings:
         took_phrasings: the request's phrasings, bare, must pass the took rule too.
         keep_neighbours_held: NME neighbours stay held in place in later jobs, like the
             keys of applied facts, until their subject is written; the edit's state
-            carries their keys, read from the edited model. A neighbour whose subject
-            already stands is not held twice.
+            carries their keys, read from the edited model. With
+            ``release_superseded``, a neighbour whose subject already stands is not
+            held again.
     """
 
     layers: tuple[int, ...] | None = None
