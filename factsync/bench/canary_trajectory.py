@@ -15,9 +15,8 @@ from pathlib import Path
 from factsync.bench.tables import aligned
 from factsync.editing.delta import ModelDelta, applied
 from factsync.evaluation.kpis import Prompted
+from factsync.jobs.preparation import prompted_scores
 from factsync.models.loading import LoadedModel
-from factsync.models.scoring import score_targets
-from factsync.models.text import PromptSpec, object_ids
 
 
 @dataclass(frozen=True)
@@ -60,8 +59,7 @@ def canary_trajectory(loaded: LoadedModel, canaries: Sequence[Prompted],
 
 
 def _read(loaded: LoadedModel, canaries: Sequence[Prompted], facts: int) -> CanaryReading:
-    rows = [PromptSpec("{}", prompt, object_ids(loaded, obj)) for prompt, obj in canaries]
-    scores = score_targets(loaded, rows) if rows else []
+    scores = prompted_scores(loaded, canaries)
     return CanaryReading(facts, [s.mean_nll for s in scores], [s.exact for s in scores])
 
 

@@ -49,7 +49,7 @@ def from_json(report: dict) -> LifelongRun:
     checkpoint's intervals and the unedited model's (none in reports written before
     they were). Facts changed back are left out.
 
-    Raises ``ValueError`` naming what the report lacks.
+    Raises ``ValueError`` naming what in the report is missing or malformed.
     """
     try:
         n = report["n"]
@@ -63,7 +63,7 @@ def from_json(report: dict) -> LifelongRun:
                 [_checkpoint(c["facts"], c, {}) for c in earlier]
                 + [_checkpoint(last["facts"], last, method.get("intervals", {}))])
     except (KeyError, TypeError, ValueError) as exc:
-        raise ValueError(f"not a bench lifelong report: it lacks {exc}") from exc
+        raise ValueError(f"not a bench lifelong report ({type(exc).__name__}: {exc})") from exc
     return run
 
 

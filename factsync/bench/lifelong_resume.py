@@ -29,6 +29,8 @@ from factsync.editing.engine_state import EngineState
 INDEX = "run.json"
 KEPT = "kept"
 _RUN_KEYS = ("dataset", "n", "batch", "unedited", "methods")
+_DELTA_NAME = re.compile(r"method(?P<position>\d+)-facts(?P<facts>\d+)\.delta\.safetensors")
+"""The name ``RunDirectory.save`` gives a method's composed delta."""
 
 
 class RunDirectory:
@@ -113,9 +115,7 @@ def read_run(path: Path) -> LifelongRun:
     Raises ``ValueError`` naming the directory when it holds no saved run or one that
     cannot be read.
     """
-    if not (Path(path) / INDEX).exists():
-        raise ValueError(f"{path} holds no saved bench lifelong run (no {INDEX})")
-    return _run(_read_index(Path(path)), Path(path) / INDEX)
+    return _run(_saved_index(Path(path)), Path(path) / INDEX)
 
 
 def saved_deltas(path: Path) -> dict[str, list[tuple[int, Path]]]:
@@ -124,18 +124,24 @@ def saved_deltas(path: Path) -> dict[str, list[tuple[int, Path]]]:
 
     Raises ``ValueError`` like ``read_run``.
     """
-    if not (Path(path) / INDEX).exists():
-        raise ValueError(f"{path} holds no saved bench lifelong run (no {INDEX})")
+    kept: dict[int, dict[int, Path]] = {}  # method position -> facts -> file
+    for file in (Path(path) / KEPT).glob("*.delta.safetensors"):
+        if match := _DELTA_NAME.fullmatch(file.name):
+            kept.setdefault(int(match["position"]), {})[int(match["facts"])] = file
     deltas: dict[str, list[tuple[int, Path]]] = {}
-    for position, (name, entry) in enumerate(_read_index(Path(path))["methods"].items()):
-        found = {int(match.group(1)): file
-                 for file in (Path(path) / KEPT).glob(f"method{position}-facts*.delta.safetensors")
-                 if (match := re.fullmatch(rf"method{position}-facts(\d+)\.delta\.safetensors",
-                                           file.name))}
+    for position, (name, entry) in enumerate(_saved_index(Path(path))["methods"].items()):
+        found = kept.get(position, {})
         if "delta" in entry:
             found.setdefault(_entry_facts(entry), Path(path) / entry["delta"])
         deltas[name] = sorted(found.items())
     return deltas
+
+
+def _saved_index(path: Path) -> dict:
+    """The index of the run saved in directory ``path``; ``ValueError`` when none is."""
+    if not (path / INDEX).exists():
+        raise ValueError(f"{path} holds no saved bench lifelong run (no {INDEX})")
+    return _read_index(path)
 
 
 def _entry_facts(entry: dict) -> int:

@@ -22,7 +22,7 @@ from factsync.evaluation.kpis import EditCheck, Prompted
 from factsync.facts.catalog import Relation, RelationCatalog
 from factsync.models.generation import greedy, short_answer
 from factsync.models.loading import LoadedModel
-from factsync.models.scoring import score_targets
+from factsync.models.scoring import TargetScore, score_targets
 from factsync.models.text import PromptSpec, object_ids, read_back
 from factsync.policies.schema import Policy
 from factsync.store.records import AppliedFact, FactChange, KnownFact
@@ -47,10 +47,15 @@ class PreparedFact:
 
 def states(loaded: LoadedModel, pairs: Sequence[Prompted]) -> list[bool]:
     """Whether the model's greedy answer to each prompt is its object (teacher forced)."""
+    return [score.exact for score in prompted_scores(loaded, pairs)]
+
+
+def prompted_scores(loaded: LoadedModel, pairs: Sequence[Prompted]) -> list[TargetScore]:
+    """Each (prompt, object)'s object scored after its prompt."""
     if not pairs:
         return []
-    rows = [PromptSpec("{}", prompt, object_ids(loaded, obj)) for prompt, obj in pairs]
-    return [score.exact for score in score_targets(loaded, rows)]
+    return score_targets(loaded, [PromptSpec("{}", prompt, object_ids(loaded, obj))
+                                  for prompt, obj in pairs])
 
 
 def live_states(loaded: LoadedModel, catalog: RelationCatalog,
