@@ -44,13 +44,21 @@ def pick_canaries(loaded: LoadedModel, requests: list[EditRequest]) -> list[Edit
 def daemon_canaries(loaded: LoadedModel, edited: Sequence[EvalCase] = ()) -> list[Prompted]:
     """The daemon's built-in canaries, as (prompt, object), that ``loaded`` states and
     no case of ``edited`` rewrites (``unrewritten``)."""
+    return [(template.format(subject), obj)
+            for template, subject, obj in daemon_canary_facts(loaded, edited)]
+
+
+def daemon_canary_facts(loaded: LoadedModel,
+                        edited: Sequence[EvalCase] = ()) -> list[tuple[str, str, str]]:
+    """``daemon_canaries`` as (template, subject, object), for what reads the subject."""
     catalog = RelationCatalog.built_in()
-    pairs = []
+    facts = []
     for subject, relation_id, obj in unrewritten(CANDIDATE_CANARIES, edited):
         relation = catalog.resolve(relation_id)
         if relation is not None:
-            pairs.append((relation.template.format(subject), obj))
-    return [pair for pair, stated in zip(pairs, states(loaded, pairs), strict=True) if stated]
+            facts.append((relation.template, subject, obj))
+    pairs = [(template.format(subject), obj) for template, subject, obj in facts]
+    return [fact for fact, stated in zip(facts, states(loaded, pairs), strict=True) if stated]
 
 
 def unrewritten(candidates: Sequence[tuple[str, str, str]],

@@ -1,0 +1,96 @@
+"""``factsync bench canary-exposure``: which records of a stream reach each canary."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from factsync.commands.bench.inputs import (
+    add_data_options,
+    add_skip_option,
+    records_after_skip,
+    records_path,
+)
+from factsync.commands.options import (
+    POLICY_METHODS_NOTE,
+    add_engine_options,
+    add_model_options,
+    engine_settings,
+    load,
+    statistics_settings,
+)
+from factsync.durable import write_json
+from factsync.evaluation.datasets import DATASETS
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    """Add ``bench canary-exposure``."""
+    exposure = sub.add_parser(
+        "canary-exposure",
+        help="the records whose edits reach each of the daemon's canaries most",
+        description="Read the key of each record's subject and of each daemon canary's "
+        "subject (bare prompt, last subject token) at every edit layer of the method, and "
+        "print per canary the records with the largest transfer: k^T C^-1 k_c / k^T C^-1 "
+        "k, the change a MEMIT-style spread of that record's edit makes at the canary's "
+        "key as a share of the change at the record's own key, averaged over the edit "
+        "layers. Nothing is edited; C is the method's key statistics. Canaries the "
+        "records rewrite are left out, as bench lifelong leaves them out.",
+    )
+    exposure.add_argument("--dataset", choices=DATASETS, default="counterfact",
+                          help="record format of --data (counterfact)")
+    add_data_options(exposure)
+    exposure.add_argument("--n", type=int, default=1000, help="records of the stream (1000)")
+    add_skip_option(exposure)
+    exposure.add_argument("--method", default="default",
+                          help="the method whose edit layers and key statistics are read, "
+                          "named as bench lifelong --methods names them (default)")
+    exposure.add_argument("--top", type=int, default=3,
+                          help="records to list per canary (3)")
+    exposure.add_argument("--json", type=Path, help="also write the numbers to this file")
+    add_model_options(exposure)
+    add_engine_options(exposure, POLICY_METHODS_NOTE)
+    exposure.set_defaults(handler=run_canary_exposure, computes=True)
+
+
+def run_canary_exposure(args: argparse.Namespace) -> int:
+    """Handler of ``factsync bench canary-exposure``."""
+    from factsync.bench.canary_exposure import exposures, format_exposures, transfers
+    from factsync.bench.canary_facts import daemon_canary_facts
+    from factsync.bench.lifelong import chosen_methods
+    from factsync.editing.build import layer_statistics
+    from factsync.evaluation.suites import load_cases
+
+    if args.n < 1:
+        raise ValueError(f"--n must be at least 1, got {args.n}")
+    if args.top < 1:
+        raise ValueError(f"--top must be at least 1, got {args.top}")
+    methods = chosen_methods(args.method, engine_settings(args, neighbours=False),
+                             args.max_iterations)
+    if len(methods) != 1:
+        raise ValueError(f"bench canary-exposure reads one method, got {args.method!r}")
+    ((name, settings),) = methods.items()
+    data = records_path(args, args.dataset)
+    cases = records_after_skip(load_cases(args.dataset, data), args.skip, args.n,
+                               data)[: args.n]
+    loaded = load(args)
+    canaries = daemon_canary_facts(loaded, cases)
+    if not canaries:
+        raise ValueError(f"{loaded.name} states none of the daemon's canaries that the "
+                         "records leave alone; there is nothing to expose")
+    layers = settings.edit_layers(loaded)
+    shrinkage = settings.spread.second_moment_shrinkage
+    statistics = {layer: stats.shrunk(shrinkage) for layer, stats in
+                  layer_statistics(loaded, layers, statistics_settings(args)).items()}
+    requests = [case.request for case in cases]
+    found = transfers(loaded, [(template, subject) for template, subject, _ in canaries],
+                      [(r.template, r.subject) for r in requests], statistics)
+    names = [f"{template.format(subject)} {obj}" for template, subject, obj in canaries]
+    answer = exposures(found, names, min(args.top, len(requests)), first_number=args.skip + 1)
+    subjects = {args.skip + 1 + i: r.subject for i, r in enumerate(requests)}
+    print(f"{name}, layers {','.join(map(str, layers))}: the records whose edits reach "
+          f"each canary most (#record number in --data, subject, transfer averaged over "
+          f"the layers)\n{format_exposures(answer, subjects)}", flush=True)
+    if args.json:
+        write_json(args.json, {"method": name, "layers": layers,
+                               "canaries": [e.to_json() for e in answer]})
+    return 0
