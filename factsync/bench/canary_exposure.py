@@ -1,14 +1,16 @@
 """How much of each record's edit reaches a canary, read from keys alone.
 
-A spread changes an edit layer's output projection by ``D = R K^T (lambda C + K K^T)^-1``.
-For one fact of key ``k`` and residual ``r``, Sherman-Morrison gives
-``D k_c = r (k^T C^-1 k_c) / (lambda + k^T C^-1 k)`` for any other key ``k_c``, and
-``D k = r m / (lambda + m)`` with ``m = k^T C^-1 k``. So the canary's output at that layer
-moves by ``t = k^T C^-1 k_c / m`` times the change the fact's own key receives, whatever
-lambda: the transfer. A record whose transfer onto a canary is far from zero drags the
-canary toward its new object (or away from it, when negative) as surely as it writes its
-own; records far apart in C's metric do not touch it. Keys are read on the bare prompt at
-the subject's last token, before anything is edited.
+MEMIT's spread changes an edit layer's output projection by ``D = R K^T (A + K K^T)^-1``,
+with ``A = lambda C + K_p K_p^T`` (``K_p`` the keys it holds in place). For one fact of
+key ``k`` and residual ``r``, Sherman-Morrison gives
+``D k_c = r (k^T A^-1 k_c) / (1 + k^T A^-1 k)`` for any other key ``k_c``, and
+``D k = r m / (1 + m)`` with ``m = k^T A^-1 k``. So the canary's output at that layer
+moves by ``t = k^T A^-1 k_c / m`` times the change the fact's own key receives: the
+transfer. While nothing is held, lambda cancels and ``t`` is ``k^T C^-1 k_c / k^T C^-1
+k``. A record whose transfer onto a canary is far from zero drags the canary toward its
+new object (or away from it, when negative) as surely as it writes its own; records far
+apart in A's metric do not touch it. Keys are read on the bare prompt at the subject's
+last token, before anything is edited.
 """
 
 from __future__ import annotations
@@ -19,8 +21,8 @@ from dataclasses import dataclass
 import torch
 
 from factsync.bench.tables import aligned
-from factsync.editing.covariance import KeyStatistics
 from factsync.editing.keys import subject_states_by_layer
+from factsync.editing.spread import HeldSystem
 from factsync.models.loading import LoadedModel
 
 
@@ -44,21 +46,23 @@ class Transfers:
 
 def transfers(loaded: LoadedModel, canaries: Sequence[tuple[str, str]],
               records: Sequence[tuple[str, str]],
-              statistics: Mapping[int, KeyStatistics]) -> Transfers:
+              systems: Mapping[int, HeldSystem]) -> Transfers:
     """The transfer of each of ``records`` onto each of ``canaries``, both given as
-    (template, subject), at every layer of ``statistics``."""
+    (template, subject), at every layer of ``systems`` (each layer's factored A, as
+    ``LayerContext.memit_system`` gives it)."""
     if not canaries or not records:
         raise ValueError("need at least one canary and one record")
-    layers = sorted(statistics)
+    layers = sorted(systems)
     prompts = [*canaries, *records]
     states = subject_states_by_layer(loaded, prompts, layers, max(layers), [""])
     values = []
     for layer in layers:
-        keys = states[layer].keys.T.to(torch.float64)  # (prompts, key), one per prompt
-        canary_keys, record_keys = keys[: len(canaries)], keys[len(canaries):]
-        solved = statistics[layer].solve(record_keys)  # (records, key): C^-1 k
-        own = (record_keys * solved).sum(dim=1)  # (records,): k^T C^-1 k
-        values.append((canary_keys @ solved.T) / own)  # (canaries, records)
+        system = systems[layer]
+        keys = states[layer].keys.to(system.factor.device, torch.float64)  # (key, prompts)
+        canary_keys, record_keys = keys[:, : len(canaries)], keys[:, len(canaries):]
+        solved = system.solve(record_keys)  # (key, records): A^-1 k
+        own = (record_keys * solved).sum(dim=0)  # (records,): k^T A^-1 k
+        values.append((canary_keys.T @ solved / own).cpu())  # (canaries, records)
     return Transfers(layers=layers, values=torch.stack(values))
 
 
@@ -69,17 +73,21 @@ class CanaryExposure:
     Attributes:
         canary: the canary's prompt and object.
         median: the median absolute transfer over all records (layer mean).
+        total: the absolute transfers summed over all records (layer mean): how far
+            the whole stream can drag the canary.
         nearest: (record number, layer-mean transfer), largest absolute transfer first;
             records are numbered from 1 in their data file.
     """
 
     canary: str
     median: float
+    total: float
     nearest: list[tuple[int, float]]
 
     def to_json(self) -> dict:
         """The exposure as plain JSON values."""
         return {"canary": self.canary, "median_abs_transfer": self.median,
+                "total_abs_transfer": self.total,
                 "nearest": [{"record": number, "transfer": value}
                             for number, value in self.nearest]}
 
@@ -94,16 +102,18 @@ def exposures(found: Transfers, canary_names: Sequence[str], top: int, *,
         order = row.abs().argsort(descending=True)[:top]
         answers.append(CanaryExposure(
             canary=name, median=float(torch.quantile(row.abs(), 0.5)),
+            total=float(row.abs().sum()),
             nearest=[(int(index) + first_number, float(row[index])) for index in order]))
     return answers
 
 
 def format_exposures(found: Sequence[CanaryExposure], subjects: Mapping[int, str]) -> str:
-    """One row per canary: the median absolute transfer, then its nearest records as
-    ``#number subject transfer``; ``subjects`` maps record numbers to subjects."""
+    """One row per canary: the median and the sum of absolute transfers, then its nearest
+    records as ``#number subject transfer``; ``subjects`` maps record numbers to
+    subjects."""
     width = max((len(e.nearest) for e in found), default=0)
-    header = ["canary", "median |t|", *(f"record {i + 1}" for i in range(width))]
-    rows = [[e.canary, f"{e.median:.3f}",
+    header = ["canary", "median |t|", "sum |t|", *(f"record {i + 1}" for i in range(width))]
+    rows = [[e.canary, f"{e.median:.3f}", f"{e.total:.1f}",
              *(f"#{number} {subjects[number]} {value:+.3f}" for number, value in e.nearest)]
             for e in found]
     return aligned(header, rows)

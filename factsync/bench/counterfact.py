@@ -19,6 +19,7 @@ from tqdm import tqdm
 
 from factsync.editing.covariance import KeyStatistics
 from factsync.editing.engine import EditEngine, EngineSettings
+from factsync.editing.guards import engine_guards
 from factsync.evaluation.fluency import perplexity_ratio, text_nlls
 from factsync.evaluation.intervals import (
     Interval,
@@ -130,7 +131,7 @@ def run_counterfact(
     for name, settings in methods.items():
         engine = EditEngine(loaded, settings, statistics, contexts,
                             optimiser=executor.optimise, sensitivity=sensitivity,
-                            joint_moment=joint_moment)
+                            joint_moment=joint_moment, guards=engine_guards(loaded, settings))
         handles, passes, seconds, chain = [], [], 0.0, []
         by_pass: list[float] = []  # optimisation seconds of pass i, summed over batches
         batches = range(0, len(requests), batch_size)

@@ -25,6 +25,7 @@ from factsync.editing.covariance import KeyStatistics
 from factsync.editing.delta import ModelDelta, restored_weights
 from factsync.editing.engine import EditEngine, EditResult, EngineSettings
 from factsync.editing.engine_state import EngineState, concatenated
+from factsync.editing.guards import engine_guards
 from factsync.editing.requests import EditRequest
 from factsync.editing.spread import Algorithm
 from factsync.executors.chain import DeltaChain
@@ -219,7 +220,8 @@ def run_lifelong(
         engine = EditEngine(loaded, settings, statistics, contexts,
                             optimiser=executor.optimise,
                             sensitivity=(sensitivities or {}).get(name),
-                            joint_moment=(joint_moments or {}).get(name))
+                            joint_moment=(joint_moments or {}).get(name),
+                            guards=engine_guards(loaded, settings))
         growth = NormGrowth(loaded, engine.layers)
         seconds, chain, kept, first = 0.0, DeltaChain(), EngineState.empty(), 0
         # One snapshot of the edited weights undoes every job, where a handle per job

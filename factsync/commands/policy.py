@@ -56,6 +56,8 @@ def explain(policy: Policy) -> list[str]:
                        if editing.neighbours else ", without NME")
         + f", update fraction {editing.update_fraction:g}.",
         _took_sentence(editing),
+        *(["- Every job holds the built-in guard facts the model states in place."]
+          if editing.guard_facts else []),
         f"- Each candidate is scored on {evaluation.held_out_neighbours} held-out "
         "neighbour(s) per fact and on "
         + (f"a sample of {evaluation.retention_sample}" if evaluation.retention_sample

@@ -13,6 +13,7 @@ from factsync.editing.contexts import contexts_for
 from factsync.editing.corpus import load_text_files, model_corpus
 from factsync.editing.covariance import KeyStatistics, layer_key_size
 from factsync.editing.engine import EditEngine, EngineSettings
+from factsync.editing.guards import engine_guards
 from factsync.editing.joint_spread import joint_moment_for, stacked_key_size
 from factsync.editing.progress import Progress, silent
 from factsync.editing.sensitivity import sensitivity_for
@@ -199,4 +200,5 @@ def build_engine(
     joint_moment = methods_joint_moment(loaded, [settings], layers, statistics_settings,
                                         home=home, corpus=corpus)
     return EditEngine(loaded, settings, stats, engine_contexts(loaded, home=home),
-                      optimiser=optimiser, sensitivity=sensitivity, joint_moment=joint_moment)
+                      optimiser=optimiser, sensitivity=sensitivity, joint_moment=joint_moment,
+                      guards=engine_guards(loaded, settings))

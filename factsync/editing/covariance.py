@@ -111,13 +111,9 @@ class KeyStatistics:
         about one each); keys inside C's span are otherwise barely affected.
         """
         rows = (self.sample if keys is None else keys).to(device, torch.float64)  # (n, key)
-        return (rows * self.solve(rows, device=device)).sum(dim=1).cpu()
-
-    def solve(self, keys: torch.Tensor, *, device: torch.device | str = "cpu") -> torch.Tensor:
-        """``C^-1 k`` for each row of ``keys`` (n, key), as rows (n, key) in float64 on
-        ``device``; C is factored with the ridge ``mahalanobis`` describes."""
         factor = _cholesky_with_ridge(self.second_moment.to(device, torch.float64))
-        return torch.cholesky_solve(keys.to(device, torch.float64).T, factor).T
+        solved = torch.cholesky_solve(rows.T, factor)  # (key, n) = C^-1 k
+        return (rows.T * solved).sum(dim=0).cpu()
 
     def median_mahalanobis(self, *, device: torch.device | str = "cpu") -> float:
         """Median over the sampled keys of ``k^T C^-1 k`` (see ``mahalanobis``).

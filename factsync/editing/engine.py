@@ -74,6 +74,11 @@ class EngineSettings:
             carries their keys, read from the edited model. With
             ``release_superseded``, a neighbour whose subject already stands is not
             held again.
+        guard_facts: hold the keys of well-known facts the model states
+            (``factsync.facts.guards``) in place in every job, from the start, like
+            those of facts applied earlier: the oldest state of every lineage. A job
+            that writes a guard's subject lets go of it as of any fact written again.
+            ``build_engine`` reads which the model states.
     """
 
     layers: tuple[int, ...] | None = None
@@ -85,6 +90,7 @@ class EngineSettings:
     took_rule: TookRule = TookRule.WINS
     took_phrasings: bool = False
     keep_neighbours_held: bool = False
+    guard_facts: bool = False
 
     def __post_init__(self) -> None:
         if self.max_iterations < 1:
@@ -190,7 +196,8 @@ class EditEngine:
     ``natural`` step rule needs ``sensitivity``, the last edit layer's
     (``editing.sensitivity``); ``joint_layers`` needs ``joint_moment``, the edit layers'
     joint key statistics (``joint_spread.joint_moment_for``), and then holds earlier
-    edits' keys stacked over the layers instead of layer by layer.
+    edits' keys stacked over the layers instead of layer by layer. ``guards`` (template,
+    subject) are held from the start, their keys read from the model as it is then.
     """
 
     def __init__(
@@ -203,6 +210,7 @@ class EditEngine:
         optimiser: TargetOptimiser = optimise_targets,
         sensitivity: torch.Tensor | None = None,
         joint_moment: torch.Tensor | None = None,
+        guards: Sequence[tuple[str, str]] = (),
     ) -> None:
         if settings.target.needs_sensitivity and sensitivity is None:
             raise ValueError("the natural step rule needs the last edit layer's sensitivity")
@@ -227,6 +235,8 @@ class EditEngine:
         # subject -> where its standing keys are: a state (or its file) and the columns
         self._standing: dict[str, tuple[KeySource, list[int]]] = {}
         self._keeps_keys = any(c.preserved is not None for c in self._held_contexts())
+        self._guard = self._guard_state(guards)
+        self.restore([])
 
     def _layer_context(self, stats: KeyStatistics) -> LayerContext:
         spread_settings = self.settings.spread
@@ -282,13 +292,14 @@ class EditEngine:
 
     def restore(self, lineage: Sequence[KeySource]) -> None:
         """Preserve exactly the standing keys of ``lineage`` (the live version's states
-        or their files, oldest first), forgetting everything remembered before. The
-        states are read one at a time, newest first."""
+        or their files, oldest first) and of the guards, forgetting everything
+        remembered before. The states are read one at a time, newest first."""
         for context in self._held_contexts():
             context.forget_held()
         self._standing = {}
         if not self._keeps_keys:
             return
+        lineage = [self._guard, *lineage]
         if not self.settings.release_superseded:
             for source in lineage:
                 self._hold(read_state(source).keys)
@@ -299,6 +310,20 @@ class EditEngine:
             columns = self._stand(source, state.subjects, later)
             self._hold(state.select(columns).keys)
             later.update(s for s in state.subjects if s is not None)
+
+    def _guard_state(self, guards: Sequence[tuple[str, str]]) -> EngineState:
+        """The keys of ``guards`` at the edit layers, read from the model as it is."""
+        if not guards:
+            return EngineState.empty()
+        if not self._keeps_keys:
+            log.warning("%d guard facts are not held: this spread holds no keys in place "
+                        "(preserve_applied is off)", len(guards))
+            return EngineState.empty()
+        read = subject_states_by_layer(self.loaded, list(guards), self.layers,
+                                       self.layers[-1], [""])
+        owners = read[self.layers[-1]].owners.tolist()
+        return EngineState(keys={layer: states.keys.cpu() for layer, states in read.items()},
+                           subjects=tuple(guards[owner][1] for owner in owners))
 
     def preserved(self) -> dict[int, torch.Tensor]:
         """A copy of ``K_p K_p^T`` per layer (empty when nothing is preserved, and for

@@ -141,6 +141,8 @@ class EditingPolicy:
         took_phrasings: the fact's phrasings must pass the took rule too.
         keep_neighbours_held: NME neighbours stay held in place in later jobs, like the
             facts applied earlier, until their subject is written.
+        guard_facts: hold the built-in guard facts the model states (well-known facts
+            none of the canaries share a subject with) in place in every job.
         target: the z optimisation (steps, learning rate, KL and norm terms, chunk size).
     """
 
@@ -159,6 +161,7 @@ class EditingPolicy:
     took_rule: TookRule = EngineSettings.took_rule
     took_phrasings: bool = EngineSettings.took_phrasings
     keep_neighbours_held: bool = EngineSettings.keep_neighbours_held
+    guard_facts: bool = EngineSettings.guard_facts
     target: TargetSettings = field(default_factory=TargetSettings)
 
     def __post_init__(self) -> None:
@@ -177,6 +180,7 @@ class EditingPolicy:
             took_rule=self.took_rule,
             took_phrasings=self.took_phrasings,
             keep_neighbours_held=self.keep_neighbours_held,
+            guard_facts=self.guard_facts,
             spread=SpreadSettings(algorithm=self.algorithm,
                                   update_fraction=self.update_fraction,
                                   mom2_update_weight=self.mom2_update_weight,

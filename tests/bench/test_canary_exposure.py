@@ -10,20 +10,23 @@ import torch
 
 from factsync.bench.canary_exposure import Transfers, exposures, format_exposures, transfers
 from factsync.cli import main
-from factsync.editing.covariance import KeyStatistics, layer_key_size
+from factsync.editing.covariance import layer_key_size
 from factsync.editing.keys import subject_states_by_layer
+from factsync.editing.spread import HeldSystem
 from factsync.models.specs import get_module
 
 CANARIES = [("{} is located in", "Lyon"), ("The capital of {} is", "France")]
 RECORDS = [("{} is owned by", "Skype"), ("{} is in", "Lyon"), ("{} was created by", "Apple A5")]
 
 
-def _statistics(size: int, seed: int) -> KeyStatistics:
+def _system(size: int, seed: int) -> HeldSystem:
+    """lambda C + K_p K_p^T of a random, not isotropic C and a few held keys."""
     generator = torch.Generator().manual_seed(seed)
     keys = torch.randn(4 * size, size, generator=generator, dtype=torch.float64)
-    keys = keys * torch.linspace(0.2, 2.0, size, dtype=torch.float64)  # not isotropic
-    return KeyStatistics(second_moment=keys.T @ keys / len(keys), count=len(keys),
-                         sample=keys[:8].float())
+    keys = keys * torch.linspace(0.2, 2.0, size, dtype=torch.float64)
+    held = torch.randn(size, 3, generator=generator, dtype=torch.float64)
+    return HeldSystem.factorise(keys.T @ keys / len(keys), 2.0, held @ held.T,
+                                torch.device("cpu"))
 
 
 def _outputs(loaded, prompts, layer):  # noqa: ANN001, ANN202
@@ -33,15 +36,15 @@ def _outputs(loaded, prompts, layer):  # noqa: ANN001, ANN202
 def test_a_rank_one_update_moves_each_canary_by_its_transfer_of_the_record_change(tiny_loaded):
     loaded = tiny_loaded()
     layer = loaded.spec.default_layers(loaded.num_layers)[0]
-    stats = _statistics(layer_key_size(loaded, layer), seed=3)
-    found = transfers(loaded, CANARIES, RECORDS, {layer: stats})
+    system = _system(layer_key_size(loaded, layer), seed=3)
+    found = transfers(loaded, CANARIES, RECORDS, {layer: system})
     assert found.layers == [layer] and found.values.shape == (1, 2, 3)
     keys = subject_states_by_layer(loaded, RECORDS, [layer], layer, [""])[layer].keys
     weight = get_module(loaded.model, loaded.spec.mlp_out_path(layer)).weight  # (hidden, key)
     before = _outputs(loaded, [*CANARIES, *RECORDS], layer)
     direction = torch.randn(weight.shape[0], generator=torch.Generator().manual_seed(1))
     for record in range(len(RECORDS)):
-        solved = stats.solve(keys[:, record].unsqueeze(0))[0].float()  # C^-1 k
+        solved = system.solve(keys[:, record : record + 1].double())[:, 0].float()  # A^-1 k
         update = 1e-2 * torch.outer(direction, solved / solved.norm())
         with torch.no_grad():
             weight += update
@@ -58,8 +61,8 @@ def test_a_rank_one_update_moves_each_canary_by_its_transfer_of_the_record_chang
 def test_a_record_of_the_canary_own_subject_and_prompt_passes_on_all_its_change(tiny_loaded):
     loaded = tiny_loaded()
     layers = [1, 2]
-    stats = {layer: _statistics(layer_key_size(loaded, layer), seed=layer) for layer in layers}
-    found = transfers(loaded, CANARIES, [RECORDS[0], CANARIES[1]], stats)
+    systems = {layer: _system(layer_key_size(loaded, layer), seed=layer) for layer in layers}
+    found = transfers(loaded, CANARIES, [RECORDS[0], CANARIES[1]], systems)
     assert found.values[:, 1, 1] == pytest.approx([1.0, 1.0])
     assert (found.values[:, 1, 0].abs() < 0.999).all()
 
@@ -72,11 +75,12 @@ def test_exposures_list_the_largest_absolute_transfers_numbered_in_the_data_file
     assert first.nearest == [(12, pytest.approx(-0.4)), (13, pytest.approx(0.3))]
     assert second.nearest[0] == (11, pytest.approx(0.2))
     assert first.median == pytest.approx(0.2)  # of 0.1, 0.4, 0.3, 0.0
+    assert first.total == pytest.approx(0.8)
     table = format_exposures([first, second], {11: "s11", 12: "s12", 13: "s13", 14: "s14"})
     header, _, row, _ = table.splitlines()
-    assert [c.strip() for c in header.split(" | ")] == ["canary", "median |t|", "record 1",
-                                                         "record 2"]
-    assert [c.strip() for c in row.split(" | ")] == ["A", "0.200", "#12 s12 -0.400",
+    assert [c.strip() for c in header.split(" | ")] == ["canary", "median |t|", "sum |t|",
+                                                         "record 1", "record 2"]
+    assert [c.strip() for c in row.split(" | ")] == ["A", "0.200", "0.8", "#12 s12 -0.400",
                                                       "#13 s13 +0.300"]
     assert first.to_json()["nearest"][0] == {"record": 12, "transfer": pytest.approx(-0.4)}
 

@@ -377,6 +377,67 @@ def test_a_kept_neighbour_moves_less_under_later_jobs(tiny_engine, tiny_loaded):
     assert moved[keeping] < 0.75 * moved[plain]
 
 
+GUARDS = [("{} is located in", "Lyon"), ("The capital of {} is", "Italy"),
+          ("{} is owned by", "LinkedIn")]
+
+
+def _guard_state(loaded, engine) -> EngineState:  # noqa: ANN001
+    read = subject_states_by_layer(loaded, GUARDS, engine.layers, engine.layers[-1], [""])
+    return EngineState(keys={layer: r.keys for layer, r in read.items()},
+                       subjects=tuple(subject for _, subject in GUARDS))
+
+
+def _guarded(engine: EditEngine) -> EditEngine:
+    return EditEngine(engine.loaded, engine.settings, engine.statistics, engine.contexts,
+                      guards=GUARDS)
+
+
+def test_guards_are_held_from_the_start_and_after_every_restore(tiny_engine, tiny_loaded):
+    loaded = tiny_loaded()
+    engine = _guarded(tiny_engine(loaded))
+    guard = _guard_state(loaded, engine)
+    expected = held_product([guard])
+    assert all(torch.allclose(engine.preserved()[x], expected[x]) for x in engine.layers)
+    first = engine.edit(REQUESTS[:1])
+    engine.remember(first)
+    engine.restore([first.state])
+    expected = held_product([guard, first.state])
+    assert all(torch.allclose(engine.preserved()[x], expected[x]) for x in engine.layers)
+
+
+def test_writing_a_guard_subject_lets_go_of_its_guard(tiny_engine, tiny_loaded):
+    loaded = tiny_loaded()
+    engine = _guarded(tiny_engine(loaded))
+    guard = _guard_state(loaded, engine)
+    written = engine.edit([REQUESTS[1]])  # LinkedIn, a guard's subject
+    engine.remember(written)
+    others = guard.select([c for c, s in enumerate(guard.subjects) if s != "LinkedIn"])
+    expected = held_product([others, written.state])
+    assert all(torch.allclose(engine.preserved()[x], expected[x]) for x in engine.layers)
+    engine.restore([written.state])
+    assert all(torch.allclose(engine.preserved()[x], expected[x]) for x in engine.layers)
+
+
+def test_a_guard_moves_less_under_an_edit(tiny_engine, tiny_loaded):
+    loaded = tiny_loaded()
+    plain = tiny_engine(loaded)
+    guarded = _guarded(plain)
+    last = plain.layers[-1]
+    before = subject_outputs(loaded, GUARDS[:2], last)
+    moved = {}
+    for engine in (plain, guarded):
+        with applied(loaded, engine.edit(REQUESTS[:1]).delta):
+            moved[engine] = (subject_outputs(loaded, GUARDS[:2], last) - before).norm()
+    assert moved[guarded] < 0.75 * moved[plain]
+
+
+def test_guards_need_a_spread_that_holds_keys(tiny_engine, tiny_loaded, caplog):
+    engine = _with_spread(tiny_engine(tiny_loaded()), preserve_applied=False)
+    guarded = _guarded(engine)
+    assert guarded.preserved() == {}
+    assert "3 guard facts are not held" in caplog.text
+
+
 def test_settings_are_validated():
     with pytest.raises(ValueError, match="max_iterations must be at least 1"):
         EngineSettings(max_iterations=0)

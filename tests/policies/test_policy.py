@@ -147,13 +147,13 @@ def test_every_engine_knob_is_reachable_from_the_policy(tmp_path):
                "update_fraction": 0.4, "layers": [1, 2], "preserve_applied": False,
                "mom2_update_weight": 900.0, "nullspace_threshold": 0.05,
                "second_moment_shrinkage": 0.2, "took_rule": "most_probable",
-               "took_phrasings": True, "keep_neighbours_held": True,
+               "took_phrasings": True, "keep_neighbours_held": True, "guard_facts": True,
                "target": {"steps": 7, "chunk_size": 4, "kl_factor": 0.1}}
     settings = load_policy(write(tmp_path, {"editing": editing})).editing.engine_settings()
     assert settings == EngineSettings(
         layers=(1, 2), max_iterations=5, neighbours=False,
         took_rule=TookRule.MOST_PROBABLE, took_phrasings=True, keep_neighbours_held=True,
-        target=TargetSettings(steps=7, chunk_size=4, kl_factor=0.1),
+        guard_facts=True, target=TargetSettings(steps=7, chunk_size=4, kl_factor=0.1),
         spread=SpreadSettings(algorithm="alphaedit", update_fraction=0.4,
                               mom2_update_weight=900.0, nullspace_threshold=0.05,
                               preserve_applied=False, second_moment_shrinkage=0.2))
@@ -192,3 +192,10 @@ def test_policy_check_says_whether_neighbours_stay_held(tmp_path):
         "keep_neighbours_held": True}}))))
     assert "held in place in later jobs too" in kept
     assert "later jobs" not in default
+
+
+def test_policy_check_says_whether_guard_facts_are_held(tmp_path):
+    default = " ".join(explain(load_policy(write(tmp_path, {}))))
+    guarded = " ".join(explain(load_policy(write(tmp_path, {"editing": {"guard_facts": True}}))))
+    assert "holds the built-in guard facts the model states in place" in guarded
+    assert "guard" not in default

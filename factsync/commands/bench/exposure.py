@@ -30,11 +30,14 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="the records whose edits reach each of the daemon's canaries most",
         description="Read the key of each record's subject and of each daemon canary's "
         "subject (bare prompt, last subject token) at every edit layer of the method, and "
-        "print per canary the records with the largest transfer: k^T C^-1 k_c / k^T C^-1 "
-        "k, the change a MEMIT-style spread of that record's edit makes at the canary's "
-        "key as a share of the change at the record's own key, averaged over the edit "
-        "layers. Nothing is edited; C is the method's key statistics. Canaries the "
-        "records rewrite are left out, as bench lifelong leaves them out.",
+        "print per canary the records with the largest transfer: k^T A^-1 k_c / k^T A^-1 "
+        "k, the change a MEMIT spread of that record's edit makes at the canary's key as "
+        "a share of the change at the record's own key, averaged over the edit layers; A "
+        "is lambda C + K_p K_p^T of the method's engine before its first edit (C its key "
+        "statistics, K_p the guard facts' keys when its policy holds them), so lambda "
+        "cancels where nothing is held. Also the median and the sum of the absolute "
+        "transfers over all records. Nothing is edited. Canaries the records rewrite are "
+        "left out, as bench lifelong leaves them out.",
     )
     exposure.add_argument("--dataset", choices=DATASETS, default="counterfact",
                           help="record format of --data (counterfact)")
@@ -57,7 +60,7 @@ def run_canary_exposure(args: argparse.Namespace) -> int:
     from factsync.bench.canary_exposure import exposures, format_exposures, transfers
     from factsync.bench.canary_facts import daemon_canary_facts
     from factsync.bench.lifelong import chosen_methods
-    from factsync.editing.build import layer_statistics
+    from factsync.editing.build import build_engine
     from factsync.evaluation.suites import load_cases
 
     if args.n < 1:
@@ -77,13 +80,13 @@ def run_canary_exposure(args: argparse.Namespace) -> int:
     if not canaries:
         raise ValueError(f"{loaded.name} states none of the daemon's canaries that the "
                          "records leave alone; there is nothing to expose")
-    layers = settings.edit_layers(loaded)
-    shrinkage = settings.spread.second_moment_shrinkage
-    statistics = {layer: stats.shrunk(shrinkage) for layer, stats in
-                  layer_statistics(loaded, layers, statistics_settings(args)).items()}
+    engine = build_engine(loaded, settings, statistics_settings(args))
+    layers = engine.layers
+    systems = {layer: engine.layer_contexts[layer].memit_system(loaded.device)
+               for layer in layers}
     requests = [case.request for case in cases]
     found = transfers(loaded, [(template, subject) for template, subject, _ in canaries],
-                      [(r.template, r.subject) for r in requests], statistics)
+                      [(r.template, r.subject) for r in requests], systems)
     names = [f"{template.format(subject)} {obj}" for template, subject, obj in canaries]
     answer = exposures(found, names, min(args.top, len(requests)), first_number=args.skip + 1)
     subjects = {args.skip + 1 + i: r.subject for i, r in enumerate(requests)}
