@@ -6,21 +6,18 @@ import argparse
 from pathlib import Path
 
 from factsync.commands.bench.inputs import (
-    add_data_options,
-    add_skip_option,
-    records_after_skip,
-    records_path,
+    add_measured_records_options,
+    measured_records,
+    one_method,
 )
 from factsync.commands.options import (
     POLICY_METHODS_NOTE,
     add_engine_options,
     add_model_options,
-    engine_settings,
     load,
     statistics_settings,
 )
 from factsync.durable import write_json
-from factsync.evaluation.datasets import DATASETS
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -40,14 +37,10 @@ def register(sub: argparse._SubParsersAction) -> None:
         "Nothing is edited. The joint statistics are computed once and cached beside "
         "the key statistics.",
     )
-    coupling.add_argument("--dataset", choices=DATASETS, default="counterfact",
-                          help="record format of --data (counterfact)")
-    add_data_options(coupling)
-    coupling.add_argument("--n", type=int, default=16, help="records to measure (16)")
-    add_skip_option(coupling)
-    coupling.add_argument("--method", default="default",
-                          help="the method whose targets and spread are measured, named as "
-                          "bench lifelong --methods names them (default)")
+    add_measured_records_options(
+        coupling, records=16, measured="records to measure",
+        method_help="the method whose targets and spread are measured, named as bench "
+        "lifelong --methods names them (default)")
     coupling.add_argument("--scales", default="0.5,1,2,4",
                           help="multiples of the joint spread's derived lambda to measure, "
                           "comma-separated, or 'none' to measure the method's own spread "
@@ -85,7 +78,6 @@ def run_coupling_bench(args: argparse.Namespace) -> int:
         format_coupling,
         spread_costs,
     )
-    from factsync.bench.lifelong import chosen_methods
     from factsync.editing.build import build_engine, layer_sensitivity, statistics_corpus
     from factsync.editing.joint_spread import (
         JointSpread,
@@ -95,7 +87,6 @@ def run_coupling_bench(args: argparse.Namespace) -> int:
     )
     from factsync.editing.spread import spread
     from factsync.editing.targets import optimise_targets
-    from factsync.evaluation.suites import load_cases
     from factsync.paths import data_home
 
     own_only = args.scales.strip() == "none"
@@ -104,13 +95,8 @@ def run_coupling_bench(args: argparse.Namespace) -> int:
         raise ValueError(f"--scales must be positive numbers or 'none', got {args.scales!r}")
     if args.n < 1:
         raise ValueError(f"--n must be at least 1, got {args.n}")
-    methods = chosen_methods(args.method, engine_settings(args, neighbours=False),
-                             args.max_iterations)
-    if len(methods) != 1:
-        raise ValueError(f"bench coupling measures one method, got {args.method!r}")
-    ((name, settings),) = methods.items()
-    data = records_path(args, args.dataset)
-    cases = records_after_skip(load_cases(args.dataset, data), args.skip, args.n, data)[: args.n]
+    name, settings = one_method(args, "coupling")
+    cases = measured_records(args)
     loaded = load(args)
     stats_settings = statistics_settings(args)
     engine = build_engine(loaded, settings, stats_settings)

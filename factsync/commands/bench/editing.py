@@ -11,11 +11,11 @@ from pathlib import Path
 from factsync.commands.bench.inputs import (
     add_data_options,
     add_fluency_option,
+    add_measured_records_options,
     add_record_options,
-    add_skip_option,
     fluency_texts,
+    measured_records,
     positive_list,
-    records_after_skip,
     records_path,
 )
 from factsync.commands.options import (
@@ -30,7 +30,7 @@ from factsync.commands.options import (
     statistics_settings,
 )
 from factsync.durable import write_json
-from factsync.evaluation.datasets import DATASETS, dataset_spec
+from factsync.evaluation.datasets import dataset_spec
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -434,15 +434,10 @@ def _register_shifts(sub: argparse._SubParsersAction) -> None:
         "probability and seconds per fact. Several methods are measured side by side, "
         "one row per method and model. Nothing is edited.",
     )
-    shifts.add_argument("--dataset", choices=DATASETS, default="counterfact",
-                        help="record format of --data (counterfact)")
-    add_data_options(shifts)
-    shifts.add_argument("--n", type=int, default=24, help="records to optimise (24)")
-    add_skip_option(shifts)
-    shifts.add_argument("--method", default="default",
-                        help="whose target settings, named as bench lifelong --methods "
-                        "names them; several, comma-separated, are measured in turn on "
-                        "each model (default)")
+    add_measured_records_options(
+        shifts, records=24, measured="records to optimise",
+        method_help="whose target settings, named as bench lifelong --methods names them; "
+        "several, comma-separated, are measured in turn on each model (default)")
     shifts.add_argument("--delta", type=Path, action="append", default=[], metavar="FILE",
                         help="also measure with this saved delta applied (repeatable)")
     shifts.add_argument("--sensitivity", action="store_true",
@@ -485,7 +480,6 @@ def run_shifts_bench(args: argparse.Namespace) -> int:
     from factsync.editing.delta import ModelDelta, applied
     from factsync.editing.engine import EditEngine
     from factsync.editing.requests import EditRequest
-    from factsync.evaluation.suites import load_cases
 
     if args.batch < 1:
         raise ValueError(f"--batch must be at least 1, got {args.batch}")
@@ -496,8 +490,7 @@ def run_shifts_bench(args: argparse.Namespace) -> int:
                              args.max_iterations)
     deltas = [(str(path), ModelDelta.load(path)) for path in args.delta]
     torch.manual_seed(args.seed)
-    data = records_path(args, args.dataset)
-    cases = records_after_skip(load_cases(args.dataset, data), args.skip, args.n, data)[: args.n]
+    cases = measured_records(args)
     loaded = load(args)
     edited = {tuple(settings.edit_layers(loaded)) for settings in methods.values()}
     if len(edited) > 1:

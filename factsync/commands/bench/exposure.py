@@ -6,21 +6,18 @@ import argparse
 from pathlib import Path
 
 from factsync.commands.bench.inputs import (
-    add_data_options,
-    add_skip_option,
-    records_after_skip,
-    records_path,
+    add_measured_records_options,
+    measured_records,
+    one_method,
 )
 from factsync.commands.options import (
     POLICY_METHODS_NOTE,
     add_engine_options,
     add_model_options,
-    engine_settings,
     load,
     statistics_settings,
 )
 from factsync.durable import write_json
-from factsync.evaluation.datasets import DATASETS
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -39,14 +36,10 @@ def register(sub: argparse._SubParsersAction) -> None:
         "transfers over all records. Nothing is edited. Canaries the records rewrite are "
         "left out, as bench lifelong leaves them out.",
     )
-    exposure.add_argument("--dataset", choices=DATASETS, default="counterfact",
-                          help="record format of --data (counterfact)")
-    add_data_options(exposure)
-    exposure.add_argument("--n", type=int, default=1000, help="records of the stream (1000)")
-    add_skip_option(exposure)
-    exposure.add_argument("--method", default="default",
-                          help="the method whose edit layers and key statistics are read, "
-                          "named as bench lifelong --methods names them (default)")
+    add_measured_records_options(
+        exposure, records=1000, measured="records of the stream",
+        method_help="the method whose edit layers, key statistics and guards are read, "
+        "named as bench lifelong --methods names them (default)")
     exposure.add_argument("--top", type=int, default=3,
                           help="records to list per canary (3)")
     exposure.add_argument("--json", type=Path, help="also write the numbers to this file")
@@ -59,22 +52,14 @@ def run_canary_exposure(args: argparse.Namespace) -> int:
     """Handler of ``factsync bench canary-exposure``."""
     from factsync.bench.canary_exposure import exposures, format_exposures, transfers
     from factsync.bench.canary_facts import daemon_canary_facts
-    from factsync.bench.lifelong import chosen_methods
     from factsync.editing.build import build_engine
-    from factsync.evaluation.suites import load_cases
 
     if args.n < 1:
         raise ValueError(f"--n must be at least 1, got {args.n}")
     if args.top < 1:
         raise ValueError(f"--top must be at least 1, got {args.top}")
-    methods = chosen_methods(args.method, engine_settings(args, neighbours=False),
-                             args.max_iterations)
-    if len(methods) != 1:
-        raise ValueError(f"bench canary-exposure reads one method, got {args.method!r}")
-    ((name, settings),) = methods.items()
-    data = records_path(args, args.dataset)
-    cases = records_after_skip(load_cases(args.dataset, data), args.skip, args.n,
-                               data)[: args.n]
+    name, settings = one_method(args, "canary-exposure")
+    cases = measured_records(args)
     loaded = load(args)
     canaries = daemon_canary_facts(loaded, cases)
     if not canaries:

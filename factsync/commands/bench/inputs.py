@@ -6,6 +6,8 @@ import argparse
 import json
 from pathlib import Path
 
+from factsync.commands.options import engine_settings
+from factsync.editing.engine import EngineSettings
 from factsync.evaluation.counterfact import default_data_dir
 from factsync.evaluation.datasets import DATASETS, dataset_spec, default_dataset_path
 
@@ -48,6 +50,39 @@ def records_after_skip(records: list, skip: int, n: int, data: Path) -> list:
         raise ValueError(f"{data} holds {len(records)} records; --skip {skip} and "
                          f"--n {n} ask for {skip + n}")
     return records[skip:]
+
+
+def add_measured_records_options(parser: argparse.ArgumentParser, *, records: int,
+                                 measured: str, method_help: str) -> None:
+    """``--dataset``, ``--data``, ``--seed``, ``--n`` (default ``records``, help
+    ``measured``), ``--skip`` and ``--method`` of a bench that measures a method on
+    records without editing them in a stream."""
+    parser.add_argument("--dataset", choices=DATASETS, default="counterfact",
+                        help="record format of --data (counterfact)")
+    add_data_options(parser)
+    parser.add_argument("--n", type=int, default=records, help=f"{measured} ({records})")
+    add_skip_option(parser)
+    parser.add_argument("--method", default="default", help=method_help)
+
+
+def measured_records(args: argparse.Namespace) -> list:
+    """The ``--n`` records of ``--data`` after ``--skip``, as evaluation cases."""
+    from factsync.evaluation.suites import load_cases
+
+    data = records_path(args, args.dataset)
+    return records_after_skip(load_cases(args.dataset, data), args.skip, args.n, data)[: args.n]
+
+
+def one_method(args: argparse.Namespace, command: str) -> tuple[str, EngineSettings]:
+    """``--method``'s (name, engine settings), refused unless it names exactly one."""
+    from factsync.bench.lifelong import chosen_methods
+
+    methods = chosen_methods(args.method, engine_settings(args, neighbours=False),
+                             args.max_iterations)
+    if len(methods) != 1:
+        raise ValueError(f"bench {command} measures one method, got {args.method!r}")
+    ((name, settings),) = methods.items()
+    return name, settings
 
 
 def add_fluency_option(parser: argparse.ArgumentParser) -> None:
