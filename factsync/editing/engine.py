@@ -319,6 +319,7 @@ class EditEngine:
             log.warning("%d guard facts are not held: this spread holds no keys in place "
                         "(preserve_applied is off)", len(guards))
             return EngineState.empty()
+        log.info("holding %d guard facts in place", len(guards))
         read = subject_states_by_layer(self.loaded, list(guards), self.layers,
                                        self.layers[-1], [""])
         owners = read[self.layers[-1]].owners.tolist()
