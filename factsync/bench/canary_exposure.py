@@ -76,7 +76,7 @@ class CanaryExposure:
         total: the absolute transfers summed over all records (layer mean): how far
             the whole stream can drag the canary.
         nearest: (record number, layer-mean transfer), largest absolute transfer first;
-            records are numbered from 1 in their data file.
+            records are numbered by their place in the stream, from 1.
     """
 
     canary: str
@@ -95,7 +95,7 @@ class CanaryExposure:
 def exposures(found: Transfers, canary_names: Sequence[str], top: int, *,
               first_number: int = 1) -> list[CanaryExposure]:
     """Per canary, the ``top`` records of ``found`` with the largest absolute transfer,
-    numbered from ``first_number`` (the number of the first record in its data file)."""
+    numbered from ``first_number`` (the place of the first one in the stream)."""
     mean = found.mean_over_layers()
     answers = []
     for row, name in zip(mean, canary_names, strict=True):

@@ -76,8 +76,8 @@ def run_canary_exposure(args: argparse.Namespace) -> int:
     answer = exposures(found, names, min(args.top, len(requests)), first_number=args.skip + 1)
     subjects = {args.skip + 1 + i: r.subject for i, r in enumerate(requests)}
     print(f"{name}, layers {','.join(map(str, layers))}: the records whose edits reach "
-          f"each canary most (#record number in --data, subject, transfer averaged over "
-          f"the layers)\n{format_exposures(answer, subjects)}", flush=True)
+          f"each canary most (#the record's place in the stream as --skip counts records, "
+          f"from 1; subject; transfer averaged over the layers)\n{format_exposures(answer, subjects)}", flush=True)
     if args.json:
         write_json(args.json, {"method": name, "layers": layers,
                                "canaries": [e.to_json() for e in answer]})
