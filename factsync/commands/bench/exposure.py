@@ -77,7 +77,8 @@ def run_canary_exposure(args: argparse.Namespace) -> int:
     subjects = {args.skip + 1 + i: r.subject for i, r in enumerate(requests)}
     print(f"{name}, layers {','.join(map(str, layers))}: the records whose edits reach "
           f"each canary most (#the record's place in the stream as --skip counts records, "
-          f"from 1; subject; transfer averaged over the layers)\n{format_exposures(answer, subjects)}", flush=True)
+          f"from 1; subject; transfer averaged over the layers)\n"
+          f"{format_exposures(answer, subjects)}", flush=True)
     if args.json:
         write_json(args.json, {"method": name, "layers": layers,
                                "canaries": [e.to_json() for e in answer]})
