@@ -236,7 +236,7 @@ class EditEngine:
         self._standing: dict[str, tuple[KeySource, list[int]]] = {}
         self._keeps_keys = any(c.preserved is not None for c in self._held_contexts())
         self._guard = self._guard_state(guards)
-        self.restore([])
+        self.restore([])  # an empty lineage: the guards alone
 
     def _layer_context(self, stats: KeyStatistics) -> LayerContext:
         spread_settings = self.settings.spread
