@@ -18,7 +18,7 @@ from factsync.facts.canaries import CANDIDATE_CANARIES
 from factsync.facts.catalog import RelationCatalog
 from factsync.jobs.preparation import states
 from factsync.models.loading import LoadedModel
-from factsync.models.scoring import score_targets
+from factsync.models.scoring import score_targets, stated_facts
 from factsync.models.text import PromptSpec, object_ids
 
 
@@ -51,14 +51,8 @@ def daemon_canaries(loaded: LoadedModel, edited: Sequence[EvalCase] = ()) -> lis
 def daemon_canary_facts(loaded: LoadedModel,
                         edited: Sequence[EvalCase] = ()) -> list[tuple[str, str, str]]:
     """``daemon_canaries`` as (template, subject, object), for what reads the subject."""
-    catalog = RelationCatalog.built_in()
-    facts = []
-    for subject, relation_id, obj in unrewritten(CANDIDATE_CANARIES, edited):
-        relation = catalog.resolve(relation_id)
-        if relation is not None:
-            facts.append((relation.template, subject, obj))
-    pairs = [(template.format(subject), obj) for template, subject, obj in facts]
-    return [fact for fact, stated in zip(facts, states(loaded, pairs), strict=True) if stated]
+    facts = RelationCatalog.built_in().templated(unrewritten(CANDIDATE_CANARIES, edited))
+    return stated_facts(loaded, facts)
 
 
 def unrewritten(candidates: Sequence[tuple[str, str, str]],

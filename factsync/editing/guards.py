@@ -6,8 +6,7 @@ from factsync.editing.engine import EngineSettings
 from factsync.facts.catalog import RelationCatalog
 from factsync.facts.guards import GUARD_FACTS
 from factsync.models.loading import LoadedModel
-from factsync.models.scoring import score_targets
-from factsync.models.text import PromptSpec, object_ids
+from factsync.models.scoring import stated_facts
 
 
 def engine_guards(loaded: LoadedModel, settings: EngineSettings) -> list[tuple[str, str]]:
@@ -15,10 +14,5 @@ def engine_guards(loaded: LoadedModel, settings: EngineSettings) -> list[tuple[s
     gives as its greedy answer, when ``settings`` holds guards; else none."""
     if not settings.guard_facts:
         return []
-    catalog = RelationCatalog.built_in()
-    facts = [(catalog.resolve(relation).template, subject, obj)
-             for subject, relation, obj in GUARD_FACTS]
-    scores = score_targets(loaded, [PromptSpec(template, subject, object_ids(loaded, obj))
-                                    for template, subject, obj in facts])
-    return [(template, subject) for (template, subject, _), score
-            in zip(facts, scores, strict=True) if score.exact]
+    facts = RelationCatalog.built_in().templated(GUARD_FACTS)
+    return [(template, subject) for template, subject, _ in stated_facts(loaded, facts)]

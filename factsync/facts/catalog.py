@@ -230,6 +230,13 @@ class RelationCatalog:
         """The relation with id or alias ``name``, or ``None``."""
         return self._by_name.get(name.strip().lower())
 
+    def templated(self, facts: Iterable[tuple[str, str, str]]) -> list[tuple[str, str, str]]:
+        """(subject, relation, object) ``facts`` as (template, subject, object), in order,
+        leaving out those whose relation the catalog does not know."""
+        resolved = ((self.resolve(relation), subject, obj) for subject, relation, obj in facts)
+        return [(relation.template, subject, obj)
+                for relation, subject, obj in resolved if relation is not None]
+
     def __iter__(self):  # noqa: ANN204
         return iter(self._relations.values())
 

@@ -13,7 +13,7 @@ import torch
 from tqdm import tqdm
 
 from factsync.models.loading import LoadedModel
-from factsync.models.text import PromptBatch, PromptSpec, encode
+from factsync.models.text import PromptBatch, PromptSpec, encode, object_ids
 
 
 @dataclass(frozen=True)
@@ -183,6 +183,15 @@ def score_targets(
             )
             cursor += length
     return [scores[row] for row in rows]
+
+
+def stated_facts(loaded: LoadedModel,
+                 facts: Sequence[tuple[str, str, str]]) -> list[tuple[str, str, str]]:
+    """The (template, subject, object) ``facts`` whose object is the model's greedy
+    answer to the template filled with the subject (teacher forced), in order."""
+    scores = score_targets(loaded, [PromptSpec(template, subject, object_ids(loaded, obj))
+                                    for template, subject, obj in facts])
+    return [fact for fact, score in zip(facts, scores, strict=True) if score.exact]
 
 
 def _shortest_first(loaded: LoadedModel, rows: list[PromptSpec]) -> list[PromptSpec]:

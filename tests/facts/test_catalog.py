@@ -19,6 +19,15 @@ def test_relations_resolve_by_id_and_alias_case_insensitively():
     assert catalog.resolve("no_such_relation") is None
 
 
+def test_facts_are_templated_in_order_leaving_out_unknown_relations():
+    catalog = RelationCatalog.built_in()
+    facts = [("France", "capital", "Paris"), ("Mars", "no_such_relation", "Phobos"),
+             ("Skype", "P127", "Microsoft")]
+    assert catalog.templated(facts) == [
+        ("The capital of {} is", "France", "Paris"),
+        (catalog.resolve("P127").template, "Skype", "Microsoft")]
+
+
 def test_every_built_in_prompt_has_one_slot_and_ends_where_the_object_starts():
     for relation in RelationCatalog.built_in():
         for prompt in (relation.template, *relation.paraphrases, *relation.phrasings):
