@@ -3,7 +3,9 @@
 A run's methods go one after another, so a comparison that grows later (a new method
 beside ones already measured) is a second run on the same records. Its unedited model is
 measured again; when that measurement equals the first run's, the two runs scored the
-same records the same way and their methods belong in one table.
+same records the same way and their methods belong in one table. A metric only one of
+them measured (a later run scoring a held-out text set the first did not) cannot
+disagree: the merged unedited model has it from the run that did.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ import math
 from collections.abc import Mapping
 
 from factsync.bench.lifelong import LifelongRun
+from factsync.bench.lifelong_scoring import Checkpoint
 
 TOLERANCE = 1e-6
 """Relative difference allowed between two runs' unedited metrics: the same records
@@ -23,7 +26,8 @@ def merge_runs(runs: Mapping[str, LifelongRun]) -> LifelongRun:
     order.
 
     Raises ``ValueError`` naming the first run and the one that differs when their
-    dataset, sizes or unedited measurement differ, or when a method name is in two runs.
+    dataset or sizes differ, or an unedited metric both measured, or when a method name
+    is in two runs.
     """
     if not runs:
         raise ValueError("no runs to merge")
@@ -35,6 +39,7 @@ def merge_runs(runs: Mapping[str, LifelongRun]) -> LifelongRun:
         if difference:
             raise ValueError(f"{source} is not a run of the same records as {first_source}: "
                              f"{difference}")
+        merged.unedited = _either(merged.unedited, run.unedited)
         for name, method in run.methods.items():
             if name in merged.methods:
                 raise ValueError(f"method {name} is in more than one run ({source})")
@@ -48,15 +53,20 @@ def _difference(first: LifelongRun, other: LifelongRun) -> str:
         if getattr(first, field) != getattr(other, field):
             return f"{field} {getattr(other, field)} against {getattr(first, field)}"
     ours, theirs = first.unedited.values, other.unedited.values
-    if ours.keys() != theirs.keys():
-        return f"unedited metrics {sorted(theirs)} against {sorted(ours)}"
     for metric, value in ours.items():
-        if not _same(value, theirs[metric]):
-            return f"unedited {metric} {theirs[metric]} against {value}"
+        their_value = theirs.get(metric)
+        if value is not None and their_value is not None and not math.isclose(
+                value, their_value, rel_tol=TOLERANCE, abs_tol=TOLERANCE):
+            return f"unedited {metric} {their_value} against {value}"
     return ""
 
 
-def _same(a: float | None, b: float | None) -> bool:
-    if a is None or b is None:
-        return a is b
-    return math.isclose(a, b, rel_tol=TOLERANCE, abs_tol=TOLERANCE)
+def _either(first: Checkpoint, other: Checkpoint) -> Checkpoint:
+    """``first``, with the metrics only ``other`` measured (and their intervals) added."""
+    added = [metric for metric, value in other.values.items()
+             if value is not None and first.values.get(metric) is None]
+    return Checkpoint(facts=first.facts,
+                      values=first.values | {metric: other.values[metric] for metric in added},
+                      intervals=first.intervals | {metric: other.intervals[metric]
+                                                   for metric in added
+                                                   if metric in other.intervals})

@@ -275,3 +275,32 @@ def test_runs_of_other_records_are_not_one_report(bench, tmp_path):
         merge_runs(runs | {"unedited": read_run(tmp_path / "unedited")})
     with pytest.raises(ValueError, match="method memit is in more than one run"):
         merge_runs(runs | {"same": read_run(tmp_path / "same")})
+
+
+def test_a_metric_only_one_run_measured_does_not_keep_them_apart(bench, tmp_path):
+    loaded, engine, yardstick = bench
+    first = tmp_path / "first"
+    with pytest.raises(Stopped):
+        _run(loaded, engine, yardstick, RunDirectory(first, ARGUMENTS), stop_after=1)
+    measured = read_run(first).unedited
+    assert measured.values["held_out_perplexity_ratio"] is not None
+
+    def without_held_out(saved: dict) -> None:
+        _renamed("without")(saved)
+        saved["unedited"]["values"]["held_out_perplexity_ratio"] = None
+        saved["unedited"]["intervals"].pop("held_out_perplexity_ratio", None)
+
+    def later(saved: dict) -> None:
+        _renamed("later")(saved)
+        saved["unedited"]["values"]["held_out_perplexity_ratio"] += 0.5
+
+    _saved_copy(first, tmp_path / "without", without_held_out)
+    _saved_copy(first, tmp_path / "later", later)
+    without = read_run(tmp_path / "without")
+    for runs in ({"without": without, "with": read_run(first)},
+                 {"with": read_run(first), "without": without}):
+        merged = merge_runs(runs)
+        assert merged.unedited.values == measured.values
+        assert merged.unedited.intervals == measured.intervals
+    with pytest.raises(ValueError, match="unedited held_out_perplexity_ratio"):
+        merge_runs({"first": read_run(first), "later": read_run(tmp_path / "later")})
