@@ -8,6 +8,7 @@ from pathlib import Path
 
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
+from matplotlib.lines import Line2D
 from matplotlib.ticker import MaxNLocator
 
 from factsync.bench.lifelong import LifelongRun
@@ -19,8 +20,17 @@ COLUMNS = 4
 
 
 def draw_plot(run: LifelongRun, path: Path) -> None:
-    """Write a PNG with one subplot per metric, one line per method and the unedited
-    value as a dashed reference."""
+    """Write ``lifelong_figure(run)`` as a PNG to ``path``."""
+    buffer = io.BytesIO()
+    lifelong_figure(run).savefig(buffer, format="png", dpi=100)
+    write_bytes(path, buffer.getvalue())
+
+
+def lifelong_figure(run: LifelongRun) -> Figure:
+    """One subplot per metric, one line per method and the unedited value as a dashed
+    reference. A method has one colour in every subplot, also where an earlier method
+    measured nothing (a run without held-out texts beside one with them)."""
+    colours = {name: f"C{index % 10}" for index, name in enumerate(run.methods)}
     # One spare cell past the metrics holds the legend.
     rows = math.ceil((len(METRICS) + 1) / COLUMNS)
     figure = Figure(figsize=(4 * COLUMNS, 3 * rows))
@@ -32,7 +42,8 @@ def draw_plot(run: LifelongRun, path: Path) -> None:
                       if c.values[metric] is not None]
             if points:
                 facts, values = zip(*points, strict=True)
-                ax.plot(facts, values, marker="o", markersize=3, label=name)
+                ax.plot(facts, values, marker="o", markersize=3, color=colours[name],
+                        label=name)
         reference = run.unedited.values[metric]
         if reference is not None:
             ax.axhline(reference, color="grey", linestyle="--", linewidth=1, label="unedited")
@@ -45,11 +56,15 @@ def draw_plot(run: LifelongRun, path: Path) -> None:
         ax.tick_params(labelsize=8)
     legend = axes[len(METRICS)]
     legend.axis("off")
-    legend.legend(*axes[0].get_legend_handles_labels(), loc="center")
+    handles = [Line2D([], [], marker="o", markersize=3, color=colour)
+               for colour in colours.values()]
+    handles.append(Line2D([], [], color="grey", linestyle="--", linewidth=1))
+    # Long method names may run past the legend's cell into the empty ones beside it;
+    # left out of the layout, they do not squeeze the subplots.
+    legend.legend(handles, [*colours, "unedited"], loc="center left",
+                  fontsize=9).set_in_layout(False)
     for ax in axes[len(METRICS) + 1 :]:
         ax.set_visible(False)
     figure.suptitle(f"{run.dataset}: {run.n} facts in jobs of {run.batch}")
     figure.tight_layout()
-    buffer = io.BytesIO()
-    figure.savefig(buffer, format="png", dpi=100)
-    write_bytes(path, buffer.getvalue())
+    return figure
