@@ -103,10 +103,15 @@ def checkpoint_facts(n: int, batch: int, every: int) -> list[int]:
 @dataclass
 class MethodRun:
     """One method's checkpoints so far (at least one), the last being the final state of
-    its stream; then, when the run changes facts back, the model after that."""
+    its stream; then, when the run changes facts back, the model after that.
+
+    ``refused`` holds the places in the stream (from 1) of the facts a run that refuses
+    canary losses left unedited, in order.
+    """
 
     checkpoints: list[Checkpoint] = field(default_factory=list)
     changed_back: ChangedBack | None = None
+    refused: list[int] = field(default_factory=list)
 
     @property
     def final(self) -> Checkpoint:
@@ -123,12 +128,14 @@ class MethodProgress:
         seconds: editing seconds over those facts.
         delta: every applied job's delta, composed.
         state: the keys every applied job wrote.
+        refused: places in the stream (from 1) of the facts refused so far.
     """
 
     facts: int
     seconds: float
     delta: ModelDelta
     state: EngineState
+    refused: tuple[int, ...] = ()
 
 
 class RunStore(Protocol):
@@ -180,6 +187,7 @@ def run_lifelong(
     sensitivities: Mapping[str, torch.Tensor | None] | None = None,
     joint_moments: Mapping[str, torch.Tensor | None] | None = None,
     unedited: Checkpoint | None = None,
+    refuse_canary_loss: bool = False,
 ) -> LifelongRun:
     """Apply every record of ``yardstick.suite`` with each method in turn, job by job.
 
@@ -200,6 +208,10 @@ def run_lifelong(
     jointly, their joint key statistics (``editing.build.per_method_inputs``).
     ``unedited`` is ``measure_unedited``'s measurement when it is known already (from an
     earlier run of the same records, say); a new run measures it otherwise.
+    With ``refuse_canary_loss`` a job whose candidate loses a canary the model held
+    before it is undone and its facts tried again in halves, down to single facts; a
+    fact that alone loses one is refused and stays unedited (``MethodRun.refused``), as
+    a policy gate on canaries would leave it. The seconds per fact include that work.
     """
     executor = executor or LocalExecutor()
     requests = yardstick.suite.requests
@@ -224,6 +236,7 @@ def run_lifelong(
                             guards=engine_guards(loaded, settings))
         growth = NormGrowth(loaded, engine.layers)
         seconds, chain, kept, first = 0.0, DeltaChain(), EngineState.empty(), 0
+        refused: list[int] = []
         # One snapshot of the edited weights undoes every job, where a handle per job
         # would keep a copy of them per job.
         with restored_weights(loaded, [loaded.spec.mlp_out_path(i) for i in engine.layers]):
@@ -231,20 +244,30 @@ def run_lifelong(
                 saved.delta.apply(loaded)
                 engine.restore([saved.state])
                 seconds, first, kept = saved.seconds, saved.facts, saved.state
+                refused = list(saved.refused)
                 chain.append(f"{name}/0-{first}", saved.delta)
                 executor.follow(chain.steps)
+            gate = _CanaryGate(engine, yardstick, executor, chain) if refuse_canary_loss else None
             for start in tqdm(range(first, n, batch_size), desc=name, unit="job",
                               initial=first // batch_size, total=-(-n // batch_size)):
-                result, took = _apply_job(engine, requests[start : start + batch_size],
-                                          executor, chain, f"{name}/{start}")
-                seconds += took
+                job = requests[start : start + batch_size]
+                started = time.monotonic()
+                if gate is None:
+                    results = [_apply_job(engine, job, executor, chain, f"{name}/{start}")]
+                else:
+                    results, lost = gate.apply(job, start, f"{name}/{start}")
+                    refused += lost
+                seconds += time.monotonic() - started
                 applied = min(start + batch_size, n)
                 if applied in due:
                     checkpoint = yardstick.measure(loaded, applied, growth, seconds / applied)
-                    run.methods.setdefault(name, MethodRun()).checkpoints.append(checkpoint)
+                    method_run = run.methods.setdefault(name, MethodRun())
+                    method_run.checkpoints.append(checkpoint)
+                    method_run.refused = list(refused)
                 if store is not None:
-                    kept = concatenated([kept, result.state])
-                    store.save(run, name, MethodProgress(applied, seconds, chain.whole(), kept))
+                    kept = concatenated([kept, *(result.state for result in results)])
+                    store.save(run, name, MethodProgress(applied, seconds, chain.whole(), kept,
+                                                         tuple(refused)))
                 if applied in due and on_checkpoint is not None:
                     on_checkpoint(run)
             if change_back:
@@ -273,23 +296,62 @@ def _change_back(engine: EditEngine, yardstick: Yardstick, growth: NormGrowth,
     jobs of ``batch_size``, then measure the model."""
     reverted = [request.reverted() for request in requests]
     seconds = 0.0
+    started = time.monotonic()
     for start in tqdm(range(0, len(reverted), batch_size), desc=f"{name}, changing back",
                       unit="job"):
-        seconds += _apply_job(engine, reverted[start : start + batch_size], executor, chain,
-                              f"{name}/back-{start}")[1]
+        _apply_job(engine, reverted[start : start + batch_size], executor, chain,
+                   f"{name}/back-{start}")
+    seconds = time.monotonic() - started
     return yardstick.measure_changed_back(engine.loaded, len(reverted), growth,
                                           seconds / len(reverted))
 
 
 def _apply_job(engine: EditEngine, requests: list[EditRequest], executor: Executor,
-               chain: DeltaChain, label: str) -> tuple[EditResult, float]:
+               chain: DeltaChain, label: str) -> EditResult:
     """Edit ``requests``, apply the delta and remember the edit, as the daemon does, and
-    let the executor follow (``chain`` gains the delta under ``label``); the edit's
-    result and its seconds."""
-    started = time.monotonic()
+    let the executor follow (``chain`` gains the delta under ``label``)."""
     result = engine.edit(requests)
     result.delta.apply(engine.loaded)
+    _keep(engine, result, executor, chain, label)
+    return result
+
+
+def _keep(engine: EditEngine, result: EditResult, executor: Executor, chain: DeltaChain,
+          label: str) -> None:
+    """Remember an applied edit and let the executor follow it."""
     engine.remember(result)
     chain.append(label, result.delta)
     executor.follow(chain.steps)
-    return result, time.monotonic() - started
+
+
+class _CanaryGate:
+    """Applies jobs as a policy gate on canaries would let them through: no canary the
+    model held before a job may be lost by it."""
+
+    def __init__(self, engine: EditEngine, yardstick: Yardstick, executor: Executor,
+                 chain: DeltaChain) -> None:
+        self._engine = engine
+        self._yardstick = yardstick
+        self._executor = executor
+        self._chain = chain
+        self._held = yardstick.canaries_held(engine.loaded)
+
+    def apply(self, requests: list[EditRequest], start: int,
+              label: str) -> tuple[list[EditResult], list[int]]:
+        """Edit and apply ``requests`` (records from ``start`` on, counted from 0); a
+        candidate that loses a canary is undone and its halves tried in turn. The edits
+        kept, and the places in the stream (from 1) of the facts refused."""
+        result = self._engine.edit(requests)
+        applied = result.delta.apply(self._engine.loaded)
+        after = self._yardstick.canaries_held(self._engine.loaded)
+        if not any(before and not now for before, now in zip(self._held, after, strict=True)):
+            self._held = after
+            _keep(self._engine, result, self._executor, self._chain, label)
+            return [result], []
+        applied.revert()
+        if len(requests) == 1:
+            return [], [start + 1]
+        middle = len(requests) // 2
+        kept, refused = self.apply(requests[:middle], start, f"{label}a")
+        later_kept, later_refused = self.apply(requests[middle:], start + middle, f"{label}b")
+        return kept + later_kept, refused + later_refused

@@ -61,7 +61,8 @@ def from_json(report: dict) -> LifelongRun:
             *earlier, last = method["checkpoints"]
             run.methods[name] = MethodRun(
                 [_checkpoint(c["facts"], c, {}) for c in earlier]
-                + [_checkpoint(last["facts"], last, method.get("intervals", {}))])
+                + [_checkpoint(last["facts"], last, method.get("intervals", {}))],
+                refused=method.get("refused", []))
     except (KeyError, TypeError, ValueError) as exc:
         raise ValueError(f"not a bench lifelong report ({type(exc).__name__}: {exc})") from exc
     return run
@@ -79,6 +80,7 @@ def _method_json(method: MethodRun) -> dict:
         "final": _with_aliases(final.values),
         "intervals": _bounds(final),
         "checkpoints": [{"facts": c.facts} | _with_aliases(c.values) for c in method.checkpoints],
+        "refused": method.refused,
     }
     if method.changed_back is not None:
         changed, rest = method.changed_back.changed, method.changed_back.rest
@@ -102,6 +104,18 @@ def format_table(run: LifelongRun) -> str:
     """One row per metric, one column per model: the unedited one, then each method's
     final checkpoint, with the 95% interval where there is one."""
     return _metric_table({"unedited": run.unedited} | {n: m.final for n, m in run.methods.items()})
+
+
+def format_refused(run: LifelongRun) -> str:
+    """One line per method that refused facts to keep its canaries, naming their places
+    in the stream; empty when none did."""
+    lines = []
+    for name, method in run.methods.items():
+        if method.refused:
+            places = ", ".join(f"#{place}" for place in method.refused)
+            lines.append(f"{name} refused {len(method.refused)} of {method.final.facts} facts "
+                         f"to keep its canaries (left unedited, scored as failed): {places}")
+    return "\n".join(lines)
 
 
 def format_changed_back(run: LifelongRun) -> str:

@@ -73,7 +73,8 @@ class RunDirectory:
         return MethodProgress(
             facts=_entry_facts(entry), seconds=entry["seconds"],
             delta=ModelDelta.load(self.path / entry["delta"]),
-            state=EngineState.load(self.path / entry["state"]))
+            state=EngineState.load(self.path / entry["state"]),
+            refused=tuple(entry.get("refused", ())))
 
     def save(self, run: LifelongRun, method: str, progress: MethodProgress) -> None:
         """Record ``run`` and where ``method`` stands after one of its jobs."""
@@ -89,7 +90,8 @@ class RunDirectory:
             (self.path / KEPT).mkdir(exist_ok=True)
             progress.delta.save(self.path / KEPT / delta_name)
         entries[method] = {"facts": progress.facts, "seconds": progress.seconds,
-                           "delta": delta_name, "state": state_name}
+                           "delta": delta_name, "state": state_name,
+                           "refused": list(progress.refused)}
         checkpoints = {name: m.checkpoints for name, m in run.methods.items()}
         write_json(self.path / INDEX, {
             "arguments": self.arguments, "dataset": run.dataset, "n": run.n,
@@ -170,6 +172,7 @@ def _run(saved: dict, index: Path) -> LifelongRun:
     for name, method in saved["methods"].items():
         if method["checkpoints"]:  # a method not yet at its first checkpoint has none
             run.methods[name] = MethodRun(
-                [Checkpoint.from_json(c) for c in method["checkpoints"]])
+                [Checkpoint.from_json(c) for c in method["checkpoints"]],
+                refused=method.get("refused", []))
     return run
 

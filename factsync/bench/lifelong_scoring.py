@@ -121,9 +121,7 @@ class Yardstick:
         samples = {
             name: [v for v in per_record[name] if v is not None] for name in RECORD_METRICS
         }
-        samples["canary"] = canary_holds(loaded, self.canaries) + canaries_stated(
-            loaded, self.stated_canaries
-        )
+        samples["canary"] = self.canaries_held(loaded)
         values, intervals = _summarised(samples, self.seed)
         growth_max, growth_mean = growth_summary(growth.measure(loaded))
         fluency = self._ratio(loaded, self.fluency_texts, self.base_nlls, unedited)
@@ -141,6 +139,12 @@ class Yardstick:
             "seconds_per_fact": seconds_per_fact,
         }
         return Checkpoint(facts, {name: values[name] for name in METRICS}, intervals)
+
+    def canaries_held(self, loaded: LoadedModel) -> list[float]:
+        """Per canary, record canaries first, 1.0 while the model still holds it and 0.0
+        once it does not."""
+        return canary_holds(loaded, self.canaries) + canaries_stated(loaded,
+                                                                     self.stated_canaries)
 
     def _ratio(self, loaded: LoadedModel, texts: list[str],
                base_nlls: list[tuple[float, int]], unedited: bool) -> Interval:

@@ -16,8 +16,14 @@ from factsync.bench.canary_facts import (
     pick_canaries,
     unrewritten,
 )
-from factsync.bench.lifelong import checkpoint_facts, chosen_methods, run_lifelong
-from factsync.bench.lifelong_report import ALIASES, SHORT_NAMES
+from factsync.bench.lifelong import LifelongRun, checkpoint_facts, chosen_methods, run_lifelong
+from factsync.bench.lifelong_report import (
+    ALIASES,
+    SHORT_NAMES,
+    format_refused,
+    from_json,
+    to_json,
+)
 from factsync.bench.lifelong_resume import INDEX
 from factsync.bench.lifelong_scoring import METRICS, RECORD_METRICS, Yardstick
 from factsync.bench.norm_growth import NormGrowth, growth_summary
@@ -179,6 +185,39 @@ def test_each_method_starts_from_the_base_weights_and_leaves_them(
     assert final["efficacy_success"] > unedited["efficacy_success"]
     for metric, interval in first.final.intervals.items():
         assert interval.low <= final[metric] <= interval.high, metric
+
+
+def test_refusing_canary_losses_leaves_unedited_exactly_the_facts_that_lose_one(
+    tiny_loaded, tiny_engine, counterfact_file
+):
+    loaded = tiny_loaded()
+    engine = tiny_engine(loaded)
+    cases = load_cases("counterfact", counterfact_file)[:4]
+    suite = prepare_suite(loaded, "counterfact", cases, neighbours_per_fact=1)
+    # The edited records themselves as canaries: an edit that takes loses its own.
+    canaries = pick_canaries(loaded, [case.request for case in cases])
+    places = {i + 1 for i, case in enumerate(cases) if case.request in canaries}
+    yardstick = Yardstick.prepare(loaded, suite, canaries, FLUENCY)
+    methods = {"memit": engine.settings}
+
+    def stream(refuse: bool):
+        return run_lifelong(loaded, yardstick, methods, statistics=engine.statistics,
+                            contexts=engine.contexts, batch_size=2, checkpoint_every=4,
+                            refuse_canary_loss=refuse).methods["memit"]
+
+    applied, gated = stream(False), stream(True)
+    assert applied.refused == []
+    assert applied.final.values["canary"] < 1.0  # some edit took
+    assert gated.final.values["canary"] == 1.0
+    assert gated.refused and set(gated.refused) <= places
+    lost = round((1.0 - applied.final.values["canary"]) * len(canaries))
+    assert len(gated.refused) == lost  # here each edit that took lost its own canary
+    assert gated.final.values["efficacy_success"] < applied.final.values["efficacy_success"]
+    report = to_json(LifelongRun("counterfact", 4, 2, applied.final, {"memit": gated}))
+    assert report["methods"]["memit"]["refused"] == gated.refused
+    assert from_json(report).methods["memit"].refused == gated.refused
+    assert format_refused(from_json(report)).startswith(
+        f"memit refused {len(gated.refused)} of 4 facts")
 
 
 def _command_inputs(tiny_loaded, tmp_path, monkeypatch):

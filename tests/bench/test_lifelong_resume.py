@@ -29,7 +29,7 @@ class Stopped(Exception):
 
 
 def _run(loaded, engine, yardstick, store, *, stop_after: int | None = None,
-         checkpoint_every: int = 2) -> LifelongRun:
+         checkpoint_every: int = 2, refuse_canary_loss: bool = False) -> LifelongRun:
     seen = []
 
     def stop(run: LifelongRun) -> None:
@@ -41,7 +41,8 @@ def _run(loaded, engine, yardstick, store, *, stop_after: int | None = None,
     return run_lifelong(
         loaded, yardstick, {"memit": engine.settings, "again": engine.settings},
         statistics=engine.statistics, contexts=engine.contexts, batch_size=2,
-        checkpoint_every=checkpoint_every, on_checkpoint=stop, store=store)
+        checkpoint_every=checkpoint_every, on_checkpoint=stop, store=store,
+        refuse_canary_loss=refuse_canary_loss)
 
 
 @pytest.fixture
@@ -87,6 +88,31 @@ def test_a_stopped_run_goes_on_to_the_scores_of_one_never_stopped(bench, tmp_pat
     kept = sorted(p.name for p in store.path.iterdir())
     assert kept == ["method0-facts6.delta.safetensors", "method0-facts6.keys.safetensors",
                     "method1-facts6.delta.safetensors", "method1-facts6.keys.safetensors", INDEX]
+
+
+def test_a_stopped_run_that_refuses_canary_losses_keeps_the_facts_it_refused(
+    bench, tmp_path, counterfact_file
+):
+    loaded, engine, _ = bench
+    cases = load_cases("counterfact", counterfact_file)[:6]
+    suite = prepare_suite(loaded, "counterfact", cases, neighbours_per_fact=1)
+    # The edited records as canaries, so that the edits that take are refused.
+    yardstick = Yardstick.prepare(loaded, suite,
+                                  pick_canaries(loaded, [c.request for c in cases]), FLUENCY)
+    whole = _run(loaded, engine, yardstick, RunDirectory(tmp_path / "whole", ARGUMENTS),
+                 refuse_canary_loss=True)
+    assert whole.methods["memit"].refused  # otherwise this shows nothing
+
+    store = RunDirectory(tmp_path / "stopped", ARGUMENTS)
+    with pytest.raises(Stopped):  # midway through the first method
+        _run(loaded, engine, yardstick, store, stop_after=2, refuse_canary_loss=True)
+    assert store.progress("memit").refused == tuple(
+        place for place in whole.methods["memit"].refused if place <= 4)
+    resumed = _run(loaded, engine, yardstick, store, refuse_canary_loss=True)
+
+    for name in ("memit", "again"):
+        assert resumed.methods[name].refused == whole.methods[name].refused, name
+    assert read_run(store.path).methods["again"].refused == whole.methods["again"].refused
 
 
 class KilledAfterSaving(RunDirectory):

@@ -81,6 +81,13 @@ def _register_lifelong(sub: argparse._SubParsersAction) -> None:
                           "neighbourhoods (spare records first) and then not scored (0)")
     lifelong.add_argument("--canaries", type=int, default=50,
                           help="records after the edited ones tried as canary facts (50)")
+    lifelong.add_argument("--refuse-canary-loss", action="store_true",
+                          help="refuse the facts whose edit loses a canary, as a policy gate "
+                          "on canaries would: a job that loses one that the model held "
+                          "before it is undone and its facts tried again in halves, down to "
+                          "single facts; a refused fact stays unedited, counts against "
+                          "efficacy and paraphrase, and is listed under the tables "
+                          "(default: every job is applied)")
     lifelong.add_argument("--json", type=Path,
                           help="write the numbers to this file after every checkpoint")
     lifelong.add_argument("--plot", type=Path, help="draw the metrics against facts (PNG), "
@@ -121,11 +128,7 @@ def run_lifelong_bench(args: argparse.Namespace) -> int:
         measure_unedited,
         run_lifelong,
     )
-    from factsync.bench.lifelong_report import (
-        format_changed_back,
-        format_checkpoints,
-        format_table,
-    )
+    from factsync.bench.lifelong_report import format_changed_back
     from factsync.bench.lifelong_resume import RunDirectory
     from factsync.bench.lifelong_scoring import Yardstick
     from factsync.bench.prepared_runs import Preparation, PreparationInputs, PreparedRuns
@@ -204,12 +207,11 @@ def run_lifelong_bench(args: argparse.Namespace) -> int:
                                on_checkpoint=save, executor=executor,
                                store=store, change_back=args.change_back,
                                sensitivities=sensitivities, joint_moments=joint_moments,
-                               unedited=preparation.unedited)
+                               unedited=preparation.unedited,
+                               refuse_canary_loss=args.refuse_canary_loss)
     finally:
         executor.close()
-    print(format_table(run))
-    print()
-    print(format_checkpoints(run))
+    _print_tables(run)
     if args.change_back:
         print()
         print(format_changed_back(run))
@@ -240,16 +242,13 @@ def _register_report(sub: argparse._SubParsersAction) -> None:
 def run_lifelong_report(args: argparse.Namespace) -> int:
     """Handler of ``factsync bench lifelong-report``."""
     from factsync.bench.lifelong_merge import merge_runs
-    from factsync.bench.lifelong_report import format_checkpoints, format_table
     from factsync.bench.lifelong_resume import read_run
 
     run = merge_runs({str(path): read_run(path) if path.is_dir() else _read_report(path)
                       for path in args.runs})
     if not run.methods:
         raise ValueError("no method in these runs has reached a checkpoint yet")
-    print(format_table(run))
-    print()
-    print(format_checkpoints(run))
+    _print_tables(run)
     _write_report(run, args.json, args.plot)
     return 0
 
@@ -299,6 +298,18 @@ def run_lifelong_canaries(args: argparse.Namespace) -> int:
     return 0
 
 
+def _print_tables(run: LifelongRun) -> None:
+    """The final metrics, each method's checkpoints and the facts refused, if any."""
+    from factsync.bench.lifelong_report import format_checkpoints, format_refused, format_table
+
+    print(format_table(run))
+    print()
+    print(format_checkpoints(run))
+    if refused := format_refused(run):
+        print()
+        print(refused)
+
+
 def _read_report(path: Path) -> LifelongRun:
     """The run in a ``bench lifelong --json`` report file."""
     import json
@@ -330,7 +341,7 @@ _NOT_THE_RUN = {"handler", "computes", "json", "plot", "state", "keep_every", "l
 
 # Options added after runs were saved, with the value those runs had: left out at that
 # value, so a run saved before the option existed can still be continued.
-_ADDED_LATER = {"skip": 0, "contrast": 0}
+_ADDED_LATER = {"skip": 0, "contrast": 0, "refuse_canary_loss": False}
 
 
 def _run_arguments(args: argparse.Namespace) -> dict[str, object]:
