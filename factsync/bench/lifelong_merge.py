@@ -5,13 +5,16 @@ beside ones already measured) is a second run on the same records. Its unedited 
 measured again; when that measurement equals the first run's, the two runs scored the
 same records the same way and their methods belong in one table. A metric only one of
 them measured (a later run scoring a held-out text set the first did not) cannot
-disagree: the merged unedited model has it from the run that did.
+disagree: the merged unedited model has it from the run that did. A method measured in
+two runs (the same name under other key statistics, say) keeps both columns, the later
+one named after its run.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Mapping
+from pathlib import PurePath
 
 from factsync.bench.lifelong import LifelongRun
 from factsync.bench.lifelong_scoring import Checkpoint
@@ -23,11 +26,12 @@ scored by the same code agree to rounding."""
 
 def merge_runs(runs: Mapping[str, LifelongRun]) -> LifelongRun:
     """One run holding every method of ``runs`` (keyed by where each was read from), in
-    order.
+    order. A method already there from an earlier run is added as ``"name (run)"``, the
+    run being the last part of its path without a suffix.
 
     Raises ``ValueError`` naming the first run and the one that differs when their
-    dataset or sizes differ, or an unedited metric both measured, or when a method name
-    is in two runs.
+    dataset or sizes differ, or an unedited metric both measured, or when even that
+    name is taken.
     """
     if not runs:
         raise ValueError("no runs to merge")
@@ -41,6 +45,8 @@ def merge_runs(runs: Mapping[str, LifelongRun]) -> LifelongRun:
                              f"{difference}")
         merged.unedited = _either(merged.unedited, run.unedited)
         for name, method in run.methods.items():
+            if name in merged.methods:
+                name = f"{name} ({PurePath(source).stem})"
             if name in merged.methods:
                 raise ValueError(f"method {name} is in more than one run ({source})")
             merged.methods[name] = method

@@ -396,7 +396,7 @@ class Daemon:
             runner = JobRunner(
                 store=self.store, catalog=self.catalog, policy=self.policy, models=models,
                 engine=engine, live=live, fluency_texts=FLUENCY_TEXTS,
-                base_perplexity=base_perplexity,
+                base_perplexity=base_perplexity, canaries=canaries,
                 stopping=lambda: self.worker is not None and self.worker.stopping.is_set(),
                 on_stage=lambda stage, seconds: self.metrics.stage_seconds.labels(stage)
                 .observe(seconds),

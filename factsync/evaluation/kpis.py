@@ -161,9 +161,14 @@ def kpi_report(
     candidate: Measurement,
     *,
     base_perplexity: float,
+    canaries: int = 0,
 ) -> KpiReport:
     """The KPI report a policy judges: model-wide and per-relation values for both
-    models, and the candidate's scores per fact (the gates are added once judged)."""
+    models, and the candidate's scores per fact (the gates are added once judged).
+
+    The last ``canaries`` retention probes of both measurements are canary facts: they
+    give the canary KPI, the others retention (``split_probes``).
+    """
     everyone = list(range(len(checks)))
     by_relation = {}
     for relation in sorted({c.relation for c in checks}):
@@ -176,8 +181,8 @@ def kpi_report(
                   values=KpiValues(candidate.facts[index]))
         for index, check in enumerate(checks)
     )
-    return KpiReport(candidate=_model_values(candidate, everyone, base_perplexity),
-                     live=_model_values(live, everyone, base_perplexity),
+    return KpiReport(candidate=_model_values(candidate, everyone, base_perplexity, canaries),
+                     live=_model_values(live, everyone, base_perplexity, canaries),
                      by_relation=by_relation, facts=facts)
 
 
@@ -191,10 +196,20 @@ def _success(right: TargetScore, other: TargetScore | None) -> float:
     return float(right.exact if other is None else right.mean_nll < other.mean_nll)
 
 
-def _model_values(m: Measurement, members: list[int], base_perplexity: float) -> KpiValues:
+def split_probes(retained: Sequence[bool], canaries: int) -> tuple[float | None, float | None]:
+    """Retention and the canary KPI from probes whose last ``canaries`` are canary facts:
+    the share of each still stated, ``None`` for a part without probes."""
+    cut = len(retained) - canaries
+    return mean(retained[:cut]), mean(retained[cut:])
+
+
+def _model_values(m: Measurement, members: list[int], base_perplexity: float,
+                  canaries: int) -> KpiValues:
+    retention, canary = split_probes(m.retained, canaries)
     return KpiValues({
         **_fact_values(m, members).values,
-        Metric.RETENTION: m.retention,
+        Metric.RETENTION: retention,
+        Metric.CANARY: canary,
         Metric.PERPLEXITY_RATIO: m.perplexity / base_perplexity,
     })
 

@@ -12,14 +12,14 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from factsync.evaluation.kpis import Prompted
+from factsync.evaluation.kpis import Prompted, split_probes
 from factsync.executors.local import Executor, LocalExecutor
 from factsync.facts.canaries import CANDIDATE_CANARIES
 from factsync.facts.catalog import RelationCatalog
 from factsync.jobs.live import LiveVersion
 from factsync.jobs.model_state import ModelState
 from factsync.jobs.preparation import retention_probes, states
-from factsync.kpis.report import KpiValues, Metric, mean
+from factsync.kpis.report import KpiValues, Metric
 from factsync.models.loading import LoadedModel
 from factsync.policies.schema import OnRollback, Policy, RollbackRule
 from factsync.store.records import MonitorCheck, Version
@@ -128,9 +128,9 @@ class LiveChecker:
                                      seed=self._checks)
         measured = self._executor.measure(self._models.work, [], retention + self.canaries,
                                           self._texts)
-        kept = measured.retained
+        kept, canary = split_probes(measured.retained, len(self.canaries))
         return KpiValues({
-            Metric.RETENTION: mean(kept[: len(retention)]),
-            Metric.CANARY: mean(kept[len(retention) :]),
+            Metric.RETENTION: kept,
+            Metric.CANARY: canary,
             Metric.PERPLEXITY_RATIO: measured.perplexity / self._base_perplexity,
         })

@@ -24,7 +24,7 @@ from dataclasses import replace
 from factsync.editing.cancellation import EditCancelled
 from factsync.editing.delta import AppliedDelta
 from factsync.editing.engine import EditEngine
-from factsync.evaluation.kpis import kpi_report
+from factsync.evaluation.kpis import Prompted, kpi_report
 from factsync.executors.local import Executor, LocalExecutor
 from factsync.facts.catalog import RelationCatalog
 from factsync.failpoints import failpoint
@@ -79,6 +79,8 @@ class JobRunner:
         on_stage: told how long each stage took.
         executor: where the KPI scoring runs (the engine's optimiser says where the edit
             runs); in this thread by default.
+        canaries: facts that must never change, measured on the live version and the
+            candidate for the canary KPI (those a job itself rewrites are left out).
     """
 
     def __init__(
@@ -88,6 +90,7 @@ class JobRunner:
         stopping: Callable[[], bool] = lambda: False,
         on_stage: StageTimer = lambda stage, seconds: None,
         executor: Executor | None = None,
+        canaries: Sequence[Prompted] = (),
     ) -> None:
         self._store = store
         self._catalog = catalog
@@ -100,6 +103,7 @@ class JobRunner:
         self._stopping = stopping
         self._on_stage = on_stage
         self._executor = executor or LocalExecutor()
+        self._canaries = list(canaries)
 
     def run(self, job: Job) -> JobOutcome:
         """Carry ``job`` to an outcome, recorded in the store before it returns.
@@ -124,8 +128,10 @@ class JobRunner:
                     sample=self._policy.evaluation.retention_sample, seed=job.id,
                 )
                 checks = [p.check for p in prepared]
-                live = self._executor.measure(self._models.work, checks, retention,
-                                              self._texts)
+                rewritten = {check.prompt for check in checks}
+                canaries = [c for c in self._canaries if c[0] not in rewritten]
+                probes = retention + canaries
+                live = self._executor.measure(self._models.work, checks, probes, self._texts)
             with self._stage(job, JOB_EDITING, _describe(prepared)):
                 try:
                     result = self._engine.edit(
@@ -135,10 +141,11 @@ class JobRunner:
                     raise JobInterrupted from None
             with self._stage(job, JOB_EVALUATING, f"IME ran {result.iterations} pass(es)"):
                 handle = result.delta.apply(self._models.work)
-                candidate = self._executor.measure(self._models.work, checks, retention,
+                candidate = self._executor.measure(self._models.work, checks, probes,
                                                    self._texts, applied=result.delta)
                 measured = kpi_report(checks, live, candidate,
-                                      base_perplexity=self._base_perplexity)
+                                      base_perplexity=self._base_perplexity,
+                                      canaries=len(canaries))
                 report = replace(measured, ime_iterations=result.iterations,
                                  edit_seconds=result.seconds,
                                  gates=tuple(judge(self._policy, measured)))

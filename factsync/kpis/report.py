@@ -42,7 +42,7 @@ class Metric(Choice):
     PERPLEXITY_RATIO = "perplexity_ratio"
     """Perplexity on held-out text against the base model's."""
     CANARY = "canary"
-    """Facts the base model states and the feed never changes, still stated (monitor)."""
+    """Facts the base model states and the feed never changes, still stated."""
 
     @classmethod
     def parse(cls, value: object, what: str = "metric") -> Metric:
@@ -59,7 +59,7 @@ FACT_METRICS = (Metric.EFFICACY_SUCCESS, Metric.EFFICACY_ACCURACY, Metric.PARAPH
                 Metric.NEIGHBOURHOOD_ACCURACY)
 """KPIs measured per edited fact; they can be judged per relation."""
 
-MODEL_METRICS = (Metric.RETENTION, Metric.PERPLEXITY_RATIO)
+MODEL_METRICS = (Metric.RETENTION, Metric.CANARY, Metric.PERPLEXITY_RATIO)
 """KPIs of the whole model, measured for every candidate."""
 
 CANDIDATE_METRICS = FACT_METRICS + MODEL_METRICS

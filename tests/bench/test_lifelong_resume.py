@@ -299,8 +299,13 @@ def test_runs_of_other_records_are_not_one_report(bench, tmp_path):
         merge_runs(runs | {"n": read_run(tmp_path / "n")})
     with pytest.raises(ValueError, match=r"not a run of the same records .*unedited efficacy"):
         merge_runs(runs | {"unedited": read_run(tmp_path / "unedited")})
-    with pytest.raises(ValueError, match="method memit is in more than one run"):
-        merge_runs(runs | {"same": read_run(tmp_path / "same")})
+    # The same method twice (as under other key statistics) keeps both, named apart.
+    same = read_run(tmp_path / "same")
+    merged = merge_runs(runs | {str(tmp_path / "same.json"): same})
+    assert list(merged.methods) == ["memit", "memit (same)"]
+    assert merged.methods["memit (same)"] is same.methods["memit"]
+    with pytest.raises(ValueError, match=r"method memit \(same\) is in more than one run"):
+        merge_runs(runs | {"same": same, "again/same": same})
 
 
 def test_a_metric_only_one_run_measured_does_not_keep_them_apart(bench, tmp_path):

@@ -19,7 +19,7 @@ from factsync.jobs.outcomes import (
     retry_meaning,
 )
 from factsync.jobs.pipeline import JobRunner
-from factsync.kpis.report import CANDIDATE_METRICS
+from factsync.kpis.report import CANDIDATE_METRICS, Metric
 from factsync.policies.schema import EditingPolicy, Gate, Policy
 from factsync.registry.versions import VersionFiles
 from factsync.store.store import StateStore
@@ -35,7 +35,8 @@ def setup(tmp_path, tiny_loaded, tiny_engine):
     """A factory of (runner, store, models) for a policy, with one job of ``FACTS``."""
     stores: list[StateStore] = []
 
-    def make(policy: Policy, *, texts=FLUENCY_TEXTS[:2], stopping=lambda: False):  # noqa: ANN001, ANN202
+    def make(policy: Policy, *, texts=FLUENCY_TEXTS[:2], stopping=lambda: False,  # noqa: ANN001, ANN202
+             canaries=()):
         store = StateStore(tmp_path / "state.sqlite")
         stores.append(store)
         loaded = tiny_loaded()
@@ -50,7 +51,8 @@ def setup(tmp_path, tiny_loaded, tiny_engine):
         runner = JobRunner(store=store, catalog=RelationCatalog.built_in(), policy=policy,
                            models=models, engine=engine, live=live, fluency_texts=texts,
                            base_perplexity=10.0, stopping=stopping,
-                           on_stage=lambda stage, seconds: stages.append(stage))
+                           on_stage=lambda stage, seconds: stages.append(stage),
+                           canaries=canaries)
         return runner, store, models, stages
 
     yield make
@@ -83,6 +85,19 @@ def test_a_job_that_fails_a_gate_is_rejected_and_the_model_is_left_alone(setup):
     assert store.live_version().id == "base" and models.digest() == before
     assert sorted(c.subject for c in store.changes(state="failed")) == ["France", "Italy"]
     assert store.job(job_id=outcome.job.id).state == "rejected"
+
+
+@pytest.mark.parametrize(("spain", "measured"), [(False, None), (True, 0.0)])
+def test_the_canaries_a_job_rewrites_are_left_out_of_its_canary_kpi(setup, spain, measured):
+    p36 = RelationCatalog.built_in().resolve("P36")
+    canaries = [(p36.template.format(subject), "Paris") for subject, _, _ in FACTS]
+    if spain:  # a canary the job leaves alone; the tiny model states no capital
+        canaries.append(("The capital of Spain is", "Madrid"))
+    runner, store, _, _ = setup(OPEN, canaries=canaries)
+    outcome = runner.run(store.next_job())
+    assert outcome.kind is OutcomeKind.PROMOTED, outcome.summary
+    assert outcome.report.live.get(Metric.CANARY) == measured
+    assert outcome.report.candidate.get(Metric.CANARY) == measured
 
 
 def test_an_error_fails_the_job_with_its_meaning_and_reverts_the_candidate(setup):
