@@ -70,7 +70,8 @@ def explain(policy: Policy) -> list[str]:
         lines += [f"    {gate.describe()}" for gate in override.gates]
     lines.append(
         "- On failure: reject the job." if policy.on_failure is OnFailure.REJECT else
-        "- On failure: drop the facts whose edit did not take and retry the rest once."
+        "- On failure: drop the facts whose edit did not take and retry the rest once; "
+        "when every edit took, retry the job in halves until the facts at fault are alone."
     )
     monitor = policy.monitor
     lines.append(

@@ -93,7 +93,7 @@ class JobOutcome:
         version: the version made live (promoted only).
         report: the KPI report (promoted and rejected).
         blocking_gates: the failed blocking gates (rejected only).
-        retry_job: the job the passing facts were retried in (rejected only).
+        retry_jobs: the jobs the job's facts were retried in (rejected only).
         meaning: what the error means for the facts (failed only).
     """
 
@@ -104,5 +104,5 @@ class JobOutcome:
     version: Version | None = None
     report: KpiReport | None = None
     blocking_gates: list[GateResult] = field(default_factory=list)
-    retry_job: Job | None = None
+    retry_jobs: list[Job] = field(default_factory=list)
     meaning: RetryMeaning | None = None

@@ -188,33 +188,31 @@ class JobRunner:
                           facts=[_fact(c, state, reason) for c in changes])
 
     def _reject(self, job: Job, prepared: list[PreparedFact], report: KpiReport) -> JobOutcome:
-        """Record a rejection; with ``retry_passing``, the facts that took go again."""
+        """Record a rejection; with ``retry_passing``, the facts that took go again
+        (``_retries``)."""
         blocking = [g for g in report.gates if g.blocking]
         summary = "; ".join(_describe_gate(g) for g in blocking)
         took = {f.change_id: f.took for f in report.facts}
-        failing = [p for p in prepared if not took[p.change.id]]
-        passing = [p for p in prepared if took[p.change.id]]
-        retry: list[int] = []
-        reasons: dict[int, str] = {}
-        retry_passing = self._policy.on_failure is OnFailure.RETRY_PASSING
-        if retry_passing and job.attempt == 1 and failing and passing:
-            retry = [p.change.id for p in passing]
-            for p in failing:
-                reasons[p.change.id] = (f"edit did not take on '{p.check.prompt}'; job {job.id} "
-                                        f"rejected ({summary}); the other facts were retried")
-        else:
-            reasons = {p.change.id: f"job {job.id} rejected: {summary}" for p in prepared}
-        retry_job = self._store.finish_job(
+        retry = (_retries(job, prepared, took)
+                 if self._policy.on_failure is OnFailure.RETRY_PASSING else [])
+        retried = {p.change.id for group in retry for p in group}
+        reasons = {}
+        for p in prepared:
+            if p.change.id in retried:
+                continue
+            reasons[p.change.id] = (f"edit did not take on '{p.check.prompt}'; job {job.id} "
+                                    f"rejected ({summary}); the other facts were retried"
+                                    if retry else f"job {job.id} rejected: {summary}")
+        retry_jobs = self._store.finish_job(
             job_id=job.id, state=JOB_REJECTED, reason=f"gates failed: {summary}",
             change_states={i: (CHANGE_FAILED, r) for i, r in reasons.items()},
-            report=report.to_dict(), retry=retry,
+            report=report.to_dict(), retry=[[p.change.id for p in group] for group in retry],
         )
-        log.warning("job %d rejected: %s%s", job.id, summary,
-                    f"; {len(retry)} passing fact(s) retried as job {retry_job.id}"
-                    if retry_job else "", extra={"job_id": job.id})
+        log.warning("job %d rejected: %s%s", job.id, summary, _describe_retries(retry_jobs),
+                    extra={"job_id": job.id})
         return JobOutcome(
             job, OutcomeKind.REJECTED, f"job {job.id} rejected: {summary}", report=report,
-            blocking_gates=blocking, retry_job=retry_job,
+            blocking_gates=blocking, retry_jobs=retry_jobs,
             facts=[_fact(p.change, CHANGE_FAILED, reasons[p.change.id])
                    for p in prepared if p.change.id in reasons],
         )
@@ -232,6 +230,30 @@ class JobRunner:
     def _checkpoint(self) -> None:
         if self._stopping():
             raise JobInterrupted
+
+
+def _retries(job: Job, prepared: list[PreparedFact],
+             took: dict[int, bool]) -> list[list[PreparedFact]]:
+    """The groups of a rejected job's facts to try again under ``retry_passing``.
+
+    Facts whose edit did not take fail; on the job's first attempt the others go again,
+    together. When every fact took, the gates that failed were about the job as a whole
+    (a canary lost, perplexity, retention, a relation's mean), so the job goes again in
+    two halves: the facts at fault end up alone and fail, the rest are applied.
+    """
+    passing = [p for p in prepared if took[p.change.id]]
+    if len(passing) < len(prepared):
+        return [passing] if passing and job.attempt == 1 else []
+    if len(prepared) == 1:
+        return []
+    middle = len(prepared) // 2
+    return [prepared[:middle], prepared[middle:]]
+
+
+def _describe_retries(jobs: list[Job]) -> str:
+    if not jobs:
+        return ""
+    return "; its facts retried as job(s) " + ", ".join(str(j.id) for j in jobs)
 
 
 def _fact(change: FactChange, state: str, reason: str) -> FactOutcome:

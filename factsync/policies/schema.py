@@ -34,7 +34,8 @@ class OnFailure(Choice):
     REJECT = "reject"
     """Fail every fact of the job."""
     RETRY_PASSING = "retry_passing"
-    """Fail the facts whose edit did not take and retry the others once."""
+    """Fail the facts whose edit did not take and retry the others once; when every edit
+    took, retry the job in halves, so that the facts at fault end up alone and fail."""
 
 class OnRollback(Choice):
     """What happens to the facts of rolled-back versions."""
@@ -311,6 +312,7 @@ def _default_gates() -> tuple[Gate, ...]:
         Gate("retention", min=0.9),
         Gate("retention", max_drop=0.05),
         Gate("perplexity_ratio", max=1.05),
+        Gate("canary", max_drop=0.0),
     )
 
 

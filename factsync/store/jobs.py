@@ -94,15 +94,15 @@ class JobRecords:
         reason: str,
         change_states: dict[int, tuple[str, str]],
         report: dict | None = None,
-        retry: Sequence[int] = (),
-    ) -> Job | None:
+        retry: Sequence[Sequence[int]] = (),
+    ) -> list[Job]:
         """End a job that made no version: its outcome and each change's (state, reason).
 
-        ``retry`` names changes to queue again, in one new job of the next attempt; that
-        job is returned.
+        ``retry`` holds groups of changes to queue again, each in a new job of the next
+        attempt; those jobs are returned, in order.
         """
         now = self._clock()
-        retry_job = None
+        retry_jobs = []
         with self._transaction() as db:
             transition_job(db, job_id, state, reason, now)
             if report is not None:
@@ -111,10 +111,10 @@ class JobRecords:
                 "UPDATE fact_changes SET state = ?, reason = ?, changed_at = ? WHERE id = ?",
                 [(s, r, now, change_id) for change_id, (s, r) in change_states.items()],
             )
-            if retry:
-                job = db.execute("SELECT * FROM jobs WHERE id = ?", (job_id,)).fetchone()
-                retry_job = insert_job(db, retry, job["policy_digest"], job["attempt"] + 1, now)
-        return self.job(job_id=retry_job) if retry_job is not None else None
+            job = db.execute("SELECT * FROM jobs WHERE id = ?", (job_id,)).fetchone()
+            retry_jobs = [insert_job(db, group, job["policy_digest"], job["attempt"] + 1, now)
+                          for group in retry if group]
+        return [self.job(job_id=retry_job) for retry_job in retry_jobs]
 
 
 def insert_job(

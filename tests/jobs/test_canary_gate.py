@@ -1,5 +1,5 @@
 """A policy gate on canaries, on the real default model: a job whose edit changes a fact
-that must never change is refused before it is served."""
+that must never change is refused before it is served, and its other facts go on."""
 
 from __future__ import annotations
 
@@ -22,45 +22,53 @@ from factsync.store.store import StateStore
 
 pytestmark = pytest.mark.real_model
 
-# The job moves France's capital to Rome. Its edit spills onto the first canary, another
-# fact about France, and leaves the second alone. The third is the job's own prompt: the
+# Moving France's capital to Rome spills onto the first canary, another fact about
+# France; nothing in the job reaches the second. The third is the job's own prompt: the
 # job rewrites it, so it cannot count against the job.
 CANARIES = [("The largest city in France is", "Paris"), ("The capital of Germany is", "Berlin"),
             ("The capital of France is", "Paris")]
+FACTS = [("France", "P36", "Rome"), ("Danielle Darrieux", "P103", "English")]
 
 
-@pytest.mark.parametrize("gated", [True, False])
-def test_a_job_that_changes_a_canary_is_refused_by_a_canary_gate(tmp_path, gated):
+def test_a_fact_that_changes_a_canary_is_refused_and_the_rest_of_its_job_applied(tmp_path):
     loaded = load_model()
     assert states(loaded, CANARIES) == [True, True, True]  # the base model states them
-    editing = EditingPolicy(max_iterations=1, neighbours=False)
-    gates = (Gate("canary", max_drop=0.0),) if gated else ()
-    policy = Policy(editing=editing, gates=gates, on_failure="reject")
+    editing = EditingPolicy(max_iterations=2, neighbours=False)
+    policy = Policy(editing=editing, gates=(Gate("efficacy_accuracy", min=1.0),
+                                            Gate("canary", max_drop=0.0)))
     engine = build_engine(loaded, editing.engine_settings(),
                           StatisticsSettings(corpus_tokens=20_000))
     models = ModelState(loaded)
     store = StateStore(tmp_path / "state.sqlite")
     try:
-        change = store.record_desired(record=FactRecord("France", "P36", "Rome", "test", "1"),
-                                      relation="P36")
-        store.create_job(change_ids=[change.id], policy_digest=policy.digest)
+        changes = [store.record_desired(record=FactRecord(s, r, o, "test", str(i)), relation=r)
+                   for i, (s, r, o) in enumerate(FACTS)]
+        store.create_job(change_ids=[c.id for c in changes], policy_digest=policy.digest)
         live = LiveVersion(store=store, versions=VersionFiles(tmp_path / "versions"),
                            models=models, engine=engine)
         runner = JobRunner(store=store, catalog=RelationCatalog.built_in(), policy=policy,
                            models=models, engine=engine, live=live,
                            fluency_texts=FLUENCY_TEXTS[:2], base_perplexity=10.0,
                            canaries=CANARIES)
-        before = models.digest()
-        outcome = runner.run(store.next_job())
 
-        report = outcome.report
-        assert report.live.get(Metric.CANARY) == 1.0
-        assert report.candidate.get(Metric.CANARY) == 0.5  # the spill
-        if gated:
-            assert outcome.kind is OutcomeKind.REJECTED, outcome.summary
-            assert "canary at most 0 below live: measured 0.5 (live 1)" in outcome.summary
-            assert store.live_version().id == "base" and models.digest() == before
-        else:
-            assert outcome.kind is OutcomeKind.PROMOTED, outcome.summary
+        both = runner.run(store.next_job())
+        assert both.kind is OutcomeKind.REJECTED, both.summary
+        assert all(f.took for f in both.report.facts)
+        assert [g.metric for g in both.blocking_gates] == [Metric.CANARY]
+        assert both.report.live.get(Metric.CANARY) == 1.0
+        assert both.report.candidate.get(Metric.CANARY) == 0.5  # the spill
+        # Every edit took, so the job goes again in halves, one fact each here.
+        assert [[c.subject for c in store.changes(job_id=j.id)] for j in both.retry_jobs] == [
+            ["France"], ["Danielle Darrieux"]]
+
+        france = runner.run(store.next_job())
+        assert france.kind is OutcomeKind.REJECTED, france.summary
+        assert "canary at most 0 below live: measured 0.5 (live 1)" in france.summary
+        assert france.retry_jobs == [] and [f.state for f in france.facts] == ["failed"]
+        darrieux = runner.run(store.next_job())
+        assert darrieux.kind is OutcomeKind.PROMOTED, darrieux.summary
+        assert darrieux.report.candidate.get(Metric.CANARY) == 1.0
+        assert [c.subject for c in store.changes(state="applied")] == ["Danielle Darrieux"]
+        assert store.next_job() is None
     finally:
         store.close()

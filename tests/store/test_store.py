@@ -112,12 +112,27 @@ def test_a_rejection_can_retry_the_passing_changes_in_one_new_job(store):
     a = store.record_desired(record=record(obj="Lyon"), relation="P36")
     b = store.record_desired(record=record(subject="Italy", obj="Milan"), relation="P36")
     job = store.create_job(change_ids=[a.id, b.id], policy_digest="p")
-    retry = store.finish_job(job_id=job.id, state=JOB_REJECTED, reason="gates failed",
-                             change_states={a.id: ("failed", "did not take")}, retry=[b.id])
+    [retry] = store.finish_job(job_id=job.id, state=JOB_REJECTED, reason="gates failed",
+                               change_states={a.id: ("failed", "did not take")},
+                               retry=[[b.id]])
     assert retry.attempt == 2 and retry.state == "queued"
     assert store.change(change_id=a.id).state == "failed"
     assert store.change(change_id=b.id).job_id == retry.id
     assert store.count_jobs() == {"rejected": 1, "queued": 1}
+
+
+def test_a_rejection_can_retry_its_changes_in_several_new_jobs(store):
+    changes = [store.record_desired(record=record(subject=s, obj="Lyon"), relation="P36")
+               for s in ("France", "Italy", "Spain")]
+    job = store.create_job(change_ids=[c.id for c in changes], policy_digest="p")
+    first, second = store.finish_job(job_id=job.id, state=JOB_REJECTED, reason="gates failed",
+                                     change_states={},
+                                     retry=[[changes[0].id], [c.id for c in changes[1:]]])
+    assert (first.attempt, second.attempt) == (2, 2)
+    assert [c.subject for c in store.changes(job_id=first.id)] == ["France"]
+    assert sorted(c.subject for c in store.changes(job_id=second.id)) == ["Italy", "Spain"]
+    assert store.next_job().id == first.id
+    assert store.count_jobs() == {"rejected": 1, "queued": 2}
 
 
 def test_an_operator_retry_queues_the_desired_state_again(store):
