@@ -9,6 +9,7 @@ back at its base weights before the next method starts.
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
@@ -32,6 +33,8 @@ from factsync.executors.chain import DeltaChain
 from factsync.executors.local import Executor, LocalExecutor
 from factsync.models.loading import LoadedModel
 from factsync.policies.schema import Policy, load_policy
+
+log = logging.getLogger(__name__)
 
 
 def lifelong_methods(base: EngineSettings, max_iterations: int) -> dict[str, EngineSettings]:
@@ -344,12 +347,16 @@ class _CanaryGate:
         result = self._engine.edit(requests)
         applied = result.delta.apply(self._engine.loaded)
         after = self._yardstick.canaries_held(self._engine.loaded)
-        if not any(before and not now for before, now in zip(self._held, after, strict=True)):
+        lost = [name for name, before, now in zip(self._yardstick.canary_names(), self._held,
+                                                  after, strict=True) if before and not now]
+        if not lost:
             self._held = after
             _keep(self._engine, result, self._executor, self._chain, label)
             return [result], []
         applied.revert()
         if len(requests) == 1:
+            log.info("refused record #%d (%s): its edit loses the canary %s", start + 1,
+                     requests[0].prompt, "; ".join(lost))
             return [], [start + 1]
         middle = len(requests) // 2
         kept, refused = self.apply(requests[:middle], start, f"{label}a")

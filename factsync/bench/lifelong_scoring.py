@@ -140,6 +140,11 @@ class Yardstick:
         }
         return Checkpoint(facts, {name: values[name] for name in METRICS}, intervals)
 
+    def canary_names(self) -> list[str]:
+        """Per canary, in ``canaries_held``'s order, its prompt and the object it keeps."""
+        return ([f"{r.prompt} {r.old_object}" for r in self.canaries]
+                + [f"{prompt} {obj}" for prompt, obj in self.stated_canaries])
+
     def canaries_held(self, loaded: LoadedModel) -> list[float]:
         """Per canary, record canaries first, 1.0 while the model still holds it and 0.0
         once it does not."""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 from dataclasses import replace
 from pathlib import Path
 
@@ -188,7 +189,7 @@ def test_each_method_starts_from_the_base_weights_and_leaves_them(
 
 
 def test_refusing_canary_losses_leaves_unedited_exactly_the_facts_that_lose_one(
-    tiny_loaded, tiny_engine, counterfact_file
+    tiny_loaded, tiny_engine, counterfact_file, caplog
 ):
     loaded = tiny_loaded()
     engine = tiny_engine(loaded)
@@ -205,13 +206,19 @@ def test_refusing_canary_losses_leaves_unedited_exactly_the_facts_that_lose_one(
                             contexts=engine.contexts, batch_size=2, checkpoint_every=4,
                             refuse_canary_loss=refuse).methods["memit"]
 
-    applied, gated = stream(False), stream(True)
+    applied = stream(False)
+    with caplog.at_level(logging.INFO, logger="factsync.bench.lifelong"):
+        gated = stream(True)
     assert applied.refused == []
     assert applied.final.values["canary"] < 1.0  # some edit took
     assert gated.final.values["canary"] == 1.0
     assert gated.refused and set(gated.refused) <= places
     lost = round((1.0 - applied.final.values["canary"]) * len(canaries))
     assert len(gated.refused) == lost  # here each edit that took lost its own canary
+    for place in gated.refused:  # the log names the fact and the canary it would lose
+        own = cases[place - 1].request
+        assert (f"refused record #{place} ({own.prompt}): its edit loses the canary "
+                f"{own.prompt} {own.old_object}") in caplog.text
     assert gated.final.values["efficacy_success"] < applied.final.values["efficacy_success"]
     report = to_json(LifelongRun("counterfact", 4, 2, applied.final, {"memit": gated}))
     assert report["methods"]["memit"]["refused"] == gated.refused
