@@ -298,7 +298,6 @@ def _change_back(engine: EditEngine, yardstick: Yardstick, growth: NormGrowth,
     """Change the facts of ``requests`` (applied earlier) back to their old objects in
     jobs of ``batch_size``, then measure the model."""
     reverted = [request.reverted() for request in requests]
-    seconds = 0.0
     started = time.monotonic()
     for start in tqdm(range(0, len(reverted), batch_size), desc=f"{name}, changing back",
                       unit="job"):
