@@ -171,8 +171,9 @@ def _run(saved: dict, index: Path) -> LifelongRun:
                       unedited=Checkpoint.from_json(saved["unedited"]))
     for name, method in saved["methods"].items():
         if method["checkpoints"]:  # a method not yet at its first checkpoint has none
-            run.methods[name] = MethodRun(
-                [Checkpoint.from_json(c) for c in method["checkpoints"]],
-                refused=method.get("refused", []))
+            checkpoints = [Checkpoint.from_json(c) for c in method["checkpoints"]]
+            # Facts refused after the last checkpoint belong to no measurement yet.
+            refused = [p for p in method.get("refused", []) if p <= checkpoints[-1].facts]
+            run.methods[name] = MethodRun(checkpoints, refused=refused)
     return run
 

@@ -277,6 +277,20 @@ def _saved_copy(source, target, change) -> None:  # noqa: ANN001
     (target / INDEX).write_text(json.dumps(saved))
 
 
+def test_a_saved_run_reads_back_the_refusals_its_checkpoints_measured(bench, tmp_path):
+    loaded, engine, yardstick = bench
+    first = tmp_path / "first"
+    with pytest.raises(Stopped):
+        _run(loaded, engine, yardstick, RunDirectory(first, ARGUMENTS), stop_after=1)
+
+    def refused_later(saved: dict) -> None:
+        # Saved after a job past the checkpoint at 2 facts: one refusal before, one after.
+        saved["methods"]["memit"]["refused"] = [1, 3]
+
+    _saved_copy(first, tmp_path / "later", refused_later)
+    assert read_run(tmp_path / "later").methods["memit"].refused == [1]
+
+
 def test_runs_of_other_records_are_not_one_report(bench, tmp_path):
     loaded, engine, yardstick = bench
     first = tmp_path / "first"
