@@ -269,6 +269,14 @@ def _renamed(name: str):  # noqa: ANN202
     return change
 
 
+def _stopped_at_first_checkpoint(bench, path):  # noqa: ANN001, ANN202
+    """``path``, where a run was saved and stopped after its first checkpoint."""
+    loaded, engine, yardstick = bench
+    with pytest.raises(Stopped):
+        _run(loaded, engine, yardstick, RunDirectory(path, ARGUMENTS), stop_after=1)
+    return path
+
+
 def _saved_copy(source, target, change) -> None:  # noqa: ANN001
     """A copy of the saved run in ``source`` with its index changed by ``change``."""
     target.mkdir()
@@ -278,10 +286,7 @@ def _saved_copy(source, target, change) -> None:  # noqa: ANN001
 
 
 def test_a_saved_run_reads_back_the_refusals_its_checkpoints_measured(bench, tmp_path):
-    loaded, engine, yardstick = bench
-    first = tmp_path / "first"
-    with pytest.raises(Stopped):
-        _run(loaded, engine, yardstick, RunDirectory(first, ARGUMENTS), stop_after=1)
+    first = _stopped_at_first_checkpoint(bench, tmp_path / "first")
 
     def refused_later(saved: dict) -> None:
         # Saved after a job past the checkpoint at 2 facts: one refusal before, one after.
@@ -292,10 +297,7 @@ def test_a_saved_run_reads_back_the_refusals_its_checkpoints_measured(bench, tmp
 
 
 def test_runs_of_other_records_are_not_one_report(bench, tmp_path):
-    loaded, engine, yardstick = bench
-    first = tmp_path / "first"
-    with pytest.raises(Stopped):
-        _run(loaded, engine, yardstick, RunDirectory(first, ARGUMENTS), stop_after=1)
+    first = _stopped_at_first_checkpoint(bench, tmp_path / "first")
 
     def other_n(saved: dict) -> None:
         _renamed("other")(saved)
@@ -323,10 +325,7 @@ def test_runs_of_other_records_are_not_one_report(bench, tmp_path):
 
 
 def test_a_metric_only_one_run_measured_does_not_keep_them_apart(bench, tmp_path):
-    loaded, engine, yardstick = bench
-    first = tmp_path / "first"
-    with pytest.raises(Stopped):
-        _run(loaded, engine, yardstick, RunDirectory(first, ARGUMENTS), stop_after=1)
+    first = _stopped_at_first_checkpoint(bench, tmp_path / "first")
     measured = read_run(first).unedited
     assert measured.values["held_out_perplexity_ratio"] is not None
 
