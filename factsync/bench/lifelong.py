@@ -336,6 +336,7 @@ class _CanaryGate:
         self._yardstick = yardstick
         self._executor = executor
         self._chain = chain
+        self._names = yardstick.canary_names()
         self._held = yardstick.canaries_held(engine.loaded)
 
     def apply(self, requests: list[EditRequest], start: int,
@@ -346,8 +347,8 @@ class _CanaryGate:
         result = self._engine.edit(requests)
         applied = result.delta.apply(self._engine.loaded)
         after = self._yardstick.canaries_held(self._engine.loaded)
-        lost = [name for name, before, now in zip(self._yardstick.canary_names(), self._held,
-                                                  after, strict=True) if before and not now]
+        lost = [name for name, before, now in zip(self._names, self._held, after, strict=True)
+                if before and not now]
         if not lost:
             self._held = after
             _keep(self._engine, result, self._executor, self._chain, label)

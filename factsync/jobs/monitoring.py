@@ -128,9 +128,9 @@ class LiveChecker:
                                      seed=self._checks)
         measured = self._executor.measure(self._models.work, [], retention + self.canaries,
                                           self._texts)
-        kept, canary = split_probes(measured.retained, len(self.canaries))
+        still_stated, canary = split_probes(measured.retained, len(self.canaries))
         return KpiValues({
-            Metric.RETENTION: kept,
+            Metric.RETENTION: still_stated,
             Metric.CANARY: canary,
             Metric.PERPLEXITY_RATIO: measured.perplexity / self._base_perplexity,
         })

@@ -129,7 +129,8 @@ class JobRunner:
                 )
                 checks = [p.check for p in prepared]
                 rewritten = {check.prompt for check in checks}
-                canaries = [c for c in self._canaries if c[0] not in rewritten]
+                canaries = [(prompt, obj) for prompt, obj in self._canaries
+                            if prompt not in rewritten]
                 probes = retention + canaries
                 live = self._executor.measure(self._models.work, checks, probes, self._texts)
             with self._stage(job, JOB_EDITING, _describe(prepared)):
