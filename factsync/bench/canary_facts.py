@@ -16,6 +16,7 @@ from factsync.evaluation.cases import EvalCase
 from factsync.evaluation.kpis import Prompted
 from factsync.facts.canaries import CANDIDATE_CANARIES
 from factsync.facts.catalog import RelationCatalog
+from factsync.facts.guards import GUARD_FACTS
 from factsync.jobs.preparation import states
 from factsync.models.loading import LoadedModel
 from factsync.models.scoring import score_targets, stated_facts
@@ -51,7 +52,22 @@ def daemon_canaries(loaded: LoadedModel, edited: Sequence[EvalCase] = ()) -> lis
 def daemon_canary_facts(loaded: LoadedModel,
                         edited: Sequence[EvalCase] = ()) -> list[tuple[str, str, str]]:
     """``daemon_canaries`` as (template, subject, object), for what reads the subject."""
-    facts = RelationCatalog.built_in().templated(unrewritten(CANDIDATE_CANARIES, edited))
+    return _stated_unrewritten(loaded, CANDIDATE_CANARIES, edited)
+
+
+def well_known_facts(loaded: LoadedModel, edited: Sequence[EvalCase] = ()) -> list[Prompted]:
+    """The built-in guard facts (``facts.guards``) that ``loaded`` states and no case of
+    ``edited`` rewrites, as (prompt, object): well-known facts apart from the canaries,
+    which no canary gate reads or repairs (a policy that holds guard facts holds them)."""
+    return [(template.format(subject), obj)
+            for template, subject, obj in _stated_unrewritten(loaded, GUARD_FACTS, edited)]
+
+
+def _stated_unrewritten(loaded: LoadedModel, candidates: Sequence[tuple[str, str, str]],
+                        edited: Sequence[EvalCase]) -> list[tuple[str, str, str]]:
+    """The (template, subject, object) of the (subject, relation id, object)
+    ``candidates`` no case of ``edited`` rewrites and ``loaded`` states."""
+    facts = RelationCatalog.built_in().templated(unrewritten(candidates, edited))
     return stated_facts(loaded, facts)
 
 
@@ -63,6 +79,15 @@ def unrewritten(candidates: Sequence[tuple[str, str, str]],
     rewritten = {(case.request.subject, case.relation) for case in edited}
     return [(subject, relation, obj) for subject, relation, obj in candidates
             if not {(subject, relation), (subject, None)} & rewritten]
+
+
+def canary_repairs(record_canaries: Sequence[EditRequest],
+                   stated: Sequence[tuple[str, str, str]]) -> list[EditRequest]:
+    """Per canary, record canaries first and then the daemon canaries ``stated`` as
+    (template, subject, object), the edit that states it again: its object, the one the
+    unedited model held, as the new object."""
+    return ([request.reverted() for request in record_canaries]
+            + [EditRequest(subject, template, obj) for template, subject, obj in stated])
 
 
 def canaries_stated(loaded: LoadedModel, pairs: list[Prompted]) -> list[float]:

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Protocol
@@ -109,12 +109,14 @@ class MethodRun:
     its stream; then, when the run changes facts back, the model after that.
 
     ``refused`` holds the places in the stream (from 1) of the facts a run that refuses
-    canary losses left unedited, in order.
+    canary losses left unedited, in order; ``repaired``, per canary a run that repairs
+    them stated again, the place of the first fact of the job that lost it and the canary.
     """
 
     checkpoints: list[Checkpoint] = field(default_factory=list)
     changed_back: ChangedBack | None = None
     refused: list[int] = field(default_factory=list)
+    repaired: list[tuple[int, str]] = field(default_factory=list)
 
     @property
     def final(self) -> Checkpoint:
@@ -132,6 +134,7 @@ class MethodProgress:
         delta: every applied job's delta, composed.
         state: the keys every applied job wrote.
         refused: places in the stream (from 1) of the facts refused so far.
+        repaired: the canaries stated again so far (``MethodRun.repaired``).
     """
 
     facts: int
@@ -139,6 +142,7 @@ class MethodProgress:
     delta: ModelDelta
     state: EngineState
     refused: tuple[int, ...] = ()
+    repaired: tuple[tuple[int, str], ...] = ()
 
 
 class RunStore(Protocol):
@@ -191,6 +195,7 @@ def run_lifelong(
     joint_moments: Mapping[str, torch.Tensor | None] | None = None,
     unedited: Checkpoint | None = None,
     refuse_canary_loss: bool = False,
+    canary_repairs: Sequence[EditRequest] = (),
 ) -> LifelongRun:
     """Apply every record of ``yardstick.suite`` with each method in turn, job by job.
 
@@ -214,7 +219,11 @@ def run_lifelong(
     With ``refuse_canary_loss`` a job whose candidate loses a canary the model held
     before it is undone and its facts tried again in halves, down to single facts; a
     fact that alone loses one is refused and stays unedited (``MethodRun.refused``), as
-    a policy gate on canaries would leave it. The seconds per fact include that work.
+    a policy gate on canaries would leave it. ``canary_repairs`` (per canary, in
+    ``Yardstick.canary_names`` order, the edit that states it again) turn that gate on
+    and add a step before the halving: the job is tried once more with the lost
+    canaries' edits in it, and kept when it then loses none (``MethodRun.repaired``).
+    The seconds per fact include that work.
     """
     executor = executor or LocalExecutor()
     requests = yardstick.suite.requests
@@ -240,6 +249,7 @@ def run_lifelong(
         growth = NormGrowth(loaded, engine.layers)
         seconds, chain, kept, first = 0.0, DeltaChain(), EngineState.empty(), 0
         refused: list[int] = []
+        repaired: list[tuple[int, str]] = []
         # One snapshot of the edited weights undoes every job, where a handle per job
         # would keep a copy of them per job.
         with restored_weights(loaded, [loaded.spec.mlp_out_path(i) for i in engine.layers]):
@@ -247,10 +257,11 @@ def run_lifelong(
                 saved.delta.apply(loaded)
                 engine.restore([saved.state])
                 seconds, first, kept = saved.seconds, saved.facts, saved.state
-                refused = list(saved.refused)
+                refused, repaired = list(saved.refused), list(saved.repaired)
                 chain.append(f"{name}/0-{first}", saved.delta)
                 executor.follow(chain.steps)
-            gate = _CanaryGate(engine, yardstick, executor, chain) if refuse_canary_loss else None
+            gate = (_CanaryGate(engine, yardstick, executor, chain, canary_repairs)
+                    if refuse_canary_loss or canary_repairs else None)
             for start in tqdm(range(first, n, batch_size), desc=name, unit="job",
                               initial=first // batch_size, total=-(-n // batch_size)):
                 job = requests[start : start + batch_size]
@@ -258,8 +269,10 @@ def run_lifelong(
                 if gate is None:
                     results = [_apply_job(engine, job, executor, chain, f"{name}/{start}")]
                 else:
-                    results, lost = gate.apply(job, start, f"{name}/{start}")
-                    refused += lost
+                    gated = gate.apply(job, start, f"{name}/{start}")
+                    results = gated.results
+                    refused += gated.refused
+                    repaired += gated.repaired
                 seconds += time.monotonic() - started
                 applied = min(start + batch_size, n)
                 if applied in due:
@@ -267,10 +280,11 @@ def run_lifelong(
                     method_run = run.methods.setdefault(name, MethodRun())
                     method_run.checkpoints.append(checkpoint)
                     method_run.refused = list(refused)
+                    method_run.repaired = list(repaired)
                 if store is not None:
                     kept = concatenated([kept, *(result.state for result in results)])
                     store.save(run, name, MethodProgress(applied, seconds, chain.whole(), kept,
-                                                         tuple(refused)))
+                                                         tuple(refused), tuple(repaired)))
                 if applied in due and on_checkpoint is not None:
                     on_checkpoint(run)
             if change_back:
@@ -326,39 +340,80 @@ def _keep(engine: EditEngine, result: EditResult, executor: Executor, chain: Del
     executor.follow(chain.steps)
 
 
+@dataclass(frozen=True)
+class _Gated:
+    """What a job became under the canary gate.
+
+    Attributes:
+        results: the edits applied.
+        refused: places in the stream (from 1) of the facts refused.
+        repaired: (place in the stream of a job's first fact, canary) per canary stated
+            again in that job.
+    """
+
+    results: list[EditResult] = field(default_factory=list)
+    refused: list[int] = field(default_factory=list)
+    repaired: list[tuple[int, str]] = field(default_factory=list)
+
+
 class _CanaryGate:
     """Applies jobs as a policy gate on canaries would let them through: no canary the
-    model held before a job may be lost by it."""
+    model held before a job may be lost by it.
+
+    With ``repairs`` (per canary, in ``Yardstick.canary_names`` order, the edit that
+    states it again), a job that loses canaries is first tried once more with their
+    edits added, before it is halved.
+    """
 
     def __init__(self, engine: EditEngine, yardstick: Yardstick, executor: Executor,
-                 chain: DeltaChain) -> None:
+                 chain: DeltaChain, repairs: Sequence[EditRequest] = ()) -> None:
         self._engine = engine
         self._yardstick = yardstick
         self._executor = executor
         self._chain = chain
         self._names = yardstick.canary_names()
+        if repairs and len(repairs) != len(self._names):
+            raise ValueError(f"{len(repairs)} canary repairs for {len(self._names)} canaries")
+        self._repairs = {name: request for name, request in zip(self._names, repairs)}
         self._held = yardstick.canaries_held(engine.loaded)
 
-    def apply(self, requests: list[EditRequest], start: int,
-              label: str) -> tuple[list[EditResult], list[int]]:
+    def apply(self, requests: list[EditRequest], start: int, label: str) -> _Gated:
         """Edit and apply ``requests`` (records from ``start`` on, counted from 0); a
-        candidate that loses a canary is undone and its halves tried in turn. The edits
-        kept, and the places in the stream (from 1) of the facts refused."""
+        candidate that loses a canary is undone, tried with the lost canaries' repairs
+        when there are any, and then its halves tried in turn."""
+        result, lost = self._try(requests, label)
+        if result is not None:
+            return _Gated([result])
+        if self._repairs:
+            repairs = [self._repairs[name] for name in lost]
+            result, _ = self._try([*requests, *repairs], f"{label}+repair")
+            if result is not None:
+                log.info("records #%d-#%d keep every canary with %s stated again in their job",
+                         start + 1, start + len(requests), "; ".join(lost))
+                return _Gated([result], repaired=[(start + 1, name) for name in lost])
+        if len(requests) == 1:
+            log.info("refused record #%d (%s): its edit loses the canary %s", start + 1,
+                     requests[0].prompt, "; ".join(lost))
+            return _Gated(refused=[start + 1])
+        middle = len(requests) // 2
+        first = self.apply(requests[:middle], start, f"{label}a")
+        second = self.apply(requests[middle:], start + middle, f"{label}b")
+        return _Gated(first.results + second.results, first.refused + second.refused,
+                      first.repaired + second.repaired)
+
+    def _try(self, requests: list[EditRequest],
+             label: str) -> tuple[EditResult | None, list[str]]:
+        """Edit and apply ``requests``, and keep the edit when it loses no canary the
+        model held, else undo it. The edit kept (``None`` when undone) and the canaries
+        lost."""
         result = self._engine.edit(requests)
         applied = result.delta.apply(self._engine.loaded)
         after = self._yardstick.canaries_held(self._engine.loaded)
         lost = [name for name, before, now in zip(self._names, self._held, after, strict=True)
                 if before and not now]
-        if not lost:
-            self._held = after
-            _keep(self._engine, result, self._executor, self._chain, label)
-            return [result], []
-        applied.revert()
-        if len(requests) == 1:
-            log.info("refused record #%d (%s): its edit loses the canary %s", start + 1,
-                     requests[0].prompt, "; ".join(lost))
-            return [], [start + 1]
-        middle = len(requests) // 2
-        kept, refused = self.apply(requests[:middle], start, f"{label}a")
-        later_kept, later_refused = self.apply(requests[middle:], start + middle, f"{label}b")
-        return kept + later_kept, refused + later_refused
+        if lost:
+            applied.revert()
+            return None, lost
+        self._held = after
+        _keep(self._engine, result, self._executor, self._chain, label)
+        return result, []

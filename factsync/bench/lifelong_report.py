@@ -62,7 +62,8 @@ def from_json(report: dict) -> LifelongRun:
             run.methods[name] = MethodRun(
                 [_checkpoint(c["facts"], c, {}) for c in earlier]
                 + [_checkpoint(last["facts"], last, method.get("intervals", {}))],
-                refused=method.get("refused", []))
+                refused=method.get("refused", []),
+                repaired=[(place, canary) for place, canary in method.get("repaired", [])])
     except (KeyError, TypeError, ValueError) as exc:
         raise ValueError(f"not a bench lifelong report ({type(exc).__name__}: {exc})") from exc
     return run
@@ -81,6 +82,7 @@ def _method_json(method: MethodRun) -> dict:
         "intervals": _bounds(final),
         "checkpoints": [{"facts": c.facts} | _with_aliases(c.values) for c in method.checkpoints],
         "refused": method.refused,
+        "repaired": [list(pair) for pair in method.repaired],
     }
     if method.changed_back is not None:
         changed, rest = method.changed_back.changed, method.changed_back.rest
@@ -106,15 +108,21 @@ def format_table(run: LifelongRun) -> str:
     return _metric_table({"unedited": run.unedited} | {n: m.final for n, m in run.methods.items()})
 
 
-def format_refused(run: LifelongRun) -> str:
-    """One line per method that refused facts to keep its canaries, naming their places
-    in the stream; empty when none did."""
+def format_gate(run: LifelongRun) -> str:
+    """What the canary gate did: one line per method that refused facts to keep its
+    canaries, naming their places in the stream, and one per method that stated canaries
+    again, naming them and where; empty when no method did either."""
     lines = []
     for name, method in run.methods.items():
         if method.refused:
             places = ", ".join(f"#{place}" for place in method.refused)
             lines.append(f"{name} refused {len(method.refused)} of {method.final.facts} facts "
                          f"to keep its canaries (left unedited, scored as failed): {places}")
+        if method.repaired:
+            repairs = "; ".join(f"{canary} (job from #{place})"
+                                for place, canary in method.repaired)
+            lines.append(f"{name} stated {len(method.repaired)} lost canaries again in the "
+                         f"job that lost them: {repairs}")
     return "\n".join(lines)
 
 

@@ -74,7 +74,8 @@ class RunDirectory:
             facts=_entry_facts(entry), seconds=entry["seconds"],
             delta=ModelDelta.load(self.path / entry["delta"]),
             state=EngineState.load(self.path / entry["state"]),
-            refused=tuple(entry.get("refused", ())))
+            refused=tuple(entry.get("refused", ())),
+            repaired=tuple((place, name) for place, name in entry.get("repaired", ())))
 
     def save(self, run: LifelongRun, method: str, progress: MethodProgress) -> None:
         """Record ``run`` and where ``method`` stands after one of its jobs."""
@@ -91,7 +92,8 @@ class RunDirectory:
             progress.delta.save(self.path / KEPT / delta_name)
         entries[method] = {"facts": progress.facts, "seconds": progress.seconds,
                            "delta": delta_name, "state": state_name,
-                           "refused": list(progress.refused)}
+                           "refused": list(progress.refused),
+                           "repaired": [list(pair) for pair in progress.repaired]}
         checkpoints = {name: m.checkpoints for name, m in run.methods.items()}
         write_json(self.path / INDEX, {
             "arguments": self.arguments, "dataset": run.dataset, "n": run.n,
@@ -118,6 +120,12 @@ def read_run(path: Path) -> LifelongRun:
     cannot be read.
     """
     return _run(_saved_index(Path(path)), Path(path) / INDEX)
+
+
+def saved_arguments(path: Path) -> dict[str, object]:
+    """The arguments of the run saved in directory ``path``. Raises ``ValueError`` like
+    ``read_run``."""
+    return _saved_index(Path(path))["arguments"]
 
 
 def saved_deltas(path: Path) -> dict[str, list[tuple[int, Path]]]:
@@ -172,8 +180,11 @@ def _run(saved: dict, index: Path) -> LifelongRun:
     for name, method in saved["methods"].items():
         if method["checkpoints"]:  # a method not yet at its first checkpoint has none
             checkpoints = [Checkpoint.from_json(c) for c in method["checkpoints"]]
-            # Facts refused after the last checkpoint belong to no measurement yet.
-            refused = [p for p in method.get("refused", []) if p <= checkpoints[-1].facts]
-            run.methods[name] = MethodRun(checkpoints, refused=refused)
+            # Facts refused or canaries repaired after the last checkpoint belong to no
+            # measurement yet.
+            last = checkpoints[-1].facts
+            refused = [p for p in method.get("refused", []) if p <= last]
+            repaired = [(p, canary) for p, canary in method.get("repaired", []) if p <= last]
+            run.methods[name] = MethodRun(checkpoints, refused=refused, repaired=repaired)
     return run
 

@@ -21,7 +21,7 @@ from factsync.bench.lifelong import LifelongRun, checkpoint_facts, chosen_method
 from factsync.bench.lifelong_report import (
     ALIASES,
     SHORT_NAMES,
-    format_refused,
+    format_gate,
     from_json,
     to_json,
 )
@@ -223,7 +223,7 @@ def test_refusing_canary_losses_leaves_unedited_exactly_the_facts_that_lose_one(
     report = to_json(LifelongRun("counterfact", 4, 2, applied.final, {"memit": gated}))
     assert report["methods"]["memit"]["refused"] == gated.refused
     assert from_json(report).methods["memit"].refused == gated.refused
-    assert format_refused(from_json(report)).startswith(
+    assert format_gate(from_json(report)).startswith(
         f"memit refused {len(gated.refused)} of 4 facts")
 
 

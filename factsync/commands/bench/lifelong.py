@@ -27,6 +27,10 @@ from factsync.durable import write_json
 
 if TYPE_CHECKING:
     from factsync.bench.lifelong import LifelongRun
+    from factsync.bench.lifelong_scoring import Yardstick
+    from factsync.editing.requests import EditRequest
+    from factsync.evaluation.cases import EvalCase
+    from factsync.models.loading import LoadedModel
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -88,6 +92,13 @@ def _register_lifelong(sub: argparse._SubParsersAction) -> None:
                           "single facts; a refused fact stays unedited, counts against "
                           "efficacy and paraphrase, and is listed under the tables "
                           "(default: every job is applied)")
+    lifelong.add_argument("--repair-canaries", action="store_true",
+                          help="gate jobs on canaries as --refuse-canary-loss does, but "
+                          "first try a job that loses canaries once more with their facts "
+                          "in it, stated again with the objects the model held: kept when "
+                          "it then loses none, halved otherwise. The canaries repaired are "
+                          "listed under the tables; bench lifelong-canaries --well-known "
+                          "reads facts no repair touches")
     lifelong.add_argument("--json", type=Path,
                           help="write the numbers to this file after every checkpoint")
     lifelong.add_argument("--plot", type=Path, help="draw the metrics against facts (PNG), "
@@ -208,7 +219,9 @@ def run_lifelong_bench(args: argparse.Namespace) -> int:
                                store=store, change_back=args.change_back,
                                sensitivities=sensitivities, joint_moments=joint_moments,
                                unedited=preparation.unedited,
-                               refuse_canary_loss=args.refuse_canary_loss)
+                               refuse_canary_loss=args.refuse_canary_loss,
+                               canary_repairs=(_canary_repairs(loaded, yardstick, inputs.cases)
+                                               if args.repair_canaries else ()))
     finally:
         executor.close()
     _print_tables(run)
@@ -269,15 +282,21 @@ def _register_canaries(sub: argparse._SubParsersAction) -> None:
     canaries.add_argument("--method", help="the method to read (default: every method "
                           "of the run, one table each)")
     canaries.add_argument("--json", type=Path, help="also write the readings to this file")
+    canaries.add_argument("--well-known", action="store_true",
+                          help="read the built-in guard facts the unedited model states "
+                          "instead, leaving out those the run's records rewrite: "
+                          "well-known facts that no canary gate reads or repairs, so "
+                          "they show the harm a --repair-canaries run hides from its "
+                          "canary row (a policy that holds guard facts holds them)")
     add_model_options(canaries)
     canaries.set_defaults(handler=run_lifelong_canaries, computes=True)
 
 
 def run_lifelong_canaries(args: argparse.Namespace) -> int:
     """Handler of ``factsync bench lifelong-canaries``."""
-    from factsync.bench.canary_facts import daemon_canaries
+    from factsync.bench.canary_facts import daemon_canaries, well_known_facts
     from factsync.bench.canary_trajectory import canary_trajectory, format_trajectory
-    from factsync.bench.lifelong_resume import saved_deltas
+    from factsync.bench.lifelong_resume import saved_arguments, saved_deltas
 
     deltas = saved_deltas(args.run)
     if args.method is not None:
@@ -286,7 +305,10 @@ def run_lifelong_canaries(args: argparse.Namespace) -> int:
                              f"{', '.join(deltas) or 'none'}")
         deltas = {args.method: deltas[args.method]}
     loaded = load(args)
-    canaries = daemon_canaries(loaded)
+    if args.well_known:
+        canaries = well_known_facts(loaded, _edited_cases(saved_arguments(args.run)))
+    else:
+        canaries = daemon_canaries(loaded)
     numbers = {"canaries": [list(pair) for pair in canaries], "methods": {}}
     for name, files in deltas.items():
         readings = canary_trajectory(loaded, canaries, files)
@@ -298,16 +320,44 @@ def run_lifelong_canaries(args: argparse.Namespace) -> int:
     return 0
 
 
+def _canary_repairs(loaded: LoadedModel, yardstick: Yardstick,
+                    cases: list[EvalCase]) -> list[EditRequest]:
+    """Per canary of ``yardstick``, in ``Yardstick.canary_names`` order, the edit that
+    states it again (``canary_facts.canary_repairs``)."""
+    from factsync.bench.canary_facts import canary_repairs, daemon_canary_facts
+
+    stated = daemon_canary_facts(loaded, cases)
+    if [(t.format(s), o) for t, s, o in stated] != [tuple(p) for p in yardstick.stated_canaries]:
+        raise ValueError("the daemon canaries this model states are not those the prepared "
+                         "records hold; prepare them again (remove the cached preparation)")
+    return canary_repairs(yardstick.canaries, stated)
+
+
+def _edited_cases(arguments: dict) -> list[EvalCase]:
+    """The records a ``bench lifelong`` run saved with ``arguments`` edits."""
+    from factsync.evaluation.datasets import default_dataset_path
+    from factsync.evaluation.suites import load_cases
+
+    dataset = arguments["dataset"]
+    data = Path(arguments["data"]) if arguments.get("data") else default_dataset_path(dataset)
+    if data is None:
+        raise ValueError(f"the run edited the shared {dataset} records, which are not here")
+    skip = arguments.get("skip", 0)
+    return records_after_skip(load_cases(dataset, data), skip, arguments["n"], data)[
+        : arguments["n"]]
+
+
 def _print_tables(run: LifelongRun) -> None:
-    """The final metrics, each method's checkpoints and the facts refused, if any."""
-    from factsync.bench.lifelong_report import format_checkpoints, format_refused, format_table
+    """The final metrics, each method's checkpoints and what the canary gate did, if
+    anything."""
+    from factsync.bench.lifelong_report import format_checkpoints, format_gate, format_table
 
     print(format_table(run))
     print()
     print(format_checkpoints(run))
-    if refused := format_refused(run):
+    if gate := format_gate(run):
         print()
-        print(refused)
+        print(gate)
 
 
 def _read_report(path: Path) -> LifelongRun:
@@ -341,7 +391,8 @@ _NOT_THE_RUN = {"handler", "computes", "json", "plot", "state", "keep_every", "l
 
 # Options added after runs were saved, with the value those runs had: left out at that
 # value, so a run saved before the option existed can still be continued.
-_ADDED_LATER = {"skip": 0, "contrast": 0, "refuse_canary_loss": False}
+_ADDED_LATER = {"skip": 0, "contrast": 0, "refuse_canary_loss": False,
+                "repair_canaries": False}
 
 
 def _run_arguments(args: argparse.Namespace) -> dict[str, object]:

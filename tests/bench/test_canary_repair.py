@@ -1,0 +1,61 @@
+"""The lifelong bench's canary gate on the real default model: a job that loses a canary
+is tried again with the canary stated in it, before any fact of it is refused."""
+
+from __future__ import annotations
+
+import logging
+
+import pytest
+
+from factsync.bench.canary_facts import canary_repairs
+from factsync.bench.lifelong import run_lifelong
+from factsync.bench.lifelong_report import format_gate, from_json, to_json
+from factsync.bench.lifelong_scoring import Yardstick
+from factsync.editing.build import StatisticsSettings, build_engine
+from factsync.evaluation.heldout_text import FLUENCY_TEXTS
+from factsync.evaluation.suites import load_cases, prepare_suite
+from factsync.models.loading import load_model
+from factsync.policies.schema import EditingPolicy
+
+pytestmark = pytest.mark.real_model
+
+# Moving France's capital to Rome spills onto the first canary (tests/jobs/
+# test_canary_gate.py); nothing in the job reaches the second.
+CANARIES = [("The largest city in {} is", "France", "Paris"),
+            ("The capital of {} is", "Germany", "Berlin")]
+
+
+def test_a_lost_canary_is_stated_again_in_the_job_instead_of_refusing_its_fact(
+    counterfact_file, caplog
+):
+    loaded = load_model()
+    france = [case for case in load_cases("counterfact", counterfact_file)
+              if case.request.subject == "France"]
+    suite = prepare_suite(loaded, "counterfact", france, neighbours_per_fact=1)
+    yardstick = Yardstick.prepare(
+        loaded, suite, [], FLUENCY_TEXTS[:2],
+        stated_canaries=[(template.format(subject), obj) for template, subject, obj in CANARIES])
+    assert yardstick.canaries_held(loaded) == [1.0, 1.0]
+    engine = build_engine(loaded, EditingPolicy(max_iterations=2, neighbours=False)
+                          .engine_settings(), StatisticsSettings(corpus_tokens=20_000))
+
+    def stream(**gate):
+        run = run_lifelong(loaded, yardstick, {"default": engine.settings},
+                           statistics=engine.statistics, contexts=engine.contexts,
+                           batch_size=1, checkpoint_every=1, **gate)
+        return run, run.methods["default"]
+
+    _, refusing = stream(refuse_canary_loss=True)
+    assert refusing.refused == [1]  # alone, France's edit loses the first canary
+    assert refusing.final.values["efficacy_success"] == 0.0
+    with caplog.at_level(logging.INFO, logger="factsync.bench.lifelong"):
+        run, repairing = stream(canary_repairs=canary_repairs([], CANARIES))
+    assert repairing.refused == []
+    assert repairing.repaired == [(1, "The largest city in France is Paris")]
+    assert repairing.final.values["efficacy_success"] == 1.0
+    assert repairing.final.values["canary"] == 1.0
+    assert ("records #1-#1 keep every canary with The largest city in France is Paris "
+            "stated again in their job") in caplog.text
+    assert from_json(to_json(run)).methods["default"].repaired == repairing.repaired
+    assert format_gate(run) == ("default stated 1 lost canaries again in the job that lost "
+                                "them: The largest city in France is Paris (job from #1)")
