@@ -374,7 +374,7 @@ class _CanaryGate:
         self._names = yardstick.canary_names()
         if repairs and len(repairs) != len(self._names):
             raise ValueError(f"{len(repairs)} canary repairs for {len(self._names)} canaries")
-        self._repairs = {name: request for name, request in zip(self._names, repairs)}
+        self._repairs = dict(zip(self._names, repairs, strict=True)) if repairs else {}
         self._held = yardstick.canaries_held(engine.loaded)
 
     def apply(self, requests: list[EditRequest], start: int, label: str) -> _Gated:
