@@ -10,7 +10,7 @@ from factsync.daemon.config import load_config
 from factsync.daemon.export_verification import ADAPTER, MERGED, Verification, verify_export
 from factsync.daemon.service import STATE_FILE, model_dir, relation_catalog
 from factsync.editing.delta import ModelDelta
-from factsync.jobs.monitoring import choose_canaries
+from factsync.jobs.canaries import choose_canaries
 from factsync.jobs.preparation import retention_probes, states
 from factsync.models.loading import load_model
 from factsync.models.precision import keep_edit_layers_in_float32

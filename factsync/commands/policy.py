@@ -68,6 +68,9 @@ def explain(policy: Policy) -> list[str]:
     for relation, override in sorted(policy.relations.items()):
         lines.append(f"- For {relation} facts instead:")
         lines += [f"    {gate.describe()}" for gate in override.gates]
+    if policy.repair_canaries:
+        lines.append("- A candidate that only loses canaries, every edit of it taken, is "
+                     "edited once more with those canaries stated again and judged again.")
     lines.append(
         "- On failure: reject the job." if policy.on_failure is OnFailure.REJECT else
         "- On failure: drop the facts whose edit did not take and retry the rest once; "

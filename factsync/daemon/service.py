@@ -50,9 +50,10 @@ from factsync.executors.build import build_executor
 from factsync.executors.local import Executor
 from factsync.executors.settings import ExecutorType
 from factsync.facts.catalog import RelationCatalog
+from factsync.jobs.canaries import choose_canary_facts
 from factsync.jobs.live import LiveVersion
 from factsync.jobs.model_state import ModelState
-from factsync.jobs.monitoring import LiveChecker, choose_canaries
+from factsync.jobs.monitoring import LiveChecker
 from factsync.jobs.pipeline import JobRunner
 from factsync.jobs.reconciler import Reconciler
 from factsync.models.loading import default_model_dir, load_model
@@ -360,7 +361,9 @@ class Daemon:
             keep_edit_layers_in_float32(base, self.policy.editing.engine_settings().layers)
             models = ModelState(base)
             base_perplexity = perplexity(base, list(FLUENCY_TEXTS))
-            canaries = choose_canaries(models.work, self.store, self.catalog)  # base weights
+            canary_facts = choose_canary_facts(models.work, self.store,  # base weights
+                                               self.catalog)
+            canaries = [fact.prompted for fact in canary_facts]
             self.metrics.model_load_seconds.set(time.monotonic() - started)
             executor = self._executor()
             self._starting = "building the edit engine (key statistics, context prefixes)"
@@ -396,7 +399,7 @@ class Daemon:
             runner = JobRunner(
                 store=self.store, catalog=self.catalog, policy=self.policy, models=models,
                 engine=engine, live=live, fluency_texts=FLUENCY_TEXTS,
-                base_perplexity=base_perplexity, canaries=canaries,
+                base_perplexity=base_perplexity, canaries=canary_facts,
                 stopping=lambda: self.worker is not None and self.worker.stopping.is_set(),
                 on_stage=lambda stage, seconds: self.metrics.stage_seconds.labels(stage)
                 .observe(seconds),

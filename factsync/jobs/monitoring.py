@@ -14,31 +14,14 @@ from dataclasses import dataclass
 
 from factsync.evaluation.kpis import Prompted, split_probes
 from factsync.executors.local import Executor, LocalExecutor
-from factsync.facts.canaries import CANDIDATE_CANARIES
 from factsync.facts.catalog import RelationCatalog
 from factsync.jobs.live import LiveVersion
 from factsync.jobs.model_state import ModelState
-from factsync.jobs.preparation import retention_probes, states
+from factsync.jobs.preparation import retention_probes
 from factsync.kpis.report import KpiValues, Metric
-from factsync.models.loading import LoadedModel
 from factsync.policies.schema import OnRollback, Policy, RollbackRule
 from factsync.store.records import MonitorCheck, Version
 from factsync.store.store import StateStore
-
-
-def choose_canaries(
-    base: LoadedModel, store: StateStore, catalog: RelationCatalog,
-    candidates: Sequence[tuple[str, str, str]] = CANDIDATE_CANARIES,
-) -> list[Prompted]:
-    """Candidate facts the base model states and the feed does not change (``base``
-    must carry the base weights)."""
-    fed = {(f.subject, f.relation) for f in store.desired_facts()}
-    pairs = []
-    for subject, relation_id, obj in candidates:
-        relation = catalog.resolve(relation_id)
-        if relation is not None and (subject, relation.id) not in fed:
-            pairs.append((relation.template.format(subject), obj))
-    return [p for p, ok in zip(pairs, states(base, pairs), strict=True) if ok]
 
 
 @dataclass(frozen=True)

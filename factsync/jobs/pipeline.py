@@ -19,15 +19,17 @@ import logging
 import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import replace
+from dataclasses import dataclass, replace
 
 from factsync.editing.cancellation import EditCancelled
 from factsync.editing.delta import AppliedDelta
-from factsync.editing.engine import EditEngine
-from factsync.evaluation.kpis import Prompted, kpi_report
+from factsync.editing.engine import EditEngine, EditResult
+from factsync.editing.requests import EditRequest
+from factsync.evaluation.kpis import EditCheck, Measurement, Prompted, kpi_report
 from factsync.executors.local import Executor, LocalExecutor
 from factsync.facts.catalog import RelationCatalog
 from factsync.failpoints import failpoint
+from factsync.jobs.canaries import CanaryFact
 from factsync.jobs.live import LiveVersion, Promotion
 from factsync.jobs.model_state import ModelState
 from factsync.jobs.outcomes import (
@@ -39,7 +41,7 @@ from factsync.jobs.outcomes import (
     retry_meaning,
 )
 from factsync.jobs.preparation import PreparedFact, prepare_job, retention_probes
-from factsync.kpis.report import GateResult, KpiReport
+from factsync.kpis.report import GateResult, KpiReport, Metric
 from factsync.policies.judge import judge
 from factsync.policies.schema import OnFailure, Policy
 from factsync.store.records import (
@@ -80,7 +82,8 @@ class JobRunner:
         executor: where the KPI scoring runs (the engine's optimiser says where the edit
             runs); in this thread by default.
         canaries: facts that must never change, measured on the live version and the
-            candidate for the canary KPI (those a job itself rewrites are left out).
+            candidate for the canary KPI (those a job itself rewrites are left out), and
+            stated again in a job that loses them when the policy repairs canaries.
     """
 
     def __init__(
@@ -90,7 +93,7 @@ class JobRunner:
         stopping: Callable[[], bool] = lambda: False,
         on_stage: StageTimer = lambda stage, seconds: None,
         executor: Executor | None = None,
-        canaries: Sequence[Prompted] = (),
+        canaries: Sequence[CanaryFact] = (),
     ) -> None:
         self._store = store
         self._catalog = catalog
@@ -129,28 +132,28 @@ class JobRunner:
                 )
                 checks = [p.check for p in prepared]
                 rewritten = {check.prompt for check in checks}
-                canaries = [(prompt, obj) for prompt, obj in self._canaries
-                            if prompt not in rewritten]
-                probes = retention + canaries
-                live = self._executor.measure(self._models.work, checks, probes, self._texts)
+                canaries = [c for c in self._canaries if c.prompted[0] not in rewritten]
+                job_probes = _Probes(checks, retention + [c.prompted for c in canaries],
+                                     len(canaries))
+                live = self._executor.measure(self._models.work, checks, job_probes.probes,
+                                              self._texts)
+            requests = [p.request for p in prepared]
             with self._stage(job, JOB_EDITING, _describe(prepared)):
-                try:
-                    result = self._engine.edit(
-                        [p.request for p in prepared], cancelled=self._stopping
-                    )
-                except EditCancelled:
-                    raise JobInterrupted from None
+                result = self._edit(requests)
             with self._stage(job, JOB_EVALUATING, f"IME ran {result.iterations} pass(es)"):
-                handle = result.delta.apply(self._models.work)
-                candidate = self._executor.measure(self._models.work, checks, probes,
-                                                   self._texts, applied=result.delta)
-                measured = kpi_report(checks, live, candidate,
-                                      base_perplexity=self._base_perplexity,
-                                      canaries=len(canaries))
-                report = replace(measured, ime_iterations=result.iterations,
-                                 edit_seconds=result.seconds,
-                                 gates=tuple(judge(self._policy, measured)))
+                handle, report, candidate = self._evaluate(result, job_probes, live)
             self._checkpoint()
+            repaired = self._canaries_to_repair(report, canaries, live, candidate)
+            if repaired:
+                handle.revert()
+                handle = None
+                stated = "; ".join(" ".join(c.prompted) for c in repaired)
+                with self._stage(job, JOB_EDITING, f"stating lost canaries again: {stated}"):
+                    result = self._edit(requests + [c.restatement() for c in repaired])
+                with self._stage(job, JOB_EVALUATING, f"IME ran {result.iterations} pass(es) "
+                                 "with the lost canaries"):
+                    handle, report, _ = self._evaluate(result, job_probes, live)
+                self._checkpoint()
             if any(g.blocking for g in report.gates):
                 handle.revert()
                 handle = None
@@ -171,9 +174,50 @@ class JobRunner:
             return self._fail(job, changes, exc)
         summary = (f"job {job.id} promoted: version {version.id} (seq {version.seq}) is live "
                    f"with {len(prepared)} fact(s)")
+        if repaired:
+            summary += f", stating again the canaries it lost: {stated}"
         return JobOutcome(job, OutcomeKind.PROMOTED, summary, version=version, report=report,
                           facts=[_fact(p.change, "applied", f"applied by version {version.id}")
                                  for p in prepared])
+
+    def _edit(self, requests: list[EditRequest]) -> EditResult:
+        """The engine's edit of ``requests``; ``JobInterrupted`` when the daemon stops."""
+        try:
+            return self._engine.edit(requests, cancelled=self._stopping)
+        except EditCancelled:
+            raise JobInterrupted from None
+
+    def _evaluate(self, result: EditResult, probes: _Probes,
+                  live: Measurement) -> tuple[AppliedDelta, KpiReport, Measurement]:
+        """Apply ``result``'s delta and judge the candidate against ``live``: the applied
+        delta, the judged report and the candidate's measurement."""
+        handle = result.delta.apply(self._models.work)
+        try:
+            candidate = self._executor.measure(self._models.work, probes.checks,
+                                               probes.probes, self._texts,
+                                               applied=result.delta)
+        except BaseException:
+            handle.revert()
+            raise
+        measured = kpi_report(probes.checks, live, candidate,
+                              base_perplexity=self._base_perplexity, canaries=probes.canaries)
+        report = replace(measured, ime_iterations=result.iterations,
+                         edit_seconds=result.seconds, gates=tuple(judge(self._policy, measured)))
+        return handle, report, candidate
+
+    def _canaries_to_repair(self, report: KpiReport, canaries: list[CanaryFact],
+                            live: Measurement, candidate: Measurement) -> list[CanaryFact]:
+        """The canaries the candidate lost, when the policy repairs canaries, every edit
+        took and only canary gates block; else none."""
+        blocking = [g for g in report.gates if g.blocking]
+        if (not self._policy.repair_canaries or not blocking
+                or any(g.metric is not Metric.CANARY for g in blocking)
+                or not all(f.took for f in report.facts)):
+            return []
+        tail = slice(len(live.retained) - len(canaries), None)
+        return [canary for canary, before, after
+                in zip(canaries, live.retained[tail], candidate.retained[tail], strict=True)
+                if before and not after]
 
     def _fail(self, job: Job, changes: Sequence[FactChange], exc: Exception) -> JobOutcome:
         meaning = retry_meaning(exc)
@@ -231,6 +275,16 @@ class JobRunner:
     def _checkpoint(self) -> None:
         if self._stopping():
             raise JobInterrupted
+
+
+@dataclass(frozen=True)
+class _Probes:
+    """What a job's live version and candidate are measured on: the facts' ``checks``,
+    then ``probes``, whose last ``canaries`` are canary facts."""
+
+    checks: list[EditCheck]
+    probes: list[Prompted]
+    canaries: int
 
 
 def _retries(job: Job, prepared: list[PreparedFact],

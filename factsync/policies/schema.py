@@ -318,7 +318,13 @@ def _default_gates() -> tuple[Gate, ...]:
 
 @dataclass(frozen=True)
 class Policy:
-    """A whole policy file."""
+    """A whole policy file.
+
+    ``repair_canaries``: a candidate that only the canary gates block, every edit of it
+    having taken, is edited once more with the canaries it lost stated again in its job
+    (their keys are then held like any applied fact's) and judged again, before
+    ``on_failure`` acts.
+    """
 
     name: str = "default"
     batch: BatchPolicy = field(default_factory=BatchPolicy)
@@ -327,6 +333,7 @@ class Policy:
     gates: tuple[Gate, ...] = field(default_factory=_default_gates)
     relations: dict[str, RelationPolicy] = field(default_factory=dict)
     on_failure: OnFailure = OnFailure.RETRY_PASSING
+    repair_canaries: bool = False
     monitor: MonitorPolicy = field(default_factory=MonitorPolicy)
 
     def __post_init__(self) -> None:

@@ -9,6 +9,7 @@ from factsync.editing.build import StatisticsSettings, build_engine
 from factsync.evaluation.heldout_text import FLUENCY_TEXTS
 from factsync.facts.catalog import RelationCatalog
 from factsync.facts.records import FactRecord
+from factsync.jobs.canaries import CanaryFact
 from factsync.jobs.live import LiveVersion
 from factsync.jobs.model_state import ModelState
 from factsync.jobs.outcomes import OutcomeKind
@@ -25,22 +26,36 @@ pytestmark = pytest.mark.real_model
 # Moving France's capital to Rome spills onto the first canary, another fact about
 # France; nothing in the job reaches the second. The third is the job's own prompt: the
 # job rewrites it, so it cannot count against the job.
-CANARIES = [("The largest city in France is", "Paris"), ("The capital of Germany is", "Berlin"),
-            ("The capital of France is", "Paris")]
+CANARIES = [CanaryFact("France", "The largest city in {} is", "Paris"),
+            CanaryFact("Germany", "The capital of {} is", "Berlin"),
+            CanaryFact("France", "The capital of {} is", "Paris")]
 FACTS = [("France", "P36", "Rome"), ("Danielle Darrieux", "P103", "English")]
 
 
-def test_a_fact_that_changes_a_canary_is_refused_and_the_rest_of_its_job_applied(tmp_path):
-    loaded = load_model()
-    assert states(loaded, CANARIES) == [True, True, True]  # the base model states them
-    editing = EditingPolicy(max_iterations=2, neighbours=False)
-    policy = Policy(editing=editing, gates=(Gate("efficacy_accuracy", min=1.0),
-                                            Gate("canary", max_drop=0.0)))
-    engine = build_engine(loaded, editing.engine_settings(),
-                          StatisticsSettings(corpus_tokens=20_000))
-    models = ModelState(loaded)
-    store = StateStore(tmp_path / "state.sqlite")
-    try:
+@pytest.fixture(scope="module")
+def loaded():
+    """The real default model, which states every canary."""
+    model = load_model()
+    assert states(model, [c.prompted for c in CANARIES]) == [True, True, True]
+    return model
+
+
+@pytest.fixture
+def job_of_both(tmp_path, loaded):
+    """A factory of (runner, store, models) for a policy judging a job of ``FACTS``
+    with the canary gate, on the real model."""
+    stores: list[StateStore] = []
+
+    def make(*, repair_canaries: bool):  # noqa: ANN202
+        editing = EditingPolicy(max_iterations=2, neighbours=False)
+        policy = Policy(editing=editing, gates=(Gate("efficacy_accuracy", min=1.0),
+                                                Gate("canary", max_drop=0.0)),
+                        repair_canaries=repair_canaries)
+        engine = build_engine(loaded, editing.engine_settings(),
+                              StatisticsSettings(corpus_tokens=20_000))
+        models = ModelState(loaded)
+        store = StateStore(tmp_path / "state.sqlite")
+        stores.append(store)
         changes = [store.record_desired(record=FactRecord(s, r, o, "test", str(i)), relation=r)
                    for i, (s, r, o) in enumerate(FACTS)]
         store.create_job(change_ids=[c.id for c in changes], policy_digest=policy.digest)
@@ -50,7 +65,16 @@ def test_a_fact_that_changes_a_canary_is_refused_and_the_rest_of_its_job_applied
                            models=models, engine=engine, live=live,
                            fluency_texts=FLUENCY_TEXTS[:2], base_perplexity=10.0,
                            canaries=CANARIES)
+        return runner, store, models
 
+    yield make
+    for store in stores:
+        store.close()
+
+
+def test_a_fact_that_changes_a_canary_is_refused_and_the_rest_of_its_job_applied(job_of_both):
+    runner, store, models = job_of_both(repair_canaries=False)
+    try:
         both = runner.run(store.next_job())
         assert both.kind is OutcomeKind.REJECTED, both.summary
         assert all(f.took for f in both.report.facts)
@@ -71,4 +95,25 @@ def test_a_fact_that_changes_a_canary_is_refused_and_the_rest_of_its_job_applied
         assert [c.subject for c in store.changes(state="applied")] == ["Danielle Darrieux"]
         assert store.next_job() is None
     finally:
-        store.close()
+        models.rebuild([], version_id="base")  # the next test starts from the base model
+
+
+def test_a_job_that_loses_a_canary_states_it_again_and_is_promoted_whole(job_of_both):
+    runner, store, models = job_of_both(repair_canaries=True)
+    try:
+        outcome = runner.run(store.next_job())
+        assert outcome.kind is OutcomeKind.PROMOTED, outcome.summary
+        assert outcome.summary.endswith(
+            "stating again the canaries it lost: The largest city in France is Paris")
+        assert outcome.report.candidate.get(Metric.CANARY) == 1.0
+        assert all(f.took for f in outcome.report.facts)
+        assert sorted(c.subject for c in store.changes(state="applied")) == [
+            "Danielle Darrieux", "France"]
+        # Both what the job wrote and the canary it stated again are what is served.
+        assert states(models.work, [("The capital of France is", "Rome"),
+                                    CANARIES[0].prompted]) == [True, True]
+        editing = [e.reason for e in store.job_events(job_id=outcome.job.id)
+                   if e.state == "editing"]
+        assert editing[-1] == "stating lost canaries again: The largest city in France is Paris"
+    finally:
+        models.rebuild([], version_id="base")  # the next test starts from the base model

@@ -10,6 +10,7 @@ import pytest
 from factsync.evaluation.heldout_text import FLUENCY_TEXTS
 from factsync.facts.catalog import RelationCatalog
 from factsync.facts.records import FactRecord
+from factsync.jobs.canaries import CanaryFact
 from factsync.jobs.live import LiveVersion
 from factsync.jobs.model_state import ModelState
 from factsync.jobs.outcomes import (
@@ -90,9 +91,9 @@ def test_a_job_that_fails_a_gate_is_rejected_and_the_model_is_left_alone(setup):
 @pytest.mark.parametrize(("spain", "measured"), [(False, None), (True, 0.0)])
 def test_the_canaries_a_job_rewrites_are_left_out_of_its_canary_kpi(setup, spain, measured):
     p36 = RelationCatalog.built_in().resolve("P36")
-    canaries = [(p36.template.format(subject), "Paris") for subject, _, _ in FACTS]
+    canaries = [CanaryFact(subject, p36.template, "Paris") for subject, _, _ in FACTS]
     if spain:  # a canary the job leaves alone; the tiny model states no capital
-        canaries.append(("The capital of Spain is", "Madrid"))
+        canaries.append(CanaryFact("Spain", p36.template, "Madrid"))
     runner, store, _, _ = setup(OPEN, canaries=canaries)
     outcome = runner.run(store.next_job())
     assert outcome.kind is OutcomeKind.PROMOTED, outcome.summary

@@ -199,3 +199,14 @@ def test_policy_check_says_whether_guard_facts_are_held(tmp_path):
     guarded = " ".join(explain(load_policy(write(tmp_path, {"editing": {"guard_facts": True}}))))
     assert "holds the built-in guard facts the model states in place" in guarded
     assert "guard" not in default
+
+
+def test_policy_check_says_whether_lost_canaries_are_stated_again(tmp_path):
+    default = load_policy(write(tmp_path, {}))
+    repairing = load_policy(write(tmp_path, {"repair_canaries": True}))
+    assert not default.repair_canaries and repairing.repair_canaries
+    assert repairing.digest != default.digest
+    assert "stated again" in " ".join(explain(repairing))
+    assert "stated again" not in " ".join(explain(default))
+    with pytest.raises(SchemaError, match="repair_canaries"):
+        load_policy(write(tmp_path, {"repair_canaries": "sometimes"}))
