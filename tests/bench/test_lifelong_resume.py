@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 
 import pytest
 import torch
@@ -285,15 +286,21 @@ def _saved_copy(source, target, change) -> None:  # noqa: ANN001
     (target / INDEX).write_text(json.dumps(saved))
 
 
-def test_a_saved_run_reads_back_the_refusals_its_checkpoints_measured(bench, tmp_path):
+def test_a_saved_run_reads_back_the_refusals_and_repairs_its_checkpoints_measured(
+    bench, tmp_path
+):
     first = _stopped_at_first_checkpoint(bench, tmp_path / "first")
 
-    def refused_later(saved: dict) -> None:
-        # Saved after a job past the checkpoint at 2 facts: one refusal before, one after.
+    def gated_later(saved: dict) -> None:
+        # Saved after a job past the checkpoint at 2 facts: one of each before, one after.
         saved["methods"]["memit"]["refused"] = [1, 3]
+        saved["methods"]["memit"]["repaired"] = [[1, "Paris is in France"],
+                                                 [3, "Rome is in Italy"]]
 
-    _saved_copy(first, tmp_path / "later", refused_later)
-    assert read_run(tmp_path / "later").methods["memit"].refused == [1]
+    _saved_copy(first, tmp_path / "later", gated_later)
+    later = read_run(tmp_path / "later").methods["memit"]
+    assert later.refused == [1]
+    assert later.repaired == [(1, "Paris is in France")]
 
 
 def test_runs_of_other_records_are_not_one_report(bench, tmp_path):
@@ -348,3 +355,12 @@ def test_a_metric_only_one_run_measured_does_not_keep_them_apart(bench, tmp_path
         assert merged.unedited.intervals == measured.intervals
     with pytest.raises(ValueError, match="unedited held_out_perplexity_ratio"):
         merge_runs({"first": read_run(first), "later": read_run(tmp_path / "later")})
+
+
+def test_where_a_method_stands_keeps_the_canaries_it_repaired(bench, tmp_path):
+    store = RunDirectory(_stopped_at_first_checkpoint(bench, tmp_path / "run"), ARGUMENTS)
+    saved = store.progress("memit")
+    assert saved.repaired == ()
+    repaired = ((1, "Paris is in France"),)
+    store.save(store.load(), "memit", replace(saved, repaired=repaired))
+    assert store.progress("memit").repaired == repaired
