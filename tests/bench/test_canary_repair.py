@@ -1,23 +1,32 @@
 """The lifelong bench's canary gate on the real default model: a job that loses a canary
-is tried again with the canary stated in it, before any fact of it is refused."""
+is tried again with the canary stated in it, before any fact of it is refused; and the
+well-known facts that gate never reads."""
 
 from __future__ import annotations
 
 import logging
+from dataclasses import replace
 
 import pytest
 
-from factsync.bench.canary_facts import canary_repairs
+from factsync.bench.canary_facts import canary_repairs, well_known_facts
 from factsync.bench.lifelong import run_lifelong
 from factsync.bench.lifelong_report import format_gate, from_json, to_json
 from factsync.bench.lifelong_scoring import Yardstick
 from factsync.editing.build import StatisticsSettings, build_engine
 from factsync.evaluation.heldout_text import FLUENCY_TEXTS
 from factsync.evaluation.suites import load_cases, prepare_suite
+from factsync.facts.guards import GUARD_FACTS
 from factsync.models.loading import load_model
 from factsync.policies.schema import EditingPolicy
 
 pytestmark = pytest.mark.real_model
+
+
+@pytest.fixture(scope="module")
+def loaded():
+    """The real default model."""
+    return load_model()
 
 # Moving France's capital to Rome spills onto the first canary (tests/jobs/
 # test_canary_gate.py); nothing in the job reaches the second.
@@ -26,9 +35,8 @@ CANARIES = [("The largest city in {} is", "France", "Paris"),
 
 
 def test_a_lost_canary_is_stated_again_in_the_job_instead_of_refusing_its_fact(
-    counterfact_file, caplog
+    loaded, counterfact_file, caplog
 ):
-    loaded = load_model()
     france = [case for case in load_cases("counterfact", counterfact_file)
               if case.request.subject == "France"]
     suite = prepare_suite(loaded, "counterfact", france, neighbours_per_fact=1)
@@ -59,3 +67,17 @@ def test_a_lost_canary_is_stated_again_in_the_job_instead_of_refusing_its_fact(
     assert from_json(to_json(run)).methods["default"].repaired == repairing.repaired
     assert format_gate(run) == ("default stated 1 lost canaries again in the job that lost "
                                 "them: The largest city in France is Paris (job from #1)")
+
+
+def test_well_known_facts_are_the_stated_guard_facts_a_stream_leaves_alone(
+    loaded, counterfact_file
+):
+    known = well_known_facts(loaded)
+    assert len(known) > len(GUARD_FACTS) / 2  # the model states most of them
+    assert ("The capital of Australia is", "Canberra") in known
+    france = next(case for case in load_cases("counterfact", counterfact_file)
+                  if case.request.subject == "France")
+    australia = replace(france, request=replace(france.request, subject="Australia"),
+                        relation="P36")
+    assert well_known_facts(loaded, [australia]) == [
+        fact for fact in known if fact != ("The capital of Australia is", "Canberra")]

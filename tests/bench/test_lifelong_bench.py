@@ -418,6 +418,11 @@ def test_the_canaries_of_a_saved_run_are_read_at_every_saved_delta(
     assert main(["bench", "lifelong-canaries", str(state), "--method", "nope",
                  "--model", str(model_dir)]) == 1
     assert "has no method 'nope'; it has memit" in capsys.readouterr().err
+    # The tiny random model states no well-known fact; the real one's are read in
+    # test_canary_repair.py.
+    assert main(["bench", "lifelong-canaries", str(state), "--well-known", "--model",
+                 str(model_dir), "--device", "cpu", "--json", str(report)]) == 0
+    assert json.loads(report.read_text())["canaries"] == []
 
 
 def test_more_records_than_the_file_holds_are_refused(
