@@ -17,6 +17,7 @@ from factsync.evaluation.kpis import Prompted
 from factsync.facts.canaries import CANDIDATE_CANARIES
 from factsync.facts.catalog import RelationCatalog
 from factsync.facts.guards import GUARD_FACTS
+from factsync.jobs.canaries import CanaryFact
 from factsync.jobs.preparation import states
 from factsync.models.loading import LoadedModel
 from factsync.models.scoring import score_targets, stated_facts
@@ -87,7 +88,8 @@ def canary_repairs(record_canaries: Sequence[EditRequest],
     (template, subject, object), the edit that states it again: its object, the one the
     unedited model held, as the new object."""
     return ([request.reverted() for request in record_canaries]
-            + [EditRequest(subject, template, obj) for template, subject, obj in stated])
+            + [CanaryFact(subject, template, obj).restatement()
+               for template, subject, obj in stated])
 
 
 def canaries_stated(loaded: LoadedModel, pairs: list[Prompted]) -> list[float]:
