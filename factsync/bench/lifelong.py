@@ -22,6 +22,7 @@ from tqdm import tqdm
 from factsync.bench.counterfact import standard_methods
 from factsync.bench.lifelong_scoring import ChangedBack, Checkpoint, Yardstick
 from factsync.bench.norm_growth import NormGrowth
+from factsync.bench.worn_facts import Restated, WornFacts
 from factsync.editing.covariance import KeyStatistics
 from factsync.editing.delta import ModelDelta, restored_weights
 from factsync.editing.engine import EditEngine, EditResult, EngineSettings
@@ -110,13 +111,16 @@ class MethodRun:
 
     ``refused`` holds the places in the stream (from 1) of the facts a run that refuses
     canary losses left unedited, in order; ``repaired``, per canary a run that repairs
-    them stated again, the place of the first fact of the job that lost it and the canary.
+    them stated again, the place of the first fact of the job that lost it and the canary;
+    ``refreshed``, per worn fact a run that refreshes them stated again, the place of the
+    first fact of the job it joined and its own.
     """
 
     checkpoints: list[Checkpoint] = field(default_factory=list)
     changed_back: ChangedBack | None = None
     refused: list[int] = field(default_factory=list)
     repaired: list[tuple[int, str]] = field(default_factory=list)
+    refreshed: list[tuple[int, int]] = field(default_factory=list)
 
     @property
     def final(self) -> Checkpoint:
@@ -135,6 +139,9 @@ class MethodProgress:
         state: the keys every applied job wrote.
         refused: places in the stream (from 1) of the facts refused so far.
         repaired: the canaries stated again so far (``MethodRun.repaired``).
+        refreshed: the worn facts stated again so far (``MethodRun.refreshed``).
+        untaken: places in the stream (from 1) of the facts whose latest edit did not
+            take, which a run that refreshes worn facts does not check.
     """
 
     facts: int
@@ -143,6 +150,8 @@ class MethodProgress:
     state: EngineState
     refused: tuple[int, ...] = ()
     repaired: tuple[tuple[int, str], ...] = ()
+    refreshed: tuple[tuple[int, int], ...] = ()
+    untaken: tuple[int, ...] = ()
 
 
 class RunStore(Protocol):
@@ -196,6 +205,7 @@ def run_lifelong(
     unedited: Checkpoint | None = None,
     refuse_canary_loss: bool = False,
     canary_repairs: Sequence[EditRequest] = (),
+    refresh_worn: int = 0,
 ) -> LifelongRun:
     """Apply every record of ``yardstick.suite`` with each method in turn, job by job.
 
@@ -223,7 +233,10 @@ def run_lifelong(
     ``Yardstick.canary_names`` order, the edit that states it again) turn that gate on
     and add a step before the halving: the job is tried once more with the lost
     canaries' edits in it, and kept when it then loses none (``MethodRun.repaired``).
-    The seconds per fact include that work.
+    ``refresh_worn`` applied facts are checked before each job (``WornFacts``), and
+    those whose edit took but no longer passes the method's took rule join the job with
+    the standing facts of the subjects it writes (``MethodRun.refreshed``). The seconds
+    per fact include all that work.
     """
     executor = executor or LocalExecutor()
     requests = yardstick.suite.requests
@@ -250,6 +263,8 @@ def run_lifelong(
         seconds, chain, kept, first = 0.0, DeltaChain(), EngineState.empty(), 0
         refused: list[int] = []
         repaired: list[tuple[int, str]] = []
+        refreshed: list[tuple[int, int]] = []
+        untaken: tuple[int, ...] = ()
         # One snapshot of the edited weights undoes every job, where a handle per job
         # would keep a copy of them per job.
         with restored_weights(loaded, [loaded.spec.mlp_out_path(i) for i in engine.layers]):
@@ -258,21 +273,36 @@ def run_lifelong(
                 engine.restore([saved.state])
                 seconds, first, kept = saved.seconds, saved.facts, saved.state
                 refused, repaired = list(saved.refused), list(saved.repaired)
+                refreshed, untaken = list(saved.refreshed), saved.untaken
                 chain.append(f"{name}/0-{first}", saved.delta)
                 executor.follow(chain.steps)
             gate = (_CanaryGate(engine, yardstick, executor, chain, canary_repairs)
                     if refuse_canary_loss or canary_repairs else None)
+            wear = (WornFacts(requests, contexts, batch=batch_size, sample=refresh_worn,
+                              rule=settings.took_rule, phrasings=settings.took_phrasings,
+                              untaken=[place - 1 for place in untaken])
+                    if refresh_worn else None)
             for start in tqdm(range(first, n, batch_size), desc=name, unit="job",
                               initial=first // batch_size, total=-(-n // batch_size)):
-                job = requests[start : start + batch_size]
                 started = time.monotonic()
+                places = list(range(start + 1, min(start + batch_size, n) + 1))
+                if wear is not None:
+                    again = wear.restated(loaded, start, places[-1])
+                    _log_restated(places, again)
+                    refreshed += [(start + 1, index + 1) for index in again.facts]
+                    places += [index + 1 for index in again.facts]
+                job = [requests[place - 1] for place in places]
                 if gate is None:
                     results = [_apply_job(engine, job, executor, chain, f"{name}/{start}")]
                 else:
-                    gated = gate.apply(job, start, f"{name}/{start}")
+                    gated = gate.apply(job, places, f"{name}/{start}")
                     results = gated.results
                     refused += gated.refused
                     repaired += gated.repaired
+                if wear is not None:
+                    left_out = set(refused)
+                    wear.note_edited(loaded, [p - 1 for p in places if p not in left_out])
+                    untaken = tuple(index + 1 for index in wear.untaken)
                 seconds += time.monotonic() - started
                 applied = min(start + batch_size, n)
                 if applied in due:
@@ -281,10 +311,12 @@ def run_lifelong(
                     method_run.checkpoints.append(checkpoint)
                     method_run.refused = list(refused)
                     method_run.repaired = list(repaired)
+                    method_run.refreshed = list(refreshed)
                 if store is not None:
                     kept = concatenated([kept, *(result.state for result in results)])
                     store.save(run, name, MethodProgress(applied, seconds, chain.whole(), kept,
-                                                         tuple(refused), tuple(repaired)))
+                                                         tuple(refused), tuple(repaired),
+                                                         tuple(refreshed), untaken))
                 if applied in due and on_checkpoint is not None:
                     on_checkpoint(run)
             if change_back:
@@ -377,9 +409,9 @@ class _CanaryGate:
         self._repairs = dict(zip(self._names, repairs, strict=True)) if repairs else {}
         self._held = yardstick.canaries_held(engine.loaded)
 
-    def apply(self, requests: list[EditRequest], start: int, label: str) -> _Gated:
-        """Edit and apply ``requests`` (records from ``start`` on, counted from 0); a
-        candidate that loses a canary is undone, tried with the lost canaries' repairs
+    def apply(self, requests: list[EditRequest], places: list[int], label: str) -> _Gated:
+        """Edit and apply ``requests`` (the records at ``places`` in the stream, from 1);
+        a candidate that loses a canary is undone, tried with the lost canaries' repairs
         when there are any, and then its halves tried in turn."""
         result, lost = self._try(requests, label)
         if result is not None:
@@ -388,16 +420,16 @@ class _CanaryGate:
             repairs = [self._repairs[name] for name in lost]
             result, _ = self._try([*requests, *repairs], f"{label}+repair")
             if result is not None:
-                log.info("records #%d-#%d keep every canary with %s stated again in their job",
-                         start + 1, start + len(requests), "; ".join(lost))
-                return _Gated([result], repaired=[(start + 1, name) for name in lost])
+                log.info("the job of records %s keeps every canary with %s stated again in it",
+                         _listed(places), "; ".join(lost))
+                return _Gated([result], repaired=[(places[0], name) for name in lost])
         if len(requests) == 1:
-            log.info("refused record #%d (%s): its edit loses the canary %s", start + 1,
+            log.info("refused record #%d (%s): its edit loses the canary %s", places[0],
                      requests[0].prompt, "; ".join(lost))
-            return _Gated(refused=[start + 1])
+            return _Gated(refused=[places[0]])
         middle = len(requests) // 2
-        first = self.apply(requests[:middle], start, f"{label}a")
-        second = self.apply(requests[middle:], start + middle, f"{label}b")
+        first = self.apply(requests[:middle], places[:middle], f"{label}a")
+        second = self.apply(requests[middle:], places[middle:], f"{label}b")
         return _Gated(first.results + second.results, first.refused + second.refused,
                       first.repaired + second.repaired)
 
@@ -417,3 +449,19 @@ class _CanaryGate:
         self._held = after
         _keep(self._engine, result, self._executor, self._chain, label)
         return result, []
+
+
+def _log_restated(places: list[int], again: Restated) -> None:
+    """Say which applied facts join the job of the records at ``places``, and why."""
+    for indices, why in ((again.worn, "worn facts"),
+                         (again.siblings, "standing facts of subjects it writes")):
+        if indices:
+            log.info("records %s: stating %d %s again in their job: %s", _listed(places),
+                     len(indices), why, _listed([index + 1 for index in indices]))
+
+
+def _listed(places: list[int]) -> str:
+    """``places`` for a log line: ``#3-#7`` when they run on, else each one."""
+    if len(places) > 1 and places == list(range(places[0], places[0] + len(places))):
+        return f"#{places[0]}-#{places[-1]}"
+    return ", ".join(f"#{place}" for place in places)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections import Counter
+
 from factsync.bench.lifelong import LifelongRun, MethodRun
 from factsync.bench.lifelong_scoring import METRICS, Checkpoint
 from factsync.bench.tables import aligned
@@ -63,7 +65,8 @@ def from_json(report: dict) -> LifelongRun:
                 [_checkpoint(c["facts"], c, {}) for c in earlier]
                 + [_checkpoint(last["facts"], last, method.get("intervals", {}))],
                 refused=method.get("refused", []),
-                repaired=[(place, canary) for place, canary in method.get("repaired", [])])
+                repaired=[(place, canary) for place, canary in method.get("repaired", [])],
+                refreshed=[(job, place) for job, place in method.get("refreshed", [])])
     except (KeyError, TypeError, ValueError) as exc:
         raise ValueError(f"not a bench lifelong report ({type(exc).__name__}: {exc})") from exc
     return run
@@ -83,6 +86,7 @@ def _method_json(method: MethodRun) -> dict:
         "checkpoints": [{"facts": c.facts} | _with_aliases(c.values) for c in method.checkpoints],
         "refused": method.refused,
         "repaired": [list(pair) for pair in method.repaired],
+        "refreshed": [list(pair) for pair in method.refreshed],
     }
     if method.changed_back is not None:
         changed, rest = method.changed_back.changed, method.changed_back.rest
@@ -108,10 +112,12 @@ def format_table(run: LifelongRun) -> str:
     return _metric_table({"unedited": run.unedited} | {n: m.final for n, m in run.methods.items()})
 
 
-def format_gate(run: LifelongRun) -> str:
-    """What the canary gate did: one line per method that refused facts to keep its
-    canaries, naming their places in the stream, and one per method that stated canaries
-    again, naming them and where; empty when no method did either."""
+def format_interventions(run: LifelongRun) -> str:
+    """What each method did besides applying its jobs as they came: one line per method
+    that refused facts to keep its canaries, naming their places in the stream; one per
+    method that stated canaries again, naming them and where; one per method that stated
+    applied facts again (``--refresh-worn``), counting them. Empty when no method did
+    any of these."""
     lines = []
     for name, method in run.methods.items():
         if method.refused:
@@ -123,6 +129,12 @@ def format_gate(run: LifelongRun) -> str:
                                 for place, canary in method.repaired)
             lines.append(f"{name} stated {len(method.repaired)} lost canaries again in the "
                          f"job that lost them: {repairs}")
+        if method.refreshed:
+            times = Counter(place for _, place in method.refreshed)
+            place, most = times.most_common(1)[0]
+            lines.append(f"{name} stated {len(method.refreshed)} applied facts again in "
+                         "later jobs, worn or sharing a subject with a fact written: "
+                         f"{len(times)} distinct facts, #{place} most often ({most} times)")
     return "\n".join(lines)
 
 

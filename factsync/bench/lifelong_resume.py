@@ -75,7 +75,9 @@ class RunDirectory:
             delta=ModelDelta.load(self.path / entry["delta"]),
             state=EngineState.load(self.path / entry["state"]),
             refused=tuple(entry.get("refused", ())),
-            repaired=tuple((place, name) for place, name in entry.get("repaired", ())))
+            repaired=tuple((place, name) for place, name in entry.get("repaired", ())),
+            refreshed=tuple((job, place) for job, place in entry.get("refreshed", ())),
+            untaken=tuple(entry.get("untaken", ())))
 
     def save(self, run: LifelongRun, method: str, progress: MethodProgress) -> None:
         """Record ``run`` and where ``method`` stands after one of its jobs."""
@@ -93,7 +95,9 @@ class RunDirectory:
         entries[method] = {"facts": progress.facts, "seconds": progress.seconds,
                            "delta": delta_name, "state": state_name,
                            "refused": list(progress.refused),
-                           "repaired": [list(pair) for pair in progress.repaired]}
+                           "repaired": [list(pair) for pair in progress.repaired],
+                           "refreshed": [list(pair) for pair in progress.refreshed],
+                           "untaken": list(progress.untaken)}
         checkpoints = {name: m.checkpoints for name, m in run.methods.items()}
         write_json(self.path / INDEX, {
             "arguments": self.arguments, "dataset": run.dataset, "n": run.n,
@@ -180,11 +184,13 @@ def _run(saved: dict, index: Path) -> LifelongRun:
     for name, method in saved["methods"].items():
         if method["checkpoints"]:  # a method not yet at its first checkpoint has none
             checkpoints = [Checkpoint.from_json(c) for c in method["checkpoints"]]
-            # Facts refused or canaries repaired after the last checkpoint belong to no
-            # measurement yet.
+            # Facts refused, canaries repaired or facts refreshed after the last
+            # checkpoint belong to no measurement yet.
             last = checkpoints[-1].facts
             refused = [p for p in method.get("refused", []) if p <= last]
             repaired = [(p, canary) for p, canary in method.get("repaired", []) if p <= last]
-            run.methods[name] = MethodRun(checkpoints, refused=refused, repaired=repaired)
+            refreshed = [(job, p) for job, p in method.get("refreshed", []) if job <= last]
+            run.methods[name] = MethodRun(checkpoints, refused=refused, repaired=repaired,
+                                          refreshed=refreshed)
     return run
 

@@ -1,7 +1,8 @@
 """Bench-test fixtures.
 
 - ``counterfact_file``: a COUNTERFACT-format file of ``REWRITES`` in the tiny tokenizer's
-  words, each with a paraphrase and the ``NEIGHBOURS`` prompts.
+  words, each with a paraphrase and the ``NEIGHBOURS`` prompts; ``counterfact_of``
+  writes one of other rewrites.
 - ``zsre_file``: the same rewrites as ZsRE records, each with the first neighbour.
 - ``engine_cli``: a saved tiny model, a small text corpus and a fresh ``FACTSYNC_HOME``
   for commands that build an engine.
@@ -62,11 +63,20 @@ def _zsre_record(subject: str, template: str, new: str, true: str) -> dict:
 
 
 @pytest.fixture
-def counterfact_file(tmp_path):
+def counterfact_of(tmp_path):
+    """Writes a COUNTERFACT-format file of rewrites shaped like ``REWRITES`` and returns
+    its path."""
+    def write(rewrites: list[tuple[str, str, str, str]]):
+        path = tmp_path / "counterfact.json"
+        path.write_text(json.dumps([_record(i, *r) for i, r in enumerate(rewrites)]))
+        return path
+    return write
+
+
+@pytest.fixture
+def counterfact_file(counterfact_of):
     """The path of a COUNTERFACT-format file of ``REWRITES``."""
-    path = tmp_path / "counterfact.json"
-    path.write_text(json.dumps([_record(i, *r) for i, r in enumerate(REWRITES)]))
-    return path
+    return counterfact_of(REWRITES)
 
 
 @pytest.fixture

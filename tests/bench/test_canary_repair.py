@@ -11,7 +11,7 @@ import pytest
 
 from factsync.bench.canary_facts import canary_repairs, well_known_facts
 from factsync.bench.lifelong import run_lifelong
-from factsync.bench.lifelong_report import format_gate, from_json, to_json
+from factsync.bench.lifelong_report import format_interventions, from_json, to_json
 from factsync.bench.lifelong_scoring import Yardstick
 from factsync.editing.build import StatisticsSettings, build_engine
 from factsync.evaluation.heldout_text import FLUENCY_TEXTS
@@ -62,11 +62,12 @@ def test_a_lost_canary_is_stated_again_in_the_job_instead_of_refusing_its_fact(
     assert repairing.repaired == [(1, "The largest city in France is Paris")]
     assert repairing.final.values["efficacy_success"] == 1.0
     assert repairing.final.values["canary"] == 1.0
-    assert ("records #1-#1 keep every canary with The largest city in France is Paris "
-            "stated again in their job") in caplog.text
+    assert ("the job of records #1 keeps every canary with The largest city in France is Paris "
+            "stated again in it") in caplog.text
     assert from_json(to_json(run)).methods["default"].repaired == repairing.repaired
-    assert format_gate(run) == ("default stated 1 lost canaries again in the job that lost "
-                                "them: The largest city in France is Paris (job from #1)")
+    assert format_interventions(run) == (
+        "default stated 1 lost canaries again in the job that lost them: The largest city in "
+        "France is Paris (job from #1)")
 
 
 def test_well_known_facts_are_the_stated_guard_facts_a_stream_leaves_alone(

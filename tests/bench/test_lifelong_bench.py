@@ -21,7 +21,7 @@ from factsync.bench.lifelong import LifelongRun, checkpoint_facts, chosen_method
 from factsync.bench.lifelong_report import (
     ALIASES,
     SHORT_NAMES,
-    format_gate,
+    format_interventions,
     from_json,
     to_json,
 )
@@ -223,7 +223,7 @@ def test_refusing_canary_losses_leaves_unedited_exactly_the_facts_that_lose_one(
     report = to_json(LifelongRun("counterfact", 4, 2, applied.final, {"memit": gated}))
     assert report["methods"]["memit"]["refused"] == gated.refused
     assert from_json(report).methods["memit"].refused == gated.refused
-    assert format_gate(from_json(report)).startswith(
+    assert format_interventions(from_json(report)).startswith(
         f"memit refused {len(gated.refused)} of 4 facts")
 
 
@@ -435,6 +435,15 @@ def test_more_records_than_the_file_holds_are_refused(
     assert code == 1
     assert (f"holds {held} records; --skip 2 and --n {held - 1} ask for {held + 1}"
             in capsys.readouterr().err)
+
+
+def test_a_negative_number_of_facts_to_check_for_wear_is_refused(
+        tiny_loaded, tmp_path, monkeypatch, capsys, counterfact_file):
+    model_dir, fluency = _command_inputs(tiny_loaded, tmp_path, monkeypatch)
+    code = main(["bench", "lifelong", "--data", str(counterfact_file), "--n", "2",
+                 "--fluency", str(fluency), "--model", str(model_dir), "--refresh-worn", "-1"])
+    assert code == 1
+    assert "--refresh-worn must not be negative, got -1" in capsys.readouterr().err
 
 
 def test_the_command_runs_zsre_records(tiny_loaded, tmp_path, monkeypatch, capsys, zsre_file):

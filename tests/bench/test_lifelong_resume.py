@@ -296,11 +296,13 @@ def test_a_saved_run_reads_back_the_refusals_and_repairs_its_checkpoints_measure
         saved["methods"]["memit"]["refused"] = [1, 3]
         saved["methods"]["memit"]["repaired"] = [[1, "Paris is in France"],
                                                  [3, "Rome is in Italy"]]
+        saved["methods"]["memit"]["refreshed"] = [[2, 1], [3, 2]]
 
     _saved_copy(first, tmp_path / "later", gated_later)
     later = read_run(tmp_path / "later").methods["memit"]
     assert later.refused == [1]
     assert later.repaired == [(1, "Paris is in France")]
+    assert later.refreshed == [(2, 1)]
 
 
 def test_runs_of_other_records_are_not_one_report(bench, tmp_path):
@@ -357,10 +359,15 @@ def test_a_metric_only_one_run_measured_does_not_keep_them_apart(bench, tmp_path
         merge_runs({"first": read_run(first), "later": read_run(tmp_path / "later")})
 
 
-def test_where_a_method_stands_keeps_the_canaries_it_repaired(bench, tmp_path):
+def test_where_a_method_stands_keeps_the_canaries_it_repaired_and_the_facts_refreshed(
+    bench, tmp_path
+):
     store = RunDirectory(_stopped_at_first_checkpoint(bench, tmp_path / "run"), ARGUMENTS)
     saved = store.progress("memit")
-    assert saved.repaired == ()
-    repaired = ((1, "Paris is in France"),)
-    store.save(store.load(), "memit", replace(saved, repaired=repaired))
-    assert store.progress("memit").repaired == repaired
+    assert (saved.repaired, saved.refreshed, saved.untaken) == ((), (), ())
+    changed = replace(saved, repaired=((1, "Paris is in France"),), refreshed=((3, 1),),
+                      untaken=(2,))
+    store.save(store.load(), "memit", changed)
+    again = store.progress("memit")
+    assert (again.repaired, again.refreshed, again.untaken) == (
+        changed.repaired, changed.refreshed, changed.untaken)

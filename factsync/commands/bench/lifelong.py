@@ -99,6 +99,14 @@ def _register_lifelong(sub: argparse._SubParsersAction) -> None:
                           "it then loses none, halved otherwise. The canaries repaired are "
                           "listed under the tables; bench lifelong-canaries --well-known "
                           "reads facts no repair touches")
+    lifelong.add_argument("--refresh-worn", type=int, default=0, metavar="N",
+                          help="before each job, check N applied facts (a window that moves "
+                          "on by N each job) by the took rule their edit passed, and state "
+                          "those that no longer pass it again in the job, with the standing "
+                          "facts of every subject the job writes (it lets go of their keys); "
+                          "a fact whose latest edit did not take is not checked. How many "
+                          "were stated again is printed under the tables (default 0: none "
+                          "checked)")
     lifelong.add_argument("--json", type=Path,
                           help="write the numbers to this file after every checkpoint")
     lifelong.add_argument("--plot", type=Path, help="draw the metrics against facts (PNG), "
@@ -148,8 +156,9 @@ def run_lifelong_bench(args: argparse.Namespace) -> int:
     from factsync.models.scoring import scoring_progress
 
     checkpoint_facts(args.n, args.batch, args.checkpoint_every)  # bad sizes fail before loading
-    if args.canaries < 0:
-        raise ValueError(f"--canaries must not be negative, got {args.canaries}")
+    for option, value in (("--canaries", args.canaries), ("--refresh-worn", args.refresh_worn)):
+        if value < 0:
+            raise ValueError(f"{option} must not be negative, got {value}")
     if not 0 <= args.change_back <= args.n:
         raise ValueError(f"--change-back must be between 0 and --n ({args.n}), "
                          f"got {args.change_back}")
@@ -221,7 +230,8 @@ def run_lifelong_bench(args: argparse.Namespace) -> int:
                                unedited=preparation.unedited,
                                refuse_canary_loss=args.refuse_canary_loss,
                                canary_repairs=(_canary_repairs(loaded, yardstick, inputs.cases)
-                                               if args.repair_canaries else ()))
+                                               if args.repair_canaries else ()),
+                               refresh_worn=args.refresh_worn)
     finally:
         executor.close()
     _print_tables(run)
@@ -348,16 +358,20 @@ def _edited_cases(arguments: dict) -> list[EvalCase]:
 
 
 def _print_tables(run: LifelongRun) -> None:
-    """The final metrics, each method's checkpoints and what the canary gate did, if
-    anything."""
-    from factsync.bench.lifelong_report import format_checkpoints, format_gate, format_table
+    """The final metrics, each method's checkpoints and what the canary gate and the
+    refreshing of worn facts did, if anything."""
+    from factsync.bench.lifelong_report import (
+        format_checkpoints,
+        format_interventions,
+        format_table,
+    )
 
     print(format_table(run))
     print()
     print(format_checkpoints(run))
-    if gate := format_gate(run):
+    if interventions := format_interventions(run):
         print()
-        print(gate)
+        print(interventions)
 
 
 def _read_report(path: Path) -> LifelongRun:
@@ -392,7 +406,7 @@ _NOT_THE_RUN = {"handler", "computes", "json", "plot", "state", "keep_every", "l
 # Options added after runs were saved, with the value those runs had: left out at that
 # value, so a run saved before the option existed can still be continued.
 _ADDED_LATER = {"skip": 0, "contrast": 0, "refuse_canary_loss": False,
-                "repair_canaries": False}
+                "repair_canaries": False, "refresh_worn": 0}
 
 
 def _run_arguments(args: argparse.Namespace) -> dict[str, object]:
