@@ -88,4 +88,7 @@ def explain(policy: Policy) -> list[str]:
         if monitor.on_rollback is OnRollback.QUARANTINE else
         "- The facts of a rolled-back version are queued to be edited again."
     )
+    if monitor.restate_worn:
+        lines.append("- Applied facts a check finds no longer stated are queued to be "
+                     "edited again.")
     return lines

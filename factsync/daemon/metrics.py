@@ -72,6 +72,9 @@ class Metrics:
         self.monitor_checks = Counter(
             "factsync_monitor_checks_total", "Monitor checks of the live version, by outcome.",
             ["outcome"], registry=registry)
+        self.facts_restated = Counter(
+            "factsync_facts_restated_total", "Applied facts the monitor found no longer "
+            "stated and queued to be edited again (monitor.restate_worn).", registry=registry)
         self.monitor_kpi = Gauge(
             "factsync_monitor_kpi", "KPI values of the live version at the last monitor check.",
             ["metric"], registry=registry)

@@ -51,6 +51,7 @@ class Monitor:
         self._alerter.resolve("FactsyncMonitorFailing")
         failing = outcome.check.failing
         self._metrics.monitor_checks.labels("failing" if failing else "ok").inc()
+        self._metrics.facts_restated.inc(len(outcome.restated))
         for metric, value in outcome.values.values.items():
             self._metrics.monitor_kpi.labels(metric.value).set(
                 float("nan") if value is None else value)

@@ -5,10 +5,13 @@ of the applied facts (all, or a policy-sized sample), the canary facts, and perp
 against the base model. A rollback rule broken on ``consecutive`` checks of the same
 version in a row rolls the live pointer back to its parent through ``LiveVersion``,
 which rebuilds the model and the engine state exactly as that version left them.
+Otherwise, with the policy's ``monitor.restate_worn``, the applied facts the check found
+no longer stated are queued to be edited again (``StateStore.restate``).
 """
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -17,11 +20,13 @@ from factsync.executors.local import Executor, LocalExecutor
 from factsync.facts.catalog import RelationCatalog
 from factsync.jobs.live import LiveVersion
 from factsync.jobs.model_state import ModelState
-from factsync.jobs.preparation import retention_probes
+from factsync.jobs.preparation import applied_probe, retention_facts
 from factsync.kpis.report import KpiValues, Metric
 from factsync.policies.schema import OnRollback, Policy, RollbackRule
 from factsync.store.records import MonitorCheck, Version
 from factsync.store.store import StateStore
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -34,6 +39,8 @@ class CheckOutcome:
         check: the check as the store recorded it (its failing metrics among it).
         rolled_back_by: the rule that rolled the version back, if one did.
         unrecoverable: a rule the base model itself breaks (nothing to roll back to).
+        restated: applied facts (subject, relation) found no longer stated and queued
+            to be edited again (``monitor.restate_worn``).
     """
 
     version: Version
@@ -41,6 +48,7 @@ class CheckOutcome:
     check: MonitorCheck
     rolled_back_by: RollbackRule | None = None
     unrecoverable: RollbackRule | None = None
+    restated: tuple[tuple[str, str], ...] = ()
 
 
 class LiveChecker:
@@ -82,7 +90,7 @@ class LiveChecker:
         A measurement that fails raises and records nothing.
         """
         live = self._store.live_version()
-        values = self.measure()
+        values, worn = self._measure()
         rules = self._policy.monitor.rules
         failing = sorted({r.metric.value for r in rules if r.broken_by(values.get(r.metric))})
         check = self._store.record_check(version_id=live.id, metrics=values.to_dict(),
@@ -101,19 +109,39 @@ class LiveChecker:
                 requeue=self._policy.monitor.on_rollback is OnRollback.REQUEUE,
             )
             return CheckOutcome(live, values, check, rolled_back_by=rule)
-        return CheckOutcome(live, values, check)
+        restated = self._restate(live, worn) if self._policy.monitor.restate_worn else []
+        return CheckOutcome(live, values, check, restated=tuple(restated))
 
     def measure(self) -> KpiValues:
         """The monitor's KPIs of the model as it is now."""
+        return self._measure()[0]
+
+    def _measure(self) -> tuple[KpiValues, list[tuple[str, str]]]:
+        """The monitor's KPIs of the model as it is now, and the applied facts checked
+        that it no longer states (subject, relation)."""
         self._checks += 1
-        retention = retention_probes(self._store, self._catalog, exclude=set(),
-                                     sample=self._policy.monitor.retention_sample,
-                                     seed=self._checks)
+        facts = retention_facts(self._store, self._catalog, exclude=set(),
+                                sample=self._policy.monitor.retention_sample,
+                                seed=self._checks)
+        retention = [applied_probe(self._catalog, fact) for fact in facts]
         measured = self._executor.measure(self._models.work, [], retention + self.canaries,
                                           self._texts)
         still_stated, canary = split_probes(measured.retained, len(self.canaries))
+        worn = [(fact.subject, fact.relation)
+                for fact, kept in zip(facts, measured.retained[: len(facts)], strict=True)
+                if not kept]
         return KpiValues({
             Metric.RETENTION: still_stated,
             Metric.CANARY: canary,
             Metric.PERPLEXITY_RATIO: measured.perplexity / self._base_perplexity,
-        })
+        }), worn
+
+    def _restate(self, live: Version, worn: list[tuple[str, str]]) -> list[tuple[str, str]]:
+        """Queue ``worn`` to be edited again, and say so."""
+        queued = self._store.restate(
+            facts=worn, reason=f"monitor: version {live.id} no longer states it")
+        if queued:
+            log.warning("monitor: version %s no longer states %d applied fact(s); queued to "
+                        "be edited again: %s", live.id, len(queued),
+                        "; ".join(f"{subject} {relation}" for subject, relation in queued))
+        return queued

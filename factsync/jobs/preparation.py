@@ -133,6 +133,21 @@ def retention_probes(
     store (``StateStore.sample_applied``), so its cost follows ``sample``, not the facts
     applied; taking all reads them all, or those ``applied_by`` names.
     """
+    facts = retention_facts(store, catalog, exclude=exclude, sample=sample, seed=seed,
+                            applied_by=applied_by)
+    return [applied_probe(catalog, fact) for fact in facts]
+
+
+def retention_facts(
+    store: StateStore,
+    catalog: RelationCatalog,
+    *,
+    exclude: set[tuple[str, str]],
+    sample: int,
+    seed: int,
+    applied_by: Collection[str] | None = None,
+) -> list[AppliedFact]:
+    """The applied facts ``retention_probes`` asks about, in its order."""
 
     def usable(fact: AppliedFact) -> bool:
         return (catalog.resolve(fact.relation) is not None
@@ -140,12 +155,14 @@ def retention_probes(
                 and (applied_by is None or fact.version_id in applied_by))
 
     if sample:
-        facts = store.sample_applied(size=sample, seed=seed, keep=usable)
-    else:
-        every = store.applied_facts() if applied_by is None else store.applied_by(applied_by)
-        facts = [f for f in every if usable(f)]
-    return [(_relation(catalog, f.relation).template.format(f.subject), f.object)
-            for f in facts]
+        return store.sample_applied(size=sample, seed=seed, keep=usable)
+    every = store.applied_facts() if applied_by is None else store.applied_by(applied_by)
+    return [f for f in every if usable(f)]
+
+
+def applied_probe(catalog: RelationCatalog, fact: AppliedFact) -> Prompted:
+    """``fact`` as (prompt, object); its relation must be in ``catalog``."""
+    return _relation(catalog, fact.relation).template.format(fact.subject), fact.object
 
 
 def neighbour_candidates(

@@ -289,12 +289,16 @@ class MonitorPolicy:
         rules: rollback rules; any one broken ``consecutive`` times rolls back.
         on_rollback: what happens to the facts of rolled-back versions: ``quarantine``
             (an operator decides) or ``requeue`` (edited again).
+        restate_worn: applied facts a check finds the live version no longer states
+            (their edit wore off under later edits) are queued to be edited again,
+            when no rule rolled the version back.
     """
 
     interval_seconds: float = 300.0
     retention_sample: int = 500
     rules: tuple[RollbackRule, ...] = field(default_factory=_default_rules)
     on_rollback: OnRollback = OnRollback.QUARANTINE
+    restate_worn: bool = False
 
     def __post_init__(self) -> None:
         if self.interval_seconds <= 0:

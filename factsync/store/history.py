@@ -11,6 +11,7 @@ from typing import Any
 from factsync.store.changes import add_pending_change
 from factsync.store.fact_index import write_applied
 from factsync.store.records import (
+    CHANGE_PENDING,
     CHANGE_ROLLED_BACK,
     JOB_ROLLED_BACK,
     VERSION_ROLLED_BACK,
@@ -49,6 +50,39 @@ class VersionHistory:
             (version_id, limit),
         )
         return [MonitorCheck(**decode_json_fields(r, "metrics", "failing")) for r in rows]
+
+    def restate(self, *, facts: Sequence[tuple[str, str]], reason: str) -> list[tuple[str, str]]:
+        """Queue again the applied facts ``facts`` (subject, relation) that the live
+        model no longer states.
+
+        In one transaction, each leaves the applied state, which says what the live
+        version states, and gets a pending change to its desired object, so a later job
+        edits it again; if that edit fails, the fact stays failed and unapplied rather
+        than being found worn and queued again on every check. A fact no longer applied,
+        deleted or desired with another object, or with a change already pending, is
+        left alone. Returns the facts queued, in order.
+        """
+        now = self._clock()
+        queued = []
+        with self._transaction() as db:
+            for subject, relation in facts:
+                key = (subject, relation)
+                applied = db.execute("SELECT object FROM applied_facts WHERE subject = ? "
+                                     "AND relation = ?", key).fetchone()
+                desired = db.execute("SELECT object, deleted, source FROM desired_facts "
+                                     "WHERE subject = ? AND relation = ?", key).fetchone()
+                pending = db.execute("SELECT 1 FROM fact_changes WHERE subject = ? AND "
+                                     "relation = ? AND state = ?", (*key, CHANGE_PENDING)
+                                     ).fetchone()
+                if (applied is None or desired is None or desired["deleted"] or pending
+                        or desired["object"] != applied["object"]):
+                    continue
+                db.execute("DELETE FROM applied_facts WHERE subject = ? AND relation = ?", key)
+                add_pending_change(db, subject=subject, relation=relation,
+                                   object=desired["object"], deleted=False,
+                                   source=desired["source"], now=now, reason=reason)
+                queued.append(key)
+        return queued
 
     def record_fold(self, *, version_id: str, checkpoint: str, reason: str) -> Fold:
         """Record that ``version_id``'s weights were written as a serving base at

@@ -210,3 +210,15 @@ def test_policy_check_says_whether_lost_canaries_are_stated_again(tmp_path):
     assert "stated again" not in " ".join(explain(default))
     with pytest.raises(SchemaError, match="repair_canaries"):
         load_policy(write(tmp_path, {"repair_canaries": "sometimes"}))
+
+
+def test_policy_check_says_whether_worn_facts_are_edited_again(tmp_path):
+    default = load_policy(write(tmp_path, {}))
+    restating = load_policy(write(tmp_path, {"monitor": {"restate_worn": True}}))
+    assert not default.monitor.restate_worn and restating.monitor.restate_worn
+    assert restating.digest != default.digest
+    line = "Applied facts a check finds no longer stated are queued to be edited again."
+    assert line in " ".join(explain(restating))
+    assert line not in " ".join(explain(default))
+    with pytest.raises(SchemaError, match="restate_worn"):
+        load_policy(write(tmp_path, {"monitor": {"restate_worn": "sometimes"}}))

@@ -189,6 +189,30 @@ def test_a_rollback_can_queue_the_facts_again(store):
     assert pending.object == "Lyon" and "rolled back" in pending.reason
 
 
+def test_a_worn_fact_leaves_the_applied_state_and_is_queued_to_its_desired_object(store):
+    promote_one(store, "France", "Lyon", "v1", "base")
+    promote_one(store, "Italy", "Milan", "v2", "v1")
+    queued = store.restate(facts=[("France", "P36"), ("Spain", "P36")], reason="worn off")
+    assert queued == [("France", "P36")]  # Spain was never applied
+    assert [(a.subject, a.object) for a in store.applied_facts()] == [("Italy", "Milan")]
+    [pending] = store.changes(state="pending")
+    assert (pending.subject, pending.object, pending.reason) == ("France", "Lyon", "worn off")
+    # Pending already, then no longer applied: nothing more is queued.
+    assert store.restate(facts=[("France", "P36")], reason="again") == []
+    assert store.integrity_problems() == []
+
+
+def test_a_worn_fact_whose_desired_object_changed_or_was_deleted_is_left_to_the_feed(store):
+    promote_one(store, "France", "Lyon", "v1", "base")
+    promote_one(store, "Italy", "Milan", "v2", "v1")
+    store.record_desired(record=record(subject="Italy", obj="Turin", deleted=True),
+                         relation="P36")
+    newer = store.record_desired(record=record(subject="France", obj="Nice"), relation="P36")
+    store.create_job(change_ids=[newer.id], policy_digest="p")  # no longer pending
+    assert store.restate(facts=[("France", "P36"), ("Italy", "P36")], reason="worn") == []
+    assert {a.subject for a in store.applied_facts()} == {"France", "Italy"}
+
+
 def test_monitor_checks_are_kept_per_version_newest_first(store):
     store.record_check(version_id="base", metrics={"canary": 1.0}, failing=[])
     store.record_check(version_id="base", metrics={"canary": 0.5}, failing=["canary"])
