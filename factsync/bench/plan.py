@@ -32,7 +32,8 @@ from factsync.jobs.preparation import (
     contrast_candidates,
     neighbour_candidates,
     prepare_job,
-    retention_probes,
+    probes_of,
+    retention_facts,
 )
 from factsync.jobs.reconciler import Reconciler
 from factsync.models.loading import LoadedModel
@@ -147,8 +148,8 @@ def time_round(
         prepare_job(loaded, cast(StateStore, facts), catalog, policy, changes)
     else:
         _prepare_store_side(cast(StateStore, facts), policy, changes)
-    retention_probes(cast(StateStore, retention), catalog, exclude=set(keys),
-                     sample=policy.evaluation.retention_sample, seed=job.id)
+    probes_of(catalog, retention_facts(cast(StateStore, retention), catalog, exclude=set(keys),
+                                       sample=policy.evaluation.retention_sample, seed=job.id))
     prepare_seconds = time.perf_counter() - started
     store.finish_job(job_id=job.id, state=JOB_FAILED, reason="bench round over",
                      change_states={c.id: (CHANGE_FAILED, "bench round") for c in changes})

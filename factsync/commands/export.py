@@ -11,7 +11,7 @@ from factsync.daemon.export_verification import ADAPTER, MERGED, Verification, v
 from factsync.daemon.service import STATE_FILE, model_dir, relation_catalog
 from factsync.editing.delta import ModelDelta
 from factsync.jobs.canaries import choose_canaries
-from factsync.jobs.preparation import retention_probes, states
+from factsync.jobs.preparation import probes_of, retention_facts, states
 from factsync.models.loading import load_model
 from factsync.models.precision import keep_edit_layers_in_float32
 from factsync.policies.schema import Policy, load_policy
@@ -71,8 +71,9 @@ def run_verify(args: argparse.Namespace) -> int:
     versions = VersionFiles(data_dir / "versions")
     for step in lineage:
         ModelDelta.load(versions.delta_path(step.id)).apply(model)
-    probes = retention_probes(store, catalog, exclude=set(), sample=0, seed=0,
-                              applied_by={v.id for v in lineage}) + canaries
+    probes = probes_of(catalog, retention_facts(store, catalog, exclude=set(), sample=0,
+                                                seed=0, applied_by={v.id for v in lineage}))
+    probes += canaries
     live = states(model, probes)
     del model
     verdicts = [verify_export(kind, version, path, probes, live,

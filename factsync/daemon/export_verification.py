@@ -21,7 +21,7 @@ from pathlib import Path
 
 from factsync.evaluation.kpis import Prompted
 from factsync.facts.catalog import RelationCatalog
-from factsync.jobs.preparation import retention_probes, states
+from factsync.jobs.preparation import probes_of, retention_facts, states
 from factsync.models.loading import LoadedModel, load_model
 from factsync.store.store import StateStore
 
@@ -116,9 +116,11 @@ def verification_probes(store: StateStore, catalog: RelationCatalog, *, version:
     every fact in time, at a cost that follows the facts since the last export and
     ``sample``, not the history.
     """
-    added = retention_probes(store, catalog, exclude=set(), sample=0, seed=seed,
-                             applied_by=unserved_versions(store, version, served))
-    kept = retention_probes(store, catalog, exclude=set(), sample=sample, seed=seed)
+    added = probes_of(catalog, retention_facts(
+        store, catalog, exclude=set(), sample=0, seed=seed,
+        applied_by=unserved_versions(store, version, served)))
+    kept = probes_of(catalog, retention_facts(store, catalog, exclude=set(), sample=sample,
+                                              seed=seed))
     return list(dict.fromkeys(added + kept))
 
 

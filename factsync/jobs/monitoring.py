@@ -20,7 +20,7 @@ from factsync.executors.local import Executor, LocalExecutor
 from factsync.facts.catalog import RelationCatalog
 from factsync.jobs.live import LiveVersion
 from factsync.jobs.model_state import ModelState
-from factsync.jobs.preparation import applied_probe, retention_facts
+from factsync.jobs.preparation import probes_of, retention_facts
 from factsync.kpis.report import KpiValues, Metric
 from factsync.policies.schema import OnRollback, Policy, RollbackRule
 from factsync.store.records import MonitorCheck, Version
@@ -123,7 +123,7 @@ class LiveChecker:
         facts = retention_facts(self._store, self._catalog, exclude=set(),
                                 sample=self._policy.monitor.retention_sample,
                                 seed=self._checks)
-        retention = [applied_probe(self._catalog, fact) for fact in facts]
+        retention = probes_of(self._catalog, facts)
         measured = self._executor.measure(self._models.work, [], retention + self.canaries,
                                           self._texts)
         still_stated, canary = split_probes(measured.retained, len(self.canaries))

@@ -40,7 +40,7 @@ from factsync.jobs.outcomes import (
     RetryMeaning,
     retry_meaning,
 )
-from factsync.jobs.preparation import PreparedFact, prepare_job, retention_probes
+from factsync.jobs.preparation import PreparedFact, prepare_job, probes_of, retention_facts
 from factsync.kpis.report import GateResult, KpiReport, Metric
 from factsync.policies.judge import judge
 from factsync.policies.schema import OnFailure, Policy
@@ -125,11 +125,11 @@ class JobRunner:
             with self._stage(job, JOB_PREPARING, f"{len(changes)} fact(s)"):
                 prepared = prepare_job(self._models.work, self._store, self._catalog,
                                        self._policy, changes)
-                retention = retention_probes(
+                retention = probes_of(self._catalog, retention_facts(
                     self._store, self._catalog,
                     exclude={(c.subject, c.relation) for c in changes},
                     sample=self._policy.evaluation.retention_sample, seed=job.id,
-                )
+                ))
                 checks = [p.check for p in prepared]
                 rewritten = {check.prompt for check in checks}
                 canaries = [c for c in self._canaries if c.prompted[0] not in rewritten]

@@ -118,26 +118,6 @@ def prepare_job(
     return prepared
 
 
-def retention_probes(
-    store: StateStore,
-    catalog: RelationCatalog,
-    *,
-    exclude: set[tuple[str, str]],
-    sample: int,
-    seed: int,
-    applied_by: Collection[str] | None = None,
-) -> list[Prompted]:
-    """Facts applied by earlier versions, as (prompt, object); ``sample`` 0 takes all.
-
-    ``applied_by`` keeps only facts that these versions applied. A sample is drawn in the
-    store (``StateStore.sample_applied``), so its cost follows ``sample``, not the facts
-    applied; taking all reads them all, or those ``applied_by`` names.
-    """
-    facts = retention_facts(store, catalog, exclude=exclude, sample=sample, seed=seed,
-                            applied_by=applied_by)
-    return [applied_probe(catalog, fact) for fact in facts]
-
-
 def retention_facts(
     store: StateStore,
     catalog: RelationCatalog,
@@ -147,7 +127,13 @@ def retention_facts(
     seed: int,
     applied_by: Collection[str] | None = None,
 ) -> list[AppliedFact]:
-    """The applied facts ``retention_probes`` asks about, in its order."""
+    """Facts applied by earlier versions, to re-check (``probes_of``); ``sample`` 0
+    takes all.
+
+    ``applied_by`` keeps only facts that these versions applied. A sample is drawn in the
+    store (``StateStore.sample_applied``), so its cost follows ``sample``, not the facts
+    applied; taking all reads them all, or those ``applied_by`` names.
+    """
 
     def usable(fact: AppliedFact) -> bool:
         return (catalog.resolve(fact.relation) is not None
@@ -160,9 +146,10 @@ def retention_facts(
     return [f for f in every if usable(f)]
 
 
-def applied_probe(catalog: RelationCatalog, fact: AppliedFact) -> Prompted:
-    """``fact`` as (prompt, object); its relation must be in ``catalog``."""
-    return _relation(catalog, fact.relation).template.format(fact.subject), fact.object
+def probes_of(catalog: RelationCatalog, facts: Sequence[AppliedFact]) -> list[Prompted]:
+    """``facts`` as (prompt, object); their relations must be in ``catalog``."""
+    return [(_relation(catalog, f.relation).template.format(f.subject), f.object)
+            for f in facts]
 
 
 def neighbour_candidates(

@@ -6,7 +6,7 @@ import pytest
 
 from factsync.facts.catalog import RelationCatalog
 from factsync.facts.records import FactRecord
-from factsync.jobs.preparation import prepare_job, retention_probes, states
+from factsync.jobs.preparation import prepare_job, probes_of, retention_facts, states
 from factsync.models.loading import load_model
 from factsync.policies.schema import EditingPolicy, EvaluationPolicy, Policy
 from factsync.store.store import StateStore
@@ -87,7 +87,7 @@ def test_contrast_neighbours_hold_facts_of_the_relation_with_other_objects(loade
     store.close()
 
 
-def test_retention_probes_sample_applied_facts_deterministically(tmp_path):
+def test_retention_facts_sample_applied_facts_deterministically(tmp_path):
     store = StateStore(tmp_path / "state.sqlite")
     for index in range(10):
         change = store.record_desired(
@@ -95,10 +95,14 @@ def test_retention_probes_sample_applied_facts_deterministically(tmp_path):
             relation="P36")
         store.record_already_true(change_id=change.id, version_id="base")
     catalog = RelationCatalog.built_in()
-    sample = retention_probes(store, catalog, exclude={("Country 0", "P36")}, sample=4, seed=1)
+    def probes(exclude: set, sample: int) -> list:
+        return probes_of(catalog, retention_facts(store, catalog, exclude=exclude,
+                                                  sample=sample, seed=1))
+
+    sample = probes({("Country 0", "P36")}, 4)
     assert len(sample) == 4
-    assert sample == retention_probes(store, catalog, exclude={("Country 0", "P36")}, sample=4,
-                                      seed=1)
-    everything = retention_probes(store, catalog, exclude=set(), sample=0, seed=1)
+    assert sample == probes({("Country 0", "P36")}, 4)
+    everything = probes(set(), 0)
     assert ("The capital of Country 3 is", "City 3") in everything and len(everything) == 10
     store.close()
+

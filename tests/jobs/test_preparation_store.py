@@ -6,7 +6,7 @@ import pytest
 
 from factsync.facts.catalog import RelationCatalog
 from factsync.facts.records import FactRecord
-from factsync.jobs.preparation import neighbour_candidates, retention_probes
+from factsync.jobs.preparation import neighbour_candidates, probes_of, retention_facts
 from factsync.store.store import StateStore
 
 
@@ -53,9 +53,13 @@ def test_retention_samples_leave_out_the_job_and_relations_gone_from_the_catalog
     apply(store, "Country 0", "P9999", "Nowhere")
     catalog = RelationCatalog.built_in()
     exclude = {("Country 1", "P36")}
-    sample = retention_probes(store, catalog, exclude=exclude, sample=5, seed=3)
+    def probes(exclude: set, sample: int) -> list:
+        return probes_of(catalog, retention_facts(store, catalog, exclude=exclude,
+                                                  sample=sample, seed=3))
+
+    sample = probes(exclude, 5)
     assert len(sample) == 5 and len(set(sample)) == 5
-    assert sample == retention_probes(store, catalog, exclude=exclude, sample=5, seed=3)
-    every = retention_probes(store, catalog, exclude=exclude, sample=50, seed=3)
+    assert sample == probes(exclude, 5)
+    every = probes(exclude, 50)
     assert len(every) == 19 and ("The capital of Country 1 is", "City 1") not in every
-    assert len(retention_probes(store, catalog, exclude=set(), sample=0, seed=3)) == 20
+    assert len(probes(set(), 0)) == 20
