@@ -112,8 +112,9 @@ class MethodRun:
     ``refused`` holds the places in the stream (from 1) of the facts a run that refuses
     canary losses left unedited, in order; ``repaired``, per canary a run that repairs
     them stated again, the place of the first fact of the job that lost it and the canary;
-    ``refreshed``, per worn fact a run that refreshes them stated again, the place of the
-    first fact of the job it joined and its own.
+    ``refreshed``, per applied fact a run that refreshes worn facts stated again (worn,
+    or of a subject its job wrote), the place of the first fact of the job it joined and
+    its own.
     """
 
     checkpoints: list[Checkpoint] = field(default_factory=list)
@@ -139,7 +140,7 @@ class MethodProgress:
         state: the keys every applied job wrote.
         refused: places in the stream (from 1) of the facts refused so far.
         repaired: the canaries stated again so far (``MethodRun.repaired``).
-        refreshed: the worn facts stated again so far (``MethodRun.refreshed``).
+        refreshed: the applied facts stated again so far (``MethodRun.refreshed``).
         untaken: places in the stream (from 1) of the facts whose latest edit did not
             take, which a run that refreshes worn facts does not check.
     """
