@@ -7,9 +7,10 @@ only once its answer led. IME cannot see that; it only checks the facts of its o
 had to pass, and names those that no longer pass it, so the job can state them again.
 
 A job that writes a subject lets go of the keys its earlier facts wrote (they share the
-subject's key), so stating a worn fact alone wears its subject's other facts: "The
-largest city in France is Lyon" stated again after "The capital of France is Rome" took
-Rome's place. The subject's other standing facts are therefore stated in the same job.
+subject's key), so stating a worn fact alone wears its subject's other facts. On the
+real model, "The capital of France is Rome" wore "The largest city in France is Lyon"
+off, and stating Lyon again alone then wore Rome off. The subject's other standing
+facts are therefore stated in the same job.
 """
 
 from __future__ import annotations
@@ -48,10 +49,10 @@ class WornFacts:
     Before the job that applies the stream from fact ``applied`` on (counted from 0, in
     jobs of ``batch``), ``sample`` facts of those applied are checked: a window that
     starts where the previous job's ended and wraps round to the first fact, so each
-    applied fact is checked every ``applied / sample`` jobs or so. A
-    fact whose latest edit did not take is not checked (``untaken``): stating it again
-    would only try what failed already. Nor is a fact written again later in the stream
-    (same subject and prompt): its later object stands.
+    applied fact is checked every ``applied / sample`` jobs or so. A fact whose latest
+    edit did not take is not checked (``untaken``): stating it again would only try what
+    failed already. Nor is a fact written again later in the stream (same subject and
+    prompt): its later object stands.
     """
 
     def __init__(self, requests: Sequence[EditRequest], contexts: list[str], *, batch: int,
