@@ -90,7 +90,7 @@ class LiveChecker:
         A measurement that fails raises and records nothing.
         """
         live = self._store.live_version()
-        values, worn = self._measure()
+        values, worn = self.measure()
         rules = self._policy.monitor.rules
         failing = sorted({r.metric.value for r in rules if r.broken_by(values.get(r.metric))})
         check = self._store.record_check(version_id=live.id, metrics=values.to_dict(),
@@ -112,11 +112,7 @@ class LiveChecker:
         restated = self._restate(live, worn) if self._policy.monitor.restate_worn else []
         return CheckOutcome(live, values, check, restated=tuple(restated))
 
-    def measure(self) -> KpiValues:
-        """The monitor's KPIs of the model as it is now."""
-        return self._measure()[0]
-
-    def _measure(self) -> tuple[KpiValues, list[tuple[str, str]]]:
+    def measure(self) -> tuple[KpiValues, list[tuple[str, str]]]:
         """The monitor's KPIs of the model as it is now, and the applied facts checked
         that it no longer states (subject, relation)."""
         self._checks += 1
