@@ -164,17 +164,21 @@ def sampling_batch_size(loaded: LoadedModel, sequence_length: int) -> int:
 
 
 def batch_for_memory(loaded: LoadedModel, sequence_length: int, budget_bytes: int) -> int:
-    """Sequences whose sampling fits in ``budget_bytes``, between ``CPU_SAMPLING_BATCH``
-    and ``MAX_SAMPLING_BATCH``: each holds keys and values of every layer for all its
-    tokens (the prompt's included) and a float32 row of logits per step."""
+    """Sequences whose sampling fits in ``budget_bytes`` (``sampling_bytes_per_sequence``
+    each), between ``CPU_SAMPLING_BATCH`` and ``MAX_SAMPLING_BATCH``."""
+    per_sequence = sampling_bytes_per_sequence(loaded, sequence_length)
+    return max(CPU_SAMPLING_BATCH, min(MAX_SAMPLING_BATCH, budget_bytes // per_sequence))
+
+
+def sampling_bytes_per_sequence(loaded: LoadedModel, sequence_length: int) -> int:
+    """Memory one sequence of a sampling batch takes: the keys and values of every layer
+    for all its tokens (the prompt's included) and a float32 row of logits per step."""
     config = loaded.model.config
     heads = getattr(config, "num_key_value_heads", None) or config.num_attention_heads
     head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
     element = next(loaded.model.parameters()).element_size()
     tokens = sequence_length + OPENING_TOKENS
-    per_sequence = (2 * loaded.num_layers * heads * head_dim * element * tokens
-                    + config.vocab_size * 4)
-    return max(CPU_SAMPLING_BATCH, min(MAX_SAMPLING_BATCH, budget_bytes // per_sequence))
+    return 2 * loaded.num_layers * heads * head_dim * element * tokens + config.vocab_size * 4
 
 
 def _sequence_generator(seed: int, index: int) -> torch.Generator:

@@ -16,8 +16,9 @@ from factsync.commands.options import add_engine_options, add_model_options, eng
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    """Add the runtime benchmarks: share and scale."""
+    """Add the runtime benchmarks: share, sampling and scale."""
     _register_share(sub)
+    _register_sampling(sub)
     _register_scale(sub)
 
 
@@ -48,6 +49,40 @@ def run_share_bench(args: argparse.Namespace) -> int:
         raise ValueError("--processes must be at least 2 and --tokens at least 1")
     model = ensure_default_model() if args.model == "default" else Path(args.model)
     print(format_rounds(run_rounds(model, processes=args.processes, tokens=args.tokens)))
+    return 0
+
+
+def _register_sampling(sub: argparse._SubParsersAction) -> None:
+    sampling = sub.add_parser(
+        "sampling",
+        help="the corpus sampler's tokens per second at several batch sizes",
+        description="Sample the same first sequences of the model-sampled corpus once per "
+        "batch size, one after another in this process, and print tokens per second, the "
+        "memory each batch's key-value cache and logits take, and whether the texts equal "
+        "the first batch size's (they should: each sequence has its own generator).",
+    )
+    sampling.add_argument("--batch-sizes", default="16,32,64,128",
+                          help="comma-separated sequences sampled together (16,32,64,128)")
+    sampling.add_argument("--sequences", type=int, default=128,
+                          help="sequences each batch size samples (128)")
+    sampling.add_argument("--sequence-length", type=int, default=128,
+                          help="tokens per sequence, the corpus's (128)")
+    add_model_options(sampling)
+    sampling.set_defaults(handler=run_sampling_bench)
+
+
+def run_sampling_bench(args: argparse.Namespace) -> int:
+    """Handler of ``factsync bench sampling``."""
+    from factsync.bench.sampling_speed import format_timings, time_batch_sizes
+
+    if args.sequences < 1 or args.sequence_length < 1:
+        raise ValueError("--sequences and --sequence-length must be at least 1")
+    loaded = load(args)
+    print(f"{args.sequences} sequences of {args.sequence_length} tokens from {loaded.name} "
+          f"on {loaded.device}")
+    sizes = positive_list(args.batch_sizes, "--batch-sizes")
+    print(format_timings(time_batch_sizes(loaded, sizes, sequences=args.sequences,
+                                          sequence_length=args.sequence_length)))
     return 0
 
 
