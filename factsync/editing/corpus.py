@@ -146,8 +146,11 @@ def sample_corpus(
     return texts
 
 
-CPU_SAMPLING_BATCH = 16
-"""Sequences sampled together on a CPU, and at least on a GPU."""
+CPU_SAMPLING_BATCH = 64
+"""Sequences sampled together on a CPU. On SmolLM2-135M and 2 cores (``bench sampling``)
+64 sampled twice the tokens per second of 16; 128 only 6% more, for twice the memory."""
+MIN_SAMPLING_BATCH = 16
+"""Sequences sampled together at least on a GPU, however little memory it has free."""
 MAX_SAMPLING_BATCH = 512
 SAMPLING_MEMORY_SHARE = 0.25
 """Share of a GPU's free memory a sampling batch may take; the rest is headroom."""
@@ -165,9 +168,9 @@ def sampling_batch_size(loaded: LoadedModel, sequence_length: int) -> int:
 
 def batch_for_memory(loaded: LoadedModel, sequence_length: int, budget_bytes: int) -> int:
     """Sequences whose sampling fits in ``budget_bytes`` (``sampling_bytes_per_sequence``
-    each), between ``CPU_SAMPLING_BATCH`` and ``MAX_SAMPLING_BATCH``."""
+    each), between ``MIN_SAMPLING_BATCH`` and ``MAX_SAMPLING_BATCH``."""
     per_sequence = sampling_bytes_per_sequence(loaded, sequence_length)
-    return max(CPU_SAMPLING_BATCH, min(MAX_SAMPLING_BATCH, budget_bytes // per_sequence))
+    return max(MIN_SAMPLING_BATCH, min(MAX_SAMPLING_BATCH, budget_bytes // per_sequence))
 
 
 def sampling_bytes_per_sequence(loaded: LoadedModel, sequence_length: int) -> int:

@@ -18,7 +18,7 @@ def test_sigterm_while_sampling_the_corpus_exits_at_once_and_the_restart_resumes
     model = ensure_default_model()  # the converted default model; caches start empty
     caches = tmp_path / "caches"
     # No corpus ships for 20,100 tokens, so the daemon samples one: 158 sequences, of
-    # which the first batch of 16 is just over a tenth.
+    # which the first batch (64 on a CPU) is 40%.
     daemon = daemon_process(tmp_path / "data", cache_dir=str(caches),
                             model={"path": str(model), "device": "cpu", "corpus_tokens": 20100})
     daemon.start(wait=False)
@@ -27,8 +27,8 @@ def test_sigterm_while_sampling_the_corpus_exits_at_once_and_the_restart_resumes
     assert re.fullmatch(r"sampling the corpus: \d+%", daemon.get("/status")["starting"])
     assert daemon.stop(timeout=10) == 0  # a TimeoutExpired here is a stop that hung
     kept = len(json.loads(partial.read_text())["texts"])
-    assert kept >= 16 and "start-up stopped (corpus sampling was stopped)" in daemon.log_tail()
-    assert "start-up: sampling the corpus, 10% done" in daemon.log_path.read_text()
+    assert kept >= 64 and "start-up stopped (corpus sampling was stopped)" in daemon.log_tail()
+    assert "start-up: sampling the corpus, 40% done" in daemon.log_path.read_text()
     assert not list((caches / "corpus").glob("*.json"))  # the corpus is not finished
 
     daemon.start(wait=False)

@@ -78,7 +78,7 @@ def test_a_gpu_samples_as_many_sequences_as_its_memory_holds(tiny_loaded, tiny_f
                     + config.vocab_size * 4)
     assert batch_for_memory(loaded, 32, 100 * per_sequence) == 100
     assert batch_for_memory(loaded, 32, 100 * per_sequence - 1) == 99
-    assert batch_for_memory(loaded, 32, 0) == corpus.CPU_SAMPLING_BATCH
+    assert batch_for_memory(loaded, 32, 0) == corpus.MIN_SAMPLING_BATCH
     assert batch_for_memory(loaded, 32, 10**15) == corpus.MAX_SAMPLING_BATCH
     assert sampling_batch_size(loaded, 32) == corpus.CPU_SAMPLING_BATCH  # on the CPU
 
