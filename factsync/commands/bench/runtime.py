@@ -77,10 +77,10 @@ def run_sampling_bench(args: argparse.Namespace) -> int:
 
     if args.sequences < 1 or args.sequence_length < 1:
         raise ValueError("--sequences and --sequence-length must be at least 1")
+    sizes = positive_list(args.batch_sizes, "--batch-sizes")
     loaded = load(args)
     print(f"{args.sequences} sequences of {args.sequence_length} tokens from {loaded.name} "
           f"on {loaded.device}")
-    sizes = positive_list(args.batch_sizes, "--batch-sizes")
     print(format_timings(time_batch_sizes(loaded, sizes, sequences=args.sequences,
                                           sequence_length=args.sequence_length)))
     return 0
