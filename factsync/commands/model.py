@@ -28,7 +28,7 @@ def run_info(args: argparse.Namespace) -> int:
     print(f"name: {loaded.name}")
     print(f"family: {loaded.spec.family} ({loaded.model.config.model_type})")
     print(f"parameters: {params / 1e6:.1f}M, layers: {loaded.num_layers}")
-    print(f"default edit layers: {loaded.spec.default_layers(loaded.num_layers)}")
+    print(f"default edit layers: {loaded.default_layers}")
     print(f"prompt prefix ids: {loaded.prefix_ids}")
     print(f"fingerprint: {loaded.fingerprint}")
     return 0

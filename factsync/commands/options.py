@@ -69,7 +69,7 @@ def add_corpus_options(parser: argparse.ArgumentParser | argparse._ArgumentGroup
         type=int,
         default=None,
         help="tokens of corpus text behind the key statistics (default: 10 per key "
-        "dimension, 20,000 at least)",
+        "dimension, 300,000 at least)",
     )
     parser.add_argument(
         "--corpus-files",
@@ -137,7 +137,7 @@ def statistics_settings(args: argparse.Namespace):  # noqa: ANN201
 
 
 def edit_layers(args: argparse.Namespace) -> tuple[int, ...] | None:
-    """``--layers``, or ``None`` for the family's default window."""
+    """``--layers``, or ``None`` for the model's default window."""
     layers = getattr(args, "layers", None)
     return tuple(int(x) for x in layers.split(",")) if layers else None
 

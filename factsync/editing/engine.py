@@ -52,7 +52,7 @@ class EngineSettings:
     """Everything that decides what an edit does.
 
     Attributes:
-        layers: decoder layers to edit; ``None`` takes the family's default window.
+        layers: decoder layers to edit; ``None`` takes the model's default window.
         max_iterations: IME passes at most (1 is plain single-pass editing).
         neighbours: NME: hold each request's neighbours in place, in the optimisation
             and in the spread.
@@ -101,8 +101,8 @@ class EngineSettings:
             raise ValueError(f"layers must be distinct and increasing, got {self.layers}")
 
     def edit_layers(self, loaded: LoadedModel) -> list[int]:
-        """The configured layers, or the family's default window for ``loaded``."""
-        return list(self.layers or loaded.spec.default_layers(loaded.num_layers))
+        """The configured layers, or the default window for ``loaded``."""
+        return list(self.layers or loaded.default_layers)
 
 
 class StopReason(Choice):

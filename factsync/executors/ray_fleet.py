@@ -65,7 +65,7 @@ class RayExecutor:
         device: the workers' device (``auto`` takes the GPU Ray gives each, if any).
         dtype: the model's dtype.
         edit_layers: the edit layers, whose weights a bf16 or fp16 model holds in float32
-            (``None``: the family's default window), as the driver's model does.
+            (``None``: the model's default window), as the driver's model does.
     """
 
     def __init__(self, source: str, settings: ExecutorSettings, *, device: str = "auto",

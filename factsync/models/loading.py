@@ -76,6 +76,11 @@ class LoadedModel:
         """Number of decoder layers."""
         return len(self.model.get_submodule(self.spec.layers_path))
 
+    @property
+    def default_layers(self) -> list[int]:
+        """The edit layers used when none are configured (``ArchitectureSpec.default_layers``)."""
+        return self.spec.default_layers(self.num_layers, self.model.config.hidden_size)
+
 
 def resolve_device(device: str) -> torch.device:
     """``"auto"`` picks CUDA when available, else CPU; anything else is passed to torch."""

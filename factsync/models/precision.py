@@ -50,8 +50,8 @@ def keep_in_float32(loaded: LoadedModel, paths: Iterable[str]) -> list[str]:
 
 def keep_edit_layers_in_float32(loaded: LoadedModel, layers: Sequence[int] | None) -> list[str]:
     """``keep_in_float32`` for the MLP output projections of ``layers`` (``None``: the
-    family's default edit window); the paths changed."""
-    chosen = layers if layers is not None else loaded.spec.default_layers(loaded.num_layers)
+    default edit window); the paths changed."""
+    chosen = layers if layers is not None else loaded.default_layers
     return keep_in_float32(loaded, [loaded.spec.mlp_out_path(layer) for layer in chosen])
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 from transformers import AutoModelForCausalLM, BertConfig
 
+from factsync.models.loading import load_model
 from factsync.models.specs import (
     SPECS,
     UnsupportedArchitectureError,
@@ -16,19 +17,20 @@ from factsync.models.specs import (
 
 
 @pytest.mark.parametrize(
-    ("model_type", "num_layers", "expected"),
+    ("model_type", "num_layers", "hidden_size", "expected"),
     [
-        ("llama", 30, [4, 5, 6, 7, 8]),  # SmolLM2-135M
-        ("llama", 32, [4, 5, 6, 7, 8]),  # Llama-2-7B, as in MEMIT
-        ("gptj", 28, [3, 4, 5, 6, 7]),
-        ("gpt2", 48, [13, 14, 15, 16, 17]),  # GPT-2 XL, as in MEMIT
-        ("gpt2", 4, [1]),
-        ("gpt_neox", 4, [0]),
-        ("qwen2", 2, [0]),
+        ("llama", 30, 576, [2, 3, 4, 5, 6]),  # SmolLM2-135M: its measured window
+        ("llama", 30, 960, [4, 5, 6, 7, 8]),  # another shape of that depth: the family's
+        ("llama", 32, 4096, [4, 5, 6, 7, 8]),  # Llama-2-7B, as in MEMIT
+        ("gptj", 28, 4096, [3, 4, 5, 6, 7]),
+        ("gpt2", 48, 1600, [13, 14, 15, 16, 17]),  # GPT-2 XL, as in MEMIT
+        ("gpt2", 4, 32, [1]),
+        ("gpt_neox", 4, 32, [0]),
+        ("qwen2", 2, None, [0]),
     ],
 )
-def test_default_layers_by_family_and_depth(model_type, num_layers, expected):
-    assert spec_for(model_type).default_layers(num_layers) == expected
+def test_default_layers_by_family_depth_and_shape(model_type, num_layers, hidden_size, expected):
+    assert spec_for(model_type).default_layers(num_layers, hidden_size) == expected
 
 
 def test_default_layers_always_fit_the_model():
@@ -36,6 +38,14 @@ def test_default_layers_always_fit_the_model():
         for depth in range(1, 80):
             layers = spec.default_layers(depth)
             assert layers and layers[0] >= 0 and layers[-1] < depth
+        for window in spec.measured_windows:
+            layers = spec.default_layers(window.num_layers, window.hidden_size)
+            assert layers == sorted(set(layers)) and layers[-1] < window.num_layers
+
+
+@pytest.mark.real_model
+def test_the_shipped_model_gets_its_measured_window():
+    assert load_model("default", device="cpu").default_layers == [2, 3, 4, 5, 6]
 
 
 def test_unknown_architecture_says_how_to_add_one():
