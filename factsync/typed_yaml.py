@@ -3,7 +3,9 @@
 Configuration and policy files are user input: an unknown key, a value of the wrong
 type or a value out of range must stop loading with a message that says which key and
 what was received. Range checks live in each dataclass's ``__post_init__`` and raise
-``ValueError``; this module adds the key path to them.
+``ValueError``; this module adds the key path to them. A nested section changes only the
+keys it names: the others keep the section's default, which may differ from its class's
+(``editing.target`` of a policy, say).
 """
 
 from __future__ import annotations
@@ -57,16 +59,18 @@ def build(cls: type[T], data: Any, key: str) -> T:
     return _convert(cls, data, key)
 
 
-def _convert(kind: Any, value: Any, key: str) -> Any:
+def _convert(kind: Any, value: Any, key: str, default: Any = None) -> Any:
+    """``value`` as a ``kind``; a mapping for a dataclass changes only the keys it names
+    of ``default``, the field's default, where there is one."""
     origin = typing.get_origin(kind)
     args = typing.get_args(kind)
     if origin in (typing.Union, types.UnionType):
         if value is None and type(None) in args:
             return None
         options = [a for a in args if a is not type(None)]
-        return _convert(options[0], value, key)
+        return _convert(options[0], value, key, default)
     if dataclasses.is_dataclass(kind):
-        return _dataclass(kind, value, key)
+        return _dataclass(kind, value, key, default)
     if origin in (list, tuple):
         if not isinstance(value, list):
             raise SchemaError(f"{key}: expected a list, got {_show(value)}")
@@ -97,25 +101,35 @@ def _convert(kind: Any, value: Any, key: str) -> Any:
     raise TypeError(f"{key}: unsupported field type {kind!r}")
 
 
-def _dataclass(cls: type, value: Any, key: str) -> Any:
+def _dataclass(cls: type, value: Any, key: str, default: Any = None) -> Any:
     if value is None:
         value = {}
     if not isinstance(value, dict):
         raise SchemaError(f"{key}: expected a mapping, got {_show(value)}")
     hints = typing.get_type_hints(cls)
-    fields = {f.name for f in dataclasses.fields(cls) if f.init}
+    fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
     unknown = sorted(str(k) for k in value if k not in fields)
     if unknown:
         raise SchemaError(
             f"{key}: unknown key(s) {', '.join(unknown)}; known: {', '.join(sorted(fields))}"
         )
-    kwargs = {name: _convert(hints[name], v, f"{key}.{name}") for name, v in value.items()}
+    kwargs = ({name: getattr(default, name) for name in fields} if default is not None
+              else {})
+    kwargs.update({name: _convert(hints[name], v, f"{key}.{name}", _default_of(fields[name]))
+                   for name, v in value.items()})
     try:
         return cls(**kwargs)
     except TypeError as exc:  # a required field is missing
         raise SchemaError(f"{key}: {exc}") from exc
     except ValueError as exc:
         raise SchemaError(f"{key}: {exc}") from exc
+
+
+def _default_of(field: dataclasses.Field) -> Any:
+    """The value ``field`` takes when its key is left out, or ``None`` without one."""
+    if field.default_factory is not dataclasses.MISSING:
+        return field.default_factory()
+    return None if field.default is dataclasses.MISSING else field.default
 
 
 def _show(value: Any) -> str:
