@@ -40,19 +40,14 @@ log = logging.getLogger(__name__)
 
 def lifelong_methods(base: EngineSettings, max_iterations: int) -> dict[str, EngineSettings]:
     """``default``, the engine settings of the daemon's default policy, and variants of
-    it: ``default+mpes`` stops the z optimisation at the most probable point,
-    ``default+alphaedit`` spreads with AlphaEdit's null-space projection, and
-    ``default+alphaedit+mpes`` does both, and ``default+hold-superseded`` keeps holding a
-    subject's earlier keys in place when it is written again. Then the methods of
-    ``bench counterfact`` built on ``base``."""
+    it: ``default+alphaedit`` spreads with AlphaEdit's null-space projection and
+    ``default+hold-superseded`` keeps holding a subject's earlier keys in place when it
+    is written again. Then the methods of ``bench counterfact`` built on ``base``."""
     default = Policy().editing.engine_settings()
-    mpes = replace(default.target, most_probable_stop=True)
     alphaedit = replace(default.spread, algorithm=Algorithm.ALPHAEDIT)
     variants = {
         "default": default,
-        "default+mpes": replace(default, target=mpes),
         "default+alphaedit": replace(default, spread=alphaedit),
-        "default+alphaedit+mpes": replace(default, spread=alphaedit, target=mpes),
         "default+hold-superseded": replace(default, release_superseded=False),
     }
     return variants | standard_methods(base, max_iterations)

@@ -59,9 +59,11 @@ class DaemonProcess:
         self.config_path = directory / "config.yaml"
         self.config_path.write_text(yaml.safe_dump(config))
 
-    def start(self, *, ready_timeout: float = 300, env: dict[str, str] | None = None,
+    def start(self, *, ready_timeout: float = 900, env: dict[str, str] | None = None,
               wait: bool = True) -> None:
-        """Start the daemon (with extra ``env``) and wait until ``/readyz`` answers 200."""
+        """Start the daemon (with extra ``env``) and wait until ``/readyz`` answers 200:
+        ``ready_timeout`` seconds at most, which a first start on a CPU, computing the
+        default model's key statistics, takes minutes of."""
         with open(self.log_path, "a") as log:
             self.process = subprocess.Popen(
                 [sys.executable, "-m", "factsync", "run", "--config", str(self.config_path)],

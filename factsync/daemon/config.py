@@ -32,7 +32,7 @@ class ModelConfig:
         device: ``auto``, ``cpu``, ``cuda`` or ``cuda:N``.
         dtype: ``float32``, ``bfloat16`` or ``float16``.
         corpus_tokens: tokens of text behind the key statistics; unset scales them with
-            the model's key size (20,000 at least).
+            the model's key size (300,000 at least).
         corpus_files: text to compute the key statistics over instead of text sampled
             from the model, relative to the config file: ``.txt`` files (one text per
             paragraph) or ``.jsonl`` files (a ``"text"`` field per line). Text like what

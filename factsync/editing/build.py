@@ -22,8 +22,9 @@ from factsync.editing.targets import TargetOptimiser, optimise_targets
 from factsync.models.loading import LoadedModel
 from factsync.paths import data_home
 
-MIN_CORPUS_TOKENS = 20_000
-"""The default corpus for small key sizes; see README "Key statistics"."""
+MIN_CORPUS_TOKENS = 300_000
+"""The default corpus for small key sizes; see README "Key statistics". Statistics over
+20,000 tokens let a long stream of edits harm ordinary text measurably more."""
 TOKENS_PER_KEY_DIMENSION = 10
 """Below about ten tokens per key dimension the second moment is near-singular: lambda
 is distorted and AlphaEdit's null space is mostly directions the corpus never held."""
@@ -51,7 +52,7 @@ class StatisticsSettings:
     def tokens_for(self, key_size: int) -> int:
         """The corpus budget for keys of ``key_size``: the configured one, else
         ``TOKENS_PER_KEY_DIMENSION`` per key dimension and at least ``MIN_CORPUS_TOKENS``
-        (20,000 for SmolLM2's 1,536; 143,360 for Llama-3-8B's 14,336)."""
+        (300,000 for SmolLM2's 1,536 and Llama-3-8B's 14,336 alike)."""
         return self.corpus_tokens or max(MIN_CORPUS_TOKENS, TOKENS_PER_KEY_DIMENSION * key_size)
 
 

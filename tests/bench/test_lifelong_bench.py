@@ -75,25 +75,20 @@ def test_checkpoint_settings_are_checked():
 
 
 def test_default_is_the_shipped_default_policy_beside_the_counterfact_methods():
-    methods = chosen_methods("default, memit+ime,default+mpes", EngineSettings(), 2)
-    assert list(methods) == ["default", "memit+ime", "default+mpes"]
+    methods = chosen_methods("default, memit+ime,default+alphaedit", EngineSettings(), 2)
+    assert list(methods) == ["default", "memit+ime", "default+alphaedit"]
     shipped = load_policy(shipped_policy_dir() / "default.yaml")
     assert methods["default"] == shipped.editing.engine_settings()
-    mpes = methods["default+mpes"]
-    assert mpes.target.most_probable_stop and not methods["default"].target.most_probable_stop
-    assert replace(mpes, target=methods["default"].target) == methods["default"]
     alpha = chosen_methods("default+alphaedit", EngineSettings(), 2)["default+alphaedit"]
     assert alpha.spread.algorithm == "alphaedit"
     assert replace(alpha, spread=methods["default"].spread) == methods["default"]
     assert methods["memit+ime"].max_iterations == 2 and not methods["memit+ime"].neighbours
-    both = chosen_methods("default+alphaedit+mpes", EngineSettings(), 2)["default+alphaedit+mpes"]
-    assert both == replace(alpha, target=mpes.target)
     held = chosen_methods("default+hold-superseded", EngineSettings(), 2)["default+hold-superseded"]
     assert methods["default"].release_superseded and not held.release_superseded
     assert replace(held, release_superseded=True) == methods["default"]
     with pytest.raises(ValueError, match=r"unknown methods \['rome'\] in 'memit,rome'; "
-                       "choose from default, default\\+mpes, default\\+alphaedit, "
-                       r"default\+alphaedit\+mpes, default\+hold-superseded, memit.* or a "
+                       "choose from default, default\\+alphaedit, "
+                       r"default\+hold-superseded, memit.* or a "
                        r"policy file \(\.yaml\)"):
         chosen_methods("memit,rome", EngineSettings(), 2)
 

@@ -365,7 +365,7 @@ def test_computing_stops_between_batches_when_asked_and_leaves_no_hooks(tiny_loa
 
 
 @pytest.mark.parametrize(("configured", "key_size", "expected"), [
-    (None, 64, 20_000), (None, 1536, 20_000), (None, 14_336, 143_360), (5000, 14_336, 5000),
+    (None, 64, 300_000), (None, 1536, 300_000), (None, 40_000, 400_000), (5000, 14_336, 5000),
 ])
 def test_the_corpus_budget_scales_with_the_key_size_unless_set(configured, key_size, expected):
     assert StatisticsSettings(corpus_tokens=configured).tokens_for(key_size) == expected

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -13,8 +14,9 @@ from factsync.commands.policy import explain
 from factsync.editing.engine import EngineSettings
 from factsync.editing.outcomes import TookRule
 from factsync.editing.spread import SpreadSettings
-from factsync.editing.targets import TargetSettings
+from factsync.editing.targets import StepRule, TargetSettings
 from factsync.kpis.report import KpiReport, KpiValues, Metric
+from factsync.models.specs import spec_for
 from factsync.policies.judge import judge
 from factsync.policies.schema import Gate, Policy, RelationPolicy, load_policy
 from factsync.typed_yaml import SchemaError
@@ -135,11 +137,26 @@ def test_the_digest_changes_with_the_content():
     assert Policy().digest != Policy(on_failure="reject").digest
 
 
-def test_the_editing_section_and_the_command_line_default_to_the_engine_defaults():
-    assert Policy().editing.engine_settings() == EngineSettings()
+def test_the_command_line_defaults_to_the_engine_and_the_policy_only_where_it_chose_to():
     args = build_parser().parse_args(["edit", "--subject", "France", "--template",
                                       "The capital of {} is", "--new", "Rome"])
     assert engine_settings(args, neighbours=EngineSettings.neighbours) == EngineSettings()
+    chosen = Policy().editing.engine_settings()
+    assert chosen.took_rule is TookRule.MOST_PROBABLE
+    assert chosen.target.step_rule is StepRule.NATURAL and chosen.target.train_phrasings
+    assert replace(chosen, took_rule=EngineSettings.took_rule,
+                   target=TargetSettings()) == EngineSettings()
+
+
+def test_the_shipped_policy_edits_as_the_policy_measured_over_1000_facts():
+    measured = load_policy(BENCH / "mpes-natural-phrasings-dealt-layers2-6-most-probable.yaml")
+    assert replace(measured.editing, layers=None) == Policy().editing
+    assert spec_for("llama").default_layers(30, 576) == list(measured.editing.layers)  # SmolLM2
+
+
+def test_a_policy_changes_only_the_target_keys_it_names(tmp_path):
+    policy = load_policy(write(tmp_path, {"editing": {"target": {"steps": 30}}}))
+    assert policy.editing.target == replace(Policy().editing.target, steps=30)
 
 
 def test_every_engine_knob_is_reachable_from_the_policy(tmp_path):
@@ -153,7 +170,8 @@ def test_every_engine_knob_is_reachable_from_the_policy(tmp_path):
     assert settings == EngineSettings(
         layers=(1, 2), max_iterations=5, neighbours=False,
         took_rule=TookRule.MOST_PROBABLE, took_phrasings=True, keep_neighbours_held=True,
-        guard_facts=True, target=TargetSettings(steps=7, chunk_size=4, kl_factor=0.1),
+        guard_facts=True,
+        target=replace(Policy().editing.target, steps=7, chunk_size=4, kl_factor=0.1),
         spread=SpreadSettings(algorithm="alphaedit", update_fraction=0.4,
                               mom2_update_weight=900.0, nullspace_threshold=0.05,
                               preserve_applied=False, second_moment_shrinkage=0.2))
@@ -178,10 +196,12 @@ def test_a_wrong_engine_knob_is_reported_with_its_key(tmp_path, editing, message
 
 def test_policy_check_says_when_a_fact_leaves_ime(tmp_path):
     default = explain(load_policy(write(tmp_path, {})))
+    assert ("- A fact leaves IME once its new object beats the old one and is the greedy "
+            "answer on the bare prompt and every context prefix.") in default
+    winning = explain(load_policy(write(tmp_path, {"editing": {"took_rule": "wins"}})))
     assert ("- A fact leaves IME once its new object beats the old one on the bare prompt "
-            "and every context prefix.") in default
-    strict = explain(load_policy(write(tmp_path, {"editing": {
-        "took_rule": "most_probable", "took_phrasings": True}})))
+            "and every context prefix.") in winning
+    strict = explain(load_policy(write(tmp_path, {"editing": {"took_phrasings": True}})))
     assert ("- A fact leaves IME once its new object beats the old one and is the greedy "
             "answer on the bare prompt, every context prefix and every phrasing.") in strict
 
@@ -203,11 +223,11 @@ def test_policy_check_says_whether_guard_facts_are_held(tmp_path):
 
 def test_policy_check_says_whether_lost_canaries_are_stated_again(tmp_path):
     default = load_policy(write(tmp_path, {}))
-    repairing = load_policy(write(tmp_path, {"repair_canaries": True}))
-    assert not default.repair_canaries and repairing.repair_canaries
-    assert repairing.digest != default.digest
-    assert "stated again" in " ".join(explain(repairing))
-    assert "stated again" not in " ".join(explain(default))
+    refusing = load_policy(write(tmp_path, {"repair_canaries": False}))
+    assert default.repair_canaries and not refusing.repair_canaries
+    assert refusing.digest != default.digest
+    assert "stated again" in " ".join(explain(default))
+    assert "stated again" not in " ".join(explain(refusing))
     with pytest.raises(SchemaError, match="repair_canaries"):
         load_policy(write(tmp_path, {"repair_canaries": "sometimes"}))
 

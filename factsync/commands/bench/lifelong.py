@@ -64,9 +64,8 @@ def _register_lifelong(sub: argparse._SubParsersAction) -> None:
                           help="facts applied between checkpoints (100)")
     lifelong.add_argument("--methods", default="default,memit",
                           help="comma-separated methods: default (the daemon's default "
-                          "policy), default+mpes (the same with most-probable early "
-                          "stopping), default+alphaedit (the same, spread by AlphaEdit), "
-                          "default+alphaedit+mpes (both), default+hold-superseded (holding "
+                          "policy), default+alphaedit (the same, spread by AlphaEdit), "
+                          "default+hold-superseded (holding "
                           "a subject's earlier keys when it is written again), memit, memit+ime, "
                           "memit+ime+nme, alphaedit+ime+nme, or the path of a policy "
                           "file (.yaml) whose editing settings to use (default,memit)")
