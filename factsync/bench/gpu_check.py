@@ -27,6 +27,7 @@ from factsync.editing.contexts import sample_contexts
 from factsync.editing.covariance import compute_key_statistics
 from factsync.editing.engine import EditEngine
 from factsync.editing.requests import EditRequest
+from factsync.editing.sensitivity import SENSITIVITY_TOKENS, compute_sensitivity
 from factsync.models.loading import LoadedModel, resolve_device
 from factsync.models.precision import keep_edit_layers_in_float32
 from factsync.models.synthetic import LLAMA3_8B, LlamaShape, byte_tokenizer, random_llama
@@ -69,8 +70,8 @@ def synthetic_facts(count: int) -> list[EditRequest]:
 
 def run_check(shape: LlamaShape, *, device: str, dtype: str, statistics_tokens: int,
               jobs: Sequence[int], vocab_size: int = 1024) -> dict:
-    """Build the model and time statistics, engine construction and one IME pass per
-    job size; a JSON-ready record."""
+    """Build the model and time statistics, the sensitivity the default policy's step
+    rule reads, engine construction and one IME pass per job size; a JSON-ready record."""
     on = str(resolve_device(device))
     started = time.monotonic()
     loaded = random_llama(byte_tokenizer(TOKENIZER_TEXT, vocab_size), shape, dtype=dtype,
@@ -89,7 +90,15 @@ def run_check(shape: LlamaShape, *, device: str, dtype: str, statistics_tokens: 
     record["statistics"] = {"layers": layers, "tokens": statistics_tokens,
                             "seconds": time.monotonic() - started, "peak_gib": _peak(on)}
     started = time.monotonic()
-    engine = EditEngine(loaded, settings, statistics, sample_contexts(loaded))
+    sensitivity_tokens = min(statistics_tokens, SENSITIVITY_TOKENS)
+    sensitivity = (compute_sensitivity(loaded, layers[-1], texts,
+                                       token_budget=sensitivity_tokens, progress=False)
+                   if settings.target.needs_sensitivity else None)
+    record["sensitivity"] = {"tokens": sensitivity_tokens if sensitivity is not None else 0,
+                             "seconds": time.monotonic() - started}
+    started = time.monotonic()
+    engine = EditEngine(loaded, settings, statistics, sample_contexts(loaded),
+                        sensitivity=sensitivity)
     record["engine_seconds"] = time.monotonic() - started
     record["jobs"] = []
     for size in jobs:
@@ -133,6 +142,8 @@ def format_check(record: dict) -> str:
         f"{shape['layers']} layers, {record['dtype']} on {where}",
         f"key statistics: {stats['tokens']} tokens, layers {stats['layers']}: "
         f"{stats['seconds']:.1f} s, peak {gib(stats['peak_gib'])} GiB",
+        f"sensitivity of the last edit layer: {record['sensitivity']['tokens']} tokens: "
+        f"{record['sensitivity']['seconds']:.1f} s",
         f"engine construction (statistics cached): {record['engine_seconds']:.1f} s",
         "facts/job | optimisation s/fact | spread s/fact | total s/fact | peak GiB",
     ]

@@ -14,11 +14,11 @@ from factsync.bench.lifelong import run_lifelong
 from factsync.bench.lifelong_report import format_interventions, from_json, to_json
 from factsync.bench.lifelong_scoring import Yardstick
 from factsync.editing.build import StatisticsSettings, build_engine
+from factsync.editing.engine import EngineSettings
 from factsync.evaluation.heldout_text import FLUENCY_TEXTS
 from factsync.evaluation.suites import load_cases, prepare_suite
 from factsync.facts.guards import GUARD_FACTS
 from factsync.models.loading import load_model
-from factsync.policies.schema import EditingPolicy
 
 pytestmark = pytest.mark.real_model
 
@@ -44,8 +44,10 @@ def test_a_lost_canary_is_stated_again_in_the_job_instead_of_refusing_its_fact(
         loaded, suite, [], FLUENCY_TEXTS[:2],
         stated_canaries=[(template.format(subject), obj) for template, subject, obj in CANARIES])
     assert yardstick.canaries_held(loaded) == [1.0, 1.0]
-    engine = build_engine(loaded, EditingPolicy(max_iterations=2, neighbours=False)
-                          .engine_settings(), StatisticsSettings(corpus_tokens=20_000))
+    # The method this outcome was found with: the engine's targets at layers 4-8.
+    engine = build_engine(loaded, EngineSettings(layers=(4, 5, 6, 7, 8), max_iterations=2,
+                                                 neighbours=False),
+                          StatisticsSettings(corpus_tokens=20_000))
 
     def stream(**gate):
         run = run_lifelong(loaded, yardstick, {"default": engine.settings},

@@ -12,12 +12,12 @@ from factsync.bench.lifelong_report import format_interventions
 from factsync.bench.lifelong_scoring import Yardstick
 from factsync.bench.worn_facts import WornFacts
 from factsync.editing.build import StatisticsSettings, build_engine
+from factsync.editing.engine import EngineSettings
 from factsync.editing.outcomes import TookRule
 from factsync.editing.requests import EditRequest
 from factsync.evaluation.heldout_text import FLUENCY_TEXTS
 from factsync.evaluation.suites import load_cases, prepare_suite
 from factsync.models.loading import load_model
-from factsync.policies.schema import EditingPolicy
 
 
 @pytest.fixture(scope="module")
@@ -81,8 +81,9 @@ def _streams(loaded, data, took_rule: TookRule = TookRule.WINS):  # noqa: ANN001
     suite = prepare_suite(loaded, "counterfact", load_cases("counterfact", data),
                           neighbours_per_fact=0)
     yardstick = Yardstick.prepare(loaded, suite, [], FLUENCY_TEXTS[:2])
-    settings = EditingPolicy(max_iterations=2, neighbours=False,
-                             took_rule=took_rule).engine_settings()
+    # The method these outcomes were found with: the engine's targets at layers 4-8.
+    settings = EngineSettings(layers=(4, 5, 6, 7, 8), max_iterations=2, neighbours=False,
+                              took_rule=took_rule)
     engine = build_engine(loaded, settings, StatisticsSettings(corpus_tokens=20_000))
 
     def stream(refresh_worn: int):  # noqa: ANN202

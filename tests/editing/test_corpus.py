@@ -11,6 +11,7 @@ import sys
 import pytest
 
 from factsync.editing import corpus
+from factsync.editing.build import StatisticsSettings
 from factsync.editing.cancellation import WorkCancelled
 from factsync.editing.corpus import (
     OPENINGS,
@@ -169,6 +170,8 @@ def test_the_shipped_corpora_hold_what_their_names_and_digests_say():
                                                        length)
         assert stored["format"] == corpus.CORPUS_FORMAT
         assert stored["digest"] == corpus_digest(stored["texts"])
+    shipped_budgets = {int(path.stem.split("-")[1]) for path in files}
+    assert StatisticsSettings().tokens_for(1536) in shipped_budgets  # SmolLM2-135M's keys
 
 
 class StopAfter:
