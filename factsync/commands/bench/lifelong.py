@@ -65,10 +65,10 @@ def _register_lifelong(sub: argparse._SubParsersAction) -> None:
     lifelong.add_argument("--methods", default="default,memit",
                           help="comma-separated methods: default (the daemon's default "
                           "policy), default+alphaedit (the same, spread by AlphaEdit), "
-                          "default+hold-superseded (holding "
-                          "a subject's earlier keys when it is written again), memit, memit+ime, "
-                          "memit+ime+nme, alphaedit+ime+nme, or the path of a policy "
-                          "file (.yaml) whose editing settings to use (default,memit)")
+                          "default+hold-superseded (holding a subject's earlier keys when "
+                          "it is written again), memit, memit+ime, memit+ime+nme, "
+                          "alphaedit+ime+nme, or the path of a policy file (.yaml) whose "
+                          "editing settings to use (default,memit)")
     lifelong.add_argument("--held-out-fluency", type=Path, metavar="FILE",
                           help="also measure the perplexity ratio, with its 95%% interval, "
                           "on these texts (--fluency's format) at every checkpoint: a set "
