@@ -35,7 +35,7 @@ def _outputs(loaded, prompts, layer):  # noqa: ANN001, ANN202
 
 def test_a_rank_one_update_moves_each_canary_by_its_transfer_of_the_record_change(tiny_loaded):
     loaded = tiny_loaded()
-    layer = loaded.spec.default_layers(loaded.num_layers)[0]
+    layer = loaded.default_layers[0]
     system = _system(layer_key_size(loaded, layer), seed=3)
     found = transfers(loaded, CANARIES, RECORDS, {layer: system})
     assert found.layers == [layer] and found.values.shape == (1, 2, 3)

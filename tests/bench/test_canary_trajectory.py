@@ -19,7 +19,7 @@ def _scores(loaded):  # noqa: ANN001, ANN202
 
 def test_each_reading_is_the_model_with_that_delta_alone(tiny_loaded, random_delta, tmp_path):
     loaded = tiny_loaded()
-    layers = loaded.spec.default_layers(loaded.num_layers)
+    layers = loaded.default_layers
     deltas = []
     for facts, seed in ((10, 1), (20, 2)):
         path = tmp_path / f"facts{facts}.safetensors"
@@ -46,7 +46,7 @@ def test_each_reading_is_the_model_with_that_delta_alone(tiny_loaded, random_del
 
 def test_a_delta_of_another_model_is_refused(tiny_loaded, random_delta, tmp_path):
     loaded = tiny_loaded()
-    delta = random_delta(loaded, loaded.spec.default_layers(loaded.num_layers))
+    delta = random_delta(loaded, loaded.default_layers)
     delta.metadata["model_fingerprint"] = "another"
     delta.save(tmp_path / "other.safetensors")
     with pytest.raises(ValueError, match="was made on another model"):

@@ -73,7 +73,7 @@ def _zsre_cases(tmp_path):
 
 
 def _run(loaded, cases, methods, **options):
-    layers = loaded.spec.default_layers(loaded.num_layers)
+    layers = loaded.default_layers
     return run_counterfact(
         loaded,
         cases,

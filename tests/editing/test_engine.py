@@ -48,7 +48,7 @@ def _state(loaded) -> dict[str, torch.Tensor]:
 def test_batched_targets_equal_one_at_a_time(tiny_engine, tiny_loaded, tiny_family):
     loaded = tiny_loaded(tiny_family)
     engine = tiny_engine(loaded)
-    layer = loaded.spec.default_layers(loaded.num_layers)[-1]
+    layer = loaded.default_layers[-1]
     target = engine.settings.target
     batched = optimise_targets(loaded, REQUESTS, layer, engine.contexts, target,
                                use_neighbours=True)
@@ -68,7 +68,7 @@ def test_batched_targets_equal_one_at_a_time(tiny_engine, tiny_loaded, tiny_fami
 def test_early_stopping_is_per_fact(tiny_engine, tiny_loaded):
     loaded = tiny_loaded()
     engine = tiny_engine(loaded)
-    layer = loaded.spec.default_layers(loaded.num_layers)[-1]
+    layer = loaded.default_layers[-1]
     # every fact is done before its first step
     loose = replace(engine.settings.target, stop_nll=50.0)
     result = optimise_targets(loaded, REQUESTS, layer, engine.contexts, loose,
@@ -84,7 +84,7 @@ def test_early_stopping_is_per_fact(tiny_engine, tiny_loaded):
 def test_clamp_bounds_the_target_shift(tiny_engine, tiny_loaded):
     loaded = tiny_loaded()
     engine = tiny_engine(loaded)
-    layer = loaded.spec.default_layers(loaded.num_layers)[-1]
+    layer = loaded.default_layers[-1]
     tight = replace(engine.settings.target, clamp_norm_factor=0.05, stop_nll=1e-9)
     result = optimise_targets(loaded, REQUESTS, layer, engine.contexts, tight,
                               use_neighbours=False)
@@ -534,7 +534,7 @@ def _greedy_answer_case(tiny_engine, tiny_loaded):  # noqa: ANN001, ANN202
     answers greedily."""
     loaded = tiny_loaded()
     engine = tiny_engine(loaded)
-    layer = loaded.spec.default_layers(loaded.num_layers)[-1]
+    layer = loaded.default_layers[-1]
     return loaded, engine, layer, _request_for_greedy_answer(loaded, REQUESTS[2])
 
 

@@ -131,7 +131,7 @@ def test_counterfact_neighbourhood_accuracy_counts_changed_predictions(tiny_load
     suite = prepare_suite(loaded, "counterfact", COUNTERFACT_CASES, neighbours_per_fact=0)
     hood = [("The capital of Lyon is", "France"), ("Skype is owned by", "France")]
     before = [_teacher_forced(loaded, p, o)[1] for p, o in hood]
-    handle = random_delta(loaded, loaded.spec.default_layers(loaded.num_layers), scale=2.0).apply(
+    handle = random_delta(loaded, loaded.default_layers, scale=2.0).apply(
         loaded
     )
     try:
