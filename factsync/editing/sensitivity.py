@@ -10,7 +10,8 @@ Euclidean length: the ``natural`` step rule of the z optimisation (``targets``) 
 its steps where F is small.
 
 ``sensitivity_for`` keeps it on disk beside the key statistics, once per model, layer,
-corpus and budget.
+corpus and budget. The default model's, over its shipped corpus, ships too
+(``SHIPPED_SENSITIVITIES``).
 """
 
 from __future__ import annotations
@@ -32,6 +33,9 @@ log = logging.getLogger(__name__)
 SENSITIVITY_TOKENS = 32_768
 """Tokens behind F by default: about 57 per dimension of SmolLM2-135M's hidden state."""
 SENSITIVITY_FORMAT = "1"
+SHIPPED_SENSITIVITIES = Path(__file__).parent / "sensitivities"
+"""Sensitivities computed once for the default model, laid out as the cache is
+(``<fingerprint>/<file>``): a first start skips minutes of gradients."""
 
 
 def compute_sensitivity(loaded: LoadedModel, layer: int, texts: list[str], *,
@@ -101,16 +105,18 @@ def _batch_gradients(loaded: LoadedModel, layer: int, batch: list[list[int]],
 def sensitivity_for(loaded: LoadedModel, layer: int, texts: list[str], directory: Path, *,
                     token_budget: int = SENSITIVITY_TOKENS, max_length: int = 256) -> torch.Tensor:
     """``compute_sensitivity``'s answer, read from ``directory`` when it holds it, else
-    computed and stored there (one process computes while others wait)."""
+    copied there from the shipped ones or computed and stored there (one process
+    computes while others wait)."""
     digest = corpus_digest(texts)
-    path = (directory / loaded.fingerprint
-            / f"sensitivity-layer{layer}-{digest}-{token_budget}-len{max_length}.safetensors")
+    entry = (Path(loaded.fingerprint)
+             / f"sensitivity-layer{layer}-{digest}-{token_budget}-len{max_length}.safetensors")
     expected = {"format": SENSITIVITY_FORMAT, "fingerprint": loaded.fingerprint,
                 "layer": str(layer), "corpus_digest": digest,
                 "token_budget": str(token_budget), "max_length": str(max_length)}
     return cached_tensor(
-        path, "sensitivity", expected,
+        directory / entry, "sensitivity", expected,
         f"the sensitivity of layer {layer} of {loaded.name} over {token_budget} tokens "
         f"(corpus {digest})",
         lambda: compute_sensitivity(loaded, layer, texts, token_budget=token_budget,
-                                    max_length=max_length))
+                                    max_length=max_length),
+        shipped=SHIPPED_SENSITIVITIES / entry)

@@ -2,7 +2,8 @@
 
 A file holds the tensor and metadata naming what it was computed from. A file that is
 unreadable, names something else or holds non-finite values is computed again with a
-WARNING, and while one process computes an entry the others wait for it.
+WARNING, and while one process computes an entry the others wait for it. An entry that
+ships with factsync is copied into the cache instead of computed.
 """
 
 from __future__ import annotations
@@ -15,20 +16,26 @@ import torch
 from safetensors import SafetensorError, safe_open
 
 from factsync.cache_lock import computing
-from factsync.durable import save_tensors
+from factsync.durable import save_tensors, write_bytes
 
 log = logging.getLogger(__name__)
 
 
 def cached_tensor(path: Path, name: str, expected: dict[str, str], what: str,
-                  compute: Callable[[], torch.Tensor]) -> torch.Tensor:
+                  compute: Callable[[], torch.Tensor], *,
+                  shipped: Path | None = None) -> torch.Tensor:
     """The tensor ``name`` stored at ``path`` when the file's metadata equals
-    ``expected``, else ``compute()``'s answer, stored there; ``what`` names it in the
-    logs."""
+    ``expected``, else the one stored at ``shipped`` (copied to ``path``), else
+    ``compute()``'s answer, stored there; ``what`` names it in the logs."""
     with computing(path, what):
         found = _read(path, name, expected)
         if found is not None:
             log.info("reusing %s from %s", what, path)
+            return found
+        found = _read(shipped, name, expected) if shipped is not None else None
+        if found is not None:
+            write_bytes(path, shipped.read_bytes())
+            log.info("using %s shipped with factsync", what)
             return found
         log.info("computing %s", what)
         value = compute()

@@ -2,13 +2,25 @@
 
 from __future__ import annotations
 
+import json
 import logging
 
 import pytest
 import torch
+from safetensors import safe_open
 
-from factsync.editing.sensitivity import compute_sensitivity, sensitivity_for
+from factsync.editing import sensitivity
+from factsync.editing.build import StatisticsSettings
+from factsync.editing.corpus import SHIPPED_CORPORA
+from factsync.editing.sensitivity import (
+    SENSITIVITY_FORMAT,
+    SENSITIVITY_TOKENS,
+    SHIPPED_SENSITIVITIES,
+    compute_sensitivity,
+    sensitivity_for,
+)
 from factsync.models.hooks import forward_hooks, hidden_of, with_hidden
+from factsync.models.specs import spec_for
 
 TEXTS = [
     "The capital of France is Paris and the capital of Italy is Rome.",
@@ -94,3 +106,37 @@ def test_the_cache_computes_once_and_recomputes_a_damaged_file(tiny_loaded, tmp_
     caplog.clear()
     third = sensitivity_for(loaded, 1, TEXTS, tmp_path, token_budget=200)
     assert "unreadable" in caplog.text and torch.equal(first, third)
+
+
+def test_a_shipped_sensitivity_is_copied_into_the_cache_instead_of_computed(
+    tiny_loaded, tmp_path, monkeypatch, caplog
+):
+    loaded = tiny_loaded("llama")
+    made = sensitivity_for(loaded, 1, TEXTS, tmp_path / "made", token_budget=200)
+    monkeypatch.setattr(sensitivity, "SHIPPED_SENSITIVITIES", tmp_path / "made")
+    caplog.set_level(logging.INFO, logger="factsync.editing.tensor_cache")
+    copied = sensitivity_for(loaded, 1, TEXTS, tmp_path / "cache", token_budget=200)
+    assert torch.equal(made, copied)
+    assert "shipped with factsync" in caplog.text and "computing" not in caplog.text
+    assert list((tmp_path / "cache" / loaded.fingerprint).glob("sensitivity-layer1-*"))
+    caplog.clear()
+    sensitivity_for(loaded, 1, TEXTS, tmp_path / "other", token_budget=100)
+    assert "computing" in caplog.text  # nothing ships for that budget
+
+
+def test_the_shipped_sensitivity_is_the_default_models_over_its_shipped_corpus():
+    (path,) = SHIPPED_SENSITIVITIES.glob("*/*.safetensors")
+    with safe_open(str(path), framework="pt") as handle:
+        metadata = handle.metadata()
+        value = handle.get_tensor("sensitivity")
+    window = spec_for("llama").measured_windows[0]  # SmolLM2-135M's
+    assert value.shape == (window.hidden_size, window.hidden_size)
+    assert torch.isfinite(value).all() and torch.equal(value, value.T)
+    budget = StatisticsSettings().tokens_for(1536)  # SmolLM2-135M's keys
+    corpus = SHIPPED_CORPORA / f"{path.parent.name}-{budget}-0-len128.json"
+    digest = json.loads(corpus.read_text())["digest"]
+    assert path.name == (f"sensitivity-layer{window.layers[-1]}-{digest}-{SENSITIVITY_TOKENS}"
+                         "-len256.safetensors")
+    assert metadata == {"format": SENSITIVITY_FORMAT, "fingerprint": path.parent.name,
+                        "layer": str(window.layers[-1]), "corpus_digest": digest,
+                        "token_budget": str(SENSITIVITY_TOKENS), "max_length": "256"}
