@@ -1,13 +1,17 @@
 """``factsync bench damage``: where a delta's harm to fluency comes from, layer by layer.
 
 MEMIT keeps each layer's update small on ordinary text one layer at a time: its penalty
-is the update's output on the keys the unedited model makes at that layer. Over a long
-stream two things escape that penalty, and this report measures both for a saved delta
+is the update's output on the keys the unedited model makes at that layer, as the
+key-statistics corpus stands for them. Over a long stream three things escape that
+penalty, and this report measures each for a saved delta
 (the composed delta of a ``bench lifelong --state`` run, or any delta file):
 
 - the keys move: edits of lower layers change the keys a layer sees on ordinary text, so
   each layer's output change is measured on the unedited model's keys and again on the
   keys the edited model makes;
+- the corpus is not the text: each layer's output change is measured on the fluency
+  texts' own keys too, beside how far those keys lean on directions the corpus's
+  second moment C holds weak (where MEMIT's penalty is light);
 - the layers' changes add up: every edited layer writes into the same residual stream,
   so the perplexity ratio of all layers together is set beside the product of each
   layer's alone (what it would be if their harms were independent), and each layer is
@@ -26,7 +30,7 @@ from dataclasses import asdict, dataclass, field
 import torch
 from tqdm import tqdm
 
-from factsync.editing.covariance import KeyStatistics, compute_key_statistics
+from factsync.editing.covariance import KeyStatistics, compute_key_statistics, token_count
 from factsync.editing.delta import DeltaError, ModelDelta, applied
 from factsync.evaluation.fluency import (
     ScoredText,
@@ -52,6 +56,11 @@ class LayerDamage:
             layer's output on ordinary text against the energy of that output, C the
             second moment of the layer's keys in the unedited model (what MEMIT weighs).
         output_change_edited: the same with C of the keys the edited model makes.
+        output_change_texts: the same with C of the fluency texts' keys in the
+            unedited model.
+        text_mahalanobis: ``tr(C^-1 T) / key size``, T the second moment of the fluency
+            texts' keys and C the corpus's: 1 when C stands for the texts' keys, above 1
+            when they lean on directions C holds weak (and MEMIT spends freely).
         perplexity_alone: perplexity ratio with only this layer's delta applied.
         perplexity_without: perplexity ratio with every other layer's delta applied.
     """
@@ -60,6 +69,8 @@ class LayerDamage:
     norm_growth: float
     output_change: float
     output_change_edited: float
+    output_change_texts: float
+    text_mahalanobis: float
     perplexity_alone: float
     perplexity_without: float
 
@@ -120,7 +131,8 @@ def measure_damage(
 ) -> DamageReport:
     """Measure ``delta``'s harm on ``loaded`` (unedited): perplexity on ``texts``, and
     output changes on the keys of ``corpus`` (``statistics`` are the unedited model's;
-    the edited model's are computed over ``token_budget`` tokens of ``corpus``).
+    the edited model's are computed over ``token_budget`` tokens of ``corpus``) and on
+    the keys of ``texts`` (all their tokens, unedited model).
     Leaves the model as it found it."""
     layers = edited_layers(loaded, delta)
     missing = sorted(set(layers.values()) - set(statistics))
@@ -128,6 +140,8 @@ def measure_damage(
         raise ValueError(f"no key statistics for edited layers {missing}")
     unedited_tokens = token_nlls(loaded, texts)
     base_nlls = summed_nlls(unedited_tokens)
+    on_texts = compute_key_statistics(loaded, list(layers.values()), texts,
+                                      token_budget=token_count(loaded, texts))
 
     def ratio(paths: list[str]) -> float:
         part = ModelDelta(layers={path: delta.layers[path] for path in paths},
@@ -148,12 +162,16 @@ def measure_damage(
         weight = weight if loaded.spec.weight_layout == "out_in" else weight.T
         before = statistics[layer].second_moment.double()
         after = moved[layer].second_moment.double()
+        text_moment = on_texts[layer].second_moment.double()
         energy = _output_energy(weight, before)
         rows.append(LayerDamage(
             layer=layer,
             norm_growth=float(torch.linalg.matrix_norm(change) / torch.linalg.matrix_norm(weight)),
             output_change=_output_energy(change, before) / energy,
             output_change_edited=_output_energy(change, after) / energy,
+            output_change_texts=(_output_energy(change, text_moment)
+                                 / _output_energy(weight, text_moment)),
+            text_mahalanobis=statistics[layer].mahalanobis_per_dimension(text_moment),
             perplexity_alone=ratio([path]),
             perplexity_without=ratio([other for other in layers if other != path]),
         ))
@@ -228,14 +246,15 @@ def _output_energy(matrix: torch.Tensor, second_moment: torch.Tensor) -> float:
 def format_damage(report: DamageReport) -> str:
     """The report as a table, then the whole delta against independent layers."""
     lines = [
-        "layer | norm growth | output change | on moved keys | ppl ratio alone | "
-        "ppl ratio without",
-        "----- | ----------- | ------------- | ------------- | --------------- | "
-        "-----------------",
+        "layer | norm growth | output change | on moved keys | on text keys | "
+        "text k'C^-1k/d | ppl ratio alone | ppl ratio without",
+        "----- | ----------- | ------------- | ------------- | ------------ | "
+        "-------------- | --------------- | -----------------",
     ]
     for row in report.layers:
         lines.append(f"{row.layer:<5} | {row.norm_growth:<11.3f} | {row.output_change:<13.4f} | "
-                     f"{row.output_change_edited:<13.4f} | {row.perplexity_alone:<15.4f} | "
+                     f"{row.output_change_edited:<13.4f} | {row.output_change_texts:<12.4f} | "
+                     f"{row.text_mahalanobis:<14.3f} | {row.perplexity_alone:<15.4f} | "
                      f"{row.perplexity_without:.4f}")
     low, high = report.perplexity_all_interval
     lines.append(f"all layers: perplexity ratio {report.perplexity_all:.4f} [{low:.4f}, "

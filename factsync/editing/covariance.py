@@ -115,6 +115,21 @@ class KeyStatistics:
         solved = torch.cholesky_solve(rows.T, factor)  # (key, n) = C^-1 k
         return (rows.T * solved).sum(dim=0).cpu()
 
+    def mahalanobis_per_dimension(self, second_moment: torch.Tensor) -> float:
+        """``tr(C^-1 M) / key size``: the mean of ``k^T C^-1 k`` over keys whose second
+        moment is M (key, key), per key dimension.
+
+        It is 1 for the keys C was computed from (when C has full rank) and above 1 for
+        keys that lean on directions C holds weak: a measure of how well C's corpus
+        stands for the text M came from. C is factored as in ``mahalanobis``.
+        """
+        if second_moment.shape != self.second_moment.shape:
+            raise ValueError(f"second_moment must be {tuple(self.second_moment.shape)}, "
+                             f"got {tuple(second_moment.shape)}")
+        factor = _cholesky_with_ridge(self.second_moment.to(torch.float64))
+        solved = torch.cholesky_solve(second_moment.to(torch.float64), factor)  # C^-1 M
+        return float(solved.trace()) / self.key_size
+
     def median_mahalanobis(self, *, device: torch.device | str = "cpu") -> float:
         """Median over the sampled keys of ``k^T C^-1 k`` (see ``mahalanobis``).
 
@@ -288,6 +303,12 @@ def layer_key_size(loaded: LoadedModel, layer: int) -> int:
     """Key dimension of ``layer``'s MLP output projection, read by the spec's layout."""
     module = get_module(loaded.model, loaded.spec.mlp_out_path(layer))
     return key_value_dims(loaded.spec, module)[0]
+
+
+def token_count(loaded: LoadedModel, texts: Iterable[str]) -> int:
+    """The tokens of ``texts`` that ``compute_key_statistics`` would count, all of them."""
+    return sum(len(loaded.tokenizer(text, add_special_tokens=False)["input_ids"])
+               for text in texts)
 
 
 def token_windows(

@@ -15,7 +15,7 @@ from factsync.bench.damage import (
     perplexity_against,
 )
 from factsync.cli import main
-from factsync.editing.covariance import compute_key_statistics
+from factsync.editing.covariance import compute_key_statistics, token_count
 from factsync.editing.delta import DeltaError, LayerDelta, ModelDelta, applied
 from factsync.evaluation.fluency import perplexity, summed_nlls, text_nlls
 from factsync.evaluation.intervals import Interval
@@ -62,6 +62,8 @@ def test_each_layer_is_measured_alone_and_left_out_and_the_model_is_left_as_it_w
         assert row.norm_growth > 0 and row.output_change > 0
         assert row.perplexity_alone != pytest.approx(1.0)
     assert zero.norm_growth == zero.output_change == zero.output_change_edited == 0
+    assert zero.output_change_texts == 0
+    assert first.output_change_texts > 0 and second.output_change_texts > 0
     assert zero.perplexity_alone == pytest.approx(1.0)
     assert zero.perplexity_without == pytest.approx(report.perplexity_all)
     only_first = ModelDelta(layers={loaded.spec.mlp_out_path(1): delta.layers[
@@ -124,6 +126,25 @@ def test_only_layers_above_an_edit_see_their_keys_move(model_and_delta):
     # Nothing below layer 1 is edited; layer 1's edit moves the keys of layer 2.
     assert first.output_change_edited == pytest.approx(first.output_change, rel=1e-6)
     assert second.output_change_edited != pytest.approx(second.output_change, rel=1e-3)
+
+
+def test_on_the_corpus_itself_the_text_keys_read_like_the_corpus_keys(model_and_delta):
+    loaded, delta, _ = model_and_delta
+    everything = token_count(loaded, CORPUS)
+    statistics = compute_key_statistics(loaded, [1, 2, 3], CORPUS, token_budget=everything,
+                                        progress=False)
+    report = measure_damage(loaded, delta, statistics, CORPUS, CORPUS, token_budget=everything)
+    # The corpus repeats three texts, so C is singular and its own keys read at its rank
+    # over the key size, not 1.
+    own = {layer: stats.mahalanobis_per_dimension(stats.second_moment)
+           for layer, stats in statistics.items()}
+    for row in report.layers:
+        assert row.output_change_texts == pytest.approx(row.output_change, rel=1e-6, abs=1e-12)
+        assert row.text_mahalanobis == pytest.approx(own[row.layer], rel=1e-6)
+    # Over other text, the measures part: the corpus does not stand for it.
+    other = measure_damage(loaded, delta, statistics, CORPUS, FLUENCY, token_budget=everything)
+    for row in other.layers:
+        assert row.text_mahalanobis > 2 * own[row.layer]
 
 
 def test_a_delta_of_other_modules_is_refused_by_name(tiny_loaded, random_delta):

@@ -155,6 +155,25 @@ def test_median_mahalanobis_matches_a_direct_computation(tiny_loaded, tiny_famil
     assert float(stats.mahalanobis().mean()) == pytest.approx(stats.key_size, rel=1e-4)
 
 
+def test_mahalanobis_per_dimension_is_one_on_its_own_keys_and_higher_on_other_text(
+        tiny_loaded, tiny_family):
+    loaded = tiny_loaded(tiny_family)
+    layer = LAYERS[0]
+    stats = statistics(loaded, layers=[layer])[layer]
+    own = stats.mahalanobis_per_dimension(stats.second_moment)
+    assert own == pytest.approx(1.0, rel=1e-4)
+    # The mean over the other text's keys, by the direct computation on every key.
+    others = ["Zebras quietly eat 42 purple umbrellas!!", "x y z x y z ... ???"]
+    other_keys = explicit_keys(loaded, [layer], others)[layer]
+    direct = stats.mahalanobis(other_keys.float()).mean() / stats.key_size
+    other = compute_key_statistics(loaded, [layer], others, token_budget=other_keys.shape[0],
+                                   progress=False)[layer]
+    assert stats.mahalanobis_per_dimension(other.second_moment) == pytest.approx(
+        float(direct), rel=1e-4)
+    with pytest.raises(ValueError, match="second_moment must be"):
+        stats.mahalanobis_per_dimension(torch.eye(3))
+
+
 def test_singular_second_moment_gets_a_ridge_and_stays_finite(tiny_loaded):
     loaded = tiny_loaded("llama")
     stats = statistics(loaded, token_budget=10)[1]
