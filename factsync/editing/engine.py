@@ -6,8 +6,9 @@ has taken or ``max_iterations`` is reached. An edit has taken when the new objec
 over the old one (or, with no old object known, is the model's greedy answer) on the
 bare prompt and under every context prefix (``EngineSettings.took_rule`` can ask for
 more). Facts whose edit took leave the optimisation (their z is costly) but stay in the
-spread pinned to their current hidden state, so later passes do not undo them; a fact
-whose edit did not take is optimised again from the model the pass left.
+spread pinned to their current hidden state, so later passes move them little (the pin
+is the spread's least squares, not exact: a narrow win can still be lost); a fact whose
+edit did not take is optimised again from the model the pass left.
 """
 
 from __future__ import annotations
@@ -488,7 +489,8 @@ class EditEngine:
         """One pass's SPREAD: jointly over the edit layers, or layer by layer."""
         if self.joint is not None:
             return self.joint.spread(self.loaded, prompts, targets, self.contexts,
-                                     protected=protected, released=released)
+                                     protected=protected, released=released,
+                                     hold_lead=self.settings.spread.hold_lead)
         return spread(self.loaded, prompts, targets, self.layers, self.contexts,
                       self.layer_contexts, self.settings.spread, protected=protected,
                       released=released)

@@ -39,8 +39,8 @@ from factsync.editing.covariance import (
     window_batches,
 )
 from factsync.editing.delta import LayerDelta, ModelDelta
-from factsync.editing.keys import subject_states_by_layer
-from factsync.editing.spread import LayerContext, memit_update
+from factsync.editing.keys import lead_keys, subject_states_by_layer
+from factsync.editing.spread import LayerContext, held_keys, memit_update
 from factsync.editing.tensor_cache import cached_tensor
 from factsync.models.loading import LoadedModel
 
@@ -193,12 +193,14 @@ class JointSpread:
                targets: torch.Tensor, contexts: list[str], *,
                protected: Sequence[tuple[str, str]] = (),
                released: dict[int, torch.Tensor] | None = None,
+               hold_lead: bool = True,
                ) -> tuple[ModelDelta, dict[int, torch.Tensor], torch.Tensor]:
         """The update carrying the last edit layer's outputs on ``prompts`` (template,
         subject) to ``targets`` (facts, hidden), keys read from the model as it is.
 
-        ``protected`` and ``released`` are as for ``spread.spread``, whose answer this
-        has the form of: the delta, the keys used at each layer and each key group's fact.
+        ``protected``, ``released`` and ``hold_lead`` are as for ``spread.spread`` and its
+        settings, whose answer this has the form of: the delta, the keys used at each
+        layer and each key group's fact.
         """
         # The model does not change while the joint spread reads it: one pass reads
         # every layer's keys.
@@ -212,6 +214,10 @@ class JointSpread:
             read = subject_states_by_layer(loaded, list(protected), self.layers,
                                            self.layers[-1], [""])
             neighbours = {layer: state.keys for layer, state in read.items()}
+        if hold_lead:
+            lead = lead_keys(loaded, self.layers)
+            neighbours = {layer: held_keys(neighbours.get(layer), lead[layer])
+                          for layer in lead} or neighbours
         let_go = self.stacked(released) if released else None
         if released and let_go is None:
             log.warning("released keys of layers %s ignored: the joint spread needs those of "

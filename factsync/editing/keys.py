@@ -7,6 +7,7 @@ from dataclasses import dataclass
 
 import torch
 
+from factsync.editing.covariance import lead_ids
 from factsync.models.hooks import capture_hidden, capture_keys, forward_through, replay_below
 from factsync.models.loading import LoadedModel
 from factsync.models.text import PromptBatch, PromptSpec, encode
@@ -55,6 +56,25 @@ def frozen_states(
                             attention_mask=batch.attention_mask[:, :through])
         batches.append(captured[layer])
     return FrozenStates(layer=layer, batches=batches)
+
+
+def lead_keys(loaded: LoadedModel, layers: list[int]) -> dict[int, torch.Tensor]:
+    """Keys (key_size, lead tokens) of each of ``layers`` at the tokens that lead every
+    text (``covariance.lead_ids``: the prompt prefix or the tokenizer's start tokens),
+    read from the model as it is; empty when nothing leads a text.
+
+    Those positions see only each other, so their keys and outputs are the same in
+    every text, and later tokens attend to them throughout. The key statistics leave
+    them out, so C does not protect them.
+    """
+    lead = lead_ids(loaded)
+    if not lead:
+        return {}
+    ids = torch.tensor([lead], device=loaded.device)
+    with capture_keys(loaded, layers) as captured, torch.no_grad():
+        forward_through(loaded, max(layers), input_ids=ids,
+                        attention_mask=torch.ones_like(ids))
+    return {layer: captured[layer][0].float().T.contiguous() for layer in layers}
 
 
 def subject_states(

@@ -151,6 +151,8 @@ class EditingPolicy:
         joint_layers: MEMIT solves every edit layer's update at once, over the joint
             second moment of their stacked keys, instead of layer by layer (small
             models only: the stacked key size must be at most 16,384).
+        hold_lead: the spread holds the outputs at the tokens that lead every text (the
+            start token, which the key statistics leave out) in place.
         took_rule: ``wins``: a fact leaves IME once its new object beats the old one on
             the bare prompt and under every context prefix; ``most_probable`` (the
             default, which the ``efficacy_accuracy`` gate asks for too): once it is also
@@ -175,6 +177,7 @@ class EditingPolicy:
     nullspace_threshold: float = SpreadSettings.nullspace_threshold
     second_moment_shrinkage: float = SpreadSettings.second_moment_shrinkage
     joint_layers: bool = SpreadSettings.joint_layers
+    hold_lead: bool = SpreadSettings.hold_lead
     took_rule: TookRule = TookRule.MOST_PROBABLE
     took_phrasings: bool = EngineSettings.took_phrasings
     keep_neighbours_held: bool = EngineSettings.keep_neighbours_held
@@ -204,7 +207,8 @@ class EditingPolicy:
                                   nullspace_threshold=self.nullspace_threshold,
                                   preserve_applied=self.preserve_applied,
                                   second_moment_shrinkage=self.second_moment_shrinkage,
-                                  joint_layers=self.joint_layers),
+                                  joint_layers=self.joint_layers,
+                                  hold_lead=self.hold_lead),
         )
 
 

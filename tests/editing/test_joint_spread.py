@@ -19,9 +19,9 @@ from factsync.editing.joint_spread import (
     joint_second_moment,
     shrunk_blocks,
 )
-from factsync.editing.keys import subject_outputs, subject_states
+from factsync.editing.keys import lead_keys, subject_outputs, subject_states
 from factsync.editing.requests import EditRequest, Neighbour
-from factsync.editing.spread import HeldSystem, SpreadSettings, memit_update
+from factsync.editing.spread import HeldSystem, SpreadSettings, held_keys, memit_update
 
 TEXTS = [f"Fact {i}: item {i * 7} is owned by company {i * 13 % 17} since {1900 + i}."
          for i in range(40)]
@@ -72,7 +72,8 @@ def test_over_one_layer_the_joint_update_is_the_per_layer_one(tiny_loaded):
     states = subject_states(loaded, PROMPTS, layer, layer, [""])
     targets = states.outputs * 1.2
     expected = memit_update(states.keys, (targets - states.outputs).T,
-                            HeldSystem.factorise(moment, lam, None, torch.device("cpu")))
+                            HeldSystem.factorise(moment, lam, None, torch.device("cpu")),
+                            held_keys(None, lead_keys(loaded, [layer])[layer]))
 
     joint, _, _ = JointSpread.build(loaded, [layer], moment, lam).spread(loaded, PROMPTS,
                                                                          targets, [""])

@@ -6,7 +6,12 @@ import pytest
 import torch
 
 from factsync.editing.delta import restored_weights
-from factsync.editing.keys import frozen_states, subject_states, subject_states_by_layer
+from factsync.editing.keys import (
+    frozen_states,
+    lead_keys,
+    subject_states,
+    subject_states_by_layer,
+)
 from factsync.models.hooks import capture_hidden, capture_keys
 from factsync.models.text import PromptSpec, encode
 
@@ -82,3 +87,18 @@ def test_replayed_states_are_read_once_so_later_changes_below_them_are_not_seen(
         run = subject_states(loaded, PROMPTS, 1, 2, CONTEXTS)
     assert torch.equal(replayed.outputs, before.outputs)
     assert not torch.allclose(run.outputs, before.outputs)
+
+
+def test_lead_keys_are_those_at_the_start_of_every_text(tiny_loaded, tiny_family):
+    loaded = tiny_loaded(tiny_family)
+    layers = [1, 2]
+    lead = loaded.prefix_ids
+    assert lead  # the tiny tokenizers add no start token: a prefix leads every text
+    keys = lead_keys(loaded, layers)
+    for text in ("The capital of France is Paris.", "LinkedIn is owned by Microsoft"):
+        ids = torch.tensor([lead + loaded.tokenizer(text, add_special_tokens=False)["input_ids"]])
+        with capture_keys(loaded, layers) as captured, torch.no_grad():
+            loaded.model(input_ids=ids)
+        for layer in layers:
+            assert keys[layer].shape == (captured[layer].shape[-1], len(lead))
+            torch.testing.assert_close(keys[layer], captured[layer][0, : len(lead)].T)
