@@ -7,10 +7,15 @@ import json
 import pytest
 import torch
 
-from factsync.bench.fluency_compare import compare_fluency, format_fluency
+from factsync.bench.fluency_compare import (
+    compare_fluency,
+    format_fluency,
+    lead_outputs,
+    lead_outputs_held,
+)
 from factsync.cli import main
 from factsync.editing.delta import applied
-from factsync.evaluation.fluency import perplexity
+from factsync.evaluation.fluency import perplexity, perplexity_ratio, summed_nlls, token_nlls
 
 TEXTS = ["Dear customer, thank you for your order from Paris.",
          "Danielle Darrieux was a French actress whose mother tongue is French.",
@@ -51,6 +56,39 @@ def test_each_delta_is_set_against_the_unedited_model_and_the_first(two_deltas):
     printed = format_fluency(comparison)
     assert f"3 texts, {comparison.tokens} scored tokens" in printed
     assert printed.count("\n") == 2 + 2
+
+
+@pytest.mark.parametrize("layers", [[1], [1, 2]])
+def test_held_start_positions_leave_the_first_token_as_the_unedited_model_has_it(
+        tiny_loaded, random_delta, tmp_path, layers):
+    loaded = tiny_loaded()
+    delta = random_delta(loaded, layers, scale=0.5)
+    path = tmp_path / "delta.safetensors"
+    delta.save(path)
+    base = token_nlls(loaded, TEXTS)
+    unedited = lead_outputs(loaded, layers)
+    with applied(loaded, delta):
+        edited = token_nlls(loaded, TEXTS)
+        assert any(abs(float(a.nlls[0] - b.nlls[0])) > 1e-3
+                   for a, b in zip(edited, base, strict=True))
+        with lead_outputs_held(loaded, unedited):
+            held = token_nlls(loaded, TEXTS)
+    # The first scored token is predicted from the start positions alone: held, it reads
+    # as unedited, while later tokens still see the delta.
+    for before, after in zip(base, held, strict=True):
+        assert float(after.nlls[0]) == pytest.approx(float(before.nlls[0]), abs=1e-5)
+    assert any(not torch.allclose(a.nlls[1:], b.nlls[1:]) for a, b in zip(held, base, strict=True))
+
+    (row,) = compare_fluency(loaded, [path], TEXTS, lead=True).rows
+    assert row.lead.first_token_change == pytest.approx(
+        sum(float(a.nlls[0] - b.nlls[0]) for a, b in zip(edited, base, strict=True)), abs=1e-4)
+    assert row.lead.later_change == pytest.approx(
+        sum(float(a.nlls[1:].sum() - b.nlls[1:].sum()) for a, b in zip(edited, base, strict=True)),
+        abs=1e-3)
+    assert row.lead.held.mean == pytest.approx(
+        perplexity_ratio(summed_nlls(held), summed_nlls(base)).mean, rel=1e-6)
+    assert "start token held" in format_fluency(compare_fluency(loaded, [path], TEXTS,
+                                                                lead=True))
 
 
 def test_no_deltas_is_an_error(tiny_loaded):

@@ -400,6 +400,13 @@ def _register_fluency(sub: argparse._SubParsersAction) -> None:
     fluency.add_argument("deltas", type=Path, nargs="+", metavar="DELTA",
                          help="delta files (.safetensors); the first is the reference")
     add_fluency_option(fluency)
+    fluency.add_argument("--lead", action="store_true",
+                         help="also read each delta at the start token that leads every "
+                         "text: the NLL change of the first scored token (which only the "
+                         "start positions predict) and of the later ones, and the "
+                         "perplexity ratio with the edited layers' MLP outputs at the "
+                         "start positions held to the unedited model's (one more pass "
+                         "per delta)")
     fluency.add_argument("--json", type=Path, help="also write the numbers to this file")
     add_model_options(fluency)
     fluency.set_defaults(handler=run_fluency_bench, computes=True)
@@ -414,7 +421,7 @@ def run_fluency_bench(args: argparse.Namespace) -> int:
         raise ValueError(f"no such delta files: {', '.join(missing)}")
     texts = fluency_texts(args.fluency)
     loaded = load(args)
-    comparison = compare_fluency(loaded, args.deltas, texts)
+    comparison = compare_fluency(loaded, args.deltas, texts, lead=args.lead)
     print(f"on {loaded.name}")
     print(format_fluency(comparison))
     if args.json:
