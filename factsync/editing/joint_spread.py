@@ -193,7 +193,7 @@ class JointSpread:
                targets: torch.Tensor, contexts: list[str], *,
                protected: Sequence[tuple[str, str]] = (),
                released: dict[int, torch.Tensor] | None = None,
-               hold_lead: bool = True,
+               hold_lead: bool = False,
                ) -> tuple[ModelDelta, dict[int, torch.Tensor], torch.Tensor]:
         """The update carrying the last edit layer's outputs on ``prompts`` (template,
         subject) to ``targets`` (facts, hidden), keys read from the model as it is.

@@ -13,10 +13,11 @@ share R:
 K_p holds keys whose outputs must not move: those of facts applied earlier (the live
 version's state; the spread needs only their sum of outer products), those of the job's
 NME neighbours and those of the tokens that lead every text, read from the model as it
-is. The leading tokens' keys are held far more firmly than any fact's (``LEAD_WEIGHT``):
-their outputs are the same in every text, the key statistics leave them out, and on
-SmolLM2-135M a few jobs that moved layer 2's output there by about 1% more raised the
-loss of the first token of every text by 2 nats on average (bench/README.md). For MEMIT this is the
+is, when asked (``SpreadSettings.hold_lead``). The leading tokens' keys are then held
+far more firmly than any fact's (``LEAD_WEIGHT``): their outputs are the same in every
+text and the key statistics leave them out; on SmolLM2-135M a few jobs that moved them
+raised the loss of the first token of every text by 2.4 nats on average
+(bench/README.md). For MEMIT this is the
 least-squares update that also asks ``dW k_p = 0`` of every such key; without it, every
 later job is free to overwrite earlier edits.
 
@@ -72,7 +73,9 @@ class SpreadSettings:
             second moment of their stacked keys (``joint_spread``), instead of layer by
             layer. Its lambda comes from ``update_fraction`` over the stacked keys.
         hold_lead: hold the outputs at the tokens that lead every text (the start
-            token) in place, weighted ``LEAD_WEIGHT``.
+            token) in place, weighted ``LEAD_WEIGHT``. Off by default: measured over 250
+            facts only, where it cost a little fluency; on tiny random models it leaves
+            some edits too weak to take.
     """
 
     algorithm: Algorithm = Algorithm.MEMIT
@@ -82,7 +85,7 @@ class SpreadSettings:
     preserve_applied: bool = True
     second_moment_shrinkage: float = 0.0
     joint_layers: bool = False
-    hold_lead: bool = True
+    hold_lead: bool = False
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "algorithm", Algorithm.parse(self.algorithm, "algorithm"))

@@ -152,7 +152,7 @@ class EditingPolicy:
             second moment of their stacked keys, instead of layer by layer (small
             models only: the stacked key size must be at most 16,384).
         hold_lead: the spread holds the outputs at the tokens that lead every text (the
-            start token, which the key statistics leave out) in place.
+            start token, which the key statistics leave out) in place (off by default).
         took_rule: ``wins``: a fact leaves IME once its new object beats the old one on
             the bare prompt and under every context prefix; ``most_probable`` (the
             default, which the ``efficacy_accuracy`` gate asks for too): once it is also

@@ -71,15 +71,18 @@ def test_over_one_layer_the_joint_update_is_the_per_layer_one(tiny_loaded):
     assert lam == pytest.approx(stats[layer].median_mahalanobis() * 0.7 / 0.3, rel=1e-6)
     states = subject_states(loaded, PROMPTS, layer, layer, [""])
     targets = states.outputs * 1.2
-    expected = memit_update(states.keys, (targets - states.outputs).T,
-                            HeldSystem.factorise(moment, lam, None, torch.device("cpu")),
-                            held_keys(None, lead_keys(loaded, [layer])[layer]))
+    system = HeldSystem.factorise(moment, lam, None, torch.device("cpu"))
+    residual = (targets - states.outputs).T
+    lead = held_keys(None, lead_keys(loaded, [layer])[layer])
+    for hold, held in ((False, None), (True, lead)):
+        expected = memit_update(states.keys, residual, system, held)
 
-    joint, _, _ = JointSpread.build(loaded, [layer], moment, lam).spread(loaded, PROMPTS,
-                                                                         targets, [""])
+        joint, _, _ = JointSpread.build(loaded, [layer], moment, lam).spread(
+            loaded, PROMPTS, targets, [""], hold_lead=hold)
 
-    (update,) = joint.layers.values()
-    assert torch.allclose(update.up @ update.down.T, expected.up @ expected.down.T, atol=1e-6)
+        (update,) = joint.layers.values()
+        assert torch.allclose(update.up @ update.down.T, expected.up @ expected.down.T,
+                              atol=1e-6)
 
 
 def test_a_weak_lambda_fits_the_residual_over_the_stacked_keys_and_leaves_the_model(
