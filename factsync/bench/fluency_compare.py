@@ -26,10 +26,12 @@ from tqdm import tqdm
 from factsync.bench.damage import edited_layers
 from factsync.editing.covariance import lead_ids
 from factsync.editing.delta import ModelDelta, applied
+from factsync.editing.keys import lead_keys
 from factsync.evaluation.fluency import ScoredText, perplexity_ratio, summed_nlls, token_nlls
 from factsync.evaluation.intervals import Interval, format_interval
 from factsync.models.hooks import forward_hooks
 from factsync.models.loading import LoadedModel
+from factsync.models.specs import get_module
 
 
 @dataclass(frozen=True)
@@ -130,19 +132,13 @@ def compare_fluency(loaded: LoadedModel, deltas: Sequence[Path], texts: list[str
 
 def lead_outputs(loaded: LoadedModel, layers: list[int]) -> dict[int, torch.Tensor]:
     """Each of ``layers``' MLP outputs (lead tokens, hidden) at the tokens that lead every
-    text, from the model as it is now."""
-    captured: dict[int, torch.Tensor] = {}
-
-    def recorder(layer: int) -> Any:
-        def hook(_module: torch.nn.Module, _args: tuple[Any, ...], output: torch.Tensor) -> None:
-            captured[layer] = output[0].detach().clone()
-        return hook
-
-    ids = torch.tensor([lead_ids(loaded)], device=loaded.device)
-    with forward_hooks(loaded.model, {loaded.spec.mlp_out_path(layer): recorder(layer)
-                                      for layer in layers}), torch.no_grad():
-        loaded.model(input_ids=ids)
-    return captured
+    text, from the model as it is now: its output projection applied to ``lead_keys``."""
+    outputs = {}
+    for layer, keys in lead_keys(loaded, layers).items():
+        projection = get_module(loaded.model, loaded.spec.mlp_out_path(layer))
+        with torch.no_grad():
+            outputs[layer] = projection(keys.T.to(projection.weight))
+    return outputs
 
 
 @contextmanager
@@ -180,7 +176,8 @@ def format_fluency(comparison: FluencyComparison) -> str:
     extra = (" | first token (nats) | later tokens (nats) | start token held"
              if lead else "")
     lines = [f"{comparison.texts} texts, {comparison.tokens} scored tokens",
-             f"{'delta':<{width}} | perplexity ratio      | over the first delta " + extra,
+             (f"{'delta':<{width}} | perplexity ratio      | over the first delta " + extra)
+             .rstrip(),
              f"{'-' * width} | --------------------- | ---------------------"
              + (" | ------------------ | ------------------- | ----------------"
                 if lead else "")]
