@@ -12,6 +12,9 @@ penalty, and this report measures each for a saved delta
 - the corpus is not the text: each layer's output change is measured on the fluency
   texts' own keys too, beside how far those keys lean on directions the corpus's
   second moment C holds weak (where MEMIT's penalty is light);
+- the start token is not in the corpus's statistics: the keys at the tokens that lead
+  every text (``keys.lead_keys``) are set beside the sampled keys, in norm and in
+  ``k^T C^-1 k``, and the delta's change of their output is measured;
 - the layers' changes add up: every edited layer writes into the same residual stream,
   so the perplexity ratio of all layers together is set beside the product of each
   layer's alone (what it would be if their harms were independent), and each layer is
@@ -32,6 +35,7 @@ from tqdm import tqdm
 
 from factsync.editing.covariance import KeyStatistics, compute_key_statistics, token_count
 from factsync.editing.delta import DeltaError, ModelDelta, applied
+from factsync.editing.keys import lead_keys
 from factsync.evaluation.fluency import (
     ScoredText,
     perplexity_change,
@@ -63,6 +67,13 @@ class LayerDamage:
             when they lean on directions C holds weak (and MEMIT spends freely).
         perplexity_alone: perplexity ratio with only this layer's delta applied.
         perplexity_without: perplexity ratio with every other layer's delta applied.
+        lead_key_norm: the largest norm of a leading token's key (``keys.lead_keys``)
+            over the median norm of the statistics' sampled keys; ``None`` when nothing
+            leads a text.
+        lead_mahalanobis: the largest ``k^T C^-1 k`` of a leading token's key over the
+            median of the sampled keys'; ``None`` likewise.
+        lead_output_change: ``||D K_l|| / ||W K_l||`` (Frobenius), K_l the leading
+            tokens' keys: how far the delta moves their output; ``None`` likewise.
     """
 
     layer: int
@@ -73,6 +84,9 @@ class LayerDamage:
     text_mahalanobis: float
     perplexity_alone: float
     perplexity_without: float
+    lead_key_norm: float | None = None
+    lead_mahalanobis: float | None = None
+    lead_output_change: float | None = None
 
 
 @dataclass(frozen=True)
@@ -142,6 +156,7 @@ def measure_damage(
     base_nlls = summed_nlls(unedited_tokens)
     on_texts = compute_key_statistics(loaded, list(layers.values()), texts,
                                       token_budget=token_count(loaded, texts))
+    lead = lead_keys(loaded, list(layers.values()))
 
     def ratio(paths: list[str]) -> float:
         part = ModelDelta(layers={path: delta.layers[path] for path in paths},
@@ -174,6 +189,7 @@ def measure_damage(
             text_mahalanobis=statistics[layer].mahalanobis_per_dimension(text_moment),
             perplexity_alone=ratio([path]),
             perplexity_without=ratio([other for other in layers if other != path]),
+            **_lead_readings(lead.get(layer), statistics[layer], change, weight),
         ))
     return DamageReport(layers=rows, perplexity_all=whole.mean,
                         perplexity_all_interval=(whole.low, whole.high),
@@ -238,6 +254,24 @@ def interaction_since(loaded: LoadedModel, delta: ModelDelta, earlier: ModelDelt
         interaction=perplexity_change(crossed, tokens))
 
 
+def _lead_readings(keys: torch.Tensor | None, statistics: KeyStatistics,
+                   change: torch.Tensor, weight: torch.Tensor) -> dict[str, float]:
+    """``LayerDamage``'s ``lead_*`` fields for the leading tokens' ``keys`` (key, t);
+    none when nothing leads a text."""
+    if keys is None or keys.shape[1] == 0:
+        return {}
+    keys = keys.double()
+    norms = keys.norm(dim=0)
+    sampled_norm = float(statistics.sample.double().norm(dim=1).median())
+    return {
+        "lead_key_norm": float(norms.max()) / sampled_norm,
+        "lead_mahalanobis": (float(statistics.mahalanobis(keys.T).max())
+                             / statistics.median_mahalanobis()),
+        "lead_output_change": float(torch.linalg.matrix_norm(change @ keys)
+                                    / torch.linalg.matrix_norm(weight @ keys)),
+    }
+
+
 def _output_energy(matrix: torch.Tensor, second_moment: torch.Tensor) -> float:
     """``tr(M C M^T)``: the mean squared norm of ``M k`` over keys of second moment C."""
     return float(((matrix @ second_moment.to(matrix)) * matrix).sum())
@@ -256,9 +290,22 @@ def format_damage(report: DamageReport) -> str:
                      f"{row.output_change_edited:<13.4f} | {row.output_change_texts:<12.4f} | "
                      f"{row.text_mahalanobis:<14.3f} | {row.perplexity_alone:<15.4f} | "
                      f"{row.perplexity_without:.4f}")
+    lines += _format_lead(report.layers)
     low, high = report.perplexity_all_interval
     lines.append(f"all layers: perplexity ratio {report.perplexity_all:.4f} [{low:.4f}, "
                  f"{high:.4f}]; the product of "
                  f"the layers alone {report.perplexity_independent:.4f} (independent harms "
                  "would give that)")
     return "\n".join(lines)
+
+
+def _format_lead(rows: list[LayerDamage]) -> list[str]:
+    """The leading tokens' rows, or nothing when no text has leading tokens."""
+    if all(row.lead_key_norm is None for row in rows):
+        return []
+    lines = ["",
+             "start token: layer | key norm / median | k'C^-1k / median | output change",
+             "------------------ | ----------------- | ---------------- | -------------"]
+    lines += [f"{row.layer:<18} | {row.lead_key_norm:<17.2f} | {row.lead_mahalanobis:<16.2f} | "
+              f"{row.lead_output_change:.4f}" for row in rows if row.lead_key_norm is not None]
+    return lines + [""]

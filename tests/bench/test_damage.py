@@ -17,6 +17,7 @@ from factsync.bench.damage import (
 from factsync.cli import main
 from factsync.editing.covariance import compute_key_statistics, token_count
 from factsync.editing.delta import DeltaError, LayerDelta, ModelDelta, applied
+from factsync.editing.keys import lead_keys
 from factsync.evaluation.fluency import perplexity, summed_nlls, text_nlls
 from factsync.evaluation.intervals import Interval
 
@@ -147,6 +148,40 @@ def test_on_the_corpus_itself_the_text_keys_read_like_the_corpus_keys(model_and_
         assert row.text_mahalanobis > 2 * own[row.layer]
 
 
+def test_the_start_token_reads_beside_the_sampled_keys_and_its_output_change_is_measured(
+        model_and_delta):
+    loaded, _, statistics = model_and_delta
+    lead = lead_keys(loaded, [1, 2])
+    assert all(keys.shape[1] == 1 for keys in lead.values())  # the tokenizer's start token
+    generator = torch.Generator().manual_seed(1)
+
+    def update(layer: int, down: torch.Tensor) -> LayerDelta:
+        value_size = loaded.model.config.hidden_size
+        return LayerDelta(up=torch.randn(value_size, 1, generator=generator),
+                          down=down.reshape(-1, 1).float())
+
+    # Layer 1 writes along the start token's key, layer 2 only across it.
+    along = lead[1][:, 0]
+    across = torch.randn(lead[2].shape[0], generator=generator)
+    across -= (across @ lead[2][:, 0]) / lead[2][:, 0].square().sum() * lead[2][:, 0]
+    delta = ModelDelta(layers={loaded.spec.mlp_out_path(1): update(1, along),
+                               loaded.spec.mlp_out_path(2): update(2, across)},
+                       layout=loaded.spec.weight_layout)
+    first, second = measure_damage(loaded, delta, statistics, CORPUS, FLUENCY,
+                                   token_budget=BUDGET).layers
+    assert first.lead_output_change > 1e-3
+    assert second.lead_output_change == pytest.approx(0.0, abs=1e-6)
+    assert second.output_change > 1e-6
+    for row in (first, second):
+        keys, stats = lead[row.layer][:, 0].double(), statistics[row.layer]
+        assert row.lead_key_norm == pytest.approx(
+            float(keys.norm() / stats.sample.double().norm(dim=1).median()), rel=1e-6)
+        # This C is singular: read k'C^-1k as KeyStatistics does, with its ridge.
+        assert row.lead_mahalanobis == pytest.approx(
+            float(stats.mahalanobis(keys.reshape(1, -1))[0]) / stats.median_mahalanobis(),
+            rel=1e-6)
+
+
 def test_a_delta_of_other_modules_is_refused_by_name(tiny_loaded, random_delta):
     loaded = tiny_loaded()
     delta = random_delta(loaded, [1])
@@ -177,6 +212,7 @@ def test_the_command_prints_the_table_and_writes_json(tiny_loaded, random_delta,
     assert code == 0
     printed = capsys.readouterr().out
     assert "ppl ratio alone" in printed and "all layers: perplexity ratio" in printed
+    assert "start token: layer | key norm / median" in printed
     data = json.loads(report.read_text())
     assert [row["layer"] for row in data["layers"]] == [1, 2]
     assert data["perplexity_all"] > 0 and data["perplexity_independent"] > 0
