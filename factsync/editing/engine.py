@@ -31,13 +31,16 @@ from factsync.editing.engine_state import (
     read_state,
 )
 from factsync.editing.joint_spread import JointSpread, joint_lambda, shrunk_blocks
-from factsync.editing.keys import subject_outputs, subject_states_by_layer
+from factsync.editing.keys import lead_keys, subject_outputs, subject_states_by_layer
 from factsync.editing.outcomes import TookRule, edit_outcomes
 from factsync.editing.requests import EditRequest
 from factsync.editing.spread import (
     Algorithm,
     LayerContext,
+    LeadHold,
     SpreadSettings,
+    holds_lead,
+    lead_is_cheap,
     nullspace_projector,
     spread,
 )
@@ -229,8 +232,11 @@ class EditEngine:
             raise ValueError("contexts must start with the bare context ''")
         self.contexts = contexts
         self.statistics = statistics
+        lead = (lead_keys(loaded, self.layers)
+                if settings.spread.hold_lead is LeadHold.WHERE_CHEAP else {})
         self.layer_contexts = {
-            layer: self._layer_context(statistics[layer]) for layer in self.layers
+            layer: self._layer_context(statistics[layer], lead.get(layer))
+            for layer in self.layers
         }
         self.joint = self._joint_spread(joint_moment)
         # subject -> where its standing keys are: a state (or its file) and the columns
@@ -239,7 +245,9 @@ class EditEngine:
         self._guard = self._guard_state(guards)
         self.restore([])  # an empty lineage: the guards alone
 
-    def _layer_context(self, stats: KeyStatistics) -> LayerContext:
+    def _layer_context(self, stats: KeyStatistics, lead: torch.Tensor | None) -> LayerContext:
+        """The layer's spread context; ``lead``: its leading tokens' keys, when the
+        settings hold them where C leaves them cheap."""
         spread_settings = self.settings.spread
         fraction = spread_settings.update_fraction
         device = self.loaded.device
@@ -248,7 +256,8 @@ class EditEngine:
             spread_settings.mom2_update_weight
             or memit_stats.median_mahalanobis(device=device) * (1 - fraction) / fraction
         )
-        context = LayerContext(second_moment=memit_stats.second_moment.float(), lam=lam)
+        context = LayerContext(second_moment=memit_stats.second_moment.float(), lam=lam,
+                               lead_cheap=lead_is_cheap(memit_stats, lead))
         alphaedit = spread_settings.algorithm is Algorithm.ALPHAEDIT
         if alphaedit:
             threshold = spread_settings.nullspace_threshold
@@ -490,7 +499,10 @@ class EditEngine:
         if self.joint is not None:
             return self.joint.spread(self.loaded, prompts, targets, self.contexts,
                                      protected=protected, released=released,
-                                     hold_lead=self.settings.spread.hold_lead)
+                                     lead_layers=[layer for layer, context
+                                                  in self.layer_contexts.items()
+                                                  if holds_lead(self.settings.spread.hold_lead,
+                                                                context)])
         return spread(self.loaded, prompts, targets, self.layers, self.contexts,
                       self.layer_contexts, self.settings.spread, protected=protected,
                       released=released)

@@ -193,14 +193,15 @@ class JointSpread:
                targets: torch.Tensor, contexts: list[str], *,
                protected: Sequence[tuple[str, str]] = (),
                released: dict[int, torch.Tensor] | None = None,
-               hold_lead: bool = False,
+               lead_layers: Sequence[int] = (),
                ) -> tuple[ModelDelta, dict[int, torch.Tensor], torch.Tensor]:
         """The update carrying the last edit layer's outputs on ``prompts`` (template,
         subject) to ``targets`` (facts, hidden), keys read from the model as it is.
 
-        ``protected``, ``released`` and ``hold_lead`` are as for ``spread.spread`` and its
-        settings, whose answer this has the form of: the delta, the keys used at each
-        layer and each key group's fact.
+        ``protected`` and ``released`` are as for ``spread.spread``, whose answer this
+        has the form of: the delta, the keys used at each layer and each key group's
+        fact. ``lead_layers``: the layers whose leading tokens' outputs are held in
+        place (``spread.holds_lead``), as one stacked key with zeros at the others.
         """
         # The model does not change while the joint spread reads it: one pass reads
         # every layer's keys.
@@ -214,10 +215,11 @@ class JointSpread:
             read = subject_states_by_layer(loaded, list(protected), self.layers,
                                            self.layers[-1], [""])
             neighbours = {layer: state.keys for layer, state in read.items()}
-        if hold_lead:
-            lead = lead_keys(loaded, self.layers)
-            neighbours = {layer: held_keys(neighbours.get(layer), lead[layer])
-                          for layer in lead} or neighbours
+        lead = lead_keys(loaded, self.layers) if lead_layers else {}
+        if lead:
+            neighbours = {layer: held_keys(neighbours.get(layer),
+                                           keys if layer in lead_layers else torch.zeros_like(keys))
+                          for layer, keys in lead.items()}
         let_go = self.stacked(released) if released else None
         if released and let_go is None:
             log.warning("released keys of layers %s ignored: the joint spread needs those of "

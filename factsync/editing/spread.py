@@ -17,7 +17,10 @@ is, when asked (``SpreadSettings.hold_lead``). The leading tokens' keys are then
 far more firmly than any fact's (``LEAD_WEIGHT``): their outputs are the same in every
 text and the key statistics leave them out; on SmolLM2-135M a few jobs that moved them
 raised the loss of the first token of every text by 2.4 nats on average
-(bench/README.md). For MEMIT this is the
+(bench/README.md). There the start token's key at layer 2 is 30 times a typical key's
+norm, and C leaves it 12 times cheaper to move than a typical key; at layers 3-6 it is
+small and C already holds it firmly (``LeadHold.WHERE_CHEAP`` holds it only where it is
+cheap). For MEMIT this is the
 least-squares update that also asks ``dW k_p = 0`` of every such key; without it, every
 later job is free to overwrite earlier edits.
 
@@ -31,6 +34,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from factsync.editing.covariance import KeyStatistics
 from factsync.editing.delta import LayerDelta, ModelDelta, restored_weights
 from factsync.editing.keys import FrozenStates, frozen_states, lead_keys, subject_states
 from factsync.models.loading import LoadedModel
@@ -46,6 +50,20 @@ class Algorithm(Choice):
 
     MEMIT = "memit"
     ALPHAEDIT = "alphaedit"
+
+
+class LeadHold(Choice):
+    """Where the spread holds the outputs at the tokens that lead every text.
+
+    ``never``; ``every_layer``: at every edit layer; ``where_cheap``: at the edit
+    layers whose key statistics leave a leading token cheaper to move than a typical
+    key (its ``k^T C^-1 k`` above the median of the sampled keys'), decided when the
+    engine is built (``LayerContext.lead_cheap``).
+    """
+
+    NEVER = "never"
+    EVERY_LAYER = "every_layer"
+    WHERE_CHEAP = "where_cheap"
 
 
 @dataclass(frozen=True)
@@ -72,10 +90,11 @@ class SpreadSettings:
         joint_layers: MEMIT solves every edit layer's update at once over the joint
             second moment of their stacked keys (``joint_spread``), instead of layer by
             layer. Its lambda comes from ``update_fraction`` over the stacked keys.
-        hold_lead: hold the outputs at the tokens that lead every text (the start
-            token) in place, weighted ``LEAD_WEIGHT``. Off by default: measured over 250
-            facts only, where it cost a little fluency; on tiny random models it leaves
-            some edits too weak to take.
+        hold_lead: where to hold the outputs at the tokens that lead every text (the
+            start token) in place, weighted ``LEAD_WEIGHT`` (a ``LeadHold`` or its name).
+            ``never`` by default: at every layer it was measured over 250 facts only,
+            where it cost a little fluency, and on tiny random models it leaves some
+            edits too weak to take.
     """
 
     algorithm: Algorithm = Algorithm.MEMIT
@@ -85,10 +104,11 @@ class SpreadSettings:
     preserve_applied: bool = True
     second_moment_shrinkage: float = 0.0
     joint_layers: bool = False
-    hold_lead: bool = False
+    hold_lead: LeadHold = LeadHold.NEVER
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "algorithm", Algorithm.parse(self.algorithm, "algorithm"))
+        object.__setattr__(self, "hold_lead", LeadHold.parse(self.hold_lead, "hold_lead"))
         if not 0 < self.update_fraction < 1:
             raise ValueError(f"update_fraction must be in (0, 1), got {self.update_fraction}")
         if not 0 <= self.second_moment_shrinkage < 1:
@@ -207,12 +227,15 @@ class LayerContext:
         preserved: ``K_p K_p^T`` (key, key) of earlier edits, when they are preserved;
             change it only through ``hold`` and ``forget_held``, which drop the cached
             factorisation.
+        lead_cheap: C leaves a token that leads every text cheaper to move than a
+            typical key (``lead_is_cheap``): ``LeadHold.WHERE_CHEAP`` holds it here.
     """
 
     second_moment: torch.Tensor
     lam: float
     projector: torch.Tensor | None = None
     preserved: torch.Tensor | None = None
+    lead_cheap: bool = False
     _system: HeldSystem | None = field(default=None, repr=False)
 
     def memit_system(self, device: torch.device) -> HeldSystem:
@@ -277,7 +300,8 @@ def spread(
             context = layer_contexts[layer]
             neighbours = held_keys(
                 protected_keys(loaded, protected, layer, frozen=frozen_protected),
-                lead_keys(loaded, [layer]).get(layer) if settings.hold_lead else None)
+                lead_keys(loaded, [layer]).get(layer)
+                if holds_lead(settings.hold_lead, context) else None)
             let_go = (released or {}).get(layer)
             if settings.algorithm is Algorithm.MEMIT:
                 update = memit_update(keys, share, context.memit_system(keys.device),
@@ -296,6 +320,19 @@ def spread(
             used_keys[layer] = keys
             owners = states.owners
     return delta, used_keys, owners
+
+
+def lead_is_cheap(statistics: KeyStatistics, lead: torch.Tensor | None) -> bool:
+    """Whether C leaves one of the ``lead`` keys (key, t) cheaper to move than a typical
+    key: its ``k^T C^-1 k`` above the median of ``statistics``' sampled keys'."""
+    if lead is None or lead.shape[1] == 0:
+        return False
+    return float(statistics.mahalanobis(lead.T).max()) > statistics.median_mahalanobis()
+
+
+def holds_lead(rule: LeadHold, context: LayerContext) -> bool:
+    """Whether the spread holds the leading tokens' outputs at ``context``'s layer."""
+    return rule is LeadHold.EVERY_LAYER or (rule is LeadHold.WHERE_CHEAP and context.lead_cheap)
 
 
 def protected_keys(loaded: LoadedModel, protected: Sequence[tuple[str, str]],

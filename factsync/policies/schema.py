@@ -16,7 +16,7 @@ from pathlib import Path
 
 from factsync.editing.engine import EngineSettings
 from factsync.editing.outcomes import TookRule
-from factsync.editing.spread import Algorithm, SpreadSettings
+from factsync.editing.spread import Algorithm, LeadHold, SpreadSettings
 from factsync.editing.targets import StepRule, TargetSettings
 from factsync.kpis.report import (
     CANDIDATE_METRICS,
@@ -151,8 +151,10 @@ class EditingPolicy:
         joint_layers: MEMIT solves every edit layer's update at once, over the joint
             second moment of their stacked keys, instead of layer by layer (small
             models only: the stacked key size must be at most 16,384).
-        hold_lead: the spread holds the outputs at the tokens that lead every text (the
-            start token, which the key statistics leave out) in place (off by default).
+        hold_lead: where the spread holds the outputs at the tokens that lead every text
+            (the start token, which the key statistics leave out) in place: ``never``
+            (the default), ``every_layer``, or ``where_cheap``: at the edit layers whose
+            key statistics leave it cheaper to move than a typical key.
         took_rule: ``wins``: a fact leaves IME once its new object beats the old one on
             the bare prompt and under every context prefix; ``most_probable`` (the
             default, which the ``efficacy_accuracy`` gate asks for too): once it is also
@@ -177,7 +179,7 @@ class EditingPolicy:
     nullspace_threshold: float = SpreadSettings.nullspace_threshold
     second_moment_shrinkage: float = SpreadSettings.second_moment_shrinkage
     joint_layers: bool = SpreadSettings.joint_layers
-    hold_lead: bool = SpreadSettings.hold_lead
+    hold_lead: LeadHold = SpreadSettings.hold_lead
     took_rule: TookRule = TookRule.MOST_PROBABLE
     took_phrasings: bool = EngineSettings.took_phrasings
     keep_neighbours_held: bool = EngineSettings.keep_neighbours_held

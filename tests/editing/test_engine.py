@@ -9,13 +9,13 @@ import torch
 
 from factsync.editing import spread as spread_module
 from factsync.editing.cancellation import EditCancelled
-from factsync.editing.delta import applied
+from factsync.editing.delta import ModelDelta, applied
 from factsync.editing.engine import EditEngine, EngineSettings, StopReason
 from factsync.editing.engine_state import EngineState, StateFile
 from factsync.editing.keys import lead_keys, subject_outputs, subject_states_by_layer
 from factsync.editing.outcomes import TookRule, edit_outcomes
 from factsync.editing.requests import EditRequest, Neighbour
-from factsync.editing.spread import spread
+from factsync.editing.spread import lead_is_cheap, spread
 from factsync.editing.targets import TargetSettings, optimise_targets
 from factsync.models.scoring import batch_scores, score_targets
 from factsync.models.text import PromptSpec, encode, object_ids
@@ -511,7 +511,8 @@ def test_the_leading_tokens_outputs_are_held_in_place_unless_told_not_to(
     targets = current + 0.5 * current.norm(dim=1, keepdim=True)
     moved, carried = {}, {}
     for hold in (True, False):
-        settings = replace(engine.settings.spread, hold_lead=hold)
+        settings = replace(engine.settings.spread,
+                           hold_lead="every_layer" if hold else "never")
         delta, _, _ = spread(loaded, prompts, targets, engine.layers, engine.contexts,
                              engine.layer_contexts, settings)
         before = lead_keys(loaded, engine.layers)
@@ -526,6 +527,36 @@ def test_the_leading_tokens_outputs_are_held_in_place_unless_told_not_to(
         assert moved[True, layer] < 1e-3 * moved[False, layer]
     # Holding one more direction costs the facts little of the change they asked for.
     assert carried[True] > 0.5 * carried[False]
+
+
+def test_where_cheap_holds_the_leading_tokens_only_at_the_layers_c_leaves_them_cheap(
+        tiny_engine, tiny_loaded):
+    loaded = tiny_loaded("llama")
+    engine = _with_spread(tiny_engine(loaded, layers=(1, 2)), hold_lead="where_cheap")
+    lead = lead_keys(loaded, engine.layers)
+    for layer, context in engine.layer_contexts.items():
+        shrinkage = engine.settings.spread.second_moment_shrinkage
+        assert context.lead_cheap == lead_is_cheap(engine.statistics[layer].shrunk(shrinkage),
+                                                   lead[layer])
+    prompts = [(r.template, r.subject) for r in REQUESTS]
+    current = subject_outputs(loaded, prompts, engine.layers[-1])
+    targets = current + 0.5 * current.norm(dim=1, keepdim=True)
+    moved = {}
+    for cheap in (True, False):
+        engine.layer_contexts[1].lead_cheap = cheap
+        engine.layer_contexts[2].lead_cheap = not cheap
+        delta, _, _ = spread(loaded, prompts, targets, engine.layers, engine.contexts,
+                             engine.layer_contexts, engine.settings.spread)
+        first = ModelDelta(layers={path: delta.layers[path]
+                                   for path in [loaded.spec.mlp_out_path(1)]},
+                           layout=delta.layout)
+        with applied(loaded, first):  # layer 2's update sees layer 1's
+            seen = {1: lead[1], 2: lead_keys(loaded, [2])[2]}
+        for layer in engine.layers:
+            change = delta.layers[loaded.spec.mlp_out_path(layer)]
+            moved[cheap, layer] = (change.up @ (change.down.T @ seen[layer])).norm()
+    assert moved[True, 1] < 1e-3 * moved[False, 1]
+    assert moved[False, 2] < 1e-3 * moved[True, 2]
 
 
 def test_most_probable_stop_ends_a_fact_once_its_object_is_the_greedy_answer(

@@ -78,11 +78,29 @@ def test_over_one_layer_the_joint_update_is_the_per_layer_one(tiny_loaded):
         expected = memit_update(states.keys, residual, system, held)
 
         joint, _, _ = JointSpread.build(loaded, [layer], moment, lam).spread(
-            loaded, PROMPTS, targets, [""], hold_lead=hold)
+            loaded, PROMPTS, targets, [""], lead_layers=[layer] if hold else [])
 
         (update,) = joint.layers.values()
         assert torch.allclose(update.up @ update.down.T, expected.up @ expected.down.T,
                               atol=1e-6)
+
+
+def test_the_joint_spread_holds_the_leading_tokens_at_the_layers_it_is_given(tiny_loaded):
+    loaded = tiny_loaded("llama")
+    layers = [1, 2]
+    moment = joint_second_moment(loaded, layers, TEXTS, token_budget=500, progress=False)
+    targets = subject_states(loaded, PROMPTS, layers[-1], layers[-1], [""]).outputs * 1.2
+    lead = lead_keys(loaded, layers)
+    joint = JointSpread.build(loaded, layers, moment, 1.0)
+    moved = {}
+    for held in ([], [1], [2]):
+        delta, _, _ = joint.spread(loaded, PROMPTS, targets, [""], lead_layers=held)
+        for layer in layers:
+            change = delta.layers[loaded.spec.mlp_out_path(layer)]
+            moved[tuple(held), layer] = (change.up @ (change.down.T @ lead[layer])).norm()
+    assert moved[(1,), 1] < 1e-3 * moved[(), 1]
+    assert moved[(2,), 2] < 1e-3 * moved[(), 2]
+    assert moved[(1,), 2] > 1e-2 * moved[(), 2]  # the other layer is left free
 
 
 def test_a_weak_lambda_fits_the_residual_over_the_stacked_keys_and_leaves_the_model(

@@ -2,12 +2,18 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 
+from factsync.editing.covariance import KeyStatistics
 from factsync.editing.spread import (
     HeldSystem,
     LayerContext,
+    LeadHold,
+    SpreadSettings,
     alphaedit_update,
+    holds_lead,
+    lead_is_cheap,
     memit_update,
     nullspace_projector,
 )
@@ -146,3 +152,33 @@ def test_the_held_factor_is_made_again_only_after_the_held_keys_change():
     context.hold(earlier)
     context.forget_held()
     torch.testing.assert_close(context.memit_system(CPU).factor, first.factor)
+
+
+def test_a_leading_key_is_cheap_where_c_holds_it_more_weakly_than_a_typical_key():
+    generator = torch.Generator().manual_seed(0)
+    scales = torch.tensor([1.0, 1.0, 1.0, 0.01])  # C barely sees the last direction
+    sample = torch.randn(400, 4, generator=generator) * scales
+    statistics = KeyStatistics(second_moment=(sample.T @ sample / 400).double(), count=400,
+                               sample=sample)
+    along_weak = torch.tensor([[0.0], [0.0], [0.0], [0.05]])
+    large_but_seen = torch.tensor([[3.0], [0.0], [0.0], [0.0]])
+    small = torch.tensor([[0.1], [0.1], [0.0], [0.0]])
+    # Cheapness is k'C^-1k against the sampled keys', not the key's norm.
+    assert lead_is_cheap(statistics, along_weak)
+    assert lead_is_cheap(statistics, large_but_seen)
+    assert not lead_is_cheap(statistics, small)
+    assert lead_is_cheap(statistics, torch.cat([small, along_weak], dim=1))
+    assert not lead_is_cheap(statistics, None)
+    assert not lead_is_cheap(statistics, torch.zeros(4, 0))
+
+
+def test_where_the_leading_tokens_are_held_follows_the_rule_and_the_layer():
+    cheap = LayerContext(second_moment=torch.eye(2), lam=1.0, lead_cheap=True)
+    dear = LayerContext(second_moment=torch.eye(2), lam=1.0)
+    assert [holds_lead(LeadHold.NEVER, c) for c in (cheap, dear)] == [False, False]
+    assert [holds_lead(LeadHold.EVERY_LAYER, c) for c in (cheap, dear)] == [True, True]
+    assert [holds_lead(LeadHold.WHERE_CHEAP, c) for c in (cheap, dear)] == [True, False]
+    assert SpreadSettings(hold_lead="where_cheap").hold_lead is LeadHold.WHERE_CHEAP
+    with pytest.raises(ValueError, match="hold_lead must be one of never, every_layer, "
+                                         "where_cheap, got True"):
+        SpreadSettings(hold_lead=True)
