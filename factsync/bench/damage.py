@@ -265,8 +265,7 @@ def _lead_readings(keys: torch.Tensor | None, statistics: KeyStatistics,
     sampled_norm = float(statistics.sample.double().norm(dim=1).median())
     return {
         "lead_key_norm": float(norms.max()) / sampled_norm,
-        "lead_mahalanobis": (float(statistics.mahalanobis(keys.T).max())
-                             / statistics.median_mahalanobis()),
+        "lead_mahalanobis": float(statistics.relative_mahalanobis(keys.T).max()),
         "lead_output_change": float(torch.linalg.matrix_norm(change @ keys)
                                     / torch.linalg.matrix_norm(weight @ keys)),
     }

@@ -130,6 +130,12 @@ class KeyStatistics:
         solved = torch.cholesky_solve(second_moment.to(torch.float64), factor)  # C^-1 M
         return float(solved.trace()) / self.key_size
 
+    def relative_mahalanobis(self, keys: torch.Tensor) -> torch.Tensor:
+        """``k^T C^-1 k`` of each row of ``keys`` (n, key) over the median of the sampled
+        keys' (``median_mahalanobis``): above 1 where C leaves a key cheaper to move
+        than a typical one."""
+        return self.mahalanobis(keys) / self.median_mahalanobis()
+
     def median_mahalanobis(self, *, device: torch.device | str = "cpu") -> float:
         """Median over the sampled keys of ``k^T C^-1 k`` (see ``mahalanobis``).
 

@@ -327,7 +327,7 @@ def lead_is_cheap(statistics: KeyStatistics, lead: torch.Tensor | None) -> bool:
     key: its ``k^T C^-1 k`` above the median of ``statistics``' sampled keys'."""
     if lead is None or lead.shape[1] == 0:
         return False
-    return float(statistics.mahalanobis(lead.T).max()) > statistics.median_mahalanobis()
+    return float(statistics.relative_mahalanobis(lead.T).max()) > 1
 
 
 def holds_lead(rule: LeadHold, context: LayerContext) -> bool:
