@@ -26,6 +26,7 @@ from factsync.editing.progress import Progress, silent
 from factsync.models.hooks import capture_keys, forward_hooks
 from factsync.models.loading import LoadedModel
 from factsync.models.specs import get_module, key_value_dims
+from factsync.typed_yaml import Choice
 
 log = logging.getLogger(__name__)
 
@@ -34,6 +35,28 @@ SAMPLE_SIZE = 2000
 # Ridge added to C's diagonal when it is singular, relative to its mean diagonal: far
 # below any real eigenvalue, just enough for the Cholesky factorisation to succeed.
 RIDGE_FRACTION = 1e-6
+
+
+class ShrinkageTarget(Choice):
+    """What a shrunk second moment is blended toward.
+
+    ``isotropic``: ``m I``, m the mean eigenvalue of C; ``diagonal``: C's own diagonal,
+    so every key unit keeps its variance and only the correlations between units
+    shrink. Where a few units carry most of the variance (SmolLM2-135M's layer 2), the
+    isotropic target hands every weak direction a share of theirs.
+    """
+
+    ISOTROPIC = "isotropic"
+    DIAGONAL = "diagonal"
+
+
+def shrinkage_diagonal(moment: torch.Tensor, target: ShrinkageTarget) -> torch.Tensor:
+    """The diagonal of the matrix a square second moment is shrunk toward (float64):
+    its mean diagonal everywhere (``isotropic``) or its own diagonal (``diagonal``)."""
+    diagonal = moment.diagonal().to(torch.float64)
+    if target is ShrinkageTarget.DIAGONAL:
+        return diagonal.clone()
+    return torch.full_like(diagonal, float(diagonal.mean()))
 
 
 @dataclass
@@ -74,9 +97,10 @@ class KeyStatistics:
         """Dimension of the keys."""
         return self.second_moment.shape[0]
 
-    def shrunk(self, weight: float) -> KeyStatistics:
-        """These statistics with C blended toward isotropy: ``(1 - w) C + w m I``, m the
-        mean eigenvalue of C (its trace over the key size), so the trace is kept.
+    def shrunk(self, weight: float,
+               target: ShrinkageTarget = ShrinkageTarget.ISOTROPIC) -> KeyStatistics:
+        """These statistics with C blended toward ``target`` by ``weight``:
+        ``(1 - w) C + w D``, D from ``shrinkage_diagonal``; the trace is kept.
 
         The weakest directions of C gain variance, which makes updates that lean on them
         costlier; see ``SpreadSettings.second_moment_shrinkage`` for why that matters.
@@ -86,11 +110,12 @@ class KeyStatistics:
         if weight == 0:
             return self
         moment = self.second_moment.to(torch.float64)
-        mean_eigenvalue = float(moment.diagonal().mean())
         blended = (1 - weight) * moment
-        blended.diagonal().add_(weight * mean_eigenvalue)
+        blended.diagonal().add_(weight * shrinkage_diagonal(moment, target))
+        # The isotropic variant keeps its first name, so values derived before still match.
+        name = "shrink" if target is ShrinkageTarget.ISOTROPIC else f"shrink-{target}"
         return KeyStatistics(second_moment=blended, count=self.count, sample=self.sample,
-                             derived=self.derived, variant=f"{self.variant}/shrink={weight}")
+                             derived=self.derived, variant=f"{self.variant}/{name}={weight}")
 
     def remembered(self, name: str, make: Callable[[], torch.Tensor]) -> torch.Tensor:
         """``make()``, computed once and kept with the statistics when they are cached;

@@ -251,7 +251,8 @@ class EditEngine:
         spread_settings = self.settings.spread
         fraction = spread_settings.update_fraction
         device = self.loaded.device
-        memit_stats = stats.shrunk(spread_settings.second_moment_shrinkage)
+        memit_stats = stats.shrunk(spread_settings.second_moment_shrinkage,
+                                   spread_settings.second_moment_shrinkage_target)
         lam = (
             spread_settings.mom2_update_weight
             or memit_stats.median_mahalanobis(device=device) * (1 - fraction) / fraction
@@ -275,7 +276,8 @@ class EditEngine:
         if not spread_settings.joint_layers or moment is None:
             return None
         sizes = [self.statistics[layer].key_size for layer in self.layers]
-        shrunk = shrunk_blocks(moment, sizes, spread_settings.second_moment_shrinkage)
+        shrunk = shrunk_blocks(moment, sizes, spread_settings.second_moment_shrinkage,
+                               spread_settings.second_moment_shrinkage_target)
         lam = spread_settings.mom2_update_weight or joint_lambda(
             {layer: self.statistics[layer] for layer in self.layers}, shrunk,
             spread_settings.update_fraction)

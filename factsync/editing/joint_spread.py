@@ -32,9 +32,11 @@ from tqdm.auto import tqdm
 from factsync.editing.corpus import corpus_digest
 from factsync.editing.covariance import (
     KeyStatistics,
+    ShrinkageTarget,
     batch_keys,
     layer_key_size,
     lead_ids,
+    shrinkage_diagonal,
     token_windows,
     window_batches,
 )
@@ -121,10 +123,11 @@ def joint_moment_for(loaded: LoadedModel, layers: list[int], texts: list[str],
                                     max_length=max_length))
 
 
-def shrunk_blocks(moment: torch.Tensor, sizes: list[int], weight: float) -> torch.Tensor:
-    """``moment`` blended toward isotropy layer by layer, as ``KeyStatistics.shrunk``
-    blends one layer's C: ``(1 - w) C~ + w m_l I`` on layer l's diagonal block, m_l that
-    block's mean eigenvalue. Float64."""
+def shrunk_blocks(moment: torch.Tensor, sizes: list[int], weight: float,
+                  target: ShrinkageTarget = ShrinkageTarget.ISOTROPIC) -> torch.Tensor:
+    """``moment`` blended toward ``target`` layer by layer, as ``KeyStatistics.shrunk``
+    blends one layer's C: ``(1 - w) C~ + w D_l`` on layer l's diagonal block, ``D_l``
+    from that block (``shrinkage_diagonal``). Float64."""
     if not 0 <= weight < 1:
         raise ValueError(f"shrinkage weight must be in [0, 1), got {weight}")
     if sum(sizes) != moment.shape[0]:
@@ -133,8 +136,8 @@ def shrunk_blocks(moment: torch.Tensor, sizes: list[int], weight: float) -> torc
     start = 0
     for size in sizes:
         block = slice(start, start + size)
-        blended[block, block].diagonal().add_(weight * float(moment[block, block].diagonal()
-                                                              .double().mean()))
+        blended[block, block].diagonal().add_(
+            weight * shrinkage_diagonal(moment[block, block], target))
         start += size
     return blended
 

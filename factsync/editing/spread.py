@@ -34,7 +34,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from factsync.editing.covariance import KeyStatistics
+from factsync.editing.covariance import KeyStatistics, ShrinkageTarget
 from factsync.editing.delta import LayerDelta, ModelDelta, restored_weights
 from factsync.editing.keys import FrozenStates, frozen_states, lead_keys, subject_states
 from factsync.models.loading import LoadedModel
@@ -87,6 +87,9 @@ class SpreadSettings:
             SmolLM2-135M, ordinary text has about 2.5 times that corpus's variance along
             C's weakest third of directions, which an unshrunk C marks as cheap to change.
             0 uses C as sampled.
+        second_moment_shrinkage_target: what C is blended toward (a ``ShrinkageTarget`` or
+            its name): ``isotropic`` (the default) or ``diagonal``, which keeps each key
+            unit's variance.
         joint_layers: MEMIT solves every edit layer's update at once over the joint
             second moment of their stacked keys (``joint_spread``), instead of layer by
             layer. Its lambda comes from ``update_fraction`` over the stacked keys.
@@ -103,12 +106,15 @@ class SpreadSettings:
     nullspace_threshold: float = 1e-2
     preserve_applied: bool = True
     second_moment_shrinkage: float = 0.0
+    second_moment_shrinkage_target: ShrinkageTarget = ShrinkageTarget.ISOTROPIC
     joint_layers: bool = False
     hold_lead: LeadHold = LeadHold.NEVER
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "algorithm", Algorithm.parse(self.algorithm, "algorithm"))
         object.__setattr__(self, "hold_lead", LeadHold.parse(self.hold_lead, "hold_lead"))
+        object.__setattr__(self, "second_moment_shrinkage_target", ShrinkageTarget.parse(
+            self.second_moment_shrinkage_target, "second_moment_shrinkage_target"))
         if not 0 < self.update_fraction < 1:
             raise ValueError(f"update_fraction must be in (0, 1), got {self.update_fraction}")
         if not 0 <= self.second_moment_shrinkage < 1:

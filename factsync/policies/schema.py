@@ -14,6 +14,7 @@ import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from factsync.editing.covariance import ShrinkageTarget
 from factsync.editing.engine import EngineSettings
 from factsync.editing.outcomes import TookRule
 from factsync.editing.spread import Algorithm, LeadHold, SpreadSettings
@@ -146,8 +147,11 @@ class EditingPolicy:
         mom2_update_weight: a fixed MEMIT lambda for every layer instead of the derived one.
         nullspace_threshold: AlphaEdit keeps directions of the key second moment whose
             eigenvalue is below this fraction of the largest.
-        second_moment_shrinkage: MEMIT blends the key second moment toward isotropy by
-            this weight (0 to below 1; 0 uses it as sampled).
+        second_moment_shrinkage: MEMIT blends the key second moment toward
+            ``second_moment_shrinkage_target`` by this weight (0 to below 1; 0 uses it as
+            sampled).
+        second_moment_shrinkage_target: ``isotropic`` (the default: the mean eigenvalue
+            times the identity) or ``diagonal`` (the moment's own diagonal).
         joint_layers: MEMIT solves every edit layer's update at once, over the joint
             second moment of their stacked keys, instead of layer by layer (small
             models only: the stacked key size must be at most 16,384).
@@ -178,6 +182,8 @@ class EditingPolicy:
     mom2_update_weight: float | None = None
     nullspace_threshold: float = SpreadSettings.nullspace_threshold
     second_moment_shrinkage: float = SpreadSettings.second_moment_shrinkage
+    second_moment_shrinkage_target: ShrinkageTarget = (
+        SpreadSettings.second_moment_shrinkage_target)
     joint_layers: bool = SpreadSettings.joint_layers
     hold_lead: LeadHold = SpreadSettings.hold_lead
     took_rule: TookRule = TookRule.MOST_PROBABLE
@@ -209,6 +215,8 @@ class EditingPolicy:
                                   nullspace_threshold=self.nullspace_threshold,
                                   preserve_applied=self.preserve_applied,
                                   second_moment_shrinkage=self.second_moment_shrinkage,
+                                  second_moment_shrinkage_target=(
+                                      self.second_moment_shrinkage_target),
                                   joint_layers=self.joint_layers,
                                   hold_lead=self.hold_lead),
         )

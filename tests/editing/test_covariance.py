@@ -13,7 +13,7 @@ from tokenizers.processors import TemplateProcessing
 from factsync.editing.build import StatisticsSettings
 from factsync.editing.cancellation import WorkCancelled
 from factsync.editing.corpus import corpus_digest
-from factsync.editing.covariance import KeyStatistics, compute_key_statistics
+from factsync.editing.covariance import KeyStatistics, ShrinkageTarget, compute_key_statistics
 from factsync.editing.stats_cache import CovarianceCache, CovarianceCacheError
 from factsync.models.hooks import capture_keys
 from factsync.models.loading import LoadedModel, model_fingerprint, prompt_prefix_ids
@@ -366,6 +366,22 @@ def test_shrinking_blends_the_second_moment_toward_isotropy_and_keeps_its_trace(
     torch.testing.assert_close(stats.shrunk(0.0).second_moment, moment)
     with pytest.raises(ValueError, match=r"shrinkage weight must be in \[0, 1\), got 1"):
         stats.shrunk(1)
+
+
+def test_shrinking_toward_the_diagonal_keeps_each_units_variance_and_shrinks_correlations(
+        tiny_loaded):
+    stats = statistics(tiny_loaded("llama"))[LAYERS[0]]
+    moment = stats.second_moment
+    shrunk = stats.shrunk(0.25, ShrinkageTarget.DIAGONAL).second_moment
+    torch.testing.assert_close(shrunk.diagonal(), moment.diagonal())
+    off = ~torch.eye(stats.key_size, dtype=torch.bool)
+    torch.testing.assert_close(shrunk[off], 0.75 * moment[off])
+    # A unit with little variance stays cheap to move; toward isotropy it would not.
+    weakest = int(moment.diagonal().argmin())
+    isotropic = stats.shrunk(0.25).second_moment
+    assert isotropic[weakest, weakest] > shrunk[weakest, weakest]
+    # The two targets name what is derived from them apart.
+    assert stats.shrunk(0.25, ShrinkageTarget.DIAGONAL).variant != stats.shrunk(0.25).variant
 
 
 def test_computing_stops_between_batches_when_asked_and_leaves_no_hooks(tiny_loaded):

@@ -9,6 +9,7 @@ import torch
 
 from factsync.editing import spread as spread_module
 from factsync.editing.cancellation import EditCancelled
+from factsync.editing.covariance import ShrinkageTarget
 from factsync.editing.delta import ModelDelta, applied
 from factsync.editing.engine import EditEngine, EngineSettings, StopReason
 from factsync.editing.engine_state import EngineState, StateFile
@@ -468,11 +469,14 @@ def test_memit_remembers_applied_keys_unless_told_not_to(
         assert all(torch.count_nonzero(m) > 0 for m in engine.preserved().values())
 
 
-def test_memit_solves_with_the_shrunk_second_moment_and_its_own_lambda(tiny_engine, tiny_loaded):
+@pytest.mark.parametrize("target", list(ShrinkageTarget))
+def test_memit_solves_with_the_shrunk_second_moment_and_its_own_lambda(tiny_engine, tiny_loaded,
+                                                                      target):
     engine = tiny_engine(tiny_loaded())
-    shrunk = _with_spread(engine, second_moment_shrinkage=0.5)
+    shrunk = _with_spread(engine, second_moment_shrinkage=0.5,
+                          second_moment_shrinkage_target=target.value)
     for layer in engine.layers:
-        expected = engine.statistics[layer].shrunk(0.5)
+        expected = engine.statistics[layer].shrunk(0.5, target)
         torch.testing.assert_close(shrunk.layer_contexts[layer].second_moment,
                                    expected.second_moment.float())
         fraction = engine.settings.spread.update_fraction

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from factsync.editing import joint_spread
-from factsync.editing.covariance import compute_key_statistics
+from factsync.editing.covariance import ShrinkageTarget, compute_key_statistics
 from factsync.editing.delta import applied
 from factsync.editing.engine import EditEngine
 from factsync.editing.joint_spread import (
@@ -56,6 +56,11 @@ def test_shrinking_blends_each_layers_block_as_one_layers_statistics_are_blended
     assert torch.allclose(shrunk[:size, :size], exact, rtol=0,
                           atol=1e-5 * float(exact.abs().max()))
     assert torch.allclose(shrunk[:size, size:], 0.75 * joint[:size, size:].double())
+    toward_diagonal = shrunk_blocks(joint, [size, size], 0.25, ShrinkageTarget.DIAGONAL)
+    exact = alone[2].shrunk(0.25, ShrinkageTarget.DIAGONAL).second_moment
+    assert torch.allclose(toward_diagonal[size:, size:], exact, rtol=0,
+                          atol=1e-5 * float(exact.abs().max()))
+    assert torch.allclose(toward_diagonal[:size, size:], 0.75 * joint[:size, size:].double())
     with pytest.raises(ValueError, match="shrinkage weight"):
         shrunk_blocks(joint, [size, size], 1.0)
     with pytest.raises(ValueError, match="do not add up"):

@@ -163,8 +163,8 @@ def test_every_engine_knob_is_reachable_from_the_policy(tmp_path):
     editing = {"algorithm": "alphaedit", "max_iterations": 5, "neighbours": False,
                "update_fraction": 0.4, "layers": [1, 2], "preserve_applied": False,
                "mom2_update_weight": 900.0, "nullspace_threshold": 0.05,
-               "second_moment_shrinkage": 0.2, "hold_lead": "where_cheap",
-               "took_rule": "most_probable",
+               "second_moment_shrinkage": 0.2, "second_moment_shrinkage_target": "diagonal",
+               "hold_lead": "where_cheap", "took_rule": "most_probable",
                "took_phrasings": True, "keep_neighbours_held": True, "guard_facts": True,
                "target": {"steps": 7, "chunk_size": 4, "kl_factor": 0.1}}
     settings = load_policy(write(tmp_path, {"editing": editing})).editing.engine_settings()
@@ -176,6 +176,7 @@ def test_every_engine_knob_is_reachable_from_the_policy(tmp_path):
         spread=SpreadSettings(algorithm="alphaedit", update_fraction=0.4,
                               mom2_update_weight=900.0, nullspace_threshold=0.05,
                               preserve_applied=False, second_moment_shrinkage=0.2,
+                              second_moment_shrinkage_target="diagonal",
                               hold_lead="where_cheap"))
     joint = load_policy(write(tmp_path, {"editing": {"joint_layers": True}}))  # MEMIT only
     assert joint.editing.engine_settings().spread == SpreadSettings(joint_layers=True)
@@ -190,6 +191,9 @@ def test_every_engine_knob_is_reachable_from_the_policy(tmp_path):
      r"policy.yaml.editing: joint_layers solves MEMIT's update"),
     ({"took_rule": "greedy"},
      r"policy.yaml.editing.took_rule must be one of wins, most_probable, got 'greedy'"),
+    ({"second_moment_shrinkage_target": "identity"},
+     r"policy.yaml.editing.second_moment_shrinkage_target must be one of isotropic, "
+     r"diagonal, got 'identity'"),
 ])
 def test_a_wrong_engine_knob_is_reported_with_its_key(tmp_path, editing, message):
     with pytest.raises(SchemaError, match=message):

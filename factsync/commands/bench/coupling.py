@@ -122,7 +122,8 @@ def run_coupling_bench(args: argparse.Namespace) -> int:
         moment = joint_moment_for(loaded, layers, corpus.texts, data_home() / "stats",
                                   token_budget=args.joint_tokens)
         moment = shrunk_blocks(moment, [engine.statistics[layer].key_size for layer in layers],
-                               spread_settings.second_moment_shrinkage)
+                               spread_settings.second_moment_shrinkage,
+                               spread_settings.second_moment_shrinkage_target)
         lam = joint_lambda({layer: engine.statistics[layer] for layer in layers}, moment,
                            spread_settings.update_fraction)
     for scale in scales:
