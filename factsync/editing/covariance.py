@@ -124,6 +124,11 @@ class KeyStatistics:
             return make()
         return self.derived.get_or_make(f"{name}{self.variant}", make)
 
+    def cholesky_factor(self, *, device: torch.device | str = "cpu") -> torch.Tensor:
+        """The lower Cholesky factor of C (float64, on ``device``), with the ridge that
+        ``mahalanobis`` describes when C is singular."""
+        return _cholesky_with_ridge(self.second_moment.to(device, torch.float64))
+
     def mahalanobis(self, keys: torch.Tensor | None = None, *,
                     device: torch.device | str = "cpu") -> torch.Tensor:
         """``k^T C^-1 k`` for each row of ``keys`` (n, key), the sample by default; float64.
@@ -136,7 +141,7 @@ class KeyStatistics:
         about one each); keys inside C's span are otherwise barely affected.
         """
         rows = (self.sample if keys is None else keys).to(device, torch.float64)  # (n, key)
-        factor = _cholesky_with_ridge(self.second_moment.to(device, torch.float64))
+        factor = self.cholesky_factor(device=device)
         solved = torch.cholesky_solve(rows.T, factor)  # (key, n) = C^-1 k
         return (rows.T * solved).sum(dim=0).cpu()
 
@@ -151,7 +156,7 @@ class KeyStatistics:
         if second_moment.shape != self.second_moment.shape:
             raise ValueError(f"second_moment must be {tuple(self.second_moment.shape)}, "
                              f"got {tuple(second_moment.shape)}")
-        factor = _cholesky_with_ridge(self.second_moment.to(torch.float64))
+        factor = self.cholesky_factor()
         solved = torch.cholesky_solve(second_moment.to(torch.float64), factor)  # C^-1 M
         return float(solved.trace()) / self.key_size
 

@@ -1,0 +1,149 @@
+"""How well key statistics stand for a text: the Gaussian fit of the text's own keys.
+
+MEMIT weighs a change to a layer's outputs by C, its keys' second moment over the
+statistics corpus, so a direction the served text uses but C holds weak is one the
+edits move cheaply, at the served text's expense. Read C as the covariance of a
+zero-mean Gaussian: a key k of the text then costs ``(k^T C^-1 k + log det C) / 2``
+nats, constants left out. The mean of that per key and key dimension is the fit, lower
+is better. Unlike ``k^T C^-1 k`` alone it cannot be lowered by inflating C, and C equal
+to the text's own second moment gives the lowest fit of all, so corpora and shrinkages
+can be compared on the same text. Each candidate is compared with C as sampled, text by
+text, with bootstrap intervals over the texts.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+from tqdm.auto import tqdm
+
+from factsync.editing.covariance import (
+    KeyStatistics,
+    ShrinkageTarget,
+    batch_keys,
+    lead_ids,
+    token_windows,
+    window_batches,
+)
+from factsync.evaluation.intervals import Interval, ratio_of_sums_interval
+from factsync.models.loading import LoadedModel
+
+
+@dataclass(frozen=True)
+class Shrinkage:
+    """One candidate C: the statistics shrunk toward ``target`` by ``weight``."""
+
+    target: ShrinkageTarget
+    weight: float
+
+    @property
+    def name(self) -> str:
+        """``as sampled`` for weight 0, else the target and the weight."""
+        return "as sampled" if self.weight == 0 else f"{self.target} {self.weight:g}"
+
+
+AS_SAMPLED = Shrinkage(ShrinkageTarget.ISOTROPIC, 0.0)
+
+
+@dataclass(frozen=True)
+class LayerFit:
+    """One candidate's fit to the texts' keys at one layer.
+
+    Attributes:
+        layer: the decoder layer.
+        shrinkage: the candidate.
+        mahalanobis: mean ``k^T C^-1 k`` per key dimension over the texts' keys.
+        fit: the Gaussian fit per key and key dimension (nats, lower is better).
+        against_sampled: its fit minus that of C as sampled, paired over the texts
+            (negative: the candidate fits better).
+    """
+
+    layer: int
+    shrinkage: Shrinkage
+    mahalanobis: float
+    fit: Interval
+    against_sampled: Interval
+
+    def to_json(self) -> dict:
+        """Plain numbers, intervals as ``[mean, low, high]``."""
+        return {"layer": self.layer, "target": str(self.shrinkage.target),
+                "weight": self.shrinkage.weight, "mahalanobis_per_dimension": self.mahalanobis,
+                "fit": self.fit.as_list(), "against_sampled": self.against_sampled.as_list()}
+
+
+def statistics_fit(
+    loaded: LoadedModel,
+    statistics: dict[int, KeyStatistics],
+    texts: list[str],
+    shrinkages: Sequence[Shrinkage],
+    *,
+    max_length: int = 256,
+    batch_size: int = 8,
+) -> list[LayerFit]:
+    """The fit of each layer's statistics, as sampled and under each of ``shrinkages``,
+    to the keys of every token of ``texts`` (windowed as the statistics were: the
+    leading tokens are not counted). Rows by layer, C as sampled first."""
+    if not texts:
+        raise ValueError("no texts to fit")
+    candidates = [AS_SAMPLED, *(s for s in shrinkages if s.weight > 0)]
+    layers = sorted(statistics)
+    factors = {
+        (layer, candidate): statistics[layer].shrunk(candidate.weight, candidate.target)
+        .cholesky_factor(device=loaded.device)
+        for layer in layers for candidate in candidates
+    }
+    # Per text: its tokens, and per (layer, candidate) its keys' summed k^T C^-1 k.
+    tokens = torch.zeros(len(texts), dtype=torch.float64)
+    mahalanobis = {key: torch.zeros(len(texts), dtype=torch.float64) for key in factors}
+    lead = lead_ids(loaded)
+    windows = [(index, window) for index, text in enumerate(texts)
+               for window in token_windows(loaded, [text], lead, max_length)]
+    for batch in tqdm(list(window_batches(windows, batch_size)), desc="text keys",
+                      unit="batch"):
+        owners = torch.tensor([index for index, window in batch for _ in window[len(lead):]])
+        tokens.index_add_(0, owners, torch.ones(len(owners), dtype=torch.float64))
+        keys = batch_keys(loaded, layers, [window for _, window in batch], len(lead))
+        for (layer, candidate), factor in factors.items():
+            whitened = torch.linalg.solve_triangular(
+                factor, keys[layer].T.to(torch.float64), upper=False)  # L^-1 k per column
+            mahalanobis[layer, candidate].index_add_(0, owners, whitened.square().sum(0).cpu())
+    rows = []
+    for layer in layers:
+        size = statistics[layer].key_size
+
+        def per_text(candidate: Shrinkage, layer: int = layer, size: int = size) -> torch.Tensor:
+            log_det = 2 * float(factors[layer, candidate].diagonal().log().sum())
+            return 0.5 * (mahalanobis[layer, candidate] + tokens * log_det) / size
+
+        sampled = per_text(AS_SAMPLED)
+        for candidate in candidates:
+            fits = per_text(candidate)
+            rows.append(LayerFit(
+                layer=layer, shrinkage=candidate,
+                mahalanobis=float(mahalanobis[layer, candidate].sum() / tokens.sum()) / size,
+                fit=ratio_of_sums_interval(fits.tolist(), tokens.tolist()),
+                against_sampled=ratio_of_sums_interval((fits - sampled).tolist(),
+                                                       tokens.tolist())))
+    return rows
+
+
+def format_fit(rows: list[LayerFit]) -> str:
+    """A table of the fits, one row per layer and candidate; ``*`` marks each layer's
+    best fit."""
+    best = {}
+    for row in rows:
+        if row.layer not in best or row.fit.mean < best[row.layer].fit.mean:
+            best[row.layer] = row
+    lines = [f"{'layer':<5} | {'C':<15} | {'k^T C^-1 k / d':>14} | {'fit (nats)':<26} | "
+             "against as sampled",
+             f"{'-' * 5}-|-{'-' * 15}-|-{'-' * 14}-|-{'-' * 26}-|-{'-' * 26}"]
+    for row in rows:
+        mark = " *" if best[row.layer] is row else ""
+        fit, diff = row.fit, row.against_sampled
+        lines.append(
+            f"{row.layer:<5} | {row.shrinkage.name:<15} | {row.mahalanobis:>14.3f} | "
+            f"{fit.mean:.4f} [{fit.low:.4f}, {fit.high:.4f}]{mark:<2} | "
+            f"{diff.mean:+.4f} [{diff.low:+.4f}, {diff.high:+.4f}]")
+    return "\n".join(lines)
