@@ -136,9 +136,9 @@ def format_fit(rows: list[LayerFit]) -> str:
     for row in rows:
         if row.layer not in best or row.fit.mean < best[row.layer].fit.mean:
             best[row.layer] = row
-    lines = [f"{'layer':<5} | {'C':<15} | {'k^T C^-1 k / d':>14} | {'fit (nats)':<26} | "
+    lines = [f"{'layer':<5} | {'C':<15} | {'k^T C^-1 k / d':>14} | {'fit (nats)':<28} | "
              "against as sampled",
-             f"{'-' * 5}-|-{'-' * 15}-|-{'-' * 14}-|-{'-' * 26}-|-{'-' * 26}"]
+             f"{'-' * 5}-|-{'-' * 15}-|-{'-' * 14}-|-{'-' * 28}-|-{'-' * 26}"]
     for row in rows:
         mark = " *" if best[row.layer] is row else ""
         fit, diff = row.fit, row.against_sampled
