@@ -82,8 +82,9 @@ class SpreadSettings:
             this fraction of the largest eigenvalue.
         preserve_applied: MEMIT also holds the keys of facts applied earlier in place
             (AlphaEdit always does).
-        second_moment_shrinkage: MEMIT uses C blended toward isotropy by this weight
-            (``KeyStatistics.shrunk``). C comes from text the model wrote itself; on
+        second_moment_shrinkage: MEMIT uses C blended toward
+            ``second_moment_shrinkage_target`` by this weight (``KeyStatistics.shrunk``).
+            C comes from text the model wrote itself; on
             SmolLM2-135M, ordinary text has about 2.5 times that corpus's variance along
             C's weakest third of directions, which an unshrunk C marks as cheap to change.
             0 uses C as sampled.
