@@ -9,10 +9,17 @@ is better. Unlike ``k^T C^-1 k`` alone it cannot be lowered by inflating C, and 
 to the text's own second moment gives the lowest fit of all, so corpora and shrinkages
 can be compared on the same text. Each candidate is compared with C as sampled, text by
 text, with bootstrap intervals over the texts.
+
+A fit is not yet an edit's harm. For one edit key k, MEMIT's update along ``u = C^-1 k``
+changes the outputs of keys whose second moment is T by ``u^T T u / (k^T u)^2`` per unit
+of change at k; the least any update making that change can do is ``1 / k^T T^-1 k``,
+reached when C stands for T exactly. ``edit_excess`` prices each candidate by the ratio,
+1 or more, over the subjects' keys of real edits.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -27,7 +34,7 @@ from factsync.editing.covariance import (
     token_windows,
     window_batches,
 )
-from factsync.evaluation.intervals import Interval, ratio_of_sums_interval
+from factsync.evaluation.intervals import Interval, bootstrap_interval, ratio_of_sums_interval
 from factsync.models.loading import LoadedModel
 
 
@@ -129,6 +136,79 @@ def statistics_fit(
     return rows
 
 
+TOKENS_PER_KEY_DIMENSION = 10
+"""Text tokens per key dimension ``edit_excess`` needs for T to stand for its text: T^-1
+enters the reading, and with fewer tokens T is close to singular."""
+
+
+@dataclass(frozen=True)
+class EditExcess:
+    """One candidate's excess harm at one layer over the edit keys.
+
+    Attributes:
+        layer: the decoder layer.
+        shrinkage: the candidate.
+        excess: the geometric mean over the keys of the harm of C's update over the least
+            harm, 1 or more, with its 95% bootstrap interval over the keys.
+        against_sampled: that ratio's geometric mean over C as sampled's, paired key by
+            key (below 1: the candidate's updates harm the text less).
+    """
+
+    layer: int
+    shrinkage: Shrinkage
+    excess: Interval
+    against_sampled: Interval
+
+    def to_json(self) -> dict:
+        """Plain numbers, intervals as ``[mean, low, high]``."""
+        return {"layer": self.layer, "target": str(self.shrinkage.target),
+                "weight": self.shrinkage.weight, "excess": self.excess.as_list(),
+                "against_sampled": self.against_sampled.as_list()}
+
+
+def edit_excess(
+    statistics: dict[int, KeyStatistics],
+    texts: dict[int, KeyStatistics],
+    edit_keys: dict[int, torch.Tensor],
+    shrinkages: Sequence[Shrinkage],
+) -> list[EditExcess]:
+    """The excess harm on the text of each layer's updates at ``edit_keys`` (layer ->
+    (keys, key size)), as sampled and under each of ``shrinkages``; ``texts``: the
+    statistics of the text's own keys (T), over at least ``TOKENS_PER_KEY_DIMENSION``
+    tokens per key dimension. Rows by layer, C as sampled first."""
+    candidates = [AS_SAMPLED, *(s for s in shrinkages if s.weight > 0)]
+    rows = []
+    for layer in sorted(statistics):
+        text = texts[layer]
+        if text.count < TOKENS_PER_KEY_DIMENSION * text.key_size:
+            raise ValueError(
+                f"the texts give {text.count} keys at layer {layer}; pricing edits needs "
+                f"{TOKENS_PER_KEY_DIMENSION * text.key_size} ({TOKENS_PER_KEY_DIMENSION} per "
+                "key dimension) for their second moment to stand for them")
+        keys = edit_keys[layer].T.to(torch.float64)  # (key, n)
+        moment = text.second_moment.to(torch.float64)
+        least = (keys * torch.cholesky_solve(keys, text.cholesky_factor())).sum(0)  # k'T^-1k
+        logs = {}
+        for candidate in candidates:
+            shrunk = statistics[layer].shrunk(candidate.weight, candidate.target)
+            along = torch.cholesky_solve(keys, shrunk.cholesky_factor())  # u = C^-1 k
+            harm = (along * (moment @ along)).sum(0) / (keys * along).sum(0).square()
+            logs[candidate] = (harm * least).log()
+        for candidate in candidates:
+            rows.append(EditExcess(
+                layer=layer, shrinkage=candidate,
+                excess=_exp(bootstrap_interval(logs[candidate].tolist())),
+                against_sampled=_exp(bootstrap_interval(
+                    (logs[candidate] - logs[AS_SAMPLED]).tolist()))))
+    return rows
+
+
+def _exp(interval: Interval) -> Interval:
+    """A mean of logs and its bounds, back on the ratio scale (a geometric mean)."""
+    return Interval(mean=math.exp(interval.mean), low=math.exp(interval.low),
+                    high=math.exp(interval.high))
+
+
 def format_fit(rows: list[LayerFit]) -> str:
     """A table of the fits, one row per layer and candidate; ``*`` marks each layer's
     best fit."""
@@ -146,4 +226,23 @@ def format_fit(rows: list[LayerFit]) -> str:
             f"{row.layer:<5} | {row.shrinkage.name:<15} | {row.mahalanobis:>14.3f} | "
             f"{fit.mean:.4f} [{fit.low:.4f}, {fit.high:.4f}]{mark:<2} | "
             f"{diff.mean:+.4f} [{diff.low:+.4f}, {diff.high:+.4f}]")
+    return "\n".join(lines)
+
+
+def format_excess(rows: list[EditExcess]) -> str:
+    """A table of the excess harms, one row per layer and candidate; ``*`` marks each
+    layer's least."""
+    best = {}
+    for row in rows:
+        if row.layer not in best or row.excess.mean < best[row.layer].excess.mean:
+            best[row.layer] = row
+    lines = [f"{'layer':<5} | {'C':<15} | {'excess harm':<25} | against as sampled",
+             f"{'-' * 5}-|-{'-' * 15}-|-{'-' * 25}-|-{'-' * 23}"]
+    for row in rows:
+        mark = " *" if best[row.layer] is row else ""
+        excess, ratio = row.excess, row.against_sampled
+        lines.append(
+            f"{row.layer:<5} | {row.shrinkage.name:<15} | "
+            f"{excess.mean:.3f} [{excess.low:.3f}, {excess.high:.3f}]{mark:<2} | "
+            f"{ratio.mean:.3f} [{ratio.low:.3f}, {ratio.high:.3f}]")
     return "\n".join(lines)

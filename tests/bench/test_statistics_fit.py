@@ -7,7 +7,14 @@ import json
 import pytest
 import torch
 
-from factsync.bench.statistics_fit import AS_SAMPLED, Shrinkage, format_fit, statistics_fit
+from factsync.bench.statistics_fit import (
+    AS_SAMPLED,
+    Shrinkage,
+    edit_excess,
+    format_excess,
+    format_fit,
+    statistics_fit,
+)
 from factsync.cli import main
 from factsync.editing.covariance import ShrinkageTarget, compute_key_statistics, token_count
 
@@ -63,8 +70,43 @@ def test_statistics_of_the_texts_themselves_fit_them_best_unshrunk(tiny_loaded):
             assert row.against_sampled.mean > 0
 
 
+def test_an_edit_built_on_the_texts_own_statistics_harms_them_least(tiny_loaded):
+    loaded = tiny_loaded("llama")
+    # Ten keys per dimension at least, so T stands for the text; C from other text.
+    many = [f"Text {i} tells of the city number {i} and its {i % 7} rivers." for i in range(120)]
+    texts = compute_key_statistics(loaded, LAYERS, many, token_budget=token_count(loaded, many),
+                                   progress=False)
+    other = compute_key_statistics(loaded, LAYERS, CORPUS,
+                                   token_budget=token_count(loaded, CORPUS), progress=False)
+    generator = torch.Generator().manual_seed(0)
+    keys = {layer: texts[layer].sample[torch.randperm(len(texts[layer].sample),
+                                                      generator=generator)[:20]]
+            for layer in LAYERS}
+    own = edit_excess(texts, texts, keys, SHRINKAGES)
+    for row in own:
+        if row.shrinkage == AS_SAMPLED:
+            assert row.excess.mean == pytest.approx(1.0, abs=1e-6)
+        else:  # Cauchy-Schwarz: any other C is worse for the text it did not come from
+            assert row.excess.mean > 1.0 and row.against_sampled.mean > 1.0
+    rows = edit_excess(other, texts, keys, SHRINKAGES)
+    for row in rows:
+        shrunk = other[row.layer].shrunk(row.shrinkage.weight, row.shrinkage.target)
+        k = keys[row.layer].double().T
+        u = torch.linalg.solve(shrunk.second_moment.double(), k)
+        t = texts[row.layer].second_moment.double()
+        ratio = ((u * (t @ u)).sum(0) * (k * torch.linalg.solve(t, k)).sum(0)
+                 / (k * u).sum(0) ** 2)
+        assert row.excess.mean == pytest.approx(float(ratio.log().mean().exp()), rel=1e-4)
+        assert row.excess.low <= row.excess.mean <= row.excess.high
+    assert format_excess(rows).count(" * ") == len(LAYERS)
+    with pytest.raises(ValueError, match="pricing edits needs 640"):
+        few = compute_key_statistics(loaded, LAYERS, TEXTS,
+                                     token_budget=token_count(loaded, TEXTS), progress=False)
+        edit_excess(other, few, keys, SHRINKAGES)
+
+
 def test_the_command_prints_the_table_and_writes_json(tiny_loaded, tmp_path, monkeypatch,
-                                                      capsys):
+                                                      capsys, counterfact_file):
     loaded = tiny_loaded("llama")
     model_dir = tmp_path / "model"
     loaded.model.save_pretrained(model_dir)
@@ -87,9 +129,33 @@ def test_the_command_prints_the_table_and_writes_json(tiny_loaded, tmp_path, mon
         (1, "isotropic", 0.0), (1, "diagonal", 0.1), (2, "isotropic", 0.0), (2, "diagonal", 0.1)]
     for row in data["rows"]:
         assert f"{row['fit'][0]:.4f} [{row['fit'][1]:.4f}, {row['fit'][2]:.4f}]" in printed
+    assert "excess" not in data
+
+    many = tmp_path / "many.json"
+    many.write_text(json.dumps([{"Text": f"Text {i} tells of the city number {i}."}
+                                for i in range(150)]))
+    code = main(["bench", "statistics-fit", "--fluency", str(many), "--layers", "1,2",
+                 "--shrinkage", "0.1", "--targets", "diagonal", "--model", str(model_dir),
+                 "--corpus-files", str(corpus), "--corpus-tokens", "1000",
+                 "--data", str(counterfact_file), "--n", "3", "--json", str(report)])
+    assert code == 0
+    printed = capsys.readouterr().out
+    data = json.loads(report.read_text())
+    assert data["edit_records"] == 3
+    assert "excess harm of the edits of 3 counterfact records' subjects" in printed
+    assert [(row["layer"], row["weight"]) for row in data["excess"]] == [
+        (1, 0.0), (1, 0.1), (2, 0.0), (2, 0.1)]
+    for row in data["excess"]:
+        assert row["excess"][0] >= 1.0 - 1e-9
+        assert f"{row['excess'][0]:.3f} [{row['excess'][1]:.3f}, {row['excess'][2]:.3f}]" \
+            in printed
     for option, value, message in [
+            ("--n", "3", "pricing edits needs 640"),
+            ("--n", "-1", "--n must not be negative, got -1"),
             ("--shrinkage", "1.5", "--shrinkage weights must be in (0, 1), got [1.5]"),
             ("--targets", "identity", "--targets must be one of isotropic, diagonal")]:
         assert main(["bench", "statistics-fit", "--fluency", str(fluency), option, value,
-                     "--model", str(model_dir)]) != 0
+                     "--model", str(model_dir), "--layers", "1,2", "--corpus-files",
+                     str(corpus), "--corpus-tokens", "1000",
+                     "--data", str(counterfact_file)]) != 0
         assert message in capsys.readouterr().err

@@ -5,7 +5,12 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from factsync.commands.bench.inputs import add_fluency_option, fluency_texts
+from factsync.commands.bench.inputs import (
+    add_data_options,
+    add_fluency_option,
+    fluency_texts,
+    records_path,
+)
 from factsync.commands.options import (
     add_corpus_options,
     add_model_options,
@@ -13,6 +18,7 @@ from factsync.commands.options import (
     statistics_settings,
 )
 from factsync.durable import write_json
+from factsync.evaluation.datasets import DATASETS
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -30,7 +36,11 @@ def register(sub: argparse._SubParsersAction) -> None:
         "compared with C as sampled, paired over the texts with 95% bootstrap "
         "intervals. Run it again with other --corpus-files to compare corpora on the "
         "same texts: text like what the model serves tells which statistics and "
-        "second_moment_shrinkage a policy should use.",
+        "second_moment_shrinkage a policy should use. With --n, also price real edits: "
+        "for the bare-prompt key k of each of the first --n records' subjects, the harm "
+        "MEMIT's update along C^-1 k does to the texts' keys, over the least harm any "
+        "update making the same change at k can do (1 when C stands for the texts), "
+        "as a geometric mean over the keys.",
     )
     add_fluency_option(fit)
     fit.add_argument("--layers", default=None,
@@ -41,6 +51,14 @@ def register(sub: argparse._SubParsersAction) -> None:
     fit.add_argument("--targets", default="isotropic,diagonal",
                      help="comma-separated shrinkage targets: isotropic, diagonal (default: "
                      "both)")
+    fit.add_argument("--dataset", choices=DATASETS, default="counterfact",
+                     help="record format of --data (counterfact)")
+    add_data_options(fit)
+    fit.add_argument("--n", type=int, default=0,
+                     help="records whose edits to price (0: none). Needs at least 10 "
+                     "tokens of fluency text per key dimension, "
+                     "such as the 600 held-out texts scripts/fortunes-corpus --held-out "
+                     "writes; the 50 shared fluency texts are too few")
     fit.add_argument("--json", type=Path, help="also write the numbers to this file")
     add_model_options(fit)
     add_corpus_options(fit)
@@ -49,17 +67,33 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def run_statistics_fit_bench(args: argparse.Namespace) -> int:
     """Handler of ``factsync bench statistics-fit``."""
-    from factsync.bench.statistics_fit import Shrinkage, format_fit, statistics_fit
+    from factsync.bench.statistics_fit import (
+        Shrinkage,
+        edit_excess,
+        format_excess,
+        format_fit,
+        statistics_fit,
+    )
     from factsync.editing.build import layer_statistics, statistics_corpus
-    from factsync.editing.covariance import ShrinkageTarget
+    from factsync.editing.covariance import ShrinkageTarget, compute_key_statistics, token_count
+    from factsync.editing.keys import subject_states_by_layer
+    from factsync.evaluation.suites import load_cases
 
     weights = [float(part) for part in args.shrinkage.split(",") if part.strip()]
     bad = [weight for weight in weights if not 0 < weight < 1]
     if bad:
         raise ValueError(f"--shrinkage weights must be in (0, 1), got {bad}")
+    if args.n < 0:
+        raise ValueError(f"--n must not be negative, got {args.n}")
     targets = [ShrinkageTarget.parse(part.strip(), "--targets")
                for part in args.targets.split(",") if part.strip()]
     texts = fluency_texts(args.fluency)
+    cases = []
+    if args.n:
+        data = records_path(args, args.dataset)
+        cases = load_cases(args.dataset, data, limit=args.n)
+        if len(cases) < args.n:
+            raise ValueError(f"{data} holds {len(cases)} records; --n asks for {args.n}")
     loaded = load(args)
     layers = ([int(part) for part in args.layers.split(",")] if args.layers
               else list(loaded.default_layers))
@@ -72,7 +106,20 @@ def run_statistics_fit_bench(args: argparse.Namespace) -> int:
     print(f"{loaded.name}: key statistics over {corpus.token_budget} tokens of {source}, "
           f"fitted to the keys of {len(texts)} fluency texts")
     print(format_fit(rows))
+    numbers = {"corpus": source, "token_budget": corpus.token_budget, "texts": len(texts),
+               "rows": [row.to_json() for row in rows]}
+    if cases:
+        text_statistics = compute_key_statistics(loaded, layers, texts,
+                                                 token_budget=token_count(loaded, texts))
+        prompts = [(case.request.template, case.request.subject) for case in cases]
+        states = subject_states_by_layer(loaded, prompts, layers, max(layers), [""])
+        keys = {layer: states[layer].keys.T for layer in layers}  # (records, key)
+        excess = edit_excess(statistics, text_statistics, keys, shrinkages)
+        print(f"\nexcess harm of the edits of {len(cases)} {args.dataset} records' subjects "
+              "on the texts (1: the least any update could do)")
+        print(format_excess(excess))
+        numbers["edit_records"] = len(cases)
+        numbers["excess"] = [row.to_json() for row in excess]
     if args.json:
-        write_json(args.json, {"corpus": source, "token_budget": corpus.token_budget,
-                               "texts": len(texts), "rows": [row.to_json() for row in rows]})
+        write_json(args.json, numbers)
     return 0
