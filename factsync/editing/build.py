@@ -10,7 +10,7 @@ import torch
 
 from factsync.editing.cancellation import Cancelled, never
 from factsync.editing.contexts import contexts_for
-from factsync.editing.corpus import load_text_files, model_corpus
+from factsync.editing.corpus import SAMPLING_TOP_K, load_text_files, model_corpus
 from factsync.editing.covariance import KeyStatistics, layer_key_size
 from factsync.editing.engine import EditEngine, EngineSettings
 from factsync.editing.guards import engine_guards
@@ -39,15 +39,21 @@ class StatisticsSettings:
             them with the key size (``tokens_for``).
         corpus_seed: seed of the model-sampled corpus.
         text_files: user text files to use instead of model-sampled text.
+        corpus_top_k: the model-sampled corpus draws each token from the model's
+            ``corpus_top_k`` likeliest (``corpus.SAMPLING_TOP_K`` by default), or from
+            all of them for 0 (``corpus.FULL_DISTRIBUTION``).
     """
 
     corpus_tokens: int | None = None
     corpus_seed: int = 0
     text_files: tuple[Path, ...] = ()
+    corpus_top_k: int = SAMPLING_TOP_K
 
     def __post_init__(self) -> None:
         if self.corpus_tokens is not None and self.corpus_tokens < 1000:
             raise ValueError(f"corpus_tokens must be at least 1000, got {self.corpus_tokens}")
+        if self.corpus_top_k < 0:
+            raise ValueError(f"corpus_top_k must not be negative, got {self.corpus_top_k}")
 
     def tokens_for(self, key_size: int) -> int:
         """The corpus budget for keys of ``key_size``: the configured one, else
@@ -82,6 +88,7 @@ def statistics_corpus(loaded: LoadedModel, layers: list[int], settings: Statisti
         loaded,
         num_tokens=tokens,
         seed=settings.corpus_seed,
+        top_k=settings.corpus_top_k,
         cache_dir=home / "corpus",
         cancelled=cancelled,
         report=report,

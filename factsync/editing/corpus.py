@@ -6,8 +6,10 @@ operators can give their own text files instead. Either way the corpus is a list
 strings, and ``corpus_digest`` names it in cache keys.
 
 Sampling choices (module constants, so that a cached corpus stays what its key says):
-- top-k 50 at temperature 1.0: plain ancestral sampling from the model's own
+- top-k 50 at temperature 1.0 by default: ancestral sampling from the model's own
   distribution, with the long tail cut off where small models produce junk tokens.
+  ``top_k`` 0 samples the whole distribution instead, which a model trained for
+  likelihood makes closest to its training text (``bench statistics-fit``).
 - special tokens are never sampled: a sampled document separator would glue two
   unrelated documents together once special tokens are dropped at decoding.
 - every sequence has its own random generator seeded from (seed, sequence index), so a
@@ -41,6 +43,8 @@ log = logging.getLogger(__name__)
 
 # Cuts the tail where a small model's samples turn to junk, keeps the text varied.
 SAMPLING_TOP_K = 50
+# ``top_k`` that samples every token the model may write: no tail is cut.
+FULL_DISTRIBUTION = 0
 # 1.0 samples the model's own distribution, which is what the statistics should reflect.
 SAMPLING_TEMPERATURE = 1.0
 # Version of the sampler and of the cache file's layout; bump when either changes.
@@ -99,6 +103,7 @@ def sample_corpus(
     seed: int = 0,
     sequence_length: int = 128,
     batch_size: int = 16,
+    top_k: int = SAMPLING_TOP_K,
     progress: bool = True,
     done: list[str] | None = None,
     on_batch: Callable[[list[str]], None] | None = None,
@@ -118,6 +123,8 @@ def sample_corpus(
         seed: seed of the per-sequence random generators.
         sequence_length: new tokens per sequence.
         batch_size: sequences sampled together.
+        top_k: each token is drawn from the model's ``top_k`` likeliest;
+            ``FULL_DISTRIBUTION`` (0) draws from all of them.
         progress: show a tqdm progress bar over sampled tokens.
         done: the first sequences' texts, sampled before with the same arguments;
             sampling goes on from the next one.
@@ -131,6 +138,8 @@ def sample_corpus(
         raise ValueError(f"sequence_length must be positive, got {sequence_length}")
     if batch_size <= 0:
         raise ValueError(f"batch_size must be positive, got {batch_size}")
+    if top_k < 0:
+        raise ValueError(f"top_k must not be negative, got {top_k}")
     count = math.ceil(num_tokens / sequence_length)
     texts = list(done or [])[:count]
     with tqdm(
@@ -140,7 +149,8 @@ def sample_corpus(
         for start in range(len(texts), count, batch_size):
             indices = range(start, min(start + batch_size, count))
             generators = [_sequence_generator(seed, index) for index in indices]
-            texts.extend(_sample_batch(loaded, generators, sequence_length, bar, cancelled))
+            texts.extend(_sample_batch(loaded, generators, sequence_length, top_k, bar,
+                                       cancelled))
             if on_batch is not None:
                 on_batch(texts)
     return texts
@@ -192,8 +202,8 @@ def _sequence_generator(seed: int, index: int) -> torch.Generator:
 
 @torch.no_grad()
 def _sample_batch(
-    loaded: LoadedModel, generators: list[torch.Generator], length: int, bar: tqdm,
-    cancelled: Cancelled,
+    loaded: LoadedModel, generators: list[torch.Generator], length: int, top_k: int,
+    bar: tqdm, cancelled: Cancelled,
 ) -> list[str]:
     """Sample one batch, one row per generator; returns the decoded texts."""
     tokenizer = loaded.tokenizer
@@ -237,7 +247,7 @@ def _sample_batch(
         logits[:, banned[banned < logits.shape[-1]]] = float("-inf")
         # Embedding rows past the tokenizer's vocabulary are padding, not tokens.
         logits[:, len(tokenizer) :] = float("-inf")
-        next_ids = _top_k_sample(logits, generators)  # (rows,)
+        next_ids = _top_k_sample(logits, generators, top_k)  # (rows,)
         sampled.append(next_ids)
         step_ids = next_ids.to(device).unsqueeze(1)  # (rows, 1)
         step_positions = step_positions[:, -1:] + 1
@@ -250,9 +260,12 @@ def _sample_batch(
     ]
 
 
-def _top_k_sample(logits: torch.Tensor, generators: list[torch.Generator]) -> torch.Tensor:
-    """One token per row from the top-k of ``logits`` (rows, vocab), each with its generator."""
-    k = min(SAMPLING_TOP_K, logits.shape[-1])
+def _top_k_sample(logits: torch.Tensor, generators: list[torch.Generator],
+                  top_k: int) -> torch.Tensor:
+    """One token per row from the ``top_k`` likeliest of ``logits`` (rows, vocab), or from
+    all of them for ``FULL_DISTRIBUTION``, each row with its generator."""
+    vocabulary = logits.shape[-1]
+    k = vocabulary if top_k == FULL_DISTRIBUTION else min(top_k, vocabulary)
     values, candidates = logits.topk(k, dim=-1)  # (rows, k)
     probs = torch.softmax(values / SAMPLING_TEMPERATURE, dim=-1)
     picks = [
@@ -340,6 +353,7 @@ def model_corpus(
     cache_dir: Path | None = None,
     sequence_length: int = 128,
     batch_size: int | None = None,
+    top_k: int = SAMPLING_TOP_K,
     progress: bool = True,
     cancelled: Cancelled = never,
     report: Progress = silent,
@@ -349,7 +363,8 @@ def model_corpus(
     The cache file is ``<cache_dir>/<fingerprint>-<num_tokens>-<seed>-len<L>.json`` with
     ``cache_dir`` defaulting to ``data_home()/corpus``; ``L`` is ``sequence_length``,
     which changes the texts (``batch_size`` does not; ``None`` lets
-    ``sampling_batch_size`` choose it). The file is written atomically. A
+    ``sampling_batch_size`` choose it). A ``top_k`` other than ``SAMPLING_TOP_K`` adds
+    ``-top<k>`` to the name (``-full`` for ``FULL_DISTRIBUTION``). The file is written atomically. A
     cache file that cannot be read, or whose recorded settings or digest do not match,
     is logged at WARNING and sampled again. A corpus shipped with factsync under that
     name (``SHIPPED_CORPORA``) is copied into the cache instead of sampling. While
@@ -360,7 +375,7 @@ def model_corpus(
     hears the share of sequences sampled after every batch.
     """
     directory = Path(cache_dir) if cache_dir is not None else data_home() / "corpus"
-    name = f"{loaded.fingerprint}-{num_tokens}-{seed}-len{sequence_length}.json"
+    name = f"{loaded.fingerprint}-{num_tokens}-{seed}-len{sequence_length}{_top_k_name(top_k)}.json"
     path = directory / name
     settings = {
         "format": CORPUS_FORMAT,
@@ -368,13 +383,20 @@ def model_corpus(
         "num_tokens": num_tokens,
         "seed": seed,
         "sequence_length": sequence_length,
-        "top_k": SAMPLING_TOP_K,
+        "top_k": top_k,
         "temperature": SAMPLING_TEMPERATURE,
     }
     with computing(path, "the corpus"):
         batch = batch_size or sampling_batch_size(loaded, sequence_length)
         return _cached_or_sampled(loaded, path, settings, batch_size=batch,
                                   progress=progress, cancelled=cancelled, report=report)
+
+
+def _top_k_name(top_k: int) -> str:
+    """What a corpus's cache name says of its ``top_k``: nothing for the default."""
+    if top_k == SAMPLING_TOP_K:
+        return ""
+    return "-full" if top_k == FULL_DISTRIBUTION else f"-top{top_k}"
 
 
 def _cached_or_sampled(loaded: LoadedModel, path: Path, settings: dict[str, Any], *,
@@ -421,6 +443,7 @@ def _cached_or_sampled(loaded: LoadedModel, path: Path, settings: dict[str, Any]
         seed=seed,
         sequence_length=sequence_length,
         batch_size=batch_size,
+        top_k=settings["top_k"],
         progress=progress,
         done=done,
         on_batch=keep,

@@ -9,6 +9,7 @@ import subprocess
 import sys
 
 import pytest
+import torch
 
 from factsync.editing import corpus
 from factsync.editing.build import StatisticsSettings
@@ -222,7 +223,7 @@ def test_a_partial_corpus_of_other_settings_is_not_resumed(tiny_loaded, tmp_path
     assert any("ignoring the partly sampled corpus" in r.getMessage() for r in caplog.records)
 
 
-def test_model_corpus_keys_on_fingerprint_tokens_seed_and_length(tiny_loaded, tmp_path):
+def test_model_corpus_keys_on_fingerprint_tokens_seed_length_and_top_k(tiny_loaded, tmp_path):
     loaded = tiny_loaded("llama")
     other = tiny_loaded("llama", seed=1)
     cached(loaded, tmp_path)
@@ -230,7 +231,34 @@ def test_model_corpus_keys_on_fingerprint_tokens_seed_and_length(tiny_loaded, tm
     cached(loaded, tmp_path, seed=2)
     cached(loaded, tmp_path, num_tokens=24)
     cached(loaded, tmp_path, sequence_length=6)
-    assert len(list(tmp_path.glob("*.json"))) == 5
+    full = cached(loaded, tmp_path, top_k=0)
+    cached(loaded, tmp_path, top_k=5)
+    names = sorted(path.name for path in tmp_path.glob("*.json"))
+    assert len(names) == 7
+    assert sum(name.endswith("-len12.json") for name in names) == 4  # the default top-k
+    assert [name for name in names if not name.endswith("-len12.json")
+            and not name.endswith("-len6.json")] == [
+        f"{loaded.fingerprint}-36-1-len12-full.json", f"{loaded.fingerprint}-36-1-len12-top5.json"]
+    recorded = json.loads((tmp_path / f"{loaded.fingerprint}-36-1-len12-full.json").read_text())
+    assert recorded["top_k"] == 0 and recorded["texts"] == full
+    assert full != cached(loaded, tmp_path)
+
+
+def test_the_full_distribution_draws_beyond_the_top_k():
+    # Two likely tokens and 98 unlikely ones: together the unlikely carry about 70%.
+    logits = torch.zeros(1, 100)
+    logits[0, :2] = 3.0
+    draws = 200
+    generators = [torch.Generator().manual_seed(seed) for seed in range(draws)]
+    top_two = corpus._top_k_sample(logits.expand(draws, -1), generators, 2)
+    assert set(top_two.tolist()) == {0, 1}
+    generators = [torch.Generator().manual_seed(seed) for seed in range(draws)]
+    everything = corpus._top_k_sample(logits.expand(draws, -1), generators, 0)
+    assert 0.6 < float((everything >= 2).float().mean()) < 0.8
+    with pytest.raises(ValueError, match="top_k must not be negative, got -1"):
+        sample_corpus(torch.nn.Identity(), num_tokens=10, top_k=-1)
+    with pytest.raises(ValueError, match="corpus_top_k must not be negative, got -1"):
+        StatisticsSettings(corpus_top_k=-1)
 
 
 @pytest.mark.parametrize(
