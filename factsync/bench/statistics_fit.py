@@ -20,8 +20,9 @@ reached when C stands for T exactly. ``edit_excess`` prices each candidate by th
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import TypeVar
 
 import torch
 from tqdm.auto import tqdm
@@ -166,6 +167,9 @@ class EditExcess:
                 "against_sampled": self.against_sampled.as_list()}
 
 
+Row = TypeVar("Row", LayerFit, EditExcess)
+
+
 def edit_excess(
     statistics: dict[int, KeyStatistics],
     texts: dict[int, KeyStatistics],
@@ -212,37 +216,41 @@ def _exp(interval: Interval) -> Interval:
 def format_fit(rows: list[LayerFit]) -> str:
     """A table of the fits, one row per layer and candidate; ``*`` marks each layer's
     best fit."""
-    best = {}
-    for row in rows:
-        if row.layer not in best or row.fit.mean < best[row.layer].fit.mean:
-            best[row.layer] = row
+    best = _least_per_layer(rows, lambda row: row.fit.mean)
     lines = [f"{'layer':<5} | {'C':<15} | {'k^T C^-1 k / d':>14} | {'fit (nats)':<28} | "
              "against as sampled",
              f"{'-' * 5}-|-{'-' * 15}-|-{'-' * 14}-|-{'-' * 28}-|-{'-' * 26}"]
     for row in rows:
         mark = " *" if best[row.layer] is row else ""
-        fit, diff = row.fit, row.against_sampled
-        lines.append(
-            f"{row.layer:<5} | {row.shrinkage.name:<15} | {row.mahalanobis:>14.3f} | "
-            f"{fit.mean:.4f} [{fit.low:.4f}, {fit.high:.4f}]{mark:<2} | "
-            f"{diff.mean:+.4f} [{diff.low:+.4f}, {diff.high:+.4f}]")
+        lines.append(f"{row.layer:<5} | {row.shrinkage.name:<15} | {row.mahalanobis:>14.3f} | "
+                     f"{_interval(row.fit, '.4f')}{mark:<2} | "
+                     f"{_interval(row.against_sampled, '+.4f')}")
     return "\n".join(lines)
 
 
 def format_excess(rows: list[EditExcess]) -> str:
     """A table of the excess harms, one row per layer and candidate; ``*`` marks each
     layer's least."""
-    best = {}
-    for row in rows:
-        if row.layer not in best or row.excess.mean < best[row.layer].excess.mean:
-            best[row.layer] = row
+    least = _least_per_layer(rows, lambda row: row.excess.mean)
     lines = [f"{'layer':<5} | {'C':<15} | {'excess harm':<25} | against as sampled",
              f"{'-' * 5}-|-{'-' * 15}-|-{'-' * 25}-|-{'-' * 23}"]
     for row in rows:
-        mark = " *" if best[row.layer] is row else ""
-        excess, ratio = row.excess, row.against_sampled
-        lines.append(
-            f"{row.layer:<5} | {row.shrinkage.name:<15} | "
-            f"{excess.mean:.3f} [{excess.low:.3f}, {excess.high:.3f}]{mark:<2} | "
-            f"{ratio.mean:.3f} [{ratio.low:.3f}, {ratio.high:.3f}]")
+        mark = " *" if least[row.layer] is row else ""
+        lines.append(f"{row.layer:<5} | {row.shrinkage.name:<15} | "
+                     f"{_interval(row.excess, '.3f')}{mark:<2} | "
+                     f"{_interval(row.against_sampled, '.3f')}")
     return "\n".join(lines)
+
+
+def _least_per_layer(rows: Sequence[Row], value: Callable[[Row], float]) -> dict[int, Row]:
+    """Each layer's row with the least ``value``."""
+    least: dict[int, Row] = {}
+    for row in rows:
+        if row.layer not in least or value(row) < value(least[row.layer]):
+            least[row.layer] = row
+    return least
+
+
+def _interval(interval: Interval, spec: str) -> str:
+    """``mean [low, high]``, each in the format ``spec``."""
+    return f"{interval.mean:{spec}} [{interval.low:{spec}}, {interval.high:{spec}}]"
