@@ -51,6 +51,10 @@ class Shrinkage:
         """``as sampled`` for weight 0, else the target and the weight."""
         return "as sampled" if self.weight == 0 else f"{self.target} {self.weight:g}"
 
+    def to_json(self) -> dict:
+        """The target's name and the weight."""
+        return {"target": str(self.target), "weight": self.weight}
+
 
 AS_SAMPLED = Shrinkage(ShrinkageTarget.ISOTROPIC, 0.0)
 
@@ -76,9 +80,9 @@ class LayerFit:
 
     def to_json(self) -> dict:
         """Plain numbers, intervals as ``[mean, low, high]``."""
-        return {"layer": self.layer, "target": str(self.shrinkage.target),
-                "weight": self.shrinkage.weight, "mahalanobis_per_dimension": self.mahalanobis,
-                "fit": self.fit.as_list(), "against_sampled": self.against_sampled.as_list()}
+        return {"layer": self.layer, **self.shrinkage.to_json(),
+                "mahalanobis_per_dimension": self.mahalanobis, "fit": self.fit.as_list(),
+                "against_sampled": self.against_sampled.as_list()}
 
 
 def statistics_fit(
@@ -162,9 +166,8 @@ class EditExcess:
 
     def to_json(self) -> dict:
         """Plain numbers, intervals as ``[mean, low, high]``."""
-        return {"layer": self.layer, "target": str(self.shrinkage.target),
-                "weight": self.shrinkage.weight, "excess": self.excess.as_list(),
-                "against_sampled": self.against_sampled.as_list()}
+        return {"layer": self.layer, **self.shrinkage.to_json(),
+                "excess": self.excess.as_list(), "against_sampled": self.against_sampled.as_list()}
 
 
 Row = TypeVar("Row", LayerFit, EditExcess)
