@@ -235,8 +235,8 @@ def format_excess(rows: list[EditExcess]) -> str:
     """A table of the excess harms, one row per layer and candidate; ``*`` marks each
     layer's least."""
     least = _least_per_layer(rows, lambda row: row.excess.mean)
-    lines = [f"{'layer':<5} | {'C':<15} | {'excess harm':<25} | against as sampled",
-             f"{'-' * 5}-|-{'-' * 15}-|-{'-' * 25}-|-{'-' * 23}"]
+    lines = [f"{'layer':<5} | {'C':<15} | {'excess harm':<22} | against as sampled",
+             f"{'-' * 5}-|-{'-' * 15}-|-{'-' * 22}-|-{'-' * 20}"]
     for row in rows:
         mark = " *" if least[row.layer] is row else ""
         lines.append(f"{row.layer:<5} | {row.shrinkage.name:<15} | "
