@@ -14,6 +14,7 @@ from factsync.commands.bench.inputs import (
 from factsync.commands.options import (
     add_corpus_options,
     add_model_options,
+    edit_layers,
     load,
     statistics_settings,
 )
@@ -95,8 +96,7 @@ def run_statistics_fit_bench(args: argparse.Namespace) -> int:
         if len(cases) < args.n:
             raise ValueError(f"{data} holds {len(cases)} records; --n asks for {args.n}")
     loaded = load(args)
-    layers = ([int(part) for part in args.layers.split(",")] if args.layers
-              else list(loaded.default_layers))
+    layers = list(edit_layers(args) or loaded.default_layers)
     settings = statistics_settings(args)
     corpus = statistics_corpus(loaded, layers, settings)
     statistics = layer_statistics(loaded, layers, settings, corpus=corpus)
