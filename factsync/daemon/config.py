@@ -15,6 +15,7 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 from factsync.editing.build import StatisticsSettings
+from factsync.editing.corpus import SAMPLING_TOP_K
 from factsync.executors.settings import ExecutorSettings
 from factsync.paths import data_home
 from factsync.typed_yaml import Choice, SchemaError, build, load_yaml_file
@@ -37,6 +38,9 @@ class ModelConfig:
             from the model, relative to the config file: ``.txt`` files (one text per
             paragraph) or ``.jsonl`` files (a ``"text"`` field per line). Text like what
             the model serves describes its keys best (see the README).
+        corpus_top_k: when the model samples the statistics' text itself, it draws each
+            token from its ``corpus_top_k`` likeliest; 0 draws from its whole
+            distribution. Ignored with ``corpus_files``.
         trust_remote_code: let a model directory run its own Python code. Off by
             default: only architectures that transformers itself ships can load.
     """
@@ -46,6 +50,7 @@ class ModelConfig:
     dtype: str = "float32"
     corpus_tokens: int | None = None
     corpus_files: tuple[Path, ...] = ()
+    corpus_top_k: int = SAMPLING_TOP_K
     trust_remote_code: bool = False
 
     def __post_init__(self) -> None:
@@ -58,7 +63,8 @@ class ModelConfig:
     def statistics(self) -> StatisticsSettings:
         """Where the engine's key statistics come from."""
         return StatisticsSettings(corpus_tokens=self.corpus_tokens,
-                                  text_files=self.corpus_files)
+                                  text_files=self.corpus_files,
+                                  corpus_top_k=self.corpus_top_k)
 
 
 class ConnectorType(Choice):

@@ -8,6 +8,7 @@ import pytest
 import yaml
 
 from factsync.daemon.config import TOKEN_ENV, load_config
+from factsync.editing.corpus import SAMPLING_TOP_K
 from factsync.typed_yaml import SchemaError
 
 
@@ -82,6 +83,14 @@ def test_corpus_files_are_relative_to_the_config_and_feed_the_key_statistics(tmp
     assert config.model.corpus_files == expected
     assert config.model.statistics().text_files == expected
     assert load_config(None).model.statistics().text_files == ()
+
+
+def test_corpus_top_k_reaches_the_key_statistics_and_is_checked(tmp_path):
+    assert load_config(None).model.statistics().corpus_top_k == SAMPLING_TOP_K
+    config = load_config(write(tmp_path, {"model": {"corpus_top_k": 0}}))
+    assert config.model.statistics().corpus_top_k == 0
+    with pytest.raises(SchemaError, match="corpus_top_k must not be negative"):
+        load_config(write(tmp_path, {"model": {"corpus_top_k": -1}}))
 
 
 def test_a_missing_corpus_file_stops_loading_with_its_key(tmp_path):
