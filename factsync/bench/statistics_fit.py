@@ -85,6 +85,19 @@ class LayerFit:
                 "against_sampled": self.against_sampled.as_list()}
 
 
+@dataclass(frozen=True)
+class TextFit:
+    """What ``statistics_fit`` reads from the texts.
+
+    Attributes:
+        rows: each candidate's fit, by layer, C as sampled first.
+        texts: the texts' own key statistics (T) per layer, without a key sample.
+    """
+
+    rows: list[LayerFit]
+    texts: dict[int, KeyStatistics]
+
+
 def statistics_fit(
     loaded: LoadedModel,
     statistics: dict[int, KeyStatistics],
@@ -93,10 +106,11 @@ def statistics_fit(
     *,
     max_length: int = 256,
     batch_size: int = 8,
-) -> list[LayerFit]:
+) -> TextFit:
     """The fit of each layer's statistics, as sampled and under each of ``shrinkages``,
     to the keys of every token of ``texts`` (windowed as the statistics were: the
-    leading tokens are not counted). Rows by layer, C as sampled first."""
+    leading tokens are not counted), and the texts' own key statistics from the same
+    pass."""
     if not texts:
         raise ValueError("no texts to fit")
     candidates = [AS_SAMPLED, *(s for s in shrinkages if s.weight > 0)]
@@ -109,6 +123,8 @@ def statistics_fit(
     # Per text: its tokens, and per (layer, candidate) its keys' summed k^T C^-1 k.
     tokens = torch.zeros(len(texts), dtype=torch.float64)
     mahalanobis = {key: torch.zeros(len(texts), dtype=torch.float64) for key in factors}
+    moments = {layer: torch.zeros((statistics[layer].key_size,) * 2, dtype=torch.float64,
+                                  device=loaded.device) for layer in layers}
     lead = lead_ids(loaded)
     windows = [(index, window) for index, text in enumerate(texts)
                for window in token_windows(loaded, [text], lead, max_length)]
@@ -117,6 +133,8 @@ def statistics_fit(
         owners = torch.tensor([index for index, window in batch for _ in window[len(lead):]])
         tokens.index_add_(0, owners, torch.ones(len(owners), dtype=torch.float64))
         keys = batch_keys(loaded, layers, [window for _, window in batch], len(lead))
+        for layer in layers:
+            moments[layer] += keys[layer].T.to(torch.float64) @ keys[layer].to(torch.float64)
         for (layer, candidate), factor in factors.items():
             whitened = torch.linalg.solve_triangular(
                 factor, keys[layer].T.to(torch.float64), upper=False)  # L^-1 k per column
@@ -138,7 +156,11 @@ def statistics_fit(
                 fit=ratio_of_sums_interval(fits.tolist(), tokens.tolist()),
                 against_sampled=ratio_of_sums_interval((fits - sampled).tolist(),
                                                        tokens.tolist())))
-    return rows
+    count = int(tokens.sum())
+    own = {layer: KeyStatistics(second_moment=(moment / count).cpu(), count=count,
+                                sample=torch.empty((0, statistics[layer].key_size)))
+           for layer, moment in moments.items()}
+    return TextFit(rows=rows, texts=own)
 
 
 TOKENS_PER_KEY_DIMENSION = 10

@@ -37,7 +37,12 @@ def test_the_fit_is_the_gaussian_cost_of_the_texts_second_moment(tiny_loaded):
                                         token_budget=token_count(loaded, CORPUS), progress=False)
     texts = compute_key_statistics(loaded, LAYERS, TEXTS,
                                    token_budget=token_count(loaded, TEXTS), progress=False)
-    rows = statistics_fit(loaded, statistics, TEXTS, SHRINKAGES, batch_size=2)
+    fit = statistics_fit(loaded, statistics, TEXTS, SHRINKAGES, batch_size=2)
+    for layer in LAYERS:  # the same keys, batched differently: float32 rounding apart
+        assert fit.texts[layer].count == texts[layer].count
+        torch.testing.assert_close(fit.texts[layer].second_moment,
+                                   texts[layer].second_moment.double(), rtol=1e-4, atol=1e-6)
+    rows = fit.rows
     assert [(row.layer, row.shrinkage) for row in rows] == [
         (layer, candidate) for layer in LAYERS for candidate in [AS_SAMPLED, *SHRINKAGES]]
     for row in rows:
@@ -64,7 +69,7 @@ def test_statistics_of_the_texts_themselves_fit_them_best_unshrunk(tiny_loaded):
     full_rank = {layer: stats for layer, stats in own.items()
                  if torch.linalg.matrix_rank(stats.second_moment) == stats.key_size}
     assert full_rank, "the texts give too few keys for a full-rank second moment"
-    rows = statistics_fit(loaded, full_rank, TEXTS, SHRINKAGES)
+    rows = statistics_fit(loaded, full_rank, TEXTS, SHRINKAGES).rows
     for row in rows:
         if row.shrinkage != AS_SAMPLED:
             assert row.against_sampled.mean > 0

@@ -76,7 +76,7 @@ def run_statistics_fit_bench(args: argparse.Namespace) -> int:
         statistics_fit,
     )
     from factsync.editing.build import layer_statistics, statistics_corpus
-    from factsync.editing.covariance import ShrinkageTarget, compute_key_statistics, token_count
+    from factsync.editing.covariance import ShrinkageTarget
     from factsync.editing.keys import subject_states_by_layer
     from factsync.evaluation.suites import load_cases
 
@@ -101,7 +101,8 @@ def run_statistics_fit_bench(args: argparse.Namespace) -> int:
     corpus = statistics_corpus(loaded, layers, settings)
     statistics = layer_statistics(loaded, layers, settings, corpus=corpus)
     shrinkages = [Shrinkage(target, weight) for target in targets for weight in weights]
-    rows = statistics_fit(loaded, statistics, texts, shrinkages)
+    fit = statistics_fit(loaded, statistics, texts, shrinkages)
+    rows = fit.rows
     source = ", ".join(str(path) for path in settings.text_files) or "model-sampled text"
     print(f"{loaded.name}: key statistics over {corpus.token_budget} tokens of {source}, "
           f"fitted to the keys of {len(texts)} fluency texts")
@@ -109,12 +110,10 @@ def run_statistics_fit_bench(args: argparse.Namespace) -> int:
     numbers = {"corpus": source, "token_budget": corpus.token_budget, "texts": len(texts),
                "rows": [row.to_json() for row in rows]}
     if cases:
-        text_statistics = compute_key_statistics(loaded, layers, texts,
-                                                 token_budget=token_count(loaded, texts))
         prompts = [(case.request.template, case.request.subject) for case in cases]
         states = subject_states_by_layer(loaded, prompts, layers, max(layers), [""])
         keys = {layer: states[layer].keys.T for layer in layers}  # (records, key)
-        excess = edit_excess(statistics, text_statistics, keys, shrinkages)
+        excess = edit_excess(statistics, fit.texts, keys, shrinkages)
         print(f"\nexcess harm of the edits of {len(cases)} {args.dataset} records' subjects "
               "on the texts (1: the least any update could do)")
         print(format_excess(excess))
