@@ -134,11 +134,13 @@ def statistics_fit(
         tokens.index_add_(0, owners, torch.ones(len(owners), dtype=torch.float64))
         keys = batch_keys(loaded, layers, [window for _, window in batch], len(lead))
         for layer in layers:
-            moments[layer] += keys[layer].T.to(torch.float64) @ keys[layer].to(torch.float64)
-        for (layer, candidate), factor in factors.items():
-            whitened = torch.linalg.solve_triangular(
-                factor, keys[layer].T.to(torch.float64), upper=False)  # L^-1 k per column
-            mahalanobis[layer, candidate].index_add_(0, owners, whitened.square().sum(0).cpu())
+            columns = keys[layer].T.to(torch.float64)  # (key, tokens)
+            moments[layer] += columns @ columns.T
+            for candidate in candidates:
+                whitened = torch.linalg.solve_triangular(
+                    factors[layer, candidate], columns, upper=False)  # L^-1 k per column
+                mahalanobis[layer, candidate].index_add_(0, owners,
+                                                         whitened.square().sum(0).cpu())
     rows = []
     for layer in layers:
         size = statistics[layer].key_size
