@@ -9,15 +9,19 @@ on with the next job. The unedited model is not measured again either.
 
 Files are written before the index that names them, and the index is replaced
 atomically, so a run stopped at any moment loses at most the job it was running.
-Asked to, the directory also keeps each method's composed delta every so many facts in
-``kept/``, so that how the stream's harm grew can be measured afterwards
-(``bench damage --since``).
+Asked to, the directory also keeps each method's composed delta, engine state and index
+entry every so many facts in ``kept/``, so that how the stream's harm grew can be
+measured afterwards (``bench damage --since``), and so that another run can branch off
+at such a point: the same stream to there, other methods after it (``branch``). A stretch
+of a long stream can then be edited two ways from one history in minutes.
 """
 
 from __future__ import annotations
 
 import json
 import re
+import shutil
+from collections.abc import Sequence
 from pathlib import Path
 
 from factsync.bench.lifelong import LifelongRun, MethodProgress, MethodRun
@@ -31,6 +35,10 @@ KEPT = "kept"
 _RUN_KEYS = ("dataset", "n", "batch", "unedited", "methods")
 _DELTA_NAME = re.compile(r"method(?P<position>\d+)-facts(?P<facts>\d+)\.delta\.safetensors")
 """The name ``RunDirectory.save`` gives a method's composed delta."""
+BRANCHED = "branched_from"
+"""The index key naming the run and facts a branched run started from."""
+# What may differ between a run and one branched off it: what runs after the branch point.
+_BRANCH_MAY_CHANGE = {"methods", "checkpoint_every"}
 
 
 class RunDirectory:
@@ -38,8 +46,9 @@ class RunDirectory:
 
     ``arguments`` are what makes two runs the same run (records, methods, sizes, model,
     engine settings); a directory saved with other arguments is refused rather than
-    continued with the wrong ones. With ``keep_every``, a method's composed delta after
-    every multiple of that many facts stays in ``kept/`` under the same name.
+    continued with the wrong ones. With ``keep_every``, a method's composed delta, engine
+    state and index entry after every multiple of that many facts stay in ``kept/``
+    under the same names.
     """
 
     def __init__(self, path: Path, arguments: dict[str, object], *,
@@ -82,34 +91,85 @@ class RunDirectory:
     def save(self, run: LifelongRun, method: str, progress: MethodProgress) -> None:
         """Record ``run`` and where ``method`` stands after one of its jobs."""
         self.path.mkdir(parents=True, exist_ok=True)
-        entries = self._index().get("methods", {})
+        index = self._index()
+        entries = index.get("methods", {})
         entries.setdefault(method, {})
         position = list(entries).index(method)
         delta_name = f"method{position}-facts{progress.facts}.delta.safetensors"
         state_name = f"method{position}-facts{progress.facts}.keys.safetensors"
         progress.delta.save(self.path / delta_name)
         progress.state.save(self.path / state_name)
-        if self.keep_every and progress.facts % self.keep_every == 0:
-            (self.path / KEPT).mkdir(exist_ok=True)
-            progress.delta.save(self.path / KEPT / delta_name)
         entries[method] = {"facts": progress.facts, "seconds": progress.seconds,
                            "delta": delta_name, "state": state_name,
                            "refused": list(progress.refused),
                            "repaired": [list(pair) for pair in progress.repaired],
                            "refreshed": [list(pair) for pair in progress.refreshed],
                            "untaken": list(progress.untaken)}
+        if self.keep_every and progress.facts % self.keep_every == 0:
+            (self.path / KEPT).mkdir(exist_ok=True)
+            progress.delta.save(self.path / KEPT / delta_name)
+            progress.state.save(self.path / KEPT / state_name)
+            write_json(self.path / KEPT / _entry_name(position, progress.facts),
+                       entries[method])
         checkpoints = {name: m.checkpoints for name, m in run.methods.items()}
-        write_json(self.path / INDEX, {
-            "arguments": self.arguments, "dataset": run.dataset, "n": run.n,
-            "batch": run.batch, "unedited": run.unedited.to_json(),
-            "methods": {name: entry | {"checkpoints": [
-                c.to_json() for c in checkpoints.get(name, [])]}
-                for name, entry in entries.items()},
-        })
+        self._write_index(run.dataset, run.n, run.batch, run.unedited.to_json(), {
+            name: entry | {"checkpoints": [c.to_json() for c in checkpoints.get(name, [])]}
+            for name, entry in entries.items()}, branched=index.get(BRANCHED))
         kept = {entry[kind] for entry in entries.values() for kind in ("delta", "state")}
         for stale in self.path.glob("method*.safetensors"):
             if stale.name not in kept:
                 stale.unlink()
+
+    def branch(self, source: Path, facts: int, methods: Sequence[str]) -> None:
+        """Start this directory's run where the run saved in ``source`` stood after
+        ``facts`` facts: the same stream to there, ``methods`` (one per method of
+        ``source``, in its order) from there on.
+
+        Each method of ``source`` must have kept its delta, engine state and entry at
+        ``facts`` (``keep_every``), and the two runs' arguments may differ only in the
+        methods and the checkpoint interval. A directory already branched from the same
+        point is left as it is, so that a stopped branch goes on; one holding any other
+        run is refused. Raises ``ValueError`` naming what does not fit.
+        """
+        source = Path(source)
+        here = self._index()
+        wanted = {"run": str(source.resolve()), "facts": facts}
+        if here:
+            if here.get(BRANCHED) == wanted:
+                return
+            raise ValueError(f"{self.path} already holds a run; branch into an empty directory")
+        saved = _saved_index(source)
+        differing = sorted(key for key in saved["arguments"].keys() | self.arguments.keys()
+                           if key not in _BRANCH_MAY_CHANGE
+                           and saved["arguments"].get(key) != self.arguments.get(key))
+        if differing:
+            raise ValueError(f"{source} holds a run with other arguments ({', '.join(differing)}"
+                             "); a branch may change only --methods and --checkpoint-every")
+        if len(methods) != len(saved["methods"]):
+            raise ValueError(f"{source} ran {len(saved['methods'])} methods; branch with as "
+                             f"many, got {len(methods)}")
+        self.path.mkdir(parents=True, exist_ok=True)
+        entries = {}
+        for position, (method, (_, origin)) in enumerate(
+                zip(methods, saved["methods"].items(), strict=True)):
+            entry_file = source / KEPT / _entry_name(position, facts)
+            if not entry_file.exists():
+                raise ValueError(f"{source} kept no delta, state and entry of method "
+                                 f"{position} after {facts} facts (bench lifelong --keep-every)")
+            entry = json.loads(entry_file.read_text(encoding="utf-8"))
+            for kind in ("delta", "state"):
+                shutil.copyfile(source / KEPT / entry[kind], self.path / entry[kind])
+            entries[method] = entry | {"checkpoints": [
+                c for c in origin["checkpoints"] if c["facts"] <= facts]}
+        self._write_index(saved["dataset"], saved["n"], saved["batch"], saved["unedited"],
+                          entries, branched=wanted)
+
+    def _write_index(self, dataset: str, n: int, batch: int, unedited: dict,
+                     methods: dict[str, dict], *, branched: dict | None) -> None:
+        """Replace the index; ``branched``: where a branched run started from."""
+        write_json(self.path / INDEX, {
+            "arguments": self.arguments, "dataset": dataset, "n": n, "batch": batch,
+            "unedited": unedited, "methods": methods} | ({BRANCHED: branched} if branched else {}))
 
     def _index(self) -> dict:
         index = self.path / INDEX
@@ -156,6 +216,11 @@ def _saved_index(path: Path) -> dict:
     if not (path / INDEX).exists():
         raise ValueError(f"{path} holds no saved bench lifelong run (no {INDEX})")
     return _read_index(path)
+
+
+def _entry_name(position: int, facts: int) -> str:
+    """The name of a method's index entry kept in ``kept/``."""
+    return f"method{position}-facts{facts}.json"
 
 
 def _entry_facts(entry: dict) -> int:

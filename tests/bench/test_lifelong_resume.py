@@ -157,13 +157,79 @@ def test_a_run_directory_keeps_the_delta_every_so_many_facts_when_asked(bench, t
     store = RunDirectory(tmp_path, ARGUMENTS, keep_every=4)
     _run(loaded, engine, yardstick, store)
     kept = sorted(p.name for p in (tmp_path / KEPT).iterdir())
-    assert kept == ["method0-facts4.delta.safetensors", "method1-facts4.delta.safetensors"]
+    assert kept == [f"method{i}-facts4.{kind}" for i in (0, 1)
+                    for kind in ("delta.safetensors", "json", "keys.safetensors")]
     at_four = ModelDelta.load(tmp_path / KEPT / kept[0])
     final = ModelDelta.load(tmp_path / "method0-facts6.delta.safetensors")
     assert at_four.layers.keys() == final.layers.keys()
     layout = final.layout
     assert not all(torch.allclose(at_four.layers[path].matrix(layout), update.matrix(layout))
                    for path, update in final.layers.items())
+
+
+def _branch_run(loaded, engine, yardstick, store, methods) -> LifelongRun:  # noqa: ANN001
+    return run_lifelong(loaded, yardstick, methods, statistics=engine.statistics,
+                        contexts=engine.contexts, batch_size=2, checkpoint_every=2, store=store)
+
+
+def test_a_branch_goes_on_from_the_point_it_branched_at_with_its_own_methods(bench, tmp_path):
+    loaded, engine, yardstick = bench
+    whole = _run(loaded, engine, yardstick, RunDirectory(tmp_path / "whole", ARGUMENTS,
+                                                         keep_every=2))
+    settings = engine.settings
+    gentler = replace(settings, spread=replace(settings.spread, update_fraction=0.05))
+    branch = RunDirectory(tmp_path / "branch", ARGUMENTS | {"methods": "memit,gentler"})
+    branch.branch(tmp_path / "whole", 2, ["memit", "gentler"])
+
+    branched = _branch_run(loaded, engine, yardstick, branch,
+                           {"memit": settings, "gentler": gentler})
+
+    assert branched.unedited == whole.unedited
+    same, reference = branched.methods["memit"].checkpoints, whole.methods["memit"].checkpoints
+    assert [c.facts for c in same] == [2, 4, 6]
+    assert same[0] == reference[0]  # the history: read back, not measured again
+    for ours, theirs in zip(same[1:], reference[1:], strict=True):
+        for metric in set(METRICS) - {"seconds_per_fact"}:
+            assert ours.values[metric] == pytest.approx(
+                theirs.values[metric], rel=1e-3, abs=1e-3), (ours.facts, metric)
+    # The second method ran "again"'s first two facts, then the gentler spread.
+    other, before = branched.methods["gentler"].checkpoints, whole.methods["again"].checkpoints
+    assert other[0] == before[0]
+    assert other[-1].values["norm_growth_mean"] < before[-1].values["norm_growth_mean"]
+    assert json.loads((branch.path / INDEX).read_text())["branched_from"] == {
+        "run": str((tmp_path / "whole").resolve()), "facts": 2}
+
+
+def test_a_branch_is_refused_what_it_cannot_start_from(bench, tmp_path):
+    loaded, engine, yardstick = bench
+    _run(loaded, engine, yardstick, RunDirectory(tmp_path / "whole", ARGUMENTS, keep_every=4))
+    names = ["memit", "again"]
+
+    with pytest.raises(ValueError, match=r"other arguments \(batch\); a branch may change"):
+        RunDirectory(tmp_path / "a", ARGUMENTS | {"batch": 3}).branch(tmp_path / "whole", 4,
+                                                                     names)
+    with pytest.raises(ValueError, match="kept no delta, state and entry of method 0 after 2"):
+        RunDirectory(tmp_path / "b", ARGUMENTS).branch(tmp_path / "whole", 2, names)
+    with pytest.raises(ValueError, match="ran 2 methods; branch with as many, got 1"):
+        RunDirectory(tmp_path / "c", ARGUMENTS).branch(tmp_path / "whole", 4, ["memit"])
+    with pytest.raises(ValueError, match="holds no saved bench lifelong run"):
+        RunDirectory(tmp_path / "d", ARGUMENTS).branch(tmp_path / "nothing", 4, names)
+
+    branch = RunDirectory(tmp_path / "e", ARGUMENTS)
+    branch.branch(tmp_path / "whole", 4, names)
+    branch.branch(tmp_path / "whole", 4, names)  # the same point again: a stopped branch
+    assert branch.progress("again").facts == 4
+    with pytest.raises(ValueError, match="already holds a run; branch into an empty"):
+        branch.branch(tmp_path / "whole", 6, names)
+
+
+def test_the_command_branches_only_with_both_options_and_a_state(tmp_path, counterfact_file,
+                                                                 capsys):
+    code = main(["bench", "lifelong", "--data", str(counterfact_file), "--n", "4",
+                 "--batch", "2", "--model", str(tmp_path / "no-model"),
+                 "--state", str(tmp_path / "state"), "--branch-from", str(tmp_path)])
+    assert code == 1
+    assert "--branch-from and --branch-at go together, with --state" in capsys.readouterr().err
 
 
 def test_saved_deltas_are_the_kept_ones_and_the_latest_per_method(bench, tmp_path):

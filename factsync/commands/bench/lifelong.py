@@ -123,9 +123,18 @@ def _register_lifelong(sub: argparse._SubParsersAction) -> None:
                           "engine state); a run stopped midway and started again with the "
                           "same arguments and DIR goes on from the last job it saved")
     lifelong.add_argument("--keep-every", type=int, metavar="FACTS",
-                          help="with --state, also keep each method's composed delta every "
-                          "FACTS facts in DIR/kept, for bench damage --since (default: only "
-                          "the latest)")
+                          help="with --state, also keep each method's composed delta, engine "
+                          "state and progress every FACTS facts in DIR/kept, for bench damage "
+                          "--since and --branch-from (default: only the latest)")
+    lifelong.add_argument("--branch-from", type=Path, metavar="RUN",
+                          help="with --state and --branch-at, start the run where the run "
+                          "saved in directory RUN stood after --branch-at facts (it must have "
+                          "kept that point, --keep-every), and go on with --methods from "
+                          "there: the same history, other editing after it. The arguments "
+                          "must be RUN's but for --methods (one per method of RUN) and "
+                          "--checkpoint-every")
+    lifelong.add_argument("--branch-at", type=int, metavar="FACTS",
+                          help="the facts applied at the point --branch-from starts from")
     add_model_options(lifelong)
     add_engine_options(lifelong, POLICY_METHODS_NOTE)
     add_executor_options(lifelong)
@@ -167,8 +176,15 @@ def run_lifelong_bench(args: argparse.Namespace) -> int:
     # A saved run with other arguments is refused before the long preparation.
     if args.keep_every is not None and (args.keep_every < 1 or not args.state):
         raise ValueError("--keep-every needs --state and a positive number of facts")
+    if (args.branch_from is None) != (args.branch_at is None) or (
+            args.branch_from is not None and not args.state):
+        raise ValueError("--branch-from and --branch-at go together, with --state")
+    base = engine_settings(args, neighbours=False)
+    methods = chosen_methods(args.methods, base, args.max_iterations)
     store = (RunDirectory(args.state, _run_arguments(args), keep_every=args.keep_every)
              if args.state else None)
+    if args.branch_from is not None:
+        store.branch(args.branch_from, args.branch_at, list(methods))
     saved = store.load() if store is not None else None
     if saved is not None:
         print(f"continuing the run saved in {args.state}", flush=True)
@@ -177,8 +193,6 @@ def run_lifelong_bench(args: argparse.Namespace) -> int:
     texts = fluency_texts(args.fluency)
     held_out = fluency_texts(args.held_out_fluency) if args.held_out_fluency else []
     cases = records_after_skip(load_cases(args.dataset, data), args.skip, args.n, data)
-    base = engine_settings(args, neighbours=False)
-    methods = chosen_methods(args.methods, base, args.max_iterations)
     loaded = load(args)
     layers = edit_layers(loaded, methods)
     engine = build_engine(loaded, replace(base, layers=layers), statistics_settings(args))
@@ -397,7 +411,8 @@ def _write_report(run: LifelongRun, json_path: Path | None, plot_path: Path | No
 
 
 # Options that change where a run's results go or where its work runs, not the results.
-_NOT_THE_RUN = {"handler", "computes", "json", "plot", "state", "keep_every", "log_level",
+_NOT_THE_RUN = {"handler", "computes", "json", "plot", "state", "keep_every", "branch_from",
+                "branch_at", "log_level",
                 "log_json", "executor", "ray_workers", "ray_address", "ray_cpus_per_worker",
                 "ray_gpus_per_worker"}
 
