@@ -6,6 +6,7 @@ import argparse
 from pathlib import Path
 
 from factsync.editing.outcomes import TookRule
+from factsync.editing.spread import LeadHold
 from factsync.policies.schema import EditingPolicy, OnFailure, OnRollback, Policy, load_policy
 
 
@@ -32,6 +33,14 @@ def run_check(args: argparse.Namespace) -> int:
     return 0
 
 
+_LEAD_HOLDS = {
+    LeadHold.EVERY_LAYER: "- The spread holds the start token's outputs in place at every "
+    "edit layer.",
+    LeadHold.WHERE_CHEAP: "- The spread holds the start token's outputs in place at the edit "
+    "layers whose key statistics leave it cheaper to move than a typical key.",
+}
+
+
 def _took_sentence(editing: EditingPolicy) -> str:
     """When a fact leaves IME, in words."""
     test = ("beats the old one" if editing.took_rule is TookRule.WINS
@@ -56,6 +65,7 @@ def explain(policy: Policy) -> list[str]:
                        if editing.neighbours else ", without NME")
         + f", update fraction {editing.update_fraction:g}.",
         _took_sentence(editing),
+        *([_LEAD_HOLDS[editing.hold_lead]] if editing.hold_lead is not LeadHold.NEVER else []),
         *(["- Every job holds the built-in guard facts the model states in place."]
           if editing.guard_facts else []),
         f"- Each candidate is scored on {evaluation.held_out_neighbours} held-out "
