@@ -96,9 +96,9 @@ class SpreadSettings:
             layer. Its lambda comes from ``update_fraction`` over the stacked keys.
         hold_lead: where to hold the outputs at the tokens that lead every text (the
             start token) in place, weighted ``LEAD_WEIGHT`` (a ``LeadHold`` or its name).
-            ``never`` by default: at every layer it was measured over 250 facts only,
-            where it cost a little fluency, and on tiny random models it leaves some
-            edits too weak to take.
+            ``never`` for the engine by default, since on tiny random models the hold
+            leaves some edits too weak to take; policies default to ``where_cheap``
+            (``EditingPolicy.hold_lead``).
     """
 
     algorithm: Algorithm = Algorithm.MEMIT

@@ -156,8 +156,8 @@ class EditingPolicy:
             second moment of their stacked keys, instead of layer by layer (small
             models only: the stacked key size must be at most 16,384).
         hold_lead: where the spread holds the outputs at the tokens that lead every text
-            (the start token, which the key statistics leave out) in place: ``never``
-            (the default), ``every_layer``, or ``where_cheap``: at the edit layers whose
+            (the start token, which the key statistics leave out) in place: ``never``,
+            ``every_layer``, or ``where_cheap`` (the default): at the edit layers whose
             key statistics leave it cheaper to move than a typical key.
         took_rule: ``wins``: a fact leaves IME once its new object beats the old one on
             the bare prompt and under every context prefix; ``most_probable`` (the
@@ -185,7 +185,7 @@ class EditingPolicy:
     second_moment_shrinkage_target: ShrinkageTarget = (
         SpreadSettings.second_moment_shrinkage_target)
     joint_layers: bool = SpreadSettings.joint_layers
-    hold_lead: LeadHold = SpreadSettings.hold_lead
+    hold_lead: LeadHold = LeadHold.WHERE_CHEAP
     took_rule: TookRule = TookRule.MOST_PROBABLE
     took_phrasings: bool = EngineSettings.took_phrasings
     keep_neighbours_held: bool = EngineSettings.keep_neighbours_held

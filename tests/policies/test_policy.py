@@ -13,7 +13,7 @@ from factsync.commands.options import engine_settings
 from factsync.commands.policy import explain
 from factsync.editing.engine import EngineSettings
 from factsync.editing.outcomes import TookRule
-from factsync.editing.spread import SpreadSettings
+from factsync.editing.spread import LeadHold, SpreadSettings
 from factsync.editing.targets import StepRule, TargetSettings
 from factsync.kpis.report import KpiReport, KpiValues, Metric
 from factsync.models.specs import spec_for
@@ -144,12 +144,14 @@ def test_the_command_line_defaults_to_the_engine_and_the_policy_only_where_it_ch
     chosen = Policy().editing.engine_settings()
     assert chosen.took_rule is TookRule.MOST_PROBABLE
     assert chosen.target.step_rule is StepRule.NATURAL and chosen.target.train_phrasings
-    assert replace(chosen, took_rule=EngineSettings.took_rule,
-                   target=TargetSettings()) == EngineSettings()
+    assert chosen.spread.hold_lead is LeadHold.WHERE_CHEAP
+    assert replace(chosen, took_rule=EngineSettings.took_rule, target=TargetSettings(),
+                   spread=replace(chosen.spread, hold_lead=LeadHold.NEVER)) == EngineSettings()
 
 
-def test_the_shipped_policy_edits_as_the_policy_measured_over_1000_facts():
-    measured = load_policy(BENCH / "mpes-natural-phrasings-dealt-layers2-6-most-probable.yaml")
+def test_the_shipped_policy_edits_as_its_bench_policy_for_the_1000_fact_stream():
+    measured = load_policy(
+        BENCH / "mpes-natural-phrasings-dealt-layers2-6-most-probable-hold-lead-where-cheap.yaml")
     assert replace(measured.editing, layers=None) == Policy().editing
     assert spec_for("llama").default_layers(30, 576) == list(measured.editing.layers)  # SmolLM2
 
@@ -164,7 +166,7 @@ def test_every_engine_knob_is_reachable_from_the_policy(tmp_path):
                "update_fraction": 0.4, "layers": [1, 2], "preserve_applied": False,
                "mom2_update_weight": 900.0, "nullspace_threshold": 0.05,
                "second_moment_shrinkage": 0.2, "second_moment_shrinkage_target": "diagonal",
-               "hold_lead": "where_cheap", "took_rule": "most_probable",
+               "hold_lead": "every_layer", "took_rule": "most_probable",
                "took_phrasings": True, "keep_neighbours_held": True, "guard_facts": True,
                "target": {"steps": 7, "chunk_size": 4, "kl_factor": 0.1}}
     settings = load_policy(write(tmp_path, {"editing": editing})).editing.engine_settings()
@@ -177,9 +179,10 @@ def test_every_engine_knob_is_reachable_from_the_policy(tmp_path):
                               mom2_update_weight=900.0, nullspace_threshold=0.05,
                               preserve_applied=False, second_moment_shrinkage=0.2,
                               second_moment_shrinkage_target="diagonal",
-                              hold_lead="where_cheap"))
+                              hold_lead="every_layer"))
     joint = load_policy(write(tmp_path, {"editing": {"joint_layers": True}}))  # MEMIT only
-    assert joint.editing.engine_settings().spread == SpreadSettings(joint_layers=True)
+    assert joint.editing.engine_settings().spread == SpreadSettings(joint_layers=True,
+                                                                    hold_lead="where_cheap")
 
 
 @pytest.mark.parametrize(("editing", "message"), [
@@ -225,6 +228,18 @@ def test_policy_check_says_whether_guard_facts_are_held(tmp_path):
     guarded = " ".join(explain(load_policy(write(tmp_path, {"editing": {"guard_facts": True}}))))
     assert "holds the built-in guard facts the model states in place" in guarded
     assert "guard" not in default
+
+
+def test_policy_check_says_where_the_start_token_is_held(tmp_path):
+    def said(hold: str | None) -> str:
+        editing = {} if hold is None else {"editing": {"hold_lead": hold}}
+        return " ".join(explain(load_policy(write(tmp_path, editing))))
+
+    cheap = "in place at the edit layers whose key statistics leave it cheaper"
+    assert cheap in said(None)
+    assert cheap in said("where_cheap")
+    assert "start token" not in said("never")
+    assert "start token's outputs in place at every edit layer" in said("every_layer")
 
 
 def test_policy_check_says_whether_lost_canaries_are_stated_again(tmp_path):
