@@ -6,6 +6,7 @@ import argparse
 from dataclasses import replace
 from pathlib import Path
 
+from factsync.editing.corpus import SAMPLING_TOP_K
 from factsync.editing.engine import EngineSettings
 from factsync.editing.spread import SpreadSettings
 from factsync.editing.targets import TargetSettings
@@ -83,11 +84,11 @@ def add_corpus_options(parser: argparse.ArgumentParser | argparse._ArgumentGroup
     parser.add_argument(
         "--corpus-top-k",
         type=int,
-        default=50,
+        default=SAMPLING_TOP_K,
         metavar="K",
         help="the model-sampled corpus draws each token from the model's K likeliest; 0 "
         "draws from all of them, which on SmolLM2-135M stands for ordinary English "
-        "better (bench statistics-fit) (default: 50)",
+        "better than 50 (bench statistics-fit) (default: 0)",
     )
 
 

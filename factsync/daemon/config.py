@@ -39,8 +39,8 @@ class ModelConfig:
             paragraph) or ``.jsonl`` files (a ``"text"`` field per line). Text like what
             the model serves describes its keys best (see the README).
         corpus_top_k: when the model samples the statistics' text itself, it draws each
-            token from its ``corpus_top_k`` likeliest; 0 draws from its whole
-            distribution. Ignored with ``corpus_files``.
+            token from its ``corpus_top_k`` likeliest; 0 (the default) draws from its
+            whole distribution. Ignored with ``corpus_files``.
         trust_remote_code: let a model directory run its own Python code. Off by
             default: only architectures that transformers itself ships can load.
     """

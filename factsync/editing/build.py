@@ -40,8 +40,8 @@ class StatisticsSettings:
         corpus_seed: seed of the model-sampled corpus.
         text_files: user text files to use instead of model-sampled text.
         corpus_top_k: the model-sampled corpus draws each token from the model's
-            ``corpus_top_k`` likeliest (``corpus.SAMPLING_TOP_K`` by default), or from
-            all of them for 0 (``corpus.FULL_DISTRIBUTION``).
+            ``corpus_top_k`` likeliest, or from all of them for 0
+            (``corpus.FULL_DISTRIBUTION``, the default ``corpus.SAMPLING_TOP_K``).
     """
 
     corpus_tokens: int | None = None

@@ -87,8 +87,8 @@ def test_corpus_files_are_relative_to_the_config_and_feed_the_key_statistics(tmp
 
 def test_corpus_top_k_reaches_the_key_statistics_and_is_checked(tmp_path):
     assert load_config(None).model.statistics().corpus_top_k == SAMPLING_TOP_K
-    config = load_config(write(tmp_path, {"model": {"corpus_top_k": 0}}))
-    assert config.model.statistics().corpus_top_k == 0
+    config = load_config(write(tmp_path, {"model": {"corpus_top_k": 50}}))
+    assert config.model.statistics().corpus_top_k == 50
     with pytest.raises(SchemaError, match="corpus_top_k must not be negative"):
         load_config(write(tmp_path, {"model": {"corpus_top_k": -1}}))
 

@@ -125,7 +125,7 @@ def test_model_corpus_is_sampled_once_then_read_from_disk(tiny_loaded, tmp_path,
     caplog.set_level(logging.INFO, logger=LOGGER)
     first = cached(loaded, tmp_path)
     assert any("sampling a corpus of 36 tokens" in r.getMessage() for r in caplog.records)
-    path = tmp_path / f"{loaded.fingerprint}-36-1-len12.json"
+    path = tmp_path / f"{loaded.fingerprint}-36-1-len12-full.json"
     # no temporary file left behind; the lock file stays (removing it would be racy)
     assert sorted(tmp_path.iterdir()) == [path, path.with_name(path.name + ".lock")]
     stored = json.loads(path.read_text())
@@ -142,7 +142,7 @@ def test_a_shipped_corpus_is_copied_into_the_cache_instead_of_sampled(
 ):
     loaded = tiny_loaded("llama")
     made = cached(loaded, tmp_path / "made")
-    name = f"{loaded.fingerprint}-36-1-len12.json"
+    name = f"{loaded.fingerprint}-36-1-len12-full.json"
     shipped = tmp_path / "shipped"
     shipped.mkdir()
     (shipped / name).write_text((tmp_path / "made" / name).read_text())
@@ -163,16 +163,17 @@ def test_a_shipped_corpus_is_copied_into_the_cache_instead_of_sampled(
 def test_the_shipped_corpora_hold_what_their_names_and_digests_say():
     files = sorted(SHIPPED_CORPORA.glob("*.json"))
     assert files, "the default model's corpus ships with factsync"
+    shipped = set()
     for path in files:
         stored = json.loads(path.read_text())
-        fingerprint, tokens, seed, length = path.stem.split("-")
-        assert (stored["fingerprint"], stored["num_tokens"], stored["seed"],
-                f"len{stored['sequence_length']}") == (fingerprint, int(tokens), int(seed),
-                                                       length)
+        assert path.name == (f"{stored['fingerprint']}-{stored['num_tokens']}-{stored['seed']}"
+                             f"-len{stored['sequence_length']}"
+                             f"{corpus._top_k_name(stored['top_k'])}.json")
         assert stored["format"] == corpus.CORPUS_FORMAT
         assert stored["digest"] == corpus_digest(stored["texts"])
-    shipped_budgets = {int(path.stem.split("-")[1]) for path in files}
-    assert StatisticsSettings().tokens_for(1536) in shipped_budgets  # SmolLM2-135M's keys
+        shipped.add((stored["num_tokens"], stored["top_k"]))
+    default = StatisticsSettings()
+    assert (default.tokens_for(1536), default.corpus_top_k) in shipped  # SmolLM2-135M's keys
 
 
 class StopAfter:
@@ -201,9 +202,9 @@ def test_a_stopped_sampling_keeps_its_batches_and_resumes_after_them(
         model_corpus(loaded, **options, cancelled=stop,
                      report=lambda stage, done: heard.append((stage, done)))
     assert heard == [("sampling the corpus", 2 / 6), ("sampling the corpus", 4 / 6)]
-    partial = tmp_path / f"{loaded.fingerprint}-72-3-len12.json.partial"
+    partial = tmp_path / f"{loaded.fingerprint}-72-3-len12-full.json.partial"
     assert json.loads(partial.read_text())["texts"] == whole[:4]
-    assert not (tmp_path / f"{loaded.fingerprint}-72-3-len12.json").exists()
+    assert not (tmp_path / f"{loaded.fingerprint}-72-3-len12-full.json").exists()
 
     caplog.set_level(logging.INFO, logger=LOGGER)
     counting = StopAfter(10**9)
@@ -211,12 +212,13 @@ def test_a_stopped_sampling_keeps_its_batches_and_resumes_after_them(
     assert counting.asked == 12 * 1  # only the last batch was sampled
     assert any("resuming after 4 sequences" in r.getMessage() for r in caplog.records)
     assert sorted(p.name for p in tmp_path.iterdir()) == [
-        f"{loaded.fingerprint}-72-3-len12.json", f"{loaded.fingerprint}-72-3-len12.json.lock"]
+        f"{loaded.fingerprint}-72-3-len12-full.json",
+        f"{loaded.fingerprint}-72-3-len12-full.json.lock"]
 
 
 def test_a_partial_corpus_of_other_settings_is_not_resumed(tiny_loaded, tmp_path, caplog):
     loaded = tiny_loaded("llama")
-    partial = tmp_path / f"{loaded.fingerprint}-36-1-len12.json.partial"
+    partial = tmp_path / f"{loaded.fingerprint}-36-1-len12-full.json.partial"
     partial.write_text(json.dumps({"seed": 99, "texts": ["not this"]}))
     caplog.set_level(logging.WARNING, logger=LOGGER)
     assert "not this" not in cached(loaded, tmp_path)
@@ -226,22 +228,25 @@ def test_a_partial_corpus_of_other_settings_is_not_resumed(tiny_loaded, tmp_path
 def test_model_corpus_keys_on_fingerprint_tokens_seed_length_and_top_k(tiny_loaded, tmp_path):
     loaded = tiny_loaded("llama")
     other = tiny_loaded("llama", seed=1)
-    cached(loaded, tmp_path)
+    default = cached(loaded, tmp_path)
     cached(other, tmp_path)
     cached(loaded, tmp_path, seed=2)
     cached(loaded, tmp_path, num_tokens=24)
     cached(loaded, tmp_path, sequence_length=6)
-    full = cached(loaded, tmp_path, top_k=0)
+    first_kind = cached(loaded, tmp_path, top_k=50)
     cached(loaded, tmp_path, top_k=5)
     names = sorted(path.name for path in tmp_path.glob("*.json"))
     assert len(names) == 7
-    assert sum(name.endswith("-len12.json") for name in names) == 4  # the default top-k
-    assert [name for name in names if not name.endswith("-len12.json")
-            and not name.endswith("-len6.json")] == [
-        f"{loaded.fingerprint}-36-1-len12-full.json", f"{loaded.fingerprint}-36-1-len12-top5.json"]
+    # The default samples the whole distribution; corpora of the first default, top-k 50,
+    # keep their names without a suffix.
+    assert sum(name.endswith("-full.json") for name in names) == 5
+    assert [name for name in names if not name.endswith("-full.json")] == [
+        f"{loaded.fingerprint}-36-1-len12-top5.json", f"{loaded.fingerprint}-36-1-len12.json"]
+    recorded = json.loads((tmp_path / f"{loaded.fingerprint}-36-1-len12.json").read_text())
+    assert recorded["top_k"] == 50 and recorded["texts"] == first_kind
     recorded = json.loads((tmp_path / f"{loaded.fingerprint}-36-1-len12-full.json").read_text())
-    assert recorded["top_k"] == 0 and recorded["texts"] == full
-    assert full != cached(loaded, tmp_path)
+    assert recorded["top_k"] == 0 and recorded["texts"] == default
+    assert default != first_kind
 
 
 def test_the_full_distribution_draws_beyond_the_top_k():
@@ -266,7 +271,7 @@ def test_the_full_distribution_draws_beyond_the_top_k():
     [
         (lambda text: text[: len(text) // 2], "unreadable"),
         (lambda text: "[]", "does not hold a JSON object"),
-        (lambda text: text.replace('"top_k": 50', '"top_k": 40'), "other settings"),
+        (lambda text: text.replace('"top_k": 0', '"top_k": 40'), "other settings"),
         (lambda text: text.replace('"texts": ["', '"texts": ["x'), "recorded digest"),
     ],
 )
@@ -275,7 +280,7 @@ def test_damaged_corpus_cache_is_resampled_with_a_warning(
 ):
     loaded = tiny_loaded("llama")
     first = cached(loaded, tmp_path)
-    path = tmp_path / f"{loaded.fingerprint}-36-1-len12.json"
+    path = tmp_path / f"{loaded.fingerprint}-36-1-len12-full.json"
     path.write_text(damage(path.read_text()))
     caplog.set_level(logging.INFO, logger=LOGGER)
     assert cached(loaded, tmp_path) == first
@@ -288,7 +293,7 @@ def test_model_corpus_defaults_to_the_data_home(tiny_loaded, tmp_path, monkeypat
     monkeypatch.setenv("FACTSYNC_HOME", str(tmp_path))
     loaded = tiny_loaded("llama")
     model_corpus(loaded, num_tokens=12, sequence_length=12, progress=False)
-    assert (tmp_path / "corpus" / f"{loaded.fingerprint}-12-0-len12.json").is_file()
+    assert (tmp_path / "corpus" / f"{loaded.fingerprint}-12-0-len12-full.json").is_file()
 
 
 # --- load_text_files ----------------------------------------------------------------
@@ -346,7 +351,7 @@ def test_a_corpus_another_process_is_sampling_is_waited_for_then_read(
 ):
     loaded = tiny_loaded("llama")
     expected = cached(loaded, tmp_path / "elsewhere")
-    name = f"{loaded.fingerprint}-36-1-len12.json"
+    name = f"{loaded.fingerprint}-36-1-len12-full.json"
     shared = tmp_path / "shared"
     shared.mkdir()
     holder = subprocess.Popen([sys.executable, "-c", HOLDER, str(shared / name),

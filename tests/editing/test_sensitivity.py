@@ -132,9 +132,12 @@ def test_the_shipped_sensitivity_is_the_default_models_over_its_shipped_corpus()
     window = spec_for("llama").measured_windows[0]  # SmolLM2-135M's
     assert value.shape == (window.hidden_size, window.hidden_size)
     assert torch.isfinite(value).all() and torch.equal(value, value.T)
-    budget = StatisticsSettings().tokens_for(1536)  # SmolLM2-135M's keys
-    corpus = SHIPPED_CORPORA / f"{path.parent.name}-{budget}-0-len128.json"
-    digest = json.loads(corpus.read_text())["digest"]
+    default = StatisticsSettings()
+    budget = default.tokens_for(1536)  # SmolLM2-135M's keys
+    corpora = [json.loads(corpus_file.read_text())
+               for corpus_file in SHIPPED_CORPORA.glob(f"{path.parent.name}-*.json")]
+    (digest,) = {stored["digest"] for stored in corpora
+                 if (stored["num_tokens"], stored["top_k"]) == (budget, default.corpus_top_k)}
     assert path.name == (f"sensitivity-layer{window.layers[-1]}-{digest}-{SENSITIVITY_TOKENS}"
                          "-len256.safetensors")
     assert metadata == {"format": SENSITIVITY_FORMAT, "fingerprint": path.parent.name,
