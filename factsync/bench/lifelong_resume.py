@@ -148,14 +148,15 @@ class RunDirectory:
         if len(methods) != len(saved["methods"]):
             raise ValueError(f"{source} ran {len(saved['methods'])} methods; branch with as "
                              f"many, got {len(methods)}")
-        self.path.mkdir(parents=True, exist_ok=True)
-        entries = {}
-        for position, (method, (_, origin)) in enumerate(
-                zip(methods, saved["methods"].items(), strict=True)):
-            entry_file = source / KEPT / _entry_name(position, facts)
-            if not entry_file.exists():
+        kept = [source / KEPT / _entry_name(position, facts) for position in range(len(methods))]
+        for position, entry_file in enumerate(kept):
+            if not entry_file.exists():  # checked first: a refused branch writes nothing
                 raise ValueError(f"{source} kept no delta, state and entry of method "
                                  f"{position} after {facts} facts (bench lifelong --keep-every)")
+        self.path.mkdir(parents=True, exist_ok=True)
+        entries = {}
+        for method, entry_file, origin in zip(methods, kept, saved["methods"].values(),
+                                              strict=True):
             entry = json.loads(entry_file.read_text(encoding="utf-8"))
             for kind in ("delta", "state"):
                 shutil.copyfile(source / KEPT / entry[kind], self.path / entry[kind])
