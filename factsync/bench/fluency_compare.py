@@ -27,7 +27,13 @@ from factsync.bench.damage import edited_layers
 from factsync.editing.covariance import lead_ids
 from factsync.editing.delta import ModelDelta, applied
 from factsync.editing.keys import lead_keys
-from factsync.evaluation.fluency import ScoredText, perplexity_ratio, summed_nlls, token_nlls
+from factsync.evaluation.fluency import (
+    ScoredText,
+    first_and_later_change,
+    perplexity_ratio,
+    summed_nlls,
+    token_nlls,
+)
 from factsync.evaluation.intervals import Interval, format_interval
 from factsync.models.hooks import forward_hooks
 from factsync.models.loading import LoadedModel
@@ -161,10 +167,7 @@ def lead_outputs_held(loaded: LoadedModel, outputs: dict[int, torch.Tensor]) -> 
 
 def _lead_reading(unedited: Sequence[ScoredText], edited: Sequence[ScoredText],
                   held: Interval) -> LeadReading:
-    first = sum(float(after.nlls[0] - before.nlls[0])
-                for before, after in zip(unedited, edited, strict=True))
-    later = sum(float(after.nlls[1:].sum() - before.nlls[1:].sum())
-                for before, after in zip(unedited, edited, strict=True))
+    first, later = first_and_later_change(unedited, edited)
     return LeadReading(first_token_change=first, later_change=later, held=held)
 
 

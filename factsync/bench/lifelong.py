@@ -20,6 +20,7 @@ import torch
 from tqdm import tqdm
 
 from factsync.bench.counterfact import standard_methods
+from factsync.bench.job_fluency import JobFluency, JobReading
 from factsync.bench.lifelong_scoring import ChangedBack, Checkpoint, Yardstick
 from factsync.bench.norm_growth import NormGrowth
 from factsync.bench.worn_facts import Restated, WornFacts
@@ -109,7 +110,8 @@ class MethodRun:
     them stated again, the place of the first fact of the job that lost it and the canary;
     ``refreshed``, per applied fact a run that refreshes worn facts stated again (worn,
     or of a subject its job wrote), the place of the first fact of the job it joined and
-    its own.
+    its own. ``job_fluency`` holds the fluency texts read after each job
+    (``job_fluency.JobReading``).
     """
 
     checkpoints: list[Checkpoint] = field(default_factory=list)
@@ -117,6 +119,7 @@ class MethodRun:
     refused: list[int] = field(default_factory=list)
     repaired: list[tuple[int, str]] = field(default_factory=list)
     refreshed: list[tuple[int, int]] = field(default_factory=list)
+    job_fluency: list[JobReading] = field(default_factory=list)
 
     @property
     def final(self) -> Checkpoint:
@@ -138,6 +141,7 @@ class MethodProgress:
         refreshed: the applied facts stated again so far (``MethodRun.refreshed``).
         untaken: places in the stream (from 1) of the facts whose latest edit did not
             take, which a run that refreshes worn facts does not check.
+        job_fluency: the fluency texts read after each job so far.
     """
 
     facts: int
@@ -148,6 +152,7 @@ class MethodProgress:
     repaired: tuple[tuple[int, str], ...] = ()
     refreshed: tuple[tuple[int, int], ...] = ()
     untaken: tuple[int, ...] = ()
+    job_fluency: tuple[JobReading, ...] = ()
 
 
 class RunStore(Protocol):
@@ -232,7 +237,8 @@ def run_lifelong(
     ``refresh_worn`` applied facts are checked before each job (``WornFacts``), and
     those whose edit took but no longer passes the method's took rule join the job with
     the standing facts of the subjects it writes (``MethodRun.refreshed``). The seconds
-    per fact include all that work.
+    per fact include all that work, but not the reading of the fluency texts after
+    every job (``MethodRun.job_fluency``).
     """
     executor = executor or LocalExecutor()
     requests = yardstick.suite.requests
@@ -246,6 +252,7 @@ def run_lifelong(
     if run is None:
         run = LifelongRun(dataset=yardstick.suite.dataset, n=n, batch=batch_size,
                           unedited=unedited or measure_unedited(loaded, yardstick, methods))
+    fluency = JobFluency(loaded, yardstick.fluency_texts)
     for name, settings in methods.items():
         saved = store.progress(name) if store is not None else None
         if saved is not None and saved.facts == n:
@@ -261,6 +268,7 @@ def run_lifelong(
         repaired: list[tuple[int, str]] = []
         refreshed: list[tuple[int, int]] = []
         untaken: tuple[int, ...] = ()
+        job_fluency: list[JobReading] = []
         # One snapshot of the edited weights undoes every job, where a handle per job
         # would keep a copy of them per job.
         with restored_weights(loaded, [loaded.spec.mlp_out_path(i) for i in engine.layers]):
@@ -270,6 +278,7 @@ def run_lifelong(
                 seconds, first, kept = saved.seconds, saved.facts, saved.state
                 refused, repaired = list(saved.refused), list(saved.repaired)
                 refreshed, untaken = list(saved.refreshed), saved.untaken
+                job_fluency = list(saved.job_fluency)
                 chain.append(f"{name}/0-{first}", saved.delta)
                 executor.follow(chain.steps)
             gate = (_CanaryGate(engine, yardstick, executor, chain, canary_repairs)
@@ -301,6 +310,7 @@ def run_lifelong(
                     untaken = tuple(index + 1 for index in wear.untaken)
                 seconds += time.monotonic() - started
                 applied = min(start + batch_size, n)
+                job_fluency.append(_read_fluency(fluency, loaded, applied, job_fluency))
                 if applied in due:
                     checkpoint = yardstick.measure(loaded, applied, growth, seconds / applied)
                     method_run = run.methods.setdefault(name, MethodRun())
@@ -308,11 +318,13 @@ def run_lifelong(
                     method_run.refused = list(refused)
                     method_run.repaired = list(repaired)
                     method_run.refreshed = list(refreshed)
+                    method_run.job_fluency = list(job_fluency)
                 if store is not None:
                     kept = concatenated([kept, *(result.state for result in results)])
                     store.save(run, name, MethodProgress(applied, seconds, chain.whole(), kept,
                                                          tuple(refused), tuple(repaired),
-                                                         tuple(refreshed), untaken))
+                                                         tuple(refreshed), untaken,
+                                                         tuple(job_fluency)))
                 if applied in due and on_checkpoint is not None:
                     on_checkpoint(run)
             if change_back:
@@ -445,6 +457,18 @@ class _CanaryGate:
         self._held = after
         _keep(self._engine, result, self._executor, self._chain, label)
         return result, []
+
+
+def _read_fluency(fluency: JobFluency, loaded: LoadedModel, facts: int,
+                  earlier: list[JobReading]) -> JobReading:
+    """The fluency texts read after the job that brought the stream to ``facts`` facts,
+    logged with what that job added to the ``earlier`` readings."""
+    reading = fluency.read(loaded, facts)
+    before = earlier[-1].later_tokens if earlier else 0.0
+    log.info("after %d facts the fluency texts' later tokens have %+.1f nats (this job %+.1f),"
+             " their first token %+.1f", facts, reading.later_tokens,
+             reading.later_tokens - before, reading.first_token)
+    return reading
 
 
 def _log_restated(places: list[int], again: Restated) -> None:

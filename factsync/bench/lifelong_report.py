@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections import Counter
 
+from factsync.bench.job_fluency import JobReading, format_job_fluency
 from factsync.bench.lifelong import LifelongRun, MethodRun
 from factsync.bench.lifelong_scoring import METRICS, Checkpoint
 from factsync.bench.tables import aligned
@@ -66,7 +67,8 @@ def from_json(report: dict) -> LifelongRun:
                 + [_checkpoint(last["facts"], last, method.get("intervals", {}))],
                 refused=method.get("refused", []),
                 repaired=[(place, canary) for place, canary in method.get("repaired", [])],
-                refreshed=[(job, place) for job, place in method.get("refreshed", [])])
+                refreshed=[(job, place) for job, place in method.get("refreshed", [])],
+                job_fluency=[JobReading.from_json(r) for r in method.get("job_fluency", [])])
     except (KeyError, TypeError, ValueError) as exc:
         raise ValueError(f"not a bench lifelong report ({type(exc).__name__}: {exc})") from exc
     return run
@@ -87,6 +89,7 @@ def _method_json(method: MethodRun) -> dict:
         "refused": method.refused,
         "repaired": [list(pair) for pair in method.repaired],
         "refreshed": [list(pair) for pair in method.refreshed],
+        "job_fluency": [reading.to_json() for reading in method.job_fluency],
     }
     if method.changed_back is not None:
         changed, rest = method.changed_back.changed, method.changed_back.rest
@@ -136,6 +139,13 @@ def format_interventions(run: LifelongRun) -> str:
                          "later jobs, worn or sharing a subject with a fact written: "
                          f"{len(times)} distinct facts, #{place} most often ({most} times)")
     return "\n".join(lines)
+
+
+def format_fluency_by_job(run: LifelongRun) -> str:
+    """Per method that read the fluency texts after every job, what its jobs added to
+    their NLL (``job_fluency.format_job_fluency``); empty when none did."""
+    return "\n\n".join(f"{name}:\n{format_job_fluency(method.job_fluency)}"
+                       for name, method in run.methods.items() if method.job_fluency)
 
 
 def format_changed_back(run: LifelongRun) -> str:

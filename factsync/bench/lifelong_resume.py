@@ -24,6 +24,7 @@ import shutil
 from collections.abc import Sequence
 from pathlib import Path
 
+from factsync.bench.job_fluency import JobReading
 from factsync.bench.lifelong import LifelongRun, MethodProgress, MethodRun
 from factsync.bench.lifelong_scoring import Checkpoint
 from factsync.durable import write_json
@@ -86,7 +87,8 @@ class RunDirectory:
             refused=tuple(entry.get("refused", ())),
             repaired=tuple((place, name) for place, name in entry.get("repaired", ())),
             refreshed=tuple((job, place) for job, place in entry.get("refreshed", ())),
-            untaken=tuple(entry.get("untaken", ())))
+            untaken=tuple(entry.get("untaken", ())),
+            job_fluency=tuple(JobReading.from_json(r) for r in entry.get("job_fluency", ())))
 
     def save(self, run: LifelongRun, method: str, progress: MethodProgress) -> None:
         """Record ``run`` and where ``method`` stands after one of its jobs."""
@@ -104,7 +106,8 @@ class RunDirectory:
                            "refused": list(progress.refused),
                            "repaired": [list(pair) for pair in progress.repaired],
                            "refreshed": [list(pair) for pair in progress.refreshed],
-                           "untaken": list(progress.untaken)}
+                           "untaken": list(progress.untaken),
+                           "job_fluency": [r.to_json() for r in progress.job_fluency]}
         if self.keep_every and progress.facts % self.keep_every == 0:
             (self.path / KEPT).mkdir(exist_ok=True)
             progress.delta.save(self.path / KEPT / delta_name)
@@ -250,13 +253,15 @@ def _run(saved: dict, index: Path) -> LifelongRun:
     for name, method in saved["methods"].items():
         if method["checkpoints"]:  # a method not yet at its first checkpoint has none
             checkpoints = [Checkpoint.from_json(c) for c in method["checkpoints"]]
-            # Facts refused, canaries repaired or facts refreshed after the last
-            # checkpoint belong to no measurement yet.
+            # Facts refused, canaries repaired, facts refreshed or fluency read after
+            # the last checkpoint belong to no measurement yet.
             last = checkpoints[-1].facts
             refused = [p for p in method.get("refused", []) if p <= last]
             repaired = [(p, canary) for p, canary in method.get("repaired", []) if p <= last]
             refreshed = [(job, p) for job, p in method.get("refreshed", []) if job <= last]
+            readings = [JobReading.from_json(r) for r in method.get("job_fluency", [])]
             run.methods[name] = MethodRun(checkpoints, refused=refused, repaired=repaired,
-                                          refreshed=refreshed)
+                                          refreshed=refreshed,
+                                          job_fluency=[r for r in readings if r.facts <= last])
     return run
 

@@ -98,6 +98,18 @@ def summed_nlls(scored: Sequence[ScoredText]) -> list[tuple[float, int]]:
     return [(float(text.nlls.sum()), len(text.nlls)) for text in scored]
 
 
+def first_and_later_change(unedited: Sequence[ScoredText],
+                           edited: Sequence[ScoredText]) -> tuple[float, float]:
+    """How the NLL of the same texts changed from ``unedited`` to ``edited`` (both from
+    ``token_nlls``), summed over the texts (nats): at each text's first scored token, and
+    at every later one. A text's first token is predicted from the tokens that lead every
+    text alone, so its change tells the harm done there from the harm done elsewhere."""
+    pairs = list(zip(unedited, edited, strict=True))
+    first = sum(float(after.nlls[:1].sum() - before.nlls[:1].sum()) for before, after in pairs)
+    later = sum(float(after.nlls[1:].sum() - before.nlls[1:].sum()) for before, after in pairs)
+    return first, later
+
+
 def perplexity_ratio(
     edited: Sequence[tuple[float, int]], base: Sequence[tuple[float, int]], *, seed: int = 0
 ) -> Interval:

@@ -86,6 +86,11 @@ def test_a_stopped_run_goes_on_to_the_scores_of_one_never_stopped(bench, tmp_pat
                 # differently from job after job.
                 assert ours.values[metric] == pytest.approx(
                     reference.values[metric], rel=1e-3, abs=1e-3), (name, ours.facts, metric)
+        mine_read, theirs_read = resumed.methods[name].job_fluency, whole.methods[name].job_fluency
+        assert [r.facts for r in mine_read] == [r.facts for r in theirs_read] == [2, 4, 6]
+        for ours, reference in zip(mine_read, theirs_read, strict=True):
+            assert ours.later_tokens == pytest.approx(reference.later_tokens, abs=1e-3)
+            assert ours.first_token == pytest.approx(reference.first_token, abs=1e-3)
     kept = sorted(p.name for p in store.path.iterdir())
     assert kept == ["method0-facts6.delta.safetensors", "method0-facts6.keys.safetensors",
                     "method1-facts6.delta.safetensors", "method1-facts6.keys.safetensors", INDEX]

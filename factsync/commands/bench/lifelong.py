@@ -371,10 +371,11 @@ def _edited_cases(arguments: dict) -> list[EvalCase]:
 
 
 def _print_tables(run: LifelongRun) -> None:
-    """The final metrics, each method's checkpoints and what the canary gate and the
-    refreshing of worn facts did, if anything."""
+    """The final metrics, each method's checkpoints, what the canary gate and the
+    refreshing of worn facts did, if anything, and the fluency texts read job by job."""
     from factsync.bench.lifelong_report import (
         format_checkpoints,
+        format_fluency_by_job,
         format_interventions,
         format_table,
     )
@@ -382,9 +383,10 @@ def _print_tables(run: LifelongRun) -> None:
     print(format_table(run))
     print()
     print(format_checkpoints(run))
-    if interventions := format_interventions(run):
-        print()
-        print(interventions)
+    for extra in (format_interventions(run), format_fluency_by_job(run)):
+        if extra:
+            print()
+            print(extra)
 
 
 def _read_report(path: Path) -> LifelongRun:
