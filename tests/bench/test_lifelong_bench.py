@@ -271,7 +271,12 @@ def test_the_command_writes_checkpoints_intervals_aliases_and_a_plot(
         for metric, (low, high) in method["intervals"].items():
             assert low <= method["final"][metric] <= high, metric
     assert plot.read_bytes().startswith(PNG_SIGNATURE)
-    final, *by_checkpoint, changed_back = capsys.readouterr().out.strip().split("\n\n")
+    final, *by_checkpoint, memit_by_job, memit_ime_by_job, changed_back = (
+        capsys.readouterr().out.strip().split("\n\n"))
+    for block, (name, method) in zip([memit_by_job, memit_ime_by_job], data["methods"].items(),
+                                     strict=True):
+        assert [r["facts"] for r in method["job_fluency"]] == [2, 4, 6]
+        assert block.startswith(f"{name}:\nNLL added to the fluency texts after 6 facts")
     table = final.splitlines()
     assert table[1].split(" | ")[0].strip() == "metric"
     assert {line.split(" | ")[0].strip() for line in table[3:]} == set(METRICS)
