@@ -473,7 +473,9 @@ def test_the_command_runs_zsre_records(tiny_loaded, tmp_path, monkeypatch, capsy
     assert final["norm_growth_max"] > 0 and final["perplexity_ratio"] != 1.0
     # ZsRE has no neighbourhood success, these records leave no canaries, and no
     # held-out texts were given: the checkpoint table leaves out what was not measured.
-    header = capsys.readouterr().out.strip().split("\n\n")[-1].splitlines()[1]
+    blocks = capsys.readouterr().out.strip().split("\n\n")
+    by_checkpoint = next(b for b in blocks if b.startswith("memit, by checkpoint:"))
+    header = by_checkpoint.splitlines()[1]
     assert [c.strip() for c in header.split(" | ")] == [
         "facts", *(SHORT_NAMES[m] for m in METRICS
                    if m not in {"neighbourhood_success", "canary", "held_out_perplexity_ratio"})]
