@@ -252,7 +252,7 @@ def run_lifelong(
     if run is None:
         run = LifelongRun(dataset=yardstick.suite.dataset, n=n, batch=batch_size,
                           unedited=unedited or measure_unedited(loaded, yardstick, methods))
-    fluency = JobFluency(loaded, yardstick.fluency_texts)
+    reader = JobFluency(loaded, yardstick.fluency_texts)
     for name, settings in methods.items():
         saved = store.progress(name) if store is not None else None
         if saved is not None and saved.facts == n:
@@ -310,7 +310,7 @@ def run_lifelong(
                     untaken = tuple(index + 1 for index in wear.untaken)
                 seconds += time.monotonic() - started
                 applied = min(start + batch_size, n)
-                job_fluency.append(_read_fluency(fluency, loaded, applied, job_fluency))
+                job_fluency.append(_read_fluency(reader, loaded, applied, job_fluency))
                 if applied in due:
                     checkpoint = yardstick.measure(loaded, applied, growth, seconds / applied)
                     method_run = run.methods.setdefault(name, MethodRun())
@@ -459,11 +459,11 @@ class _CanaryGate:
         return result, []
 
 
-def _read_fluency(fluency: JobFluency, loaded: LoadedModel, facts: int,
+def _read_fluency(reader: JobFluency, loaded: LoadedModel, facts: int,
                   earlier: list[JobReading]) -> JobReading:
     """The fluency texts read after the job that brought the stream to ``facts`` facts,
     logged with what that job added to the ``earlier`` readings."""
-    reading = fluency.read(loaded, facts)
+    reading = reader.read(loaded, facts)
     before = earlier[-1].later_tokens if earlier else 0.0
     log.info("after %d facts the fluency texts' later tokens have %+.1f nats (this job %+.1f),"
              " their first token %+.1f", facts, reading.later_tokens,
