@@ -16,10 +16,11 @@ Fixtures:
 - ``tiny_tokenizer``: a fresh tokenizer of the kind the models use.
 - ``daemon_process``: the ``DaemonProcess`` class (a real ``factsync run`` in a
   subprocess); every instance started in a test is killed if still running at its end.
-- ``tiny_daemon``: a factory ``tiny_daemon(directory, **config)`` returning a
-  ``DaemonProcess`` that edits a tiny random Llama saved to disk, under a policy with no
-  gates (every edit is promoted), so tests exercise the daemon's bookkeeping rather
-  than edit quality, in seconds.
+- ``tiny_daemon``: a factory ``tiny_daemon(directory, corpus_tokens=1000, **config)``
+  returning a ``DaemonProcess`` that edits a tiny random Llama saved to disk, under a
+  policy with no gates (every edit is promoted), with caches of its own unless
+  ``cache_dir`` says where, so tests exercise the daemon's bookkeeping rather than
+  edit quality, in seconds.
 - ``postgres``: the SQLAlchemy URL of a throw-away PostgreSQL server on loopback.
 - ``random_delta``: a factory ``random_delta(loaded, layers, rank=2, scale=0.1, seed=0)``
   returning a seeded random low-rank ``ModelDelta`` on the MLP output of ``layers``.
@@ -347,10 +348,12 @@ def tiny_daemon(daemon_process, tiny_model_dir, tmp_path_factory):
     """Factory of daemons on a tiny model (see the module docstring)."""
     caches = tmp_path_factory.mktemp("tiny-caches")
 
-    def make(directory: Path, **config):  # noqa: ANN003, ANN202
+    def make(directory: Path, corpus_tokens: int = 1000, **config):  # noqa: ANN003, ANN202
         return daemon_process(
-            directory, policy=config.pop("policy", TINY_POLICY), cache_dir=str(caches),
-            model={"path": str(tiny_model_dir), "device": "cpu", "corpus_tokens": 1000},
+            directory, policy=config.pop("policy", TINY_POLICY),
+            cache_dir=config.pop("cache_dir", str(caches)),
+            model={"path": str(tiny_model_dir), "device": "cpu",
+                   "corpus_tokens": corpus_tokens},
             **config,
         )
 
