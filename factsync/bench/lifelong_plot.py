@@ -7,6 +7,7 @@ import io
 import math
 from pathlib import Path
 
+from matplotlib.axes import Axes
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
@@ -72,7 +73,7 @@ def lifelong_figure(run: LifelongRun) -> Figure:
     return figure
 
 
-def _draw_job_fluency(ax, run: LifelongRun, colours: dict[str, str]) -> None:
+def _draw_job_fluency(ax: Axes, run: LifelongRun, colours: dict[str, str]) -> None:
     """Each method's job readings: its later tokens' change, and its first token's
     dotted, against the unedited model's texts (zero)."""
     read = {name: method.job_fluency for name, method in run.methods.items()
@@ -90,11 +91,11 @@ def _draw_job_fluency(ax, run: LifelongRun, colours: dict[str, str]) -> None:
     _label(ax, JOB_FLUENCY_TITLE, run.n)
 
 
-def _not_measured(ax) -> None:
+def _not_measured(ax: Axes) -> None:
     ax.text(0.5, 0.5, "not measured", ha="center", va="center", transform=ax.transAxes)
 
 
-def _label(ax, title: str, n: int) -> None:
+def _label(ax: Axes, title: str, n: int) -> None:
     """Facts 0 to ``n`` on the x axis, markers at the ends in full; ``title`` on top."""
     ax.set_xlim(-0.03 * n, 1.03 * n)
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
