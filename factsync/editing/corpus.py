@@ -118,8 +118,10 @@ def sample_corpus(
     ``ceil(num_tokens / sequence_length)`` sequences are sampled, each of exactly
     ``sequence_length`` new tokens after one of ``OPENINGS`` (picked by the sequence's own
     generator). Every sequence starts with ``loaded.prefix_ids``, which the returned text
-    leaves out; special tokens are never sampled. The same arguments give the same texts;
-    ``batch_size`` only trades memory for speed.
+    leaves out; special tokens are never sampled. The same arguments give the same texts.
+    ``batch_size`` trades memory for speed; it moves the texts only through the rounding
+    of padded batches (on SmolLM2-135M, one sequence in four sampled 4 at a time differs
+    from the same sequence sampled 64 at a time).
 
     Args:
         loaded: the model to sample from; it is left unchanged.
@@ -272,11 +274,15 @@ def _top_k_sample(logits: torch.Tensor, generators: list[torch.Generator],
     k = vocabulary if top_k == FULL_DISTRIBUTION else min(top_k, vocabulary)
     values, candidates = logits.topk(k, dim=-1)  # (rows, k)
     probs = torch.softmax(values / SAMPLING_TEMPERATURE, dim=-1)
-    picks = [
-        int(torch.multinomial(probs[row], 1, generator=generator))
-        for row, generator in enumerate(generators)
-    ]
-    return candidates[torch.arange(len(picks)), torch.tensor(picks)]
+    # torch.multinomial draws one sample as argmax(p / q), q ~ Exp(1) from the generator;
+    # drawing each row's q with its own generator and taking one argmax over the batch
+    # picks exactly what a multinomial call per row picks, without a call per row, which
+    # over a whole vocabulary cost more than the model's forward step.
+    exponential = torch.empty_like(probs)
+    for row, generator in enumerate(generators):
+        exponential[row].exponential_(1, generator=generator)
+    picks = (probs / exponential).argmax(dim=-1)
+    return candidates[torch.arange(len(generators)), picks]
 
 
 def _cache_keyword(model: torch.nn.Module) -> str:

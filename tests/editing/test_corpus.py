@@ -266,6 +266,24 @@ def test_the_full_distribution_draws_beyond_the_top_k():
         StatisticsSettings(corpus_top_k=-1)
 
 
+@pytest.mark.parametrize("top_k", [0, 5])
+def test_a_batch_draws_what_a_multinomial_call_per_row_draws(top_k):
+    # What the shipped corpora were sampled with: one torch.multinomial call per row.
+    logits = torch.randn(32, 300, generator=torch.Generator().manual_seed(1)) * 3
+    logits[:, 10:40] = float("-inf")  # banned tokens
+    values, candidates = logits.topk(top_k or 300, dim=-1)
+    probs = torch.softmax(values, dim=-1)
+    for draw in range(20):
+        seeds = range(draw * 32, draw * 32 + 32)
+        one_by_one = torch.stack([
+            candidates[row, torch.multinomial(probs[row], 1,
+                                              generator=torch.Generator().manual_seed(seed))[0]]
+            for row, seed in enumerate(seeds)
+        ])
+        generators = [torch.Generator().manual_seed(seed) for seed in seeds]
+        assert torch.equal(corpus._top_k_sample(logits, generators, top_k), one_by_one)
+
+
 @pytest.mark.parametrize(
     "damage, reason",
     [
