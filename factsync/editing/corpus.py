@@ -276,8 +276,7 @@ def _top_k_sample(logits: torch.Tensor, generators: list[torch.Generator],
     probs = torch.softmax(values / SAMPLING_TEMPERATURE, dim=-1)
     # torch.multinomial draws one sample as argmax(p / q), q ~ Exp(1) from the generator;
     # drawing each row's q with its own generator and taking one argmax over the batch
-    # picks exactly what a multinomial call per row picks, without a call per row, which
-    # over a whole vocabulary cost more than the model's forward step.
+    # picks exactly what a multinomial call per row picks, in one division and argmax.
     exponential = torch.empty_like(probs)
     for row, generator in enumerate(generators):
         exponential[row].exponential_(1, generator=generator)
