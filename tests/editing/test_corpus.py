@@ -272,7 +272,7 @@ def test_a_batch_draws_what_a_multinomial_call_per_row_draws(top_k):
     logits = torch.randn(32, 300, generator=torch.Generator().manual_seed(1)) * 3
     logits[:, 10:40] = float("-inf")  # banned tokens
     values, candidates = logits.topk(top_k or 300, dim=-1)
-    probs = torch.softmax(values, dim=-1)
+    probs = torch.softmax(values / corpus.SAMPLING_TEMPERATURE, dim=-1)
     for draw in range(20):
         seeds = range(draw * 32, draw * 32 + 32)
         one_by_one = torch.stack([
