@@ -191,8 +191,11 @@ class Worker:
         elif outcome.kind is OutcomeKind.REJECTED:
             for gate in outcome.blocking_gates:
                 self._metrics.gate_failures.labels(gate.metric.value).inc()
+            # Past a gate the live version fails too, nothing more is applied until
+            # someone relaxes the gate or rolls back.
+            severity = "critical" if outcome.beyond_reach else "warning"
             self._alerter.fire(Alert(
-                "FactsyncJobRejected", "warning", outcome.summary,
+                "FactsyncJobRejected", severity, outcome.summary,
                 details={"job": outcome.job.id,
                          "gates": [g.as_dict() for g in outcome.blocking_gates],
                          "facts": [f"{f.subject} {f.relation} -> {f.object}"

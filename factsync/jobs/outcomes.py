@@ -93,6 +93,8 @@ class JobOutcome:
         version: the version made live (promoted only).
         report: the KPI report (promoted and rejected).
         blocking_gates: the failed blocking gates (rejected only).
+        beyond_reach: those of them the live version fails as well, so that no edit
+            passes them until they are relaxed or the live version is rolled back.
         retry_jobs: the jobs the job's facts were retried in (rejected only).
         meaning: what the error means for the facts (failed only).
     """
@@ -104,5 +106,6 @@ class JobOutcome:
     version: Version | None = None
     report: KpiReport | None = None
     blocking_gates: list[GateResult] = field(default_factory=list)
+    beyond_reach: list[GateResult] = field(default_factory=list)
     retry_jobs: list[Job] = field(default_factory=list)
     meaning: RetryMeaning | None = None

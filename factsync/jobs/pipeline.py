@@ -42,7 +42,7 @@ from factsync.jobs.outcomes import (
 )
 from factsync.jobs.preparation import PreparedFact, prepare_job, probes_of, retention_facts
 from factsync.kpis.report import GateResult, KpiReport, Metric
-from factsync.policies.judge import judge
+from factsync.policies.judge import beyond_reach, judge
 from factsync.policies.schema import OnFailure, Policy
 from factsync.store.records import (
     CHANGE_FAILED,
@@ -234,12 +234,17 @@ class JobRunner:
 
     def _reject(self, job: Job, prepared: list[PreparedFact], report: KpiReport) -> JobOutcome:
         """Record a rejection; with ``retry_passing``, the facts that took go again
-        (``_retries``)."""
+        (``_retries``), unless a gate blocks that the live version fails as well."""
         blocking = [g for g in report.gates if g.blocking]
         summary = "; ".join(_describe_gate(g) for g in blocking)
+        stuck = beyond_reach(self._policy, report)
+        if stuck:
+            summary += (f"; the live version fails {' and '.join(g.gate for g in stuck)} "
+                        "already, so no edit can pass until the gate is relaxed or the live "
+                        "version rolled back")
         took = {f.change_id: f.took for f in report.facts}
         retry = (_retries(job, prepared, took)
-                 if self._policy.on_failure is OnFailure.RETRY_PASSING else [])
+                 if self._policy.on_failure is OnFailure.RETRY_PASSING and not stuck else [])
         retried = {p.change.id for group in retry for p in group}
         reasons = {}
         for p in prepared:
@@ -257,7 +262,7 @@ class JobRunner:
                     extra={"job_id": job.id})
         return JobOutcome(
             job, OutcomeKind.REJECTED, f"job {job.id} rejected: {summary}", report=report,
-            blocking_gates=blocking, retry_jobs=retry_jobs,
+            blocking_gates=blocking, beyond_reach=stuck, retry_jobs=retry_jobs,
             facts=[_fact(p.change, CHANGE_FAILED, reasons[p.change.id])
                    for p in prepared if p.change.id in reasons],
         )

@@ -19,16 +19,36 @@ def judge(policy: Policy, report: KpiReport) -> list[GateResult]:
     return results
 
 
+def beyond_reach(policy: Policy, report: KpiReport) -> list[GateResult]:
+    """The blocking whole-model gates of ``report`` that the live version fails as well.
+
+    A whole-model KPI (perplexity, retention, canaries) is measured on the whole model,
+    not on the job's facts, so it starts from the live version's value. When that is
+    already past a gate's ``min`` or ``max``, trying the job's facts again in smaller
+    groups fails them again: only relaxing the gate, or rolling the live version back,
+    lets edits through.
+    """
+    fixed = {gate.describe() for gate in policy.model_gates()
+             if _outside_bounds(gate, report.live.get(gate.metric))}
+    return [result for result in report.gates
+            if result.blocking and result.relation is None and result.gate in fixed]
+
+
 def _apply(gate: Gate, relation: str | None, value: float | None, live: float | None) -> GateResult:
     passed = True
     if value is not None:
-        if gate.min is not None:
-            passed &= value >= gate.min
-        if gate.max is not None:
-            passed &= value <= gate.max
+        passed &= not _outside_bounds(gate, value)
         if gate.max_drop is not None and live is not None:
             passed &= live - value <= gate.max_drop
         if gate.max_rise is not None and live is not None:
             passed &= value - live <= gate.max_rise
     return GateResult(gate.describe(), gate.metric, relation, value, live, bool(passed),
                       gate.dry_run)
+
+
+def _outside_bounds(gate: Gate, value: float | None) -> bool:
+    """Whether ``value`` breaks the gate's absolute bounds (``min``, ``max``)."""
+    if value is None:
+        return False
+    return ((gate.min is not None and value < gate.min)
+            or (gate.max is not None and value > gate.max))

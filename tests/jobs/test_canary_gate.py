@@ -1,11 +1,13 @@
-"""A policy gate on canaries, on the real default model: a job whose edit changes a fact
-that must never change is refused before it is served, and its other facts go on."""
+"""Whole-model gates on the real default model: a job whose edit changes a fact that
+must never change is refused before it is served, and its other facts go on; a gate the
+live version fails already rejects a job once, without trying its facts again."""
 
 from __future__ import annotations
 
 import pytest
 
 from factsync.editing.build import StatisticsSettings, build_engine
+from factsync.evaluation.fluency import perplexity
 from factsync.evaluation.heldout_text import FLUENCY_TEXTS
 from factsync.facts.catalog import RelationCatalog
 from factsync.facts.records import FactRecord
@@ -30,6 +32,7 @@ CANARIES = [CanaryFact("France", "The largest city in {} is", "Paris"),
             CanaryFact("Germany", "The capital of {} is", "Berlin"),
             CanaryFact("France", "The capital of {} is", "Paris")]
 FACTS = [("France", "P36", "Rome"), ("Danielle Darrieux", "P103", "English")]
+CANARY_GATES = (Gate("efficacy_accuracy", min=1.0), Gate("canary", max_drop=0.0))
 
 
 @pytest.fixture(scope="module")
@@ -43,14 +46,13 @@ def loaded():
 @pytest.fixture
 def job_of_both(tmp_path, loaded):
     """A factory of (runner, store, models) for a policy judging a job of ``FACTS``
-    with the canary gate, on the real model."""
+    with ``gates`` (by default the canary gate), on the real model."""
     stores: list[StateStore] = []
 
-    def make(*, repair_canaries: bool):  # noqa: ANN202
+    def make(*, repair_canaries: bool, gates: tuple[Gate, ...] = CANARY_GATES,
+             base_perplexity: float = 10.0):  # noqa: ANN202
         editing = EditingPolicy(max_iterations=2, neighbours=False)
-        policy = Policy(editing=editing, gates=(Gate("efficacy_accuracy", min=1.0),
-                                                Gate("canary", max_drop=0.0)),
-                        repair_canaries=repair_canaries)
+        policy = Policy(editing=editing, gates=gates, repair_canaries=repair_canaries)
         engine = build_engine(loaded, editing.engine_settings(),
                               StatisticsSettings(corpus_tokens=20_000))
         models = ModelState(loaded)
@@ -63,7 +65,7 @@ def job_of_both(tmp_path, loaded):
                            models=models, engine=engine)
         runner = JobRunner(store=store, catalog=RelationCatalog.built_in(), policy=policy,
                            models=models, engine=engine, live=live,
-                           fluency_texts=FLUENCY_TEXTS[:2], base_perplexity=10.0,
+                           fluency_texts=FLUENCY_TEXTS[:2], base_perplexity=base_perplexity,
                            canaries=CANARIES)
         return runner, store, models
 
@@ -115,5 +117,30 @@ def test_a_job_that_loses_a_canary_states_it_again_and_is_promoted_whole(job_of_
         editing = [e.reason for e in store.job_events(job_id=outcome.job.id)
                    if e.state == "editing"]
         assert editing[-1] == "stating lost canaries again: The largest city in France is Paris"
+    finally:
+        models.rebuild([], version_id="base")  # the next test starts from the base model
+
+
+def test_a_gate_the_live_version_fails_already_rejects_each_job_once(job_of_both, loaded):
+    # The live version (the base model here) reads 1.10 against the base perplexity,
+    # past the gate's 1.05: the state of a long stream whose edits have spent the
+    # fluency the gate allows. Halves of the job cannot pass either.
+    gates = (Gate("efficacy_accuracy", min=1.0), Gate("perplexity_ratio", max=1.05))
+    base = perplexity(loaded, FLUENCY_TEXTS[:2]) / 1.10
+    runner, store, models = job_of_both(repair_canaries=False, gates=gates,
+                                        base_perplexity=base)
+    try:
+        outcome = runner.run(store.next_job())
+        assert outcome.kind is OutcomeKind.REJECTED, outcome.summary
+        assert all(f.took for f in outcome.report.facts)
+        assert outcome.report.live.get(Metric.PERPLEXITY_RATIO) == pytest.approx(1.10)
+        assert [g.gate for g in outcome.beyond_reach] == ["perplexity_ratio <= 1.05"]
+        assert outcome.retry_jobs == [] and store.next_job() is None
+        assert ("the live version fails perplexity_ratio <= 1.05 already, so no edit can "
+                "pass until the gate is relaxed or the live version rolled back"
+                in outcome.summary)
+        assert [(f.state, f.reason) for f in outcome.facts] == [
+            ("failed", outcome.summary)] * len(FACTS)
+        assert store.changes(state="applied") == []
     finally:
         models.rebuild([], version_id="base")  # the next test starts from the base model

@@ -17,7 +17,7 @@ from factsync.editing.spread import LeadHold, SpreadSettings
 from factsync.editing.targets import StepRule, TargetSettings
 from factsync.kpis.report import KpiReport, KpiValues, Metric
 from factsync.models.specs import spec_for
-from factsync.policies.judge import judge
+from factsync.policies.judge import beyond_reach, judge
 from factsync.policies.schema import Gate, Policy, RelationPolicy, load_policy
 from factsync.typed_yaml import SchemaError
 
@@ -99,6 +99,31 @@ def test_absolute_relative_and_dry_run_gates():
         ("retention at most 0.05 below live", False, True),
         ("perplexity_ratio <= 1.05 (dry run)", False, False),
     ]
+
+
+def test_only_failed_bounds_the_live_version_breaks_too_are_beyond_reach():
+    policy = Policy(gates=(
+        Gate("perplexity_ratio", max=1.05),
+        Gate("retention", min=0.9),
+        Gate("canary", max_drop=0.0),
+        Gate("perplexity_ratio", max=1.02, dry_run=True),
+        Gate("efficacy_accuracy", min=1.0),
+    ))
+    # The live version is past the perplexity bound and the dry-run one, within the
+    # retention bound; the canary gate compares with the live version, so the live
+    # version cannot fail it; the job's own efficacy is not the live version's.
+    measured = report({"perplexity_ratio": 1.07, "retention": 0.85, "canary": 0.9},
+                      live={"perplexity_ratio": 1.06, "retention": 0.95, "canary": 1.0},
+                      by_relation={"P36": {"candidate": {"efficacy_accuracy": 0.5},
+                                           "live": {"efficacy_accuracy": 0.0}}})
+    judged = replace(measured, gates=tuple(judge(policy, measured)))
+    assert [r.gate for r in judged.gates if r.blocking] == [
+        "perplexity_ratio <= 1.05", "retention >= 0.9", "canary at most 0 below live",
+        "efficacy_accuracy >= 1"]
+    assert [r.gate for r in beyond_reach(policy, judged)] == ["perplexity_ratio <= 1.05"]
+
+    within = report({"perplexity_ratio": 1.07}, live={"perplexity_ratio": 1.04})
+    assert beyond_reach(policy, replace(within, gates=tuple(judge(policy, within)))) == []
 
 
 def test_a_gate_with_nothing_to_measure_passes():
