@@ -1,11 +1,16 @@
 """Whole-model gates on the real default model: a job whose edit changes a fact that
 must never change is refused before it is served, and its other facts go on; a gate the
-live version fails already rejects a job once, without trying its facts again."""
+live version fails already rejects a job once, without trying its facts again, and
+pages the operators."""
 
 from __future__ import annotations
 
 import pytest
+from prometheus_client import CollectorRegistry
 
+from factsync.daemon.alerts import Alerter
+from factsync.daemon.metrics import Metrics
+from factsync.daemon.worker import Worker
 from factsync.editing.build import StatisticsSettings, build_engine
 from factsync.evaluation.fluency import perplexity
 from factsync.evaluation.heldout_text import FLUENCY_TEXTS
@@ -17,6 +22,7 @@ from factsync.jobs.model_state import ModelState
 from factsync.jobs.outcomes import OutcomeKind
 from factsync.jobs.pipeline import JobRunner
 from factsync.jobs.preparation import states
+from factsync.jobs.reconciler import Reconciler
 from factsync.kpis.report import Metric
 from factsync.models.loading import load_model
 from factsync.policies.schema import EditingPolicy, Gate, Policy
@@ -121,7 +127,9 @@ def test_a_job_that_loses_a_canary_states_it_again_and_is_promoted_whole(job_of_
         models.rebuild([], version_id="base")  # the next test starts from the base model
 
 
-def test_a_gate_the_live_version_fails_already_rejects_each_job_once(job_of_both, loaded):
+def test_a_gate_the_live_version_fails_already_rejects_each_job_once_and_pages(
+    job_of_both, loaded
+):
     # The live version (the base model here) reads 1.10 against the base perplexity,
     # past the gate's 1.05: the state of a long stream whose edits have spent the
     # fluency the gate allows. Halves of the job cannot pass either.
@@ -129,18 +137,31 @@ def test_a_gate_the_live_version_fails_already_rejects_each_job_once(job_of_both
     base = perplexity(loaded, FLUENCY_TEXTS[:2]) / 1.10
     runner, store, models = job_of_both(repair_canaries=False, gates=gates,
                                         base_perplexity=base)
+    metrics = Metrics(CollectorRegistry())
+    alerter = Alerter([], metrics)
+    # The daemon's worker runs the job and turns its outcome into alerts; it plans no
+    # job here, so its reconciler's policy does not matter.
+    worker = Worker(store=store, catalog=RelationCatalog.built_in(),
+                    reconciler=Reconciler(store=store, catalog=RelationCatalog.built_in(),
+                                          policy=Policy()),
+                    runner=runner, models=models, metrics=metrics, alerter=alerter)
     try:
-        outcome = runner.run(store.next_job())
-        assert outcome.kind is OutcomeKind.REJECTED, outcome.summary
-        assert all(f.took for f in outcome.report.facts)
-        assert outcome.report.live.get(Metric.PERPLEXITY_RATIO) == pytest.approx(1.10)
-        assert [g.gate for g in outcome.beyond_reach] == ["perplexity_ratio <= 1.05"]
-        assert outcome.retry_jobs == [] and store.next_job() is None
+        job = store.next_job()
+        worker.run_job(job)
+        assert [j.id for j in store.jobs(state="rejected")] == [job.id]
+        [alert] = alerter.active()
+        assert (alert.name, alert.severity) == ("FactsyncJobRejected", "critical")
         assert ("the live version fails perplexity_ratio <= 1.05 already, so no edit can "
                 "pass until the gate is relaxed or the live version rolled back"
-                in outcome.summary)
-        assert [(f.state, f.reason) for f in outcome.facts] == [
-            ("failed", outcome.summary)] * len(FACTS)
+                in alert.summary)
+        [gate] = alert.details["gates"]
+        assert gate["gate"] == "perplexity_ratio <= 1.05"
+        assert gate["live"] == pytest.approx(1.10)
+        assert store.next_job() is None  # no halves to try
+        changes = store.changes(job_id=job.id)
+        assert [(c.state, c.reason) for c in changes] == [("failed", alert.summary)] * len(FACTS)
         assert store.changes(state="applied") == []
+        assert metrics.registry.get_sample_value(
+            "factsync_gate_failures_total", {"metric": "perplexity_ratio"}) == 1
     finally:
         models.rebuild([], version_id="base")  # the next test starts from the base model
