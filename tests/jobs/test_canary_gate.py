@@ -141,9 +141,9 @@ def test_a_gate_the_live_version_fails_already_rejects_each_job_once_and_pages(
     alerter = Alerter([], metrics)
     # The daemon's worker runs the job and turns its outcome into alerts; it plans no
     # job here, so its reconciler's policy does not matter.
-    worker = Worker(store=store, catalog=RelationCatalog.built_in(),
-                    reconciler=Reconciler(store=store, catalog=RelationCatalog.built_in(),
-                                          policy=Policy()),
+    catalog = RelationCatalog.built_in()
+    worker = Worker(store=store, catalog=catalog,
+                    reconciler=Reconciler(store=store, catalog=catalog, policy=Policy()),
                     runner=runner, models=models, metrics=metrics, alerter=alerter)
     try:
         job = store.next_job()
