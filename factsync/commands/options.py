@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-from dataclasses import replace
 from pathlib import Path
 
 from factsync.editing.corpus import SAMPLING_TOP_K
@@ -63,8 +62,9 @@ def add_engine_options(parser: argparse.ArgumentParser, description: str | None 
 
 
 def add_corpus_options(parser: argparse.ArgumentParser | argparse._ArgumentGroup) -> None:
-    """``--corpus-tokens``, ``--corpus-files`` and ``--corpus-top-k``: the text behind
-    the key statistics (``statistics_settings`` reads them)."""
+    """``--corpus-tokens``, ``--corpus-files``, ``--corpus-sampled-share`` and
+    ``--corpus-top-k``: the text behind the key statistics (``statistics_settings``
+    reads them)."""
     parser.add_argument(
         "--corpus-tokens",
         type=int,
@@ -80,6 +80,15 @@ def add_corpus_options(parser: argparse.ArgumentParser | argparse._ArgumentGroup
         help="compute the key statistics over this text instead of text sampled from the "
         "model: .txt files (one text per paragraph) or .jsonl files (a 'text' field per "
         "line)",
+    )
+    parser.add_argument(
+        "--corpus-sampled-share",
+        type=float,
+        default=0.0,
+        metavar="SHARE",
+        help="with --corpus-files, this share of the statistics' tokens is sampled from "
+        "the model and interleaved with the files' text; 0.5 keeps most of what either "
+        "alone gives on its own kind of text (default: 0, the files alone)",
     )
     parser.add_argument(
         "--corpus-top-k",
@@ -138,12 +147,10 @@ def statistics_settings(args: argparse.Namespace):  # noqa: ANN201
     """``StatisticsSettings`` from parsed options."""
     from factsync.editing.build import StatisticsSettings
 
-    settings = StatisticsSettings()
-    if args.corpus_tokens:
-        settings = replace(settings, corpus_tokens=args.corpus_tokens)
-    if args.corpus_files:
-        settings = replace(settings, text_files=tuple(args.corpus_files))
-    return replace(settings, corpus_top_k=args.corpus_top_k)
+    return StatisticsSettings(corpus_tokens=args.corpus_tokens or None,
+                              text_files=tuple(args.corpus_files or ()),
+                              corpus_sampled_share=args.corpus_sampled_share,
+                              corpus_top_k=args.corpus_top_k)
 
 
 def edit_layers(args: argparse.Namespace) -> tuple[int, ...] | None:

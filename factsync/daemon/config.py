@@ -38,9 +38,12 @@ class ModelConfig:
             from the model, relative to the config file: ``.txt`` files (one text per
             paragraph) or ``.jsonl`` files (a ``"text"`` field per line). Text like what
             the model serves describes its keys best (see the README).
+        corpus_sampled_share: with ``corpus_files``, the share of the statistics' tokens
+            sampled from the model and mixed with the files' text; 0 (the default) uses
+            the files alone. 0.5 hedges when the served text is not all like the files.
         corpus_top_k: when the model samples the statistics' text itself, it draws each
             token from its ``corpus_top_k`` likeliest; 0 (the default) draws from its
-            whole distribution. Ignored with ``corpus_files``.
+            whole distribution. Used with ``corpus_files`` only for their sampled share.
         trust_remote_code: let a model directory run its own Python code. Off by
             default: only architectures that transformers itself ships can load.
     """
@@ -50,6 +53,7 @@ class ModelConfig:
     dtype: str = "float32"
     corpus_tokens: int | None = None
     corpus_files: tuple[Path, ...] = ()
+    corpus_sampled_share: float = 0.0
     corpus_top_k: int = SAMPLING_TOP_K
     trust_remote_code: bool = False
 
@@ -64,6 +68,7 @@ class ModelConfig:
         """Where the engine's key statistics come from."""
         return StatisticsSettings(corpus_tokens=self.corpus_tokens,
                                   text_files=self.corpus_files,
+                                  corpus_sampled_share=self.corpus_sampled_share,
                                   corpus_top_k=self.corpus_top_k)
 
 

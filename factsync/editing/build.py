@@ -10,7 +10,7 @@ import torch
 
 from factsync.editing.cancellation import Cancelled, never
 from factsync.editing.contexts import contexts_for
-from factsync.editing.corpus import SAMPLING_TOP_K, load_text_files, model_corpus
+from factsync.editing.corpus import SAMPLING_TOP_K, load_text_files, mix_texts, model_corpus
 from factsync.editing.covariance import KeyStatistics, layer_key_size
 from factsync.editing.engine import EditEngine, EngineSettings
 from factsync.editing.guards import engine_guards
@@ -38,7 +38,12 @@ class StatisticsSettings:
         corpus_tokens: tokens of text the statistics are computed over; ``None`` scales
             them with the key size (``tokens_for``).
         corpus_seed: seed of the model-sampled corpus.
-        text_files: user text files to use instead of model-sampled text.
+        text_files: user text files to use instead of model-sampled text, or beside it
+            (``corpus_sampled_share``).
+        corpus_sampled_share: with ``text_files``, the share of the corpus's tokens sampled
+            from the model, interleaved with the files' text (``corpus.mix_texts``); 0
+            (the default) uses the files alone. Half and half kept most of what either
+            corpus alone gives on its own kind of text (bench/README.md).
         corpus_top_k: the model-sampled corpus draws each token from the model's
             ``corpus_top_k`` likeliest, or from all of them for 0
             (``corpus.FULL_DISTRIBUTION``, the default ``corpus.SAMPLING_TOP_K``).
@@ -47,6 +52,7 @@ class StatisticsSettings:
     corpus_tokens: int | None = None
     corpus_seed: int = 0
     text_files: tuple[Path, ...] = ()
+    corpus_sampled_share: float = 0.0
     corpus_top_k: int = SAMPLING_TOP_K
 
     def __post_init__(self) -> None:
@@ -54,6 +60,21 @@ class StatisticsSettings:
             raise ValueError(f"corpus_tokens must be at least 1000, got {self.corpus_tokens}")
         if self.corpus_top_k < 0:
             raise ValueError(f"corpus_top_k must not be negative, got {self.corpus_top_k}")
+        if not 0 <= self.corpus_sampled_share < 1:
+            raise ValueError("corpus_sampled_share must be at least 0 and below 1, got "
+                             f"{self.corpus_sampled_share}")
+        if self.corpus_sampled_share and not self.text_files:
+            raise ValueError("corpus_sampled_share mixes model-sampled text with corpus "
+                             "files; name the files too")
+
+    def source(self) -> str:
+        """The corpus in words, for logs and reports."""
+        files = ", ".join(str(path) for path in self.text_files)
+        if not files:
+            return "model-sampled text"
+        if not self.corpus_sampled_share:
+            return files
+        return f"{files} with {self.corpus_sampled_share:.0%} model-sampled text"
 
     def tokens_for(self, key_size: int) -> int:
         """The corpus budget for keys of ``key_size``: the configured one, else
@@ -67,7 +88,7 @@ class StatisticsCorpus:
     """The text key statistics are computed over.
 
     Attributes:
-        texts: the corpus: model-sampled text, or the configured text files'.
+        texts: the corpus: model-sampled text, the configured text files', or both.
         token_budget: how many of its tokens are counted.
     """
 
@@ -79,11 +100,14 @@ def statistics_corpus(loaded: LoadedModel, layers: list[int], settings: Statisti
                       home: Path | None = None, cancelled: Cancelled = never,
                       report: Progress = silent) -> StatisticsCorpus:
     """The corpus behind the key statistics of ``layers``: the cached model-sampled
-    text (sampled now if missing) or the configured text files."""
+    text (sampled now if missing), the configured text files, or both mixed."""
     home = home or data_home()
     tokens = settings.tokens_for(max(layer_key_size(loaded, layer) for layer in layers))
-    if settings.text_files:
-        return StatisticsCorpus(load_text_files(list(settings.text_files)), tokens)
+    files = load_text_files(list(settings.text_files))  # read first: a bad file fails fast
+    if settings.text_files and not settings.corpus_sampled_share:
+        return StatisticsCorpus(files, tokens)
+    # The whole budget is sampled even when files take a share: that corpus is the one
+    # shipped and cached for the default, and it fills in for files shorter than theirs.
     texts = model_corpus(
         loaded,
         num_tokens=tokens,
@@ -93,6 +117,9 @@ def statistics_corpus(loaded: LoadedModel, layers: list[int], settings: Statisti
         cancelled=cancelled,
         report=report,
     )
+    if settings.text_files:
+        texts = mix_texts(loaded, files, texts, sampled_share=settings.corpus_sampled_share,
+                          token_budget=tokens)
     return StatisticsCorpus(texts, tokens)
 
 

@@ -2,8 +2,9 @@
 
 MEMIT-style methods need the second moment of each edited layer's keys over "ordinary"
 text. No network is assumed, so the default corpus is sampled from the model itself;
-operators can give their own text files instead. Either way the corpus is a list of
-strings, and ``corpus_digest`` names it in cache keys.
+operators can give their own text files instead, or mix them with the samples
+(``mix_texts``). Either way the corpus is a list of strings, and ``corpus_digest``
+names it in cache keys.
 
 Sampling choices (module constants, so that a cached corpus stays what its key says):
 - the whole distribution at temperature 1.0 by default: ancestral sampling from the
@@ -317,6 +318,29 @@ def load_text_files(paths: Iterable[str | Path]) -> list[str]:
                 "use .txt (paragraphs) or .jsonl (objects with a 'text' field)"
             )
     return texts
+
+
+def mix_texts(loaded: LoadedModel, files: list[str], sampled: list[str], *,
+              sampled_share: float, token_budget: int) -> list[str]:
+    """``files`` and ``sampled`` interleaved so that every prefix of the answer, up to
+    ``token_budget`` tokens, holds about ``sampled_share`` of its tokens from ``sampled``
+    and the rest from ``files``; each source keeps its order. The budget read from the
+    front then takes the two in that proportion. Past the budget, or once one source
+    runs out, the rest of the files and then of the samples follow."""
+    if not 0 < sampled_share < 1:
+        raise ValueError(f"sampled_share must be between 0 and 1, got {sampled_share}")
+    shares = (1.0 - sampled_share, sampled_share)
+    sources = (files, sampled)
+    taken, tokens = [0, 0], [0, 0]
+    mixed: list[str] = []
+    while taken[0] < len(files) and taken[1] < len(sampled) and sum(tokens) < token_budget:
+        # The source furthest below its share gives the next text; files first on a tie.
+        source = 0 if tokens[0] * shares[1] <= tokens[1] * shares[0] else 1
+        text = sources[source][taken[source]]
+        tokens[source] += len(loaded.tokenizer(text, add_special_tokens=False)["input_ids"])
+        taken[source] += 1
+        mixed.append(text)
+    return mixed + files[taken[0]:] + sampled[taken[1]:]
 
 
 def _read_txt(path: Path) -> list[str]:

@@ -135,6 +135,13 @@ def test_the_command_prints_the_table_and_writes_json(tiny_loaded, tmp_path, mon
     for row in data["rows"]:
         assert f"{row['fit'][0]:.4f} [{row['fit'][1]:.4f}, {row['fit'][2]:.4f}]" in printed
     assert "excess" not in data
+    code = main(["bench", "statistics-fit", "--fluency", str(fluency), "--layers", "1,2",
+                 "--targets", "diagonal", "--model", str(model_dir), "--corpus-files",
+                 str(corpus), "--corpus-sampled-share", "0.5", "--corpus-tokens", "1000",
+                 "--json", str(report)])
+    assert code == 0
+    assert f"1000 tokens of {corpus} with 50% model-sampled text" in capsys.readouterr().out
+    assert json.loads(report.read_text())["corpus"] == f"{corpus} with 50% model-sampled text"
 
     many = tmp_path / "many.json"
     many.write_text(json.dumps([{"Text": f"Text {i} tells of the city number {i}."}

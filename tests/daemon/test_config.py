@@ -93,6 +93,22 @@ def test_corpus_top_k_reaches_the_key_statistics_and_is_checked(tmp_path):
         load_config(write(tmp_path, {"model": {"corpus_top_k": -1}}))
 
 
+def test_a_sampled_share_mixes_the_corpus_files_with_samples_and_is_checked(tmp_path):
+    (tmp_path / "domain.txt").write_text("A paragraph of the operator's own text.\n")
+    assert load_config(None).model.statistics().corpus_sampled_share == 0.0
+    config = load_config(write(tmp_path, {"model": {"corpus_files": ["domain.txt"],
+                                                    "corpus_sampled_share": 0.5}}))
+    assert config.model.statistics().corpus_sampled_share == 0.5
+    assert config.model.statistics().source() == (
+        f"{tmp_path}/domain.txt with 50% model-sampled text")
+    with pytest.raises(SchemaError, match="corpus_sampled_share mixes model-sampled text with "
+                       "corpus files; name the files too"):
+        load_config(write(tmp_path, {"model": {"corpus_sampled_share": 0.5}}))
+    with pytest.raises(SchemaError, match="corpus_sampled_share must be at least 0 and below 1"):
+        load_config(write(tmp_path, {"model": {"corpus_files": ["domain.txt"],
+                                               "corpus_sampled_share": 1}}))
+
+
 def test_a_missing_corpus_file_stops_loading_with_its_key(tmp_path):
     (tmp_path / "domain.txt").write_text("text\n")
     with pytest.raises(SchemaError, match=r"config.model.corpus_files\[1\]: no such file "

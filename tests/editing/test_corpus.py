@@ -7,12 +7,14 @@ import logging
 import math
 import subprocess
 import sys
+from dataclasses import replace
+from pathlib import Path
 
 import pytest
 import torch
 
 from factsync.editing import corpus
-from factsync.editing.build import StatisticsSettings
+from factsync.editing.build import StatisticsSettings, statistics_corpus
 from factsync.editing.cancellation import WorkCancelled
 from factsync.editing.corpus import (
     OPENINGS,
@@ -21,6 +23,7 @@ from factsync.editing.corpus import (
     batch_for_memory,
     corpus_digest,
     load_text_files,
+    mix_texts,
     model_corpus,
     sample_corpus,
     sampling_batch_size,
@@ -351,6 +354,83 @@ def test_bad_text_files_are_named_with_their_line(tmp_path, name, content, match
 def test_missing_text_file_is_named(tmp_path):
     with pytest.raises(CorpusError, match=r"corpus file .*nowhere\.txt does not exist"):
         load_text_files([tmp_path / "nowhere.txt"])
+
+
+# --- mix_texts and the mixed statistics corpus ----------------------------------------
+
+
+def token_count(loaded, text: str) -> int:
+    return len(loaded.tokenizer(text, add_special_tokens=False)["input_ids"])
+
+
+def test_mixed_texts_hold_the_share_in_every_prefix_of_the_budget(tiny_loaded):
+    loaded = tiny_loaded("llama")
+    files = [f"The capital of city {i} is Paris. " * (1 + i % 3) for i in range(60)]
+    sampled = [f"Once upon a time, in {1900 + i}," for i in range(80)]
+    mixed = mix_texts(loaded, files, sampled, sampled_share=0.25, token_budget=400)
+    from_files = [text for text in mixed if text in set(files)]
+    assert from_files == files and [text for text in mixed if text in set(sampled)] == sampled
+    longest = max(token_count(loaded, text) for text in files + sampled)
+    total = from_sampled = read = 0
+    while total < 400:
+        count = token_count(loaded, mixed[read])
+        total, read = total + count, read + 1
+        from_sampled += count if mixed[read - 1] in set(sampled) else 0
+        assert abs(from_sampled - 0.25 * total) <= longest
+    # past the budget: the files' rest, then the samples'
+    files_read = sum(text in set(files) for text in mixed[:read])
+    assert mixed[read:] == files[files_read:] + sampled[read - files_read:]
+
+
+def test_samples_fill_in_for_files_shorter_than_their_share(tiny_loaded):
+    loaded = tiny_loaded("llama")
+    files = ["The capital of France is Paris.", "The capital of Italy is Rome."]
+    sampled = [f"Once upon a time, in {1900 + i}," for i in range(20)]
+    mixed = mix_texts(loaded, files, sampled, sampled_share=0.5, token_budget=10_000)
+    assert mixed[:4] == [files[0], sampled[0], files[1], sampled[1]]
+    assert mixed[4:] == sampled[2:]
+    for share in (0.0, 1.0):
+        with pytest.raises(ValueError, match=f"sampled_share must be between 0 and 1, got {share}"):
+            mix_texts(loaded, files, sampled, sampled_share=share, token_budget=10)
+
+
+def test_statistics_settings_mix_samples_only_with_files_and_below_the_whole():
+    for share in (-0.1, 1.0):
+        with pytest.raises(ValueError, match="corpus_sampled_share must be at least 0 and below 1"):
+            StatisticsSettings(text_files=(Path("a.txt"),), corpus_sampled_share=share)
+    with pytest.raises(ValueError, match="corpus_sampled_share mixes model-sampled text with "
+                       "corpus files; name the files too"):
+        StatisticsSettings(corpus_sampled_share=0.5)
+    assert StatisticsSettings().source() == "model-sampled text"
+    files = (Path("a.txt"), Path("b.jsonl"))
+    assert StatisticsSettings(text_files=files).source() == "a.txt, b.jsonl"
+    assert StatisticsSettings(text_files=files, corpus_sampled_share=0.5).source() == (
+        "a.txt, b.jsonl with 50% model-sampled text")
+
+
+def test_the_statistics_corpus_mixes_the_files_with_the_cached_samples(tiny_loaded, tmp_path):
+    loaded = tiny_loaded("llama")
+    notes = tmp_path / "notes.txt"
+    notes.write_text("\n\n".join(f"The capital of city {i} is Paris." for i in range(200)))
+    files_only = StatisticsSettings(corpus_tokens=1000, text_files=(notes,))
+    assert statistics_corpus(loaded, [1], files_only, home=tmp_path / "home").texts == (
+        load_text_files([notes]))
+    assert not (tmp_path / "home").exists()  # the files alone sample nothing
+
+    mixed = replace(files_only, corpus_sampled_share=0.5)
+    corpus = statistics_corpus(loaded, [1], mixed, home=tmp_path / "home")
+    samples = model_corpus(loaded, num_tokens=1000, cache_dir=tmp_path / "home" / "corpus",
+                           progress=False)  # the default's corpus, read from the cache
+    assert corpus.token_budget == 1000
+    assert corpus.texts == mix_texts(loaded, load_text_files([notes]), samples,
+                                     sampled_share=0.5, token_budget=1000)
+    assert set(corpus.texts) == set(load_text_files([notes])) | set(samples)
+
+    broken = replace(mixed, text_files=(tmp_path / "broken.csv",))
+    (tmp_path / "broken.csv").write_text("text\n")
+    with pytest.raises(CorpusError, match="unsupported type"):
+        statistics_corpus(loaded, [1], broken, home=tmp_path / "elsewhere")
+    assert not (tmp_path / "elsewhere").exists()  # a bad file fails before any sampling
 
 
 HOLDER = """

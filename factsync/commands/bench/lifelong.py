@@ -422,7 +422,8 @@ _NOT_THE_RUN = {"handler", "computes", "json", "plot", "state", "keep_every", "b
 # Options added after runs were saved, with the value those runs had: left out at that
 # value, so a run saved before the option existed can still be continued.
 _ADDED_LATER = {"skip": 0, "contrast": 0, "refuse_canary_loss": False,
-                "repair_canaries": False, "refresh_worn": 0, "corpus_top_k": 50}
+                "repair_canaries": False, "refresh_worn": 0, "corpus_top_k": 50,
+                "corpus_sampled_share": 0.0}
 
 
 def _run_arguments(args: argparse.Namespace) -> dict[str, object]:

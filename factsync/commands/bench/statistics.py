@@ -103,7 +103,7 @@ def run_statistics_fit_bench(args: argparse.Namespace) -> int:
     shrinkages = [Shrinkage(target, weight) for target in targets for weight in weights]
     fit = statistics_fit(loaded, statistics, texts, shrinkages)
     rows = fit.rows
-    source = ", ".join(str(path) for path in settings.text_files) or "model-sampled text"
+    source = settings.source()
     print(f"{loaded.name}: key statistics over {corpus.token_budget} tokens of {source}, "
           f"fitted to the keys of {len(texts)} fluency texts")
     print(format_fit(rows))
