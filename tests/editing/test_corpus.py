@@ -368,18 +368,20 @@ def test_mixed_texts_hold_the_share_in_every_prefix_of_the_budget(tiny_loaded):
     files = [f"The capital of city {i} is Paris. " * (1 + i % 3) for i in range(60)]
     sampled = [f"Once upon a time, in {1900 + i}," for i in range(80)]
     mixed = mix_texts(loaded, files, sampled, sampled_share=0.25, token_budget=400)
-    from_files = [text for text in mixed if text in set(files)]
-    assert from_files == files and [text for text in mixed if text in set(sampled)] == sampled
+    is_sample = [text in set(sampled) for text in mixed]
+    assert [text for text, sample in zip(mixed, is_sample, strict=True) if not sample] == files
+    assert [text for text, sample in zip(mixed, is_sample, strict=True) if sample] == sampled
     longest = max(token_count(loaded, text) for text in files + sampled)
     total = from_sampled = read = 0
     while total < 400:
         count = token_count(loaded, mixed[read])
-        total, read = total + count, read + 1
-        from_sampled += count if mixed[read - 1] in set(sampled) else 0
+        total += count
+        from_sampled += count if is_sample[read] else 0
+        read += 1
         assert abs(from_sampled - 0.25 * total) <= longest
     # past the budget: the files' rest, then the samples'
-    files_read = sum(text in set(files) for text in mixed[:read])
-    assert mixed[read:] == files[files_read:] + sampled[read - files_read:]
+    samples_read = sum(is_sample[:read])
+    assert mixed[read:] == files[read - samples_read:] + sampled[samples_read:]
 
 
 def test_samples_fill_in_for_files_shorter_than_their_share(tiny_loaded):
