@@ -38,6 +38,7 @@ from tqdm.auto import tqdm
 from factsync.cache_lock import computing
 from factsync.durable import write_text
 from factsync.editing.cancellation import Cancelled, WorkCancelled, never
+from factsync.editing.covariance import token_count
 from factsync.editing.progress import Progress, silent
 from factsync.models.loading import LoadedModel
 from factsync.paths import data_home
@@ -323,10 +324,11 @@ def load_text_files(paths: Iterable[str | Path]) -> list[str]:
 def mix_texts(loaded: LoadedModel, files: list[str], sampled: list[str], *,
               sampled_share: float, token_budget: int) -> list[str]:
     """``files`` and ``sampled`` interleaved so that every prefix of the answer, up to
-    ``token_budget`` tokens, holds about ``sampled_share`` of its tokens from ``sampled``
-    and the rest from ``files``; each source keeps its order. The budget read from the
-    front then takes the two in that proportion. Past the budget, or once one source
-    runs out, the rest of the files and then of the samples follow."""
+    ``token_budget`` tokens (counted as the key statistics count them), holds about
+    ``sampled_share`` of its tokens from ``sampled`` and the rest from ``files``; each
+    source keeps its order. The budget read from the front then takes the two in that
+    proportion. Past the budget, or once one source runs out, the rest of the files and
+    then of the samples follow."""
     if not 0 < sampled_share < 1:
         raise ValueError(f"sampled_share must be between 0 and 1, got {sampled_share}")
     shares = (1.0 - sampled_share, sampled_share)
@@ -337,7 +339,7 @@ def mix_texts(loaded: LoadedModel, files: list[str], sampled: list[str], *,
         # The source furthest below its share gives the next text; files first on a tie.
         source = 0 if tokens[0] * shares[1] <= tokens[1] * shares[0] else 1
         text = sources[source][taken[source]]
-        tokens[source] += len(loaded.tokenizer(text, add_special_tokens=False)["input_ids"])
+        tokens[source] += token_count(loaded, [text])
         taken[source] += 1
         mixed.append(text)
     return mixed + files[taken[0]:] + sampled[taken[1]:]

@@ -28,6 +28,7 @@ from factsync.editing.corpus import (
     sample_corpus,
     sampling_batch_size,
 )
+from factsync.editing.covariance import token_count
 from factsync.models.loading import model_fingerprint
 
 LOGGER = "factsync.editing.corpus"
@@ -359,10 +360,6 @@ def test_missing_text_file_is_named(tmp_path):
 # --- mix_texts and the mixed statistics corpus ----------------------------------------
 
 
-def token_count(loaded, text: str) -> int:
-    return len(loaded.tokenizer(text, add_special_tokens=False)["input_ids"])
-
-
 def test_mixed_texts_hold_the_share_in_every_prefix_of_the_budget(tiny_loaded):
     loaded = tiny_loaded("llama")
     files = [f"The capital of city {i} is Paris. " * (1 + i % 3) for i in range(60)]
@@ -371,10 +368,10 @@ def test_mixed_texts_hold_the_share_in_every_prefix_of_the_budget(tiny_loaded):
     is_sample = [text in set(sampled) for text in mixed]
     assert [text for text, sample in zip(mixed, is_sample, strict=True) if not sample] == files
     assert [text for text, sample in zip(mixed, is_sample, strict=True) if sample] == sampled
-    longest = max(token_count(loaded, text) for text in files + sampled)
+    longest = max(token_count(loaded, [text]) for text in files + sampled)
     total = from_sampled = read = 0
     while total < 400:
-        count = token_count(loaded, mixed[read])
+        count = token_count(loaded, [mixed[read]])
         total += count
         from_sampled += count if is_sample[read] else 0
         read += 1
