@@ -43,10 +43,13 @@ _LEAD_HOLDS = {
 
 def _took_sentence(editing: EditingPolicy) -> str:
     """When a fact leaves IME, in words."""
-    test = ("beats the old one" if editing.took_rule is TookRule.WINS
-            else "beats the old one and is the greedy answer")
     where = ("the bare prompt, every context prefix and every phrasing"
              if editing.took_phrasings else "the bare prompt and every context prefix")
+    if editing.took_rule is TookRule.MOST_PROBABLE_BARE:
+        return (f"- A fact leaves IME once its new object beats the old one on {where}, "
+                "and is the greedy answer on the bare prompt.")
+    test = ("beats the old one" if editing.took_rule is TookRule.WINS
+            else "beats the old one and is the greedy answer")
     return f"- A fact leaves IME once its new object {test} on {where}."
 
 

@@ -67,9 +67,10 @@ class EngineSettings:
             the engine did before it knew keys' subjects, so benches can set the two
             side by side.
         took_rule: what the new object must do on the bare prompt and under every
-            context prefix for a fact to leave IME: ``wins`` (beat the old object) or
-            ``most_probable`` (also be the greedy answer). The joint spread's edits
-            mostly win without leading (exact-match efficacy 0.41 over 150 facts);
+            context prefix for a fact to leave IME: ``wins`` (beat the old object),
+            ``most_probable`` (also be the greedy answer) or ``most_probable_bare``
+            (the greedy answer on the bare prompt, a win elsewhere). The joint spread's
+            edits mostly win without leading (exact-match efficacy 0.41 over 150 facts);
             ``most_probable`` sends those through another pass, which lifted it to 0.90
             at the per-layer spread's held-out harm and twice its time (bench/README.md).
         took_phrasings: the request's phrasings, bare, must pass the took rule too.

@@ -16,6 +16,7 @@ class TookRule(Choice):
 
     WINS = "wins"
     MOST_PROBABLE = "most_probable"
+    MOST_PROBABLE_BARE = "most_probable_bare"
 
 
 @dataclass(frozen=True)
@@ -42,6 +43,8 @@ def edit_outcomes(
     below the old object's; with no old object known, when every one of its tokens is
     the model's argmax. ``TookRule.MOST_PROBABLE`` asks for both: every new-object token
     the argmax, and a lower NLL than the old object's when it is known.
+    ``TookRule.MOST_PROBABLE_BARE`` asks ``MOST_PROBABLE`` on the bare prompt, the one
+    a served model answers, and ``WINS`` under the context prefixes and on phrasings.
     ``phrasings`` checks each request's phrasings, bare, as well.
     ``contexts`` must start with the bare context ``""``.
     """
@@ -65,7 +68,7 @@ def edit_outcomes(
         for index in range(count):
             new = next(scores)
             old = next(scores) if request.old_object else None
-            wins.append(_passes(new, old, rule))
+            wins.append(_passes(new, old, _prompt_rule(rule, bare=index == 0)))
             if index == 0:
                 probability.append(new.probability)
         took.append(all(wins))
@@ -79,6 +82,13 @@ def _checked_prompts(request: EditRequest, contexts: list[str],
     if phrasings:
         prompts += [(phrasing, "") for phrasing in request.phrasings]
     return prompts
+
+
+def _prompt_rule(rule: TookRule, *, bare: bool) -> TookRule:
+    """The rule one checked prompt is held to under ``rule``."""
+    if rule is TookRule.MOST_PROBABLE_BARE:
+        return TookRule.MOST_PROBABLE if bare else TookRule.WINS
+    return rule
 
 
 def _passes(new: TargetScore, old: TargetScore | None, rule: TookRule) -> bool:

@@ -162,7 +162,8 @@ class EditingPolicy:
         took_rule: ``wins``: a fact leaves IME once its new object beats the old one on
             the bare prompt and under every context prefix; ``most_probable`` (the
             default, which the ``efficacy_accuracy`` gate asks for too): once it is also
-            the greedy answer there.
+            the greedy answer there; ``most_probable_bare``: the greedy answer on the
+            bare prompt, which the gate scores, and a win under the prefixes.
         took_phrasings: the fact's phrasings must pass the took rule too.
         keep_neighbours_held: NME neighbours stay held in place in later jobs, like the
             facts applied earlier, until their subject is written.

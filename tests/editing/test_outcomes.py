@@ -21,6 +21,10 @@ REQUESTS = [
                 phrasings=("{} has as its capital",)),
     EditRequest("Skype", "{} was made by", "Microsoft", None, phrasings=("{} comes from",)),
 ]
+# "cre" is the tiny model's greedy answer to the bare prompt; after "{} comes from" it
+# beats "Apple" without being the greedy answer.
+BARE_LEADER = EditRequest("Berlin", "{} was bought by", "cre", "Apple",
+                          phrasings=("{} comes from",))
 
 
 def _scores(loaded, request: EditRequest, template: str, context: str):
@@ -37,11 +41,13 @@ def _expected(loaded, request: EditRequest, rule: TookRule, phrasings: bool) -> 
     if phrasings:
         prompts += [(phrasing, "") for phrasing in request.phrasings]
     passed = []
-    for template, context in prompts:
+    for index, (template, context) in enumerate(prompts):
         new, old = _scores(loaded, request, template, context)
+        leads = rule is TookRule.MOST_PROBABLE or (
+            rule is TookRule.MOST_PROBABLE_BARE and index == 0)
         if old is None:
             passed.append(new.exact)
-        elif rule is TookRule.MOST_PROBABLE:
+        elif leads:
             passed.append(new.mean_nll < old.mean_nll and new.exact)
         else:
             passed.append(new.mean_nll < old.mean_nll)
@@ -52,9 +58,10 @@ def _expected(loaded, request: EditRequest, rule: TookRule, phrasings: bool) -> 
 @pytest.mark.parametrize("rule", list(TookRule))
 def test_took_follows_the_rule_on_every_checked_prompt(tiny_loaded, rule, phrasings):
     loaded = tiny_loaded()
-    outcomes = edit_outcomes(loaded, REQUESTS, CONTEXTS, rule, phrasings)
-    assert outcomes.took == [_expected(loaded, r, rule, phrasings) for r in REQUESTS]
-    bare = [_scores(loaded, r, r.template, "")[0].probability for r in REQUESTS]
+    requests = [*REQUESTS, BARE_LEADER]
+    outcomes = edit_outcomes(loaded, requests, CONTEXTS, rule, phrasings)
+    assert outcomes.took == [_expected(loaded, r, rule, phrasings) for r in requests]
+    bare = [_scores(loaded, r, r.template, "")[0].probability for r in requests]
     assert outcomes.probability == pytest.approx(bare, rel=1e-4)
 
 
@@ -63,6 +70,16 @@ def test_beating_the_old_object_is_not_being_the_greedy_answer(tiny_loaded):
     wins = edit_outcomes(loaded, REQUESTS[:1], CONTEXTS, TookRule.WINS).took
     most_probable = edit_outcomes(loaded, REQUESTS[:1], CONTEXTS, TookRule.MOST_PROBABLE).took
     assert wins == [True] and most_probable == [False]
+
+
+def test_the_bare_rule_asks_the_greedy_answer_of_the_bare_prompt_alone(tiny_loaded):
+    loaded = tiny_loaded()
+    requests = [REQUESTS[0], BARE_LEADER]
+    took = {rule: edit_outcomes(loaded, requests, CONTEXTS, rule, phrasings=True).took
+            for rule in TookRule}
+    assert took[TookRule.WINS] == [True, True]
+    assert took[TookRule.MOST_PROBABLE] == [False, False]
+    assert took[TookRule.MOST_PROBABLE_BARE] == [False, True]
 
 
 def test_a_phrasing_the_new_object_loses_on_keeps_the_fact_in(tiny_loaded):

@@ -218,7 +218,8 @@ def test_every_engine_knob_is_reachable_from_the_policy(tmp_path):
     ({"algorithm": "alphaedit", "joint_layers": True},
      r"policy.yaml.editing: joint_layers solves MEMIT's update"),
     ({"took_rule": "greedy"},
-     r"policy.yaml.editing.took_rule must be one of wins, most_probable, got 'greedy'"),
+     r"policy.yaml.editing.took_rule must be one of wins, most_probable, "
+     r"most_probable_bare, got 'greedy'"),
     ({"second_moment_shrinkage_target": "identity"},
      r"policy.yaml.editing.second_moment_shrinkage_target must be one of isotropic, "
      r"diagonal, got 'identity'"),
@@ -238,6 +239,10 @@ def test_policy_check_says_when_a_fact_leaves_ime(tmp_path):
     strict = explain(load_policy(write(tmp_path, {"editing": {"took_phrasings": True}})))
     assert ("- A fact leaves IME once its new object beats the old one and is the greedy "
             "answer on the bare prompt, every context prefix and every phrasing.") in strict
+    bare = explain(load_policy(write(tmp_path, {"editing": {
+        "took_rule": "most_probable_bare"}})))
+    assert ("- A fact leaves IME once its new object beats the old one on the bare prompt "
+            "and every context prefix, and is the greedy answer on the bare prompt.") in bare
 
 
 def test_policy_check_says_whether_neighbours_stay_held(tmp_path):
