@@ -41,16 +41,20 @@ _LEAD_HOLDS = {
 }
 
 
+_TOOK_TESTS = {
+    TookRule.WINS: "beats the old one on {where}",
+    TookRule.MOST_PROBABLE: "beats the old one and is the greedy answer on {where}",
+    TookRule.MOST_PROBABLE_BARE: "beats the old one on {where}, and is the greedy answer on "
+    "the bare prompt",
+}
+
+
 def _took_sentence(editing: EditingPolicy) -> str:
     """When a fact leaves IME, in words."""
     where = ("the bare prompt, every context prefix and every phrasing"
              if editing.took_phrasings else "the bare prompt and every context prefix")
-    if editing.took_rule is TookRule.MOST_PROBABLE_BARE:
-        return (f"- A fact leaves IME once its new object beats the old one on {where}, "
-                "and is the greedy answer on the bare prompt.")
-    test = ("beats the old one" if editing.took_rule is TookRule.WINS
-            else "beats the old one and is the greedy answer")
-    return f"- A fact leaves IME once its new object {test} on {where}."
+    test = _TOOK_TESTS[editing.took_rule].format(where=where)
+    return f"- A fact leaves IME once its new object {test}."
 
 
 def explain(policy: Policy) -> list[str]:

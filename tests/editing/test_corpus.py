@@ -365,7 +365,8 @@ def test_mixed_texts_hold_the_share_in_every_prefix_of_the_budget(tiny_loaded):
     files = [f"The capital of city {i} is Paris. " * (1 + i % 3) for i in range(60)]
     sampled = [f"Once upon a time, in {1900 + i}," for i in range(80)]
     mixed = mix_texts(loaded, files, sampled, sampled_share=0.25, token_budget=400)
-    is_sample = [text in set(sampled) for text in mixed]
+    samples = set(sampled)
+    is_sample = [text in samples for text in mixed]
     assert [text for text, sample in zip(mixed, is_sample, strict=True) if not sample] == files
     assert [text for text, sample in zip(mixed, is_sample, strict=True) if sample] == sampled
     longest = max(token_count(loaded, [text]) for text in files + sampled)
